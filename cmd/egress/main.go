@@ -1,0 +1,69 @@
+// Command egress is a network egress policy proxy: an HTTP forward proxy
+// with CONNECT tunnels, a transparent TCP path, a DNS proxy and a sandbox
+// runner, all enforcing one YAML policy.
+//
+// This package is thin: flags, wiring and exit codes. The policy lives in
+// package policy, the data paths in proxy/....
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+// Exit codes shared by every subcommand.
+const (
+	exitOK     = 0
+	exitDenied = 1 // check: a target is denied; lint: the file has errors
+	exitUsage  = 2 // bad flags, bad config or bad target
+)
+
+type command struct {
+	name    string
+	summary string
+	run     func(args []string, stdout, stderr io.Writer) int
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "run the proxy (HTTP/CONNECT, DNS, transparent TCP)", cmdServe},
+		{"check", "explain the policy's decision for destinations", cmdCheck},
+		{"lint", "validate policy files", cmdLint},
+		{"run", "run a command in a network namespace whose only way out is egress", cmdRun},
+		{"version", "print the version", cmdVersion},
+	}
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "egress: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return exitUsage
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: egress COMMAND [FLAGS] [ARGS]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "commands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Run 'egress COMMAND -h' for a command's flags.")
+}

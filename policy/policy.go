@@ -1,0 +1,222 @@
+// Package policy loads, validates and evaluates egress policies.
+//
+// It is pure: text in, compiled *Policy out; Request in, Decision out. It
+// opens no sockets, starts no goroutines, writes no logs and reads no files
+// (callers pass the file's bytes and name). The data paths in proxy/... ask it
+// for decisions; cmd/egress wires files, flags and listeners to it.
+//
+// A decision on a connection is made in two steps. Decide with a name and no
+// IP answers whether the name could be reached at all (a Deny is final; an
+// Allow means "resolve it and decide again for each address"). Decide with the
+// IP that is about to be dialled (and the name it was resolved from, if any)
+// gives the final answer, guards included. Callers dial only an IP literal
+// that got an Allow, so a name cannot be rebound to a guarded address between
+// the check and the dial.
+package policy
+
+import (
+	"net/netip"
+	"strconv"
+	"time"
+)
+
+// Verdict is what the caller must do. The zero value denies.
+type Verdict uint8
+
+const (
+	Deny Verdict = iota
+	Allow
+)
+
+func (v Verdict) String() string {
+	if v == Allow {
+		return "allow"
+	}
+	return "deny"
+}
+
+// Mode says whether the policy enforces its denials or only reports them.
+type Mode uint8
+
+const (
+	Enforce Mode = iota
+	Audit        // every would-be denial is reported and let through
+)
+
+func (m Mode) String() string {
+	if m == Audit {
+		return "audit"
+	}
+	return "enforce"
+}
+
+// Reason is a stable, greppable code for why a decision was made. Operators
+// alert on these strings: never rename one.
+type Reason string
+
+const (
+	ReasonAllowedByRule Reason = "allowed_by_rule" // an allow rule matched
+	ReasonDefaultAllow  Reason = "default_allow"   // no rule matched, default: allow
+	ReasonNoRuleMatched Reason = "no_rule_matched" // no rule matched, default: deny
+	ReasonDeniedByRule  Reason = "denied_by_rule"  // a deny rule matched
+	ReasonInvalidHost   Reason = "invalid_host"    // the name cannot be a hostname
+	ReasonClientRefused Reason = "client_refused"  // the source is outside allow_from
+
+	// Guards: addresses and names refused unless an allow rule names them
+	// explicitly (see Decide).
+	ReasonGuardMetadata  Reason = "guard_metadata"   // cloud metadata services
+	ReasonGuardLoopback  Reason = "guard_loopback"   // 127.0.0.0/8, ::1
+	ReasonGuardPrivate   Reason = "guard_private"    // RFC 1918, fc00::/7
+	ReasonGuardLinkLocal Reason = "guard_link_local" // 169.254.0.0/16, fe80::/10
+	ReasonGuardCGNAT     Reason = "guard_cgnat"      // 100.64.0.0/10
+	ReasonGuardMulticast Reason = "guard_multicast"  // 224.0.0.0/4, ff00::/8
+	ReasonGuardSpecial   Reason = "guard_special"    // other IANA special-purpose, not globally reachable
+)
+
+// IsGuard reports whether r is one of the guard reasons.
+func (r Reason) IsGuard() bool { return len(r) > 6 && r[:6] == "guard_" }
+
+// Request is one destination to decide on. New fields may be added; callers
+// use field names.
+type Request struct {
+	// Host is the name or IP literal the client asked for, in any spelling
+	// (Decide normalises it: case, trailing dot, IDN, brackets, zones, every
+	// IPv4 literal form). Empty when only the address is known.
+	Host string
+	// IP is the address about to be dialled, or returned in a DNS answer.
+	// The zero Addr means the name is not resolved yet.
+	IP netip.Addr
+	// Port is the destination port; 0 means "any port" (a DNS lookup asks
+	// whether some connection to the name could be allowed).
+	Port uint16
+	// Client is the source address of the connection or query; it selects
+	// the per-client policy (clients:) and is checked against allow_from.
+	Client netip.Addr
+	// User is the proxy user name (Proxy-Authorization), if any.
+	User string
+}
+
+// PortRange is an inclusive range of ports; a single port has Lo == Hi.
+type PortRange struct{ Lo, Hi uint16 }
+
+// Rule is one compiled allow or deny rule.
+type Rule struct {
+	Action Verdict
+	// Host is the normal form of the host pattern ("api.example.com",
+	// "*.example.com", "access-analyzer.*.amazonaws.com"); empty for a cidr
+	// rule.
+	Host string
+	// Prefix is the cidr; invalid for a host rule.
+	Prefix netip.Prefix
+	// Ports the rule is limited to; empty means any port.
+	Ports []PortRange
+	// Where the rule was written and how, for explaining decisions.
+	File   string
+	Line   int
+	Column int
+	Text   string // the rule as one line of flow YAML: {host: api.example.com, ports: [443]}
+}
+
+// Location is FILE:LINE, what log lines and 403 bodies cite.
+func (r *Rule) Location() string { return location(r.File, r.Line) }
+
+// Decision is the answer to a Request. New fields may be added.
+type Decision struct {
+	// Verdict is what the caller must do. In audit mode a would-be denial
+	// has Verdict Allow and Audit true.
+	Verdict Verdict
+	// Audit is true when the policy denied but mode: audit let it through.
+	Audit bool
+	// Reason says why; Rule is the rule that decided (nil for a default, a
+	// guard nobody lifted, or an invalid host).
+	Reason Reason
+	Rule   *Rule
+	// Hint is one line of YAML a person can paste under allow: to allow
+	// this destination, or advice when no allow rule can (an exact deny
+	// rule must be removed). Empty for an allow.
+	Hint string
+	// Policy is the name of the policy that decided: "default", or the name
+	// of the clients: entry that matched the request's client.
+	Policy string
+	// Source is the file the policy was loaded from ("(built-in)" for the
+	// default policy).
+	Source string
+	// The destination in normal form.
+	Host string // "" when only the address was known
+	IP   netip.Addr
+	Port uint16
+}
+
+// Allowed reports whether the caller may go ahead (true for audit passes).
+func (d Decision) Allowed() bool { return d.Verdict == Allow }
+
+// Denied reports whether the policy denied, whether or not it was enforced:
+// the decisions to log as denials.
+func (d Decision) Denied() bool { return d.Verdict == Deny || d.Audit }
+
+// Event is the log event name for a decision: "allow", "deny" or
+// "audit_deny".
+func (d Decision) Event() string {
+	switch {
+	case d.Audit:
+		return "audit_deny"
+	case d.Verdict == Deny:
+		return "deny"
+	}
+	return "allow"
+}
+
+// RuleLocation is the deciding rule's FILE:LINE, or "" when no rule decided.
+func (d Decision) RuleLocation() string {
+	if d.Rule == nil {
+		return ""
+	}
+	return d.Rule.Location()
+}
+
+// Listen holds the listener addresses of egress serve. An empty address
+// means the listener is off.
+type Listen struct {
+	HTTP          string // default 127.0.0.1:3128
+	DNS           string // off by default; 127.0.0.1:5353 is the usual choice
+	Transparent   string // off by default
+	Admin         string // default 127.0.0.1:9090
+	ProxyProtocol bool   // accept PROXY protocol v1/v2 on the HTTP listener
+}
+
+// Log holds the logging settings of egress serve.
+type Log struct {
+	Format  string // "json" (default) or "console"
+	Level   string // "debug", "info" (default), "warn", "error"
+	Allowed bool   // also log allowed connections when they close
+	File    string // "" = stderr
+}
+
+// DNS holds the settings of the DNS proxy.
+type DNS struct {
+	Upstreams []string      // host:port; empty means the resolv.conf nameservers
+	Timeout   time.Duration // per query, all upstreams included; default 2s
+	Blocked   string        // answer for refused names: "nxdomain" (default), "refused", "empty"
+	MinTTL    time.Duration // cache floor; default 0
+	MaxTTL    time.Duration // cache ceiling; default 1h
+	CacheSize int           // entries; default 10000
+}
+
+// Timeouts of egress serve.
+type Timeouts struct {
+	Dial       time.Duration // upstream connect; default 10s
+	Header     time.Duration // reading a client's request header; default 10s
+	TunnelIdle time.Duration // close a tunnel idle this long; 0 (default) = never
+	Drain      time.Duration // on SIGTERM, how long open tunnels may finish; default 30s
+}
+
+// Limits of egress serve.
+type Limits struct {
+	MaxTunnels     int // open CONNECT/transparent tunnels; default 10000
+	MaxHeaderBytes int // default 65536
+}
+
+// location formats FILE:LINE.
+func location(file string, line int) string {
+	return file + ":" + strconv.Itoa(line)
+}

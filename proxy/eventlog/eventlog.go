@@ -1,0 +1,128 @@
+// Package eventlog writes egress's canonical log line: one line per
+// connection, request or DNS query, built in one place from a
+// policy.Decision so that every data path logs the same fields.
+//
+// It does not decide anything and keeps no state; the logger is passed in.
+package eventlog
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"net/netip"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/egress-proxy/egress/policy"
+)
+
+// Field names of the canonical line. Operators index and alert on them:
+// never rename one. README.md documents each.
+const (
+	FieldID           = "id"            // decision id, also sent to clients (X-Egress-Id, DNS EDE text)
+	FieldEvent        = "event"         // allow | deny | audit_deny
+	FieldProto        = "proto"         // http | connect | tcp | dns
+	FieldClient       = "client"        // client address ip:port
+	FieldHost         = "host"          // normalised name asked for ("" for an IP literal)
+	FieldPort         = "port"          // destination port
+	FieldIP           = "ip"            // address decided on or dialled, when known
+	FieldMethod       = "method"        // plain HTTP only
+	FieldURL          = "url"           // plain HTTP only
+	FieldQName        = "qname"         // DNS only
+	FieldQType        = "qtype"         // DNS only
+	FieldRule         = "rule"          // FILE:LINE of the deciding rule, "" when none
+	FieldRuleText     = "rule_text"     // the deciding rule as written
+	FieldReason       = "reason"        // policy.Reason code
+	FieldPolicy       = "policy"        // policy file
+	FieldClientPolicy = "client_policy" // "default" or the clients: entry that applied
+	FieldHint         = "hint"          // YAML to add under allow: to allow it
+	FieldBytesUp      = "bytes_up"      // client to destination
+	FieldBytesDown    = "bytes_down"    // destination to client
+	FieldDurationMS   = "duration_ms"   // connection lifetime
+	FieldError        = "error"         // what went wrong after the decision (dial, resolve)
+)
+
+// Proto values.
+const (
+	ProtoHTTP    = "http"
+	ProtoConnect = "connect"
+	ProtoTCP     = "tcp"
+	ProtoDNS     = "dns"
+)
+
+// Entry is one connection, request or query, with its decision.
+type Entry struct {
+	ID       string
+	Proto    string
+	Client   netip.AddrPort
+	Decision policy.Decision
+	Method   string // plain HTTP
+	URL      string // plain HTTP
+	QName    string // DNS
+	QType    string // DNS
+
+	// Set on the line logged when an allowed connection closes.
+	BytesUp   int64
+	BytesDown int64
+	Duration  time.Duration
+	Err       error
+}
+
+// NewID returns a fresh decision id: 16 hex digits, unique enough to find
+// one line in a day of logs.
+func NewID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Log writes e as the canonical line: at warn level for denials (audit
+// denials included), at info level otherwise.
+func Log(l zerolog.Logger, e Entry) {
+	d := e.Decision
+	ev := l.Info()
+	if d.Denied() {
+		ev = l.Warn()
+	}
+	if !ev.Enabled() {
+		return
+	}
+	ev = ev.Str(FieldID, e.ID).
+		Str(FieldEvent, d.Event()).
+		Str(FieldProto, e.Proto)
+	if e.Client.IsValid() {
+		ev = ev.Str(FieldClient, e.Client.String())
+	}
+	ev = ev.Str(FieldHost, d.Host).Uint16(FieldPort, d.Port)
+	if d.IP.IsValid() {
+		ev = ev.Str(FieldIP, d.IP.String())
+	}
+	if e.Method != "" {
+		ev = ev.Str(FieldMethod, e.Method)
+	}
+	if e.URL != "" {
+		ev = ev.Str(FieldURL, e.URL)
+	}
+	if e.QName != "" {
+		ev = ev.Str(FieldQName, e.QName).Str(FieldQType, e.QType)
+	}
+	ev = ev.Str(FieldRule, d.RuleLocation())
+	if d.Rule != nil {
+		ev = ev.Str(FieldRuleText, d.Rule.Text)
+	}
+	ev = ev.Str(FieldReason, string(d.Reason)).
+		Str(FieldPolicy, d.Source).
+		Str(FieldClientPolicy, d.Policy)
+	if d.Hint != "" {
+		ev = ev.Str(FieldHint, d.Hint)
+	}
+	if e.Duration > 0 || e.BytesUp > 0 || e.BytesDown > 0 {
+		ev = ev.Int64(FieldBytesUp, e.BytesUp).
+			Int64(FieldBytesDown, e.BytesDown).
+			Int64(FieldDurationMS, e.Duration.Milliseconds())
+	}
+	if e.Err != nil {
+		ev = ev.Str(FieldError, e.Err.Error())
+	}
+	ev.Msg("")
+}
