@@ -68,6 +68,32 @@ type Entry struct {
 	Err       error
 }
 
+// Sink records entries: it shows each one to Observe (metrics, the
+// admin listener's recent denials) and logs it as the canonical line when
+// it is a denial, or when LogAllowed is set. Data paths hold a *Sink and
+// call Record once per connection, request or query. A nil *Sink records
+// nothing.
+type Sink struct {
+	Logger     zerolog.Logger
+	LogAllowed bool
+	// Observe, if set, sees every entry, logged or not. It must be safe
+	// for concurrent use and fast: it runs on the data path.
+	Observe func(Entry)
+}
+
+// Record observes e and logs it if it is a denial or LogAllowed is set.
+func (s *Sink) Record(e Entry) {
+	if s == nil {
+		return
+	}
+	if s.Observe != nil {
+		s.Observe(e)
+	}
+	if s.LogAllowed || e.Decision.Denied() {
+		Log(s.Logger, e)
+	}
+}
+
 // NewID returns a fresh decision id: 16 hex digits, unique enough to find
 // one line in a day of logs.
 func NewID() string {
