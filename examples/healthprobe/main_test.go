@@ -1,0 +1,71 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestProbe(t *testing.T) {
+	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	}))
+	defer ok.Close()
+	unhealthy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "not ready", http.StatusServiceUnavailable)
+	}))
+	defer unhealthy.Close()
+	hang := make(chan struct{})
+	hanging := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	defer hanging.Close()
+	defer close(hang)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "http://" + ln.Addr().String() + "/healthz"
+	ln.Close()
+
+	tests := []struct {
+		name     string
+		args     []string
+		want     int
+		inStderr string
+	}{
+		{"a 200 from /healthz is healthy", []string{ok.URL + "/healthz"}, 0, ""},
+		{"a 404 is unhealthy", []string{ok.URL + "/nope"}, 1, "404 Not Found"},
+		{"a 503 is unhealthy", []string{unhealthy.URL + "/healthz"}, 1, "503 Service Unavailable"},
+		{"a closed port is unhealthy", []string{closed}, 1, "connection refused"},
+		{"a server that never answers is unhealthy within the timeout", []string{"-timeout", "200ms", hanging.URL + "/healthz"}, 1, "deadline exceeded"},
+		{"no URL is a usage error", nil, 2, "usage"},
+		{"a bad URL is a usage error", []string{"http://[::1"}, 2, "healthprobe"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			start := time.Now()
+			if got := probe(tt.args, &stderr); got != tt.want {
+				t.Errorf("exit %d, want %d (stderr %q)", got, tt.want, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), tt.inStderr) {
+				t.Errorf("stderr %q lacks %q", stderr.String(), tt.inStderr)
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("took %v: the probe must give up on its own", d)
+			}
+		})
+	}
+}
