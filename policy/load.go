@@ -1,10 +1,13 @@
 package policy
 
 import (
-	"errors"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"sort"
 	"strings"
+	"time"
 )
 
 // Policy is a compiled policy file: rules, guards and the settings of egress
@@ -16,13 +19,33 @@ type Policy struct {
 	Default Verdict
 	Mode    Mode
 
+	// AllowFrom lists the client source addresses served; empty = any.
+	AllowFrom []netip.Prefix
+	// Clients are the per-client policies, in file order (the first entry
+	// that matches a request's client decides for it).
+	Clients []Client
+
 	Listen   Listen
 	Log      Log
 	DNS      DNS
 	Timeouts Timeouts
 	Limits   Limits
 
-	hash string
+	hash       string
+	top        ruleset
+	clientSets []*ruleset // parallel to Clients
+	warns      []Diagnostic
+}
+
+// Client is one clients: entry: a policy of its own for the clients it
+// selects. Its rules are its own (the top-level rules do not apply to it);
+// Default and Mode are inherited from the top level when not set.
+type Client struct {
+	Name    string
+	Sources []netip.Prefix // client source addresses; empty = any
+	Users   []string       // proxy user names; empty = any
+	Default Verdict
+	Mode    Mode
 }
 
 // Diagnostic is one problem found in a policy file, at FILE:LINE:COL.
@@ -59,16 +82,75 @@ const BuiltinSource = "(built-in)"
 // Load parses and compiles a policy file. file names it in diagnostics and
 // decisions. A non-nil error is an Errors listing every problem.
 //
-// TODO(policy): real implementation. This stub only exists so that other
-// packages compile while the policy package is written.
-func Load(file string, data []byte) (*Policy, error) {
-	return nil, Errors{{File: file, Line: 1, Column: 1, Message: "policy loading is not implemented yet"}}
+// The file is strict: unknown fields, wrong types, bad cidrs, ports or host
+// patterns, a missing version: or default:, and a second YAML document are
+// all errors. Settings left out get their defaults (see the Listen, Log,
+// DNS, Timeouts and Limits types).
+func Load(file string, data []byte) (p *Policy, err error) {
+	l := &loader{file: file, budget: nodeBudget(len(data))}
+	p = &Policy{Source: file}
+	p.setDefaults()
+	func() {
+		defer func() {
+			// yaml.v3 has panicked on hostile input before; a policy
+			// file must never take the process down.
+			if v := recover(); v != nil {
+				l.errs = append(l.errs, Diagnostic{File: file, Line: 1, Column: 1, Message: fmt.Sprintf("yaml: cannot parse: %v", v)})
+			}
+		}()
+		l.parse(data, p)
+	}()
+	if l.budget < 0 {
+		l.errs = append(l.errs, Diagnostic{File: file, Line: 1, Column: 1, Message: "the file is too large once its aliases are expanded"})
+	}
+	if len(l.errs) > 0 {
+		sort.SliceStable(l.errs, func(i, j int) bool {
+			a, b := l.errs[i], l.errs[j]
+			return a.Line < b.Line || a.Line == b.Line && a.Column < b.Column
+		})
+		return nil, l.errs
+	}
+	p.top.name = "default"
+	p.compile()
+	p.warns = append(l.warns, p.lint()...)
+	sort.SliceStable(p.warns, func(i, j int) bool {
+		a, b := p.warns[i], p.warns[j]
+		return a.Line < b.Line || a.Line == b.Line && a.Column < b.Column
+	})
+	sum := sha256.Sum256(data)
+	p.hash = hex.EncodeToString(sum[:])
+	return p, nil
 }
+
+// setDefaults fills in every setting a file may leave out.
+func (p *Policy) setDefaults() {
+	p.Listen = Listen{HTTP: "127.0.0.1:3128", Admin: "127.0.0.1:9090"}
+	p.Log = Log{Format: "json", Level: "info"}
+	p.DNS = DNS{Timeout: 2 * time.Second, Blocked: "nxdomain", MaxTTL: time.Hour, CacheSize: 10000}
+	p.Timeouts = Timeouts{Dial: 10 * time.Second, Header: 10 * time.Second, Drain: 30 * time.Second}
+	p.Limits = Limits{MaxTunnels: 10000, MaxHeaderBytes: 65536}
+}
+
+// compile builds the matchers of every ruleset.
+func (p *Policy) compile() {
+	p.top.compile()
+	for _, rs := range p.clientSets {
+		rs.compile()
+	}
+}
+
+// builtinText is the built-in policy; configs/full-internet.yaml spells out
+// the same policy with every default written down (a test checks).
+const builtinText = "version: 1\ndefault: allow\n"
 
 // Builtin returns the built-in default policy: full internet, every guard
 // on. It is the same policy as configs/full-internet.yaml.
 func Builtin() *Policy {
-	return &Policy{Source: BuiltinSource, Version: 1, Default: Allow}
+	p, err := Load(BuiltinSource, []byte(builtinText))
+	if err != nil {
+		panic("policy: built-in policy: " + err.Error())
+	}
+	return p
 }
 
 // Hash is a hex SHA-256 of the policy's source text.
@@ -76,16 +158,25 @@ func (p *Policy) Hash() string { return p.hash }
 
 // Warnings lists rules that can never decide and common traps. Load's
 // result is valid whatever the warnings say.
-func (p *Policy) Warnings() []Diagnostic { return nil }
+func (p *Policy) Warnings() []Diagnostic { return append([]Diagnostic(nil), p.warns...) }
+
+// Rules returns every rule: the top level's, then each clients: entry's
+// (within each, as the file lists them under allow: and deny:). The rules
+// must not be modified.
+func (p *Policy) Rules() []*Rule {
+	out := append([]*Rule(nil), p.top.rules...)
+	for _, rs := range p.clientSets {
+		out = append(out, rs.rules...)
+	}
+	return out
+}
 
 // Decide decides on one request. See the package comment for the two steps.
-func (p *Policy) Decide(r Request) Decision {
-	return Decision{Verdict: p.Default, Reason: ReasonDefaultAllow, Policy: "default", Source: p.Source, Host: r.Host, IP: r.IP, Port: r.Port}
-}
-
-// NormalizeHost returns the normal form of a host as a client may spell it:
-// a lowercase ASCII name without trailing dot (IDNs in punycode), or, when
-// it is an IP literal in any form, the zero name and the address.
-func NormalizeHost(s string) (name string, ip netip.Addr, err error) {
-	return "", netip.Addr{}, errors.New("not implemented")
-}
+//
+// Precedence: name rules (host) and address rules (cidr) are matched
+// separately; each side's most specific matching rule is taken (exact host
+// over wildcard, more labels over fewer, longer prefix over shorter, ports
+// over none; a tie goes to deny). A deny on either side denies; then the
+// guards refuse what no allow rule names explicitly; then an allow on either
+// side allows; then the default decides.
+func (p *Policy) Decide(r Request) Decision { return p.decide(r) }

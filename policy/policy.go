@@ -61,6 +61,9 @@ const (
 	ReasonDeniedByRule  Reason = "denied_by_rule"  // a deny rule matched
 	ReasonInvalidHost   Reason = "invalid_host"    // the name cannot be a hostname
 	ReasonClientRefused Reason = "client_refused"  // the source is outside allow_from
+	// ReasonPerAddress is step 1's Allow when no name rule decided: resolve
+	// the name and decide on each address (a cidr rule may allow one).
+	ReasonPerAddress Reason = "decide_per_address"
 
 	// Guards: addresses and names refused unless an allow rule names them
 	// explicitly (see Decide).
@@ -141,8 +144,10 @@ type Decision struct {
 	// Source is the file the policy was loaded from ("(built-in)" for the
 	// default policy).
 	Source string
-	// The destination in normal form.
-	Host string // "" when only the address was known
+	// The destination in normal form. Host is "" when only the address
+	// was known (or the name was an IP literal); for invalid_host and
+	// client_refused it is the name as given.
+	Host string
 	IP   netip.Addr
 	Port uint16
 }

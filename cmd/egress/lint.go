@@ -1,12 +1,64 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"os"
+
+	"github.com/egress-proxy/egress/policy"
 )
 
-// TODO: being written.
+// cmdLint validates policy files: every error at once as FILE:LINE:COL:
+// message (exit 1), warnings printed the same way with "warning:" (exit 0
+// when there are only warnings).
 func cmdLint(args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "egress lint: not implemented yet")
-	return exitUsage
+	fs := flag.NewFlagSet("lint", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: egress lint FILE...")
+		fmt.Fprintln(stderr)
+		fmt.Fprintln(stderr, "Validates policy files. Prints every error as FILE:LINE:COL: message and exits 1;")
+		fmt.Fprintln(stderr, "prints warnings (rules that never decide, common traps) and exits 0 when the files are valid.")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return exitUsage
+	}
+	code := exitOK
+	for _, file := range fs.Args() {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			fmt.Fprintf(stdout, "%s: %v\n", file, errors.Unwrap(err))
+			code = exitDenied
+			continue
+		}
+		p, err := policy.Load(file, data)
+		var diags policy.Errors
+		switch {
+		case errors.As(err, &diags):
+			for _, d := range diags {
+				fmt.Fprintln(stdout, d)
+			}
+			code = exitDenied
+			continue
+		case err != nil:
+			fmt.Fprintf(stdout, "%s: %v\n", file, err)
+			code = exitDenied
+			continue
+		}
+		warns := p.Warnings()
+		for _, w := range warns {
+			fmt.Fprintf(stdout, "%s:%d:%d: warning: %s\n", w.File, w.Line, w.Column, w.Message)
+		}
+		fmt.Fprintf(stdout, "%s: ok (%d rules, %d warnings)\n", file, len(p.Rules()), len(warns))
+	}
+	return code
 }

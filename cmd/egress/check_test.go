@@ -1,0 +1,108 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestCheckGolden(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		code int
+	}{
+		{"allowed", []string{"--config", "testdata/check/policy.yaml", "api.example.com:443", "https://api.example.com/v1/x", "10.20.0.5:5432"}, exitOK},
+		{"denied", []string{"--config", "testdata/check/policy.yaml", "api.example.com:80", "http://api.example.com/", "10.20.0.6:5432", "tracking.cdn.example.net:443", "img.cdn.example.net:443", "db.corp.example:5432"}, exitDenied},
+		{"builtin", []string{"api.example.com:443", "http://169.254.169.254/latest/meta-data", "metadata.google.internal:80", "[::1]:8080", "2130706433:80", "0x7f.1:80", "10.0.0.1:5432", "[fe80::1%25eth0]:22"}, exitDenied},
+		{"flags after targets", []string{"api.example.com:443", "--config", "testdata/check/policy.yaml"}, exitOK},
+		{"json", []string{"--json", "--config", "testdata/check/policy.yaml", "api.example.com:443", "api.example.com:80"}, exitDenied},
+		{"audit", []string{"--config", "testdata/check/audit.yaml", "api.example.com:443", "other.example.com:443"}, exitDenied},
+		{"bad config", []string{"--config", "testdata/check/bad.yaml", "api.example.com:443"}, exitUsage},
+		{"missing config", []string{"--config", "testdata/check/missing.yaml", "api.example.com:443"}, exitUsage},
+		{"bad target", []string{"api.example.com:99999"}, exitUsage},
+		{"url without port", []string{"gopher://example.net/"}, exitUsage},
+		{"invalid host", []string{"evil.com%2f:80", "a b:80"}, exitDenied},
+		{"no targets", []string{"--json"}, exitUsage},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, out := runCommand(cmdCheck, c.args...)
+			if code != c.code {
+				t.Errorf("exit %d, want %d\n%s", code, c.code, out)
+			}
+			assertGolden(t, "check/"+strings.ReplaceAll(c.name, " ", "-")+".golden", out)
+		})
+	}
+}
+
+func TestCheckJSONFields(t *testing.T) {
+	_, out := runCommand(cmdCheck, "--json", "--config", "testdata/check/policy.yaml", "http://api.example.com:8080/")
+	line := strings.SplitN(strings.SplitN(string(out), "--- stdout\n", 2)[1], "\n", 2)[0]
+	var r checkResult
+	if err := json.Unmarshal([]byte(line), &r); err != nil {
+		t.Fatalf("%v: %s", err, line)
+	}
+	if r.Verdict != "deny" || r.Host != "api.example.com" || r.Port != 8080 || r.Reason != "no_rule_matched" || r.Hint != "- {host: api.example.com, ports: [8080]}" || r.Source != "testdata/check/policy.yaml" || r.Policy != "default" {
+		t.Errorf("%+v", r)
+	}
+}
+
+// --resolve looks the name up (here in /etc/hosts) and decides on every
+// address: localhost is loopback, refused by the guard.
+func TestCheckResolve(t *testing.T) {
+	if hosts, err := os.ReadFile("/etc/hosts"); err != nil || !strings.Contains(string(hosts), "localhost") {
+		t.Skip("/etc/hosts does not list localhost: resolving it could send a DNS query")
+	}
+	code, out := runCommand(cmdCheck, "--resolve", "localhost:80")
+	if code != exitDenied || !strings.Contains(string(out), "guard_loopback") || !strings.Contains(string(out), "localhost:80 (") {
+		t.Errorf("exit %d:\n%s", code, out)
+	}
+	// Without --resolve the name alone is allowed by default: allow.
+	code, out = runCommand(cmdCheck, "localhost:80")
+	if code != exitOK || !strings.Contains(string(out), "default_allow") {
+		t.Errorf("exit %d:\n%s", code, out)
+	}
+}
+
+func TestParseCheckTarget(t *testing.T) {
+	cases := []struct {
+		in   string
+		host string
+		port uint16
+		bad  bool
+	}{
+		{"api.example.com:443", "api.example.com", 443, false},
+		{"https://api.example.com/x?y", "api.example.com", 443, false},
+		{"http://api.example.com", "api.example.com", 80, false},
+		{"postgres://u:p@db.example:6432/x", "db.example", 6432, false},
+		{"postgres://db.example/x", "db.example", 5432, false},
+		{"10.0.0.1:5432", "10.0.0.1", 5432, false},
+		{"[::1]:80", "::1", 80, false},
+		{"[::1]", "::1", 0, false},
+		{"::1", "::1", 0, false},
+		{"[fe80::1%25eth0]:22", "fe80::1%25eth0", 22, false},
+		{"fe80::1%eth0]:22", "", 0, true},
+		{"api.example.com", "api.example.com", 0, false},
+		{"api.example.com:0", "", 0, true},
+		{"api.example.com:x", "", 0, true},
+		{":80", "", 0, true},
+		{"a:b:c", "", 0, true},
+		{"", "", 0, true},
+		{"unknown://x/", "", 0, true},
+		{"http://:80/", "", 0, true},
+	}
+	for _, c := range cases {
+		r, err := parseCheckTarget(c.in)
+		if c.bad {
+			if err == nil {
+				t.Errorf("parseCheckTarget(%q) = %+v; want an error", c.in, r)
+			}
+			continue
+		}
+		if err != nil || r.Host != c.host || r.Port != c.port {
+			t.Errorf("parseCheckTarget(%q) = %+v, %v", c.in, r, err)
+		}
+	}
+}

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// -update rewrites the golden files of lint and check. Registered here
+// unless another test file of the package did already.
+func init() {
+	if flag.Lookup("update") == nil {
+		flag.Bool("update", false, "rewrite golden files under testdata/")
+	}
+}
+
+func updatingGolden() bool {
+	f := flag.Lookup("update")
+	return f != nil && f.Value.String() == "true"
+}
+
+// assertGolden compares got with testdata/PATH, or rewrites it with -update.
+func assertGolden(t *testing.T, path string, got []byte) {
+	t.Helper()
+	path = filepath.Join("testdata", path)
+	if updatingGolden() {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("output differs from %s (go test -update rewrites it):\n--- got\n%s--- want\n%s", path, got, want)
+	}
+}
+
+// runCommand runs one egress subcommand and renders its exit code and
+// output for a golden file.
+func runCommand(cmd func([]string, io.Writer, io.Writer) int, args ...string) (int, []byte) {
+	var stdout, stderr bytes.Buffer
+	code := cmd(args, &stdout, &stderr)
+	var b bytes.Buffer
+	b.WriteString("exit " + strconv.Itoa(code) + "\n")
+	b.WriteString("--- stdout\n")
+	b.Write(stdout.Bytes())
+	b.WriteString("--- stderr\n")
+	b.Write(stderr.Bytes())
+	return code, b.Bytes()
+}
+
+func TestLintGolden(t *testing.T) {
+	cases := []struct {
+		file string
+		code int
+	}{
+		{"valid", exitOK},
+		{"warnings", exitOK},
+		{"errors", exitDenied},
+		{"syntax", exitDenied},
+		{"two-documents", exitDenied},
+		{"empty", exitDenied},
+	}
+	for _, c := range cases {
+		t.Run(c.file, func(t *testing.T) {
+			code, out := runCommand(cmdLint, "testdata/lint/"+c.file+".yaml")
+			if code != c.code {
+				t.Errorf("exit %d, want %d", code, c.code)
+			}
+			assertGolden(t, "lint/"+c.file+".golden", out)
+		})
+	}
+}
+
+func TestLintReportsEveryFile(t *testing.T) {
+	code, out := runCommand(cmdLint, "testdata/lint/valid.yaml", "testdata/lint/errors.yaml", "testdata/lint/missing.yaml")
+	if code != exitDenied {
+		t.Errorf("exit %d", code)
+	}
+	for _, want := range []string{"testdata/lint/valid.yaml: ok", "testdata/lint/errors.yaml:1:10: unsupported version 2", "testdata/lint/missing.yaml: no such file"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if code, _ := runCommand(cmdLint); code != exitUsage {
+		t.Errorf("no files: exit %d", code)
+	}
+}
+
+// The ready policies lint clean: no errors, no warnings.
+func TestLintConfigs(t *testing.T) {
+	files, _ := filepath.Glob("../../configs/*.yaml")
+	if len(files) < 4 {
+		t.Fatalf("configs: %v", files)
+	}
+	code, out := runCommand(cmdLint, files...)
+	if code != exitOK || strings.Contains(string(out), ": warning:") {
+		t.Errorf("exit %d:\n%s", code, out)
+	}
+}

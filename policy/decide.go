@@ -1,0 +1,280 @@
+package policy
+
+import (
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// rulesetFor selects the clients: entry for a client address and proxy user
+// (the first entry that matches, in file order), or the top-level policy.
+func (p *Policy) rulesetFor(client netip.Addr, user string) *ruleset {
+	if len(p.Clients) > 0 {
+		client = client.Unmap().WithZone("")
+		for i := range p.Clients {
+			if p.Clients[i].matches(client, user) {
+				return p.clientSets[i]
+			}
+		}
+	}
+	return &p.top
+}
+
+// matches reports whether the entry applies to a client address and user:
+// every list the entry sets must contain it.
+func (c *Client) matches(client netip.Addr, user string) bool {
+	if len(c.Sources) > 0 && !containsAddr(c.Sources, client) {
+		return false
+	}
+	if len(c.Users) > 0 {
+		found := false
+		for _, u := range c.Users {
+			if u == user {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+func containsAddr(ps []netip.Prefix, a netip.Addr) bool {
+	if !a.IsValid() {
+		return false
+	}
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Policy) decide(r Request) Decision {
+	rs := p.rulesetFor(r.Client, r.User)
+	d := Decision{Policy: rs.name, Source: p.Source, Port: r.Port}
+	ip := r.IP
+	if ip.IsValid() {
+		ip = ip.Unmap().WithZone("")
+	}
+	d.IP = ip
+	if len(p.AllowFrom) > 0 && r.Client.IsValid() && !containsAddr(p.AllowFrom, r.Client.Unmap().WithZone("")) {
+		d.Reason = ReasonClientRefused
+		d.Host = r.Host
+		return d
+	}
+	var name string
+	if r.Host != "" {
+		n, hip, err := NormalizeHost(r.Host)
+		if err != nil {
+			// The name as given: what the log should show was refused.
+			d.Reason, d.Host = ReasonInvalidHost, r.Host
+			return d
+		}
+		name = n
+		if !ip.IsValid() {
+			ip = hip
+		}
+	}
+	d.Host, d.IP = name, ip
+	if name == "" && !ip.IsValid() {
+		d.Reason = ReasonInvalidHost
+		return d
+	}
+
+	var n crule
+	if name != "" {
+		n = rs.names.match(name, r.Port, crule{})
+	}
+	if !ip.IsValid() {
+		rs.stepOne(&d, name, n)
+	} else {
+		rs.stepTwo(&d, name, ip, n)
+	}
+	if d.Verdict == Deny && rs.mode == Audit {
+		d.Verdict, d.Audit = Allow, true
+	}
+	return d
+}
+
+// stepOne decides on a name before it is resolved: Deny only when the
+// answer cannot depend on the addresses.
+func (rs *ruleset) stepOne(d *Decision, name string, n crule) {
+	switch {
+	case n.r != nil && n.r.Action == Deny:
+		rs.denyByRule(d, n)
+	case isMetadataName(name) && !rs.metaCIDRAllow:
+		d.Reason = ReasonGuardMetadata
+		d.Hint = "metadata names are allowed only by a cidr rule naming the metadata address, e.g. - {cidr: 169.254.169.254/32" + portsText(d.Port) + "}"
+	case isMetadataName(name):
+		d.Verdict, d.Reason = Allow, ReasonPerAddress
+	case n.r != nil:
+		d.Verdict, d.Reason, d.Rule = Allow, ReasonAllowedByRule, n.r
+	case rs.def == Allow:
+		d.Verdict, d.Reason = Allow, ReasonDefaultAllow
+	case rs.cidrAllowCouldMatch(d.Port):
+		d.Verdict, d.Reason = Allow, ReasonPerAddress
+	default:
+		d.Reason = ReasonNoRuleMatched
+		d.Hint = hostHint(name, d.Port)
+	}
+}
+
+// stepTwo decides on the address about to be dialled, and the name it came
+// from if any.
+func (rs *ruleset) stepTwo(d *Decision, name string, ip netip.Addr, n crule) {
+	a := rs.addrs.match(ip, d.Port)
+	if n.r != nil && n.r.Action == Deny {
+		rs.denyByRule(d, n)
+		return
+	}
+	if a.r != nil && a.r.Action == Deny {
+		rs.denyByRule(d, a)
+		return
+	}
+	guard, rng, at, guarded := guardOf(ip)
+	if isMetadataName(name) && !(guarded && guard == ReasonGuardMetadata) {
+		// A metadata name that resolved elsewhere is still refused: only
+		// a cidr rule naming a metadata address lets one through.
+		guard, rng, guarded = ReasonGuardMetadata, netip.PrefixFrom(at, at.BitLen()), true
+		if rs.addrs.lifts(at, d.Port, rng.Bits()) == nil {
+			d.Reason = guard
+			d.Hint = cidrHint(at, d.Port)
+			return
+		}
+	}
+	if guarded {
+		lifted := guard != ReasonGuardMetadata && n.r != nil && n.r.Action == Allow && n.rank >= exactRank
+		if !lifted {
+			lifted = rs.addrs.lifts(at, d.Port, rng.Bits()) != nil
+		}
+		if !lifted {
+			d.Reason = guard
+			d.Hint = cidrHint(at, d.Port)
+			return
+		}
+	}
+	switch {
+	case n.r != nil:
+		d.Verdict, d.Reason, d.Rule = Allow, ReasonAllowedByRule, n.r
+	case a.r != nil:
+		d.Verdict, d.Reason, d.Rule = Allow, ReasonAllowedByRule, a.r
+	case rs.def == Allow:
+		d.Verdict, d.Reason = Allow, ReasonDefaultAllow
+	default:
+		d.Reason = ReasonNoRuleMatched
+		if name != "" {
+			d.Hint = hostHint(name, d.Port)
+		} else {
+			d.Hint = cidrHint(ip, d.Port)
+		}
+	}
+}
+
+// exactRank is the least rank of an exact host rule (see rank).
+const exactRank = 1 << 20
+
+// denyByRule denies by the deny rule c and explains how to get past it: an
+// allow rule that is more specific, or, when none can be (an exact rule
+// with ports, or a single address with ports), removing the rule.
+func (rs *ruleset) denyByRule(d *Decision, c crule) {
+	r := c.r
+	d.Reason, d.Rule = ReasonDeniedByRule, r
+	unbeatable := len(r.Ports) > 0 || d.Port == 0
+	if r.Host != "" {
+		if c.rank >= exactRank && unbeatable {
+			d.Hint = "remove the deny rule at " + r.Location()
+			return
+		}
+		if d.Host != "" {
+			d.Hint = hostHint(d.Host, d.Port)
+			return
+		}
+	}
+	if r.Prefix.IsValid() && r.Prefix.IsSingleIP() && unbeatable {
+		d.Hint = "remove the deny rule at " + r.Location()
+		return
+	}
+	if d.IP.IsValid() {
+		d.Hint = cidrHint(d.IP, d.Port)
+	} else if d.Host != "" {
+		d.Hint = hostHint(d.Host, d.Port)
+	}
+}
+
+// hostHint is the allow rule for name and port as one line of flow YAML.
+func hostHint(name string, port uint16) string {
+	return "- {host: " + yamlScalar(name) + portsText(port) + "}"
+}
+
+// cidrHint is the allow rule for one address and port.
+func cidrHint(ip netip.Addr, port uint16) string {
+	return "- {cidr: " + cidrScalar(netip.PrefixFrom(ip, ip.BitLen())) + portsText(port) + "}"
+}
+
+func portsText(port uint16) string {
+	if port == 0 {
+		return ""
+	}
+	return ", ports: [" + strconv.Itoa(int(port)) + "]"
+}
+
+// yamlScalar quotes s when a plain YAML scalar could not carry it: a
+// leading '*' (an alias), ':' (IPv6), or other indicators.
+func yamlScalar(s string) string {
+	if s == "" || strings.ContainsAny(s, ":{}[],#&*!|>'\"%@`") || s[0] == '-' || s[0] == '?' || s[0] == ' ' {
+		return strconv.Quote(s)
+	}
+	// A plain scalar that YAML reads as something else: 008, 1e3, null,
+	// true, .inf ...
+	if c := s[0]; c >= '0' && c <= '9' || c == '.' || c == '+' || c == '~' || len(s) <= 5 {
+		if (&yaml.Node{Kind: yaml.ScalarNode, Value: s}).ShortTag() != "!!str" {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}
+
+// cidrScalar writes a prefix for flow YAML: IPv6 quoted (its colons),
+// IPv4 plain (a.b.c.d/n is never read as anything but a string).
+func cidrScalar(p netip.Prefix) string {
+	if p.Addr().Is6() {
+		return strconv.Quote(p.String())
+	}
+	return p.String()
+}
+
+// ruleText is a rule as one line of flow YAML.
+func ruleText(r *Rule) string {
+	var b strings.Builder
+	b.Grow(len(r.Host) + 24 + 16*len(r.Ports))
+	b.WriteByte('{')
+	if r.Host != "" {
+		b.WriteString("host: ")
+		b.WriteString(yamlScalar(r.Host))
+	} else {
+		b.WriteString("cidr: ")
+		b.WriteString(cidrScalar(r.Prefix))
+	}
+	if len(r.Ports) > 0 {
+		b.WriteString(", ports: [")
+		for i, pr := range r.Ports {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			if pr.Lo == pr.Hi {
+				b.WriteString(strconv.Itoa(int(pr.Lo)))
+			} else {
+				b.WriteString(`"` + strconv.Itoa(int(pr.Lo)) + "-" + strconv.Itoa(int(pr.Hi)) + `"`)
+			}
+		}
+		b.WriteByte(']')
+	}
+	b.WriteByte('}')
+	return b.String()
+}

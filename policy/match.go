@@ -1,0 +1,291 @@
+package policy
+
+import (
+	"net/netip"
+	"strings"
+)
+
+// ruleset is one compiled policy: the top-level one or a clients: entry.
+type ruleset struct {
+	name  string // "default" or the clients: entry's name
+	def   Verdict
+	mode  Mode
+	rules []*Rule // file order
+
+	names nameNode
+	addrs prefixTable
+
+	// cidrAllowAll is true when some cidr allow rule has no ports;
+	// cidrAllowPorts lists the ports of the others. Step 1 uses them to
+	// decide whether resolving a name could lead to an allowed address.
+	cidrAllowAll   bool
+	cidrAllowPorts []PortRange
+	// metaCIDRAllow is true when an allow rule names a metadata address,
+	// the only way metadata names get past step 1.
+	metaCIDRAllow bool
+}
+
+// rank orders matching rules: the higher rank wins. Host rules: exact over
+// wildcard, more labels over fewer, ports over none, deny over allow. Cidr
+// rules: longer prefix, ports over none, deny over allow.
+func rank(r *Rule) int {
+	v := 0
+	if len(r.Ports) > 0 {
+		v += 2
+	}
+	if r.Action == Deny {
+		v++
+	}
+	if r.Host != "" {
+		labels := strings.Count(r.Host, ".") + 1
+		if strings.IndexByte(r.Host, '*') < 0 {
+			v += 1 << 20
+		}
+		return v + labels<<4
+	}
+	return v + r.Prefix.Bits()<<4
+}
+
+// matchesPort reports whether r applies to port. Port 0 is "some port": an
+// allow rule limited to ports matches it, a deny rule limited to ports does
+// not decide it.
+func (r *Rule) matchesPort(port uint16) bool {
+	if len(r.Ports) == 0 {
+		return true
+	}
+	if port == 0 {
+		return r.Action == Allow
+	}
+	for _, pr := range r.Ports {
+		if port >= pr.Lo && port <= pr.Hi {
+			return true
+		}
+	}
+	return false
+}
+
+// crule is a rule and its rank, precomputed.
+type crule struct {
+	r    *Rule
+	rank int
+}
+
+// pick returns the better of best and the rules in rs that match port.
+func pick(best crule, rs []crule, port uint16) crule {
+	for _, c := range rs {
+		if (best.r == nil || c.rank > best.rank) && c.r.matchesPort(port) {
+			best = c
+		}
+	}
+	return best
+}
+
+// nameNode is a node of the label trie: names are stored by their labels
+// from the right ("com", "example", "api").
+type nameNode struct {
+	children map[string]*nameNode
+	star     *nameNode // a "*" label inside a pattern: exactly one label
+	here     []crule   // patterns that end at this node
+	below    []crule   // "*." patterns ending here: one or more labels below
+}
+
+func (n *nameNode) add(c crule) {
+	pat := c.r.Host
+	sub := false
+	if pat == "*" {
+		n.below = append(n.below, c)
+		return
+	}
+	if strings.HasPrefix(pat, "*.") {
+		sub, pat = true, pat[2:]
+	}
+	for pat != "" {
+		label := pat
+		i := strings.LastIndexByte(pat, '.')
+		if i >= 0 {
+			label, pat = pat[i+1:], pat[:i]
+		} else {
+			pat = ""
+		}
+		if label == "*" {
+			if n.star == nil {
+				n.star = &nameNode{}
+			}
+			n = n.star
+			continue
+		}
+		next := n.children[label]
+		if next == nil {
+			if n.children == nil {
+				n.children = map[string]*nameNode{}
+			}
+			next = &nameNode{}
+			n.children[label] = next
+		}
+		n = next
+	}
+	if sub {
+		n.below = append(n.below, c)
+	} else {
+		n.here = append(n.here, c)
+	}
+}
+
+// match finds the best rule for the unconsumed labels rem of a name.
+func (n *nameNode) match(rem string, port uint16, best crule) crule {
+	if rem == "" {
+		return pick(best, n.here, port)
+	}
+	if len(n.below) > 0 {
+		best = pick(best, n.below, port)
+	}
+	label, next := rem, ""
+	if i := strings.LastIndexByte(rem, '.'); i >= 0 {
+		label, next = rem[i+1:], rem[:i]
+	}
+	if c := n.children[label]; c != nil {
+		best = c.match(next, port, best)
+	}
+	if n.star != nil {
+		best = n.star.match(next, port, best)
+	}
+	return best
+}
+
+// prefixTable is a longest-prefix-match table: one hash table per prefix
+// length in use, probed from the longest length down. A policy uses few
+// distinct lengths, so a lookup is a handful of probes of a 16-byte key
+// (the masked address), without allocation.
+type prefixTable struct {
+	fam [2][]prefixLen // IPv4, IPv6; longest first
+}
+
+type prefixLen struct {
+	bits int
+	m    map[addrKey][]crule
+}
+
+// addrKey is an address as two integers (IPv4 in the low 32 bits of lo).
+type addrKey struct{ hi, lo uint64 }
+
+func keyOf(a netip.Addr) addrKey {
+	if a.Is4() {
+		b := a.As4()
+		return addrKey{lo: uint64(b[0])<<24 | uint64(b[1])<<16 | uint64(b[2])<<8 | uint64(b[3])}
+	}
+	b := a.As16()
+	var k addrKey
+	for i := 0; i < 8; i++ {
+		k.hi = k.hi<<8 | uint64(b[i])
+		k.lo = k.lo<<8 | uint64(b[8+i])
+	}
+	return k
+}
+
+// masked keeps the first bits of k (an IPv4 key when fam is 0).
+func (k addrKey) masked(bits, fam int) addrKey {
+	if fam == 0 {
+		return addrKey{lo: k.lo & (^uint64(0) << (32 - bits)) & 0xffffffff}
+	}
+	if bits >= 64 {
+		return addrKey{hi: k.hi, lo: k.lo & (^uint64(0) << (128 - bits))}
+	}
+	return addrKey{hi: k.hi & (^uint64(0) << (64 - bits))}
+}
+
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return 0
+	}
+	return 1
+}
+
+func (t *prefixTable) add(c crule) {
+	p := c.r.Prefix
+	f := family(p.Addr())
+	s := t.fam[f]
+	i := 0
+	for i < len(s) && s[i].bits > p.Bits() {
+		i++
+	}
+	if i == len(s) || s[i].bits != p.Bits() {
+		s = append(s, prefixLen{})
+		copy(s[i+1:], s[i:])
+		s[i] = prefixLen{bits: p.Bits(), m: map[addrKey][]crule{}}
+		t.fam[f] = s
+	}
+	k := keyOf(p.Addr()).masked(p.Bits(), f)
+	s[i].m[k] = append(s[i].m[k], c)
+}
+
+// match returns the best rule covering ip for port.
+func (t *prefixTable) match(ip netip.Addr, port uint16) crule {
+	var best crule
+	f := family(ip)
+	k := keyOf(ip)
+	for _, pl := range t.fam[f] {
+		if rs, ok := pl.m[k.masked(pl.bits, f)]; ok {
+			if best = pick(best, rs, port); best.r != nil {
+				return best
+			}
+		}
+	}
+	return best
+}
+
+// lifts returns an allow rule of at least minBits covering ip for port: a
+// rule that lies inside a guarded range of minBits and names ip.
+func (t *prefixTable) lifts(ip netip.Addr, port uint16, minBits int) *Rule {
+	f := family(ip)
+	k := keyOf(ip)
+	for _, pl := range t.fam[f] {
+		if pl.bits < minBits {
+			break
+		}
+		for _, c := range pl.m[k.masked(pl.bits, f)] {
+			if c.r.Action == Allow && c.r.matchesPort(port) {
+				return c.r
+			}
+		}
+	}
+	return nil
+}
+
+// compile builds the matchers of rs from rs.rules.
+func (rs *ruleset) compile() {
+	rs.names = nameNode{}
+	rs.addrs = prefixTable{}
+	rs.cidrAllowAll, rs.cidrAllowPorts, rs.metaCIDRAllow = false, nil, false
+	for _, r := range rs.rules {
+		c := crule{r: r, rank: rank(r)}
+		if r.Host != "" {
+			rs.names.add(c)
+			continue
+		}
+		rs.addrs.add(c)
+		if r.Action != Allow {
+			continue
+		}
+		if len(r.Ports) == 0 {
+			rs.cidrAllowAll = true
+		} else {
+			rs.cidrAllowPorts = append(rs.cidrAllowPorts, r.Ports...)
+		}
+		if reason, rng, _, ok := guardOf(r.Prefix.Addr()); ok && reason == ReasonGuardMetadata && r.Prefix.Bits() >= rng.Bits() {
+			rs.metaCIDRAllow = true
+		}
+	}
+}
+
+// cidrAllowCouldMatch reports whether some cidr allow rule could allow port.
+func (rs *ruleset) cidrAllowCouldMatch(port uint16) bool {
+	if rs.cidrAllowAll || port == 0 && len(rs.cidrAllowPorts) > 0 {
+		return true
+	}
+	for _, pr := range rs.cidrAllowPorts {
+		if port >= pr.Lo && port <= pr.Hi {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,215 @@
+package policy
+
+import (
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// lint finds rules that can never decide and common traps in every
+// ruleset. Port 0 warnings come from the loader.
+func (p *Policy) lint() []Diagnostic {
+	var out []Diagnostic
+	warn := func(r *Rule, msg string) {
+		out = append(out, Diagnostic{File: r.File, Line: r.Line, Column: r.Column, Message: msg, Warning: true})
+	}
+	sets := append([]*ruleset{&p.top}, p.clientSets...)
+	for _, rs := range sets {
+		hosts := map[string]bool{}
+		for _, r := range rs.rules {
+			if r.Host != "" && r.Action == Allow && strings.IndexByte(r.Host, '*') < 0 {
+				hosts[r.Host] = true
+			}
+		}
+		// Rules of the same pattern share a list in the matchers: compare
+		// within each list.
+		rs.eachGroup(func(same []crule) {
+			if len(same) < 2 {
+				return
+			}
+			for _, c := range same {
+				s := shadowedBy(c, same)
+				if s == nil {
+					continue
+				}
+				r := c.r
+				why := "it is the same rule"
+				if s.Action != r.Action {
+					why = "deny wins a tie between equal rules"
+				} else if len(s.Ports) > 0 && len(r.Ports) > 0 && !equalPorts(s.Ports, r.Ports) {
+					why = "its ports cover this rule's ports"
+				}
+				warn(r, "this rule never decides: "+s.Text+" at "+s.Location()+" matches everything it does and wins ("+why+")")
+			}
+		})
+		for _, r := range rs.rules {
+			switch {
+			case r.Host == "*" && r.Action == Deny:
+				warn(r, `deny of "*" matches every name: a connection by name is never allowed by a cidr rule, and every name not allowed by a host rule is denied; write default: deny instead`)
+			case r.Action == Allow && strings.HasPrefix(r.Host, "*.") && !strings.Contains(r.Host[2:], "*") && !hosts[r.Host[2:]]:
+				warn(r, r.Host+" does not match "+r.Host[2:]+" itself; add - {host: "+r.Host[2:]+"} if that is wanted too")
+			}
+		}
+	}
+	return out
+}
+
+// eachGroup calls fn with every list of rules that share a pattern, in
+// file order within the list.
+func (rs *ruleset) eachGroup(fn func([]crule)) {
+	var walk func(n *nameNode)
+	walk = func(n *nameNode) {
+		fn(n.here)
+		fn(n.below)
+		for _, c := range n.children {
+			walk(c)
+		}
+		if n.star != nil {
+			walk(n.star)
+		}
+	}
+	walk(&rs.names)
+	for _, fam := range rs.addrs.fam {
+		for _, pl := range fam {
+			for _, same := range pl.m {
+				fn(same)
+			}
+		}
+	}
+}
+
+// shadowedBy returns a rule among same (rules with c's pattern, in file
+// order) that wins over c wherever c matches, or nil. Of two equal rules
+// the first decides.
+func shadowedBy(c crule, same []crule) *Rule {
+	earlier := true
+	for _, s := range same {
+		if s.r == c.r {
+			earlier = false
+			continue
+		}
+		if (s.rank > c.rank || s.rank == c.rank && earlier) && covers(s.r.Ports, c.r.Ports) {
+			return s.r
+		}
+	}
+	return nil
+}
+
+// covers reports whether the port set a includes the port set b (empty =
+// every port).
+func covers(a, b []PortRange) bool {
+	if len(a) == 0 {
+		return true
+	}
+	if len(b) == 0 {
+		b = []PortRange{{1, 65535}}
+	}
+	for _, pb := range b {
+		for p := int(pb.Lo); p <= int(pb.Hi); {
+			next := -1
+			for _, pa := range a {
+				if p >= int(pa.Lo) && p <= int(pa.Hi) {
+					next = int(pa.Hi) + 1
+					break
+				}
+			}
+			if next < 0 {
+				return false
+			}
+			p = next
+		}
+	}
+	return true
+}
+
+func equalPorts(a, b []PortRange) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// WithAllows returns a copy of p with extra allow rules, one per target:
+// "HOST", "HOST:PORT", "IP", "IP:PORT", "[IPv6]:PORT" or a cidr. Each rule
+// is added to the top-level policy and to every clients: entry, with File
+// origin (e.g. "--allow") and Line the target's index plus one. p is not
+// modified.
+func (p *Policy) WithAllows(origin string, targets []string) (*Policy, error) {
+	var errs Errors
+	var rules []*Rule
+	for i, t := range targets {
+		r, msg := parseTarget(t)
+		if msg != "" {
+			errs = append(errs, Diagnostic{File: origin, Line: i + 1, Column: 1, Message: strconv.Quote(t) + ": " + msg})
+			continue
+		}
+		r.Action, r.File, r.Line, r.Column = Allow, origin, i+1, 1
+		r.Text = ruleText(r)
+		rules = append(rules, r)
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	q := *p
+	q.Clients = append([]Client(nil), p.Clients...)
+	q.top = ruleset{name: p.top.name, def: p.top.def, mode: p.top.mode, rules: append(append([]*Rule(nil), p.top.rules...), rules...)}
+	q.clientSets = nil
+	for _, rs := range p.clientSets {
+		q.clientSets = append(q.clientSets, &ruleset{name: rs.name, def: rs.def, mode: rs.mode, rules: append(append([]*Rule(nil), rs.rules...), rules...)})
+	}
+	q.compile()
+	q.warns = append([]Diagnostic(nil), p.warns...)
+	return &q, nil
+}
+
+// parseTarget parses one WithAllows target into a rule without action or
+// position; msg says what is wrong.
+func parseTarget(t string) (*Rule, string) {
+	l := &loader{file: "", budget: nodeBudget(len(t))}
+	r := &Rule{}
+	host, port := t, ""
+	switch {
+	case strings.Contains(t, "/"):
+		r.Prefix = l.prefix(nil, t, "cidr")
+		if len(l.errs) > 0 {
+			return nil, l.errs[0].Message
+		}
+		return r, ""
+	case strings.HasPrefix(t, "["):
+		end := strings.IndexByte(t, ']')
+		if end < 0 {
+			return nil, "missing ]"
+		}
+		host, port = t[1:end], t[end+1:]
+		if port != "" {
+			if port[0] != ':' {
+				return nil, "want [IPv6]:PORT"
+			}
+			port = port[1:]
+		}
+	case strings.Count(t, ":") == 1:
+		host, port, _ = strings.Cut(t, ":")
+	}
+	if port != "" {
+		n, err := parsePort(port)
+		if err != nil || n == 0 {
+			return nil, "port " + strconv.Quote(port) + " is not a number from 1 to 65535"
+		}
+		r.Ports = []PortRange{{n, n}}
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		a = a.Unmap().WithZone("")
+		r.Prefix = netip.PrefixFrom(a, a.BitLen())
+		return r, ""
+	}
+	r.Host = l.hostPattern(nil, host)
+	if len(l.errs) > 0 {
+		return nil, l.errs[0].Message
+	}
+	return r, ""
+}

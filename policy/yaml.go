@@ -1,0 +1,734 @@
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/net/idna"
+	"gopkg.in/yaml.v3"
+)
+
+// The policy file is validated from yaml.Nodes rather than decoded into
+// structs: KnownFields is lost inside custom unmarshalers, and walking the
+// nodes keeps every position so that each error says FILE:LINE:COL and all
+// of them are reported at once.
+
+// nodeBudget bounds the work of walking a document: linear in its size,
+// so that aliases cannot make a small file expand into billions of nodes
+// ("billion laughs"), while any file without aliases fits.
+func nodeBudget(size int) int { return 8*size + 1024 }
+
+type loader struct {
+	file   string
+	errs   Errors
+	warns  []Diagnostic
+	budget int
+	// listens are the listener addresses set in the file, checked against
+	// allow_from once the whole file is read.
+	listens []*yaml.Node
+}
+
+func (l *loader) errf(n *yaml.Node, format string, a ...any) {
+	line, col := 1, 1
+	if n != nil && n.Line > 0 {
+		line, col = n.Line, n.Column
+	}
+	l.errs = append(l.errs, Diagnostic{File: l.file, Line: line, Column: col, Message: fmt.Sprintf(format, a...)})
+}
+
+func (l *loader) warnf(file string, line, col int, format string, a ...any) {
+	l.warns = append(l.warns, Diagnostic{File: file, Line: line, Column: col, Message: fmt.Sprintf(format, a...), Warning: true})
+}
+
+// node follows aliases and charges the work budget.
+func (l *loader) node(n *yaml.Node) *yaml.Node {
+	for i := 0; n != nil && n.Kind == yaml.AliasNode && i < 100; i++ {
+		n = n.Alias
+	}
+	l.budget--
+	return n
+}
+
+var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// syntaxError turns a yaml.v3 parse error into a diagnostic.
+func (l *loader) syntaxError(err error) {
+	msg := err.Error()
+	line := 1
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
+	} else {
+		msg = strings.TrimPrefix(msg, "yaml: ")
+	}
+	l.errs = append(l.errs, Diagnostic{File: l.file, Line: line, Column: 1, Message: "yaml: " + msg})
+}
+
+// field is one known key of a mapping and what to do with its value.
+type field struct {
+	name string
+	fn   func(key, val *yaml.Node)
+}
+
+// mapping checks that n is a mapping and calls each field's function for
+// its key; unknown and repeated keys are errors. It returns the keys seen.
+func (l *loader) mapping(n *yaml.Node, what string, fields []field) map[string]*yaml.Node {
+	n = l.node(n)
+	seen := map[string]*yaml.Node{}
+	if n == nil || n.Kind != yaml.MappingNode {
+		l.errf(n, "%s must be a mapping, not %s", what, kindName(n))
+		return seen
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := l.node(n.Content[i]), n.Content[i+1]
+		if l.budget < 0 {
+			return seen
+		}
+		if k.Kind != yaml.ScalarNode {
+			l.errf(k, "%s: a key must be a plain name", what)
+			continue
+		}
+		var fn func(key, val *yaml.Node)
+		for _, f := range fields {
+			if f.name == k.Value {
+				fn = f.fn
+			}
+		}
+		switch {
+		case fn == nil:
+			l.errf(k, "unknown field %q in %s%s", k.Value, what, suggest(k.Value, fields))
+		case seen[k.Value] != nil:
+			l.errf(k, "field %q appears twice in %s (first at line %d)", k.Value, what, seen[k.Value].Line)
+		default:
+			seen[k.Value] = k
+			fn(k, v)
+		}
+	}
+	return seen
+}
+
+// suggest proposes a known field for a misspelt one: the same letters
+// (case, '-' for '_'), else a prefix ("port" for "ports").
+func suggest(name string, fields []field) string {
+	squash := func(s string) string { return strings.ToLower(strings.NewReplacer("-", "", "_", "").Replace(s)) }
+	for _, f := range fields {
+		if squash(f.name) == squash(name) {
+			return fmt.Sprintf(" (did you mean %q?)", f.name)
+		}
+	}
+	var names []string
+	for _, f := range fields {
+		if len(name) >= 3 && (strings.HasPrefix(f.name, name) || strings.HasPrefix(name, f.name)) {
+			return fmt.Sprintf(" (did you mean %q?)", f.name)
+		}
+		names = append(names, f.name)
+	}
+	return " (known: " + strings.Join(names, ", ") + ")"
+}
+
+func kindName(n *yaml.Node) string {
+	if n == nil {
+		return "nothing"
+	}
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		switch n.Tag {
+		case "!!null":
+			return "null"
+		case "!!int":
+			return "a number"
+		case "!!bool":
+			return "a boolean"
+		case "!!float":
+			return "a number"
+		}
+		return fmt.Sprintf("the string %q", n.Value)
+	}
+	return "something else"
+}
+
+func (l *loader) str(n *yaml.Node, what string) (string, bool) {
+	n = l.node(n)
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
+		l.errf(n, "%s must be a string, not %s", what, kindName(n))
+		return "", false
+	}
+	return n.Value, true
+}
+
+func (l *loader) integer(n *yaml.Node, what string) (int, bool) {
+	n = l.node(n)
+	var v int
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || n.Decode(&v) != nil {
+		l.errf(n, "%s must be an integer, not %s", what, kindName(n))
+		return 0, false
+	}
+	return v, true
+}
+
+func (l *loader) boolean(n *yaml.Node, what string) bool {
+	n = l.node(n)
+	var v bool
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" || n.Decode(&v) != nil {
+		l.errf(n, "%s must be true or false, not %s", what, kindName(n))
+	}
+	return v
+}
+
+func (l *loader) enum(n *yaml.Node, what string, values ...string) (string, bool) {
+	s, ok := l.str(n, what)
+	if !ok {
+		return "", false
+	}
+	for _, v := range values {
+		if s == v {
+			return s, true
+		}
+	}
+	l.errf(l.node(n), "%s must be %s, not %q", what, strings.Join(values, " or "), s)
+	return "", false
+}
+
+func (l *loader) duration(n *yaml.Node, what string) (time.Duration, bool) {
+	n = l.node(n)
+	if n.Kind != yaml.ScalarNode || (n.Tag != "!!str" && n.Tag != "!!int") {
+		l.errf(n, "%s must be a duration such as 10s, not %s", what, kindName(n))
+		return 0, false
+	}
+	d, err := time.ParseDuration(n.Value)
+	if err != nil {
+		l.errf(n, "%s must be a duration such as 10s or 1m30s, not %q", what, n.Value)
+		return 0, false
+	}
+	if d < 0 {
+		l.errf(n, "%s must not be negative", what)
+		return 0, false
+	}
+	return d, true
+}
+
+func (l *loader) seq(n *yaml.Node, what string) []*yaml.Node {
+	n = l.node(n)
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return nil
+	}
+	if n.Kind != yaml.SequenceNode {
+		l.errf(n, "%s must be a list, not %s", what, kindName(n))
+		return nil
+	}
+	l.budget -= len(n.Content)
+	return n.Content
+}
+
+func (l *loader) verdict(n *yaml.Node, what string) Verdict {
+	s, _ := l.enum(n, what, "allow", "deny")
+	if s == "allow" {
+		return Allow
+	}
+	return Deny
+}
+
+func (l *loader) mode(n *yaml.Node, what string) Mode {
+	s, _ := l.enum(n, what, "enforce", "audit")
+	if s == "audit" {
+		return Audit
+	}
+	return Enforce
+}
+
+// parse validates the document and fills p. Rules are left for compile.
+func (l *loader) parse(data []byte, p *Policy) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			l.errs = append(l.errs, Diagnostic{File: l.file, Line: 1, Column: 1, Message: "the file is empty: version: 1 and default: are required"})
+			return
+		}
+		l.syntaxError(err)
+		return
+	}
+	var second yaml.Node
+	switch err := dec.Decode(&second); {
+	case err == nil:
+		l.errf(&second, "a policy file holds one YAML document; remove the second one (after ---)")
+	case !errors.Is(err, io.EOF):
+		l.syntaxError(err)
+	}
+	if len(doc.Content) == 0 {
+		l.errf(&doc, "the file is empty: version: 1 and default: are required")
+		return
+	}
+	root := doc.Content[0]
+	top := &p.top
+	seen := l.mapping(root, "the policy", []field{
+		{"version", func(k, v *yaml.Node) {
+			if n, ok := l.integer(v, "version"); ok {
+				if n != 1 {
+					l.errf(l.node(v), "unsupported version %d: this egress reads version 1", n)
+				}
+				p.Version = n
+			}
+		}},
+		{"default", func(k, v *yaml.Node) { top.def = l.verdict(v, "default") }},
+		{"mode", func(k, v *yaml.Node) { top.mode = l.mode(v, "mode") }},
+		{"allow", func(k, v *yaml.Node) { top.rules = append(top.rules, l.rules(v, Allow, "allow")...) }},
+		{"deny", func(k, v *yaml.Node) { top.rules = append(top.rules, l.rules(v, Deny, "deny")...) }},
+		{"allow_from", func(k, v *yaml.Node) { p.AllowFrom = l.prefixes(v, "allow_from") }},
+		{"clients", func(k, v *yaml.Node) { l.clients(v, p) }},
+		{"listen", func(k, v *yaml.Node) { l.listen(v, &p.Listen) }},
+		{"log", func(k, v *yaml.Node) { l.log(v, &p.Log) }},
+		{"dns", func(k, v *yaml.Node) { l.dns(v, &p.DNS) }},
+		{"timeouts", func(k, v *yaml.Node) { l.timeouts(v, &p.Timeouts) }},
+		{"limits", func(k, v *yaml.Node) { l.limits(v, &p.Limits) }},
+	})
+	if l.node(root).Kind == yaml.MappingNode {
+		if seen["version"] == nil {
+			l.errf(root, "version is required: add version: 1")
+		}
+		if seen["default"] == nil {
+			l.errf(root, "default is required: add default: allow (full internet) or default: deny (only what is listed)")
+		}
+	}
+	p.Default, p.Mode = top.def, top.mode
+	if len(p.AllowFrom) == 0 {
+		for _, n := range l.listens {
+			l.warnf(l.file, n.Line, n.Column, "%s is not a loopback address and allow_from is empty: anyone who reaches it can use egress; set allow_from", n.Value)
+		}
+	}
+}
+
+func (l *loader) rules(n *yaml.Node, action Verdict, what string) []*Rule {
+	var out []*Rule
+	for _, item := range l.seq(n, what) {
+		if r := l.rule(item, action, what); r != nil {
+			out = append(out, r)
+		}
+		if l.budget < 0 {
+			break
+		}
+	}
+	return out
+}
+
+func (l *loader) rule(n *yaml.Node, action Verdict, what string) *Rule {
+	n = l.node(n)
+	article := "a "
+	if action == Allow {
+		article = "an "
+	}
+	if n.Kind != yaml.MappingNode {
+		l.errf(n, "%s%s rule must be a mapping such as {host: api.example.com, ports: [443]}, not %s", article, what, kindName(n))
+		return nil
+	}
+	// Walked by hand rather than with mapping(): a policy may hold 100,000
+	// rules, and this loop allocates nothing but the rule.
+	r := &Rule{Action: action, File: l.file, Line: n.Line, Column: n.Column}
+	var hostKey, cidrKey, portsKey *yaml.Node
+	nerr := len(l.errs)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := l.node(n.Content[i]), n.Content[i+1]
+		var dup *yaml.Node
+		switch {
+		case k.Kind != yaml.ScalarNode:
+			l.errf(k, "%s%s rule: a key must be a plain name", article, what)
+		case k.Value == "host":
+			dup, hostKey = hostKey, k
+			if s, ok := l.str(v, "host"); ok && dup == nil {
+				r.Host = l.hostPattern(l.node(v), s)
+			}
+		case k.Value == "cidr":
+			dup, cidrKey = cidrKey, k
+			if s, ok := l.str(v, "cidr"); ok && dup == nil {
+				r.Prefix = l.prefix(l.node(v), s, "cidr")
+			}
+		case k.Value == "ports":
+			dup, portsKey = portsKey, k
+			if dup == nil {
+				r.Ports = l.ports(v)
+			}
+		default:
+			l.errf(k, "unknown field %q in %s%s rule%s", k.Value, article, what, suggest(k.Value, ruleFields))
+		}
+		if dup != nil {
+			l.errf(k, "field %q appears twice in %s%s rule (first at line %d)", k.Value, article, what, dup.Line)
+		}
+	}
+	switch {
+	case hostKey != nil && cidrKey != nil:
+		l.errf(cidrKey, "a rule has either host or cidr, not both: write two rules")
+	case hostKey == nil && cidrKey == nil && portsKey != nil:
+		l.errf(n, "a rule needs host or cidr; ports alone match nothing")
+	case hostKey == nil && cidrKey == nil:
+		l.errf(n, "a rule needs host or cidr")
+	}
+	if len(l.errs) > nerr {
+		return nil
+	}
+	r.Text = ruleText(r)
+	return r
+}
+
+// ruleFields names the fields of a rule, for suggestions.
+var ruleFields = []field{{name: "host"}, {name: "cidr"}, {name: "ports"}}
+
+// hostPattern validates a host pattern and returns it; a pattern that is
+// not in normal form is an error that gives the normal form.
+func (l *loader) hostPattern(n *yaml.Node, s string) string {
+	if s == "*" {
+		return s
+	}
+	if s == "" {
+		l.errf(n, "host is empty")
+		return ""
+	}
+	if _, ip, err := NormalizeHost(s); err == nil && ip.IsValid() {
+		l.errf(n, "host %q is an address: write cidr: %s", s, ip)
+		return ""
+	}
+	if strings.HasPrefix(s, "[") || strings.Contains(s, ":") {
+		l.errf(n, "host %q: a host is a name without port; put ports under ports:", s)
+		return ""
+	}
+	if isNormalPattern(s) {
+		if err := checkName(s, true); err != nil {
+			l.errf(n, "host %q: %v", s, err)
+			return ""
+		}
+		return s
+	}
+	labels := strings.Split(s, ".")
+	if len(labels) > 1 && labels[len(labels)-1] == "" {
+		labels = labels[:len(labels)-1]
+	}
+	for i, lab := range labels {
+		switch {
+		case lab == "*" && i == len(labels)-1:
+			l.errf(n, "host %q: the last label cannot be '*'; a wildcard stands for labels on the left (*.example.com) or one label in the middle (a.*.example.com)", s)
+			return ""
+		case lab == "*":
+		case strings.Contains(lab, "*"):
+			l.errf(n, "host %q: misplaced wildcard: '*' must be a whole label, as in *.example.com or a.*.example.com", s)
+			return ""
+		case isASCII(lab):
+			labels[i] = lowerASCII(lab)
+		default:
+			a, err := idna.Lookup.ToASCII(lab)
+			if err != nil || !isASCII(a) {
+				a = lab
+				if !isASCII(lab) {
+					l.errf(n, "host %q: label %q is not a valid international name", s, lab)
+					return ""
+				}
+			}
+			labels[i] = lowerASCII(a)
+		}
+	}
+	norm := strings.Join(labels, ".")
+	if err := checkName(norm, true); err != nil {
+		l.errf(n, "host %q: %v", s, err)
+		return ""
+	}
+	if _, isNum, _ := parseIPv4Literal(norm); isNum {
+		l.errf(n, "host %q ends in a number: it is neither a name nor an address (use cidr: for addresses)", s)
+		return ""
+	}
+	if norm != s {
+		l.errf(n, "host %q is not in normal form: write %q", s, norm)
+		return ""
+	}
+	return norm
+}
+
+// isNormalPattern reports whether s is already a pattern in normal form
+// (lowercase letters, digits, '-', '_', whole '*' labels except the last,
+// no trailing dot, not ending in a number), so that the common case needs
+// no rewriting.
+func isNormalPattern(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
+		case c == '.':
+			if i == len(s)-1 {
+				return false
+			}
+		case c == '*':
+			if i > 0 && s[i-1] != '.' || i+1 >= len(s) || s[i+1] != '.' {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	_, isNum, _ := parseIPv4Literal(s)
+	return !isNum
+}
+
+// prefix parses a cidr or a bare address (/32 or /128). IPv4-mapped IPv6
+// prefixes become IPv4 ones, the form addresses are matched in.
+func (l *loader) prefix(n *yaml.Node, s, what string) netip.Prefix {
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			l.errf(n, "%s %q is not a cidr such as 10.0.0.0/8 or 2001:db8::/32", what, s)
+			return netip.Prefix{}
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			l.errf(n, "%s %q is not an address or cidr such as 10.0.0.5 or 10.0.0.0/8", what, s)
+			return netip.Prefix{}
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	if m := p.Masked(); m != p {
+		l.errf(n, "%s %q has bits set after the /%d: write %s (or %s for the address alone)", what, s, p.Bits(), m, netip.PrefixFrom(p.Addr(), p.Addr().BitLen()))
+		return netip.Prefix{}
+	}
+	return p
+}
+
+func (l *loader) prefixes(n *yaml.Node, what string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, item := range l.seq(n, what) {
+		if s, ok := l.str(item, what+" entry"); ok {
+			if p := l.prefix(l.node(item), s, what+" entry"); p.IsValid() {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+func (l *loader) ports(n *yaml.Node) []PortRange {
+	items := l.seq(n, "ports")
+	if len(items) == 0 && l.node(n).Kind == yaml.SequenceNode {
+		l.errf(l.node(n), "ports is empty: leave ports out to mean any port")
+	}
+	var out []PortRange
+	for _, item := range items {
+		item = l.node(item)
+		if item.Kind != yaml.ScalarNode || (item.Tag != "!!int" && item.Tag != "!!str") {
+			l.errf(item, "a port must be a number or a range such as \"8000-8100\", not %s", kindName(item))
+			continue
+		}
+		s := strings.TrimSpace(item.Value)
+		lo, hi, isRange := strings.Cut(s, "-")
+		if !isRange {
+			hi = lo
+		}
+		a, err1 := parsePort(lo)
+		b, err2 := parsePort(hi)
+		switch {
+		case err1 != nil || err2 != nil:
+			l.errf(item, "port %q: want a number from 1 to 65535 or a range such as \"8000-8100\"", item.Value)
+			continue
+		case a > b:
+			l.errf(item, "port range %q is backwards: write \"%d-%d\"", item.Value, b, a)
+			continue
+		}
+		if a == 0 {
+			l.warnf(l.file, item.Line, item.Column, "port 0 is never dialled: remove it (leave ports out to mean any port)")
+		}
+		out = append(out, PortRange{Lo: a, Hi: b})
+	}
+	return out
+}
+
+func parsePort(s string) (uint16, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || len(s) > 1 && s[0] == '0' {
+		return 0, strconv.ErrSyntax
+	}
+	v, err := strconv.ParseUint(s, 10, 16)
+	return uint16(v), err
+}
+
+func (l *loader) clients(n *yaml.Node, p *Policy) {
+	names := map[string]int{}
+	for _, item := range l.seq(n, "clients") {
+		item = l.node(item)
+		c := Client{Default: p.top.def, Mode: p.top.mode}
+		rs := &ruleset{}
+		seen := l.mapping(item, "a clients entry", []field{
+			{"name", func(k, v *yaml.Node) {
+				if s, ok := l.str(v, "name"); ok {
+					if s == "" || s == "default" {
+						l.errf(l.node(v), "a client's name must not be empty or %q", "default")
+					} else if line, dup := names[s]; dup {
+						l.errf(l.node(v), "client name %q is used twice (first at line %d)", s, line)
+					}
+					names[s] = l.node(v).Line
+					c.Name = s
+				}
+			}},
+			{"sources", func(k, v *yaml.Node) { c.Sources = l.prefixes(v, "sources") }},
+			{"users", func(k, v *yaml.Node) {
+				for _, u := range l.seq(v, "users") {
+					if s, ok := l.str(u, "a user"); ok {
+						c.Users = append(c.Users, s)
+					}
+				}
+			}},
+			{"default", func(k, v *yaml.Node) { c.Default = l.verdict(v, "default") }},
+			{"mode", func(k, v *yaml.Node) { c.Mode = l.mode(v, "mode") }},
+			{"allow", func(k, v *yaml.Node) { rs.rules = append(rs.rules, l.rules(v, Allow, "allow")...) }},
+			{"deny", func(k, v *yaml.Node) { rs.rules = append(rs.rules, l.rules(v, Deny, "deny")...) }},
+		})
+		if item.Kind != yaml.MappingNode {
+			continue
+		}
+		if seen["name"] == nil {
+			l.errf(item, "a clients entry needs a name")
+		}
+		if seen["sources"] == nil && seen["users"] == nil {
+			l.errf(item, "a clients entry needs sources or users to select its clients")
+		}
+		rs.name, rs.def, rs.mode = c.Name, c.Default, c.Mode
+		p.Clients = append(p.Clients, c)
+		p.clientSets = append(p.clientSets, rs)
+	}
+}
+
+func (l *loader) addr(n *yaml.Node, what string) string {
+	s, ok := l.str(n, what)
+	if !ok || s == "" {
+		return ""
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		l.errf(l.node(n), "%s %q: want IP:PORT such as 127.0.0.1:3128 or [::1]:3128 (or \"\" for off)", what, s)
+		return ""
+	}
+	if what != "listen.admin" && !ap.Addr().Unmap().IsLoopback() {
+		l.listens = append(l.listens, l.node(n))
+	}
+	return s
+}
+
+func (l *loader) listen(n *yaml.Node, ls *Listen) {
+	l.mapping(n, "listen", []field{
+		{"http", func(k, v *yaml.Node) { ls.HTTP = l.addr(v, "listen.http") }},
+		{"dns", func(k, v *yaml.Node) { ls.DNS = l.addr(v, "listen.dns") }},
+		{"transparent", func(k, v *yaml.Node) { ls.Transparent = l.addr(v, "listen.transparent") }},
+		{"admin", func(k, v *yaml.Node) { ls.Admin = l.addr(v, "listen.admin") }},
+		{"proxy_protocol", func(k, v *yaml.Node) { ls.ProxyProtocol = l.boolean(v, "listen.proxy_protocol") }},
+	})
+}
+
+func (l *loader) log(n *yaml.Node, lg *Log) {
+	l.mapping(n, "log", []field{
+		{"format", func(k, v *yaml.Node) {
+			if s, ok := l.enum(v, "log.format", "json", "console"); ok {
+				lg.Format = s
+			}
+		}},
+		{"level", func(k, v *yaml.Node) {
+			if s, ok := l.enum(v, "log.level", "debug", "info", "warn", "error"); ok {
+				lg.Level = s
+			}
+		}},
+		{"allowed", func(k, v *yaml.Node) { lg.Allowed = l.boolean(v, "log.allowed") }},
+		{"file", func(k, v *yaml.Node) { lg.File, _ = l.str(v, "log.file") }},
+	})
+}
+
+func (l *loader) dns(n *yaml.Node, d *DNS) {
+	var minKey *yaml.Node
+	l.mapping(n, "dns", []field{
+		{"upstreams", func(k, v *yaml.Node) {
+			d.Upstreams = nil
+			for _, u := range l.seq(v, "dns.upstreams") {
+				s, ok := l.str(u, "a dns upstream")
+				if !ok {
+					continue
+				}
+				if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+					s = netip.AddrPortFrom(a, 53).String()
+				} else if _, err := netip.ParseAddrPort(s); err != nil {
+					l.errf(l.node(u), "dns upstream %q: want IP or IP:PORT such as 192.0.2.53:53", s)
+					continue
+				}
+				d.Upstreams = append(d.Upstreams, s)
+			}
+		}},
+		{"timeout", func(k, v *yaml.Node) {
+			if t, ok := l.duration(v, "dns.timeout"); ok {
+				if t == 0 {
+					l.errf(l.node(v), "dns.timeout must be more than 0")
+				}
+				d.Timeout = t
+			}
+		}},
+		{"blocked", func(k, v *yaml.Node) {
+			if s, ok := l.enum(v, "dns.blocked", "nxdomain", "refused", "empty"); ok {
+				d.Blocked = s
+			}
+		}},
+		{"min_ttl", func(k, v *yaml.Node) { minKey = k; d.MinTTL, _ = l.duration(v, "dns.min_ttl") }},
+		{"max_ttl", func(k, v *yaml.Node) { d.MaxTTL, _ = l.duration(v, "dns.max_ttl") }},
+		{"cache_size", func(k, v *yaml.Node) {
+			if c, ok := l.integer(v, "dns.cache_size"); ok {
+				if c < 0 {
+					l.errf(l.node(v), "dns.cache_size must not be negative")
+				}
+				d.CacheSize = c
+			}
+		}},
+	})
+	if d.MinTTL > d.MaxTTL {
+		l.errf(minKey, "dns.min_ttl %s is more than dns.max_ttl %s", d.MinTTL, d.MaxTTL)
+	}
+}
+
+func (l *loader) timeouts(n *yaml.Node, t *Timeouts) {
+	positive := func(dst *time.Duration, what string) func(k, v *yaml.Node) {
+		return func(k, v *yaml.Node) {
+			if d, ok := l.duration(v, what); ok {
+				if d == 0 {
+					l.errf(l.node(v), "%s must be more than 0", what)
+				}
+				*dst = d
+			}
+		}
+	}
+	l.mapping(n, "timeouts", []field{
+		{"dial", positive(&t.Dial, "timeouts.dial")},
+		{"header", positive(&t.Header, "timeouts.header")},
+		{"tunnel_idle", func(k, v *yaml.Node) { t.TunnelIdle, _ = l.duration(v, "timeouts.tunnel_idle") }},
+		{"drain", func(k, v *yaml.Node) { t.Drain, _ = l.duration(v, "timeouts.drain") }},
+	})
+}
+
+func (l *loader) limits(n *yaml.Node, lm *Limits) {
+	positive := func(dst *int, what string) func(k, v *yaml.Node) {
+		return func(k, v *yaml.Node) {
+			if c, ok := l.integer(v, what); ok {
+				if c <= 0 {
+					l.errf(l.node(v), "%s must be more than 0", what)
+				}
+				*dst = c
+			}
+		}
+	}
+	l.mapping(n, "limits", []field{
+		{"max_tunnels", positive(&lm.MaxTunnels, "limits.max_tunnels")},
+		{"max_header_bytes", positive(&lm.MaxHeaderBytes, "limits.max_header_bytes")},
+	})
+}
