@@ -1,0 +1,297 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestServeHelperProcess is not a test: it is egress itself, run as a
+// child process by the tests below (the os/exec helper-process pattern),
+// so that signals and the environment are real.
+func TestServeHelperProcess(t *testing.T) {
+	if os.Getenv("EGRESS_SERVE_HELPER") != "1" {
+		t.Skip("helper process")
+	}
+	args := strings.Split(os.Getenv("EGRESS_SERVE_ARGS"), "\n")
+	os.Exit(run(args, os.Stdout, os.Stderr))
+}
+
+// startEgress runs "egress ARGS..." as a child with extra environment and
+// returns it once it listens, with the HTTP proxy address.
+func startEgress(t *testing.T, env []string, args ...string) (*exec.Cmd, string, *bufio.Scanner) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestServeHelperProcess$")
+	cmd.Env = append(os.Environ(), append(env, "EGRESS_SERVE_HELPER=1", "EGRESS_SERVE_ARGS="+strings.Join(args, "\n"))...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	sc := bufio.NewScanner(stderr)
+	addr := make(chan string, 1)
+	go func() {
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil && m["listen_http"] != nil {
+				addr <- m["listen_http"].(string)
+				return
+			}
+			t.Logf("egress: %s", sc.Text())
+		}
+		close(addr)
+	}()
+	select {
+	case a, ok := <-addr:
+		if !ok {
+			t.Fatal("egress exited before listening")
+		}
+		return cmd, a, sc
+	case <-time.After(20 * time.Second):
+		t.Fatal("egress did not start")
+	}
+	return nil, "", nil
+}
+
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const loopbackPolicy = `version: 1
+default: deny
+allow:
+  - cidr: 127.0.0.1/32
+timeouts:
+  drain: 10s
+`
+
+// egress must not follow HTTP_PROXY/HTTPS_PROXY from its own environment
+// (goproxy's defaults do): a trap proxy set there must see nothing.
+func TestServeIgnoresProxyEnvironment(t *testing.T) {
+	var trapped atomic.Int32
+	trap, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer trap.Close()
+	go func() {
+		for {
+			c, err := trap.Accept()
+			if err != nil {
+				return
+			}
+			trapped.Add(1)
+			c.Close()
+		}
+	}()
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "origin") }))
+	defer origin.Close()
+	tlsOrigin := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "tls origin") }))
+	defer tlsOrigin.Close()
+
+	trapURL := "http://" + trap.Addr().String()
+	env := []string{"HTTP_PROXY=" + trapURL, "HTTPS_PROXY=" + trapURL, "http_proxy=" + trapURL, "https_proxy=" + trapURL, "ALL_PROXY=" + trapURL, "NO_PROXY=", "no_proxy="}
+	_, addr, _ := startEgress(t, env, "serve", "--config", writeConfig(t, loopbackPolicy), "--listen", "127.0.0.1:0")
+
+	tr := &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: addr}), TLSClientConfig: tlsOrigin.Client().Transport.(*http.Transport).TLSClientConfig}
+	defer tr.CloseIdleConnections()
+	cl := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	urls := []string{origin.URL, tlsOrigin.URL}
+	// net/http never sends loopback IP literals to an environment proxy;
+	// a name that resolves to loopback shows what egress's Transport does.
+	if name, err := os.Hostname(); err == nil {
+		if ips, err := net.DefaultResolver.LookupNetIP(context.Background(), "ip4", name); err == nil && len(ips) > 0 && ips[0].Unmap().String() == "127.0.0.1" {
+			u, _ := url.Parse(origin.URL)
+			urls = append(urls, "http://"+name+":"+u.Port()+"/")
+		} else {
+			t.Logf("host name %q does not resolve to 127.0.0.1: plain HTTP checked with IP literals only", name)
+		}
+	}
+	for _, u := range urls {
+		resp, err := cl.Get(u)
+		if err != nil {
+			t.Fatalf("GET %s through egress: %v", u, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), "origin") {
+			t.Fatalf("GET %s: %d %q", u, resp.StatusCode, b)
+		}
+	}
+	if n := trapped.Load(); n != 0 {
+		t.Fatalf("the proxy from egress's environment got %d connections", n)
+	}
+}
+
+func TestServeSIGTERMDrainsTunnels(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	cmd, addr, sc := startEgress(t, nil, "serve", "--config", writeConfig(t, loopbackPolicy), "--listen", "127.0.0.1:0")
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(15 * time.Second))
+	br := bufio.NewReader(c)
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\n\r\n", echo.Addr())
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the listener to close, then show the tunnel still works.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		nc, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			break
+		}
+		nc.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("egress still accepts after SIGTERM")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	io.WriteString(c, "draining")
+	b := make([]byte, 8)
+	if _, err := io.ReadFull(br, b); err != nil || string(b) != "draining" {
+		t.Fatalf("tunnel after SIGTERM: %q %v", b, err)
+	}
+	c.Close()
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("egress exited with %v, want 0", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("egress did not exit after its last tunnel closed")
+	}
+}
+
+func TestServeFlags(t *testing.T) {
+	t.Run("a bad policy file prints FILE:LINE:COL errors and exits 2", func(t *testing.T) {
+		cfg := writeConfig(t, "version: 1\ndefault: maybe\nallow:\n  - host: a.example\n    cidr: 10.0.0.0/8\n")
+		var stderr strings.Builder
+		code := serve(context.Background(), []string{"--config", cfg}, io.Discard, &stderr)
+		if code != exitUsage {
+			t.Errorf("exit %d, want %d", code, exitUsage)
+		}
+		if !strings.Contains(stderr.String(), cfg+":2:") {
+			t.Errorf("stderr %q does not cite %s:2:COL", stderr.String(), cfg)
+		}
+	})
+	t.Run("a missing policy file exits 2", func(t *testing.T) {
+		var stderr strings.Builder
+		if code := serve(context.Background(), []string{"--config", "/nonexistent/policy.yaml"}, io.Discard, &stderr); code != exitUsage {
+			t.Errorf("exit %d, want %d", code, exitUsage)
+		}
+	})
+	t.Run("an unknown log format exits 2", func(t *testing.T) {
+		var stderr strings.Builder
+		if code := serve(context.Background(), []string{"--listen", "127.0.0.1:0", "--log-format", "xml"}, io.Discard, &stderr); code != exitUsage {
+			t.Errorf("exit %d, want %d", code, exitUsage)
+		}
+	})
+	t.Run("a stray argument exits 2", func(t *testing.T) {
+		var stderr strings.Builder
+		if code := serve(context.Background(), []string{"extra"}, io.Discard, &stderr); code != exitUsage {
+			t.Errorf("exit %d, want %d", code, exitUsage)
+		}
+	})
+	t.Run("the built-in policy on the default address says so in one line", func(t *testing.T) {
+		if l, err := net.Listen("tcp", defaultHTTPListen); err != nil {
+			t.Skipf("%s is busy: %v", defaultHTTPListen, err)
+		} else {
+			l.Close()
+		}
+		out := serveBriefly(t)
+		var m map[string]any
+		first, _, _ := strings.Cut(out, "\n")
+		if err := json.Unmarshal([]byte(first), &m); err != nil {
+			t.Fatalf("first line %q is not JSON: %v", first, err)
+		}
+		if m["listen_http"] != defaultHTTPListen || m["policy"] != "(built-in)" {
+			t.Errorf("startup line %q: want listen_http %s and policy (built-in)", first, defaultHTTPListen)
+		}
+	})
+	t.Run("--log-format console writes for people", func(t *testing.T) {
+		out := serveBriefly(t, "--listen", "127.0.0.1:0", "--log-format", "console")
+		first, _, _ := strings.Cut(out, "\n")
+		if strings.HasPrefix(first, "{") || !strings.Contains(first, "egress serving") {
+			t.Errorf("console line %q", first)
+		}
+	})
+}
+
+// serveBriefly runs serve in-process until it has started, then stops it
+// as SIGTERM would, and returns what it logged.
+func serveBriefly(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	done := make(chan int, 1)
+	go func() {
+		done <- serve(ctx, args, io.Discard, pw)
+		pw.Close()
+	}()
+	var out strings.Builder
+	sc := bufio.NewScanner(pr)
+	for sc.Scan() {
+		out.WriteString(sc.Text() + "\n")
+		if strings.Contains(sc.Text(), "egress serving") {
+			cancel()
+		}
+	}
+	if code := <-done; code != exitOK {
+		t.Errorf("serve exited %d after cancel, want 0; log:\n%s", code, out.String())
+	}
+	cancel()
+	return out.String()
+}

@@ -1,0 +1,261 @@
+// Package httpproxy is egress's HTTP forward proxy: absolute-form HTTP
+// requests (http:// and, fetched over verified TLS, https://) and CONNECT
+// tunnels, each decided by the policy, dialled through the checking dialer
+// and recorded as one canonical log line.
+//
+// Plain HTTP is forwarded by github.com/elazarl/goproxy with our own
+// Transport (no proxies from the environment, TLS verification on, dials
+// through proxy/dialer). CONNECT is handled here, in front of goproxy: see
+// connect.go for why. It does not intercept TLS (no MITM) and does not
+// authenticate proxy users; a Basic Proxy-Authorization user name only
+// selects a per-client policy.
+package httpproxy
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/elazarl/goproxy"
+	"github.com/rs/zerolog"
+
+	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/dialer"
+	"github.com/egress-proxy/egress/proxy/eventlog"
+)
+
+// Defaults used when the policy leaves a setting at zero.
+const (
+	DefaultHeaderTimeout  = 10 * time.Second
+	DefaultMaxTunnels     = 10000
+	DefaultMaxHeaderBytes = 64 << 10
+	idleClientTimeout     = 2 * time.Minute // between requests on a kept-alive client connection
+)
+
+// Proxy is the HTTP forward proxy. Only Policy is required; every other
+// field has a safe default. Serve it with Serve (which applies the
+// policy's timeouts and limits) or mount it as an http.Handler.
+type Proxy struct {
+	// Policy returns the current policy; it is called per request, never
+	// copied, so an atomically swapped policy applies to the next request.
+	Policy func() *policy.Policy
+	// Dialer dials upstream connections for both plain HTTP and CONNECT.
+	// Nil means a Dialer with Policy, the system resolver and, as loop
+	// guard, the listeners this Proxy serves on.
+	Dialer *dialer.Dialer
+	// Events records one entry per request or tunnel; nil records nothing.
+	Events *eventlog.Sink
+	// Logger receives what is not a canonical line: panics, server errors.
+	Logger zerolog.Logger
+	// TLSClientConfig verifies origins of absolute-form https:// requests.
+	// Nil means the system roots. Verification is never skipped.
+	TLSClientConfig *tls.Config
+
+	initOnce sync.Once
+	gp       *goproxy.ProxyHttpServer
+	dial     *dialer.Dialer
+	self     dialer.Self
+	tunnels  tunnelSet
+	poll     poller
+
+	mu       sync.Mutex
+	srvs     []*http.Server
+	shutdown bool
+	trPolicy *policy.Policy
+	trs      map[string]*http.Transport // by client policy name, for trPolicy
+}
+
+func (p *Proxy) init() {
+	p.initOnce.Do(func() {
+		p.dial = p.Dialer
+		if p.dial == nil {
+			p.dial = &dialer.Dialer{Policy: p.Policy, IsSelf: p.self.Contains}
+		}
+		gp := goproxy.NewProxyHttpServer()
+		// Undo goproxy's defaults: its Transport skips TLS verification
+		// and takes proxies from the environment, and its ConnectDial
+		// follows HTTPS_PROXY. Plain requests go through our own
+		// per-policy Transports (see roundTrip); CONNECT never reaches
+		// goproxy. Tr and ConnectDial are set to fail closed in case a
+		// future goproxy version reaches them anyway.
+		gp.Tr = &http.Transport{Proxy: nil, DialContext: func(context.Context, string, string) (net.Conn, error) {
+			return nil, errors.New("goproxy default transport used")
+		}}
+		gp.ConnectDial = func(string, string) (net.Conn, error) { return nil, errors.New("goproxy connect dial used") }
+		gp.KeepAcceptEncoding = true // pass the client's Accept-Encoding on, untouched
+		gp.Logger = log.New(io.Discard, "", 0)
+		gp.NonproxyHandler = http.HandlerFunc(serveInfo)
+		gp.OnRequest().DoFunc(func(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
+			ctx.RoundTripper = goproxy.RoundTripperFunc(p.roundTrip)
+			return r, nil
+		})
+		p.gp = gp
+	})
+}
+
+// Serve accepts connections on l until Shutdown. It applies the current
+// policy's header timeout and header size limit to the listener's server.
+func (p *Proxy) Serve(l net.Listener) error {
+	p.init()
+	pol := p.Policy()
+	hdrTimeout := pol.Timeouts.Header
+	if hdrTimeout <= 0 {
+		hdrTimeout = DefaultHeaderTimeout
+	}
+	srv := &http.Server{
+		Handler:           p,
+		ReadHeaderTimeout: hdrTimeout, // slowloris
+		IdleTimeout:       idleClientTimeout,
+		// net/http reads MaxHeaderBytes+4096 before answering 431; take
+		// the slack off so that limits.max_header_bytes is the limit.
+		MaxHeaderBytes: max(maxHeaderBytes(pol)-4096, 4096),
+		ErrorLog:       log.New(p.Logger.With().Str("component", "httpproxy").Logger(), "", 0),
+	}
+	p.mu.Lock()
+	if p.shutdown {
+		p.mu.Unlock()
+		return http.ErrServerClosed
+	}
+	p.srvs = append(p.srvs, srv)
+	p.mu.Unlock()
+	p.self.Add(l.Addr())
+	return srv.Serve(l)
+}
+
+// Shutdown stops accepting, closes idle client connections, waits for
+// requests in flight and then for open tunnels to finish, until ctx is
+// done; then it closes the tunnels still open and returns ctx's error.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.init()
+	p.mu.Lock()
+	p.shutdown = true
+	srvs := p.srvs
+	p.mu.Unlock()
+	var err error
+	for _, s := range srvs {
+		if e := s.Shutdown(ctx); e != nil && err == nil {
+			err = e
+		}
+	}
+	if e := p.tunnels.drain(ctx); e != nil && err == nil {
+		err = e
+	}
+	for _, s := range srvs {
+		s.Close() // connections that did not finish in time
+	}
+	p.mu.Lock()
+	for _, t := range p.trs {
+		t.CloseIdleConnections()
+	}
+	p.mu.Unlock()
+	return err
+}
+
+// OpenTunnels is the number of CONNECT tunnels currently open.
+func (p *Proxy) OpenTunnels() int { return int(p.tunnels.n.Load()) }
+
+// ServeHTTP answers one proxy request: CONNECT here, absolute-form
+// requests through goproxy, anything else with a 400 info page.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.init()
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			p.Logger.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).
+				Str("client", r.RemoteAddr).Str("method", r.Method).Msg("panic serving request; connection closed")
+			panic(http.ErrAbortHandler) // net/http closes this connection quietly and keeps serving
+		}
+	}()
+	if r.Method == http.MethodConnect {
+		p.serveConnect(w, r)
+		return
+	}
+	if !r.URL.IsAbs() {
+		serveInfo(w, r) // never forwarded: egress is not a reverse proxy
+		return
+	}
+	p.serveForward(w, r)
+}
+
+// serveInfo answers requests that are not proxy requests (origin-form,
+// "GET / HTTP/1.1"): they are never forwarded anywhere.
+func serveInfo(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusBadRequest)
+	io.WriteString(w, "egress is a forward proxy: send absolute-form requests (GET http://host/path)\n"+
+		"or CONNECT host:port, e.g. curl -x http://"+r.Host+" https://host/\n")
+}
+
+// request is what every path knows about one proxy request.
+type request struct {
+	id     string
+	client netip.AddrPort
+	req    policy.Request
+	start  time.Time
+}
+
+func (p *Proxy) newRequest(r *http.Request, host string, port uint16) request {
+	client, _ := netip.ParseAddrPort(r.RemoteAddr)
+	client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+	return request{
+		id:     eventlog.NewID(),
+		client: client,
+		req:    policy.Request{Host: host, Port: port, Client: client.Addr(), User: proxyUser(r.Header)},
+		start:  time.Now(),
+	}
+}
+
+// proxyUser is the user name of a Basic Proxy-Authorization header. It
+// is not authenticated: it only selects a clients: entry.
+func proxyUser(h http.Header) string {
+	v := h.Get("Proxy-Authorization")
+	scheme, cred, ok := strings.Cut(v, " ")
+	if !ok || !strings.EqualFold(scheme, "Basic") {
+		return ""
+	}
+	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+	if err != nil {
+		return ""
+	}
+	user, _, _ := strings.Cut(string(b), ":")
+	return user
+}
+
+// splitTarget splits host:port as found in a CONNECT authority or URL.
+func splitTarget(hostport string) (string, uint16, error) {
+	host, ps, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return "", 0, fmt.Errorf("target %q: %w", hostport, err)
+	}
+	port, err := strconv.ParseUint(ps, 10, 16)
+	if err != nil || port == 0 {
+		return "", 0, fmt.Errorf("target %q: bad port", hostport)
+	}
+	if host == "" {
+		return "", 0, fmt.Errorf("target %q: empty host", hostport)
+	}
+	return host, uint16(port), nil
+}
+
+func maxHeaderBytes(pol *policy.Policy) int {
+	if pol.Limits.MaxHeaderBytes > 0 {
+		return pol.Limits.MaxHeaderBytes
+	}
+	return DefaultMaxHeaderBytes
+}
