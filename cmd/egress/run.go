@@ -1,12 +1,523 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/dialer"
+	"github.com/egress-proxy/egress/proxy/dnsproxy"
+	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/httpproxy"
+	"github.com/egress-proxy/egress/proxy/names"
+	"github.com/egress-proxy/egress/proxy/transparent"
+	"github.com/egress-proxy/egress/sandbox"
 )
 
-// TODO: being written.
+// runDrain bounds how long connections the command left open may finish
+// once it has exited (its background children may still use them).
+const runDrain = time.Second
+
+// runExeArgs are the arguments that bring a re-executed egress to cmdRun,
+// where the sandbox's setup process takes over (see sandbox.MaybeChild).
+// Tests, whose executable is the test binary, replace them.
+var runExeArgs = []string{"run"}
+
+// stringList is a repeatable flag.
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
 func cmdRun(args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "egress run: not implemented yet")
-	return exitUsage
+	// The re-executed egress that sets up the sandbox's namespace comes
+	// through here too; it never returns.
+	sandbox.MaybeChild(args, stderr)
+
+	fs := flag.NewFlagSet("egress run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	config := fs.String("config", "", "policy `FILE` (default: the built-in policy, full internet with every guard on)")
+	var allows stringList
+	fs.Var(&allows, "allow", "also allow `HOST[:PORT]` (an IP, [IPv6]:PORT or cidr too); repeatable")
+	logFile := fs.String("log", "", "write the JSON log of every connection and query to `FILE`")
+	peek := fs.Duration("peek-timeout", transparent.DefaultPeekTimeout, "how long to wait for a raw connection's first bytes (TLS SNI, HTTP Host) before deciding on its address")
+	quiet := fs.Bool("quiet", false, "print no live denials and no summary")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: egress run [--config FILE] [--allow HOST[:PORT]]... [--log FILE] -- CMD [ARGS...]")
+		fmt.Fprintln(stderr)
+		fmt.Fprintln(stderr, "Runs CMD in a new network namespace whose only way out is egress: every TCP connection")
+		fmt.Fprintln(stderr, "goes through the policy (HTTP_PROXY/HTTPS_PROXY are set for clients that honour them,")
+		fmt.Fprintln(stderr, "the others are caught transparently), DNS goes to egress's DNS proxy, other UDP and ICMP")
+		fmt.Fprintln(stderr, "are refused. When CMD exits, prints what it reached and what was denied, and exits with")
+		fmt.Fprintln(stderr, "CMD's exit code (125 if the sandbox could not be set up, 127 if CMD was not found).")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	cmdArgs := fs.Args()
+	if len(cmdArgs) == 0 {
+		fmt.Fprintln(stderr, "egress run: no command; usage: egress run [FLAGS] -- CMD [ARGS...]")
+		return exitUsage
+	}
+
+	pol, ok := loadRunPolicy(*config, allows, stderr)
+	if !ok {
+		return exitUsage
+	}
+	var cur atomic.Pointer[policy.Policy]
+	cur.Store(pol)
+	current := cur.Load
+
+	logger := zerolog.Nop()
+	if *logFile != "" {
+		f, err := os.OpenFile(*logFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			fmt.Fprintf(stderr, "egress run: log file: %v\n", err)
+			return exitUsage
+		}
+		defer f.Close()
+		logger = zerolog.New(f).With().Timestamp().Logger()
+	}
+
+	sb, err := sandbox.Start(sandbox.Config{Args: cmdArgs, ExeArgs: runExeArgs, Stdout: stdout, Stderr: stderr})
+	if err != nil {
+		fmt.Fprintf(stderr, "egress run: %v\n", err)
+		return sandbox.ExitSetupFailed
+	}
+	defer sb.Close()
+
+	sum := newRunSummary(sb)
+	events := &eventlog.Sink{Logger: logger, LogAllowed: *logFile != "" || pol.Log.Allowed, Observe: func(e eventlog.Entry) {
+		sum.observe(e)
+		if !*quiet && e.Decision.Denied() && !e.Decision.Audit && e.Proto != eventlog.ProtoDNS {
+			by := ""
+			if p := sum.owner(e.Client); p.PID != 0 {
+				by = " from " + p.String()
+			}
+			fmt.Fprintf(stderr, "egress: denied %s %s (%s)%s\n", protoLabel(e.Proto), target(e.Decision), e.Decision.Reason, by)
+		}
+	}}
+	sb.ReadDrops(func(d sandbox.Drop) {
+		sum.drop(d)
+		logger.Warn().Str(eventlog.FieldEvent, "deny").Str(eventlog.FieldProto, d.Proto).
+			Str("dst", d.String()).Str(eventlog.FieldReason, "sandbox_refused").
+			Msg("packet refused in the sandbox: only TCP and DNS go through egress")
+	})
+
+	// Connections from the sandbox come from its loopback addresses
+	// (127.0.0.1 or ::1, whichever family it used), so the names its DNS
+	// queries got are remembered under both.
+	table := &names.Table{}
+	// No loop guard: egress's listeners are in the sandbox's namespace, not
+	// where it dials. Names resolve where the DNS proxy resolves them, so
+	// that a name's addresses are the same on every path.
+	dial := &dialer.Dialer{Policy: current, Resolver: upstreamResolver(pol.DNS.Upstreams)}
+	tp := &transparent.Server{Policy: current, Dialer: dial, Names: loopbackNames{table}, PeekTimeout: *peek, Events: events, Logger: logger}
+	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger}
+	dp := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: table}
+
+	var wg sync.WaitGroup
+	wg.Go(func() { tp.Serve(sum.identify(sb.Transparent)) })
+	wg.Go(func() { hp.Serve(sum.identify(sb.HTTP)) })
+	wg.Go(func() { dp.Serve(sb.DNS, sb.DNSTCP) })
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	defer signal.Stop(sigs)
+	go func() {
+		for sig := range sigs {
+			// A terminal's ^C or ^\ reaches the command itself (same
+			// process group); forward the rest.
+			if sig != syscall.SIGINT && sig != syscall.SIGQUIT {
+				sb.Signal(sig)
+			}
+		}
+	}()
+
+	code, err := sb.Wait()
+	if err != nil && code == sandbox.ExitSetupFailed {
+		fmt.Fprintf(stderr, "egress run: %v\n", err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), runDrain)
+	defer cancel()
+	var sd sync.WaitGroup
+	sd.Go(func() { tp.Shutdown(ctx) })
+	sd.Go(func() { hp.Shutdown(ctx) })
+	sd.Go(func() { dp.Shutdown(ctx) })
+	sd.Wait()
+	sb.Close()
+	wg.Wait()
+	if !*quiet {
+		sum.write(stderr)
+	}
+	return code
+}
+
+// loadRunPolicy reads --config (or takes the built-in policy) and adds
+// the --allow rules.
+func loadRunPolicy(file string, allows []string, stderr io.Writer) (*policy.Policy, bool) {
+	pol := policy.Builtin()
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			fmt.Fprintf(stderr, "egress run: %v\n", err)
+			return nil, false
+		}
+		if pol, err = policy.Load(file, data); err != nil {
+			printPolicyErrors(stderr, file, err)
+			return nil, false
+		}
+	}
+	if len(allows) > 0 {
+		var err error
+		if pol, err = pol.WithAllows("--allow", allows); err != nil {
+			printPolicyErrors(stderr, "--allow", err)
+			return nil, false
+		}
+	}
+	return pol, true
+}
+
+func printPolicyErrors(w io.Writer, file string, err error) {
+	var errs policy.Errors
+	if errors.As(err, &errs) {
+		for _, d := range errs {
+			fmt.Fprintln(w, d.String())
+		}
+		return
+	}
+	fmt.Fprintf(w, "%s: %v\n", file, err)
+}
+
+// upstreamResolver resolves through the first of the policy's
+// dns.upstreams (over TCP, the first that accepts), or is nil (the system resolver) when there are none.
+func upstreamResolver(upstreams []string) dialer.Resolver {
+	if len(upstreams) == 0 {
+		return nil
+	}
+	var d net.Dialer
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var err error
+		for _, u := range upstreams {
+			if _, _, e := net.SplitHostPort(u); e != nil {
+				u = net.JoinHostPort(u, "53")
+			}
+			var c net.Conn
+			if c, err = d.DialContext(ctx, network, u); err == nil {
+				return c, nil
+			}
+		}
+		return nil, err
+	}}
+}
+
+// loopbackNames asks a names table under both loopback addresses: a
+// sandbox process may resolve over IPv4 and connect over IPv6.
+type loopbackNames struct{ t *names.Table }
+
+var (
+	loopback4 = netip.MustParseAddr("127.0.0.1")
+	loopback6 = netip.IPv6Loopback()
+)
+
+func (l loopbackNames) Names(client, addr netip.Addr) []string {
+	a := l.t.Names(loopback4, addr)
+	for _, n := range l.t.Names(loopback6, addr) {
+		if !contains(a, n) {
+			a = append(a, n)
+		}
+	}
+	return a
+}
+
+func contains(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// runSummary collects what the sandbox did for the summary printed at exit.
+type runSummary struct {
+	sb *sandbox.Sandbox
+
+	mu     sync.Mutex
+	byKey  map[summaryKey]*summaryRow
+	owners map[netip.AddrPort]sandbox.Process
+	drops  map[sandbox.Drop]int
+	total  int
+	raw    int // connections that came through the transparent path
+}
+
+type summaryKey struct {
+	outcome string // "reached", "denied", "failed"
+	target  string // host:port or ip:port
+	route   string // "transparent" or "proxy"
+}
+
+type summaryRow struct {
+	count  int
+	reason policy.Reason
+	hint   string
+	err    string
+	procs  map[string]bool
+	client []netip.AddrPort
+}
+
+func newRunSummary(sb *sandbox.Sandbox) *runSummary {
+	return &runSummary{sb: sb, byKey: map[summaryKey]*summaryRow{}, owners: map[netip.AddrPort]sandbox.Process{}, drops: map[sandbox.Drop]int{}}
+}
+
+// identify wraps a sandbox listener so that each accepted connection's
+// process is looked up while it is open.
+func (s *runSummary) identify(l net.Listener) net.Listener {
+	return &identifyingListener{Listener: l, s: s}
+}
+
+type identifyingListener struct {
+	net.Listener
+	s *runSummary
+}
+
+func (l *identifyingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return c, err
+	}
+	// Synchronously, while the client's socket surely exists: a denied
+	// connection is reset a moment later. It costs about 0.1 ms.
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		if p, ok := l.s.sb.Owner(ap); ok {
+			l.s.mu.Lock()
+			l.s.owners[ap] = p
+			l.s.mu.Unlock()
+		}
+	}
+	return c, nil
+}
+
+func (s *runSummary) observe(e eventlog.Entry) {
+	d := e.Decision
+	if e.Proto == eventlog.ProtoDNS {
+		// Lookups are not connections: only refused ones are worth a line.
+		if !d.Denied() || d.Audit {
+			return
+		}
+		k := summaryKey{outcome: "dns", target: strings.TrimSuffix(e.QName, "."), route: "dns"}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		r := s.byKey[k]
+		if r == nil {
+			r = &summaryRow{reason: d.Reason, hint: d.Hint, procs: map[string]bool{}}
+			if e.Err != nil {
+				r.err = e.Err.Error()
+			}
+			s.byKey[k] = r
+		}
+		r.count++
+		return
+	}
+	k := summaryKey{target: target(d), route: "proxy"}
+	if e.Proto == eventlog.ProtoTCP {
+		k.route = "transparent"
+	}
+	switch {
+	case d.Denied() && !d.Audit:
+		k.outcome = "denied"
+	case e.Err != nil && e.BytesDown == 0 && e.BytesUp == 0:
+		k.outcome = "failed"
+	default:
+		k.outcome = "reached"
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.total++
+	if k.route == "transparent" {
+		s.raw++
+	}
+	r := s.byKey[k]
+	if r == nil {
+		r = &summaryRow{reason: d.Reason, hint: d.Hint, procs: map[string]bool{}}
+		if e.Err != nil {
+			r.err = e.Err.Error()
+		}
+		s.byKey[k] = r
+	}
+	r.count++
+	r.client = append(r.client, e.Client)
+}
+
+// owner is the process behind a client address, if it was found.
+func (s *runSummary) owner(client netip.AddrPort) sandbox.Process {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.owners[netip.AddrPortFrom(client.Addr().Unmap(), client.Port())]
+}
+
+func (s *runSummary) drop(d sandbox.Drop) {
+	s.mu.Lock()
+	s.drops[d]++
+	s.mu.Unlock()
+}
+
+// write prints the summary.
+func (s *runSummary) write(w io.Writer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rawProcs := map[string]bool{}
+	for k, r := range s.byKey {
+		for _, c := range r.client {
+			if p, ok := s.owners[c]; ok {
+				r.procs[p.String()] = true
+				if k.route == "transparent" {
+					rawProcs[p.String()] = true
+				}
+			}
+		}
+	}
+	ndrops := 0
+	for _, n := range s.drops {
+		ndrops += n
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "egress run: %d connection%s", s.total, plural(s.total))
+	counts := map[string]int{}
+	for k, r := range s.byKey {
+		counts[k.outcome] += r.count
+	}
+	for _, o := range []string{"reached", "denied", "failed"} {
+		if counts[o] > 0 {
+			fmt.Fprintf(&b, ", %d %s", counts[o], o)
+		}
+	}
+	if counts["dns"] > 0 {
+		fmt.Fprintf(&b, "; %d DNS answer%s refused", counts["dns"], plural(counts["dns"]))
+	}
+	if ndrops > 0 {
+		fmt.Fprintf(&b, "; %d UDP/ICMP packet%s refused", ndrops, plural(ndrops))
+	}
+	b.WriteString("\n")
+	for _, o := range []string{"reached", "denied", "failed", "dns"} {
+		keys := make([]summaryKey, 0)
+		for k := range s.byKey {
+			if k.outcome == o {
+				keys = append(keys, k)
+			}
+		}
+		if len(keys) == 0 {
+			continue
+		}
+		sort.Slice(keys, func(i, j int) bool {
+			if keys[i].target != keys[j].target {
+				return keys[i].target < keys[j].target
+			}
+			return keys[i].route < keys[j].route
+		})
+		title := map[string]string{"reached": "reached", "denied": "denied", "failed": "allowed but failed", "dns": "DNS answers refused (the names or their addresses are not allowed)"}[o]
+		fmt.Fprintf(&b, "  %s:\n", title)
+		for _, k := range keys {
+			r := s.byKey[k]
+			route := map[string]string{"proxy": "via HTTP_PROXY", "transparent": "raw socket (ignored HTTP_PROXY)", "dns": "lookups"}[k.route]
+			fmt.Fprintf(&b, "    %-28s %4dx  %s", k.target, r.count, route)
+			if ps := keysOf(r.procs); len(ps) > 0 {
+				fmt.Fprintf(&b, "  by %s", strings.Join(ps, ", "))
+			}
+			b.WriteString("\n")
+			switch o {
+			case "denied", "dns":
+				fmt.Fprintf(&b, "        reason: %s\n", r.reason)
+				switch {
+				case o == "dns" && r.err != "":
+					fmt.Fprintf(&b, "        %s\n", r.err)
+				case strings.HasPrefix(r.hint, "- {"):
+					fmt.Fprintf(&b, "        to allow: %s  (or: egress run --allow %s)\n", r.hint, k.target)
+				case r.hint != "":
+					fmt.Fprintf(&b, "        %s\n", r.hint)
+				}
+			case "failed":
+				fmt.Fprintf(&b, "        error: %s\n", r.err)
+			}
+		}
+	}
+	if len(s.drops) > 0 {
+		b.WriteString("  refused packets (only TCP and DNS go through egress):\n")
+		ds := make([]sandbox.Drop, 0, len(s.drops))
+		for d := range s.drops {
+			ds = append(ds, d)
+		}
+		sort.Slice(ds, func(i, j int) bool { return ds[i].String() < ds[j].String() })
+		for _, d := range ds {
+			fmt.Fprintf(&b, "    %-28s %4dx\n", d.String(), s.drops[d])
+		}
+	}
+	if s.raw > 0 {
+		fmt.Fprintf(&b, "  %d of %d connection%s ignored HTTP_PROXY/HTTPS_PROXY and were caught by the transparent path", s.raw, s.total, plural(s.total))
+		if ps := keysOf(rawProcs); len(ps) > 0 {
+			fmt.Fprintf(&b, " (%s)", strings.Join(ps, ", "))
+		}
+		b.WriteString(": behind a plain HTTP proxy they would not get out\n")
+	}
+	io.WriteString(w, b.String())
+}
+
+func keysOf(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		if k != "" {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+// target is host:port, or ip:port when no name was known.
+func target(d policy.Decision) string {
+	h := d.Host
+	if h == "" && d.IP.IsValid() {
+		h = d.IP.String()
+	}
+	return net.JoinHostPort(h, fmt.Sprint(d.Port))
+}
+
+func protoLabel(p string) string {
+	switch p {
+	case eventlog.ProtoTCP:
+		return "tcp"
+	case eventlog.ProtoConnect:
+		return "CONNECT"
+	case eventlog.ProtoHTTP:
+		return "http"
+	}
+	return p
 }

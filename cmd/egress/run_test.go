@@ -1,0 +1,566 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// TestRunHelperProcess is not a test: it is egress run, started by the
+// tests below as a child (the os/exec helper-process pattern), and also
+// the sandbox's setup process that egress run re-executes.
+func TestRunHelperProcess(t *testing.T) {
+	if os.Getenv("EGRESS_RUN_HELPER") != "1" {
+		t.Skip("helper process")
+	}
+	runExeArgs = []string{"-test.run=^TestRunHelperProcess$", "--"}
+	if _, child := os.LookupEnv("_EGRESS_SANDBOX_CHILD"); child {
+		os.Exit(cmdRun(flag.Args(), os.Stdout, os.Stderr))
+	}
+	args := strings.Split(os.Getenv("EGRESS_RUN_ARGS"), "\n")
+	os.Exit(run(args, os.Stdout, os.Stderr))
+}
+
+type runResult struct {
+	code           int
+	stdout, stderr string
+	elapsed        time.Duration
+}
+
+// runEgress runs "egress ARGS..." to completion with extra environment.
+func runEgress(t *testing.T, env []string, args ...string) runResult {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestRunHelperProcess$")
+	cmd.Env = append(os.Environ(), append(env, "EGRESS_RUN_HELPER=1", "EGRESS_RUN_ARGS="+strings.Join(args, "\n"))...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("egress %s did not finish in 60s; stderr:\n%s", strings.Join(args, " "), stderr.String())
+	}
+	r := runResult{code: cmd.ProcessState.ExitCode(), stdout: stdout.String(), stderr: stderr.String(), elapsed: time.Since(start)}
+	t.Logf("egress %s: exit %d in %s\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, r.elapsed.Round(time.Millisecond), r.stdout, r.stderr)
+	return r
+}
+
+// requireSandbox skips the test where egress run cannot create its
+// namespace (no root and no unprivileged user namespaces).
+func requireSandbox(t *testing.T) {
+	t.Helper()
+	r := runEgress(t, nil, "run", "--quiet", "--", "true")
+	if r.code == 125 {
+		t.Skipf("egress run cannot create a network namespace here: %s", strings.TrimSpace(r.stderr))
+	}
+	if r.code != 0 {
+		t.Fatalf("egress run -- true exited %d", r.code)
+	}
+}
+
+func TestRunExitCode(t *testing.T) {
+	requireSandbox(t)
+	tests := []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"the command's exit code passes through", []string{"run", "--", "sh", "-c", "exit 7"}, 7},
+		{"a command killed by a signal exits 128 plus the signal", []string{"run", "--", "sh", "-c", "kill -TERM $$"}, 128 + 15},
+		{"a command that is not found exits 127", []string{"run", "--", "/nonexistent/egress-test-cmd"}, 127},
+		{"no command is a usage error", []string{"run"}, exitUsage},
+		{"a bad --allow is a usage error", []string{"run", "--allow", "a:b:c:d", "--", "true"}, exitUsage},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if r := runEgress(t, nil, tt.args...); r.code != tt.want {
+				t.Fatalf("exit %d, want %d", r.code, tt.want)
+			}
+		})
+	}
+}
+
+// clientScript exercises the network from inside the sandbox the way
+// plugin code does and prints one JSON object of results. Python 2.7 and 3.
+const clientScript = `
+from __future__ import print_function
+import json, socket, ssl, sys, time
+try:
+    import http.client as httplib
+    import urllib.request as urlreq
+    from urllib.error import HTTPError
+except ImportError:
+    import httplib
+    import urllib2 as urlreq
+    from urllib2 import HTTPError
+
+ok_port, deny_port, db_port, tls_port = [int(a) for a in sys.argv[1:5]]
+res = {}
+
+def check(name, f):
+    start = time.time()
+    try:
+        out = f()
+        res[name] = {"ok": True, "out": str(out)[:200], "secs": time.time() - start}
+    except HTTPError as e:
+        res[name] = {"ok": False, "err": "HTTPError %d" % e.code, "secs": time.time() - start}
+    except Exception as e:
+        res[name] = {"ok": False, "err": "%s: %s" % (type(e).__name__, e), "secs": time.time() - start}
+
+def raw_http(host, port):
+    s = socket.create_connection((host, port), timeout=10)
+    s.sendall(b"GET /raw HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    data = s.recv(100)
+    s.close()
+    if not data:
+        raise IOError("closed without an answer")
+    return data.split(b"\r\n")[0].decode()
+
+def greeting(host, port):
+    s = socket.create_connection((host, port), timeout=10)
+    data = s.recv(100)
+    s.close()
+    if not data:
+        raise IOError("closed without an answer")
+    return data.decode().strip()
+
+def http_client(port):
+    c = httplib.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/httpclient")
+    return c.getresponse().status
+
+def via_proxy(port):
+    return urlreq.urlopen("http://127.0.0.1:%d/urllib" % port, timeout=10).getcode()
+
+def resolve(name):
+    return sorted(set(a[4][0] for a in socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)))
+
+def db_by_name():
+    addr = socket.getaddrinfo("db.test", db_port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+    return greeting(addr, db_port)
+
+def tls_spoof():
+    ctx = ssl.SSLContext(getattr(ssl, "PROTOCOL_TLS_CLIENT", ssl.PROTOCOL_SSLv23))
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s = socket.create_connection(("127.0.0.1", tls_port), timeout=10)
+    t = ctx.wrap_socket(s, server_hostname="api.test")
+    return t.version()
+
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(b"quic?", ("192.0.2.1", 443))
+    return s.recv(10)
+
+check("raw_allowed", lambda: raw_http("127.0.0.1", ok_port))
+check("raw_denied", lambda: raw_http("127.0.0.1", deny_port))
+check("httpclient_allowed", lambda: http_client(ok_port))
+check("httpclient_denied", lambda: http_client(deny_port))
+check("urllib_allowed", lambda: via_proxy(ok_port))
+check("urllib_denied", lambda: via_proxy(deny_port))
+check("urllib_by_name", lambda: urlreq.urlopen("http://web.test:%d/byname" % ok_port, timeout=10).read().decode())
+check("resolve_allowed", lambda: resolve("db.test"))
+check("resolve_denied", lambda: resolve("denied.test"))
+check("db_by_name", db_by_name)
+check("sni_spoof", tls_spoof)
+check("unknown_ip", lambda: greeting("192.0.2.1", 5432))
+check("ipv6", lambda: greeting("2001:db8::5", 5432))
+check("udp", udp)
+print(json.dumps(res))
+sys.exit(3)
+`
+
+// dnsUpstream answers A queries from a map on 127.0.0.1 (UDP).
+func dnsUpstream(t *testing.T, records map[string]string) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		name := strings.TrimSuffix(strings.ToLower(q.Question[0].Name), ".")
+		ip, ok := records[name]
+		switch {
+		case !ok:
+			m.Rcode = dns.RcodeNameError
+		case q.Question[0].Qtype == dns.TypeA:
+			rr, _ := dns.NewRR(fmt.Sprintf("%s 60 IN A %s", q.Question[0].Name, ip))
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+func greeterOrigin(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "db ready\n")
+			c.Close()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+type scriptResult struct {
+	OK   bool    `json:"ok"`
+	Out  string  `json:"out"`
+	Err  string  `json:"err"`
+	Secs float64 `json:"secs"`
+}
+
+func TestRunPython(t *testing.T) {
+	requireSandbox(t)
+	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok "+r.URL.Path) }))
+	defer ok.Close()
+	deny := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "must not be reached") }))
+	defer deny.Close()
+	tlsOrigin := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer tlsOrigin.Close()
+	okPort := ok.Listener.Addr().(*net.TCPAddr).Port
+	denyPort := deny.Listener.Addr().(*net.TCPAddr).Port
+	tlsPort := tlsOrigin.Listener.Addr().(*net.TCPAddr).Port
+	dbPort := greeterOrigin(t)
+	upstream := dnsUpstream(t, map[string]string{
+		"db.test":     "127.0.0.1",
+		"web.test":    "127.0.0.1",
+		"api.test":    "127.0.0.9", // api.test is allowed, but not at 127.0.0.1
+		"denied.test": "127.0.0.5", // no rule allows it
+	})
+
+	dir := t.TempDir()
+	config := filepath.Join(dir, "policy.yaml")
+	os.WriteFile(config, []byte(fmt.Sprintf(`version: 1
+default: deny
+allow:
+  - host: db.test
+    ports: [%d]
+  - host: api.test
+    ports: [%d]
+  - host: web.test
+    ports: [%d]
+dns:
+  upstreams: [%q]
+`, dbPort, tlsPort, okPort, upstream)), 0o600)
+	script := filepath.Join(dir, "client.py")
+	os.WriteFile(script, []byte(clientScript), 0o600)
+
+	pythons := []struct {
+		name string
+		env  []string
+		exe  string
+	}{
+		{"python3", nil, "python3"},
+		{"python2.7", []string{"PYENV_VERSION=2.7.18"}, "python2.7"},
+	}
+	for _, py := range pythons {
+		t.Run(py.name, func(t *testing.T) {
+			check := exec.Command(py.exe, "-c", "import ssl, json")
+			check.Env = append(os.Environ(), py.env...)
+			if err := check.Run(); err != nil {
+				t.Skipf("%s is not available: %v", py.name, err)
+			}
+			logFile := filepath.Join(t.TempDir(), "egress.log")
+			r := runEgress(t, py.env, "run", "--config", config, "--allow", "127.0.0.1:"+strconv.Itoa(okPort), "--log", logFile, "--",
+				py.exe, script, strconv.Itoa(okPort), strconv.Itoa(denyPort), strconv.Itoa(dbPort), strconv.Itoa(tlsPort))
+			if r.code != 3 {
+				t.Fatalf("exit %d, want the script's 3", r.code)
+			}
+			var res map[string]scriptResult
+			if err := json.Unmarshal([]byte(strings.TrimSpace(r.stdout)), &res); err != nil {
+				t.Fatalf("script output: %v", err)
+			}
+			want := map[string]bool{
+				"raw_allowed": true, "raw_denied": false,
+				"httpclient_allowed": true, "httpclient_denied": false,
+				"urllib_allowed": true, "urllib_denied": false, "urllib_by_name": true,
+				"resolve_allowed": true, "resolve_denied": false,
+				"db_by_name": true, "sni_spoof": false,
+				"unknown_ip": false, "ipv6": false, "udp": false,
+			}
+			for name, wantOK := range want {
+				got, found := res[name]
+				if !found {
+					t.Errorf("%s: no result", name)
+					continue
+				}
+				if got.OK != wantOK {
+					t.Errorf("%s: ok=%v (%s%s), want ok=%v", name, got.OK, got.Out, got.Err, wantOK)
+				}
+				if !wantOK && got.Secs > 3 {
+					t.Errorf("%s: failed after %.1fs; a denial must fail fast", name, got.Secs)
+				}
+			}
+			if got := res["raw_allowed"].Out; !strings.Contains(got, "200") {
+				t.Errorf("raw_allowed answered %q", got)
+			}
+			if got := res["urllib_denied"].Err; got != "HTTPError 403" {
+				t.Errorf("urllib_denied: %q, want the proxy's 403", got)
+			}
+			if got := res["urllib_by_name"].Out; got != "ok /byname" {
+				t.Errorf("urllib_by_name: %q", got)
+			}
+			if got := res["db_by_name"].Out; got != "db ready" {
+				t.Errorf("db_by_name: %q", got)
+			}
+
+			for _, line := range []string{
+				fmt.Sprintf("127.0.0.1:%d", okPort),
+				"raw socket (ignored HTTP_PROXY)",
+				"via HTTP_PROXY",
+				fmt.Sprintf("db.test:%d", dbPort),
+				"  denied:",
+				fmt.Sprintf("to allow: - {cidr: 127.0.0.1/32, ports: [%d]}  (or: egress run --allow 127.0.0.1:%d)", denyPort, denyPort),
+				"name_mismatch",
+				"DNS answers refused",
+				"denied.test",
+				"udp 192.0.2.1:443",
+				"ignored HTTP_PROXY/HTTPS_PROXY and were caught by the transparent path",
+				"(pid ",
+			} {
+				if !strings.Contains(r.stderr, line) {
+					t.Errorf("summary lacks %q", line)
+				}
+			}
+			log, _ := os.ReadFile(logFile)
+			if !bytes.Contains(log, []byte(`"reason":"name_mismatch"`)) || !bytes.Contains(log, []byte(`"proto":"tcp"`)) {
+				t.Errorf("log lacks the tcp denials:\n%s", log)
+			}
+		})
+	}
+}
+
+// TestRunRootless runs egress run as an unprivileged user (nobody), which
+// takes a user namespace: the command keeps its uid, gets no capability,
+// and is held like under root.
+func TestRunRootless(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to switch to an unprivileged user; as non-root every TestRun* test is the rootless case")
+	}
+	py := "/usr/bin/python3"
+	if _, err := os.Stat(py); err != nil {
+		t.Skip("no /usr/bin/python3 an unprivileged user can run")
+	}
+	dir, err := os.MkdirTemp("", "egress-rootless")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	exe := filepath.Join(dir, "egress.test")
+	data, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(exe, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer ok.Close()
+	okPort := ok.Listener.Addr().(*net.TCPAddr).Port
+
+	script := `
+import os, socket, sys
+ok_port, deny_port = int(sys.argv[1]), int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", ok_port), timeout=10)
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+print("allowed:", s.recv(12).decode())
+try:
+    s = socket.create_connection(("127.0.0.1", deny_port), timeout=10)
+    print("denied:", s.recv(10))
+except Exception as e:
+    print("denied:", type(e).__name__)
+print("uid:", os.getuid())
+print("caps:", [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0])
+`
+	scriptFile := filepath.Join(dir, "client.py")
+	if err := os.WriteFile(scriptFile, []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^TestRunHelperProcess$")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "EGRESS_RUN_HELPER=1", "EGRESS_RUN_ARGS="+strings.Join([]string{
+		"run", "--allow", "127.0.0.1:" + strconv.Itoa(okPort), "--", py, scriptFile, strconv.Itoa(okPort), "9"}, "\n"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
+	t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	if cmd.ProcessState != nil && cmd.ProcessState.ExitCode() == 125 {
+		t.Skipf("unprivileged user namespaces are not available: %s", strings.TrimSpace(stderr.String()))
+	}
+	if err != nil {
+		t.Fatalf("egress run as nobody: %v", err)
+	}
+	for _, want := range []string{"allowed: HTTP/1.0 200", "denied: ConnectionResetError", "uid: 65534", "caps: 0000000000000000"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if !strings.Contains(stderr.String(), "1 reached, 1 denied") {
+		t.Errorf("summary lacks the counts")
+	}
+}
+
+// TestServeTransparentHostRules runs egress serve with its transparent and
+// DNS listeners behind the nftables rules of docs/transparent.md, in a
+// network namespace shaped like a host, and a plugin user's Python that
+// resolves a name and connects to its address with a raw socket.
+func TestServeTransparentHostRules(t *testing.T) {
+	const uid = 65534
+	py := "/usr/bin/python3"
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespace, nftables, another user)")
+	}
+	for _, tool := range []string{"nft", "setpriv", "unshare", py} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s", tool)
+		}
+	}
+	doc, err := os.ReadFile("../../docs/transparent.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)```nft\n(.*?)```").FindSubmatch(doc)
+	if m == nil {
+		t.Fatal("docs/transparent.md has no ```nft block")
+	}
+	rules := strings.ReplaceAll(string(m[1]), `"plugin"`, strconv.Itoa(uid))
+
+	// Enter a new namespace on this thread for good: everything below, the
+	// egress child included, lives in it. The thread dies with the test.
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		t.Skipf("network namespaces unavailable: %v", err)
+	}
+	lo, _ := netlink.LinkByName("lo")
+	if err := netlink.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0peer"}); err != nil {
+		t.Skipf("veth: %v", err)
+	}
+	eth, _ := netlink.LinkByName("eth0")
+	peer, _ := netlink.LinkByName("eth0peer")
+	netlink.LinkSetUp(peer)
+	netlink.LinkSetUp(eth)
+	addr, _ := netlink.ParseAddr("10.0.0.2/24")
+	netlink.AddrAdd(eth, addr)
+	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.ParseIP("10.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	nft := exec.Command("nft", "-f", "-")
+	nft.Stdin = strings.NewReader(rules)
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("load the documented rules: %v\n%s", err, out)
+	}
+
+	// The origin, on the host's address: db.test (allowed) and another port.
+	greet, err := net.Listen("tcp", "10.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer greet.Close()
+	go func() {
+		for {
+			c, err := greet.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "db ready\n")
+			c.Close()
+		}
+	}()
+	greetPort := greet.Addr().(*net.TCPAddr).Port
+	upstream := dnsUpstream(t, map[string]string{"db.test": "10.0.0.2"})
+
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	config := filepath.Join(dir, "policy.yaml")
+	os.WriteFile(config, []byte(fmt.Sprintf(`version: 1
+default: deny
+allow:
+  - host: db.test
+    ports: [%d]
+listen:
+  http: 127.0.0.1:3128
+  transparent: 127.0.0.1:3129
+  dns: 127.0.0.1:5353
+dns:
+  upstreams: [%q]
+`, greetPort, upstream)), 0o644)
+	startEgress(t, nil, "serve", "--config", config)
+
+	resolv := filepath.Join(dir, "resolv.conf")
+	os.WriteFile(resolv, []byte("nameserver 10.0.0.53\n"), 0o644)
+	script := fmt.Sprintf(`
+import socket
+def greeting(host, port):
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+        return s.recv(20).decode().strip() or "closed"
+    except Exception as e:
+        return type(e).__name__
+addr = socket.gethostbyname("db.test")
+print("resolved:", addr)
+print("allowed:", greeting(addr, %d))
+print("denied:", greeting(addr, %d))
+`, greetPort, greetPort+1)
+	shell := "mount --bind " + resolv + " /etc/resolv.conf && exec setpriv --reuid=" + strconv.Itoa(uid) +
+		" --regid=" + strconv.Itoa(uid) + " --clear-groups " + py + " -c \"$0\""
+	cmd := exec.Command("unshare", "--mount", "sh", "-c", shell, script)
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	out, err := cmd.CombinedOutput()
+	t.Logf("plugin user:\n%s", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"resolved: 10.0.0.2", "allowed: db ready", "denied: ConnectionResetError"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+}

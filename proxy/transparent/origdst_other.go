@@ -1,0 +1,18 @@
+//go:build !linux
+
+package transparent
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// OriginalDst needs netfilter's SO_ORIGINAL_DST: on other systems set
+// Server.OriginalDst (for example from a PF or TPROXY lookup).
+func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
+	return netip.AddrPort{}, errors.New("original destination: only supported on Linux (netfilter)")
+}
+
+func lastRecv(c net.Conn) (time.Duration, bool) { return 0, false }

@@ -1,0 +1,320 @@
+package transparent
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"net"
+	"strings"
+	"time"
+)
+
+// What the first bytes of a connection said about its destination's name.
+const (
+	sourceNone = ""     // no name: the client said nothing in time, or no TLS/HTTP
+	sourceSNI  = "sni"  // TLS ClientHello server_name (RFC 6066 §3)
+	sourceHost = "host" // HTTP/1.x Host header (RFC 9112 §3.2)
+)
+
+// maxPeek bounds the bytes read before the decision: a ClientHello with a
+// post-quantum key share is about 1.8 KB, one TLS record is at most 16 KB
+// plus its header, and an HTTP request head that has not named its Host in
+// 16 KB is not worth waiting for.
+const maxPeek = 16<<10 + 5
+
+// peekName reads the first bytes of c until they name the destination
+// (a complete TLS ClientHello or HTTP Host header line), show they never
+// will, maxPeek bytes have arrived, or timeout passes. It returns the
+// name (empty when none), where it came from, and every byte read, which
+// the caller must replay to the upstream. A timeout is not an error: a
+// client waiting for the server to speak first (PostgreSQL, MySQL, SMTP)
+// sends nothing.
+func peekName(c net.Conn, timeout time.Duration) (name, source string, buf []byte, err error) {
+	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return "", sourceNone, nil, err
+	}
+	defer c.SetReadDeadline(time.Time{})
+	buf = make([]byte, 0, 2048)
+	for {
+		if len(buf) == cap(buf) {
+			nb := make([]byte, len(buf), min(2*cap(buf), maxPeek))
+			copy(nb, buf)
+			buf = nb
+		}
+		n, rerr := c.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		name, source, done := nameFrom(buf)
+		if done || len(buf) >= maxPeek {
+			return name, source, buf, nil
+		}
+		if rerr != nil {
+			var ne net.Error
+			if errors.As(rerr, &ne) && ne.Timeout() {
+				return "", sourceNone, buf, nil
+			}
+			// EOF or reset before a name: nothing to forward but what
+			// was read; let the caller decide on the address.
+			return "", sourceNone, buf, rerr
+		}
+	}
+}
+
+// nameFrom looks at the bytes read so far. done is true when more bytes
+// cannot change the answer.
+func nameFrom(b []byte) (name, source string, done bool) {
+	if len(b) == 0 {
+		return "", sourceNone, false
+	}
+	if b[0] == recordTypeHandshake {
+		name, ok, done := sniFromRecords(b)
+		if ok {
+			return name, sourceSNI, true
+		}
+		return "", sourceNone, done
+	}
+	if isTokenByte(b[0]) {
+		return hostFromHTTP(b)
+	}
+	return "", sourceNone, true
+}
+
+const (
+	recordTypeHandshake      = 22 // RFC 8446 §5.1 ContentType handshake
+	handshakeTypeClientHello = 1  // RFC 8446 §4 HandshakeType client_hello
+	extensionServerName      = 0  // RFC 6066 §3
+	nameTypeHostName         = 0  // RFC 6066 §3 NameType host_name
+)
+
+var errBadHello = errors.New("malformed ClientHello")
+
+// sniFromRecords reassembles the handshake message carried by the TLS
+// records in b (a ClientHello may span records, RFC 8446 §5.1) and returns
+// the server_name of the ClientHello. ok is false when there is none (or
+// not yet); done is true when waiting cannot help: the bytes are not a
+// ClientHello, are malformed, or the ClientHello is complete without SNI.
+func sniFromRecords(b []byte) (name string, ok, done bool) {
+	var msg []byte
+	for len(b) > 0 {
+		if len(b) < 5 {
+			break
+		}
+		if b[0] != recordTypeHandshake || b[1] != 3 {
+			return "", false, true
+		}
+		n := int(binary.BigEndian.Uint16(b[3:5]))
+		if n == 0 || n > 1<<14+256 {
+			return "", false, true
+		}
+		if len(b) < 5+n {
+			msg = append(msg, b[5:]...)
+			break
+		}
+		msg = append(msg, b[5:5+n]...)
+		b = b[5+n:]
+	}
+	if len(msg) >= 1 && msg[0] != handshakeTypeClientHello {
+		return "", false, true
+	}
+	if len(msg) < 4 {
+		return "", false, false
+	}
+	hlen := int(msg[1])<<16 | int(msg[2])<<8 | int(msg[3])
+	if hlen > maxPeek {
+		return "", false, true
+	}
+	if len(msg) < 4+hlen {
+		return "", false, false
+	}
+	name, err := parseClientHello(msg[4 : 4+hlen])
+	if err != nil || name == "" {
+		return "", false, true
+	}
+	return name, true, true
+}
+
+// parseClientHello returns the host_name of the server_name extension of
+// a ClientHello body (RFC 8446 §4.1.2), "" when it has none.
+func parseClientHello(b []byte) (string, error) {
+	r := reader(b)
+	if !r.skip(2+32) || // legacy_version, random
+		!r.skipVec(1) || // legacy_session_id
+		!r.skipVec(2) || // cipher_suites
+		!r.skipVec(1) { // legacy_compression_methods
+		return "", errBadHello
+	}
+	if len(r) == 0 {
+		return "", nil // no extensions at all (TLS 1.0 style)
+	}
+	exts, ok := r.vec(2)
+	if !ok {
+		return "", errBadHello
+	}
+	for len(exts) > 0 {
+		typ, ok1 := exts.u16()
+		data, ok2 := exts.vec(2)
+		if !ok1 || !ok2 {
+			return "", errBadHello
+		}
+		if typ != extensionServerName {
+			continue
+		}
+		list, ok := data.vec(2)
+		if !ok {
+			return "", errBadHello
+		}
+		for len(list) > 0 {
+			if len(list) < 1 {
+				return "", errBadHello
+			}
+			nt := list[0]
+			list = list[1:]
+			host, ok := list.vec(2)
+			if !ok {
+				return "", errBadHello
+			}
+			if nt == nameTypeHostName {
+				if len(host) == 0 || bytes.IndexByte(host, 0) >= 0 {
+					return "", errBadHello
+				}
+				return string(host), nil
+			}
+		}
+		return "", nil
+	}
+	return "", nil
+}
+
+// reader consumes big-endian TLS wire structures.
+type reader []byte
+
+func (r *reader) skip(n int) bool {
+	if len(*r) < n {
+		return false
+	}
+	*r = (*r)[n:]
+	return true
+}
+
+func (r *reader) u16() (uint16, bool) {
+	if len(*r) < 2 {
+		return 0, false
+	}
+	v := binary.BigEndian.Uint16(*r)
+	*r = (*r)[2:]
+	return v, true
+}
+
+// vec reads a vector with a lenBytes-byte length prefix.
+func (r *reader) vec(lenBytes int) (reader, bool) {
+	if len(*r) < lenBytes {
+		return nil, false
+	}
+	n := 0
+	for i := 0; i < lenBytes; i++ {
+		n = n<<8 | int((*r)[i])
+	}
+	if len(*r) < lenBytes+n {
+		return nil, false
+	}
+	v := (*r)[lenBytes : lenBytes+n]
+	*r = (*r)[lenBytes+n:]
+	return v, true
+}
+
+func (r *reader) skipVec(lenBytes int) bool {
+	_, ok := r.vec(lenBytes)
+	return ok
+}
+
+// hostFromHTTP finds the Host of an HTTP/1.x request head in b: the Host
+// header, or the authority of an absolute-form target. done is true when
+// it is found, the head is complete without one, or b is not HTTP.
+func hostFromHTTP(b []byte) (name, source string, done bool) {
+	eol := bytes.Index(b, []byte("\r\n"))
+	if eol < 0 {
+		// Not even a request line yet: keep reading only while it could
+		// still be one ("METHOD SP").
+		if sp := bytes.IndexByte(b, ' '); sp >= 0 {
+			if sp == 0 || !allToken(b[:sp]) {
+				return "", sourceNone, true
+			}
+		} else if !allToken(b) || len(b) > 32 {
+			return "", sourceNone, true
+		}
+		return "", sourceNone, false
+	}
+	line := string(b[:eol])
+	method, rest, ok1 := strings.Cut(line, " ")
+	target, proto, ok2 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 || !allToken([]byte(method)) || !strings.HasPrefix(proto, "HTTP/1.") {
+		return "", sourceNone, true // HTTP/2 preface ("PRI * HTTP/2.0") included
+	}
+	absHost := ""
+	if i := strings.Index(target, "://"); i > 0 {
+		auth := target[i+3:]
+		if j := strings.IndexAny(auth, "/?#"); j >= 0 {
+			auth = auth[:j]
+		}
+		if k := strings.LastIndexByte(auth, '@'); k >= 0 {
+			auth = auth[k+1:]
+		}
+		absHost = auth
+	}
+	rest = string(b[eol+2:])
+	for {
+		eol := strings.Index(rest, "\r\n")
+		if eol < 0 {
+			return "", sourceNone, false
+		}
+		h := rest[:eol]
+		rest = rest[eol+2:]
+		if h == "" {
+			if absHost != "" {
+				return stripPort(absHost), sourceHost, true
+			}
+			return "", sourceNone, true
+		}
+		k, v, ok := strings.Cut(h, ":")
+		if ok && strings.EqualFold(k, "host") {
+			if absHost != "" {
+				// RFC 9112 §3.2.2: an absolute-form target wins.
+				return stripPort(absHost), sourceHost, true
+			}
+			return stripPort(strings.TrimSpace(v)), sourceHost, true
+		}
+	}
+}
+
+// stripPort removes a ":port" from a Host value, and the brackets of an
+// IPv6 literal.
+func stripPort(h string) string {
+	if strings.HasPrefix(h, "[") {
+		if end := strings.IndexByte(h, ']'); end > 0 {
+			return h[1:end]
+		}
+		return h
+	}
+	if i := strings.LastIndexByte(h, ':'); i >= 0 && strings.Count(h, ":") == 1 {
+		return h[:i]
+	}
+	return h
+}
+
+func allToken(b []byte) bool {
+	for _, c := range b {
+		if !isTokenByte(c) {
+			return false
+		}
+	}
+	return true
+}
+
+// isTokenByte reports whether c may appear in an HTTP method (RFC 9110
+// §5.6.2 tchar).
+func isTokenByte(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}

@@ -1,0 +1,135 @@
+package transparent
+
+import (
+	"bytes"
+	"crypto/tls"
+	"encoding/binary"
+	"net"
+	"testing"
+	"time"
+)
+
+// clientHello returns the first flight crypto/tls sends for serverName.
+func clientHello(t testing.TB, serverName string) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go func() {
+		tls.Client(a, &tls.Config{ServerName: serverName, InsecureSkipVerify: true}).Handshake()
+	}()
+	var out []byte
+	buf := make([]byte, 64<<10)
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		n, err := b.Read(buf)
+		out = append(out, buf[:n]...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out) >= 5 && len(out) >= 5+int(binary.BigEndian.Uint16(out[3:5])) {
+			return out
+		}
+	}
+}
+
+// splitRecords re-frames a single-record ClientHello into records of at
+// most n bytes of handshake data, as RFC 8446 §5.1 allows.
+func splitRecords(rec []byte, n int) []byte {
+	hdr, body := rec[:5], rec[5:]
+	var out []byte
+	for len(body) > 0 {
+		k := min(n, len(body))
+		out = append(out, hdr[0], hdr[1], hdr[2], byte(k>>8), byte(k))
+		out = append(out, body[:k]...)
+		body = body[k:]
+	}
+	return out
+}
+
+func TestNameFrom(t *testing.T) {
+	hello := clientHello(t, "api.example.com")
+	noSNI := clientHello(t, "")
+	tests := []struct {
+		name       string
+		in         []byte
+		wantName   string
+		wantSource string
+		wantDone   bool
+	}{
+		{"a ClientHello gives its SNI", hello, "api.example.com", sourceSNI, true},
+		{"a ClientHello split over records gives its SNI", splitRecords(hello, 100), "api.example.com", sourceSNI, true},
+		{"half a ClientHello waits for more", hello[:len(hello)/2], "", sourceNone, false},
+		{"a record header alone waits for more", hello[:5], "", sourceNone, false},
+		{"a ClientHello without SNI is done with no name", noSNI, "", sourceNone, true},
+		{"a TLS record that is not a handshake is no name", []byte{23, 3, 3, 0, 1, 0}, "", sourceNone, true},
+		{"a handshake that is not a ClientHello is no name", []byte{22, 3, 3, 0, 4, 2, 0, 0, 0}, "", sourceNone, true},
+		{"an HTTP request gives its Host without the port", []byte("GET / HTTP/1.1\r\nHost: web.example:8080\r\n\r\n"), "web.example", sourceHost, true},
+		{"the Host header is found before the head ends", []byte("GET / HTTP/1.1\r\nUser-Agent: x\r\nhost:  web.example\r\nAccept"), "web.example", sourceHost, true},
+		{"an absolute-form target wins over Host", []byte("GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n"), "a.example", sourceHost, true},
+		{"an IPv6 literal Host loses its brackets", []byte("GET / HTTP/1.1\r\nHost: [2001:db8::1]:80\r\n\r\n"), "2001:db8::1", sourceHost, true},
+		{"a request head without Host is done with no name", []byte("GET / HTTP/1.0\r\n\r\n"), "", sourceNone, true},
+		{"a partial request line waits for more", []byte("GET /inde"), "", sourceNone, false},
+		{"a partial header waits for more", []byte("GET / HTTP/1.1\r\nHos"), "", sourceNone, false},
+		{"the HTTP/2 preface is no name", []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), "", sourceNone, true},
+		{"a PostgreSQL SSLRequest is no name", []byte{0, 0, 0, 8, 4, 210, 22, 47}, "", sourceNone, true},
+		{"an SSH banner is no name", []byte("SSH-2.0-OpenSSH_9.6\r\n"), "", sourceNone, true},
+		{"binary junk is no name", []byte{0xff, 0xfe, 0}, "", sourceNone, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			name, source, done := nameFrom(tt.in)
+			if name != tt.wantName || source != tt.wantSource || done != tt.wantDone {
+				t.Fatalf("nameFrom = %q, %q, %v; want %q, %q, %v", name, source, done, tt.wantName, tt.wantSource, tt.wantDone)
+			}
+		})
+	}
+}
+
+func TestPeekName(t *testing.T) {
+	t.Run("a silent client times out with no name and no error", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		start := time.Now()
+		name, _, buf, err := peekName(a, 50*time.Millisecond)
+		if name != "" || len(buf) != 0 || err != nil {
+			t.Fatalf("got %q %q %v", name, buf, err)
+		}
+		if el := time.Since(start); el > time.Second {
+			t.Fatalf("took %s", el)
+		}
+	})
+	t.Run("bytes arriving in pieces are all kept for the replay", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		hello := clientHello(t, "db.example.com")
+		go func() {
+			for i := 0; i < len(hello); i += 7 {
+				b.Write(hello[i:min(i+7, len(hello))])
+			}
+		}()
+		name, source, buf, err := peekName(a, 2*time.Second)
+		if name != "db.example.com" || source != sourceSNI || !bytes.Equal(buf, hello) || err != nil {
+			t.Fatalf("got %q %q (%d bytes) %v", name, source, len(buf), err)
+		}
+	})
+}
+
+func FuzzNameFrom(f *testing.F) {
+	f.Add(clientHello(f, "api.example.com"))
+	f.Add(splitRecords(clientHello(f, "x.example"), 50))
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: web.example:8080\r\n\r\n"))
+	f.Add([]byte("GET http://user@a.example:1/x HTTP/1.1\r\n\r\n"))
+	f.Add([]byte{22, 3, 1, 0, 4, 1, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		name, source, done := nameFrom(b)
+		if name != "" && (source == sourceNone || !done) {
+			t.Fatalf("name %q with source %q done %v", name, source, done)
+		}
+		if len(name) > len(b) {
+			t.Fatalf("name longer than input")
+		}
+	})
+}

@@ -1,0 +1,523 @@
+// Package transparent is egress's transparent TCP listener: it accepts
+// connections that nftables or iptables redirected to it (REDIRECT or
+// DNAT), recovers each one's original destination (SO_ORIGINAL_DST), reads
+// the first bytes for a name (a TLS ClientHello's SNI, an HTTP Host
+// header), decides, dials the original address through the checking
+// dialer and copies bytes both ways with splice(2).
+//
+// A name is trusted only when the original address belongs to it: egress's
+// DNS returned that address for it to this client, or resolving it now
+// yields it. Otherwise a client could name an allowed host while connecting
+// to a denied address (SNI spoofing). With no name (a server-speaks-first
+// protocol such as PostgreSQL) the decision is on the address, and on the
+// names egress's DNS returned it for.
+//
+// It does not set up the redirect (see sandbox and docs/transparent.md),
+// terminate TLS, or speak any protocol: denied connections are reset.
+package transparent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/dialer"
+	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/names"
+)
+
+// Reasons of decisions only the transparent path makes.
+const (
+	// ReasonNameMismatch: the TLS SNI or HTTP Host names a host the
+	// original destination address does not belong to.
+	ReasonNameMismatch policy.Reason = "name_mismatch"
+	// ReasonNotRedirected: the connection reached the listener directly
+	// (its original destination is the listener itself), so there is
+	// nowhere to forward it.
+	ReasonNotRedirected policy.Reason = "not_redirected"
+)
+
+// Defaults used when neither the Server nor the policy sets a value.
+const (
+	DefaultPeekTimeout = 300 * time.Millisecond
+	DefaultMaxTunnels  = 10000
+	DefaultDrain       = 30 * time.Second
+)
+
+// Server serves redirected connections. Only Policy is required. Safe for
+// concurrent use; serve any number of listeners.
+type Server struct {
+	// Policy returns the current policy, read once per connection.
+	Policy func() *policy.Policy
+	// Dialer dials the original destinations. Nil means a Dialer with
+	// Policy, Resolver and no loop guard (the redirect rules must exempt
+	// egress's own traffic; a connection straight to the listener is
+	// refused with ReasonNotRedirected).
+	Dialer *dialer.Dialer
+	// Resolver checks that a name from SNI or Host resolves to the
+	// original address when Names does not know it. Nil means the Dialer's,
+	// or net.DefaultResolver.
+	Resolver dialer.Resolver
+	// Names is what egress's DNS answered each client; nil knows nothing.
+	Names names.Lookup
+	// PeekTimeout bounds the wait for a client's first bytes. A client
+	// of a server-speaks-first protocol sends nothing, so this is the
+	// delay such connections pay. Zero means DefaultPeekTimeout.
+	PeekTimeout time.Duration
+	// OriginalDst recovers the destination before NAT. Nil means
+	// OriginalDst (SO_ORIGINAL_DST); tests and TPROXY setups replace it.
+	OriginalDst func(*net.TCPConn) (netip.AddrPort, error)
+	// Events records one entry per connection (at close for allowed
+	// ones); nil records nothing.
+	Events *eventlog.Sink
+	// Logger receives what is not a canonical line: panics, accept errors.
+	Logger zerolog.Logger
+
+	initOnce sync.Once
+	dial     *dialer.Dialer
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	shutdown  bool
+	open      atomic.Int64 // tunnels and connections being decided
+	idleOnce  sync.Once
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("transparent: server closed")
+
+func (s *Server) init() {
+	s.initOnce.Do(func() {
+		s.dial = s.Dialer
+		if s.dial == nil {
+			s.dial = &dialer.Dialer{Policy: s.Policy, Resolver: s.Resolver}
+		}
+		s.listeners = map[net.Listener]struct{}{}
+		s.conns = map[*conn]struct{}{}
+	})
+}
+
+// Serve accepts redirected connections on l until Shutdown; l's
+// connections must be *net.TCPConn (or OriginalDst must handle them).
+func (s *Server) Serve(l net.Listener) error {
+	s.init()
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			down := s.shutdown
+			s.mu.Unlock()
+			if down {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of descriptors: back off as net/http does.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.Logger.Warn().Err(err).Dur("retry_in", backoff).Msg("transparent: accept failed")
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			c.Close()
+			continue
+		}
+		go s.handle(tc)
+	}
+}
+
+// Shutdown stops accepting and waits for open connections to finish until
+// ctx is done; then it closes the rest and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.init()
+	s.mu.Lock()
+	s.shutdown = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for s.open.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			s.mu.Lock()
+			for c := range s.conns {
+				c.closeWith(fmt.Errorf("closed on shutdown: %w", ctx.Err()))
+			}
+			s.mu.Unlock()
+			deadline := time.Now().Add(time.Second)
+			for s.open.Load() > 0 && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// Open is the number of connections being decided or tunnelled.
+func (s *Server) Open() int { return int(s.open.Load()) }
+
+// conn is one redirected connection, from accept to its log line.
+type conn struct {
+	s        *Server
+	client   *net.TCPConn
+	upstream net.Conn
+	entry    eventlog.Entry
+	start    time.Time
+	idle     time.Duration
+
+	up, down  int64 // written by their pipe before left drops
+	left      atomic.Int32
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// handle is the whole story of one connection: original destination,
+// peek, decide, dial, copy, log.
+func (s *Server) handle(cc *net.TCPConn) {
+	c := &conn{s: s, client: cc, start: time.Now()}
+	c.entry = eventlog.Entry{ID: eventlog.NewID(), Proto: eventlog.ProtoTCP}
+	if ap, err := netip.ParseAddrPort(cc.RemoteAddr().String()); err == nil {
+		c.entry.Client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	s.open.Add(1)
+	tunnelling := false
+	defer func() {
+		if v := recover(); v != nil {
+			s.Logger.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).
+				Str(eventlog.FieldID, c.entry.ID).Msg("panic in transparent connection; connection closed")
+			c.reset()
+			if c.upstream != nil {
+				c.upstream.Close()
+			}
+		}
+		if !tunnelling {
+			s.open.Add(-1)
+		}
+	}()
+
+	pol := s.Policy()
+	if n := maxTunnels(pol); int(s.open.Load()) > n {
+		s.Logger.Warn().Str(eventlog.FieldClient, c.entry.Client.String()).Int("max_tunnels", n).
+			Msg("transparent: too many open connections (limits.max_tunnels); connection reset")
+		c.reset()
+		return
+	}
+	origDst := s.OriginalDst
+	if origDst == nil {
+		origDst = OriginalDst
+	}
+	dst, err := origDst(cc)
+	if err != nil {
+		s.Logger.Warn().Err(err).Str(eventlog.FieldClient, c.entry.Client.String()).
+			Msg("transparent: no original destination (was the connection redirected?); connection reset")
+		c.reset()
+		return
+	}
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	if local, err := netip.ParseAddrPort(cc.LocalAddr().String()); err == nil &&
+		netip.AddrPortFrom(local.Addr().Unmap(), local.Port()) == dst {
+		c.deny(policy.Decision{
+			Reason: ReasonNotRedirected, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
+			Hint: "connect to the real destination; this port only serves connections redirected to it",
+		})
+		return
+	}
+
+	peek := s.PeekTimeout
+	if peek <= 0 {
+		peek = DefaultPeekTimeout
+	}
+	// A read error (the client closed or reset while we peeked, as a port
+	// check does) is not a reason to stop: the upstream sees the same open
+	// and close, and the copy ends at once.
+	name, _, head, _ := peekName(cc, peek)
+	if _, err := netip.ParseAddr(name); err == nil {
+		// An IP literal in Host (SNI may not carry one, RFC 6066 §3)
+		// names nothing more than the address does.
+		name = ""
+	}
+
+	req, dec, ok := s.decide(pol, name, dst, c.entry.Client.Addr())
+	if !ok {
+		c.deny(dec)
+		return
+	}
+	up, ddec, err := s.dial.Dial(context.Background(), "tcp", req)
+	if err != nil {
+		var de *dialer.DeniedError
+		if errors.As(err, &de) {
+			c.deny(de.Decision)
+			return
+		}
+		c.fail(ddec, err)
+		return
+	}
+	if !dec.Audit {
+		// An audit pass of the name check stays the recorded decision.
+		dec = ddec
+	}
+	c.upstream = up
+	c.entry.Decision = dec
+	if len(head) > 0 {
+		if _, err := up.Write(head); err != nil {
+			up.Close()
+			c.fail(dec, fmt.Errorf("replay first bytes: %w", err))
+			return
+		}
+	}
+	tunnelling = true
+	c.idle = pol.Timeouts.TunnelIdle
+	c.left.Store(2)
+	s.mu.Lock()
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	if c.idle > 0 {
+		s.watchIdle()
+	}
+	go c.pipe(up, cc, &c.up)
+	c.pipe(cc, up, &c.down)
+}
+
+// decide picks the request to dial, or the denial.
+//
+// A name from SNI or Host is decided on first: a denial is final (the
+// client asked for a denied name). If it is allowed, it counts only when
+// the original address belongs to it; otherwise the client may be lying
+// (SNI spoofing) and the connection is decided as if it had named
+// nothing, its denial reported as a name mismatch.
+//
+// Without a trusted name the address is decided on, then the names
+// egress's DNS returned it for to this client.
+func (s *Server) decide(pol *policy.Policy, name string, dst netip.AddrPort, client netip.Addr) (policy.Request, policy.Decision, bool) {
+	req := policy.Request{IP: dst.Addr(), Port: dst.Port(), Client: client}
+	var mismatch *policy.Decision
+	if name != "" {
+		d := pol.Decide(policy.Request{Host: name, Port: dst.Port(), Client: client})
+		if !d.Allowed() {
+			d.IP = dst.Addr()
+			return req, d, false
+		}
+		if d.Host == "" || s.belongs(d.Host, dst.Addr(), client) {
+			req.Host = name
+			return req, policy.Decision{}, true
+		}
+		d.Verdict, d.Audit, d.Rule = policy.Deny, false, nil
+		d.Reason = ReasonNameMismatch
+		d.IP = dst.Addr()
+		d.Hint = fmt.Sprintf("the connection names %s (TLS SNI or HTTP Host) but goes to %s, which is not an address of %s", d.Host, dst.Addr(), d.Host)
+		if pol.Mode == policy.Audit {
+			d.Verdict, d.Audit = policy.Allow, true
+		}
+		mismatch = &d
+	}
+
+	d := pol.Decide(req)
+	if d.Allowed() && !d.Audit {
+		return req, d, true
+	}
+	if s.Names != nil {
+		var first *policy.Decision
+		for _, n := range s.Names.Names(client, dst.Addr()) {
+			r := req
+			r.Host = n
+			nd := pol.Decide(r)
+			if nd.Allowed() && !nd.Audit {
+				return r, nd, true
+			}
+			if first == nil {
+				first = &nd
+			}
+		}
+		if first != nil && !d.Allowed() && mismatch == nil {
+			// The name's hint ("- {host: db.example.com, ports: [5432]}")
+			// is what a person wants to paste, not the address's.
+			d = *first
+		}
+	}
+	if mismatch != nil {
+		return req, *mismatch, mismatch.Allowed()
+	}
+	return req, d, d.Allowed()
+}
+
+// belongs reports whether ip is an address of name: egress's DNS gave it
+// to this client for name, or name resolves to it now.
+func (s *Server) belongs(name string, ip netip.Addr, client netip.Addr) bool {
+	if s.Names != nil && slices.Contains(s.Names.Names(client, ip), name) {
+		return true
+	}
+	r := s.Resolver
+	if r == nil && s.dial.Resolver != nil {
+		r = s.dial.Resolver
+	}
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	timeout := s.dial.Timeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	ips, err := r.LookupNetIP(ctx, "ip", name)
+	if err != nil {
+		return false
+	}
+	for _, a := range ips {
+		if a.Unmap() == ip {
+			return true
+		}
+	}
+	return false
+}
+
+// deny records a denial and resets the client connection.
+func (c *conn) deny(d policy.Decision) {
+	c.entry.Decision = d
+	c.reset()
+	c.entry.Duration = time.Since(c.start)
+	c.s.Events.Record(c.entry)
+}
+
+// fail records an allowed connection that could not be forwarded (dial
+// error, client gone) and resets the client.
+func (c *conn) fail(d policy.Decision, err error) {
+	c.entry.Decision = d
+	c.entry.Err = err
+	c.reset()
+	c.entry.Duration = time.Since(c.start)
+	c.s.Events.Record(c.entry)
+}
+
+// reset closes the client connection with an RST, so that the client sees
+// "connection reset" at once instead of an orderly (and ambiguous) EOF.
+func (c *conn) reset() {
+	c.client.SetLinger(0)
+	c.client.Close()
+}
+
+// pipe copies src to dst until EOF or an error. io.Copy between two
+// *net.TCPConn uses splice(2): the bytes never enter user space. On EOF it
+// half-closes dst so that the other direction can finish (a client that
+// shuts down its sending side still reads its answer); on an error it
+// closes both.
+func (c *conn) pipe(dst, src net.Conn, n *int64) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.s.Logger.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).
+				Str(eventlog.FieldID, c.entry.ID).Msg("panic in transparent tunnel; tunnel closed")
+			c.closeWith(nil)
+		}
+		if c.left.Add(-1) == 0 {
+			c.finish()
+		}
+	}()
+	m, err := io.Copy(dst, src)
+	*n += m
+	if err != nil {
+		c.closeWith(nil)
+		return
+	}
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		return
+	}
+	c.closeWith(nil)
+}
+
+func (c *conn) closeWith(err error) {
+	c.closeOnce.Do(func() {
+		c.closeErr = err
+		c.client.Close()
+		c.upstream.Close()
+	})
+}
+
+// finish runs once both directions are done: the connection's log line.
+func (c *conn) finish() {
+	c.closeWith(nil)
+	if c.closeErr != nil && c.entry.Err == nil {
+		c.entry.Err = c.closeErr
+	}
+	c.s.mu.Lock()
+	delete(c.s.conns, c)
+	c.s.mu.Unlock()
+	c.entry.BytesUp, c.entry.BytesDown = c.up, c.down
+	c.entry.Duration = time.Since(c.start)
+	c.s.Events.Record(c.entry)
+	c.s.open.Add(-1)
+}
+
+// watchIdle starts, once, the goroutine closing tunnels idle longer than
+// timeouts.tunnel_idle. Idleness comes from TCP_INFO, so the copy stays in
+// splice untouched.
+func (s *Server) watchIdle() {
+	s.idleOnce.Do(func() {
+		go func() {
+			tick := time.NewTicker(250 * time.Millisecond)
+			defer tick.Stop()
+			for range tick.C {
+				s.mu.Lock()
+				cs := make([]*conn, 0, len(s.conns))
+				for c := range s.conns {
+					cs = append(cs, c)
+				}
+				down := s.shutdown && len(cs) == 0
+				s.mu.Unlock()
+				if down {
+					return
+				}
+				for _, c := range cs {
+					if c.idle <= 0 {
+						continue
+					}
+					a, ok1 := lastRecv(c.client)
+					b, ok2 := lastRecv(c.upstream)
+					if ok1 && ok2 && min(a, b) >= c.idle {
+						c.closeWith(fmt.Errorf("idle for %s (timeouts.tunnel_idle)", c.idle.Round(time.Millisecond)))
+					}
+				}
+			}
+		}()
+	})
+}
+
+func maxTunnels(p *policy.Policy) int {
+	if p.Limits.MaxTunnels > 0 {
+		return p.Limits.MaxTunnels
+	}
+	return DefaultMaxTunnels
+}

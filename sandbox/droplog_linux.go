@@ -1,0 +1,252 @@
+package sandbox
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Drop is one packet the namespace's rules refused (see Configure).
+type Drop struct {
+	Proto string         // "udp", "icmp", "ipv6-icmp" or the protocol number
+	Dst   netip.AddrPort // port 0 when the protocol has none
+}
+
+func (d Drop) String() string {
+	if d.Dst.Port() == 0 {
+		return d.Proto + " " + d.Dst.Addr().String()
+	}
+	return d.Proto + " " + d.Dst.String()
+}
+
+// nfnetlink_log constants (linux/netfilter/nfnetlink_log.h).
+const (
+	nfnlSubsysULOG     = 4
+	nfulnlMsgPacket    = 0
+	nfulnlMsgConfig    = 1
+	nfulaCfgCmd        = 1
+	nfulaCfgMode       = 2
+	nfulaCfgQThresh    = 5
+	nfulnlCfgCmdBind   = 1
+	nfulnlCopyPacket   = 2
+	nfulaPayload       = 9
+	dropLogCopyRange   = 128
+	dropLogReadBufSize = 64 << 10
+)
+
+// openDropLog opens a netlink socket bound to NFLOG group in the current
+// network namespace. It needs CAP_NET_ADMIN there; reading it later does
+// not, so the descriptor can be handed to a process outside.
+func openDropLog(group uint16) (*os.File, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return nil, fmt.Errorf("nflog socket: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "nflog")
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("nflog bind: %w", err)
+	}
+	var mode [6]byte
+	binary.BigEndian.PutUint32(mode[:4], dropLogCopyRange)
+	mode[4] = nfulnlCopyPacket
+	var qthresh [4]byte
+	binary.BigEndian.PutUint32(qthresh[:], 1) // deliver each packet at once
+	for i, attr := range [][]byte{
+		nlattr(nfulaCfgCmd, []byte{nfulnlCfgCmdBind}),
+		nlattr(nfulaCfgMode, mode[:]),
+		nlattr(nfulaCfgQThresh, qthresh[:]),
+	} {
+		if err := nflogConfig(fd, group, uint32(i+1), attr); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+// nflogConfig sends one NFULNL_MSG_CONFIG for group and waits for its ack.
+func nflogConfig(fd int, group uint16, seq uint32, attr []byte) error {
+	msg := make([]byte, unix.NLMSG_HDRLEN+4+len(attr))
+	binary.NativeEndian.PutUint32(msg[0:], uint32(len(msg)))
+	binary.NativeEndian.PutUint16(msg[4:], nfnlSubsysULOG<<8|nfulnlMsgConfig)
+	binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+	binary.NativeEndian.PutUint32(msg[8:], seq)
+	// struct nfgenmsg: family, version, res_id (big endian group).
+	msg[16], msg[17] = unix.AF_UNSPEC, 0
+	binary.BigEndian.PutUint16(msg[18:], group)
+	copy(msg[20:], attr)
+	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("nflog config: %w", err)
+	}
+	buf := make([]byte, 4096)
+	n, _, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil {
+		return fmt.Errorf("nflog config ack: %w", err)
+	}
+	if n >= unix.NLMSG_HDRLEN+4 && binary.NativeEndian.Uint16(buf[4:]) == unix.NLMSG_ERROR {
+		if code := int32(binary.NativeEndian.Uint32(buf[16:])); code != 0 {
+			return fmt.Errorf("nflog config: %w", unix.Errno(-code))
+		}
+	}
+	return nil
+}
+
+func nlattr(typ uint16, data []byte) []byte {
+	l := 4 + len(data)
+	b := make([]byte, (l+3)&^3)
+	binary.NativeEndian.PutUint16(b[0:], uint16(l))
+	binary.NativeEndian.PutUint16(b[2:], typ)
+	copy(b[4:], data)
+	return b
+}
+
+// DropLog reads the packets the namespace's rules refused, from the NFLOG
+// socket the namespace handed over.
+type DropLog struct {
+	f    *os.File
+	fn   func(Drop)
+	done chan struct{}
+	mu   sync.Mutex // serialises parsing between the reader and Close's drain
+	buf  []byte
+}
+
+// newDropLog starts reading f, calling fn for each refused packet.
+func newDropLog(f *os.File, fn func(Drop)) *DropLog {
+	d := &DropLog{f: f, fn: fn, done: make(chan struct{}), buf: make([]byte, dropLogReadBufSize)}
+	unix.SetNonblock(int(f.Fd()), true)
+	go d.run()
+	return d
+}
+
+func (d *DropLog) run() {
+	defer close(d.done)
+	rc, err := d.f.SyscallConn()
+	if err != nil {
+		return
+	}
+	for {
+		var n int
+		var rerr error
+		err := rc.Read(func(fd uintptr) bool {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			n, _, rerr = unix.Recvfrom(int(fd), d.buf, 0)
+			if rerr == unix.EAGAIN {
+				return false
+			}
+			if rerr == nil {
+				parseNflog(d.buf[:n], d.fn)
+			}
+			return true
+		})
+		if err != nil || (rerr != nil && !errors.Is(rerr, unix.ENOBUFS)) {
+			return // closed; ENOBUFS only means the kernel dropped some
+		}
+	}
+}
+
+// Close reads what is already queued, then stops.
+func (d *DropLog) Close() error {
+	if rc, err := d.f.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			for {
+				n, _, err := unix.Recvfrom(int(fd), d.buf, unix.MSG_DONTWAIT)
+				if err != nil {
+					if errors.Is(err, unix.ENOBUFS) {
+						continue
+					}
+					return
+				}
+				parseNflog(d.buf[:n], d.fn)
+			}
+		})
+	}
+	err := d.f.Close()
+	<-d.done
+	return err
+}
+
+// parseNflog calls fn for each NFULNL_MSG_PACKET in a netlink datagram.
+func parseNflog(b []byte, fn func(Drop)) {
+	for len(b) >= unix.NLMSG_HDRLEN {
+		l := int(binary.NativeEndian.Uint32(b[0:]))
+		if l < unix.NLMSG_HDRLEN || l > len(b) {
+			return
+		}
+		typ := binary.NativeEndian.Uint16(b[4:])
+		msg := b[unix.NLMSG_HDRLEN:l]
+		b = b[min((l+3)&^3, len(b)):]
+		if typ != nfnlSubsysULOG<<8|nfulnlMsgPacket || len(msg) < 4 {
+			continue
+		}
+		attrs := msg[4:] // after struct nfgenmsg
+		for len(attrs) >= 4 {
+			al := int(binary.NativeEndian.Uint16(attrs[0:]))
+			at := binary.NativeEndian.Uint16(attrs[2:]) & 0x3fff // without NLA_F_NESTED/NLA_F_NET_BYTEORDER
+			if al < 4 || al > len(attrs) {
+				break
+			}
+			if at == nfulaPayload {
+				if d, ok := parsePacket(attrs[4:al]); ok {
+					fn(d)
+				}
+			}
+			attrs = attrs[min((al+3)&^3, len(attrs)):]
+		}
+	}
+}
+
+// parsePacket reads the protocol and destination of an IP packet.
+func parsePacket(p []byte) (Drop, bool) {
+	if len(p) < 1 {
+		return Drop{}, false
+	}
+	var proto byte
+	var dst netip.Addr
+	var l4 []byte
+	switch p[0] >> 4 {
+	case 4:
+		if len(p) < 20 {
+			return Drop{}, false
+		}
+		ihl := int(p[0]&0x0f) * 4
+		proto = p[9]
+		dst = netip.AddrFrom4([4]byte(p[16:20]))
+		if ihl <= len(p) {
+			l4 = p[ihl:]
+		}
+	case 6:
+		if len(p) < 40 {
+			return Drop{}, false
+		}
+		proto = p[6]
+		dst = netip.AddrFrom16([16]byte(p[24:40]))
+		l4 = p[40:]
+	default:
+		return Drop{}, false
+	}
+	d := Drop{Dst: netip.AddrPortFrom(dst, 0)}
+	switch proto {
+	case unix.IPPROTO_UDP, unix.IPPROTO_TCP, unix.IPPROTO_SCTP, unix.IPPROTO_UDPLITE:
+		d.Proto = map[byte]string{unix.IPPROTO_UDP: "udp", unix.IPPROTO_TCP: "tcp", unix.IPPROTO_SCTP: "sctp", unix.IPPROTO_UDPLITE: "udplite"}[proto]
+		if len(l4) >= 4 {
+			d.Dst = netip.AddrPortFrom(dst, binary.BigEndian.Uint16(l4[2:4]))
+		}
+	case unix.IPPROTO_ICMP:
+		d.Proto = "icmp"
+	case unix.IPPROTO_ICMPV6:
+		d.Proto = "ipv6-icmp"
+	default:
+		d.Proto = strconv.Itoa(int(proto))
+	}
+	return d, true
+}

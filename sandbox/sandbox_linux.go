@@ -1,0 +1,451 @@
+// Package sandbox runs a command in a new network namespace whose only way
+// out is egress: every TCP connection is redirected to a transparent
+// listener, every DNS query to a DNS listener, and everything else is
+// refused (see Configure). It works as root and, through a user namespace,
+// without root where the kernel allows unprivileged user namespaces.
+//
+// The process calling Start stays in its own namespace and gets the
+// listening sockets, created inside the new one, to serve: a connection
+// accepted on them came from the sandbox, and whatever egress dials
+// afterwards goes out through the original namespace. The package sets
+// up the plumbing only; it decides nothing and serves nothing.
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// childEnv marks the re-executed egress as the sandbox's setup process;
+// its value is the descriptor of the socket back to the parent.
+const childEnv = "_EGRESS_SANDBOX_CHILD"
+
+// logGroup is the NFLOG group of refused packets inside the namespace
+// (each namespace has its own groups).
+const logGroup = 0x6567 // "eg"
+
+// setupTimeout bounds the namespace's setup: the wait for its sockets.
+const setupTimeout = 10 * time.Second
+
+// Exit codes of a sandbox that could not run its command, as env(1),
+// chroot(1) and docker use them.
+const (
+	ExitSetupFailed = 125 // the sandbox itself failed
+	ExitCannotExec  = 126 // the command was found but could not run
+	ExitNotFound    = 127 // the command was not found
+)
+
+// Config says what to run.
+type Config struct {
+	// Args is the command and its arguments; Args[0] is looked up in
+	// Env's PATH inside the sandbox.
+	Args []string
+	// Env is the command's environment; nil means os.Environ(). Start
+	// adds the proxy variables (see ProxyEnv).
+	Env []string
+	// Stdin, Stdout, Stderr as in os/exec; nil means os.Stdin and so on.
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	// Exe is the egress executable to re-execute as the setup process;
+	// "" means /proc/self/exe. The executable must call MaybeChild early.
+	Exe string
+	// ExeArgs are the arguments that make Exe reach MaybeChild, before
+	// the command's ("run" for egress).
+	ExeArgs []string
+}
+
+// Sandbox is a running command and the listeners of its namespace. Serve
+// the listeners, call Wait, then Close.
+type Sandbox struct {
+	// Transparent receives every TCP connection of the sandbox, except
+	// those to its own listeners.
+	Transparent net.Listener
+	// HTTP is the listener HTTP_PROXY and HTTPS_PROXY point at.
+	HTTP net.Listener
+	// DNS and DNSTCP receive every DNS query (port 53, UDP and TCP).
+	DNS    net.PacketConn
+	DNSTCP net.Listener
+	// ProxyURL is the value of HTTP_PROXY and HTTPS_PROXY in the sandbox.
+	ProxyURL string
+	// Rootless is true when the sandbox runs in a user namespace.
+	Rootless bool
+
+	cmd    *exec.Cmd
+	nflog  *os.File
+	drops  *DropLog
+	netns  string // "net:[inode]" of the namespace
+	closed bool
+
+	ownerMu sync.Mutex
+	pids    []int // processes in the namespace, as last listed by Owner
+}
+
+// ProxyEnv is the environment the command gets on top of Config.Env:
+// HTTP(S)_PROXY in both cases, and an empty NO_PROXY so that a NO_PROXY
+// from the caller's shell does not send a proxy-aware client around the
+// proxy (it would reach the transparent listener anyway, less well
+// identified).
+func ProxyEnv(proxyURL string) []string {
+	return []string{
+		"HTTP_PROXY=" + proxyURL, "HTTPS_PROXY=" + proxyURL,
+		"http_proxy=" + proxyURL, "https_proxy=" + proxyURL,
+		"NO_PROXY=", "no_proxy=",
+	}
+}
+
+// message is what the setup process sends back with the sockets.
+type message struct {
+	Error    string `json:"error,omitempty"`
+	HTTPPort uint16 `json:"http_port"`
+	DropLog  bool   `json:"drop_log"`
+	NetNS    string `json:"netns"` // readlink /proc/self/ns/net
+
+}
+
+// Start creates the namespace, its listeners and rules, and starts the
+// command in it. The command is running when Start returns; its
+// connections wait in the listeners' backlogs until they are served.
+func Start(cfg Config) (*Sandbox, error) {
+	if len(cfg.Args) == 0 {
+		return nil, errors.New("sandbox: no command")
+	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: socketpair: %w", err)
+	}
+	parentEnd := os.NewFile(uintptr(pair[0]), "sandbox-parent")
+	childEnd := os.NewFile(uintptr(pair[1]), "sandbox-child")
+	defer parentEnd.Close()
+
+	exe := cfg.Exe
+	if exe == "" {
+		exe = "/proc/self/exe"
+	}
+	env := cfg.Env
+	if env == nil {
+		env = os.Environ()
+	}
+	env = append(withoutVar(env, childEnv), childEnv+"=3")
+	cmd := &exec.Cmd{
+		Path:       exe,
+		Args:       append(append([]string{"egress"}, cfg.ExeArgs...), cfg.Args...),
+		Env:        env,
+		Stdin:      cfg.Stdin,
+		Stdout:     cfg.Stdout,
+		Stderr:     cfg.Stderr,
+		ExtraFiles: []*os.File{childEnd},
+	}
+	if cmd.Stdin == nil {
+		cmd.Stdin = os.Stdin
+	}
+	if cmd.Stdout == nil {
+		cmd.Stdout = os.Stdout
+	}
+	if cmd.Stderr == nil {
+		cmd.Stderr = os.Stderr
+	}
+	sb := &Sandbox{cmd: cmd}
+	attr := &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	if os.Geteuid() != 0 {
+		// Map only ourselves, to the same ids, so that the command sees
+		// its usual uid; CAP_NET_ADMIN (ambient, held across the exec of
+		// the setup process) lets the setup configure the namespace. The
+		// setup drops it before it executes the command.
+		sb.Rootless = true
+		attr.Cloneflags |= syscall.CLONE_NEWUSER
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: os.Geteuid(), HostID: os.Geteuid(), Size: 1}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: os.Getegid(), HostID: os.Getegid(), Size: 1}}
+		attr.GidMappingsEnableSetgroups = false
+		attr.AmbientCaps = []uintptr{unix.CAP_NET_ADMIN}
+	}
+	cmd.SysProcAttr = attr
+	if err := cmd.Start(); err != nil {
+		childEnd.Close()
+		return nil, fmt.Errorf("sandbox: start namespace: %w%s", err, namespaceHint(sb.Rootless, err))
+	}
+	childEnd.Close()
+
+	msg, files, err := receive(parentEnd, setupTimeout)
+	if err == nil && msg.Error != "" {
+		err = errors.New(msg.Error)
+	}
+	if err == nil && len(files) < 4 {
+		err = fmt.Errorf("got %d sockets, want 4", len(files))
+	}
+	if err != nil {
+		for _, f := range files {
+			f.Close()
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("sandbox: set up namespace: %w", err)
+	}
+	defer func() {
+		for _, f := range files[:4] {
+			f.Close() // the net.* values hold their own duplicates
+		}
+	}()
+	ls := make([]net.Listener, 0, 3)
+	for _, f := range []*os.File{files[0], files[1], files[3]} {
+		l, err := net.FileListener(f)
+		if err != nil {
+			sb.closeListeners(ls)
+			cmd.Process.Kill()
+			cmd.Wait()
+			return nil, fmt.Errorf("sandbox: listener: %w", err)
+		}
+		ls = append(ls, l)
+	}
+	pc, err := net.FilePacketConn(files[2])
+	if err != nil {
+		sb.closeListeners(ls)
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("sandbox: dns socket: %w", err)
+	}
+	sb.Transparent, sb.HTTP, sb.DNSTCP, sb.DNS = ls[0], ls[1], ls[2], pc
+	if msg.DropLog && len(files) > 4 {
+		sb.nflog = files[4]
+	}
+	sb.ProxyURL = "http://127.0.0.1:" + strconv.Itoa(int(msg.HTTPPort))
+	sb.netns = msg.NetNS
+	return sb, nil
+}
+
+func (sb *Sandbox) closeListeners(ls []net.Listener) {
+	for _, l := range ls {
+		l.Close()
+	}
+}
+
+// namespaceHint explains the usual reasons a namespace cannot be created.
+func namespaceHint(rootless bool, err error) string {
+	if !(errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.ENOSPC)) {
+		return ""
+	}
+	if !rootless {
+		return " (creating a network namespace needs CAP_SYS_ADMIN: in a container, add that capability)"
+	}
+	return " (unprivileged user namespaces look disabled: see sysctl kernel.unprivileged_userns_clone, " +
+		"user.max_user_namespaces and kernel.apparmor_restrict_unprivileged_userns, or run egress run as root)"
+}
+
+// Pid is the command's process id.
+func (sb *Sandbox) Pid() int { return sb.cmd.Process.Pid }
+
+// NetNS is the namespace's identity as /proc/PID/ns/net shows it
+// ("net:[4026532...]"), "" when unknown.
+func (sb *Sandbox) NetNS() string { return sb.netns }
+
+// Signal sends sig to the command.
+func (sb *Sandbox) Signal(sig os.Signal) error { return sb.cmd.Process.Signal(sig) }
+
+// ReadDrops calls fn, from another goroutine, for every packet the
+// namespace refuses from now on until Close. Call it at most once.
+func (sb *Sandbox) ReadDrops(fn func(Drop)) {
+	if sb.nflog != nil && sb.drops == nil {
+		sb.drops = newDropLog(sb.nflog, fn)
+	}
+}
+
+// Wait waits for the command and returns its exit code: its exit status,
+// or 128 plus the signal that killed it.
+func (sb *Sandbox) Wait() (int, error) {
+	err := sb.cmd.Wait()
+	st := sb.cmd.ProcessState
+	if st == nil {
+		return ExitSetupFailed, err
+	}
+	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal()), nil
+	}
+	return st.ExitCode(), nil
+}
+
+// Close closes the listeners and the drop log (after reading what it
+// holds). Connections already accepted are not touched.
+func (sb *Sandbox) Close() error {
+	if sb.closed {
+		return nil
+	}
+	sb.closed = true
+	sb.closeListeners([]net.Listener{sb.Transparent, sb.HTTP, sb.DNSTCP})
+	sb.DNS.Close()
+	if sb.drops != nil {
+		sb.drops.Close()
+	} else if sb.nflog != nil {
+		sb.nflog.Close()
+	}
+	return nil
+}
+
+// receive reads the setup process's message and descriptors.
+func receive(f *os.File, timeout time.Duration) (message, []*os.File, error) {
+	var msg message
+	c, err := net.FileConn(f)
+	if err != nil {
+		return msg, nil, err
+	}
+	defer c.Close()
+	uc := c.(*net.UnixConn)
+	uc.SetReadDeadline(time.Now().Add(timeout))
+	buf := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(8*4))
+	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return msg, nil, err
+	}
+	if n == 0 {
+		return msg, nil, errors.New("the setup process exited before sending its sockets")
+	}
+	var files []*os.File
+	if cms, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+		for _, cm := range cms {
+			fds, err := unix.ParseUnixRights(&cm)
+			if err != nil {
+				continue
+			}
+			for _, fd := range fds {
+				unix.CloseOnExec(fd)
+				files = append(files, os.NewFile(uintptr(fd), "sandbox-socket"))
+			}
+		}
+	}
+	if err := json.Unmarshal(buf[:n], &msg); err != nil {
+		return msg, files, fmt.Errorf("bad setup message: %w", err)
+	}
+	return msg, files, nil
+}
+
+func withoutVar(env []string, name string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, name+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// MaybeChild returns at once unless this process is a sandbox's setup
+// process; then it sets up the namespace, hands the sockets over, and
+// executes the command in args, never returning. Call it first thing in
+// the code path that Config.ExeArgs leads to, with the arguments that
+// follow them.
+func MaybeChild(args []string, stderr io.Writer) {
+	v, ok := os.LookupEnv(childEnv)
+	if !ok {
+		return
+	}
+	os.Unsetenv(childEnv)
+	fd, err := strconv.Atoi(v)
+	if err != nil {
+		fmt.Fprintf(stderr, "egress run: bad %s\n", childEnv)
+		os.Exit(ExitSetupFailed)
+	}
+	os.Exit(child(os.NewFile(uintptr(fd), "sandbox-child"), args, stderr))
+}
+
+// child runs in the new namespace: listeners, rules, hand-over, exec.
+func child(sock *os.File, args []string, stderr io.Writer) int {
+	fail := func(err error) int {
+		b, _ := json.Marshal(message{Error: err.Error()})
+		unix.Sendmsg(int(sock.Fd()), b, nil, nil, 0)
+		return ExitSetupFailed
+	}
+	if len(args) == 0 {
+		return fail(errors.New("no command"))
+	}
+	var lc net.ListenConfig
+	var files []*os.File
+	var ports []uint16
+	for _, network := range []string{"tcp", "tcp", "udp", "tcp"} { // transparent, http, dns, dns tcp
+		var f *os.File
+		var port uint16
+		if network == "udp" {
+			pc, err := lc.ListenPacket(context.Background(), "udp", ":0")
+			if err != nil {
+				return fail(fmt.Errorf("listen udp: %w", err))
+			}
+			port = uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+			f, err = pc.(*net.UDPConn).File()
+			if err != nil {
+				return fail(err)
+			}
+		} else {
+			l, err := lc.Listen(context.Background(), "tcp", ":0")
+			if err != nil {
+				return fail(fmt.Errorf("listen tcp: %w", err))
+			}
+			port = uint16(l.Addr().(*net.TCPAddr).Port)
+			f, err = l.(*net.TCPListener).File()
+			if err != nil {
+				return fail(err)
+			}
+		}
+		files = append(files, f)
+		ports = append(ports, port)
+	}
+	r := Redirect{TCP: ports[0], DNS: ports[2], DNSTCP: ports[3], Exempt: []uint16{ports[0], ports[1], ports[3]}, LogGroup: logGroup}
+	nflog, err := openDropLog(logGroup)
+	if err != nil {
+		r.LogGroup = 0 // refused packets are still refused, just not reported
+	}
+	if err := Configure(r); err != nil {
+		return fail(err)
+	}
+	msg := message{HTTPPort: ports[1], DropLog: nflog != nil}
+	msg.NetNS, _ = os.Readlink("/proc/self/ns/net")
+	if nflog != nil {
+		files = append(files, nflog)
+	}
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	b, _ := json.Marshal(msg)
+	if err := unix.Sendmsg(int(sock.Fd()), b, unix.UnixRights(fds...), nil, 0); err != nil {
+		return fail(fmt.Errorf("hand sockets over: %w", err))
+	}
+	for _, f := range files {
+		f.Close()
+	}
+	sock.Close()
+
+	path, err := exec.LookPath(args[0])
+	if err != nil {
+		fmt.Fprintf(stderr, "egress run: %v\n", err)
+		return ExitNotFound
+	}
+	env := os.Environ()
+	proxyEnv := ProxyEnv("http://127.0.0.1:" + strconv.Itoa(int(ports[1])))
+	for _, kv := range proxyEnv {
+		name, _, _ := strings.Cut(kv, "=")
+		env = withoutVar(env, name)
+	}
+	env = append(env, proxyEnv...)
+	// Capabilities are per thread: drop the ambient set on the thread
+	// that executes the command so that it gets none (rootless case).
+	runtime.LockOSThread()
+	unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+	err = unix.Exec(path, args, env)
+	fmt.Fprintf(stderr, "egress run: %s: %v\n", args[0], err)
+	if errors.Is(err, unix.ENOENT) {
+		return ExitNotFound
+	}
+	return ExitCannotExec
+}
