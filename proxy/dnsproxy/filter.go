@@ -1,0 +1,254 @@
+package dnsproxy
+
+import (
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/egress-proxy/egress/policy"
+)
+
+// filtered is an upstream answer made fit for one client.
+type filtered struct {
+	answer, ns, extra []dns.RR
+	// chain is the CNAME chain from the question; chainDenied is the
+	// decision on the first of its names the policy denied (in audit mode
+	// too), nil if none.
+	chain       []string
+	chainDenied *policy.Decision
+	// removed are the denied decisions on addresses (audit ones included,
+	// which are kept in the answer); enforced counts the ones removed.
+	removed  []policy.Decision
+	enforced int
+	changed  bool   // a record was removed or modified
+	age      uint32 // seconds the answer spent in the cache
+}
+
+// filter applies the policy to an upstream answer for client, whose name
+// decision was allowed for host (the question's normal form). It never
+// modifies up: up may be shared with the cache. See the package comment
+// for the rules.
+func (s *Server) filter(p *policy.Policy, client netip.Addr, host string, q dns.Question, up *dns.Msg, age uint32) (f filtered) {
+	f.chain, f.age = cnameChain(q.Name, up.Answer), age
+	for _, name := range f.chain[1:] {
+		d := p.Decide(policy.Request{Host: name, Client: client})
+		if d.Denied() {
+			f.chainDenied = &d
+			if !d.Allowed() {
+				return f
+			}
+			break
+		}
+	}
+
+	f.answer = make([]dns.RR, 0, len(up.Answer))
+	for _, rr := range up.Answer {
+		if !f.onChain(rr) {
+			f.changed = true
+			continue
+		}
+		if rr = f.decide(s, p, client, host, rr, true); rr != nil {
+			f.answer = append(f.answer, aged(rr, f.age))
+		}
+	}
+	f.ns = f.section(s, p, client, up.Ns)
+	f.extra = f.section(s, p, client, up.Extra)
+	return f
+}
+
+// section filters the addresses of the authority or additional section,
+// each decided on with its own owner name.
+func (f *filtered) section(s *Server, p *policy.Policy, client netip.Addr, rrs []dns.RR) []dns.RR {
+	if len(rrs) == 0 {
+		return nil
+	}
+	out := make([]dns.RR, 0, len(rrs))
+	for _, rr := range rrs {
+		if rr = f.decide(s, p, client, rr.Header().Name, rr, false); rr != nil {
+			out = append(out, aged(rr, f.age))
+		}
+	}
+	return out
+}
+
+// cnameChain follows the CNAME records of an answer from qname. Records
+// may come in any order; a loop ends the chain.
+func cnameChain(qname string, answer []dns.RR) []string {
+	chain := []string{qname}
+	cur := qname
+	for range answer {
+		next := ""
+		for _, rr := range answer {
+			if c, ok := rr.(*dns.CNAME); ok && strings.EqualFold(c.Hdr.Name, cur) {
+				next = c.Target
+				break
+			}
+		}
+		if next == "" || containsFold(chain, next) {
+			break
+		}
+		chain = append(chain, next)
+		cur = next
+	}
+	return chain
+}
+
+func containsFold(list []string, s string) bool {
+	for _, x := range list {
+		if strings.EqualFold(x, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// onChain reports whether an answer record belongs to the chain: owned by
+// one of its names, or a DNAME above one (RFC 6672).
+func (f *filtered) onChain(rr dns.RR) bool {
+	owner := rr.Header().Name
+	if containsFold(f.chain, owner) {
+		return true
+	}
+	if rr.Header().Rrtype == dns.TypeDNAME {
+		for _, n := range f.chain {
+			if dns.IsSubDomain(owner, n) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// decide returns rr, a copy of rr without its refused address hints, or
+// nil if rr is an address the policy refuses. host is the name the
+// client will connect to. Addresses of the answer section that are kept
+// are remembered for the client.
+func (f *filtered) decide(s *Server, p *policy.Policy, client netip.Addr, host string, rr dns.RR, remember bool) dns.RR {
+	ttl := time.Duration(rr.Header().Ttl-min(rr.Header().Ttl, f.age)) * time.Second
+	keep := func(ip net.IP) bool {
+		a, ok := netip.AddrFromSlice(ip)
+		if !ok {
+			return false
+		}
+		a = a.Unmap()
+		d := p.Decide(policy.Request{Host: host, IP: a, Client: client})
+		if d.Denied() {
+			f.removed = append(f.removed, d)
+		}
+		if !d.Allowed() {
+			f.enforced++
+			f.changed = true
+			return false
+		}
+		if remember {
+			s.Names.Remember(client, host, a, ttl)
+		}
+		return true
+	}
+	switch rr := rr.(type) {
+	case *dns.A:
+		if !keep(rr.A) {
+			return nil
+		}
+	case *dns.AAAA:
+		if !keep(rr.AAAA) {
+			return nil
+		}
+	case *dns.SVCB:
+		if v, ok := filterHints(rr.Value, keep); !ok {
+			c := dns.Copy(rr).(*dns.SVCB)
+			c.Value = v
+			return c
+		}
+	case *dns.HTTPS:
+		if v, ok := filterHints(rr.Value, keep); !ok {
+			c := dns.Copy(rr).(*dns.HTTPS)
+			c.Value = v
+			return c
+		}
+	}
+	return rr
+}
+
+// filterHints decides on every ipv4hint and ipv6hint address. It returns
+// ok when all were kept; otherwise the values to use instead, without the
+// refused addresses (and without a hint left empty).
+func filterHints(values []dns.SVCBKeyValue, keep func(net.IP) bool) ([]dns.SVCBKeyValue, bool) {
+	var out []dns.SVCBKeyValue
+	all := true
+	for i, kv := range values {
+		var hint []net.IP
+		switch kv := kv.(type) {
+		case *dns.SVCBIPv4Hint:
+			hint = kv.Hint
+		case *dns.SVCBIPv6Hint:
+			hint = kv.Hint
+		default:
+			if !all {
+				out = append(out, kv)
+			}
+			continue
+		}
+		var kept []net.IP
+		for _, ip := range hint {
+			if keep(ip) {
+				kept = append(kept, ip)
+			}
+		}
+		if len(kept) == len(hint) {
+			if !all {
+				out = append(out, kv)
+			}
+			continue
+		}
+		if all {
+			all = false
+			out = append(out, values[:i]...)
+		}
+		if len(kept) == 0 {
+			continue
+		}
+		switch kv.(type) {
+		case *dns.SVCBIPv4Hint:
+			out = append(out, &dns.SVCBIPv4Hint{Hint: kept})
+		case *dns.SVCBIPv6Hint:
+			out = append(out, &dns.SVCBIPv6Hint{Hint: kept})
+		}
+	}
+	return out, all
+}
+
+// removedText lists the addresses refused, for the EDE text and the log
+// line's error field.
+func (f *filtered) removedText() string {
+	var b strings.Builder
+	b.WriteString("removed from the answer:")
+	for i, d := range f.removed {
+		if i == 5 {
+			b.WriteString(" and ")
+			b.WriteString(strconv.Itoa(len(f.removed) - i))
+			b.WriteString(" more")
+			break
+		}
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte(' ')
+		b.WriteString(d.IP.String())
+		b.WriteString(" (")
+		b.WriteString(string(d.Reason))
+		if loc := d.RuleLocation(); loc != "" {
+			b.WriteString(" ")
+			b.WriteString(loc)
+		}
+		if d.Audit {
+			b.WriteString(", audit: kept")
+		}
+		b.WriteString(")")
+	}
+	return b.String()
+}

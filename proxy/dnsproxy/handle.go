@@ -1,0 +1,328 @@
+package dnsproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/eventlog"
+)
+
+var _ dns.Handler = (*Server)(nil)
+
+// hinfoTTL is the TTL RFC 8482 §4.2 suggests for the synthesised HINFO.
+const hinfoTTL = 3789
+
+// ServeDNS answers one query; it implements dns.Handler (Serve uses it
+// for TCP). A panic is logged with its stack and answered SERVFAIL; the
+// server keeps serving.
+func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	ra := w.RemoteAddr()
+	_, tcp := ra.(*net.TCPAddr)
+	if resp, _ := s.answer(addrPortOf(ra), req, tcp, true); resp != nil {
+		_ = w.WriteMsg(resp)
+	}
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return a.AddrPort()
+	case *net.TCPAddr:
+		return a.AddrPort()
+	case nil:
+		return netip.AddrPort{}
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// handle answers req from client; nil means no answer (req is a
+// response, never answered: that would make egress a reflector).
+func (s *Server) handle(ctx context.Context, client netip.AddrPort, req *dns.Msg, tcp bool) *dns.Msg {
+	m, _ := s.handleMode(ctx, client, req, tcp, true)
+	return m
+}
+
+// handleMode is handle; with block false, it returns (nil, true) instead
+// of asking an upstream, having recorded nothing: the UDP reader answers
+// cached and refused names inline and hands the rest to a goroutine that
+// may wait (udp.go).
+func (s *Server) handleMode(ctx context.Context, client netip.AddrPort, req *dns.Msg, tcp, block bool) (*dns.Msg, bool) {
+	if req.Response {
+		return nil, false
+	}
+	opt := req.IsEdns0()
+	switch {
+	case req.Opcode != dns.OpcodeQuery:
+		return reply(req, opt, tcp, dns.RcodeNotImplemented), false
+	case len(req.Question) != 1:
+		return reply(req, opt, tcp, dns.RcodeFormatError), false
+	case opt != nil && opt.Version() != 0:
+		return reply(req, opt, tcp, dns.RcodeBadVers), false // RFC 6891 §6.1.3
+	}
+	q := req.Question[0]
+	switch {
+	case q.Qclass != dns.ClassINET:
+		return reply(req, opt, tcp, dns.RcodeRefused), false
+	case q.Qtype == dns.TypeNone || q.Qtype == dns.TypeOPT || q.Qtype >= 128 && q.Qtype != dns.TypeANY:
+		// Zone transfers (AXFR, IXFR), MAILA/MAILB, TKEY, TSIG and the
+		// other meta and question types of RFC 6895 §3.1.
+		return reply(req, opt, tcp, dns.RcodeNotImplemented), false
+	}
+
+	p := s.policy()
+	caddr := client.Addr().Unmap()
+	e := eventlog.Entry{
+		Proto: eventlog.ProtoDNS, Client: client,
+		QName: q.Name, QType: typeString(q.Qtype),
+	}
+	d := p.Decide(policy.Request{Host: q.Name, Client: caddr})
+	e.Decision = d
+	if !d.Allowed() {
+		e.ID = eventlog.NewID()
+		s.Events.Record(e)
+		return blocked(req, opt, tcp, p, d, e.ID, ""), false
+	}
+	if q.Qtype == dns.TypeANY {
+		s.record(e)
+		m := reply(req, opt, tcp, dns.RcodeSuccess)
+		m.Answer = []dns.RR{&dns.HINFO{
+			Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeHINFO, Class: dns.ClassINET, Ttl: hinfoTTL},
+			Cpu: "RFC8482",
+		}}
+		return m, false
+	}
+
+	up, age, err := s.resolve(ctx, p, q, opt, req.CheckingDisabled, block)
+	if errors.Is(err, errWouldBlock) {
+		return nil, true
+	}
+	if err != nil {
+		e.ID = eventlog.NewID()
+		e.Err = err
+		s.Events.Record(e)
+		s.warnUpstream(q, err)
+		m := reply(req, opt, tcp, dns.RcodeServerFailure)
+		if opt != nil {
+			code := dns.ExtendedErrorCodeNoReachableAuthority
+			if errors.Is(err, ErrNoUpstream) {
+				code = dns.ExtendedErrorCodeNotReady
+			}
+			setEDE(m, code, "egress: "+err.Error()+"; id "+e.ID)
+		}
+		return m, false
+	}
+
+	f := s.filter(p, caddr, d.Host, q, up, age)
+	switch {
+	case f.chainDenied != nil:
+		e.ID = eventlog.NewID()
+		e.Decision = *f.chainDenied
+		e.Err = fmt.Errorf("cname chain %s", strings.Join(f.chain, " -> "))
+		s.Events.Record(e)
+		if !f.chainDenied.Allowed() {
+			return blocked(req, opt, tcp, p, *f.chainDenied, e.ID, strings.Join(f.chain, " -> ")), false
+		}
+	case len(f.removed) > 0:
+		e.ID = eventlog.NewID()
+		e.Decision = f.removed[0]
+		e.Err = errors.New(f.removedText())
+		s.Events.Record(e)
+	default:
+		s.record(e)
+	}
+
+	m := reply(req, opt, tcp, up.Rcode)
+	m.Answer, m.Ns = f.answer, f.ns
+	m.Extra = append(f.extra, m.Extra...) // m.Extra: the OPT record, if any
+	m.AuthenticatedData = up.AuthenticatedData && !f.changed && (req.AuthenticatedData || opt != nil && opt.Do())
+	if opt != nil && f.enforced > 0 {
+		setEDE(m, dns.ExtendedErrorCodeBlocked, "egress: "+f.removedText()+"; id "+e.ID)
+	}
+	fit(m, opt, tcp)
+	return m, false
+}
+
+// errWouldBlock is resolve's answer, when told not to block, to a query
+// the cache cannot answer.
+var errWouldBlock = errors.New("answer needs an upstream")
+
+// record records an allowed query, with a decision id only if someone
+// will see it: crypto/rand is a visible part of a cached answer's cost.
+func (s *Server) record(e eventlog.Entry) {
+	if s.Events == nil {
+		return
+	}
+	if s.Events.LogAllowed || s.Events.Observe != nil {
+		e.ID = eventlog.NewID()
+	}
+	s.Events.Record(e)
+}
+
+// resolve returns the upstream answer to q, from the cache or the
+// upstreams (then caching it), within the policy's dns.timeout, and its
+// age in the cache in seconds. The answer is shared with the cache: the
+// caller must not modify it.
+func (s *Server) resolve(ctx context.Context, p *policy.Policy, q dns.Question, opt *dns.OPT, cd, block bool) (*dns.Msg, uint32, error) {
+	do := opt != nil && opt.Do()
+	key := keyOf(q, do, cd)
+	s.cache.setMax(p.DNS.CacheSize)
+	if m, age := s.cache.get(key, s.now()); m != nil {
+		return m, age, nil
+	}
+	if !block {
+		return nil, 0, errWouldBlock
+	}
+	timeout := p.DNS.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	ups, err := s.upstreams(p.DNS.Upstreams)
+	if err != nil {
+		return nil, 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	up, err := s.forward(ctx, q, do, cd, ups, timeout)
+	if err != nil {
+		return nil, 0, err
+	}
+	// The upstream's OPT record (its buffer size, cookies, NSID) is
+	// between it and egress; the client gets egress's own.
+	extra := up.Extra[:0:0]
+	for _, rr := range up.Extra {
+		if rr.Header().Rrtype != dns.TypeOPT {
+			extra = append(extra, rr)
+		}
+	}
+	up.Extra = extra
+	s.cache.put(key, up, s.now(), p.DNS.MinTTL, p.DNS.MaxTTL)
+	return up, 0, nil
+}
+
+// warnUpstream logs an upstream failure, at most once a second with the
+// number of failures left unlogged since: when the upstreams are down,
+// every query fails and the canonical lines already carry the error.
+func (s *Server) warnUpstream(q dns.Question, err error) {
+	now := time.Now().UnixNano()
+	last := s.lastWarn.Load()
+	if now-last < int64(time.Second) || !s.lastWarn.CompareAndSwap(last, now) {
+		s.suppressed.Add(1)
+		return
+	}
+	s.Logger.Warn().Err(err).Str(eventlog.FieldQName, q.Name).
+		Int64("suppressed", s.suppressed.Swap(0)).Msg("dns upstream failed")
+}
+
+// reply starts the answer to req: its id, question, RD and CD bits, RA
+// set, the rcode, and an OPT record if the query had one (RFC 6891 §6.1.1:
+// only then).
+func reply(req *dns.Msg, opt *dns.OPT, tcp bool, rcode int) *dns.Msg {
+	m := &dns.Msg{MsgHdr: dns.MsgHdr{
+		Id: req.Id, Response: true, Opcode: req.Opcode, RecursionAvailable: true, Rcode: rcode,
+	}}
+	if req.Opcode == dns.OpcodeQuery {
+		m.RecursionDesired, m.CheckingDisabled = req.RecursionDesired, req.CheckingDisabled
+	}
+	if len(req.Question) > 0 {
+		m.Question = req.Question[:1:1] // shared: neither message is changed after
+	}
+	if opt != nil {
+		m.SetEdns0(udpBufSize, opt.Do())
+	}
+	return m
+}
+
+// fit truncates m to what the client can receive: its EDNS(0) buffer
+// size, or 512 bytes without EDNS(0), over UDP; 64 KiB over TCP. Records
+// that do not fit are dropped and TC set, so that the client asks again
+// over TCP (RFC 7766).
+func fit(m *dns.Msg, opt *dns.OPT, tcp bool) {
+	size := dns.MinMsgSize
+	switch {
+	case tcp:
+		size = dns.MaxMsgSize
+	case opt != nil && int(opt.UDPSize()) > size:
+		size = int(opt.UDPSize())
+	}
+	m.Truncate(size)
+}
+
+// setEDE adds an RFC 8914 Extended DNS Error to m's OPT record.
+func setEDE(m *dns.Msg, code uint16, text string) {
+	o := m.IsEdns0()
+	if o == nil {
+		return
+	}
+	o.Option = append(o.Option, &dns.EDNS0_EDE{InfoCode: code, ExtraText: text})
+}
+
+// blocked is the answer to a refused name: the policy's dns.blocked
+// answer with EDE 15 (Blocked), or REFUSED with EDE 18 (Prohibited) for a
+// client outside allow_from. chain, if set, is the CNAME chain whose last
+// name d refused.
+func blocked(req *dns.Msg, opt *dns.OPT, tcp bool, p *policy.Policy, d policy.Decision, id, chain string) *dns.Msg {
+	rcode, code := dns.RcodeNameError, dns.ExtendedErrorCodeBlocked
+	switch {
+	case d.Reason == policy.ReasonClientRefused:
+		rcode, code = dns.RcodeRefused, dns.ExtendedErrorCodeProhibited
+	case p.DNS.Blocked == "refused":
+		rcode = dns.RcodeRefused
+	case p.DNS.Blocked == "empty":
+		rcode = dns.RcodeSuccess
+	}
+	m := reply(req, opt, tcp, rcode)
+	if opt != nil {
+		setEDE(m, code, explain(d, id, chain))
+	}
+	fit(m, opt, tcp)
+	return m
+}
+
+// explain is the EDE text of a refusal: what refused it (the rule, as
+// FILE:LINE and as written, or "no rule matched"), the reason code, how to
+// allow it, and the decision id of the log line.
+func explain(d policy.Decision, id, chain string) string {
+	var b strings.Builder
+	b.WriteString("egress: ")
+	if d.Host != "" {
+		b.WriteString(d.Host)
+		b.WriteString(" ")
+	}
+	if chain != "" {
+		b.WriteString("(cname chain ")
+		b.WriteString(chain)
+		b.WriteString(") ")
+	}
+	switch {
+	case d.Reason == policy.ReasonClientRefused:
+		b.WriteString("refused: this client is not in allow_from")
+	case d.Rule != nil:
+		b.WriteString("denied by rule ")
+		b.WriteString(d.Rule.Location())
+		b.WriteString(" ")
+		b.WriteString(d.Rule.Text)
+	case d.Reason == policy.ReasonNoRuleMatched:
+		b.WriteString("denied: no rule matched (default: deny)")
+	default:
+		b.WriteString("denied")
+	}
+	b.WriteString(" (")
+	b.WriteString(string(d.Reason))
+	b.WriteString(")")
+	if d.Hint != "" {
+		b.WriteString("; to allow: ")
+		b.WriteString(d.Hint)
+	}
+	b.WriteString("; id ")
+	b.WriteString(id)
+	return b.String()
+}
