@@ -58,7 +58,12 @@ func cmdLint(args []string, stdout, stderr io.Writer) int {
 		for _, w := range warns {
 			fmt.Fprintf(stdout, "%s:%d:%d: warning: %s\n", w.File, w.Line, w.Column, w.Message)
 		}
-		fmt.Fprintf(stdout, "%s: ok (%d rules, %d warnings)\n", file, len(p.Rules()), len(warns))
+		fmt.Fprintf(stdout, "%s: ok (%s, %s)\n", file, count(len(p.Rules()), "rule"), count(len(warns), "warning"))
 	}
 	return code
+}
+
+// count is "1 rule", "2 rules".
+func count(n int, noun string) string {
+	return fmt.Sprintf("%d %s%s", n, noun, plural(n))
 }
