@@ -129,6 +129,14 @@ func (rs *ruleset) stepOne(d *Decision, name string, n crule) {
 // from if any.
 func (rs *ruleset) stepTwo(d *Decision, name string, ip netip.Addr, n crule) {
 	a := rs.addrs.match(ip, d.Port)
+	if at := guardAddr(ip); at != ip {
+		// A NAT64, 6to4 or IPv4-compatible address reaches the IPv4
+		// host it embeds through a translator: a cidr deny rule on that
+		// host refuses it too, or it would be a way around the rule.
+		if b := rs.addrs.match(at, d.Port); b.r != nil && b.r.Action == Deny {
+			a = b
+		}
+	}
 	if n.r != nil && n.r.Action == Deny {
 		rs.denyByRule(d, n)
 		return

@@ -22,6 +22,8 @@ var guardRanges = []guardRange{
 	{mustPrefix("169.254.170.2/32"), ReasonGuardMetadata},   // AWS ECS task metadata
 	{mustPrefix("fd00:ec2::254/128"), ReasonGuardMetadata},  // AWS IMDS over IPv6
 	{mustPrefix("100.100.100.200/32"), ReasonGuardMetadata}, // Alibaba Cloud
+	{mustPrefix("fd20:ce::254/128"), ReasonGuardMetadata},   // GCP metadata over IPv6
+	{mustPrefix("168.63.129.16/32"), ReasonGuardMetadata},   // Azure WireServer (a public address reachable only from Azure VMs)
 
 	{mustPrefix("127.0.0.0/8"), ReasonGuardLoopback}, // RFC 1122
 	{mustPrefix("::1/128"), ReasonGuardLoopback},     // RFC 4291

@@ -600,6 +600,11 @@ func (l *loader) clients(n *yaml.Node, p *Policy) {
 		if seen["sources"] == nil && seen["users"] == nil {
 			l.errf(item, "a clients entry needs sources or users to select its clients")
 		}
+		if u := seen["users"]; u != nil && seen["sources"] == nil {
+			// egress does not check proxy passwords: the user name only
+			// selects the entry, so any client can claim it.
+			l.warnf(l.file, u.Line, u.Column, "users without sources: egress does not authenticate proxy users, so any client that can reach egress may send this user name and get this entry's rules; add sources")
+		}
 		rs.name, rs.def, rs.mode = c.Name, c.Default, c.Mode
 		p.Clients = append(p.Clients, c)
 		p.clientSets = append(p.clientSets, rs)

@@ -442,10 +442,60 @@ func child(sock *os.File, args []string, stderr io.Writer) int {
 	// that executes the command so that it gets none (rootless case).
 	runtime.LockOSThread()
 	unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+	if err := dropCapabilities(); err != nil {
+		fmt.Fprintf(stderr, "egress run: %v\n", err)
+		return ExitSetupFailed
+	}
 	err = unix.Exec(path, args, env)
 	fmt.Fprintf(stderr, "egress run: %s: %v\n", args[0], err)
 	if errors.Is(err, unix.ENOENT) {
 		return ExitNotFound
 	}
 	return ExitCannotExec
+}
+
+// escapeCapabilities are the capabilities that would take a root command
+// out of its network namespace: joining another one (setns needs
+// CAP_SYS_ADMIN), taking over a process outside, egress run included
+// (ptrace, /proc/PID/mem and pidfd_getfd need CAP_SYS_PTRACE against a
+// process with capabilities the tracer lacks), rewriting the namespace's
+// rules (CAP_NET_ADMIN), or the kernel itself (modules, raw I/O, BPF). A
+// rootless command is held by its user namespace instead: it has no
+// capability outside it.
+var escapeCapabilities = []uintptr{
+	unix.CAP_SYS_ADMIN, unix.CAP_SYS_PTRACE, unix.CAP_NET_ADMIN, unix.CAP_SYS_MODULE,
+	unix.CAP_SYS_RAWIO, unix.CAP_BPF, unix.CAP_PERFMON,
+}
+
+// dropCapabilities removes escapeCapabilities from the bounding and
+// inheritable sets of the calling thread, which then executes the command:
+// a root command gets its permitted set from those two (capabilities(7),
+// "Capabilities and execution of programs by root"), so it runs without
+// them. Call it with the OS thread locked. A rootless setup process cannot
+// change its bounding set (no CAP_SETPCAP) and need not: its command has
+// no capabilities at all.
+func dropCapabilities() error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	for _, c := range escapeCapabilities {
+		if in, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, c, 0, 0, 0); err != nil || in == 0 {
+			continue // unknown to this kernel, or already out of the bounding set
+		}
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, c, 0, 0, 0); err != nil {
+			return fmt.Errorf("drop capability %d from the bounding set: %w", c, err)
+		}
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	for _, c := range escapeCapabilities {
+		data[c/32].Inheritable &^= 1 << (c % 32)
+	}
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capset: %w", err)
+	}
+	return nil
 }

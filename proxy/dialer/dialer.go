@@ -283,6 +283,11 @@ func (s *Self) Contains(ap netip.AddrPort) bool {
 		if l.Addr().IsUnspecified() && (ip.IsLoopback() || ip.IsUnspecified() || slices.Contains(s.local, ip)) {
 			return true
 		}
+		// Linux connects 0.0.0.0 and :: to loopback: a loopback
+		// listener is reached through them too.
+		if ip.IsUnspecified() && l.Addr().IsLoopback() {
+			return true
+		}
 	}
 	return false
 }

@@ -1,0 +1,136 @@
+package dialer_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/dialer"
+)
+
+// TestSecurityLoopThroughUnspecified: connecting to 0.0.0.0 or [::]
+// reaches the local host (Linux routes it to loopback), so a listener on
+// 127.0.0.1 or ::1 is reached through the unspecified address too. With a
+// policy that lifts the loopback and "this network" guards, the loop guard is all that stands
+// between a client and egress talking to itself.
+func TestSecurityLoopThroughUnspecified(t *testing.T) {
+	pol, err := policy.Load("open.yaml", []byte(`version: 1
+default: allow
+allow:
+  - cidr: 0.0.0.0/8
+  - cidr: 127.0.0.0/8
+  - cidr: "::/128"
+  - cidr: "::1/128"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ name, listen, host string }{
+		{"0.0.0.0 reaches a listener on 127.0.0.1", "127.0.0.1:0", "0.0.0.0"},
+		{"0 (inet_aton) reaches a listener on 127.0.0.1", "127.0.0.1:0", "0"},
+		{"[::] reaches a listener on [::1]", "[::1]:0", "::"},
+		{"[::ffff:0.0.0.0] reaches a listener on 127.0.0.1", "127.0.0.1:0", "[::ffff:0.0.0.0]"},
+		{"127.0.0.1 reaches a listener on 0.0.0.0", "0.0.0.0:0", "127.0.0.1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			l, err := net.Listen("tcp", tt.listen)
+			if err != nil {
+				t.Skipf("listen %s: %v", tt.listen, err)
+			}
+			defer l.Close()
+			go func() {
+				for {
+					c, err := l.Accept()
+					if err != nil {
+						return
+					}
+					c.Close()
+				}
+			}()
+			self := &dialer.Self{}
+			self.Add(l.Addr())
+			d := &dialer.Dialer{Policy: func() *policy.Policy { return pol }, IsSelf: self.Contains}
+			port := uint16(l.Addr().(*net.TCPAddr).Port)
+			c, dec, err := d.Dial(context.Background(), "tcp", policy.Request{Host: tt.host, Port: port, Client: netip.MustParseAddr("127.0.0.1")})
+			if err == nil {
+				c.Close()
+			}
+			var de *dialer.DeniedError
+			if !errors.As(err, &de) || dec.Reason != dialer.ReasonLoop {
+				t.Fatalf("dial %s port %d: err %v, reason %q; want a loop denial", tt.host, port, err, dec.Reason)
+			}
+		})
+	}
+}
+
+// flipResolver answers 127.0.0.1 and 127.0.0.2 in turn: a rebinding
+// name, public on one lookup and guarded on the next.
+type flipResolver struct{ n atomic.Int64 }
+
+func (f *flipResolver) LookupNetIP(context.Context, string, string) ([]netip.Addr, error) {
+	if f.n.Add(1)%2 == 1 {
+		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+	}
+	return []netip.Addr{netip.MustParseAddr("127.0.0.2")}, nil
+}
+
+// TestSecurityRebindingNeverReachesTheGuardedAnswer: whatever the
+// resolver answers from one lookup to the next, the dialer connects only
+// to an address it decided on, never to the guarded one.
+func TestSecurityRebindingNeverReachesTheGuardedAnswer(t *testing.T) {
+	pol, err := policy.Load("rebind.yaml", []byte("version: 1\ndefault: allow\nallow:\n  - cidr: 127.0.0.1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hits [2]atomic.Int64
+	var port uint16
+	for i, a := range []string{"127.0.0.1:0", "127.0.0.2:0"} {
+		if port != 0 {
+			a = net.JoinHostPort(a[:len(a)-2], strconv.Itoa(int(port)))
+		}
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			t.Skipf("listen %s: %v", a, err)
+		}
+		defer l.Close()
+		port = uint16(l.Addr().(*net.TCPAddr).Port)
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				hits[i].Add(1)
+				c.Close()
+			}
+		}()
+	}
+	d := &dialer.Dialer{Policy: func() *policy.Policy { return pol }, Resolver: &flipResolver{}}
+	allowed, denied := 0, 0
+	for range 10 {
+		c, dec, err := d.Dial(context.Background(), "tcp", policy.Request{Host: "rebind.example", Port: port})
+		var de *dialer.DeniedError
+		switch {
+		case err == nil:
+			allowed++
+			if got := c.RemoteAddr().String(); got != net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))) {
+				t.Errorf("connected to %s", got)
+			}
+			c.Close()
+		case errors.As(err, &de) && dec.Reason == policy.ReasonGuardLoopback:
+			denied++
+		default:
+			t.Fatalf("dial: %v", err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	if allowed != 5 || denied != 5 || hits[1].Load() != 0 {
+		t.Fatalf("allowed %d, denied %d, guarded listener reached %d times", allowed, denied, hits[1].Load())
+	}
+}
