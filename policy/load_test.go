@@ -153,7 +153,7 @@ limits:
 	if !reflect.DeepEqual(p.DNS, wantDNS) {
 		t.Errorf("dns %+v", p.DNS)
 	}
-	if (p.Timeouts != Timeouts{Dial: 5 * time.Second, Header: 7 * time.Second, TunnelIdle: 5 * time.Minute, Drain: time.Minute}) {
+	if (p.Timeouts != Timeouts{Dial: 5 * time.Second, Header: 7 * time.Second, Response: 60 * time.Second, TunnelIdle: 5 * time.Minute, Drain: time.Minute}) {
 		t.Errorf("timeouts %+v", p.Timeouts)
 	}
 	if (p.Limits != Limits{MaxTunnels: 20, MaxHeaderBytes: 8192}) {

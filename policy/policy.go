@@ -211,6 +211,7 @@ type DNS struct {
 type Timeouts struct {
 	Dial       time.Duration // upstream connect; default 10s
 	Header     time.Duration // reading a client's request header; default 10s
+	Response   time.Duration // plain HTTP: waiting for the upstream's response header; default 60s
 	TunnelIdle time.Duration // close a tunnel idle this long; 0 (default) = never
 	Drain      time.Duration // on SIGTERM, how long open tunnels may finish; default 30s
 }

@@ -716,6 +716,7 @@ func (l *loader) timeouts(n *yaml.Node, t *Timeouts) {
 	l.mapping(n, "timeouts", []field{
 		{"dial", positive(&t.Dial, "timeouts.dial")},
 		{"header", positive(&t.Header, "timeouts.header")},
+		{"response", positive(&t.Response, "timeouts.response")},
 		{"tunnel_idle", func(k, v *yaml.Node) { t.TunnelIdle, _ = l.duration(v, "timeouts.tunnel_idle") }},
 		{"drain", func(k, v *yaml.Node) { t.Drain, _ = l.duration(v, "timeouts.drain") }},
 	})

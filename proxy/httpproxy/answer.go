@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -69,6 +70,10 @@ func failureFor(id, target string, dec policy.Decision, err error) failure {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		status = http.StatusGatewayTimeout
 		b.WriteString("egress: timed out connecting to " + target + ": " + err.Error() + "\n")
+	case isTimeout(err):
+		// The Transport's timeouts.response: connected, then silence.
+		status = http.StatusGatewayTimeout
+		b.WriteString("egress: " + target + " did not answer in time: " + err.Error() + "\n")
 	case errors.As(err, &ve), errors.As(err, &ue), errors.As(err, &he):
 		b.WriteString("egress: TLS verification of " + target + " failed: " + err.Error() + "\n")
 	}
@@ -162,4 +167,11 @@ func targetString(host string, port uint16) string {
 		return "[" + host + "]:" + strconv.Itoa(int(port))
 	}
 	return host + ":" + strconv.Itoa(int(port))
+}
+
+// isTimeout reports a timeout that is not a deadline on our own sockets,
+// such as the Transport's "timeout awaiting response headers".
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

@@ -178,10 +178,13 @@ func (p *Proxy) newTransport() *http.Transport {
 	}
 	tc.InsecureSkipVerify = false
 	return &http.Transport{
-		Proxy:                 nil, // never HTTP_PROXY/HTTPS_PROXY from the environment
-		DialContext:           p.dialForward,
-		TLSClientConfig:       tc,
-		TLSHandshakeTimeout:   10 * time.Second,
+		Proxy:               nil, // never HTTP_PROXY/HTTPS_PROXY from the environment
+		DialContext:         p.dialForward,
+		TLSClientConfig:     tc,
+		TLSHandshakeTimeout: 10 * time.Second,
+		// A silent upstream must not hold the client forever: the
+		// Transport gives up after timeouts.response (a 504, answer.go).
+		ResponseHeaderTimeout: p.Policy().Timeouts.Response,
 		MaxIdleConns:          1000,
 		MaxIdleConnsPerHost:   100,
 		IdleConnTimeout:       90 * time.Second,
