@@ -19,12 +19,15 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/admin"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/dnsproxy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/httpproxy"
 	"github.com/egress-proxy/egress/proxy/names"
+	"github.com/egress-proxy/egress/proxy/proxyproto"
 	"github.com/egress-proxy/egress/proxy/transparent"
+	"github.com/egress-proxy/egress/reload"
 )
 
 const (
@@ -76,13 +79,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 
 	pol := policy.Builtin()
+	loadedAt := time.Now()
+	var watcher *reload.Watcher // nil without --config: nothing to reload
 	if *config != "" {
-		data, err := os.ReadFile(*config)
-		if err != nil {
-			fmt.Fprintf(stderr, "egress serve: %v\n", err)
-			return exitUsage
-		}
-		pol, err = policy.Load(*config, data)
+		w, err := reload.New(*config)
 		if err != nil {
 			var errs policy.Errors
 			if errors.As(err, &errs) {
@@ -90,10 +90,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					fmt.Fprintln(stderr, d.String())
 				}
 			} else {
-				fmt.Fprintf(stderr, "%s: %v\n", *config, err)
+				fmt.Fprintf(stderr, "egress serve: %v\n", err)
 			}
 			return exitUsage
 		}
+		watcher, pol, loadedAt = w, w.Current(), w.LoadedAt()
 	}
 	// The one policy every data path reads, through current, per
 	// connection: a reload swaps it here and nowhere else.
@@ -107,7 +108,14 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	defer closeLog()
-	events := &eventlog.Sink{Logger: logger, LogAllowed: pol.Log.Allowed}
+	// Metrics and recent denials see every entry through the sink.
+	adm := admin.New(admin.Options{Policy: current, LoadedAt: func() time.Time {
+		if watcher != nil {
+			return watcher.LoadedAt()
+		}
+		return loadedAt
+	}})
+	events := &eventlog.Sink{Logger: logger, LogAllowed: pol.Log.Allowed, Observe: adm.Observe}
 	self := &dialer.Self{}
 	dial := &dialer.Dialer{Policy: current, IsSelf: self.Contains}
 
@@ -134,7 +142,14 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	self.Add(ln.Addr())
 	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger}
-	svcs = append(svcs, service{name: "http", addr: ln.Addr().String(), serve: func() error { return hp.Serve(ln) }, shutdown: hp.Shutdown})
+	var hln net.Listener = ln
+	if pol.Listen.ProxyProtocol {
+		// Behind a load balancer: the client address comes from the
+		// PROXY header. Without this, such a header is a 400.
+		hln = &proxyproto.Listener{Listener: ln, Logger: logger}
+	}
+	svcs = append(svcs, service{name: "http", addr: ln.Addr().String(), serve: func() error { return hp.Serve(hln) }, shutdown: hp.Shutdown})
+	adm.TrackTunnels(eventlog.ProtoConnect, hp.OpenTunnels)
 
 	// proxy/dnsproxy and proxy/transparent plug in here, each when its
 	// listen address is set: listen, self.Add, append a service sharing
@@ -175,6 +190,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		self.Add(tl.Addr())
 		ts := &transparent.Server{Policy: current, Dialer: dial, Names: dnsNames, Events: events, Logger: logger}
+		adm.TrackTunnels(eventlog.ProtoTCP, ts.Open)
 		svcs = append(svcs, service{name: "transparent", addr: tl.Addr().String(), serve: func() error {
 			if err := ts.Serve(tl); !errors.Is(err, transparent.ErrServerClosed) {
 				return err
@@ -186,6 +202,39 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	for _, w := range pol.Warnings() {
 		logger.Warn().Str(eventlog.FieldPolicy, pol.Source).Msg("policy warning: " + w.String())
 	}
+	// The admin listener (metrics, probes, /policy, /denials) is not a
+	// service: it keeps answering while the others drain, with /readyz
+	// failing. If it cannot be bound, the proxy serves without it.
+	var adminAddr string
+	if pol.Listen.Admin != "" {
+		if al, err := listenTCP(pol.Listen.Admin); err != nil {
+			logger.Error().Err(err).Str("listen_admin", pol.Listen.Admin).Msg("admin listener off: cannot listen")
+		} else {
+			adminAddr = al.Addr().String()
+			go adm.Serve(al)
+			defer adm.Shutdown(context.Background())
+		}
+	}
+
+	// Reload the policy file on change and on SIGHUP; the watcher feeds
+	// cur, the pointer every data path reads.
+	hup := make(chan os.Signal, 1)
+	if watcher != nil {
+		watcher.Logger = logger
+		watcher.OnReload = func(p *policy.Policy, err error) {
+			if err == nil {
+				cur.Store(p)
+			}
+			adm.ObserveReload(p, err)
+		}
+		watcher.Start()
+		defer watcher.Close()
+	} else {
+		// SIGHUP's default action would kill egress.
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+	}
+
 	start := logger.Info().Str(eventlog.FieldPolicy, pol.Source).
 		Str("default", pol.Default.String()).Str("mode", pol.Mode.String())
 	var on []string
@@ -193,24 +242,40 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		start = start.Str("listen_"+s.name, s.addr)
 		on = append(on, s.name+" proxy on "+s.addr)
 	}
+	if adminAddr != "" {
+		start = start.Str("listen_admin", adminAddr)
+		on = append(on, "admin on "+adminAddr)
+	}
 	start.Msgf("egress serving: %s; enforcing policy %s (default %s, mode %s)",
 		strings.Join(on, ", "), pol.Source, pol.Default, pol.Mode)
 
 	errc := make(chan error, len(svcs))
 	for _, s := range svcs {
+		adm.SetListener(s.name, true)
 		go func() {
 			err := s.serve()
+			adm.SetListener(s.name, false)
 			if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				errc <- fmt.Errorf("%s: %w", s.name, err)
 			}
 		}()
 	}
 	code := exitOK
-	select {
-	case <-ctx.Done():
-	case err := <-errc:
-		logger.Error().Err(err).Msg("listener failed; shutting down")
-		code = exitUsage
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case err := <-errc:
+			logger.Error().Err(err).Msg("listener failed; shutting down")
+			code = exitUsage
+			break wait
+		case <-hup:
+			logger.Warn().Msg("SIGHUP: egress runs the built-in policy (no --config); nothing to reload")
+		}
+	}
+	for _, s := range svcs {
+		adm.SetListener(s.name, false) // draining: /readyz fails
 	}
 
 	drain := pol.Timeouts.Drain
@@ -259,10 +324,12 @@ func newLogger(cfg policy.Log, format, level string, stderr io.Writer) (zerolog.
 	var out io.Writer = stderr
 	closeFn := func() {}
 	if cfg.File != "" {
-		f, err := os.OpenFile(cfg.File, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		// Reopened on SIGUSR1, after logrotate moved it away.
+		f, err := reload.OpenLogFile(cfg.File)
 		if err != nil {
-			return zerolog.Logger{}, nil, fmt.Errorf("log file: %w", err)
+			return zerolog.Logger{}, nil, err
 		}
+		f.ReopenOnSignal(func(err error) { fmt.Fprintf(stderr, "egress: SIGUSR1: %v; still logging to the old file\n", err) })
 		out, closeFn = f, func() { f.Close() }
 	}
 	switch format {

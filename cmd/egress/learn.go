@@ -1,0 +1,432 @@
+package main
+
+import (
+	"bufio"
+	"compress/gzip"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/eventlog"
+)
+
+// cmdLearn reads egress's JSON log lines (typically from a run in audit
+// mode) and writes a policy that allows exactly the destinations observed:
+// one allow rule per host or address, with the ports seen, and comments
+// giving counts and first/last seen. The output is meant to be reviewed,
+// then linted and enforced as is.
+func cmdLearn(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("learn", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("o", "", "write the policy to `FILE` instead of standard output")
+	mode := fs.String("mode", "enforce", "mode: of the policy written, enforce or audit")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: egress learn [-o FILE] [-mode enforce|audit] LOGFILE...")
+		fmt.Fprintln(stderr)
+		fmt.Fprintln(stderr, "Reads egress's JSON log lines (allow, deny and audit_deny; '-' is standard input,")
+		fmt.Fprintln(stderr, "*.gz files are decompressed) and writes a policy allowing exactly what was observed.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() == 0 || (*mode != "enforce" && *mode != "audit") {
+		fs.Usage()
+		return exitUsage
+	}
+	l := newLearner()
+	for _, name := range fs.Args() {
+		if err := l.readFile(name); err != nil {
+			fmt.Fprintf(stderr, "egress learn: %v\n", err)
+			return exitUsage
+		}
+	}
+	if l.decisions == 0 {
+		fmt.Fprintf(stderr, "egress learn: no egress decisions in %s (%d lines read; is log.format json?)\n",
+			strings.Join(fs.Args(), ", "), l.lines)
+		return exitUsage
+	}
+	text := l.policy(fs.Args(), *mode)
+	if *out == "" {
+		io.WriteString(stdout, text)
+	} else if err := os.WriteFile(*out, []byte(text), 0o644); err != nil {
+		fmt.Fprintf(stderr, "egress learn: %v\n", err)
+		return exitUsage
+	}
+	fmt.Fprintf(stderr, "egress learn: %d lines, %d decisions, %d destinations learned, %d lines skipped\n",
+		l.lines, l.decisions, l.learned(), l.skipped)
+	return exitOK
+}
+
+// logLine is the part of the canonical log line that learn reads.
+type logLine struct {
+	Event  string          `json:"event"`
+	Proto  string          `json:"proto"`
+	Host   string          `json:"host"`
+	Port   uint16          `json:"port"`
+	IP     string          `json:"ip"`
+	QName  string          `json:"qname"`
+	Reason string          `json:"reason"`
+	Time   json.RawMessage `json:"time"`
+}
+
+// seen counts the observations of one destination port (or of lookups).
+type seen struct {
+	count       int
+	events      map[string]int // allow, deny, audit_deny
+	first, last time.Time
+}
+
+func (s *seen) add(event string, t time.Time) {
+	s.count++
+	if s.events == nil {
+		s.events = map[string]int{}
+	}
+	s.events[event]++
+	if !t.IsZero() {
+		if s.first.IsZero() || t.Before(s.first) {
+			s.first = t
+		}
+		if t.After(s.last) {
+			s.last = t
+		}
+	}
+}
+
+// dest is one host name or address and what was seen of it.
+type dest struct {
+	host     string     // normal form; "" for an address
+	ip       netip.Addr // when host is ""
+	ports    map[uint16]*seen
+	lookups  seen // DNS queries (port 0)
+	metadata bool // a guard_metadata decision: never learned
+}
+
+type learner struct {
+	dests                      map[string]*dest
+	lines, decisions, skipped  int
+	clientRefused, invalidHost int
+}
+
+func newLearner() *learner { return &learner{dests: map[string]*dest{}} }
+
+func (l *learner) readFile(name string) error {
+	var r io.Reader
+	if name == "-" {
+		r = os.Stdin
+	} else {
+		f, err := os.Open(name)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		r = f
+		if strings.HasSuffix(name, ".gz") {
+			gz, err := gzip.NewReader(f)
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			defer gz.Close()
+			r = gz
+		}
+	}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		l.lines++
+		l.line(sc.Bytes())
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+// line learns from one log line; anything that is not a decision of
+// egress (other log lines, other programs' output) is skipped.
+func (l *learner) line(b []byte) {
+	var ll logLine
+	if len(b) == 0 || b[0] != '{' || json.Unmarshal(b, &ll) != nil {
+		l.skipped++
+		return
+	}
+	switch ll.Event {
+	case "allow", "deny", "audit_deny":
+	default:
+		l.skipped++
+		return
+	}
+	l.decisions++
+	switch policy.Reason(ll.Reason) {
+	case policy.ReasonClientRefused:
+		// The client was outside allow_from: no allow rule changes that.
+		l.clientRefused++
+		return
+	case policy.ReasonInvalidHost:
+		l.invalidHost++
+		return
+	}
+	host := ll.Host
+	if host == "" && ll.Proto == eventlog.ProtoDNS {
+		host = ll.QName
+	}
+	d := l.dest(host, ll.IP)
+	if d == nil {
+		l.invalidHost++
+		return
+	}
+	if policy.Reason(ll.Reason) == policy.ReasonGuardMetadata {
+		d.metadata = true
+	}
+	t := parseTime(ll.Time)
+	if ll.Port == 0 {
+		d.lookups.add(ll.Event, t)
+		return
+	}
+	s := d.ports[ll.Port]
+	if s == nil {
+		s = &seen{}
+		d.ports[ll.Port] = s
+	}
+	s.add(ll.Event, t)
+}
+
+// dest finds or adds the destination of a line: by name when there is one,
+// else by address. Log text is untrusted: names go through
+// policy.NormalizeHost and only its normal form is written.
+func (l *learner) dest(host, ip string) *dest {
+	var key string
+	var d dest
+	if host != "" {
+		name, addr, err := policy.NormalizeHost(host)
+		switch {
+		case err != nil:
+			return nil
+		case name == "":
+			return l.dest("", addr.String())
+		}
+		key, d.host = "host "+name, name
+	} else {
+		addr, err := netip.ParseAddr(ip)
+		if err != nil {
+			return nil
+		}
+		addr = addr.Unmap().WithZone("")
+		key, d.ip = "ip "+addr.String(), addr
+	}
+	if x := l.dests[key]; x != nil {
+		return x
+	}
+	d.ports = map[uint16]*seen{}
+	l.dests[key] = &d
+	return &d
+}
+
+func (l *learner) learned() int {
+	n := 0
+	for _, d := range l.dests {
+		if !d.metadata {
+			n += len(d.ports)
+		}
+	}
+	return n
+}
+
+// parseTime reads zerolog's time field: RFC 3339 text (the default) or a
+// Unix time in seconds, milliseconds or microseconds.
+func parseTime(raw json.RawMessage) time.Time {
+	if len(raw) == 0 {
+		return time.Time{}
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return time.Time{}
+		}
+		return t.UTC()
+	}
+	var f float64
+	if json.Unmarshal(raw, &f) != nil || f <= 0 {
+		return time.Time{}
+	}
+	switch {
+	case f > 1e14:
+		return time.UnixMicro(int64(f)).UTC()
+	case f > 1e11:
+		return time.UnixMilli(int64(f)).UTC()
+	}
+	return time.Unix(0, int64(f*1e9)).UTC()
+}
+
+// sortKey orders names by their labels from the right, so that the hosts
+// of one domain stand together, then addresses.
+func (d *dest) sortKey() string {
+	if d.host == "" {
+		return ""
+	}
+	labels := strings.Split(d.host, ".")
+	slices.Reverse(labels)
+	return strings.Join(labels, ".")
+}
+
+func (l *learner) sorted() []*dest {
+	ds := make([]*dest, 0, len(l.dests))
+	for _, d := range l.dests {
+		ds = append(ds, d)
+	}
+	sort.Slice(ds, func(i, j int) bool {
+		a, b := ds[i], ds[j]
+		if (a.host == "") != (b.host == "") {
+			return a.host != ""
+		}
+		if a.host != "" {
+			return a.sortKey() < b.sortKey()
+		}
+		return a.ip.Less(b.ip)
+	})
+	return ds
+}
+
+// policy writes the learned policy as YAML with comments.
+func (l *learner) policy(files []string, mode string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Learned by egress learn from %s\n", strings.Join(files, ", "))
+	fmt.Fprintf(&b, "# (%d decisions). It allows exactly the destinations observed, on the ports\n", l.decisions)
+	b.WriteString("# observed, and nothing else. Review it, then: egress lint FILE\n")
+	b.WriteString("version: 1\ndefault: deny\n")
+	fmt.Fprintf(&b, "mode: %s\n", mode)
+
+	var rules, lookupsOnly, metadata []*dest
+	for _, d := range l.sorted() {
+		switch {
+		case d.metadata:
+			metadata = append(metadata, d)
+		case len(d.ports) > 0:
+			rules = append(rules, d)
+		case d.lookups.count > 0:
+			lookupsOnly = append(lookupsOnly, d)
+		}
+	}
+	if len(rules) == 0 {
+		b.WriteString("allow: []\n")
+	} else {
+		b.WriteString("allow:\n")
+	}
+	for _, d := range rules {
+		ports := sortedPorts(d.ports)
+		for _, p := range ports {
+			fmt.Fprintf(&b, "  # %d: %s\n", p, d.ports[p].describe())
+		}
+		if d.lookups.count > 0 {
+			fmt.Fprintf(&b, "  # dns: %s\n", d.lookups.describe())
+		}
+		fmt.Fprintf(&b, "  - %s\n    ports: [%s]\n", d.ruleKey(), joinPorts(ports))
+	}
+	if len(lookupsOnly) > 0 {
+		b.WriteString("\n# Looked up but never connected to. A name resolves only if some port of it\n")
+		b.WriteString("# is allowed: uncomment with the port the plugin needs.\n")
+		for _, d := range lookupsOnly {
+			fmt.Fprintf(&b, "#  - %s  # dns: %s\n", d.ruleKey(), d.lookups.describe())
+		}
+	}
+	if len(metadata) > 0 {
+		b.WriteString("\n# Cloud metadata, never learned: it hands out credentials. Allow it by hand\n")
+		b.WriteString("# with a cidr rule naming the metadata address only if a plugin needs it.\n")
+		for _, d := range metadata {
+			var parts []string
+			for _, p := range sortedPorts(d.ports) {
+				parts = append(parts, fmt.Sprintf("%d: %s", p, d.ports[p].describe()))
+			}
+			if d.lookups.count > 0 {
+				parts = append(parts, "dns: "+d.lookups.describe())
+			}
+			fmt.Fprintf(&b, "#  %s  # %s\n", d.ruleKey(), strings.Join(parts, "; "))
+		}
+	}
+	if l.clientRefused > 0 || l.invalidHost > 0 {
+		fmt.Fprintf(&b, "\n# Not learned: clients outside allow_from: %d; invalid host names: %d.\n",
+			l.clientRefused, l.invalidHost)
+	}
+	return b.String()
+}
+
+// ruleKey is the rule's destination as YAML: host: NAME or cidr: "ADDR".
+func (d *dest) ruleKey() string {
+	if d.host != "" {
+		return "host: " + yamlString(d.host)
+	}
+	return "cidr: " + strconv.Quote(d.ip.String())
+}
+
+// describe is "12 seen (allow 10, audit_deny 2), first T, last T".
+func (s *seen) describe() string {
+	events := make([]string, 0, len(s.events))
+	for _, e := range []string{"allow", "audit_deny", "deny"} {
+		if n := s.events[e]; n > 0 {
+			events = append(events, fmt.Sprintf("%s %d", e, n))
+		}
+	}
+	text := fmt.Sprintf("%d seen (%s)", s.count, strings.Join(events, ", "))
+	if !s.first.IsZero() {
+		text += fmt.Sprintf(", first %s, last %s", s.first.Format(time.RFC3339), s.last.Format(time.RFC3339))
+	}
+	return text
+}
+
+func sortedPorts(m map[uint16]*seen) []uint16 {
+	ps := make([]uint16, 0, len(m))
+	for p := range m {
+		ps = append(ps, p)
+	}
+	slices.Sort(ps)
+	return ps
+}
+
+func joinPorts(ps []uint16) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = strconv.Itoa(int(p))
+	}
+	return strings.Join(s, ", ")
+}
+
+// yamlString writes a host name plain when YAML reads it back as that
+// string, quoted otherwise (a single-label "null", "yes" or "1e3" would
+// not be a string).
+func yamlString(s string) string {
+	plain := s != "" && s[0] != '-' && s[0] != '.'
+	digits := true
+	for _, c := range s {
+		switch {
+		case c >= 'a' && c <= 'z':
+			digits = false
+		case c >= '0' && c <= '9', c == '.':
+		case c == '-':
+			digits = false
+		default:
+			plain = false
+		}
+	}
+	switch s {
+	case "null", "true", "false", "yes", "no", "on", "off", "y", "n", "nan", "inf":
+		plain = false
+	}
+	if !plain || digits || strings.Contains(s, "e") && strings.Trim(s, "0123456789.e-") == "" {
+		return strconv.Quote(s)
+	}
+	return s
+}

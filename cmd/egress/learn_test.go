@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bytes"
+	"compress/gzip"
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/eventlog"
+)
+
+// Named apart from other golden tests' -update so that the files of this
+// package can each have one.
+var updateLearn = flag.Bool("update-learn", false, "rewrite testdata/learn golden files")
+
+func TestLearnGolden(t *testing.T) {
+	in := filepath.Join("testdata", "learn", "audit.log")
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"learn", in}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("egress learn: exit %d\n%s", code, stderr.String())
+	}
+	golden := filepath.Join("testdata", "learn", "audit.policy.yaml")
+	if *updateLearn {
+		if err := os.WriteFile(golden, stdout.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run with -update-learn to create it)", err)
+	}
+	if got := stdout.String(); got != string(want) {
+		t.Errorf("egress learn output differs from %s (run with -update-learn):\n--- got\n%s\n--- want\n%s", golden, got, want)
+	}
+	if want := "18 lines, 14 decisions, 7 destinations learned, 4 lines skipped"; !strings.Contains(stderr.String(), want) {
+		t.Errorf("summary %q lacks %q", stderr.String(), want)
+	}
+
+	// egress lint accepts the output as is: no error, no warning.
+	out := filepath.Join(t.TempDir(), "learned.yaml")
+	if err := os.WriteFile(out, stdout.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var lintOut bytes.Buffer
+	if code := run([]string{"lint", out}, &lintOut, &stderr); code != exitOK || strings.Contains(lintOut.String(), ": warning:") {
+		t.Errorf("egress lint on the learned policy: exit %d\n%s", code, lintOut.String())
+	}
+
+	// It allows what was observed and nothing else.
+	p, err := policy.Load(out, stdout.Bytes())
+	if err != nil {
+		t.Fatalf("policy.Load: %v", err)
+	}
+	if p.Mode != policy.Enforce || p.Default != policy.Deny {
+		t.Errorf("mode %v default %v, want enforce and deny", p.Mode, p.Default)
+	}
+	ip := netip.MustParseAddr
+	tests := []struct {
+		name  string
+		req   policy.Request
+		allow bool
+	}{
+		{"an observed host and port is allowed", policy.Request{Host: "api.vendor-a.example", IP: ip("198.51.100.10"), Port: 443}, true},
+		{"the other observed port of that host is allowed", policy.Request{Host: "api.vendor-a.example", IP: ip("198.51.100.10"), Port: 80}, true},
+		{"an unobserved port of an observed host is denied", policy.Request{Host: "api.vendor-a.example", IP: ip("198.51.100.10"), Port: 8080}, false},
+		{"an observed host can be looked up", policy.Request{Host: "api.vendor-a.example"}, true},
+		{"an allowed host from the log is allowed", policy.Request{Host: "cdn.vendor-a.example", IP: ip("198.51.100.11"), Port: 443}, true},
+		{"an observed private address lifts its guard", policy.Request{IP: ip("10.20.0.5"), Port: 5432}, true},
+		{"its neighbour stays guarded", policy.Request{IP: ip("10.20.0.7"), Port: 5432}, false},
+		{"an observed IPv6 address is allowed", policy.Request{IP: ip("2001:db8::7"), Port: 8443}, true},
+		{"a single-label host is allowed", policy.Request{Host: "db", IP: ip("10.20.0.6"), Port: 5432}, true},
+		{"a host named null is a host", policy.Request{Host: "null", IP: ip("198.51.100.12"), Port: 443}, true},
+		{"a host only looked up is not allowed", policy.Request{Host: "telemetry.vendor-b.example", Port: 443}, false},
+		{"metadata is never learned", policy.Request{Host: "metadata.google.internal", IP: ip("169.254.169.254"), Port: 80}, false},
+		{"a refused client's destination is not learned", policy.Request{Host: "elsewhere.example", IP: ip("198.51.100.13"), Port: 443}, false},
+		{"a host injected through the log text is not allowed", policy.Request{Host: "anything.example", IP: ip("198.51.100.14"), Port: 443}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if d := p.Decide(tt.req); d.Allowed() != tt.allow {
+				t.Errorf("Decide(%+v) = %s (%s), want allowed=%v", tt.req, d.Event(), d.Reason, tt.allow)
+			}
+		})
+	}
+}
+
+// TestLearnReadsWhatEventlogWrites guards the field names: lines written
+// by eventlog.Log (the canonical line) are what learn must read.
+func TestLearnReadsWhatEventlogWrites(t *testing.T) {
+	pol, err := policy.Load("audit.yaml", []byte("version: 1\ndefault: deny\nmode: audit\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	logger := zerolog.New(&logs).With().Timestamp().Logger()
+	sink := &eventlog.Sink{Logger: logger}
+	for _, port := range []uint16{443, 8443, 443} {
+		d := pol.Decide(policy.Request{Host: "svc.example.org", IP: netip.MustParseAddr("198.51.100.20"), Port: port})
+		if !d.Audit {
+			t.Fatalf("want an audit denial, got %+v", d)
+		}
+		sink.Record(eventlog.Entry{ID: eventlog.NewID(), Proto: eventlog.ProtoConnect, Decision: d, Duration: time.Millisecond})
+	}
+	// Rotated logs are often compressed.
+	dir := t.TempDir()
+	file := filepath.Join(dir, "egress.log.1.gz")
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(logs.Bytes())
+	zw.Close()
+	if err := os.WriteFile(file, gz.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "learned.yaml")
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"learn", "-o", out, file}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("egress learn: exit %d\n%s", code, stderr.String())
+	}
+	text, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(text), "  - host: svc.example.org\n    ports: [443, 8443]\n") ||
+		!strings.Contains(string(text), "# 443: 2 seen (audit_deny 2), first ") {
+		t.Errorf("learned policy lacks the rule or its counts:\n%s", text)
+	}
+}
+
+func TestLearnBadInput(t *testing.T) {
+	dir := t.TempDir()
+	console := filepath.Join(dir, "console.log")
+	os.WriteFile(console, []byte("10:00AM WRN deny host=x.example port=443\n"), 0o644)
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no file is a usage error", []string{"learn"}, "usage: egress learn"},
+		{"a missing file says so", []string{"learn", filepath.Join(dir, "nope.log")}, "no such file"},
+		{"a log without decisions says what to check", []string{"learn", console}, "no egress decisions"},
+		{"a bad mode is a usage error", []string{"learn", "-mode", "enforcing", console}, "usage: egress learn"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := run(tt.args, &stdout, &stderr); code != exitUsage {
+				t.Errorf("exit %d, want %d", code, exitUsage)
+			}
+			if !strings.Contains(stderr.String(), tt.want) {
+				t.Errorf("stderr %q lacks %q", stderr.String(), tt.want)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("stdout not empty: %q", stdout.String())
+			}
+		})
+	}
+}
+
+func TestYAMLString(t *testing.T) {
+	for in, want := range map[string]string{
+		"api.example.com":       "api.example.com",
+		"db":                    "db",
+		"null":                  `"null"`,
+		"yes":                   `"yes"`,
+		"1e3":                   `"1e3"`,
+		"123":                   `"123"`,
+		"1password.com":         "1password.com",
+		"xn--bcher-kva.example": "xn--bcher-kva.example",
+		"under_score.example":   `"under_score.example"`,
+	} {
+		if got := yamlString(in); got != want {
+			t.Errorf("yamlString(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+// FuzzLearnLine: whatever a log line says, the learned policy loads.
+func FuzzLearnLine(f *testing.F) {
+	data, err := os.ReadFile(filepath.Join("testdata", "learn", "audit.log"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		f.Add(line)
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		l := newLearner()
+		l.line(line)
+		text := l.policy([]string{"fuzz.log"}, "enforce")
+		if _, err := policy.Load("learned.yaml", []byte(text)); err != nil {
+			t.Fatalf("learned policy does not load: %v\nline: %q\n%s", err, line, text)
+		}
+	})
+}

@@ -1,0 +1,318 @@
+// Package reload keeps egress's current policy and replaces it when the
+// policy file changes or the process gets SIGHUP.
+//
+// A Watcher loads the file with policy.Load and holds the result in an
+// atomic pointer: data paths call Current (as their Policy hook) once per
+// connection or query, so a new policy applies to new connections while open
+// ones keep going. A file that does not load is refused: the old policy
+// stays, every FILE:LINE:COL diagnostic is logged and OnReload is told (the
+// admin listener counts it).
+//
+// It watches the file's directory, not the file, with fsnotify: editors
+// replace a file by renaming a new one over it, and Kubernetes updates a
+// ConfigMap volume by swapping its ..data symlink, and both would leave a
+// watch on the file itself pointing at a dead inode.
+//
+// The package also has LogFile, a log writer reopened on SIGUSR1 for
+// logrotate. It does nothing else: no listeners, no metrics.
+package reload
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/rs/zerolog"
+
+	"github.com/egress-proxy/egress/policy"
+)
+
+// DefaultDebounce is how long a Watcher waits after the last file event
+// before it reads the file: an editor's save is several events (create,
+// write, chmod, rename), and reading in the middle of them would refuse a
+// half-written file.
+const DefaultDebounce = 100 * time.Millisecond
+
+// Trigger says what started a reload.
+type Trigger string
+
+const (
+	TriggerSignal Trigger = "signal" // SIGHUP
+	TriggerFile   Trigger = "file"   // a file system event
+	TriggerCall   Trigger = "call"   // a call to Reload
+)
+
+// Watcher holds the current policy and reloads it. Create it with New;
+// Start watches the file and SIGHUP, Close stops. Its methods are safe for
+// concurrent use.
+type Watcher struct {
+	// Logger receives reloads and refusals. Set it before Start.
+	Logger zerolog.Logger
+	// OnReload, if set, is called after every reload attempt, on success
+	// with the new policy and a nil error, on refusal with the policy kept
+	// and the error. Set it before Start.
+	OnReload func(p *policy.Policy, err error)
+	// Debounce is the quiet time after a file event before reading;
+	// 0 means DefaultDebounce.
+	Debounce time.Duration
+
+	file string
+	cur  atomic.Pointer[state]
+
+	mu      sync.Mutex // serialises reloads
+	lastSum [sha256.Size]byte
+
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+type state struct {
+	p        *policy.Policy
+	loadedAt time.Time
+}
+
+// New loads file and returns a Watcher holding it. It does not watch yet
+// (see Start). An invalid file is an error: policy.Errors, wrapped.
+func New(file string) (*Watcher, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read policy: %w", err)
+	}
+	p, err := policy.Load(file, data)
+	if err != nil {
+		return nil, fmt.Errorf("load policy: %w", err)
+	}
+	w := &Watcher{file: file, lastSum: sha256.Sum256(data)}
+	w.cur.Store(&state{p: p, loadedAt: time.Now()})
+	return w, nil
+}
+
+// Current returns the policy in force. It is meant as the Policy hook of
+// the data paths: cheap, never nil.
+func (w *Watcher) Current() *policy.Policy { return w.cur.Load().p }
+
+// LoadedAt is when the current policy was loaded.
+func (w *Watcher) LoadedAt() time.Time { return w.cur.Load().loadedAt }
+
+// File is the policy file watched.
+func (w *Watcher) File() string { return w.file }
+
+// Reload reads and loads the file now. A valid file replaces the current
+// policy (even if unchanged); an invalid or unreadable one is refused and
+// the current policy stays. The error says why it was refused.
+func (w *Watcher) Reload() error { return w.reload(TriggerCall, true) }
+
+// reload loads the file; with force false it skips a file whose bytes are
+// those of the current policy (file events that change nothing: chmod, a
+// touch, the ConfigMap's other keys).
+func (w *Watcher) reload(trig Trigger, force bool) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	old := w.Current()
+	data, err := os.ReadFile(w.file)
+	if err != nil {
+		err = fmt.Errorf("read policy: %w", err)
+		w.refuse(trig, old, err)
+		return err
+	}
+	sum := sha256.Sum256(data)
+	if !force && bytes.Equal(sum[:], w.lastSum[:]) {
+		return nil
+	}
+	p, err := policy.Load(w.file, data)
+	if err != nil {
+		err = fmt.Errorf("load policy: %w", err)
+		w.lastSum = sum // refuse a broken file once, not at every event
+		w.refuse(trig, old, err)
+		return err
+	}
+	w.lastSum = sum
+	w.cur.Store(&state{p: p, loadedAt: time.Now()})
+	ev := w.Logger.Info().Str("file", w.file).Str("trigger", string(trig)).Str("hash", p.Hash())
+	// Listeners are bound and the logger built once, at start.
+	var stale []string
+	if p.Listen != old.Listen {
+		stale = append(stale, "listen")
+	}
+	if p.Log != old.Log {
+		stale = append(stale, "log")
+	}
+	if len(stale) > 0 {
+		ev = ev.Str("warning", strings.Join(stale, ", ")+": changed; restart egress for that to apply")
+	}
+	ev.Msg("policy reloaded")
+	if w.OnReload != nil {
+		w.OnReload(p, nil)
+	}
+	return nil
+}
+
+func (w *Watcher) refuse(trig Trigger, old *policy.Policy, err error) {
+	ev := w.Logger.Error().Str("file", w.file).Str("trigger", string(trig))
+	var diags policy.Errors
+	if errors.As(err, &diags) {
+		lines := make([]string, len(diags))
+		for i, d := range diags {
+			lines[i] = d.String() // FILE:LINE:COL: message
+		}
+		ev = ev.Strs("errors", lines)
+	} else {
+		ev = ev.Err(err)
+	}
+	ev.Str("kept", old.Source).Str("kept_hash", old.Hash()).Msg("policy reload refused; keeping the current policy")
+	if w.OnReload != nil {
+		w.OnReload(old, err)
+	}
+}
+
+// Start watches the file's directory and SIGHUP until Close. It returns
+// once both are in place, so a SIGHUP sent after Start returns reloads
+// rather than kills the process. If the directory cannot be watched
+// (inotify limits), it logs why and reloads on SIGHUP only.
+func (w *Watcher) Start() error {
+	if w.stop != nil {
+		return errors.New("reload: already started")
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	dirs := w.watchDirs()
+	fw, err := fsnotify.NewWatcher()
+	if err == nil {
+		for _, d := range dirs {
+			if err = fw.Add(d); err != nil {
+				fw.Close()
+				break
+			}
+		}
+	}
+	if err != nil {
+		fw = nil
+		w.Logger.Warn().Err(err).Str("file", w.file).Msg("cannot watch the policy file; reloading on SIGHUP only")
+	}
+	w.stop = make(chan struct{})
+	w.done = make(chan struct{})
+	go w.loop(fw, hup, dirs)
+	return nil
+}
+
+// Close stops watching. The current policy stays available.
+func (w *Watcher) Close() error {
+	if w.stop == nil {
+		return nil
+	}
+	w.closeOnce.Do(func() { close(w.stop) })
+	<-w.done
+	return nil
+}
+
+// Run is Start, then Close when ctx is done.
+func (w *Watcher) Run(ctx context.Context) error {
+	if err := w.Start(); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return w.Close()
+}
+
+// watchDirs is the file's directory and, when the file is a symlink into
+// another directory (not Kubernetes' ..data, which lives beside it), the
+// directory of its target.
+func (w *Watcher) watchDirs() []string {
+	dir := filepath.Dir(w.file)
+	dirs := []string{dir}
+	if real, err := filepath.EvalSymlinks(w.file); err == nil {
+		if rd := filepath.Dir(real); rd != dir && !isUnder(rd, dir) {
+			dirs = append(dirs, rd)
+		}
+	}
+	return dirs
+}
+
+func isUnder(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
+}
+
+// relevant reports whether an event on name may change what w.file reads:
+// the file itself (written, or renamed over), Kubernetes' ..data symlink
+// and its timestamped directories, or the target of a symlinked file.
+func (w *Watcher) relevant(name string) bool {
+	base := filepath.Base(name)
+	if base == filepath.Base(w.file) || strings.HasPrefix(base, "..") {
+		return true
+	}
+	real, err := filepath.EvalSymlinks(w.file)
+	return err == nil && filepath.Clean(name) == real
+}
+
+func (w *Watcher) loop(fw *fsnotify.Watcher, hup chan os.Signal, dirs []string) {
+	defer close(w.done)
+	defer signal.Stop(hup)
+	// A nil channel never delivers: without fw only SIGHUP reloads.
+	var events chan fsnotify.Event
+	var errs chan error
+	if fw != nil {
+		defer fw.Close()
+		events, errs = fw.Events, fw.Errors
+	}
+	debounce := w.Debounce
+	if debounce <= 0 {
+		debounce = DefaultDebounce
+	}
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		select {
+		case <-w.stop:
+			timer.Stop()
+			return
+		case <-hup:
+			w.reload(TriggerSignal, true)
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			if w.relevant(ev.Name) {
+				timer.Reset(debounce)
+			}
+		case err, ok := <-errs:
+			if !ok {
+				return
+			}
+			// An overflow loses events: read the file to be sure.
+			w.Logger.Warn().Err(err).Str("file", w.file).Msg("policy watch error; rereading the file")
+			timer.Reset(debounce)
+		case <-timer.C:
+			w.reload(TriggerFile, false)
+			// A symlinked file may now point into another directory.
+			for _, d := range w.watchDirs() {
+				if fw != nil && !contains(dirs, d) {
+					if err := fw.Add(d); err == nil {
+						dirs = append(dirs, d)
+					}
+				}
+			}
+		}
+	}
+}
+
+func contains(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,350 @@
+package reload
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/egress-proxy/egress/policy"
+)
+
+const (
+	denyAll  = "version: 1\ndefault: deny\n"
+	allowAll = "version: 1\ndefault: allow\n"
+	// broken has an unknown field on line 3, column 1.
+	broken = "version: 1\ndefault: deny\nallwo: []\n"
+)
+
+type result struct {
+	p   *policy.Policy
+	err error
+}
+
+// syncBuffer is a log destination read while the watcher writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func write(t *testing.T, path, text string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// start returns a started Watcher on path and the channel its OnReload
+// feeds.
+func start(t *testing.T, path string) (*Watcher, <-chan result, *syncBuffer) {
+	t.Helper()
+	w, err := New(path)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	logs := &syncBuffer{}
+	w.Logger = zerolog.New(zerolog.MultiLevelWriter(logs, zerolog.NewTestWriter(t)))
+	w.Debounce = 20 * time.Millisecond
+	ch := make(chan result, 16)
+	w.OnReload = func(p *policy.Policy, err error) { ch <- result{p, err} }
+	if err := w.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() { w.Close() })
+	return w, ch, logs
+}
+
+func wait(t *testing.T, ch <-chan result) result {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(5 * time.Second):
+		t.Fatal("no reload within 5s")
+	}
+	return result{}
+}
+
+// waitOK waits for a successful reload. A write in place may be read
+// half done (truncated, then written) and refused before the final event
+// reloads it; the test is about the final state.
+func waitOK(t *testing.T, ch <-chan result) {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case r := <-ch:
+			if r.err == nil {
+				return
+			}
+			t.Logf("intermediate refusal: %v", r.err)
+		case <-deadline:
+			t.Fatal("no successful reload within 5s")
+		}
+	}
+}
+
+// quiet asserts no reload attempt happens for a while.
+func quiet(t *testing.T, ch <-chan result) {
+	t.Helper()
+	select {
+	case r := <-ch:
+		t.Fatalf("unexpected reload attempt: %+v", r)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+func TestNewRefusesAnInvalidFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	write(t, path, broken)
+	_, err := New(path)
+	var diags policy.Errors
+	if !errors.As(err, &diags) {
+		t.Fatalf("New: got %v, want policy.Errors", err)
+	}
+	if !strings.Contains(err.Error(), path+":3:") {
+		t.Errorf("error %q does not cite %s:3:COL", err, path)
+	}
+	if _, err := New(filepath.Join(t.TempDir(), "missing.yaml")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("New on a missing file: got %v, want ErrNotExist", err)
+	}
+}
+
+func TestFileChangesReload(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(t *testing.T, dir, path string)
+	}{
+		{"a write in place reloads", func(t *testing.T, dir, path string) {
+			write(t, path, allowAll)
+		}},
+		{"an editor's rename over the file reloads", func(t *testing.T, dir, path string) {
+			tmp := filepath.Join(dir, ".policy.yaml.swp")
+			write(t, tmp, allowAll)
+			if err := os.Rename(tmp, path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"removing and recreating the file reloads", func(t *testing.T, dir, path string) {
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			write(t, path, allowAll)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "policy.yaml")
+			write(t, path, denyAll)
+			w, ch, _ := start(t, path)
+			if got := w.Current().Default; got != policy.Deny {
+				t.Fatalf("initial default = %v, want deny", got)
+			}
+			before := w.LoadedAt()
+			tt.change(t, dir, path)
+			waitOK(t, ch)
+			if got := w.Current().Default; got != policy.Allow {
+				t.Errorf("after reload default = %v, want allow", got)
+			}
+			if !w.LoadedAt().After(before) {
+				t.Errorf("LoadedAt did not move: %v then %v", before, w.LoadedAt())
+			}
+		})
+	}
+}
+
+// TestConfigMapSymlinkSwap reproduces how the kubelet updates a ConfigMap
+// volume: policy.yaml -> ..data/policy.yaml, ..data -> ..TIMESTAMP; an
+// update writes a new ..TIMESTAMP directory and renames a new symlink over
+// ..data. The file policy.yaml itself never gets an event.
+func TestConfigMapSymlinkSwap(t *testing.T) {
+	dir := t.TempDir()
+	v1 := filepath.Join(dir, "..2026_11_25_10_00_00.000000001")
+	if err := os.Mkdir(v1, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(v1, "policy.yaml"), denyAll)
+	must(t, os.Symlink(filepath.Base(v1), filepath.Join(dir, "..data")))
+	path := filepath.Join(dir, "policy.yaml")
+	must(t, os.Symlink(filepath.Join("..data", "policy.yaml"), path))
+
+	w, ch, _ := start(t, path)
+	if got := w.Current().Default; got != policy.Deny {
+		t.Fatalf("initial default = %v, want deny", got)
+	}
+
+	v2 := filepath.Join(dir, "..2026_11_25_10_05_00.000000002")
+	must(t, os.Mkdir(v2, 0o755))
+	write(t, filepath.Join(v2, "policy.yaml"), allowAll)
+	must(t, os.Symlink(filepath.Base(v2), filepath.Join(dir, "..data_tmp")))
+	must(t, os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")))
+	must(t, os.RemoveAll(v1))
+
+	waitOK(t, ch)
+	if got := w.Current().Default; got != policy.Allow {
+		t.Errorf("after the swap default = %v, want allow", got)
+	}
+}
+
+func TestInvalidFileIsRefusedAndTheOldPolicyKept(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.yaml")
+	write(t, path, denyAll)
+	w, ch, logs := start(t, path)
+	old := w.Current()
+
+	write(t, path, broken)
+	r := wait(t, ch)
+	var diags policy.Errors
+	if !errors.As(r.err, &diags) {
+		t.Fatalf("reload of a broken file: err = %v, want policy.Errors", r.err)
+	}
+	if r.p != old || w.Current() != old {
+		t.Errorf("the old policy was not kept")
+	}
+	if want := path + ":3:1"; !strings.Contains(logs.String(), want) {
+		t.Errorf("log does not cite %s:\n%s", want, logs.String())
+	}
+	if !strings.Contains(logs.String(), "policy reload refused") {
+		t.Errorf("log does not say the reload was refused:\n%s", logs.String())
+	}
+	// The same broken bytes again (a touch, a chmod) are not refused twice.
+	must(t, os.Chmod(path, 0o600))
+	quiet(t, ch)
+
+	// Fixing the file reloads it.
+	write(t, path, allowAll)
+	waitOK(t, ch)
+	if w.Current().Default != policy.Allow {
+		t.Errorf("fixed file: default %v; want allow", w.Current().Default)
+	}
+}
+
+func TestUnchangedBytesDoNotReload(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.yaml")
+	write(t, path, denyAll)
+	w, ch, _ := start(t, path)
+	old := w.Current()
+	write(t, path, denyAll)                                  // same bytes
+	write(t, filepath.Join(dir, "unrelated.txt"), "hello\n") // another file
+	quiet(t, ch)
+	if w.Current() != old {
+		t.Error("policy replaced although the file did not change")
+	}
+}
+
+func TestSIGHUPReloads(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.yaml")
+	write(t, path, denyAll)
+	w, ch, _ := start(t, path)
+	old := w.Current()
+
+	// Start has registered for SIGHUP, so this reloads rather than
+	// terminates the test binary.
+	must(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
+	r := wait(t, ch)
+	if r.err != nil {
+		t.Fatalf("SIGHUP reload refused: %v", r.err)
+	}
+	if w.Current() == old {
+		t.Error("SIGHUP did not swap in a freshly loaded policy")
+	}
+
+	// A SIGHUP with a broken file refuses it.
+	write(t, path, broken)
+	must(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
+	for {
+		r = wait(t, ch)
+		if r.err != nil {
+			break
+		}
+	}
+	if w.Current().Default != policy.Deny {
+		t.Error("a broken file replaced the policy")
+	}
+}
+
+func TestReloadIsAtomicForReaders(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.yaml")
+	write(t, path, denyAll)
+	w, err := New(path)
+	must(t, err)
+	w.Logger = zerolog.New(zerolog.NewTestWriter(t))
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if w.Current() == nil {
+					t.Error("Current returned nil during a reload")
+					return
+				}
+			}
+		})
+	}
+	for i := range 20 {
+		text := denyAll
+		if i%2 == 1 {
+			text = allowAll
+		}
+		write(t, path, text)
+		must(t, w.Reload())
+	}
+	close(stop)
+	wg.Wait()
+	if w.Current().Default != policy.Allow {
+		t.Errorf("after 20 reloads default = %v, want allow (the last file)", w.Current().Default)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestListenChangeWarnsThatARestartIsNeeded(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.yaml")
+	write(t, path, denyAll)
+	w, err := New(path)
+	must(t, err)
+	logs := &syncBuffer{}
+	w.Logger = zerolog.New(logs)
+	write(t, path, denyAll+"listen:\n  http: 127.0.0.1:3999\n")
+	must(t, w.Reload())
+	if w.Current().Listen.HTTP != "127.0.0.1:3999" {
+		t.Fatalf("listen.http = %q after reload", w.Current().Listen.HTTP)
+	}
+	if !strings.Contains(logs.String(), "listen: changed; restart egress") {
+		t.Errorf("no restart warning in the log:\n%s", logs.String())
+	}
+}
