@@ -118,6 +118,7 @@ listen:
   transparent: 127.0.0.1:3129
   admin: ""
   proxy_protocol: true
+  proxy_protocol_from: [10.0.0.0/8]
 log:
   format: console
   level: debug
@@ -142,8 +143,8 @@ limits:
 	if p.Default != Deny || p.Mode != Audit || p.Version != 1 || p.Source != "full.yaml" {
 		t.Errorf("header: %+v", p)
 	}
-	wantListen := Listen{HTTP: "127.0.0.1:3128", DNS: "127.0.0.1:5353", Transparent: "127.0.0.1:3129", Admin: "", ProxyProtocol: true}
-	if p.Listen != wantListen {
+	wantListen := Listen{HTTP: "127.0.0.1:3128", DNS: "127.0.0.1:5353", Transparent: "127.0.0.1:3129", Admin: "", ProxyProtocol: true, ProxyProtocolFrom: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
+	if !reflect.DeepEqual(p.Listen, wantListen) {
 		t.Errorf("listen %+v", p.Listen)
 	}
 	if (p.Log != Log{Format: "console", Level: "debug", Allowed: true, File: "/var/log/egress.log"}) {
@@ -186,7 +187,7 @@ limits:
 func TestLoadDefaults(t *testing.T) {
 	p := mustLoad(t, "min.yaml", "version: 1\ndefault: deny\n")
 	b := Builtin()
-	if p.Listen != b.Listen || p.Log != b.Log || p.Timeouts != b.Timeouts || p.Limits != b.Limits || !reflect.DeepEqual(p.DNS, b.DNS) {
+	if !reflect.DeepEqual(p.Listen, b.Listen) || p.Log != b.Log || p.Timeouts != b.Timeouts || p.Limits != b.Limits || !reflect.DeepEqual(p.DNS, b.DNS) {
 		t.Errorf("defaults differ from the built-in policy")
 	}
 	if p.Listen.HTTP != "127.0.0.1:3128" || p.Listen.Admin != "127.0.0.1:9090" || p.Listen.DNS != "" || p.DNS.Timeout != 2*time.Second || p.Timeouts.Dial != 10*time.Second || p.Limits.MaxTunnels != 10000 {
@@ -269,5 +270,12 @@ listen:
 		if i < len(got) && !strings.Contains(got[i], want[i]) {
 			t.Errorf("warning %d = %q; want %q", i, got[i], want[i])
 		}
+	}
+}
+
+func TestProxyProtocolNeedsTrustedPeers(t *testing.T) {
+	_, err := Load("pp.yaml", []byte("version: 1\ndefault: deny\nlisten:\n  proxy_protocol: true\n"))
+	if err == nil || !strings.Contains(err.Error(), "pp.yaml:4:3: listen.proxy_protocol needs listen.proxy_protocol_from") {
+		t.Fatalf("want an error at pp.yaml:4:3 naming proxy_protocol_from, got %v", err)
 	}
 }

@@ -187,6 +187,10 @@ type Listen struct {
 	Transparent   string // off by default
 	Admin         string // default 127.0.0.1:9090
 	ProxyProtocol bool   // accept PROXY protocol v1/v2 on the HTTP listener
+	// ProxyProtocolFrom lists the peers (load balancers) whose PROXY
+	// headers are believed; required when ProxyProtocol is set, since a
+	// header says which client to decide for.
+	ProxyProtocolFrom []netip.Prefix
 }
 
 // Log holds the logging settings of egress serve.

@@ -628,13 +628,20 @@ func (l *loader) addr(n *yaml.Node, what string) string {
 }
 
 func (l *loader) listen(n *yaml.Node, ls *Listen) {
+	var ppKey *yaml.Node
 	l.mapping(n, "listen", []field{
 		{"http", func(k, v *yaml.Node) { ls.HTTP = l.addr(v, "listen.http") }},
 		{"dns", func(k, v *yaml.Node) { ls.DNS = l.addr(v, "listen.dns") }},
 		{"transparent", func(k, v *yaml.Node) { ls.Transparent = l.addr(v, "listen.transparent") }},
 		{"admin", func(k, v *yaml.Node) { ls.Admin = l.addr(v, "listen.admin") }},
-		{"proxy_protocol", func(k, v *yaml.Node) { ls.ProxyProtocol = l.boolean(v, "listen.proxy_protocol") }},
+		{"proxy_protocol", func(k, v *yaml.Node) { ls.ProxyProtocol = l.boolean(v, "listen.proxy_protocol"); ppKey = k }},
+		{"proxy_protocol_from", func(k, v *yaml.Node) { ls.ProxyProtocolFrom = l.prefixes(v, "listen.proxy_protocol_from") }},
 	})
+	if ls.ProxyProtocol && len(ls.ProxyProtocolFrom) == 0 {
+		// Anyone who may send a header may claim any client address,
+		// and with it another client's policy or a way past allow_from.
+		l.errf(ppKey, "listen.proxy_protocol needs listen.proxy_protocol_from: the addresses of the load balancers allowed to send PROXY headers")
+	}
 }
 
 func (l *loader) log(n *yaml.Node, lg *Log) {

@@ -26,6 +26,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -143,7 +144,7 @@ func (w *Watcher) reload(trig Trigger, force bool) error {
 	ev := w.Logger.Info().Str("file", w.file).Str("trigger", string(trig)).Str("hash", p.Hash())
 	// Listeners are bound and the logger built once, at start.
 	var stale []string
-	if p.Listen != old.Listen {
+	if !reflect.DeepEqual(p.Listen, old.Listen) {
 		stale = append(stale, "listen")
 	}
 	if p.Log != old.Log {

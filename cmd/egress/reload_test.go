@@ -373,6 +373,7 @@ listen:
   http: 127.0.0.1:0
   admin: 127.0.0.1:0
   proxy_protocol: true
+  proxy_protocol_from: [127.0.0.1]
 log:
   file: %s
 `, logFile))

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -146,7 +147,16 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if pol.Listen.ProxyProtocol {
 		// Behind a load balancer: the client address comes from the
 		// PROXY header. Without this, such a header is a 400.
-		hln = &proxyproto.Listener{Listener: ln, Logger: logger}
+		from := pol.Listen.ProxyProtocolFrom
+		hln = &proxyproto.Listener{Listener: ln, Logger: logger, Trusted: func(a netip.Addr) bool {
+			a = a.Unmap()
+			for _, p := range from {
+				if p.Contains(a) {
+					return true
+				}
+			}
+			return false
+		}}
 	}
 	svcs = append(svcs, service{name: "http", addr: ln.Addr().String(), serve: func() error { return hp.Serve(hln) }, shutdown: hp.Shutdown})
 	adm.TrackTunnels(eventlog.ProtoConnect, hp.OpenTunnels)
