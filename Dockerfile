@@ -17,18 +17,17 @@ ENV CGO_ENABLED=0 GOFLAGS=-trimpath
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN go build -ldflags="-s -w" -o /out/egress ./cmd/egress && \
-    go build -ldflags="-s -w" -o /out/healthprobe ./examples/healthprobe
+RUN go build -ldflags="-s -w" -o /out/egress ./cmd/egress
 
 # ---- run: no shell, no package manager, not root ----
 FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /out/egress /out/healthprobe /usr/local/bin/
+COPY --from=build /out/egress /usr/local/bin/
 # nonroot in distroless is 65532; numeric so that Kubernetes' runAsNonRoot
 # can verify it.
 USER 65532:65532
 EXPOSE 3128/tcp 9090/tcp
-# The image has no curl or shell: a static probe asks the admin listener.
+# The image has no curl or shell: egress itself asks the admin listener.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["/usr/local/bin/healthprobe", "-timeout", "2s", "http://127.0.0.1:9090/healthz"]
+    CMD ["/usr/local/bin/egress", "health", "--timeout", "2s", "http://127.0.0.1:9090/healthz"]
 ENTRYPOINT ["/usr/local/bin/egress"]
 CMD ["serve", "--config", "/etc/egress/policy.yaml"]

@@ -9,5 +9,4 @@
 //     check that the plugin has no way out but egress.
 //   - kubernetes/: manifests for a replicated egress; the tests check that
 //     they parse and agree with each other and with the policy they carry.
-//   - healthprobe/: the HEALTHCHECK of the container image.
 package examples

@@ -32,6 +32,7 @@ func commands() []command {
 		{"lint", "validate policy files", cmdLint},
 		{"learn", "write a policy allowing what egress logged (audit to enforce)", cmdLearn},
 		{"run", "run a command in a network namespace whose only way out is egress", cmdRun},
+		{"health", "ask a running egress's admin listener whether it is healthy", cmdHealth},
 		{"version", "print the version", cmdVersion},
 	}
 }

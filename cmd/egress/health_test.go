@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-func TestProbe(t *testing.T) {
+func TestHealth(t *testing.T) {
 	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/healthz" {
 			http.NotFound(w, r)
@@ -50,8 +50,8 @@ func TestProbe(t *testing.T) {
 		{"a 503 is unhealthy", []string{unhealthy.URL + "/healthz"}, 1, "503 Service Unavailable"},
 		{"a closed port is unhealthy", []string{closed}, 1, "connection refused"},
 		{"a server that never answers is unhealthy within the timeout", []string{"-timeout", "200ms", hanging.URL + "/healthz"}, 1, "deadline exceeded"},
-		{"no URL is a usage error", nil, 2, "usage"},
-		{"a bad URL is a usage error", []string{"http://[::1"}, 2, "healthprobe"},
+		{"two URLs are a usage error", []string{ok.URL, ok.URL}, 2, "usage"},
+		{"a bad URL is a usage error", []string{"http://[::1"}, 2, "egress health"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
