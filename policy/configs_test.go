@@ -82,6 +82,9 @@ func TestConfigsDecide(t *testing.T) {
 		{"no-network.yaml", Request{IP: pub, Port: 443}, false, false},
 		{"audit.yaml", Request{Host: "api.example.com", IP: pub, Port: 443}, true, false},
 		{"audit.yaml", Request{Host: "other.example.com", IP: pub, Port: 443}, true, true},
+		{"audit.yaml", Request{Host: "metadata.google.internal", Port: 80}, false, false},
+		{"audit.yaml", Request{Host: "x.example.com", IP: ip("169.254.169.254"), Port: 80}, false, false},
+		{"audit.yaml", Request{IP: ip("127.0.0.1"), Port: 6379}, false, false},
 	}
 	for _, c := range cases {
 		d := load(c.file).Decide(c.req)

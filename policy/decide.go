@@ -96,7 +96,11 @@ func (p *Policy) decide(r Request) Decision {
 	} else {
 		rs.stepTwo(&d, name, ip, n)
 	}
-	if d.Verdict == Deny && rs.mode == Audit {
+	// Audit mode rolls rules out; the guards are not rules but the floor
+	// under them. Letting a guarded destination through "to see" would
+	// hand a plugin the cloud's credentials (169.254.169.254) or the
+	// host's loopback services during the very run meant to observe it.
+	if d.Verdict == Deny && rs.mode == Audit && !d.Reason.IsGuard() {
 		d.Verdict, d.Audit = Allow, true
 	}
 	return d

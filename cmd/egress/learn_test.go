@@ -103,7 +103,7 @@ func TestLearnReadsWhatEventlogWrites(t *testing.T) {
 	logger := zerolog.New(&logs).With().Timestamp().Logger()
 	sink := &eventlog.Sink{Logger: logger}
 	for _, port := range []uint16{443, 8443, 443} {
-		d := pol.Decide(policy.Request{Host: "svc.example.org", IP: netip.MustParseAddr("198.51.100.20"), Port: port})
+		d := pol.Decide(policy.Request{Host: "svc.example.org", IP: netip.MustParseAddr("93.184.216.34"), Port: port})
 		if !d.Audit {
 			t.Fatalf("want an audit denial, got %+v", d)
 		}

@@ -118,7 +118,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}})
 	events := &eventlog.Sink{Logger: logger, LogAllowed: pol.Log.Allowed, Observe: adm.Observe}
 	self := &dialer.Self{}
-	dial := &dialer.Dialer{Policy: current, IsSelf: self.Contains}
+	// Names are resolved where the DNS proxy forwards (dns.upstreams, else
+	// the system resolver), so that serve, run and the DNS listener agree.
+	dial := &dialer.Dialer{Policy: current, IsSelf: self.Contains, Resolver: upstreamResolver(pol.DNS.Upstreams)}
 
 	var svcs []service
 	fail := func(err error) int {

@@ -70,7 +70,8 @@ type Entry struct {
 
 // Sink records entries: it shows each one to Observe (metrics, the
 // admin listener's recent denials) and logs it as the canonical line when
-// it is a denial, or when LogAllowed is set. Data paths hold a *Sink and
+// it is a denial or a failure (the client got a 502 or 504, and the id in
+// its answer must lead to a line), or when LogAllowed is set. Data paths hold a *Sink and
 // call Record once per connection, request or query. A nil *Sink records
 // nothing.
 type Sink struct {
@@ -89,7 +90,7 @@ func (s *Sink) Record(e Entry) {
 	if s.Observe != nil {
 		s.Observe(e)
 	}
-	if s.LogAllowed || e.Decision.Denied() {
+	if s.LogAllowed || e.Decision.Denied() || e.Err != nil {
 		Log(s.Logger, e)
 	}
 }
@@ -103,11 +104,12 @@ func NewID() string {
 }
 
 // Log writes e as the canonical line: at warn level for denials (audit
-// denials included), at info level otherwise.
+// denials included) and failures (e.Err: an allowed destination that could
+// not be resolved or reached), at info level otherwise.
 func Log(l zerolog.Logger, e Entry) {
 	d := e.Decision
 	ev := l.Info()
-	if d.Denied() {
+	if d.Denied() || e.Err != nil {
 		ev = l.Warn()
 	}
 	if !ev.Enabled() {

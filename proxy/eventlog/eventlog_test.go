@@ -80,7 +80,9 @@ func TestSinkLogsAllowedOnlyWhenAsked(t *testing.T) {
 
 	var quiet bytes.Buffer
 	observed := 0
-	(&eventlog.Sink{Logger: zerolog.New(&quiet), Observe: func(eventlog.Entry) { observed++ }}).Record(e)
+	ok := e
+	ok.Err = nil
+	(&eventlog.Sink{Logger: zerolog.New(&quiet), Observe: func(eventlog.Entry) { observed++ }}).Record(ok)
 	if quiet.Len() != 0 {
 		t.Errorf("allowed entry logged without LogAllowed: %s", quiet.String())
 	}
@@ -91,7 +93,7 @@ func TestSinkLogsAllowedOnlyWhenAsked(t *testing.T) {
 	var loud bytes.Buffer
 	(&eventlog.Sink{Logger: zerolog.New(&loud), LogAllowed: true}).Record(e)
 	got := lines(t, &loud)
-	if len(got) != 1 || got[0]["level"] != "info" || got[0]["event"] != "allow" ||
+	if len(got) != 1 || got[0]["level"] != "warn" || got[0]["event"] != "allow" ||
 		got[0]["bytes_up"] != float64(10) || got[0]["bytes_down"] != float64(20) ||
 		got[0]["duration_ms"] != float64(1500) || got[0]["error"] != "boom" {
 		t.Errorf("allowed close line = %v", got)
@@ -114,5 +116,17 @@ func TestNewIDIsUniqueHex(t *testing.T) {
 			t.Fatalf("id %q repeated", id)
 		}
 		seen[id] = true
+	}
+}
+
+// An allowed destination that could not be reached is a line even when
+// allowed connections are not logged: the client's 502 carries its id.
+func TestSinkLogsFailures(t *testing.T) {
+	allowed := decide(t, denyAll, policy.Request{Host: "api.example.com", Port: 443})
+	var buf bytes.Buffer
+	(&eventlog.Sink{Logger: zerolog.New(&buf)}).Record(eventlog.Entry{ID: "f1", Proto: eventlog.ProtoConnect, Decision: allowed, Err: errors.New("lookup api.example.com: no such host")})
+	got := lines(t, &buf)
+	if len(got) != 1 || got[0]["id"] != "f1" || got[0]["level"] != "warn" || got[0]["error"] != "lookup api.example.com: no such host" {
+		t.Errorf("failure line = %v", got)
 	}
 }

@@ -460,7 +460,9 @@ func TestDenyLogLine(t *testing.T) {
 }
 
 func TestAuditMode(t *testing.T) {
-	f := newFixture(t, "version: 1\ndefault: deny\nmode: audit\n")
+	// The deny rule, not a guard, refuses the loopback origin: guards are
+	// enforced even in audit mode (the policy test says so).
+	f := newFixture(t, "version: 1\ndefault: deny\nmode: audit\nallow:\n  - cidr: 127.0.0.0/8\ndeny:\n  - cidr: 127.0.0.1/32\n")
 	p := f.plainPort()
 	resp, body, _, _ := f.raw("GET http://127.0.0.1:" + p + "/ HTTP/1.1\r\nHost: x\r\n\r\n")
 	if resp.StatusCode != 200 {
