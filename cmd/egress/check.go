@@ -30,7 +30,7 @@ const checkResolveTimeout = 5 * time.Second
 
 // checkResult is one line of egress check --json output.
 type checkResult struct {
-	Verdict  string `json:"verdict"` // allow, deny or audit_deny
+	Verdict  string `json:"verdict"` // allow, deny, audit_deny, or depends (on the addresses: use --resolve)
 	Target   string `json:"target"`
 	Host     string `json:"host,omitempty"`
 	IP       string `json:"ip,omitempty"`
@@ -110,8 +110,8 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	code := exitOK
 	enc := json.NewEncoder(stdout)
 	emit := func(target string, d policy.Decision) {
-		if d.Denied() {
-			code = exitDenied
+		if d.Denied() || pending(d) {
+			code = exitDenied // "depends" is no proof of an allow: a CI gate must not pass on it
 		}
 		if *asJSON {
 			_ = enc.Encode(resultOf(target, d))
@@ -196,7 +196,7 @@ func parseCheckTarget(t string) (policy.Request, error) {
 // hint.
 func formatCheck(target string, d policy.Decision) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-10s %s  %s", d.Event(), target, d.Reason)
+	fmt.Fprintf(&b, "%-10s %s  %s", verdictOf(d), target, d.Reason)
 	if d.Rule != nil {
 		fmt.Fprintf(&b, "  %s %s", d.Rule.Location(), d.Rule.Text)
 	}
@@ -209,9 +209,23 @@ func formatCheck(target string, d policy.Decision) string {
 	return b.String()
 }
 
+// pending reports a name whose fate depends on its addresses: no name rule
+// decided, and a cidr allow rule might cover what it resolves to.
+func pending(d policy.Decision) bool {
+	return d.Reason == policy.ReasonPerAddress && !d.IP.IsValid()
+}
+
+// verdictOf is the verdict column: allow, deny, audit_deny, or depends.
+func verdictOf(d policy.Decision) string {
+	if pending(d) {
+		return "depends"
+	}
+	return d.Event()
+}
+
 func resultOf(target string, d policy.Decision) checkResult {
 	r := checkResult{
-		Verdict: d.Event(), Target: target, Host: d.Host, Port: d.Port,
+		Verdict: verdictOf(d), Target: target, Host: d.Host, Port: d.Port,
 		Reason: string(d.Reason), Hint: d.Hint, Policy: d.Policy, Source: d.Source,
 	}
 	if d.IP.IsValid() {

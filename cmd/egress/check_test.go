@@ -106,3 +106,16 @@ func TestParseCheckTarget(t *testing.T) {
 		}
 	}
 }
+
+// Under default: deny with a cidr allow rule, a name no rule mentions is
+// neither allowed nor denied until resolved: check says "depends" and
+// exits 1, so that a CI gate never passes on it.
+func TestCheckDependsOnAddresses(t *testing.T) {
+	code, out := runCommand(cmdCheck, "--config", "../../configs/handful-of-hosts.yaml", "evil.example:5432", "api.example.com:443")
+	if code != exitDenied {
+		t.Errorf("exit %d, want %d:\n%s", code, exitDenied, out)
+	}
+	if !strings.Contains(string(out), "depends    evil.example:5432  decide_per_address") || !strings.Contains(string(out), "--resolve") {
+		t.Errorf("output does not say the name depends on its addresses:\n%s", out)
+	}
+}
