@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
+	"strings"
 	"time"
 )
 
@@ -29,7 +31,7 @@ func probe(args []string, stderr io.Writer) int {
 	}
 	url := defaultHealthURL
 	if fs.NArg() == 1 {
-		url = fs.Arg(0)
+		url = healthURL(fs.Arg(0))
 	}
 	if fs.NArg() > 1 || *timeout <= 0 {
 		fmt.Fprintln(stderr, "usage: egress health [--timeout 2s] [URL]  (default URL: "+defaultHealthURL+")")
@@ -56,4 +58,17 @@ func probe(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// healthURL completes what a person types: 127.0.0.1:9090 or
+// http://127.0.0.1:9090 mean that admin listener's /healthz.
+func healthURL(s string) string {
+	if !strings.Contains(s, "://") {
+		s = "http://" + s
+	}
+	if u, err := neturl.Parse(s); err == nil && (u.Path == "" || u.Path == "/") {
+		u.Path = "/healthz"
+		return u.String()
+	}
+	return s
 }

@@ -50,6 +50,8 @@ func TestHealth(t *testing.T) {
 		{"a 503 is unhealthy", []string{unhealthy.URL + "/healthz"}, 1, "503 Service Unavailable"},
 		{"a closed port is unhealthy", []string{closed}, 1, "connection refused"},
 		{"a server that never answers is unhealthy within the timeout", []string{"-timeout", "200ms", hanging.URL + "/healthz"}, 1, "deadline exceeded"},
+		{"host:port alone means its /healthz", []string{strings.TrimPrefix(ok.URL, "http://")}, 0, ""},
+		{"a URL without a path means its /healthz", []string{ok.URL}, 0, ""},
 		{"two URLs are a usage error", []string{ok.URL, ok.URL}, 2, "usage"},
 		{"a bad URL is a usage error", []string{"http://[::1"}, 2, "egress health"},
 	}

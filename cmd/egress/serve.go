@@ -347,10 +347,21 @@ func newLogger(cfg policy.Log, format, level string, stderr io.Writer) (zerolog.
 	switch format {
 	case "", "json":
 	case "console":
-		out = zerolog.ConsoleWriter{Out: out, TimeFormat: time.RFC3339}
+		// Colours only for a terminal: not into files, pipes or journald.
+		out = zerolog.ConsoleWriter{Out: out, TimeFormat: time.RFC3339, NoColor: !isTerminal(out)}
 	default:
 		closeFn()
 		return zerolog.Logger{}, nil, fmt.Errorf("log format %q: want json or console", format)
 	}
 	return zerolog.New(out).Level(lvl).With().Timestamp().Logger(), closeFn, nil
+}
+
+// isTerminal reports whether w is a character device such as a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
