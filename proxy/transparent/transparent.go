@@ -240,16 +240,17 @@ func (s *Server) handle(cc *net.TCPConn) {
 	if origDst == nil {
 		origDst = OriginalDst
 	}
+	local, _ := netip.ParseAddrPort(cc.LocalAddr().String())
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
 	dst, err := origDst(cc)
 	if err != nil {
-		s.Logger.Warn().Err(err).Str(eventlog.FieldClient, c.entry.Client.String()).
-			Msg("transparent: no original destination (was the connection redirected?); connection reset")
-		c.reset()
-		return
+		// No NAT entry: the client connected straight to this port. One
+		// canonical line, like every refusal, naming the listener.
+		c.entry.Err = fmt.Errorf("original destination: %w", err)
+		dst = local
 	}
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
-	if local, err := netip.ParseAddrPort(cc.LocalAddr().String()); err == nil &&
-		netip.AddrPortFrom(local.Addr().Unmap(), local.Port()) == dst {
+	if dst == local {
 		c.deny(policy.Decision{
 			Reason: ReasonNotRedirected, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
 			Hint: "connect to the real destination; this port only serves connections redirected to it",
