@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"math"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// dnsFigures are read from bench/dns/run.sh's summary table.
+type dnsFigures struct {
+	qps, cpu, p50, added map[string]float64 // by subject: egress-cached, dnsmasq-cached, ...
+	header               string
+}
+
+func parseDNS(file string) *dnsFigures {
+	f, err := os.Open(file)
+	check(err)
+	defer f.Close()
+	d := &dnsFigures{qps: map[string]float64{}, cpu: map[string]float64{}, p50: map[string]float64{}, added: map[string]float64{}}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "dnsperf ") {
+			d.header = line
+		}
+		fs := strings.Fields(line)
+		if len(fs) < 5 {
+			continue
+		}
+		switch fs[0] {
+		case "egress-cached", "egress-uncached", "dnsmasq-cached", "dnsmasq-uncached":
+		default:
+			continue
+		}
+		num := func(s string) float64 {
+			v, err := strconv.ParseFloat(s, 64)
+			if err != nil {
+				return math.NaN()
+			}
+			return v
+		}
+		n := len(fs)
+		d.qps[fs[0]] = num(fs[1])
+		d.cpu[fs[0]] = num(fs[n-3])
+		d.p50[fs[0]] = num(fs[n-2])
+		d.added[fs[0]] = num(fs[n-1])
+	}
+	if len(d.qps) == 0 {
+		fmt.Fprintf(os.Stderr, "compare: no DNS figures in %s\n", file)
+		return nil
+	}
+	return d
+}
+
+type policyFigure struct {
+	name string
+	ns   float64
+}
+
+// parsePolicy reads go test -bench output: the Decide100k sub-benchmarks
+// and the map lookup baseline, in ns/op (the median of -count runs).
+func parsePolicy(file string) ([]policyFigure, float64) {
+	f, err := os.Open(file)
+	check(err)
+	defer f.Close()
+	runs := map[string][]float64{}
+	var order []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) < 4 || !strings.HasPrefix(fs[0], "Benchmark") || fs[3] != "ns/op" {
+			continue
+		}
+		v, err := strconv.ParseFloat(fs[2], 64)
+		if err != nil {
+			continue
+		}
+		name := fs[0]
+		if i := strings.LastIndex(name, "-"); i > 0 {
+			name = name[:i] // the -GOMAXPROCS suffix
+		}
+		if _, ok := runs[name]; !ok {
+			order = append(order, name)
+		}
+		runs[name] = append(runs[name], v)
+	}
+	var out []policyFigure
+	base := math.NaN()
+	for _, name := range order {
+		switch {
+		case name == "BenchmarkBaselineMapLookup":
+			base = median(runs[name])
+		case strings.HasPrefix(name, "BenchmarkDecide100k/"):
+			out = append(out, policyFigure{strings.ReplaceAll(strings.TrimPrefix(name, "BenchmarkDecide100k/"), "_", " "), median(runs[name])})
+		}
+	}
+	return out, base
+}
+
+// markdown renders BENCHMARKS.md.
+func (r *results) markdown(o options) string {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	w("# Benchmarks\n\n")
+	w("egress against direct connections and the proxies users would otherwise pick (squid, tinyproxy; dnsmasq for DNS), ")
+	w("measured in one run on one machine, loopback only. Written by `%s` (issue 8); do not edit by hand: ", o.command)
+	w("the notes at the end come from `bench/compare/notes.md`.\n\n")
+	w("- Date: %s (the run took %s)\n", r.start.UTC().Format("2006-01-02 15:04 MST"), r.end.Sub(r.start).Round(time.Second))
+	w("- Machine: %d CPUs (%s), %s, %s; load average %s at the start of measures 1-4, %s at their end\n",
+		runtime.NumCPU(), r.versions["cpu"], r.versions["kernel"], memTotal(), r.loadStart, r.loadEnd)
+	w("- Software: %s; %s; %s; %s", r.versions["go"], r.versions["squid"], r.versions["tinyproxy"], r.versions["wrk"])
+	if r.dns != nil && r.dns.header != "" {
+		w("; DNS: %s", r.dns.header)
+	}
+	w("\n")
+	w("- Every proxy runs as its own process, allows everything to 127.0.0.1 and writes one log line per request or tunnel to a file ")
+	w("(egress `log.allowed: %t`, squid `access_log`, tinyproxy `LogLevel Connect`); configs in `bench/peers/` and `bench/compare/main.go`. ", o.logAllowed)
+	w("*go-minimal* is `bench/compare/minproxy`: the smallest Go proxy that passes these measures (no policy, no log), the floor of what a Go proxy costs here.\n")
+	w("- Measures 1-3 ran %d rounds, each round taking every subject in turn (rotating the order); a figure is the median of a subject's rounds ", o.runs)
+	w("(latency percentiles: over the samples of all its rounds); memory was measured once, on freshly started proxies. Ratios compare figures of this run only.\n\n")
+
+	cols := []string{"egress", "direct", "squid", "tinyproxy", "go-minimal"}
+	w("| figure | egress | direct | squid | tinyproxy | go-minimal | dnsmasq | egress ratio | target | met |\n")
+	w("|---|---:|---:|---:|---:|---:|---:|---|---|---|\n")
+	val := func(m map[string][]float64, s string) (float64, bool) {
+		vs, ok := m[s]
+		if !ok || len(vs) == 0 {
+			return math.NaN(), false
+		}
+		return median(vs), true
+	}
+	cells := func(m map[string][]float64, scale float64, prec int) string {
+		var parts []string
+		for _, s := range cols {
+			if v, ok := val(m, s); ok {
+				parts = append(parts, strconv.FormatFloat(v*scale, 'f', prec, 64))
+			} else {
+				parts = append(parts, "–")
+			}
+		}
+		return strings.Join(parts, " | ")
+	}
+	// ratio is egress's figure over s's; NaN when either is missing.
+	ratio := func(m map[string][]float64, s string) float64 {
+		e, ok1 := val(m, "egress")
+		v, ok2 := val(m, s)
+		if !ok1 || !ok2 {
+			return math.NaN()
+		}
+		return e / v
+	}
+	ratios := func(m map[string][]float64) string {
+		var parts []string
+		for _, s := range cols[1:] {
+			if v := ratio(m, s); !math.IsNaN(v) {
+				parts = append(parts, fmtRatio(v)+" "+s)
+			}
+		}
+		return strings.Join(parts, ", ")
+	}
+	// met says whether every check holds; "–" when one cannot be made.
+	met := func(checks ...bool) string {
+		for _, c := range checks {
+			if !c {
+				return "**no**"
+			}
+		}
+		return "yes"
+	}
+	atLeast := func(v, t float64) bool { return !math.IsNaN(v) && v >= t }
+	atMost := func(v, t float64) bool { return !math.IsNaN(v) && v <= t }
+
+	if len(r.rps["egress"]) > 0 {
+		w("| 1. plain HTTP keep-alive, requests/s (wrk, 1 thread, %d connections, %s) | %s | – | %s | ≥ 0.5x direct, ≥ 1.5x squid | %s |\n",
+			o.conns, o.duration, cells(r.rps, 1, 0), ratios(r.rps),
+			met(atLeast(ratio(r.rps, "direct"), 0.5), atLeast(ratio(r.rps, "squid"), 1.5)))
+	}
+	if len(r.throughput["egress"]) > 0 {
+		w("| 2. CONNECT tunnel throughput, MB/s (one tunnel downloading %d MiB) | %s | – | %s | ≥ 0.9x direct | %s |\n",
+			o.bytes>>20, cells(r.throughput, 1e-6, 0), ratios(r.throughput), met(atLeast(ratio(r.throughput, "direct"), 0.9)))
+	}
+	if len(r.cpuPerGB["egress"]) > 0 {
+		w("| 2. proxy CPU per GB tunnelled at full speed, CPU seconds (user + system, /proc/PID/stat) | %s | – | %s | – | – |\n",
+			cells(r.cpuPerGB, 1, 2), ratios(r.cpuPerGB))
+	}
+	if len(r.paced["egress"]) > 0 {
+		w("| 2. CONNECT tunnel throughput from an origin sending at %.0f MB/s (a 1 Gbit/s link), MB/s | %s | – | %s | ≥ 0.9x direct | %s |\n",
+			float64(o.pacedRate)/1e6, cells(r.paced, 1e-6, 1), ratios(r.paced), met(atLeast(ratio(r.paced, "direct"), 0.9)))
+	}
+	if len(r.setup["egress"]) > 0 {
+		lat := func(p int) map[string][]float64 {
+			m := map[string][]float64{}
+			for s, ds := range r.setup {
+				m[s] = []float64{us(pct(ds, p))}
+			}
+			return m
+		}
+		m50, m99 := lat(50), lat(99)
+		w("| 3. CONNECT setup p50, µs (connect, CONNECT, read the 200; direct: TCP connect) | %s | – | %s | ≤ 0.5x squid | %s |\n",
+			cells(m50, 1, 0), ratios(m50), met(atMost(ratio(m50, "squid"), 0.5)))
+		w("| 3. CONNECT setup p99, µs | %s | – | %s | – | – |\n", cells(m99, 1, 0), ratios(m99))
+		w("| 3. new tunnels/s (%d clients opening and closing) | %s | – | %s | – | – |\n", o.workers, cells(r.rate, 1, 0), ratios(r.rate))
+	}
+	if len(r.rssAfter) > 0 {
+		per := map[string][]float64{}
+		for s, a := range r.rssAfter {
+			per[s] = []float64{float64(a-r.rssBefore[s]) / float64(r.tunnelsOpened) / 1024}
+		}
+		w("| 4. resident memory per idle tunnel, KiB (%d tunnels; RSS after − before) | %s | – | %s | ≤ 0.33x squid | %s |\n",
+			r.tunnelsOpened, cells(per, 1, 2), ratios(per), met(atMost(ratio(per, "squid"), 1.0/3)))
+	}
+	if d := r.dns; d != nil {
+		row := func(label, e, m string) {
+			rt := d.qps[e] / d.qps[m]
+			w("| %s | %.0f | – | – | – | – | %.0f | %s dnsmasq (CPU per answer %.2fx) | ≥ 1x dnsmasq | %s |\n",
+				label, d.qps[e], d.qps[m], fmtRatio(rt), d.cpu[e]/d.cpu[m], met(atLeast(rt, 1)))
+		}
+		row("5. DNS answers/s, cached (dnsperf, 100 outstanding)", "egress-cached", "dnsmasq-cached")
+		row("5. DNS answers/s, uncached (dnsmasq `--cache-size=0`)", "egress-uncached", "dnsmasq-uncached")
+		w("| 5. DNS added p50 latency, µs, cached / uncached (over asking the upstream directly) | %.0f / %.0f | – | – | – | – | %.0f / %.0f | – | < 100 µs (issue 4) | %s |\n",
+			d.added["egress-cached"], d.added["egress-uncached"], d.added["dnsmasq-cached"], d.added["dnsmasq-uncached"],
+			met(atMost(d.added["egress-cached"], 100), atMost(d.added["egress-uncached"], 100)))
+	}
+	for _, p := range r.policy {
+		w("| 6. policy decisions/s, 100,000 rules: %s | %.1fM | – | – | – | – | – | %.0f ns a decision; %.1fx the time of one map lookup | – | – |\n",
+			p.name, 1e3/p.ns, p.ns, p.ns/r.policyBaseline)
+	}
+
+	w("\n## Every round\n\n")
+	rows := func(label string, m map[string][]float64, scale float64) {
+		for _, s := range r.subjects {
+			vs := m[s]
+			if len(vs) == 0 {
+				continue
+			}
+			var parts []string
+			for _, v := range vs {
+				parts = append(parts, strconv.FormatFloat(v*scale, 'f', 0, 64))
+			}
+			w("- %s, %s: %s\n", label, s, strings.Join(parts, ", "))
+		}
+	}
+	rows("requests/s", r.rps, 1)
+	rows("MB/s", r.throughput, 1e-6)
+	rows("MB/s from the paced origin", r.paced, 1e-6)
+	rows("new tunnels/s", r.rate, 1)
+	for _, s := range r.subjects {
+		if a, ok := r.rssAfter[s]; ok {
+			w("- RSS, %s: %d KiB before, %d KiB with %d idle tunnels\n", s, r.rssBefore[s]>>10, a>>10, r.tunnelsOpened)
+		}
+	}
+	for _, s := range r.subjects {
+		if e, ok := r.rpsErrors[s]; ok {
+			w("- wrk errors, %s: %s", s, e)
+			if s == "tinyproxy" {
+				w(" (tinyproxy closes the client connection after each response; wrk reconnects)")
+			}
+			w("\n")
+		}
+	}
+	for _, s := range r.subjects {
+		if n, ok := r.logLines[s]; ok {
+			w("- log lines written by %s: %d\n", s, n)
+		}
+	}
+	if o.notes != "" {
+		notes, err := os.ReadFile(o.notes)
+		check(err)
+		w("\n%s", notes)
+	}
+	return b.String()
+}
+
+// fmtRatio prints a ratio with two decimals, or three next to 1 so that
+// a ratio just under a target of 1x does not read as 1.00x.
+func fmtRatio(v float64) string {
+	if math.Abs(v-1) < 0.005 {
+		return fmt.Sprintf("%.3fx", v)
+	}
+	return fmt.Sprintf("%.2fx", v)
+}
+
+func memTotal() string {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return "?"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return fmt.Sprintf("%.0f GiB RAM", float64(kb)/(1<<20))
+		}
+	}
+	return "?"
+}

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# bench/run.sh: egress against direct connections and the proxies users
+# would otherwise pick (squid, tinyproxy; dnsmasq for DNS), on loopback,
+# in one run; writes BENCHMARKS.md (issue 8).
+#
+#   bench/run.sh                 # from anywhere; needs root to install
+#   RUNS=3 DURATION=2s bench/run.sh   # shorter
+#
+# 1-4  HTTP keep-alive req/s, CONNECT throughput, CONNECT setup latency
+#      and tunnels/s, RSS per idle tunnel: bench/compare (Go), which starts
+#      loopback origins, egress, squid, tinyproxy (configs in bench/peers/)
+#      and bench/compare/minproxy (the floor of a Go proxy), and runs every
+#      measure in alternating rounds. bench/compare/notes.md, the analysis
+#      of the figures and the profiles behind it, is appended.
+# 5    DNS answers/s cached and uncached against dnsmasq: bench/dns/run.sh.
+# 6    policy decisions/s with 100,000 rules: go test -bench in ./policy.
+#
+# Environment: RUNS (5), DURATION (3s, wrk per round), BYTES (2 GiB per
+# download), CONNS (8 wrk connections), TUNNELS (5000), SKIP_DNS=1,
+# SKIP_POLICY=1, OUT (BENCHMARKS.md at the repository root).
+# Not part of go test ./... or CI: figures depend on the machine.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+RUNS=${RUNS:-5}
+DURATION=${DURATION:-3s}
+BYTES=${BYTES:-$((2 << 30))}
+CONNS=${CONNS:-8}
+TUNNELS=${TUNNELS:-5000}
+OUT=${OUT:-$root/BENCHMARKS.md}
+
+# Debian packages, installed only when missing.
+need=()
+command -v squid >/dev/null || [ -x /usr/sbin/squid ] || need+=(squid)
+command -v tinyproxy >/dev/null || [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy)
+command -v wrk >/dev/null || need+=(wrk)
+command -v dnsperf >/dev/null || need+=(dnsperf)
+command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq)
+command -v dig >/dev/null || need+=(dnsutils)
+if [ ${#need[@]} -gt 0 ]; then
+	echo "installing ${need[*]} from Debian" >&2
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 "${need[@]}" >/dev/null
+fi
+SQUID=$(command -v squid || echo /usr/sbin/squid)
+TINYPROXY=$(command -v tinyproxy || echo /usr/bin/tinyproxy)
+
+# 5,000 idle tunnels take two descriptors each in the proxy and two in the
+# benchmark process (client and origin ends).
+hard=$(ulimit -Hn)
+if [ "$hard" = unlimited ] || [ "$hard" -gt 65536 ]; then hard=65536; fi
+ulimit -n "$hard"
+if [ "$(ulimit -n)" -lt 12000 ]; then
+	echo "bench: need at least 12000 open files (ulimit -n); have $(ulimit -n)" >&2
+	exit 1
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+go build -o "$work/egress" ./cmd/egress
+go build -o "$work/compare" ./bench/compare
+go build -o "$work/minproxy" ./bench/compare/minproxy
+
+echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+args=()
+if [ "${SKIP_POLICY:-}" != 1 ]; then
+	echo "== policy decisions (go test -bench ./policy)" >&2
+	go test -run '^$' -bench 'Decide100k|BaselineMapLookup' -benchtime 1s -count 3 ./policy | tee "$work/policy.txt" >&2
+	args+=(-policy "$work/policy.txt")
+fi
+
+if [ "${SKIP_DNS:-}" != 1 ]; then
+	echo "== DNS (bench/dns/run.sh)" >&2
+	bash bench/dns/run.sh | tee "$work/dns.txt" >&2
+	args+=(-dns "$work/dns.txt")
+fi
+
+echo "== HTTP and CONNECT (bench/compare)" >&2
+"$work/compare" -egress "$work/egress" -squid "$SQUID" -tinyproxy "$TINYPROXY" -minproxy "$work/minproxy" \
+	-peers bench/peers -notes bench/compare/notes.md \
+	-runs "$RUNS" -duration "$DURATION" -bytes "$BYTES" -conns "$CONNS" -tunnels "$TUNNELS" \
+	-command "bench/run.sh (RUNS=$RUNS DURATION=$DURATION BYTES=$BYTES CONNS=$CONNS TUNNELS=$TUNNELS)" \
+	-out "$OUT" "${args[@]}" >/dev/null
+echo "== wrote $OUT" >&2
