@@ -31,13 +31,13 @@ func TestDirectConnectionWithoutNATIsNotRedirected(t *testing.T) {
 	go s.Serve(ln)
 	defer s.Shutdown(context.Background())
 
+	// The reset may come before or after connect returns.
 	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
+	if err == nil {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		c.Close()
 	}
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	_, err = c.Read(make([]byte, 1))
-	c.Close()
 	if !isReset(err) {
 		t.Fatalf("read: %v, want a reset", err)
 	}

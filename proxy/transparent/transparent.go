@@ -246,7 +246,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 	if err != nil {
 		// No NAT entry: the client connected straight to this port. One
 		// canonical line, like every refusal, naming the listener.
-		c.entry.Err = fmt.Errorf("original destination: %w", err)
+		c.entry.Err = err
 		dst = local
 	}
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
