@@ -9,13 +9,11 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/tcpinfo"
 )
 
 // serveConnect handles CONNECT host:port (HTTP/1.1 or HTTP/1.0).
@@ -207,29 +205,7 @@ func (t *tunnel) finish() {
 // the kernel's TCP_INFO (so the copy can stay in splice, untouched). ok is
 // false when it cannot be known.
 func (t *tunnel) idleFor() (time.Duration, bool) {
-	a, ok1 := lastRecv(t.client)
-	b, ok2 := lastRecv(t.upstream)
-	if !ok1 || !ok2 {
-		return 0, false
-	}
-	return min(a, b), true
-}
-
-func lastRecv(c net.Conn) (time.Duration, bool) {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return 0, false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return 0, false
-	}
-	var info *unix.TCPInfo
-	var gerr error
-	if err := rc.Control(func(fd uintptr) { info, gerr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil || gerr != nil {
-		return 0, false
-	}
-	return time.Duration(info.Last_data_recv) * time.Millisecond, true
+	return tcpinfo.Idle(t.client, t.upstream)
 }
 
 // tunnelSet counts and tracks open tunnels for the limit, idle timeouts

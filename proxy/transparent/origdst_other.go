@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"time"
 )
 
 // OriginalDst needs netfilter's SO_ORIGINAL_DST: on other systems set
@@ -14,5 +13,3 @@ import (
 func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
 	return netip.AddrPort{}, errors.New("original destination: only supported on Linux (netfilter)")
 }
-
-func lastRecv(c net.Conn) (time.Duration, bool) { return 0, false }

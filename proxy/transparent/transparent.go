@@ -36,6 +36,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/names"
+	"github.com/egress-proxy/egress/proxy/tcpinfo"
 )
 
 // Reasons of decisions only the transparent path makes.
@@ -505,9 +506,7 @@ func (s *Server) watchIdle() {
 					if c.idle <= 0 {
 						continue
 					}
-					a, ok1 := lastRecv(c.client)
-					b, ok2 := lastRecv(c.upstream)
-					if ok1 && ok2 && min(a, b) >= c.idle {
+					if d, ok := tcpinfo.Idle(c.client, c.upstream); ok && d >= c.idle {
 						c.closeWith(fmt.Errorf("idle for %s (timeouts.tunnel_idle)", c.idle.Round(time.Millisecond)))
 					}
 				}
