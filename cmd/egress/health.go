@@ -27,7 +27,7 @@ func probe(args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	timeout := fs.Duration("timeout", 2*time.Second, "give up after this long")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return exitUsage
 	}
 	url := defaultHealthURL
 	if fs.NArg() == 1 {
@@ -35,14 +35,14 @@ func probe(args []string, stderr io.Writer) int {
 	}
 	if fs.NArg() > 1 || *timeout <= 0 {
 		fmt.Fprintln(stderr, "usage: egress health [--timeout 2s] [URL]  (default URL: "+defaultHealthURL+")")
-		return 2
+		return exitUsage
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "egress health: %v\n", err)
-		return 2
+		return exitUsage
 	}
 	// Proxy nil: the probe asks egress itself, whatever HTTP_PROXY says.
 	client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}

@@ -119,8 +119,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	events := &eventlog.Sink{Logger: logger, LogAllowed: pol.Log.Allowed, Observe: adm.Observe}
 	self := &dialer.Self{}
 	// Names are resolved where the DNS proxy forwards (dns.upstreams, else
-	// the system resolver), so that serve, run and the DNS listener agree.
-	dial := &dialer.Dialer{Policy: current, IsSelf: self.Contains, Resolver: upstreamResolver(pol.DNS.Upstreams)}
+	// the system resolver), so that serve, run and the DNS listener agree,
+	// also after a reload changes dns.upstreams.
+	dial := &dialer.Dialer{Policy: current, IsSelf: self.Contains, Resolver: currentUpstreams(current)}
 
 	var svcs []service
 	fail := func(err error) int {
@@ -364,4 +365,19 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// currentUpstreams resolves through the dns.upstreams of the policy in
+// force at each lookup, as the DNS listener does per query: a reload that
+// changes them applies to the dialer too, with no restart.
+type currentUpstreams func() *policy.Policy
+
+var _ dialer.Resolver = currentUpstreams(nil)
+
+func (c currentUpstreams) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	r := upstreamResolver(c().DNS.Upstreams)
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	return r.LookupNetIP(ctx, network, host)
 }

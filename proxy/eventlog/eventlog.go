@@ -82,7 +82,8 @@ type Sink struct {
 	Observe func(Entry)
 }
 
-// Record observes e and logs it if it is a denial or LogAllowed is set.
+// Record observes e and logs it if it is a denial, carries an error
+// (e.Err), or LogAllowed is set.
 func (s *Sink) Record(e Entry) {
 	if s == nil {
 		return

@@ -109,9 +109,10 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 		p.Events.Record(t.entry)
 		t.logged = true
 	}
+	// t.idle is set before add: the idle watcher reads it from the set.
+	t.idle = pol.Timeouts.TunnelIdle
 	p.tunnels.add(t)
-	if idle := pol.Timeouts.TunnelIdle; idle > 0 {
-		t.idle = idle
+	if t.idle > 0 {
 		p.tunnels.watchIdle()
 	}
 	// This handler returns, so the connection's server goroutine (and its

@@ -165,13 +165,16 @@ func (p *Proxy) transport(pol *policy.Policy, clientPolicy string) *http.Transpo
 	}
 	t := p.trs[clientPolicy]
 	if t == nil {
-		t = p.newTransport()
+		t = p.newTransport(pol)
 		p.trs[clientPolicy] = t
 	}
 	return t
 }
 
-func (p *Proxy) newTransport() *http.Transport {
+// newTransport builds the Transport for pol: the policy the request was
+// decided under, not whatever p.Policy returns by now (a reload between
+// the two would cache the new timeout under the old policy).
+func (p *Proxy) newTransport(pol *policy.Policy) *http.Transport {
 	tc := &tls.Config{}
 	if p.TLSClientConfig != nil {
 		tc = p.TLSClientConfig.Clone()
@@ -184,7 +187,7 @@ func (p *Proxy) newTransport() *http.Transport {
 		TLSHandshakeTimeout: 10 * time.Second,
 		// A silent upstream must not hold the client forever: the
 		// Transport gives up after timeouts.response (a 504, answer.go).
-		ResponseHeaderTimeout: p.Policy().Timeouts.Response,
+		ResponseHeaderTimeout: pol.Timeouts.Response,
 		MaxIdleConns:          1000,
 		MaxIdleConnsPerHost:   100,
 		IdleConnTimeout:       90 * time.Second,

@@ -397,6 +397,24 @@ func TestTunnelIdleTimeout(t *testing.T) {
 	}
 }
 
+// The idle watcher, started by the first tunnel, reads each later
+// tunnel's timeout: -race shows it if the timeout is set after the tunnel
+// joins the set. The second tunnel still closes for idleness.
+func TestTunnelIdleTimeoutOfALaterTunnel(t *testing.T) {
+	f := newFixture(t, testPolicy+"timeouts:\n  tunnel_idle: 300ms\n")
+	echo := echoServer(t, false)
+	for i := 0; i < 2; i++ {
+		resp, _, c, br := f.raw("CONNECT " + echo + " HTTP/1.1\r\nHost: x\r\n\r\n")
+		if resp.StatusCode != 200 {
+			t.Fatalf("tunnel %d: status %d", i, resp.StatusCode)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+			t.Fatalf("idle tunnel %d: read %v, want EOF", i, err)
+		}
+	}
+}
+
 func TestIPv6(t *testing.T) {
 	l, err := net.Listen("tcp", "[::1]:0")
 	if err != nil {
