@@ -329,15 +329,7 @@ func (s *runSummary) observe(e eventlog.Entry) {
 		k := summaryKey{outcome: "dns", target: strings.TrimSuffix(e.QName, "."), route: "dns"}
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		r := s.byKey[k]
-		if r == nil {
-			r = &summaryRow{reason: d.Reason, hint: d.Hint, procs: map[string]bool{}}
-			if e.Err != nil {
-				r.err = e.Err.Error()
-			}
-			s.byKey[k] = r
-		}
-		r.count++
+		s.row(k, e).count++
 		return
 	}
 	k := summaryKey{target: target(d), route: "proxy"}
@@ -358,16 +350,23 @@ func (s *runSummary) observe(e eventlog.Entry) {
 	if k.route == "transparent" {
 		s.raw++
 	}
+	r := s.row(k, e)
+	r.count++
+	r.client = append(r.client, e.Client)
+}
+
+// row is the summary row for k, made from e, the first entry it counts,
+// when there is none yet. s.mu must be held.
+func (s *runSummary) row(k summaryKey, e eventlog.Entry) *summaryRow {
 	r := s.byKey[k]
 	if r == nil {
-		r = &summaryRow{reason: d.Reason, hint: d.Hint, procs: map[string]bool{}}
+		r = &summaryRow{reason: e.Decision.Reason, hint: e.Decision.Hint, procs: map[string]bool{}}
 		if e.Err != nil {
 			r.err = e.Err.Error()
 		}
 		s.byKey[k] = r
 	}
-	r.count++
-	r.client = append(r.client, e.Client)
+	return r
 }
 
 // owner is the process behind a client address, if it was found.
