@@ -3,15 +3,12 @@
 package main
 
 import (
-	"bytes"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 )
 
@@ -68,41 +65,17 @@ func TestSecuritySandboxEscape(t *testing.T) {
 	if _, err := os.Stat(py); err != nil {
 		t.Skip("no /usr/bin/python3")
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	var hits atomic.Int64
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			hits.Add(1)
-			c.Write([]byte("ESCAPE"))
-			c.Close()
-		}
-	}()
-	abstract := abstractListener(t, &hits)
+	port, hits := escapeTarget(t)
+	abstract := abstractListener(t, hits)
 	script := filepath.Join(t.TempDir(), "escape.py")
 	if err := os.WriteFile(script, []byte(escapeScript), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 	r := runEgress(t, nil, "run", "--quiet", "--", py, script, port, abstract)
 	if r.code != 0 {
 		t.Fatalf("exit %d", r.code)
 	}
-	for _, bad := range []string{"mem: opened", "ptrace: attached", "setns: joined", "ESCAPE"} {
-		if strings.Contains(r.stdout, bad) {
-			t.Errorf("the sandboxed command got out: %q", bad)
-		}
-	}
-	if n := hits.Load(); n != 0 {
-		t.Errorf("the host's guarded loopback port was reached %d times from the sandbox", n)
-	}
+	checkNoEscape(t, r.stdout, hits)
 }
 
 // TestSecuritySandboxEscapeRootless is TestSecuritySandboxEscape for an
@@ -116,30 +89,27 @@ func TestSecuritySandboxEscapeRootless(t *testing.T) {
 	if _, err := os.Stat(py); err != nil {
 		t.Skip("no /usr/bin/python3 an unprivileged user can run")
 	}
-	dir, err := os.MkdirTemp("", "egress-escape")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	os.Chmod(dir, 0o755)
-	exe := filepath.Join(dir, "egress.test")
-	data, err := os.ReadFile(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(exe, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := nobodyDir(t)
 	script := filepath.Join(dir, "escape.py")
 	if err := os.WriteFile(script, []byte(escapeScript), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	port, hits := escapeTarget(t)
+	abstract := abstractListener(t, hits)
+	stdout, _ := runAsNobody(t, dir, "run", "--quiet", "--", py, script, port, abstract)
+	checkNoEscape(t, stdout, hits)
+}
+
+// escapeTarget listens on the host's loopback, a guarded address no rule
+// allows, and counts every connection that reaches it (answering ESCAPE).
+func escapeTarget(t *testing.T) (port string, hits *atomic.Int64) {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	var hits atomic.Int64
+	t.Cleanup(func() { l.Close() })
+	hits = new(atomic.Int64)
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -151,24 +121,15 @@ func TestSecuritySandboxEscapeRootless(t *testing.T) {
 			c.Close()
 		}
 	}()
-	abstract := abstractListener(t, &hits)
-	cmd := exec.Command(exe, "-test.run=^TestRunHelperProcess$")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "EGRESS_RUN_HELPER=1", "EGRESS_RUN_ARGS="+strings.Join([]string{
-		"run", "--quiet", "--", py, script, strconv.Itoa(l.Addr().(*net.TCPAddr).Port), abstract}, "\n"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
-	t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
-	if cmd.ProcessState != nil && cmd.ProcessState.ExitCode() == 125 {
-		t.Skipf("unprivileged user namespaces are not available: %s", strings.TrimSpace(stderr.String()))
-	}
-	if err != nil {
-		t.Fatalf("egress run as nobody: %v", err)
-	}
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port), hits
+}
+
+// checkNoEscape fails the test if the escape script reports a way out or
+// the host's listeners were reached.
+func checkNoEscape(t *testing.T, stdout string, hits *atomic.Int64) {
+	t.Helper()
 	for _, bad := range []string{"mem: opened", "ptrace: attached", "setns: joined", "ESCAPE"} {
-		if strings.Contains(stdout.String(), bad) {
+		if strings.Contains(stdout, bad) {
 			t.Errorf("the sandboxed command got out: %q", bad)
 		}
 	}

@@ -384,20 +384,7 @@ func TestRunRootless(t *testing.T) {
 	if _, err := os.Stat(py); err != nil {
 		t.Skip("no /usr/bin/python3 an unprivileged user can run")
 	}
-	dir, err := os.MkdirTemp("", "egress-rootless")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	os.Chmod(dir, 0o755)
-	exe := filepath.Join(dir, "egress.test")
-	data, err := os.ReadFile(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(exe, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := nobodyDir(t)
 	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	defer ok.Close()
 	okPort := ok.Listener.Addr().(*net.TCPAddr).Port
@@ -420,27 +407,13 @@ print("caps:", [l.split()[1] for l in open("/proc/self/status") if l.startswith(
 	if err := os.WriteFile(scriptFile, []byte(script), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(exe, "-test.run=^TestRunHelperProcess$")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "EGRESS_RUN_HELPER=1", "EGRESS_RUN_ARGS="+strings.Join([]string{
-		"run", "--allow", "127.0.0.1:" + strconv.Itoa(okPort), "--", py, scriptFile, strconv.Itoa(okPort), "9"}, "\n"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
-	t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
-	if cmd.ProcessState != nil && cmd.ProcessState.ExitCode() == 125 {
-		t.Skipf("unprivileged user namespaces are not available: %s", strings.TrimSpace(stderr.String()))
-	}
-	if err != nil {
-		t.Fatalf("egress run as nobody: %v", err)
-	}
+	stdout, stderr := runAsNobody(t, dir, "run", "--allow", "127.0.0.1:"+strconv.Itoa(okPort), "--", py, scriptFile, strconv.Itoa(okPort), "9")
 	for _, want := range []string{"allowed: HTTP/1.0 200", "denied: ConnectionResetError", "uid: 65534", "caps: 0000000000000000"} {
-		if !strings.Contains(stdout.String(), want) {
+		if !strings.Contains(stdout, want) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
-	if !strings.Contains(stderr.String(), "1 reached, 1 denied") {
+	if !strings.Contains(stderr, "1 reached, 1 denied") {
 		t.Errorf("summary lacks the counts")
 	}
 }
@@ -563,4 +536,46 @@ print("denied:", greeting(addr, %d))
 			t.Errorf("output lacks %q", want)
 		}
 	}
+}
+
+// nobodyDir is a directory user nobody can read, holding a copy of this
+// test binary (egress.test), for runAsNobody.
+func nobodyDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "egress-nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	data, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "egress.test"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// runAsNobody runs egress with args as user nobody (uid 65534), from the
+// copy of the test binary in dir, and returns what it printed. It skips
+// where unprivileged user namespaces are unavailable (exit 125).
+func runAsNobody(t *testing.T, dir string, args ...string) (stdout, stderr string) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(dir, "egress.test"), "-test.run=^TestRunHelperProcess$")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "EGRESS_RUN_HELPER=1", "EGRESS_RUN_ARGS="+strings.Join(args, "\n"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	t.Logf("stdout:\n%s\nstderr:\n%s", out.String(), errb.String())
+	if cmd.ProcessState != nil && cmd.ProcessState.ExitCode() == 125 {
+		t.Skipf("unprivileged user namespaces are not available: %s", strings.TrimSpace(errb.String()))
+	}
+	if err != nil {
+		t.Fatalf("egress run as nobody: %v", err)
+	}
+	return out.String(), errb.String()
 }
