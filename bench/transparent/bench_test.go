@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/egress-proxy/egress/internal/testnet"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/transparent"
@@ -25,39 +26,24 @@ const chunk = 1 << 20
 // bytes a second (0: as fast as it can), like an upstream behind a link of
 // that speed.
 func sink(b *testing.B, rate int64) *net.TCPAddr {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { l.Close() })
-	go func() {
+	return testnet.ServeTCP(b, func(c net.Conn) {
+		if rate == 0 {
+			io.Copy(io.Discard, c)
+			return
+		}
+		buf := make([]byte, 64<<10)
+		start, n := time.Now(), int64(0)
 		for {
-			c, err := l.Accept()
+			m, err := c.Read(buf)
+			n += int64(m)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				if rate == 0 {
-					io.Copy(io.Discard, c)
-					return
-				}
-				buf := make([]byte, 64<<10)
-				start, n := time.Now(), int64(0)
-				for {
-					m, err := c.Read(buf)
-					n += int64(m)
-					if err != nil {
-						return
-					}
-					if ahead := time.Duration(n*int64(time.Second)/rate) - time.Since(start); ahead > 0 {
-						time.Sleep(ahead)
-					}
-				}
-			}()
+			if ahead := time.Duration(n*int64(time.Second)/rate) - time.Since(start); ahead > 0 {
+				time.Sleep(ahead)
+			}
 		}
-	}()
-	return l.Addr().(*net.TCPAddr)
+	})
 }
 
 func pump(b *testing.B, c net.Conn) {

@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/egress-proxy/egress/internal/testnet"
 )
 
 // egressChild is egress serve run as a child process (see
@@ -248,24 +250,7 @@ func TestReloadUnderLoad(t *testing.T) {
 
 func startEcho(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return l.Addr().String()
+	return testnet.ServeTCP(t, func(c net.Conn) { io.Copy(c, c) }).String()
 }
 
 // openTunnel opens a CONNECT tunnel to target through the proxy.

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/egress-proxy/egress/internal/testnet"
 )
 
 // escapeScript tries to leave the sandbox's network namespace other than
@@ -104,24 +106,12 @@ func TestSecuritySandboxEscapeRootless(t *testing.T) {
 // allows, and counts every connection that reaches it (answering ESCAPE).
 func escapeTarget(t *testing.T) (port string, hits *atomic.Int64) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
 	hits = new(atomic.Int64)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			hits.Add(1)
-			c.Write([]byte("ESCAPE"))
-			c.Close()
-		}
-	}()
-	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port), hits
+	addr := testnet.ServeTCP(t, func(c net.Conn) {
+		hits.Add(1)
+		c.Write([]byte("ESCAPE"))
+	})
+	return strconv.Itoa(addr.Port), hits
 }
 
 // checkNoEscape fails the test if the escape script reports a way out or

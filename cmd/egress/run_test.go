@@ -25,6 +25,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/egress-proxy/egress/internal/testnet"
 )
 
 // TestRunHelperProcess is not a test: it is egress run, started by the
@@ -227,22 +229,7 @@ func dnsUpstream(t *testing.T, records map[string]string) string {
 
 func greeterOrigin(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(c, "db ready\n")
-			c.Close()
-		}
-	}()
-	return l.Addr().(*net.TCPAddr).Port
+	return testnet.ServeTCP(t, func(c net.Conn) { io.WriteString(c, "db ready\n") }).Port
 }
 
 type scriptResult struct {

@@ -30,6 +30,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/egress-proxy/egress/internal/testnet"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
@@ -280,29 +281,14 @@ func firstLine(s string) string {
 // half-close through a tunnel.
 func echoServer(t *testing.T, half bool) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if half {
-					n, _ := io.Copy(io.Discard, c)
-					fmt.Fprintf(c, "got %d bytes", n)
-					return
-				}
-				io.Copy(c, c)
-			}()
+	return testnet.ServeTCP(t, func(c net.Conn) {
+		if half {
+			n, _ := io.Copy(io.Discard, c)
+			fmt.Fprintf(c, "got %d bytes", n)
+			return
 		}
-	}()
-	return l.Addr().String()
+		io.Copy(c, c)
+	}).String()
 }
 
 // fullBacklog returns a loopback listener that never accepts and whose

@@ -22,6 +22,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/egress-proxy/egress/internal/testnet"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
@@ -71,25 +72,10 @@ func (r *recorder) next(t *testing.T) eventlog.Entry {
 // writes a greeting, then echoes.
 func greeter(t *testing.T) *net.TCPAddr {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.WriteString(c, "220 greeter ready\r\n")
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return l.Addr().(*net.TCPAddr)
+	return testnet.ServeTCP(t, func(c net.Conn) {
+		io.WriteString(c, "220 greeter ready\r\n")
+		io.Copy(c, c)
+	})
 }
 
 type fixture struct {

@@ -1,0 +1,34 @@
+// Package testnet holds the loopback servers egress's tests and
+// benchmarks start: real sockets on 127.0.0.1, closed when the test ends.
+// It is imported by tests only.
+package testnet
+
+import (
+	"net"
+	"testing"
+)
+
+// ServeTCP listens on 127.0.0.1:0 and runs handle on each accepted
+// connection in its own goroutine, closing the connection when handle
+// returns. The listener closes when tb ends.
+func ServeTCP(tb testing.TB, handle func(net.Conn)) *net.TCPAddr {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr)
+}
