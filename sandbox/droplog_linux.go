@@ -14,7 +14,8 @@ import (
 
 // Drop is one packet the namespace's rules refused (see Configure).
 type Drop struct {
-	Proto string         // "udp", "icmp", "ipv6-icmp" or the protocol number
+	Proto string         // "tcp", "udp", "icmp", "ipv6-icmp" or the protocol number
+	Src   netip.AddrPort // the sender; port 0 when the protocol has none
 	Dst   netip.AddrPort // port 0 when the protocol has none
 }
 
@@ -119,8 +120,15 @@ type DropLog struct {
 
 // newDropLog starts reading f, calling fn for each refused packet.
 func newDropLog(f *os.File, fn func(Drop)) *DropLog {
+	// os.NewFile polls a descriptor only if it is non-blocking when the
+	// File is made: make a new one, or packets would be read only at Close.
+	if fd, err := unix.Dup(int(f.Fd())); err == nil {
+		unix.CloseOnExec(fd)
+		unix.SetNonblock(fd, true)
+		f.Close()
+		f = os.NewFile(uintptr(fd), "nflog")
+	}
 	d := &DropLog{f: f, fn: fn, done: make(chan struct{}), buf: make([]byte, dropLogReadBufSize)}
-	unix.SetNonblock(int(f.Fd()), true)
 	go d.run()
 	return d
 }
@@ -211,7 +219,7 @@ func parsePacket(p []byte) (Drop, bool) {
 		return Drop{}, false
 	}
 	var proto byte
-	var dst netip.Addr
+	var src, dst netip.Addr
 	var l4 []byte
 	switch p[0] >> 4 {
 	case 4:
@@ -220,6 +228,7 @@ func parsePacket(p []byte) (Drop, bool) {
 		}
 		ihl := int(p[0]&0x0f) * 4
 		proto = p[9]
+		src = netip.AddrFrom4([4]byte(p[12:16]))
 		dst = netip.AddrFrom4([4]byte(p[16:20]))
 		if ihl <= len(p) {
 			l4 = p[ihl:]
@@ -229,16 +238,18 @@ func parsePacket(p []byte) (Drop, bool) {
 			return Drop{}, false
 		}
 		proto = p[6]
+		src = netip.AddrFrom16([16]byte(p[8:24]))
 		dst = netip.AddrFrom16([16]byte(p[24:40]))
 		l4 = p[40:]
 	default:
 		return Drop{}, false
 	}
-	d := Drop{Dst: netip.AddrPortFrom(dst, 0)}
+	d := Drop{Src: netip.AddrPortFrom(src, 0), Dst: netip.AddrPortFrom(dst, 0)}
 	switch proto {
 	case unix.IPPROTO_UDP, unix.IPPROTO_TCP, unix.IPPROTO_SCTP, unix.IPPROTO_UDPLITE:
 		d.Proto = map[byte]string{unix.IPPROTO_UDP: "udp", unix.IPPROTO_TCP: "tcp", unix.IPPROTO_SCTP: "sctp", unix.IPPROTO_UDPLITE: "udplite"}[proto]
 		if len(l4) >= 4 {
+			d.Src = netip.AddrPortFrom(src, binary.BigEndian.Uint16(l4[0:2]))
 			d.Dst = netip.AddrPortFrom(dst, binary.BigEndian.Uint16(l4[2:4]))
 		}
 	case unix.IPPROTO_ICMP:

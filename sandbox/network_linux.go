@@ -10,6 +10,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/egress-proxy/egress/policy"
 )
 
 // TableName is the nftables table (family inet) Configure installs.
@@ -25,6 +27,10 @@ type Redirect struct {
 	// LogGroup is the NFLOG group dropped packets are copied to (see
 	// OpenDropLog); 0 logs nothing.
 	LogGroup uint16
+	// Filter, when set, refuses at connect() time the new TCP connections
+	// it refuses (see policy.ConnectFilter and addFilterRules); nil sends
+	// every TCP connection to TCP.
+	Filter *policy.ConnectFilter
 }
 
 // Configure sets up the current network namespace, which must be new and
@@ -123,13 +129,6 @@ func configureNftables(r Redirect) error {
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityRef(-150),
 		Policy: ptr(nftables.ChainPolicyAccept),
 	})
-	accept := func(e ...[]expr.Any) {
-		c.AddRule(&nftables.Rule{Table: t, Chain: filter, Exprs: concat(append(e, verdict(expr.VerdictAccept))...)})
-	}
-	accept(l4(unix.IPPROTO_TCP))
-	accept(l4(unix.IPPROTO_UDP), dport(53))
-	accept(loopbackDst(unix.NFPROTO_IPV4))
-	accept(loopbackDst(unix.NFPROTO_IPV6))
 	logged := func(prefix string) []expr.Any {
 		if r.LogGroup == 0 {
 			return nil
@@ -141,6 +140,18 @@ func configureNftables(r Redirect) error {
 			Snaplen: 128, // IP and transport headers are all we read
 		}}
 	}
+	accept := func(e ...[]expr.Any) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: filter, Exprs: concat(append(e, verdict(expr.VerdictAccept))...)})
+	}
+	if r.Filter != nil {
+		if err := addFilterRules(c, t, filter, r.Filter, r.Exempt, logged); err != nil {
+			return err
+		}
+	}
+	accept(l4(unix.IPPROTO_TCP))
+	accept(l4(unix.IPPROTO_UDP), dport(53))
+	accept(loopbackDst(unix.NFPROTO_IPV4))
+	accept(loopbackDst(unix.NFPROTO_IPV6))
 	c.AddRule(&nftables.Rule{Table: t, Chain: filter, Exprs: concat(
 		l4(unix.IPPROTO_UDP), []expr.Any{&expr.Counter{}}, logged("udp"),
 		[]expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}})})

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -28,11 +29,17 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/egress-proxy/egress/policy"
 )
 
 // childEnv marks the re-executed egress as the sandbox's setup process;
 // its value is the descriptor of the socket back to the parent.
 const childEnv = "_EGRESS_SANDBOX_CHILD"
+
+// filterEnv, when set, is the descriptor of a file holding the connect
+// filter as JSON (see Config.Filter).
+const filterEnv = "_EGRESS_SANDBOX_FILTER"
 
 // logGroup is the NFLOG group of refused packets inside the namespace
 // (each namespace has its own groups).
@@ -66,6 +73,12 @@ type Config struct {
 	// ExeArgs are the arguments that make Exe reach MaybeChild, before
 	// the command's ("run" for egress).
 	ExeArgs []string
+	// Filter, when set, makes a connect() to a destination it refuses fail
+	// at once with ECONNREFUSED (a TCP reset to the SYN), as a firewall
+	// would, instead of reaching Transparent; Lease lets the addresses of
+	// allowed names through. Nil sends every TCP connection to
+	// Transparent, which can only refuse it after the kernel accepted it.
+	Filter *policy.ConnectFilter
 }
 
 // Sandbox is a running command and the listeners of its namespace. Serve
@@ -86,6 +99,7 @@ type Sandbox struct {
 
 	cmd    *exec.Cmd
 	nflog  *os.File
+	leases *leaser // nil without Config.Filter
 	drops  *DropLog
 	netns  string // "net:[inode]" of the namespace
 	closed bool
@@ -112,8 +126,8 @@ type message struct {
 	Error    string `json:"error,omitempty"`
 	HTTPPort uint16 `json:"http_port"`
 	DropLog  bool   `json:"drop_log"`
-	NetNS    string `json:"netns"` // readlink /proc/self/ns/net
-
+	Leases   bool   `json:"leases"` // the nftables socket follows the drop log's
+	NetNS    string `json:"netns"`  // readlink /proc/self/ns/net
 }
 
 // Start creates the namespace, its listeners and rules, and starts the
@@ -139,7 +153,18 @@ func Start(cfg Config) (*Sandbox, error) {
 	if env == nil {
 		env = os.Environ()
 	}
-	env = append(withoutVar(env, childEnv), childEnv+"=3")
+	env = append(withoutVar(withoutVar(env, childEnv), filterEnv), childEnv+"=3")
+	extra := []*os.File{childEnd}
+	if cfg.Filter != nil {
+		ff, err := filterFile(cfg.Filter)
+		if err != nil {
+			childEnd.Close()
+			return nil, err
+		}
+		defer ff.Close()
+		extra = append(extra, ff)
+		env = append(env, filterEnv+"=4")
+	}
 	cmd := &exec.Cmd{
 		Path:       exe,
 		Args:       append(append([]string{"egress"}, cfg.ExeArgs...), cfg.Args...),
@@ -147,7 +172,7 @@ func Start(cfg Config) (*Sandbox, error) {
 		Stdin:      cfg.Stdin,
 		Stdout:     cfg.Stdout,
 		Stderr:     cfg.Stderr,
-		ExtraFiles: []*os.File{childEnd},
+		ExtraFiles: extra,
 	}
 	if cmd.Stdin == nil {
 		cmd.Stdin = os.Stdin
@@ -218,8 +243,22 @@ func Start(cfg Config) (*Sandbox, error) {
 		return nil, fmt.Errorf("sandbox: dns socket: %w", err)
 	}
 	sb.Transparent, sb.HTTP, sb.DNSTCP, sb.DNS = ls[0], ls[1], ls[2], pc
-	if msg.DropLog && len(files) > 4 {
-		sb.nflog = files[4]
+	rest := files[4:]
+	if msg.DropLog && len(rest) > 0 {
+		sb.nflog, rest = rest[0], rest[1:]
+	}
+	if msg.Leases && len(rest) > 0 {
+		sb.leases, rest = newLeaser(rest[0]), rest[1:]
+	}
+	for _, f := range rest {
+		f.Close()
+	}
+	if cfg.Filter != nil && sb.leases == nil {
+		sb.closeListeners(ls)
+		pc.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, errors.New("sandbox: the namespace handed over no nftables socket for the connect filter")
 	}
 	sb.ProxyURL = "http://127.0.0.1:" + strconv.Itoa(int(msg.HTTPPort))
 	sb.netns = msg.NetNS
@@ -290,7 +329,64 @@ func (sb *Sandbox) Close() error {
 	} else if sb.nflog != nil {
 		sb.nflog.Close()
 	}
+	if sb.leases != nil {
+		sb.leases.close()
+	}
 	return nil
+}
+
+// Lease lets new connections to addr on ports (on every port when all)
+// through the connect filter for d, and returns once the kernel has it:
+// call it before a DNS answer with addr reaches the command. Connections
+// opened meanwhile outlive the lease. It fails without Config.Filter.
+func (sb *Sandbox) Lease(addr netip.Addr, ports []policy.PortRange, all bool, d time.Duration) error {
+	if sb.leases == nil {
+		return errNoLeases
+	}
+	return sb.leases.lease(addr, ports, all, d)
+}
+
+// filterFile writes f as JSON to an anonymous file the setup process
+// inherits.
+func filterFile(f *policy.ConnectFilter) (*os.File, error) {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: connect filter: %w", err)
+	}
+	fd, err := unix.MemfdCreate("egress-filter", 0)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: connect filter: %w", err)
+	}
+	file := os.NewFile(uintptr(fd), "egress-filter")
+	if _, err := file.Write(b); err != nil {
+		file.Close()
+		return nil, fmt.Errorf("sandbox: connect filter: %w", err)
+	}
+	return file, nil
+}
+
+// readFilter reads the connect filter the parent passed, if any.
+func readFilter() (*policy.ConnectFilter, error) {
+	v, ok := os.LookupEnv(filterEnv)
+	if !ok {
+		return nil, nil
+	}
+	os.Unsetenv(filterEnv)
+	fd, err := strconv.Atoi(v)
+	if err != nil {
+		return nil, fmt.Errorf("bad %s", filterEnv)
+	}
+	f := os.NewFile(uintptr(fd), "egress-filter")
+	defer f.Close()
+	b, err := io.ReadAll(io.NewSectionReader(f, 0, 1<<30))
+	if err != nil {
+		return nil, fmt.Errorf("read connect filter: %w", err)
+	}
+	var cf policy.ConnectFilter
+	if err := json.Unmarshal(b, &cf); err != nil {
+		return nil, fmt.Errorf("read connect filter: %w", err)
+	}
+	return &cf, nil
 }
 
 // receive reads the setup process's message and descriptors.
@@ -400,18 +496,31 @@ func child(sock *os.File, args []string, stderr io.Writer) int {
 		files = append(files, f)
 		ports = append(ports, port)
 	}
-	r := Redirect{TCP: ports[0], DNS: ports[2], DNSTCP: ports[3], Exempt: []uint16{ports[0], ports[1], ports[3]}, LogGroup: logGroup}
+	filter, err := readFilter()
+	if err != nil {
+		return fail(err)
+	}
+	r := Redirect{TCP: ports[0], DNS: ports[2], DNSTCP: ports[3], Exempt: []uint16{ports[0], ports[1], ports[3]}, LogGroup: logGroup, Filter: filter}
 	nflog, err := openDropLog(logGroup)
 	if err != nil {
 		r.LogGroup = 0 // refused packets are still refused, just not reported
 	}
+	var leases *os.File
+	if filter != nil {
+		if leases, err = openLeaseSocket(); err != nil {
+			return fail(err)
+		}
+	}
 	if err := Configure(r); err != nil {
 		return fail(err)
 	}
-	msg := message{HTTPPort: ports[1], DropLog: nflog != nil}
+	msg := message{HTTPPort: ports[1], DropLog: nflog != nil, Leases: leases != nil}
 	msg.NetNS, _ = os.Readlink("/proc/self/ns/net")
 	if nflog != nil {
 		files = append(files, nflog)
+	}
+	if leases != nil {
+		files = append(files, leases)
 	}
 	fds := make([]int, len(files))
 	for i, f := range files {

@@ -11,6 +11,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"time"
+
+	"github.com/egress-proxy/egress/policy"
 )
 
 // Exit codes of a sandbox that could not run its command.
@@ -28,6 +31,7 @@ type Config struct {
 	Stdout, Stderr io.Writer
 	Exe            string
 	ExeArgs        []string
+	Filter         *policy.ConnectFilter
 }
 
 // Sandbox is a running command and the listeners of its namespace.
@@ -41,6 +45,7 @@ type Sandbox struct {
 // Drop is one packet the namespace's rules refused.
 type Drop struct {
 	Proto string
+	Src   netip.AddrPort
 	Dst   netip.AddrPort
 }
 
@@ -68,3 +73,6 @@ func (sb *Sandbox) ReadDrops(func(Drop))                 {}
 func (sb *Sandbox) Wait() (int, error)                   { return ExitSetupFailed, errUnsupported }
 func (sb *Sandbox) Close() error                         { return nil }
 func (sb *Sandbox) Owner(netip.AddrPort) (Process, bool) { return Process{}, false }
+func (sb *Sandbox) Lease(netip.Addr, []policy.PortRange, bool, time.Duration) error {
+	return errUnsupported
+}

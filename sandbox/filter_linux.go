@@ -1,0 +1,407 @@
+package sandbox
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
+	"github.com/egress-proxy/egress/policy"
+)
+
+// The sets of address leases (see Sandbox.Lease): an address and a port,
+// or an address on every port, per family.
+const (
+	setLease4    = "lease4"
+	setLease6    = "lease6"
+	setLeaseAll4 = "leaseall4"
+	setLeaseAll6 = "leaseall6"
+)
+
+// maxLeasePorts is how many ports of a lease are written one by one; a
+// lease on more ports covers every port (a superset: the transparent
+// listener still decides on the port).
+const maxLeasePorts = 64
+
+// maxFilterRules bounds the rules a connect filter may add to the chain
+// (nftables walks them one by one for each new connection). A policy
+// needing more is passed whole to the transparent listener, as without a
+// filter.
+const maxFilterRules = 4096
+
+// addFilterRules adds to chain, before anything accepts TCP, the rules of
+// the connect filter f: a new TCP connection (conntrack state new, so an
+// established connection outlives its lease) to a leased or allowed
+// destination goes on to the NAT redirect, one that f refuses is copied to
+// NFLOG (prefix "tcp") and answered with a TCP reset, which connect()
+// reports as ECONNREFUSED. Egress's own listeners on loopback (exempt) and
+// DNS over TCP always go on.
+func addFilterRules(c *nftables.Conn, t *nftables.Table, chain *nftables.Chain, f *policy.ConnectFilter, exempt []uint16, logged func(string) []expr.Any) error {
+	var rules [][]expr.Any
+	add := func(e ...[]expr.Any) { rules = append(rules, concat(e...)) }
+	newTCP := concat(l4(unix.IPPROTO_TCP), ctNew())
+	for _, p := range exempt {
+		for _, fam := range []byte{unix.NFPROTO_IPV4, unix.NFPROTO_IPV6} {
+			add(newTCP, loopbackDst(fam), dport(p), verdict(expr.VerdictAccept))
+		}
+	}
+	add(newTCP, dport(53), verdict(expr.VerdictAccept))
+
+	sets := []struct {
+		name string
+		fam  byte
+		key  nftables.SetDatatype
+		port bool
+	}{
+		{setLease4, unix.NFPROTO_IPV4, nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService), true},
+		{setLease6, unix.NFPROTO_IPV6, nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetService), true},
+		{setLeaseAll4, unix.NFPROTO_IPV4, nftables.TypeIPAddr, false},
+		{setLeaseAll6, unix.NFPROTO_IPV6, nftables.TypeIP6Addr, false},
+	}
+	for _, s := range sets {
+		set := &nftables.Set{Table: t, Name: s.name, KeyType: s.key, Concatenation: s.port, HasTimeout: true}
+		if err := c.AddSet(set, nil); err != nil {
+			return fmt.Errorf("add set %s: %w", s.name, err)
+		}
+		e := concat(newTCP, family(s.fam), daddr(s.fam, unix.NFT_REG_1))
+		if s.port {
+			// The port goes in the 32-bit register after the address
+			// (NFT_REG32_00 + 1 or + 4): a concatenation is read from
+			// consecutive registers.
+			next := uint32(unix.NFT_REG32_00 + 1)
+			if s.fam == unix.NFPROTO_IPV6 {
+				next = unix.NFT_REG32_00 + 4
+			}
+			e = append(e, &expr.Payload{DestRegister: next, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
+		}
+		e = append(e, &expr.Lookup{SourceRegister: unix.NFT_REG_1, SetName: s.name, SetID: set.ID})
+		add(e, verdict(expr.VerdictAccept))
+	}
+
+	for _, d := range f.Allow {
+		for _, m := range destMatches(d) {
+			add(newTCP, m, verdict(expr.VerdictAccept))
+		}
+	}
+	refuse := concat([]expr.Any{&expr.Counter{}}, logged("tcp"), []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})
+	if f.RefuseRest {
+		add(newTCP, refuse)
+	} else {
+		for _, d := range f.Refuse {
+			for _, m := range destMatches(d) {
+				add(newTCP, m, refuse)
+			}
+		}
+	}
+	if len(rules) > maxFilterRules {
+		return fmt.Errorf("the policy needs %d connect filter rules, more than %d", len(rules), maxFilterRules)
+	}
+	for _, e := range rules {
+		c.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: e})
+	}
+	return nil
+}
+
+// destMatches returns the matches of d, one per port range (a rule holds
+// one range).
+func destMatches(d policy.Dest) [][]expr.Any {
+	p := d.Prefix
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	p = p.Masked()
+	fam := byte(unix.NFPROTO_IPV6)
+	if p.Addr().Is4() {
+		fam = unix.NFPROTO_IPV4
+	}
+	m := family(fam)
+	if p.Bits() > 0 {
+		m = append(m, daddr(fam, 1)...)
+		if p.Bits() < p.Addr().BitLen() {
+			mask := netip.PrefixFrom(allOnes(p.Addr().BitLen()), p.Bits()).Masked().Addr().AsSlice()
+			m = append(m, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(len(mask)), Mask: mask, Xor: make([]byte, len(mask))})
+		}
+		m = append(m, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Addr().AsSlice()})
+	}
+	if len(d.Ports) == 0 {
+		return [][]expr.Any{m}
+	}
+	out := make([][]expr.Any, 0, len(d.Ports))
+	for _, pr := range d.Ports {
+		e := append(append([]expr.Any(nil), m...),
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: be16(pr.Lo), ToData: be16(pr.Hi)})
+		out = append(out, e)
+	}
+	return out
+}
+
+func allOnes(bits int) netip.Addr {
+	if bits == 32 {
+		return netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	}
+	var b [16]byte
+	for i := range b {
+		b[i] = 255
+	}
+	return netip.AddrFrom16(b)
+}
+
+// ctNew matches the first packet of a connection (conntrack state new).
+func ctNew() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+	}
+}
+
+func family(fam byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam}},
+	}
+}
+
+// daddr loads the destination address into reg.
+func daddr(fam byte, reg uint32) []expr.Any {
+	if fam == unix.NFPROTO_IPV4 {
+		return []expr.Any{&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}}
+	}
+	return []expr.Any{&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}}
+}
+
+// leaser writes address leases into the namespace's sets through a
+// NETLINK_NETFILTER socket opened inside the namespace, which works from
+// outside it: the kernel checks CAP_NET_ADMIN of the socket's opener and
+// of the sender over the namespace, and egress run, root or the owner of
+// the sandbox's user namespace, has it.
+type leaser struct {
+	mu   sync.Mutex
+	f    *os.File
+	seq  uint32
+	buf  []byte
+	have map[leaseKey]time.Time // when each lease written runs out
+}
+
+type leaseKey struct {
+	addr netip.Addr
+	port uint16 // 0: every port
+}
+
+// maxLeaseMemory bounds what the leaser remembers of the leases it wrote;
+// forgetting only costs a rewrite.
+const maxLeaseMemory = 65536
+
+// leaseSlack is how much longer a lease must become before it is
+// rewritten: a name looked up again and again costs no syscall.
+const leaseSlack = 5 * time.Second
+
+// openLeaseSocket opens the NETLINK_NETFILTER socket the leaser writes
+// through, in the current (the sandbox's) network namespace.
+func openLeaseSocket() (*os.File, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return nil, fmt.Errorf("nftables socket: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "nftables")
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("nftables socket bind: %w", err)
+	}
+	return f, nil
+}
+
+func newLeaser(f *os.File) *leaser {
+	// A reply is due at once; a second covers a kernel under load.
+	tv := unix.NsecToTimeval(time.Second.Nanoseconds())
+	unix.SetsockoptTimeval(int(f.Fd()), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	return &leaser{f: f, buf: make([]byte, 8192), have: map[leaseKey]time.Time{}}
+}
+
+// lease lets new connections to addr on ports (every port when all) through
+// the filter for d, and returns when the kernel has the elements.
+func (l *leaser) lease(addr netip.Addr, ports []policy.PortRange, all bool, d time.Duration) error {
+	addr = addr.Unmap().WithZone("")
+	n := 0
+	for _, pr := range ports {
+		n += int(pr.Hi-pr.Lo) + 1
+	}
+	if n > maxLeasePorts {
+		all = true
+	}
+	var keys []leaseKey
+	if all {
+		keys = []leaseKey{{addr: addr}}
+	} else {
+		for _, pr := range ports {
+			for p := int(pr.Lo); p <= int(pr.Hi); p++ {
+				keys = append(keys, leaseKey{addr, uint16(p)})
+			}
+		}
+	}
+	d = d.Round(time.Second)
+	now := time.Now()
+	until := now.Add(d)
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fresh := keys[:0]
+	for _, k := range keys {
+		if l.have[k].Before(until.Add(-leaseSlack)) {
+			fresh = append(fresh, k)
+		}
+	}
+	if len(fresh) == 0 {
+		return nil
+	}
+	if err := l.write(fresh, d); err != nil {
+		return err
+	}
+	if len(l.have) > maxLeaseMemory {
+		clear(l.have)
+	}
+	for _, k := range fresh {
+		l.have[k] = until
+	}
+	return nil
+}
+
+// nf_tables netlink constants (linux/netfilter/nf_tables.h, nfnetlink.h).
+const (
+	nfnlSubsysNFTables = 10
+	nfnlMsgBatchBegin  = 0x10
+	nfnlMsgBatchEnd    = 0x11
+	nftMsgNewSetElem   = 12
+
+	nftaSetElemListTable    = 1
+	nftaSetElemListSet      = 2
+	nftaSetElemListElements = 3
+	nftaListElem            = 1
+	nftaSetElemKey          = 1
+	nftaSetElemTimeout      = 4
+	nftaDataValue           = 1
+)
+
+// write sends one batch adding (or, for elements already there, renewing:
+// Linux 6.10 and later update an element's timeout) the elements of keys
+// with timeout d, and waits for the kernel's answer.
+func (l *leaser) write(keys []leaseKey, d time.Duration) error {
+	bySet := map[string][]byte{}
+	var order []string
+	for _, k := range keys {
+		set := setLeaseAll6
+		key := k.addr.AsSlice()
+		switch {
+		case k.port != 0 && k.addr.Is4():
+			set = setLease4
+		case k.port != 0:
+			set = setLease6
+		case k.addr.Is4():
+			set = setLeaseAll4
+		}
+		if k.port != 0 {
+			// The port fills a 32-bit register of its own.
+			key = append(key, byte(k.port>>8), byte(k.port), 0, 0)
+		}
+		var ms [8]byte
+		binary.BigEndian.PutUint64(ms[:], uint64(d.Milliseconds()))
+		elem := nlattr(nftaListElem|unix.NLA_F_NESTED, concatBytes(
+			nlattr(nftaSetElemKey|unix.NLA_F_NESTED, nlattr(nftaDataValue, key)),
+			nlattr(nftaSetElemTimeout, ms[:]),
+		))
+		if _, ok := bySet[set]; !ok {
+			order = append(order, set)
+		}
+		bySet[set] = append(bySet[set], elem...)
+	}
+	var msg []byte
+	l.seq++
+	first := l.seq
+	msg = append(msg, nlmsg(nfnlMsgBatchBegin, unix.NLM_F_REQUEST, l.seq, unix.AF_UNSPEC, nfnlSubsysNFTables, nil)...)
+	var want []uint32
+	for _, set := range order {
+		l.seq++
+		want = append(want, l.seq)
+		msg = append(msg, nlmsg(nfnlSubsysNFTables<<8|nftMsgNewSetElem,
+			unix.NLM_F_REQUEST|unix.NLM_F_CREATE|unix.NLM_F_ACK, l.seq, unix.NFPROTO_INET, 0, concatBytes(
+				nlattr(nftaSetElemListTable, cstring(TableName)),
+				nlattr(nftaSetElemListSet, cstring(set)),
+				nlattr(nftaSetElemListElements|unix.NLA_F_NESTED, bySet[set]),
+			))...)
+	}
+	l.seq++
+	msg = append(msg, nlmsg(nfnlMsgBatchEnd, unix.NLM_F_REQUEST, l.seq, unix.AF_UNSPEC, nfnlSubsysNFTables, nil)...)
+	fd := int(l.f.Fd())
+	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("write lease: %w", err)
+	}
+	for len(want) > 0 {
+		n, _, err := unix.Recvfrom(fd, l.buf, 0)
+		if err != nil {
+			return fmt.Errorf("write lease: no answer from the kernel: %w", err)
+		}
+		b := l.buf[:n]
+		for len(b) >= unix.NLMSG_HDRLEN {
+			ml := int(binary.NativeEndian.Uint32(b[0:]))
+			if ml < unix.NLMSG_HDRLEN || ml > len(b) {
+				break
+			}
+			typ := binary.NativeEndian.Uint16(b[4:])
+			seq := binary.NativeEndian.Uint32(b[8:])
+			if typ == unix.NLMSG_ERROR && ml >= unix.NLMSG_HDRLEN+4 && seq >= first {
+				if code := int32(binary.NativeEndian.Uint32(b[unix.NLMSG_HDRLEN:])); code != 0 {
+					return fmt.Errorf("write lease: %w", unix.Errno(-code))
+				}
+				for i, w := range want {
+					if w == seq {
+						want = append(want[:i], want[i+1:]...)
+						break
+					}
+				}
+			}
+			b = b[min((ml+3)&^3, len(b)):]
+		}
+	}
+	return nil
+}
+
+func (l *leaser) close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.f.Close()
+}
+
+// nlmsg is one netlink message with a struct nfgenmsg header.
+func nlmsg(typ, flags uint16, seq uint32, fam byte, resID uint16, attrs []byte) []byte {
+	b := make([]byte, unix.NLMSG_HDRLEN+4, unix.NLMSG_HDRLEN+4+len(attrs))
+	b = append(b, attrs...)
+	binary.NativeEndian.PutUint32(b[0:], uint32(len(b)))
+	binary.NativeEndian.PutUint16(b[4:], typ)
+	binary.NativeEndian.PutUint16(b[6:], flags)
+	binary.NativeEndian.PutUint32(b[8:], seq)
+	b[16], b[17] = fam, 0
+	binary.BigEndian.PutUint16(b[18:], resID)
+	return b
+}
+
+func concatBytes(parts ...[]byte) []byte {
+	var out []byte
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+func cstring(s string) []byte { return append([]byte(s), 0) }
+
+var errNoLeases = errors.New("sandbox: no connect filter")

@@ -1,0 +1,179 @@
+//go:build linux
+
+package sandbox
+
+import (
+	"bufio"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/egress-proxy/egress/policy"
+)
+
+// connectProbe connects to each destination named on a line of standard
+// input and prints "open", or the errno's name and how long connect() took.
+// Nothing leaves the sandbox's namespace: it has no interface but lo, and
+// nobody serves the transparent listener, whose backlog takes what passes.
+const connectProbe = `
+import errno, socket, sys, time
+for line in iter(sys.stdin.readline, ""):
+    host, port = line.split()
+    t = time.time()
+    try:
+        s = socket.create_connection((host, int(port)), timeout=5)
+        r = "open"
+    except socket.error as e:
+        r = "%s %d" % (errno.errorcode.get(e.errno, e.errno), (time.time() - t) * 1000)
+    print(r)
+    sys.stdout.flush()
+`
+
+// probeSandbox starts connectProbe in a sandbox with filter f; ask sends it
+// a destination and returns its answer.
+func probeSandbox(t *testing.T, f *policy.ConnectFilter) (sb *Sandbox, ask func(dst string) string) {
+	t.Helper()
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("needs python3")
+	}
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	sb, err := Start(Config{Args: []string{"python3", "-c", connectProbe}, ExeArgs: []string{"-test.run=^$", "--"},
+		Stdin: inR, Stdout: outW, Stderr: os.Stderr, Filter: f})
+	if err != nil {
+		if strings.Contains(err.Error(), "namespace") {
+			t.Skipf("cannot create the sandbox here: %v", err)
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		inW.Close()
+		sb.Wait()
+		sb.Close()
+		outW.Close()
+	})
+	lines := bufio.NewScanner(outR)
+	return sb, func(dst string) string {
+		t.Helper()
+		i := strings.LastIndexByte(dst, ':')
+		io.WriteString(inW, strings.Trim(dst[:i], "[]")+" "+dst[i+1:]+"\n")
+		if !lines.Scan() {
+			t.Fatalf("the probe stopped: %v", lines.Err())
+		}
+		return lines.Text()
+	}
+}
+
+func TestConnectFilter(t *testing.T) {
+	t.Run("default deny refuses at connect what is neither allowed nor leased", func(t *testing.T) {
+		f := &policy.ConnectFilter{RefuseRest: true, Allow: []policy.Dest{
+			{Prefix: netip.MustParsePrefix("192.0.2.0/28"), Ports: []policy.PortRange{{Lo: 443, Hi: 443}, {Lo: 8000, Hi: 8100}}},
+			{Prefix: netip.MustParsePrefix("2001:db8::/64")},
+		}}
+		sb, ask := probeSandbox(t, f)
+		drops := make(chan Drop, 20)
+		sb.ReadDrops(func(d Drop) { drops <- d })
+		for _, tt := range []struct{ dst, want string }{
+			{"192.0.2.1:443", "open"},
+			{"192.0.2.1:8050", "open"},
+			{"192.0.2.1:5432", "ECONNREFUSED"},
+			{"192.0.2.20:443", "ECONNREFUSED"},
+			{"[2001:db8::7]:5432", "open"},
+			{"[2001:db8:1::7]:5432", "ECONNREFUSED"},
+			{"127.0.0.1:5432", "ECONNREFUSED"},
+			{"[::1]:5432", "ECONNREFUSED"},
+		} {
+			got := ask(tt.dst)
+			if !strings.HasPrefix(got, tt.want) {
+				t.Errorf("connect %s: %s, want %s", tt.dst, got, tt.want)
+				continue
+			}
+			if tt.want != "open" {
+				select {
+				case d := <-drops:
+					if d.Proto != "tcp" || d.Dst.String() != tt.dst || !d.Src.Addr().IsLoopback() || d.Src.Port() == 0 {
+						t.Errorf("refusal of %s logged as %+v", tt.dst, d)
+					}
+				case <-time.After(2 * time.Second):
+					t.Errorf("refusal of %s was not logged", tt.dst)
+				}
+			}
+		}
+	})
+
+	t.Run("a lease opens an address on its ports, and a renewal makes it last longer", func(t *testing.T) {
+		sb, ask := probeSandbox(t, &policy.ConnectFilter{RefuseRest: true})
+		a := netip.MustParseAddr("192.0.2.5")
+		if got := ask("192.0.2.5:5432"); !strings.HasPrefix(got, "ECONNREFUSED") {
+			t.Fatalf("before the lease: %s", got)
+		}
+		if err := sb.Lease(a, []policy.PortRange{{Lo: 5432, Hi: 5432}}, false, 2*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if err := sb.Lease(netip.MustParseAddr("2001:db8::5"), nil, true, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		for _, tt := range []struct{ dst, want string }{
+			{"192.0.2.5:5432", "open"},
+			{"192.0.2.5:5433", "ECONNREFUSED"},
+			{"[2001:db8::5]:1", "open"},
+			{"[2001:db8::5]:65535", "open"},
+		} {
+			if got := ask(tt.dst); !strings.HasPrefix(got, tt.want) {
+				t.Errorf("connect %s: %s, want %s", tt.dst, got, tt.want)
+			}
+		}
+		// Renewing a lease makes it last longer.
+		if err := sb.Lease(a, []policy.PortRange{{Lo: 5432, Hi: 5432}}, false, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Second)
+		if got := ask("192.0.2.5:5432"); got != "open" {
+			t.Errorf("after a renewal: %s", got)
+		}
+	})
+
+	t.Run("a lease runs out", func(t *testing.T) {
+		sb, ask := probeSandbox(t, &policy.ConnectFilter{RefuseRest: true})
+		if err := sb.Lease(netip.MustParseAddr("192.0.2.6"), []policy.PortRange{{Lo: 80, Hi: 81}}, false, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if got := ask("192.0.2.6:81"); got != "open" {
+			t.Fatalf("during the lease: %s", got)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got := ask("192.0.2.6:81")
+			if strings.HasPrefix(got, "ECONNREFUSED") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the lease never ran out: %s", got)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+
+	t.Run("default allow refuses only the refused ranges", func(t *testing.T) {
+		_, ask := probeSandbox(t, &policy.ConnectFilter{Refuse: []policy.Dest{
+			{Prefix: netip.MustParsePrefix("10.0.0.0/8")},
+			{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Ports: []policy.PortRange{{Lo: 25, Hi: 25}}},
+			{Prefix: netip.MustParsePrefix("fc00::/7")},
+		}})
+		for _, tt := range []struct{ dst, want string }{
+			{"10.1.2.3:443", "ECONNREFUSED"},
+			{"192.0.2.1:25", "ECONNREFUSED"},
+			{"192.0.2.1:443", "open"},
+			{"[fd00::1]:443", "ECONNREFUSED"},
+			{"[2001:db8::1]:443", "open"},
+		} {
+			if got := ask(tt.dst); !strings.HasPrefix(got, tt.want) {
+				t.Errorf("connect %s: %s, want %s", tt.dst, got, tt.want)
+			}
+		}
+	})
+}
