@@ -130,3 +130,18 @@ func (n *nameNode) each(rem string, fn func(crule)) {
 		n.star.each(next, fn)
 	}
 }
+
+// Refuses reports whether the filter could refuse a connection to addr on
+// some port, leases aside: whether a lease on addr changes anything.
+func (f *ConnectFilter) Refuses(addr netip.Addr) bool {
+	if f.RefuseRest {
+		return true
+	}
+	addr = addr.Unmap()
+	for _, d := range f.Refuse {
+		if d.Prefix.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}

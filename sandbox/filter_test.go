@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -176,4 +177,65 @@ func TestConnectFilter(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestConnectFilterOpenConnectionOutlivesLease(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("needs python3")
+	}
+	var out strings.Builder
+	inR, inW := io.Pipe()
+	// Connect while the lease holds, wait until it has run out, then use
+	// the connection again and try a new one.
+	sb, err := Start(Config{Args: []string{"python3", "-c", `
+import errno, socket, sys
+s = socket.create_connection(("192.0.2.7", 5432), timeout=5)
+s.sendall(b"a"); print(s.recv(1).decode())
+sys.stdout.flush()
+sys.stdin.readline()
+s.sendall(b"b"); print(s.recv(1).decode())
+try:
+    socket.create_connection(("192.0.2.7", 5432), timeout=5)
+    print("open")
+except socket.error as e:
+    print(errno.errorcode[e.errno])
+`}, ExeArgs: []string{"-test.run=^$", "--"}, Stdin: inR, Stdout: &syncWriter{w: &out}, Stderr: os.Stderr,
+		Filter: &policy.ConnectFilter{RefuseRest: true}})
+	if err != nil {
+		if strings.Contains(err.Error(), "namespace") {
+			t.Skipf("cannot create the sandbox here: %v", err)
+		}
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	if err := sb.Lease(netip.MustParseAddr("192.0.2.7"), []policy.PortRange{{Lo: 5432, Hi: 5432}}, false, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Serve: echo what arrives (the probe's connection, redirected here).
+	go func() {
+		c, err := sb.Transparent.Accept()
+		if err != nil {
+			return
+		}
+		io.Copy(c, c)
+	}()
+	time.Sleep(2500 * time.Millisecond) // the lease (1 s) runs out meanwhile
+	io.WriteString(inW, "go on\n")
+	inW.Close()
+	code, _ := sb.Wait()
+	if got := out.String(); code != 0 || got != "a\nb\nECONNREFUSED\n" {
+		t.Fatalf("exit %d, output %q; want the open connection to keep working and a new one refused", code, got)
+	}
+}
+
+// syncWriter serialises writes for a Stdout the test reads afterwards.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }

@@ -33,6 +33,11 @@ import (
 // once it has exited (its background children may still use them).
 const runDrain = time.Second
 
+// leaseGrace is how long past its TTL (raised to names.DefaultMinTTL) a
+// DNS answer keeps its address open in the sandbox's connect filter and
+// known to the transparent path: clients use answers past their TTL.
+const leaseGrace = time.Minute
+
 // runExeArgs are the arguments that bring a re-executed egress to cmdRun,
 // where the sandbox's setup process takes over (see sandbox.MaybeChild).
 // Tests, whose executable is the test binary, replace them.
@@ -57,6 +62,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	logFile := fs.String("log", "", "write the JSON log of every connection and query to `FILE`")
 	peek := fs.Duration("peek-timeout", transparent.DefaultPeekTimeout, "how long to wait for a raw connection's first bytes (TLS SNI, HTTP Host) before deciding on its address")
 	quiet := fs.Bool("quiet", false, "print no live denials and no summary")
+	acceptFirst := fs.Bool("refuse-after-accept", false, "let every TCP connection open and refuse denied ones afterwards with a reset (default: a denied connect() fails at once with ECONNREFUSED)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: egress run [--config FILE] [--allow HOST[:PORT]]... [--log FILE] -- CMD [ARGS...]")
 		fmt.Fprintln(stderr)
@@ -98,7 +104,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		logger = zerolog.New(f).With().Timestamp().Logger()
 	}
 
-	sb, err := sandbox.Start(sandbox.Config{Args: cmdArgs, ExeArgs: runExeArgs, Stdout: stdout, Stderr: stderr})
+	var filter *policy.ConnectFilter
+	if !*acceptFirst {
+		f := pol.ConnectFilter()
+		filter = &f
+	}
+	sb, err := sandbox.Start(sandbox.Config{Args: cmdArgs, ExeArgs: runExeArgs, Stdout: stdout, Stderr: stderr, Filter: filter})
 	if err != nil {
 		fmt.Fprintf(stderr, "egress run: %v\n", err)
 		return sandbox.ExitSetupFailed
@@ -116,24 +127,44 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "egress: denied %s %s (%s)%s\n", protoLabel(e.Proto), target(e.Decision), e.Decision.Reason, by)
 		}
 	}}
-	sb.ReadDrops(func(d sandbox.Drop) {
-		sum.drop(d)
-		logger.Warn().Str(eventlog.FieldEvent, "deny").Str(eventlog.FieldProto, d.Proto).
-			Str("dst", d.String()).Str(eventlog.FieldReason, "sandbox_refused").
-			Msg("packet refused in the sandbox: only TCP and DNS go through egress")
-	})
-
 	// Connections from the sandbox come from its loopback addresses
 	// (127.0.0.1 or ::1, whichever family it used), so the names its DNS
 	// queries got are remembered under both.
-	table := &names.Table{}
+	table := &names.Table{Grace: leaseGrace}
 	// No loop guard: egress's listeners are in the sandbox's namespace, not
 	// where it dials. Names resolve where the DNS proxy resolves them, so
 	// that a name's addresses are the same on every path.
 	dial := &dialer.Dialer{Policy: current, Resolver: upstreamResolver(pol.DNS.Upstreams)}
 	tp := &transparent.Server{Policy: current, Dialer: dial, Names: loopbackNames{table}, PeekTimeout: *peek, Events: events, Logger: logger}
 	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger}
-	dp := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: table}
+	var recorder names.Recorder = table
+	if filter != nil {
+		recorder = &leasingNames{t: table, sb: sb, policy: current, filter: filter, logger: logger}
+	}
+	dp := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: recorder}
+
+	sb.ReadDrops(func(d sandbox.Drop) {
+		if d.Proto == "tcp" {
+			// A connect() the filter refused: the same decision, log line
+			// and summary row as a refusal by the transparent listener.
+			e := eventlog.Entry{ID: eventlog.NewID(), Proto: eventlog.ProtoTCP, Client: d.Src,
+				Decision: tp.DecideConnect(d.Src.Addr(), d.Dst)}
+			if e.Decision.Allowed() {
+				// The filter refuses only what the listener would; if
+				// they disagree, say so rather than log an allow.
+				e.Decision.Verdict, e.Decision.Audit, e.Decision.Reason = policy.Deny, false, reasonConnectFilter
+				e.Decision.Hint = "egress run --refuse-after-accept lets the transparent listener decide; please report this"
+			}
+			sum.refusedAtConnect(e, d.Src)
+			events.Record(e)
+			return
+		}
+		d.Src = netip.AddrPort{}
+		sum.drop(d)
+		logger.Warn().Str(eventlog.FieldEvent, "deny").Str(eventlog.FieldProto, d.Proto).
+			Str("dst", d.String()).Str(eventlog.FieldReason, "sandbox_refused").
+			Msg("packet refused in the sandbox: only TCP and DNS go through egress")
+	})
 
 	var wg sync.WaitGroup
 	wg.Go(func() { tp.Serve(sum.identify(sb.Transparent)) })
@@ -231,6 +262,37 @@ func upstreamResolver(upstreams []string) dialer.Resolver {
 	}}
 }
 
+// reasonConnectFilter marks a connection the sandbox's connect filter
+// refused although the transparent listener would have let it through.
+const reasonConnectFilter policy.Reason = "connect_filter"
+
+// leasingNames remembers what egress's DNS answers for the transparent
+// listener and, before the answer goes out, leases each address in the
+// sandbox's connect filter on the ports the name could be allowed on, for
+// as long as the table remembers it.
+type leasingNames struct {
+	t      *names.Table
+	sb     *sandbox.Sandbox
+	policy func() *policy.Policy
+	filter *policy.ConnectFilter
+	logger zerolog.Logger
+}
+
+func (l *leasingNames) Remember(client netip.Addr, name string, addr netip.Addr, ttl time.Duration) {
+	l.t.Remember(client, name, addr, ttl)
+	if !l.filter.Refuses(addr) {
+		return // the filter passes it anyway
+	}
+	ports, all, ok := l.policy().NamePorts(client, name)
+	if !ok {
+		return
+	}
+	if err := l.sb.Lease(addr, ports, all, l.t.Lease(ttl)); err != nil {
+		l.logger.Warn().Err(err).Str(eventlog.FieldHost, name).Str(eventlog.FieldIP, addr.String()).
+			Msg("egress run: could not open the address in the connect filter; connections to it are refused")
+	}
+}
+
 // loopbackNames asks a names table under both loopback addresses: a
 // sandbox process may resolve over IPv4 and connect over IPv6.
 type loopbackNames struct{ t *names.Table }
@@ -267,6 +329,7 @@ type runSummary struct {
 	byKey  map[summaryKey]*summaryRow
 	owners map[netip.AddrPort]sandbox.Process
 	drops  map[sandbox.Drop]int
+	atConn map[string]bool // ids of connections refused at connect()
 	total  int
 	raw    int // connections that came through the transparent path
 }
@@ -287,7 +350,8 @@ type summaryRow struct {
 }
 
 func newRunSummary(sb *sandbox.Sandbox) *runSummary {
-	return &runSummary{sb: sb, byKey: map[summaryKey]*summaryRow{}, owners: map[netip.AddrPort]sandbox.Process{}, drops: map[sandbox.Drop]int{}}
+	return &runSummary{sb: sb, byKey: map[summaryKey]*summaryRow{}, owners: map[netip.AddrPort]sandbox.Process{},
+		drops: map[sandbox.Drop]int{}, atConn: map[string]bool{}}
 }
 
 // identify wraps a sandbox listener so that each accepted connection's
@@ -319,6 +383,20 @@ func (l *identifyingListener) Accept() (net.Conn, error) {
 	return c, nil
 }
 
+// refusedAtConnect notes that e, about to be recorded, is a connection
+// the connect filter refused, and looks up its process while its socket
+// may still exist.
+func (s *runSummary) refusedAtConnect(e eventlog.Entry, client netip.AddrPort) {
+	client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+	p, ok := s.sb.Owner(client)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.atConn[e.ID] = true
+	if ok {
+		s.owners[client] = p
+	}
+}
+
 func (s *runSummary) observe(e eventlog.Entry) {
 	d := e.Decision
 	if e.Proto == eventlog.ProtoDNS {
@@ -333,8 +411,14 @@ func (s *runSummary) observe(e eventlog.Entry) {
 		return
 	}
 	k := summaryKey{target: target(d), route: "proxy"}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if e.Proto == eventlog.ProtoTCP {
 		k.route = "transparent"
+		if s.atConn[e.ID] {
+			k.route = "connect"
+			delete(s.atConn, e.ID)
+		}
 	}
 	switch {
 	case d.Denied() && !d.Audit:
@@ -344,10 +428,8 @@ func (s *runSummary) observe(e eventlog.Entry) {
 	default:
 		k.outcome = "reached"
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.total++
-	if k.route == "transparent" {
+	if k.route != "proxy" {
 		s.raw++
 	}
 	r := s.row(k, e)
@@ -391,7 +473,7 @@ func (s *runSummary) write(w io.Writer) {
 		for _, c := range r.client {
 			if p, ok := s.owners[c]; ok {
 				r.procs[p.String()] = true
-				if k.route == "transparent" {
+				if k.route != "proxy" {
 					rawProcs[p.String()] = true
 				}
 			}
@@ -439,7 +521,8 @@ func (s *runSummary) write(w io.Writer) {
 		fmt.Fprintf(&b, "  %s:\n", title)
 		for _, k := range keys {
 			r := s.byKey[k]
-			route := map[string]string{"proxy": "via HTTP_PROXY", "transparent": "raw socket (ignored HTTP_PROXY)", "dns": "lookups"}[k.route]
+			route := map[string]string{"proxy": "via HTTP_PROXY", "transparent": "raw socket (ignored HTTP_PROXY)",
+				"connect": "raw socket, refused at connect()", "dns": "lookups"}[k.route]
 			fmt.Fprintf(&b, "    %-28s %4dx  %s", k.target, r.count, route)
 			if ps := keysOf(r.procs); len(ps) > 0 {
 				fmt.Fprintf(&b, "  by %s", strings.Join(ps, ", "))

@@ -105,9 +105,9 @@ type Server struct {
 	// failures (at most one line a second), serve errors. The zero Logger
 	// discards.
 	Logger zerolog.Logger
-	// Names remembers which names each address was returned for, per
-	// client; nil remembers nothing.
-	Names *names.Table
+	// Names is told which names each address was returned for, per
+	// client, before the answer goes out; nil tells nothing.
+	Names names.Recorder
 	// ResolvConf is read once, at the first query that needs it, when the
 	// policy lists no upstreams; "" means DefaultResolvConf.
 	ResolvConf string

@@ -144,7 +144,7 @@ func (f *filtered) decide(s *Server, p *policy.Policy, client netip.Addr, host s
 			f.changed = true
 			return false
 		}
-		if remember {
+		if remember && s.Names != nil {
 			s.Names.Remember(client, host, a, ttl)
 		}
 		return true

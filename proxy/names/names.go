@@ -24,7 +24,17 @@ type Lookup interface {
 	Names(client, addr netip.Addr) []string
 }
 
-var _ Lookup = (*Table)(nil)
+// Recorder is what the DNS proxy needs: to be told, before the answer
+// goes out, each address it returns to a client for a name, and for how
+// long the answer is valid.
+type Recorder interface {
+	Remember(client netip.Addr, name string, addr netip.Addr, ttl time.Duration)
+}
+
+var (
+	_ Lookup   = (*Table)(nil)
+	_ Recorder = (*Table)(nil)
+)
 
 // Defaults used when the Table's fields are zero.
 const (
@@ -50,6 +60,10 @@ type Table struct {
 	// MinTTL is the shortest time an answer is remembered; 0 means
 	// DefaultMinTTL, a negative value means no floor.
 	MinTTL time.Duration
+	// Grace is added to every answer's time: clients use answers past
+	// their TTL (stub caches, rotating CDN answers), and forgetting then
+	// would refuse them. Zero adds nothing.
+	Grace time.Duration
 	// Now returns the current time; nil means time.Now. Tests set it.
 	Now func() time.Time
 
@@ -91,12 +105,7 @@ func (t *Table) Remember(client netip.Addr, name string, addr netip.Addr, ttl ti
 	if t == nil || name == "" || !addr.IsValid() {
 		return
 	}
-	switch {
-	case t.MinTTL == 0 && ttl < DefaultMinTTL:
-		ttl = DefaultMinTTL
-	case t.MinTTL > 0 && ttl < t.MinTTL:
-		ttl = t.MinTTL
-	}
+	ttl = t.Lease(ttl)
 	k := key{canon(client), canon(addr)}
 	now := t.now()
 	exp := now.Add(ttl)
@@ -131,6 +140,18 @@ func (t *Table) Remember(client netip.Addr, name string, addr netip.Addr, ttl ti
 		es = append(es, entry{name, exp})
 	}
 	t.m[k] = es
+}
+
+// Lease is how long an answer valid for ttl is remembered: ttl raised to
+// MinTTL, plus Grace.
+func (t *Table) Lease(ttl time.Duration) time.Duration {
+	switch {
+	case t.MinTTL == 0 && ttl < DefaultMinTTL:
+		ttl = DefaultMinTTL
+	case t.MinTTL > 0 && ttl < t.MinTTL:
+		ttl = t.MinTTL
+	}
+	return ttl + t.Grace
 }
 
 // makeRoom frees at least one slot: it drops expired entries (at most once

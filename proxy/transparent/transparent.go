@@ -376,6 +376,18 @@ func (s *Server) decide(pol *policy.Policy, name string, dst netip.AddrPort, cli
 	return req, d, d.Allowed()
 }
 
+// DecideConnect decides on a connection known only by its client and
+// original destination, as a filter in front of the listener sees it: the
+// decision the listener makes for a connection that carries no name. A
+// filter that refused a connection at connect() time (see
+// policy.ConnectFilter) asks it why, to log the refusal like any other.
+func (s *Server) DecideConnect(client netip.Addr, dst netip.AddrPort) policy.Decision {
+	s.init()
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	_, d, _ := s.decide(s.Policy(), "", dst, client.Unmap())
+	return d
+}
+
 // belongs reports whether ip is an address of name: egress's DNS gave it
 // to this client for name, or name resolves to it now.
 func (s *Server) belongs(name string, ip netip.Addr, client netip.Addr) bool {
