@@ -227,3 +227,117 @@ func TestStatusLineHostileHost(t *testing.T) {
 		})
 	}
 }
+
+// pythonError prints the exception a plugin would show: http.client /
+// httplib through a tunnel, or urllib / urllib2 through a proxy.
+const pythonError = `
+import sys, ssl
+try:
+    import http.client as httplib
+    import urllib.request as ur
+except ImportError:
+    import httplib
+    import urllib2 as ur
+how, proxy_host, proxy_port, url, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])
+try:
+    if how == "tunnel":
+        c = httplib.HTTPSConnection(proxy_host, proxy_port, timeout=10)
+        c.set_tunnel(host, port)
+        c.request("GET", "/")
+        c.getresponse()
+    else:
+        ur.urlopen(url, timeout=10)
+    print("no error")
+except Exception as e:
+    print("error: %s" % e)
+`
+
+// What real clients show of a refusal: the target, the reason and the id
+// of the log line, from the status line alone.
+func TestStatusLineClients(t *testing.T) {
+	f := newFixture(t, testPolicy)
+	proxyHost, proxyPort, _ := net.SplitHostPort(f.addr)
+	refused := closedPort(t)
+	type want struct{ target, why string }
+	denied := want{"egress denied denied.test:443", "test.yaml:7 {host: denied.test}; to allow: - {host: denied.test, ports: [443]}"}
+	deniedHTTP := want{"egress denied denied.test:80", "test.yaml:7 {host: denied.test}; to allow: - {host: denied.test, ports: [80]}"}
+	unreachable := want{"egress could not reach 127.0.0.1:" + refused, "connection refused"}
+
+	check := func(t *testing.T, out string, w want) {
+		t.Helper()
+		if !strings.Contains(out, w.target) || !strings.Contains(out, w.why) {
+			t.Fatalf("output does not name %q and %q:\n%s", w.target, w.why, out)
+		}
+		m := regexp.MustCompile(`\(id ([0-9a-f]{16})\)`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("no id in the output:\n%s", out)
+		}
+		f.logs.waitEntry(t, m[1])
+	}
+
+	t.Run("curl -v", func(t *testing.T) {
+		need(t, "curl")
+		for _, tc := range []struct {
+			url  string
+			want want
+		}{
+			{"https://denied.test/", denied},
+			{"http://denied.test/", deniedHTTP},
+			{"https://127.0.0.1:" + refused + "/", unreachable},
+		} {
+			out, _ := run(t, nil, "curl", "-sS", "-v", "-x", "http://"+f.addr, tc.url)
+			check(t, out, tc.want)
+		}
+	})
+
+	t.Run("Go net/http", func(t *testing.T) {
+		for _, tc := range []struct {
+			url  string
+			want want
+		}{
+			{"https://denied.test/", denied},
+			{"https://127.0.0.1:" + refused + "/", unreachable},
+		} {
+			_, err := f.client().Get(tc.url)
+			if err == nil {
+				t.Fatalf("%s: no error", tc.url)
+			}
+			check(t, err.Error(), tc.want)
+		}
+		resp, err := f.client().Get("http://denied.test/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		check(t, resp.Status, deniedHTTP)
+	})
+
+	for _, py := range []struct{ name, bin string }{{"python3", "python3"}, {"python2.7", "python2.7"}} {
+		t.Run(py.name, func(t *testing.T) {
+			var env []string
+			if py.bin == "python2.7" {
+				env = append(env, "PYENV_VERSION=2.7.18")
+			}
+			need(t, py.bin, env...)
+			proxyEnv := append(env, "https_proxy=http://"+f.addr, "http_proxy=http://"+f.addr)
+			for _, tc := range []struct {
+				name, how, url, host, port string
+				want                       want
+			}{
+				{"http.client tunnel to a denied host", "tunnel", "", "denied.test", "443", denied},
+				{"http.client tunnel to a closed port", "tunnel", "", "127.0.0.1", refused, unreachable},
+				{"urllib https to a denied host", "urllib", "https://denied.test/", "", "0", denied},
+				{"urllib http to a denied host", "urllib", "http://denied.test/", "", "0", deniedHTTP},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					out, err := run(t, proxyEnv, py.bin, "-c", pythonError, tc.how, proxyHost, proxyPort, tc.url, tc.host, tc.port)
+					if err != nil {
+						t.Fatalf("%v\n%s", err, out)
+					}
+					t.Logf("%s prints: %s", py.name, strings.TrimSpace(out))
+					check(t, out, tc.want)
+				})
+			}
+		})
+	}
+}
