@@ -149,7 +149,8 @@ func TestPluginThroughEgressServe(t *testing.T) {
 				}
 				lines := pluginLines(r.stderr)
 				want := regexp.MustCompile(`^plugin:   - database 127\.0\.0\.1:` + strconv.Itoa(db.port) + `: cannot reach 127\.0\.0\.1:` + strconv.Itoa(db.port) +
-					`: the proxy ` + regexp.QuoteMeta(strings.TrimPrefix(e.proxyURL, "http://")) + ` answered "HTTP/1\.1 403 Forbidden" \(egress: guard_loopback, id ([0-9a-f]+)\): ` +
+					`: the proxy ` + regexp.QuoteMeta(strings.TrimPrefix(e.proxyURL, "http://")) + ` answered "` + regexp.QuoteMeta("HTTP/1.1 403 egress denied 127.0.0.1:"+strconv.Itoa(db.port)+": guard_loopback; to allow: - {cidr: 127.0.0.1/32, ports: ["+strconv.Itoa(db.port)+"]} (id ") +
+					`[0-9a-f]+\)" \(egress: guard_loopback, id ([0-9a-f]+)\): ` +
 					regexp.QuoteMeta(allowHint("127.0.0.1", db.port)) + `$`)
 				var id string
 				if len(lines) != 2 || !want.MatchString(lines[1]) {

@@ -1,6 +1,7 @@
 package httpproxy
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -9,8 +10,10 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
@@ -29,8 +32,13 @@ var (
 )
 
 // failure is an answer to a request egress could not or would not serve.
+// reason is the status line's reason phrase: clients that drop the body
+// of a refused CONNECT (Python's http.client and httplib raise "Tunnel
+// connection failed: 403 <reason>") still show what happened, to what,
+// and the id to look for in the log.
 type failure struct {
 	status int
+	reason string
 	header http.Header
 	body   string
 }
@@ -43,6 +51,7 @@ func failureFor(id, target string, dec policy.Decision, err error) failure {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set(HeaderID, id)
 	var b strings.Builder
+	var reason string
 	status := http.StatusBadGateway
 	var de *dialer.DeniedError
 	var re *dialer.ResolveError
@@ -57,28 +66,35 @@ func failureFor(id, target string, dec policy.Decision, err error) failure {
 		fallthrough
 	default:
 		b.WriteString("egress: cannot reach " + target + ": " + err.Error() + "\n")
+		reason = "egress could not reach " + target + ": " + rootCause(err)
 	case errors.As(err, &de):
 		return denied(id, target, de.Decision)
 	case errors.Is(err, errBadRequest):
 		status = http.StatusBadRequest
 		b.WriteString("egress: bad request: " + err.Error() + "\n")
+		reason = "egress bad request: " + strings.TrimPrefix(err.Error(), errBadRequest.Error()+": ")
 	case errors.Is(err, errTooManyTunnels):
 		status = http.StatusServiceUnavailable
 		b.WriteString("egress: too many open tunnels (limits.max_tunnels); try again later\n")
+		reason = "egress too many open tunnels (limits.max_tunnels)"
 	case errors.As(err, &re):
 		b.WriteString("egress: cannot resolve " + re.Host + ": " + re.Err.Error() + "\n")
+		reason = "egress could not resolve " + re.Host + ": " + resolveCause(re.Err)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		status = http.StatusGatewayTimeout
 		b.WriteString("egress: timed out connecting to " + target + ": " + err.Error() + "\n")
+		reason = "egress timed out reaching " + target + ": connect timed out (timeouts.dial)"
 	case isTimeout(err):
 		// The Transport's timeouts.response: connected, then silence.
 		status = http.StatusGatewayTimeout
 		b.WriteString("egress: " + target + " did not answer in time: " + err.Error() + "\n")
+		reason = "egress timed out reaching " + target + ": " + rootCause(err)
 	case errors.As(err, &ve), errors.As(err, &ue), errors.As(err, &he):
 		b.WriteString("egress: TLS verification of " + target + " failed: " + err.Error() + "\n")
+		reason = "egress could not reach " + target + ": TLS verification failed: " + rootCause(err)
 	}
 	b.WriteString("id: " + id + "\n")
-	return failure{status: status, header: h, body: b.String()}
+	return failure{status: status, reason: reasonPhrase(reason, id), header: h, body: b.String()}
 }
 
 // denied is the 403 answer: headers a program can act on, and a body a
@@ -90,7 +106,31 @@ func denied(id, target string, d policy.Decision) failure {
 	h.Set(HeaderDecision, "deny")
 	h.Set(HeaderReason, string(d.Reason))
 	h.Set(HeaderID, id)
-	return failure{status: http.StatusForbidden, header: h, body: DenyBody(id, target, d)}
+	return failure{status: http.StatusForbidden, reason: denyReason(id, target, d), header: h, body: DenyBody(id, target, d)}
+}
+
+// denyReason is the 403's reason phrase: "egress denied HOST:PORT: WHY;
+// to allow: HINT (id ID)", WHY being the body's rule: line (or the guard
+// and the address it refused), HINT only when it is one line of YAML.
+func denyReason(id, target string, d policy.Decision) string {
+	why := "no rule matched"
+	switch {
+	case d.Rule != nil:
+		why = d.Rule.Location()
+		if d.Rule.Text != "" {
+			why += " " + d.Rule.Text
+		}
+	case d.Reason != policy.ReasonNoRuleMatched && d.Reason != "":
+		why = string(d.Reason)
+		if d.IP.IsValid() && !strings.Contains(target, d.IP.String()) {
+			why += " (" + d.IP.String() + ")"
+		}
+	}
+	r := "egress denied " + target + ": " + why
+	if strings.HasPrefix(d.Hint, "- ") && !strings.ContainsAny(d.Hint, "\r\n") {
+		r += "; to allow: " + d.Hint
+	}
+	return reasonPhrase(r, id)
 }
 
 // DenyBody is the text of a 403: what was denied, by which rule (or that
@@ -133,7 +173,127 @@ func DenyBody(id, target string, d policy.Decision) string {
 	return b.String()
 }
 
-// write sends f on a ResponseWriter (before any hijack).
+// maxReason bounds a reason phrase; what is longer loses its middle, never
+// the id.
+const maxReason = 300
+
+// lingerTimeout is how long a connection closed after an answer keeps
+// reading what the client still sends (net/http's rstAvoidanceDelay).
+const lingerTimeout = 500 * time.Millisecond
+
+// reasonPhrase makes text and the id a status line's reason phrase: one
+// line of printable ASCII (RFC 9112 §4 allows no CR or LF; anything from
+// a client's request, such as a host name, is replaced byte by byte), at
+// most maxReason bytes.
+func reasonPhrase(text, id string) string {
+	tail := ""
+	if id != "" {
+		tail = " (id " + id + ")"
+	}
+	b := make([]byte, 0, len(text)+len(tail))
+	for _, s := range []string{text, tail} {
+		for i := 0; i < len(s); i++ {
+			c := s[i]
+			switch {
+			case c == '\t' || c == '\r' || c == '\n':
+				c = ' '
+			case c < 0x20 || c > 0x7e:
+				c = '?'
+			}
+			b = append(b, c)
+		}
+	}
+	if len(b) > maxReason {
+		keep := maxReason - len(tail) - len("...")
+		b = slices.Concat(b[:keep], []byte("..."), b[len(b)-len(tail):])
+	}
+	return string(b)
+}
+
+// rootCause is the innermost error of err's chain, what a person acts on
+// ("connection refused"), without wrappers such as "dial tcp ADDR:" that
+// repeat the target.
+func rootCause(err error) string {
+	for u := errors.Unwrap(err); u != nil; u = errors.Unwrap(err) {
+		err = u
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return "connection closed before a response"
+	}
+	s := strings.TrimPrefix(err.Error(), "net/http: ")
+	return strings.TrimPrefix(s, "x509: ")
+}
+
+// resolveCause tells a name that does not exist (NXDOMAIN) from a DNS
+// server that failed (SERVFAIL, REFUSED, unreachable) or did not answer.
+func resolveCause(err error) string {
+	var de *net.DNSError
+	switch {
+	case errors.As(err, &de) && de.IsNotFound:
+		return "no such host"
+	case isTimeout(err):
+		return "DNS timeout"
+	case errors.As(err, &de):
+		return "DNS server failure"
+	}
+	return rootCause(err)
+}
+
+// send writes f on w's connection, with f's reason phrase, and closes the
+// connection. net/http's WriteHeader always writes the standard phrase
+// (StatusText), so the answer is written on the hijacked connection; one
+// that cannot be hijacked (HTTP/2) gets the standard phrase. Nothing must
+// have been written on w yet.
+func (f failure) send(w http.ResponseWriter, r *http.Request) {
+	c, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		f.write(w, true)
+		return
+	}
+	proto := "HTTP/1.1"
+	if !r.ProtoAtLeast(1, 1) {
+		proto = "HTTP/1.0" // as net/http answers an HTTP/1.0 request
+	}
+	c.SetWriteDeadline(time.Now().Add(DefaultHeaderTimeout))
+	c.Write(f.raw(proto, r.Method == http.MethodHead))
+	go closeAfterAnswer(c)
+}
+
+// raw is f as bytes on the wire: status line, headers (sorted, as
+// net/http writes them, with its Date), body unless head.
+func (f failure) raw(proto string, head bool) []byte {
+	reason := f.reason
+	if reason == "" {
+		reason = http.StatusText(f.status)
+	}
+	h := f.header.Clone()
+	h.Set("Connection", "close")
+	h.Set("Content-Length", strconv.Itoa(len(f.body)))
+	h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	var b bytes.Buffer
+	b.WriteString(proto + " " + strconv.Itoa(f.status) + " " + reason + "\r\n")
+	h.Write(&b)
+	b.WriteString("\r\n")
+	if !head {
+		b.WriteString(f.body)
+	}
+	return b.Bytes()
+}
+
+// closeAfterAnswer closes a connection whose client may still be sending
+// (a request body, pipelined requests). Closing a socket with unread data
+// sends a RST, which can destroy the answer before the client reads it;
+// like net/http's closeWriteAndWait, half-close, read for a moment, close.
+func closeAfterAnswer(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		c.SetReadDeadline(time.Now().Add(lingerTimeout))
+		io.CopyN(io.Discard, c, 1<<20)
+	}
+	c.Close()
+}
+
+// write sends f through a ResponseWriter with the standard reason phrase:
+// the fallback of send.
 func (f failure) write(w http.ResponseWriter, closeConn bool) {
 	for k, v := range f.header {
 		w.Header()[k] = v
@@ -146,10 +306,15 @@ func (f failure) write(w http.ResponseWriter, closeConn bool) {
 	io.WriteString(w, f.body)
 }
 
-// response turns f into an *http.Response for goproxy to copy out.
+// response turns f into an *http.Response for goproxy to copy out; the
+// forward path discards what goproxy writes and sends f itself (forward.go).
 func (f failure) response(req *http.Request) *http.Response {
+	reason := f.reason
+	if reason == "" {
+		reason = http.StatusText(f.status)
+	}
 	return &http.Response{
-		Status:        strconv.Itoa(f.status) + " " + http.StatusText(f.status),
+		Status:        strconv.Itoa(f.status) + " " + reason,
 		StatusCode:    f.status,
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,

@@ -25,9 +25,9 @@ import (
 // dials through ConnectDial (which follows HTTPS_PROXY by default), and its
 // copy loop neither counts bytes nor lets Shutdown drain open tunnels.
 //
-// Every answer but the 200 is written through the ResponseWriter before
-// the connection is hijacked, so a denied client always reads its 403
-// before the connection closes.
+// Every answer but the 200 is written on the hijacked connection with the
+// explanation in its status line (failure.send), then the connection is
+// closed after the client has had the time to read it.
 func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 	host, port, err := splitTarget(r.Host) // for CONNECT, r.Host is the request target
 	if err != nil {
@@ -38,7 +38,7 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 	target := targetString(host, port)
 	entry := eventlog.Entry{ID: rq.id, Proto: eventlog.ProtoConnect, Client: rq.client}
 	answer := func(dec policy.Decision, err error) {
-		failureFor(rq.id, target, dec, err).write(w, true)
+		failureFor(rq.id, target, dec, err).send(w, r)
 		entry.Decision = dec
 		if !dec.Denied() {
 			entry.Err = err

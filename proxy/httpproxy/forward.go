@@ -35,6 +35,8 @@ type forward struct {
 	dec     policy.Decision // the final decision: the dial's, or the name's
 	dialErr error
 	connIP  netip.Addr // address of the connection used, pooled or new
+
+	failed atomic.Pointer[failure] // roundTrip's answer, sent instead of goproxy's copy of it
 }
 
 type forwardKey struct{}
@@ -78,14 +80,14 @@ func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
 	dec := pol.Decide(fw.req)
 	if !dec.Allowed() {
 		entry.Decision = dec
-		denied(fw.id, target, dec).write(w, false)
 		p.Events.Record(entry)
+		denied(fw.id, target, dec).send(w, r)
 		return
 	}
 	fw.dec = dec
 	fw.pol, fw.clientPolicy = pol, dec.Policy
 
-	cw := &countingWriter{ResponseWriter: w}
+	cw := &countingWriter{ResponseWriter: w, fw: fw}
 	var up *countingReader
 	if r.Body != nil && r.Body != http.NoBody {
 		up = &countingReader{ReadCloser: r.Body}
@@ -112,16 +114,21 @@ func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
 		entry.Duration = time.Since(fw.start)
 	}
 	p.Events.Record(entry)
+	if f := fw.failed.Load(); f != nil {
+		f.send(w, r)
+	}
 }
 
 // fail answers a request that never got a decision (malformed).
 func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, target string, err error) {
-	failureFor(eventlog.NewID(), target, policy.Decision{}, err).write(w, false)
+	failureFor(eventlog.NewID(), target, policy.Decision{}, err).send(w, r)
 }
 
 // roundTrip is goproxy's RoundTripper for every absolute-form request.
 // Errors become answers here (403 for an address the dial refused, 502,
-// 504), so goproxy never writes its own 500.
+// 504), so goproxy never writes its own 500. goproxy would write the
+// answer with net/http's standard reason phrase: the countingWriter
+// discards its copy and serveForward sends the answer itself.
 func (p *Proxy) roundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
 	fw, _ := req.Context().Value(forwardKey{}).(*forward)
 	if fw == nil {
@@ -143,9 +150,10 @@ func (p *Proxy) roundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Respons
 	if fw.dialErr == nil {
 		fw.dialErr = err
 	}
-	dec := fw.dec
+	f := failureFor(fw.id, targetString(fw.req.Host, fw.req.Port), fw.dec, err)
 	fw.mu.Unlock()
-	return failureFor(fw.id, targetString(fw.req.Host, fw.req.Port), dec, err).response(req), nil
+	fw.failed.Store(&f)
+	return f.response(req), nil
 }
 
 // transport returns the Transport for one client policy of pol. Pooled
@@ -228,13 +236,30 @@ func (p *Proxy) dialForward(ctx context.Context, network, addr string) (c net.Co
 	return c, err
 }
 
-// countingWriter counts the body bytes written to the client.
+// countingWriter counts the body bytes written to the client. Once
+// roundTrip has failed it discards what goproxy writes: serveForward sends
+// the failure itself, with its reason phrase.
 type countingWriter struct {
 	http.ResponseWriter
-	n int64
+	fw *forward
+	n  int64
+}
+
+// discard reports whether roundTrip failed and goproxy is copying out the
+// failure's response.
+func (c *countingWriter) discard() bool { return c.fw.failed.Load() != nil }
+
+func (c *countingWriter) WriteHeader(code int) {
+	if c.discard() {
+		return
+	}
+	c.ResponseWriter.WriteHeader(code)
 }
 
 func (c *countingWriter) Write(b []byte) (int, error) {
+	if c.discard() {
+		return len(b), nil
+	}
 	n, err := c.ResponseWriter.Write(b)
 	c.n += int64(n)
 	return n, err
@@ -252,6 +277,9 @@ func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
 }
 
 func (c *countingWriter) Flush() {
+	if c.discard() {
+		return
+	}
 	if f, ok := c.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}

@@ -192,14 +192,19 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveInfo answers requests that are not proxy requests (origin-form,
-// "GET / HTTP/1.1"): they are never forwarded anywhere.
+// "GET / HTTP/1.1"): they are never forwarded anywhere. No decision, so
+// no id.
 func serveInfo(w http.ResponseWriter, r *http.Request) {
-	h := w.Header()
+	h := http.Header{}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(http.StatusBadRequest)
-	io.WriteString(w, "egress is a forward proxy: send absolute-form requests (GET http://host/path)\n"+
-		"or CONNECT host:port, e.g. curl -x http://"+r.Host+" https://host/\n")
+	failure{
+		status: http.StatusBadRequest,
+		reason: "egress bad request: not a proxy request",
+		header: h,
+		body: "egress is a forward proxy: send absolute-form requests (GET http://host/path)\n" +
+			"or CONNECT host:port, e.g. curl -x http://" + r.Host + " https://host/\n",
+	}.send(w, r)
 }
 
 // request is what every path knows about one proxy request.

@@ -246,7 +246,8 @@ func TestNetHTTPClient(t *testing.T) {
 	})
 }
 
-// Every request on a kept-alive connection is decided on its own.
+// Every request on a kept-alive connection is decided on its own; a
+// refusal closes the connection after its answer.
 func TestKeepAliveSwitchToDenied(t *testing.T) {
 	f := newFixture(t, testPolicy)
 	p := f.plainPort()
@@ -262,13 +263,22 @@ func TestKeepAliveSwitchToDenied(t *testing.T) {
 		{"127.0.0.1:" + p, 200},
 		{"127.0.0.2:" + p, 403},
 	}
+	// A refusal is written on the hijacked connection, to carry its
+	// reason phrase (answer.go), so it ends the connection: the client
+	// says so and goes on on a new one.
 	for i, s := range steps {
 		resp, body := do(t, c, br, "GET http://"+s.host+"/ HTTP/1.1\r\nHost: "+s.host+"\r\n\r\n")
 		if resp.StatusCode != s.status {
 			t.Fatalf("request %d to %s: status %d, want %d: %s", i, s.host, resp.StatusCode, s.status, body)
 		}
+		if wantClose := s.status != 200; resp.Close != wantClose {
+			t.Fatalf("request %d: Connection: close is %v, want %v", i, resp.Close, wantClose)
+		}
 		if resp.Close {
-			t.Fatalf("request %d: the proxy closed the kept-alive connection", i)
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Fatalf("request %d: after Connection: close, read %v, want EOF", i, err)
+			}
+			c, br = f.dial()
 		}
 	}
 }
