@@ -245,6 +245,12 @@ func hostHint(name string, port uint16) string {
 	return "- {host: " + yamlScalar(name) + portsText(port) + "}"
 }
 
+// HostRule is the allow rule for name and port (0: any port) as one line of
+// flow YAML, the form hints take: - {host: api.example.com, ports: [443]}.
+// An exact host rule is the one rule that allows a name whatever it
+// resolves to (metadata addresses aside), guards included.
+func HostRule(name string, port uint16) string { return hostHint(name, port) }
+
 // cidrHint is the allow rule for one address and port.
 func cidrHint(ip netip.Addr, port uint16) string {
 	return "- {cidr: " + cidrScalar(netip.PrefixFrom(ip, ip.BitLen())) + portsText(port) + "}"

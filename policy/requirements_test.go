@@ -65,11 +65,14 @@ func TestLoadRequirementsErrors(t *testing.T) {
 		{"requirements missing", `{"plugin": "x"}`, []string{`1:1: requirements is required: add "requirements": [] (a list of {"host": ..., "port": ...})`}},
 		{"a misspelt field gets a suggestion", `{"requirements": [{"hots": "a.example", "port": 443, "Required": true}]}`, []string{
 			`1:19: a requirement needs a host`,
-			`1:20: unknown field "hots" in a requirement (known: host, port, protocol, purpose, required)`,
+			`1:20: unknown field "hots" in a requirement (did you mean "host"?)`,
 			`1:54: unknown field "Required" in a requirement (did you mean "required"?)`,
 		}},
 		{"a prefix gets a suggestion", `{"requirements": [{"host": "a.example", "port": 1, "proto": "tcp"}]}`, []string{
 			`1:52: unknown field "proto" in a requirement (did you mean "protocol"?)`,
+		}},
+		{"a field like no other lists the known ones", `{"requirements": [{"host": "a.example", "port": 1, "url": "x"}]}`, []string{
+			`1:52: unknown field "url" in a requirement (known: host, port, protocol, purpose, required)`,
 		}},
 		{"an unknown top-level field", `{"plugins": "x", "requirements": []}`, []string{
 			`1:2: unknown field "plugins" in the requirements file (did you mean "plugin"?)`,
