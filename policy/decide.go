@@ -117,6 +117,17 @@ func (rs *ruleset) stepOne(d *Decision, name string, n crule) {
 		d.Hint = "metadata names are allowed only by a cidr rule naming the metadata address, e.g. - {cidr: 169.254.169.254/32" + portsText(d.Port) + "}"
 	case isMetadataName(name):
 		d.Verdict, d.Reason = Allow, ReasonPerAddress
+	case isLoopbackName(name) && !(n.r != nil && n.rank >= exactRank):
+		// RFC 6761 §6.3: localhost names are loopback by name. Refused
+		// here, as their addresses would be, unless an exact host rule
+		// names them or a cidr rule lifts loopback on this port (then the
+		// addresses decide).
+		if rs.loopbackLiftable(d.Port) {
+			d.Verdict, d.Reason = Allow, ReasonPerAddress
+			return
+		}
+		d.Reason = ReasonGuardLoopback
+		d.Hint = hostHint(name, d.Port)
 	case n.r != nil:
 		d.Verdict, d.Reason, d.Rule = Allow, ReasonAllowedByRule, n.r
 	case rs.def == Allow:
@@ -157,6 +168,16 @@ func (rs *ruleset) stepTwo(d *Decision, name string, ip netip.Addr, n crule) {
 		if rs.addrs.lifts(at, d.Port, rng.Bits()) == nil {
 			d.Reason = guard
 			d.Hint = cidrHint(at, d.Port)
+			return
+		}
+	}
+	if isLoopbackName(name) && !(guarded && guard == ReasonGuardLoopback) {
+		// A localhost name that resolved off loopback (a hostile resolver
+		// or hosts file) is still loopback by name (RFC 6761 §6.3): only
+		// an exact host rule naming it lets it through.
+		if !(n.r != nil && n.r.Action == Allow && n.rank >= exactRank) {
+			d.Reason = ReasonGuardLoopback
+			d.Hint = hostHint(name, d.Port)
 			return
 		}
 	}
@@ -223,6 +244,12 @@ func (rs *ruleset) denyByRule(d *Decision, c crule) {
 func hostHint(name string, port uint16) string {
 	return "- {host: " + yamlScalar(name) + portsText(port) + "}"
 }
+
+// HostRule is the allow rule for name and port (0: any port) as one line of
+// flow YAML, the form hints take: - {host: api.example.com, ports: [443]}.
+// An exact host rule is the one rule that allows a name whatever it
+// resolves to (metadata addresses aside), guards included.
+func HostRule(name string, port uint16) string { return hostHint(name, port) }
 
 // cidrHint is the allow rule for one address and port.
 func cidrHint(ip netip.Addr, port uint16) string {

@@ -66,6 +66,17 @@ allow:
     ports: [80]
   - host: metadata.google.internal
 `,
+	"localhost": `version: 1
+default: allow
+allow:
+  - cidr: 127.0.0.1
+    ports: [8080]
+  - host: "*.localhost"
+  - host: app.localhost
+    ports: [3000]
+deny:
+  - host: deny.localhost
+`,
 	"onlycidr": `version: 1
 default: deny
 allow:
@@ -211,8 +222,37 @@ func TestDecide(t *testing.T) {
 			allow(ReasonAllowedByRule, `{cidr: 203.0.114.0/24, ports: [443]}`)},
 		{"step 2: a public address outside the cidr", "onlycidr", Request{Host: "svc.example.org", IP: ip("203.0.115.7"), Port: 443},
 			deny(ReasonNoRuleMatched, "", "- {host: svc.example.org, ports: [443]}")},
-		{"step 1 with default allow: allowed, addresses decide later", "open", Request{Host: "localhost", Port: 80},
+		{"step 1 with default allow: allowed, addresses decide later", "open", Request{Host: "example.com", Port: 80},
 			allow(ReasonDefaultAllow, "")},
+
+		// Localhost names (RFC 6761 §6.3) are loopback by name.
+		{"localhost: refused by name at step 1", "open", Request{Host: "localhost", Port: 5432},
+			deny(ReasonGuardLoopback, "", "- {host: localhost, ports: [5432]}")},
+		{"localhost: any spelling", "open", Request{Host: "LocalHost.", Port: 80}, deny(ReasonGuardLoopback, "", "- {host: localhost, ports: [80]}")},
+		{"localhost: a name under .localhost, any port (a DNS query)", "open", Request{Host: "app.localhost"},
+			deny(ReasonGuardLoopback, "", "- {host: app.localhost}")},
+		{"localhost: a name that only looks like it is not", "open", Request{Host: "localhost.example.com", Port: 80}, allow(ReasonDefaultAllow, "")},
+		{"localhost: a label ending in localhost is not", "open", Request{Host: "notlocalhost", Port: 80}, allow(ReasonDefaultAllow, "")},
+		{"localhost: resolving off loopback is still loopback", "open", Request{Host: "localhost", IP: ip("93.184.216.34"), Port: 80},
+			deny(ReasonGuardLoopback, "", "- {host: localhost, ports: [80]}")},
+		{"localhost: an exact host rule lifts it at step 1", "lifts", Request{Host: "localhost", Port: 80},
+			allow(ReasonAllowedByRule, `{host: localhost}`)},
+		{"localhost: an exact host rule lifts it wherever it resolves", "localhost", Request{Host: "app.localhost", IP: ip("10.0.0.1"), Port: 3000},
+			allow(ReasonAllowedByRule, `{host: app.localhost, ports: [3000]}`)},
+		{"localhost: the exact rule only on its ports", "localhost", Request{Host: "app.localhost", Port: 3001},
+			deny(ReasonGuardLoopback, "", "- {host: app.localhost, ports: [3001]}")},
+		{"localhost: a wildcard never lifts it", "localhost", Request{Host: "x.localhost", Port: 443},
+			deny(ReasonGuardLoopback, "", "- {host: x.localhost, ports: [443]}")},
+		{"localhost: a deny rule still wins", "localhost", Request{Host: "deny.localhost", Port: 80},
+			deny(ReasonDeniedByRule, `{host: deny.localhost}`, "*")},
+		{"localhost: a loopback cidr for the port leaves it to the addresses", "localhost", Request{Host: "localhost", Port: 8080},
+			allow(ReasonPerAddress, "")},
+		{"localhost: the loopback cidr lifts it on its address", "localhost", Request{Host: "localhost", IP: ip("127.0.0.1"), Port: 8080},
+			allow(ReasonAllowedByRule, `{cidr: 127.0.0.1/32, ports: [8080]}`)},
+		{"localhost: not on another loopback address", "localhost", Request{Host: "localhost", IP: ip("::1"), Port: 8080},
+			deny(ReasonGuardLoopback, "", "*")},
+		{"localhost: not on another port", "localhost", Request{Host: "localhost", Port: 8081},
+			deny(ReasonGuardLoopback, "", "- {host: localhost, ports: [8081]}")},
 
 		// Guards, default allow.
 		{"guard: metadata", "open", Request{IP: ip("169.254.169.254"), Port: 80},

@@ -3,6 +3,7 @@ package policy
 import (
 	"net/netip"
 	"sort"
+	"strings"
 )
 
 // guardRange is one guarded address range and the reason it is refused.
@@ -124,6 +125,13 @@ func guardOf(ip netip.Addr) (reason Reason, rng netip.Prefix, at netip.Addr, ok 
 		}
 	}
 	return "", netip.Prefix{}, at, false
+}
+
+// isLoopbackName reports whether name (normal form) is localhost or a name
+// under .localhost, which RFC 6761 §6.3 reserves for loopback: whatever a
+// resolver says, such a name means this host.
+func isLoopbackName(name string) bool {
+	return name == "localhost" || strings.HasSuffix(name, ".localhost")
 }
 
 // isMetadataName reports whether name (normal form) is a cloud metadata

@@ -23,6 +23,9 @@ type ruleset struct {
 	// metaCIDRAllow is true when an allow rule names a metadata address,
 	// the only way metadata names get past step 1.
 	metaCIDRAllow bool
+	// loopbackAllows are the cidr allow rules inside a loopback range:
+	// the rules that can lift guard_loopback for a localhost name.
+	loopbackAllows []*Rule
 }
 
 // rank orders matching rules: the higher rank wins. Host rules: exact over
@@ -255,7 +258,7 @@ func (t *prefixTable) lifts(ip netip.Addr, port uint16, minBits int) *Rule {
 func (rs *ruleset) compile() {
 	rs.names = nameNode{}
 	rs.addrs = prefixTable{}
-	rs.cidrAllowAll, rs.cidrAllowPorts, rs.metaCIDRAllow = false, nil, false
+	rs.cidrAllowAll, rs.cidrAllowPorts, rs.metaCIDRAllow, rs.loopbackAllows = false, nil, false, nil
 	for _, r := range rs.rules {
 		c := crule{r: r, rank: rank(r)}
 		if r.Host != "" {
@@ -274,6 +277,9 @@ func (rs *ruleset) compile() {
 		if reason, rng, _, ok := guardOf(r.Prefix.Addr()); ok && reason == ReasonGuardMetadata && r.Prefix.Bits() >= rng.Bits() {
 			rs.metaCIDRAllow = true
 		}
+		if reason, rng, _, ok := guardOf(r.Prefix.Addr()); ok && reason == ReasonGuardLoopback && r.Prefix.Bits() >= rng.Bits() {
+			rs.loopbackAllows = append(rs.loopbackAllows, r)
+		}
 	}
 }
 
@@ -284,6 +290,17 @@ func (rs *ruleset) cidrAllowCouldMatch(port uint16) bool {
 	}
 	for _, pr := range rs.cidrAllowPorts {
 		if port >= pr.Lo && port <= pr.Hi {
+			return true
+		}
+	}
+	return false
+}
+
+// loopbackLiftable reports whether a cidr allow rule inside a loopback range
+// could allow port: then a localhost name is decided on its addresses.
+func (rs *ruleset) loopbackLiftable(port uint16) bool {
+	for _, r := range rs.loopbackAllows {
+		if r.matchesPort(port) {
 			return true
 		}
 	}

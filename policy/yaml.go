@@ -125,12 +125,34 @@ func suggest(name string, fields []field) string {
 	}
 	var names []string
 	for _, f := range fields {
-		if len(name) >= 3 && (strings.HasPrefix(f.name, name) || strings.HasPrefix(name, f.name)) {
+		if len(name) >= 3 && (strings.HasPrefix(f.name, name) || strings.HasPrefix(name, f.name) || oneTypo(squash(name), f.name)) {
 			return fmt.Sprintf(" (did you mean %q?)", f.name)
 		}
 		names = append(names, f.name)
 	}
 	return " (known: " + strings.Join(names, ", ") + ")"
+}
+
+// oneTypo reports whether a and b differ by one substituted, inserted,
+// deleted or transposed letter ("hots" for "host", "prot" for "port").
+func oneTypo(a, b string) bool {
+	if len(a) < len(b) {
+		a, b = b, a
+	}
+	if len(a)-len(b) > 1 {
+		return false
+	}
+	i := 0
+	for i < len(b) && a[i] == b[i] {
+		i++
+	}
+	if i == len(b) {
+		return true
+	}
+	if len(a) > len(b) {
+		return a[i+1:] == b[i:]
+	}
+	return a[i+1:] == b[i+1:] || i+1 < len(b) && a[i] == b[i+1] && a[i+1] == b[i] && a[i+2:] == b[i+2:]
 }
 
 func kindName(n *yaml.Node) string {

@@ -30,33 +30,47 @@ const checkResolveTimeout = 5 * time.Second
 
 // checkResult is one line of egress check --json output.
 type checkResult struct {
-	Verdict  string `json:"verdict"` // allow, deny, audit_deny, or depends (on the addresses: use --resolve)
-	Target   string `json:"target"`
-	Host     string `json:"host,omitempty"`
-	IP       string `json:"ip,omitempty"`
-	Port     uint16 `json:"port"`
-	Reason   string `json:"reason"`
-	Rule     string `json:"rule,omitempty"` // FILE:LINE
-	RuleText string `json:"rule_text,omitempty"`
-	Hint     string `json:"hint,omitempty"`
-	Policy   string `json:"policy"`
-	Source   string `json:"source"`
+	Verdict string `json:"verdict"` // allow, deny, audit_deny, or depends (on the addresses: use --resolve)
+	Target  string `json:"target"`
+	Host    string `json:"host,omitempty"`
+	IP      string `json:"ip,omitempty"`
+	Port    uint16 `json:"port"`
+	// PublicOnly is true for a name allowed without a rule that lifts the
+	// guards: the allow holds for public addresses; what the name resolves
+	// to decides the rest (--resolve checks).
+	PublicOnly bool   `json:"public_only,omitempty"`
+	Reason     string `json:"reason"`
+	Rule       string `json:"rule,omitempty"` // FILE:LINE
+	RuleText   string `json:"rule_text,omitempty"`
+	Hint       string `json:"hint,omitempty"`
+	Policy     string `json:"policy"`
+	Source     string `json:"source"`
+	// With --requirements: the requirement's fields.
+	Purpose  string `json:"purpose,omitempty"`
+	Protocol string `json:"protocol,omitempty"`
+	Required *bool  `json:"required,omitempty"`
 }
 
-// cmdCheck explains the policy's decision for each target. Exit 0 when all
-// are allowed, 1 when any is denied (audit denials included: check shows
-// what the rules say), 2 on a bad config or target.
+// cmdCheck explains the policy's decision for each target, or each
+// requirement of a manifest. Exit 0 when all are allowed (with
+// --requirements: every required one), 1 when any is denied (audit denials
+// included: check shows what the rules say) or depends on its addresses, 2
+// on a bad config, target or manifest.
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	config := fs.String("config", "", "policy `FILE` (default: the built-in full-internet policy)")
 	resolve := fs.Bool("resolve", false, "resolve names and check every address (guards included)")
 	asJSON := fs.Bool("json", false, "one JSON object per line")
+	manifest := fs.String("requirements", "", "check every requirement of a plugin's requirements `FILE` (JSON) instead of targets")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: egress check [--config FILE] [--resolve] [--json] TARGET...")
+		fmt.Fprintln(stderr, "       egress check --requirements FILE [--config FILE] [--resolve] [--json]")
 		fmt.Fprintln(stderr)
 		fmt.Fprintln(stderr, "TARGET is host:port, IP:port, [IPv6]:port or a URL (the scheme gives the port);")
-		fmt.Fprintln(stderr, "a host alone means any port. Exit 0: all allowed; 1: any denied; 2: bad config or target.")
+		fmt.Fprintln(stderr, "a host alone means any port. Exit 0: all allowed (with --requirements: every")
+		fmt.Fprintln(stderr, "required one); 1: any denied or depending on its addresses; 2: bad config,")
+		fmt.Fprintln(stderr, "target or requirements file.")
 		fmt.Fprintln(stderr)
 		fs.PrintDefaults()
 	}
@@ -75,7 +89,10 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		targets = append(targets, fs.Arg(0))
 		rest = fs.Args()[1:]
 	}
-	if len(targets) == 0 {
+	if (len(targets) == 0) == (*manifest == "") {
+		if *manifest != "" {
+			fmt.Fprintln(stderr, "egress check: --requirements takes no targets")
+		}
 		fs.Usage()
 		return exitUsage
 	}
@@ -91,6 +108,20 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, err)
 			return exitUsage
 		}
+	}
+	c := checker{p: p, config: *config, resolve: *resolve, asJSON: *asJSON, stdout: stdout, stderr: stderr}
+	if *manifest != "" {
+		data, err := os.ReadFile(*manifest)
+		if err != nil {
+			fmt.Fprintf(stderr, "egress check: %v\n", err)
+			return exitUsage
+		}
+		rs, err := policy.LoadRequirements(*manifest, data)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return exitUsage
+		}
+		return c.requirements(rs)
 	}
 
 	type job struct {
@@ -109,37 +140,68 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 
 	code := exitOK
 	enc := json.NewEncoder(stdout)
-	emit := func(target string, d policy.Decision) {
-		if d.Denied() || pending(d) {
-			code = exitDenied // "depends" is no proof of an allow: a CI gate must not pass on it
-		}
-		if *asJSON {
-			_ = enc.Encode(resultOf(target, d))
-			return
-		}
-		fmt.Fprintln(stdout, formatCheck(target, d))
-	}
 	for _, j := range jobs {
-		d := p.Decide(j.req)
-		if !*resolve || d.Denied() || d.IP.IsValid() {
-			emit(j.target, d)
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), checkResolveTimeout)
-		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", d.Host)
-		cancel()
+		outs, err := c.decide(j.target, j.req)
 		if err != nil {
-			fmt.Fprintf(stderr, "egress check: %s: resolve %s: %v\n", j.target, d.Host, err)
+			fmt.Fprintf(stderr, "egress check: %v\n", err)
 			return exitUsage
 		}
-		for _, ip := range ips {
-			req := j.req
-			req.IP = ip
-			emit(j.target+" ("+ip.Unmap().String()+")", p.Decide(req))
+		for _, o := range outs {
+			if refused(o.d) {
+				code = exitDenied // "depends" is no proof of an allow: a CI gate must not pass on it
+			}
+			if *asJSON {
+				_ = enc.Encode(resultOf(o.label, o.d))
+				continue
+			}
+			fmt.Fprintln(stdout, formatCheck(o.label, "", o.d))
 		}
 	}
 	return code
 }
+
+// checker decides targets or requirements against one policy.
+type checker struct {
+	p       *policy.Policy
+	config  string // the --config file, "" for the built-in policy
+	resolve bool
+	asJSON  bool
+	stdout  io.Writer
+	stderr  io.Writer
+}
+
+// outcome is one decision and the label check prints it under.
+type outcome struct {
+	label string
+	d     policy.Decision
+}
+
+// decide decides req with the decision code serve uses; with --resolve, a
+// name step 1 lets through is resolved and every address decided (labelled
+// "LABEL (IP)"), as serve would before dialling.
+func (c *checker) decide(label string, req policy.Request) ([]outcome, error) {
+	d := c.p.Decide(req)
+	if !c.resolve || d.Denied() || d.IP.IsValid() {
+		return []outcome{{label, d}}, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), checkResolveTimeout)
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", d.Host)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("%s: resolve %s: %w", label, d.Host, err)
+	}
+	var outs []outcome
+	for _, ip := range ips {
+		r := req
+		r.IP = ip
+		outs = append(outs, outcome{label + " (" + ip.Unmap().String() + ")", c.p.Decide(r)})
+	}
+	return outs, nil
+}
+
+// refused reports a decision that is no proof of an allow: denied (audit
+// denials included) or depending on the addresses.
+func refused(d policy.Decision) bool { return d.Denied() || pending(d) }
 
 // parseCheckTarget turns host:port, IP:port, [IPv6]:port, a bare host or
 // address (any port) or a URL into a request.
@@ -192,11 +254,16 @@ func parseCheckTarget(t string) (policy.Request, error) {
 	return policy.Request{Host: host, Port: uint16(n)}, nil
 }
 
-// formatCheck is one line of check output: verdict, target, reason, rule,
-// hint.
-func formatCheck(target string, d policy.Decision) string {
+// formatCheck is one line of check output: verdict, target, what the
+// target is for (requirements), reason, rule, hint, and the caveat of an
+// allow that holds for public addresses only.
+func formatCheck(target, about string, d policy.Decision) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-10s %s  %s", verdictOf(d), target, d.Reason)
+	fmt.Fprintf(&b, "%-10s %s", verdictOf(d), target)
+	if about != "" {
+		b.WriteString("  " + about)
+	}
+	fmt.Fprintf(&b, "  %s", d.Reason)
 	if d.Rule != nil {
 		fmt.Fprintf(&b, "  %s %s", d.Rule.Location(), d.Rule.Text)
 	}
@@ -206,7 +273,22 @@ func formatCheck(target string, d policy.Decision) string {
 	if d.Reason == policy.ReasonPerAddress {
 		b.WriteString("  (run with --resolve to decide on its addresses)")
 	}
+	if publicOnly(d) {
+		fmt.Fprintf(&b, "  (public addresses only: the guards decide on what %s resolves to; --resolve checks)", d.Host)
+	}
 	return b.String()
+}
+
+// publicOnly reports an allow of a name, not yet resolved, by a default or a
+// wildcard rule: neither lifts a guard, so serve allows the name only where
+// it resolves to public addresses (a private, loopback or metadata answer is
+// refused). An exact host rule lifts the guards and needs no such caveat.
+func publicOnly(d policy.Decision) bool {
+	if d.Verdict != policy.Allow || d.Audit || d.IP.IsValid() || d.Host == "" {
+		return false
+	}
+	return d.Reason == policy.ReasonDefaultAllow ||
+		d.Reason == policy.ReasonAllowedByRule && d.Rule != nil && strings.Contains(d.Rule.Host, "*")
 }
 
 // pending reports a name whose fate depends on its addresses: no name rule
@@ -225,7 +307,7 @@ func verdictOf(d policy.Decision) string {
 
 func resultOf(target string, d policy.Decision) checkResult {
 	r := checkResult{
-		Verdict: verdictOf(d), Target: target, Host: d.Host, Port: d.Port,
+		Verdict: verdictOf(d), Target: target, Host: d.Host, Port: d.Port, PublicOnly: publicOnly(d),
 		Reason: string(d.Reason), Hint: d.Hint, Policy: d.Policy, Source: d.Source,
 	}
 	if d.IP.IsValid() {

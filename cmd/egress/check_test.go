@@ -25,6 +25,25 @@ func TestCheckGolden(t *testing.T) {
 		{"url without port", []string{"gopher://example.net/"}, exitUsage},
 		{"invalid host", []string{"evil.com%2f:80", "a b:80"}, exitDenied},
 		{"no targets", []string{"--json"}, exitUsage},
+		{"localhost", []string{"localhost:5432", "LocalHost.:80", "app.localhost:3000", "localhost.example.com:443"}, exitDenied},
+		{"localhost allowed by an exact rule", []string{"localhost:5432", "--config", "testdata/check/localhost.yaml"}, exitOK},
+		{"public only", []string{"api.example.com:443", "https://example.net/"}, exitOK},
+		{"public only json", []string{"--json", "api.example.com:443", "203.0.114.9:443"}, exitOK},
+		{"public only by a wildcard", []string{"--config", "testdata/check/policy.yaml", "img.cdn.example.net:443"}, exitOK},
+
+		// --requirements: the example plugin's manifest against every ready config.
+		{"requirements full-internet", []string{"--requirements", "../../examples/plugin-python/requirements.json", "--config", "../../configs/full-internet.yaml"}, exitOK},
+		{"requirements handful-of-hosts", []string{"--requirements", "../../examples/plugin-python/requirements.json", "--config", "../../configs/handful-of-hosts.yaml"}, exitOK},
+		{"requirements no-network", []string{"--requirements", "../../examples/plugin-python/requirements.json", "--config", "../../configs/no-network.yaml"}, exitDenied},
+		{"requirements audit", []string{"--requirements", "../../examples/plugin-python/requirements.json", "--config", "../../configs/audit.yaml"}, exitDenied},
+		{"requirements builtin", []string{"--requirements", "../../examples/plugin-python/requirements.json"}, exitOK},
+		{"requirements mixed", []string{"--requirements", "testdata/check/requirements/mixed.json", "--config", "../../configs/handful-of-hosts.yaml"}, exitDenied},
+		{"requirements optional refused", []string{"--requirements", "testdata/check/requirements/optional.json", "--config", "../../configs/handful-of-hosts.yaml"}, exitOK},
+		{"requirements json", []string{"--json", "--requirements", "testdata/check/requirements/optional.json", "--config", "../../configs/handful-of-hosts.yaml"}, exitOK},
+		{"requirements bad manifest", []string{"--requirements", "testdata/check/requirements/bad.json"}, exitUsage},
+		{"requirements missing manifest", []string{"--requirements", "testdata/check/requirements/missing.json"}, exitUsage},
+		{"requirements bad config", []string{"--requirements", "testdata/check/requirements/optional.json", "--config", "testdata/check/bad.yaml"}, exitUsage},
+		{"requirements and targets", []string{"--requirements", "testdata/check/requirements/optional.json", "api.example.com:443"}, exitUsage},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -50,19 +69,38 @@ func TestCheckJSONFields(t *testing.T) {
 }
 
 // --resolve looks the name up (here in /etc/hosts) and decides on every
-// address: localhost is loopback, refused by the guard.
+// address. localhost is loopback by name, so step 1 refuses it before any
+// lookup; a loopback cidr rule on the port leaves it to its addresses, and
+// --resolve decides each of them.
 func TestCheckResolve(t *testing.T) {
 	if hosts, err := os.ReadFile("/etc/hosts"); err != nil || !strings.Contains(string(hosts), "localhost") {
 		t.Skip("/etc/hosts does not list localhost: resolving it could send a DNS query")
 	}
-	code, out := runCommand(cmdCheck, "--resolve", "localhost:80")
-	if code != exitDenied || !strings.Contains(string(out), "guard_loopback") || !strings.Contains(string(out), "localhost:80 (") {
-		t.Errorf("exit %d:\n%s", code, out)
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want []string
+	}{
+		{"without a loopback cidr, refused by name before any lookup", []string{"--resolve", "localhost:80"}, exitDenied,
+			[]string{"deny       localhost:80  guard_loopback  hint: - {host: localhost, ports: [80]}"}},
+		{"with one, every address decided", []string{"--resolve", "--config", "testdata/check/loopback-cidr.yaml", "localhost:80"}, exitDenied,
+			[]string{"localhost:80 (", "guard_loopback"}},
+		{"with one and no --resolve, it depends", []string{"--config", "testdata/check/loopback-cidr.yaml", "localhost:80"}, exitDenied,
+			[]string{"depends    localhost:80  decide_per_address"}},
 	}
-	// Without --resolve the name alone is allowed by default: allow.
-	code, out = runCommand(cmdCheck, "localhost:80")
-	if code != exitOK || !strings.Contains(string(out), "default_allow") {
-		t.Errorf("exit %d:\n%s", code, out)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, out := runCommand(cmdCheck, c.args...)
+			if code != c.code {
+				t.Errorf("exit %d, want %d:\n%s", code, c.code, out)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+		})
 	}
 }
 

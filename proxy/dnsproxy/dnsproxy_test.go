@@ -130,6 +130,19 @@ func TestDeniedNames(t *testing.T) {
 			rcode: dns.RcodeNameError, ede: dns.ExtendedErrorCodeBlocked, text: []string{"guard_metadata"},
 			reason: "guard_metadata",
 		},
+		{
+			// RFC 6761 §6.3: a caching server should not look localhost
+			// names up; the policy refuses them by name, so none is
+			// forwarded.
+			name: "localhost is refused by name as loopback, never forwarded", qname: "localhost",
+			rcode: dns.RcodeNameError, ede: dns.ExtendedErrorCodeBlocked, text: []string{"guard_loopback", "- {host: localhost}"},
+			reason: "guard_loopback",
+		},
+		{
+			name: "a name under .localhost too", qname: "db.localhost",
+			rcode: dns.RcodeNameError, ede: dns.ExtendedErrorCodeBlocked, text: []string{"guard_loopback", "- {host: db.localhost}"},
+			reason: "guard_loopback",
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			text := allowList + tc.allowFrom

@@ -1,0 +1,199 @@
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+
+	"gopkg.in/yaml.v3"
+)
+
+// A requirements manifest is what a plugin ships to say where it needs to
+// connect. It is JSON (read here as YAML, a superset, to keep every
+// position for errors); a Python helper reads the same file, so the format
+// is fixed:
+//
+//	{
+//	  "plugin": "example-dbms",
+//	  "requirements": [
+//	    {"host": "api.example.com", "port": 443, "protocol": "https", "purpose": "DBMS REST API", "required": true}
+//	  ]
+//	}
+
+// Requirements is a plugin's network requirements manifest.
+type Requirements struct {
+	File   string // the name diagnostics and output cite
+	Plugin string // optional
+	List   []Requirement
+}
+
+// Requirement is one destination a plugin needs.
+type Requirement struct {
+	// Host is a name or an IP literal, as written in the manifest (Decide
+	// normalises it).
+	Host string
+	Port uint16
+	// Protocol is tcp, tls, http or https; when the manifest leaves it out,
+	// https for port 443, http for 80, else tcp.
+	Protocol string
+	Purpose  string
+	// Required is false for a requirement the plugin can do without
+	// (telemetry, say); true unless the manifest says otherwise.
+	Required bool
+	// Where the requirement was written.
+	Line, Column int
+}
+
+// Request is the policy request for r: its name and port, any client.
+func (r Requirement) Request() Request { return Request{Host: r.Host, Port: r.Port} }
+
+// Protocols a requirement may name.
+var requirementProtocols = []string{"tcp", "tls", "http", "https"}
+
+// defaultProtocol is the protocol of a requirement that names none.
+func defaultProtocol(port uint16) string {
+	switch port {
+	case 443:
+		return "https"
+	case 80:
+		return "http"
+	}
+	return "tcp"
+}
+
+// LoadRequirements parses a requirements manifest. file names it in
+// diagnostics. A non-nil error is an Errors listing every problem, as
+// FILE:LINE:COL: message: unknown fields (with a suggestion), wrong types, a
+// missing or invalid host, a port outside 1-65535, an unknown protocol.
+func LoadRequirements(file string, data []byte) (rs *Requirements, err error) {
+	l := &loader{file: file, budget: nodeBudget(len(data))}
+	rs = &Requirements{File: file}
+	func() {
+		defer func() {
+			// As in Load: a manifest comes from a plugin, and hostile
+			// input must not take the process down.
+			if v := recover(); v != nil {
+				l.errs = append(l.errs, Diagnostic{File: file, Line: 1, Column: 1, Message: fmt.Sprintf("yaml: cannot parse: %v", v)})
+			}
+		}()
+		l.requirements(data, rs)
+	}()
+	if l.budget < 0 {
+		l.errs = append(l.errs, Diagnostic{File: file, Line: 1, Column: 1, Message: "the file is too large once its aliases are expanded"})
+	}
+	if len(l.errs) > 0 {
+		sort.SliceStable(l.errs, func(i, j int) bool {
+			a, b := l.errs[i], l.errs[j]
+			return a.Line < b.Line || a.Line == b.Line && a.Column < b.Column
+		})
+		return nil, l.errs
+	}
+	return rs, nil
+}
+
+func (l *loader) requirements(data []byte, rs *Requirements) {
+	const empty = `the file is empty: want {"requirements": [{"host": ..., "port": ...}]}`
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			l.errs = append(l.errs, Diagnostic{File: l.file, Line: 1, Column: 1, Message: empty})
+			return
+		}
+		l.syntaxError(err)
+		return
+	}
+	var second yaml.Node
+	switch err := dec.Decode(&second); {
+	case err == nil:
+		l.errf(&second, "a requirements file holds one document; remove the second one")
+	case !errors.Is(err, io.EOF):
+		l.syntaxError(err)
+	}
+	if len(doc.Content) == 0 {
+		l.errf(&doc, empty)
+		return
+	}
+	root := doc.Content[0]
+	seen := l.mapping(root, "the requirements file", []field{
+		{"plugin", func(k, v *yaml.Node) { rs.Plugin, _ = l.str(v, "plugin") }},
+		{"requirements", func(k, v *yaml.Node) {
+			for _, item := range l.seq(v, "requirements") {
+				if l.budget < 0 {
+					return
+				}
+				if r, ok := l.requirement(item); ok {
+					rs.List = append(rs.List, r)
+				}
+			}
+		}},
+	})
+	if l.node(root).Kind == yaml.MappingNode && seen["requirements"] == nil {
+		l.errf(root, `requirements is required: add "requirements": [] (a list of {"host": ..., "port": ...})`)
+	}
+}
+
+// requirementFields names the fields of a requirement, for suggestions.
+var requirementFields = []field{{name: "host"}, {name: "port"}, {name: "protocol"}, {name: "purpose"}, {name: "required"}}
+
+func (l *loader) requirement(n *yaml.Node) (Requirement, bool) {
+	n = l.node(n)
+	r := Requirement{Required: true, Line: n.Line, Column: n.Column}
+	if n.Kind != yaml.MappingNode {
+		l.errf(n, `a requirement must be a mapping such as {"host": "api.example.com", "port": 443}, not %s`, kindName(n))
+		return r, false
+	}
+	nerr := len(l.errs)
+	var protocol *yaml.Node
+	fns := map[string]func(v *yaml.Node){
+		"host": func(v *yaml.Node) {
+			s, ok := l.str(v, "host")
+			if !ok {
+				return
+			}
+			if _, _, err := NormalizeHost(s); err != nil {
+				l.errf(l.node(v), "host %q is not a host name or IP address", s)
+				return
+			}
+			r.Host = s
+		},
+		"port": func(v *yaml.Node) {
+			p, ok := l.integer(v, "port")
+			if !ok {
+				return
+			}
+			if p < 1 || p > 65535 {
+				l.errf(l.node(v), "port must be 1 to 65535, not %d", p)
+				return
+			}
+			r.Port = uint16(p)
+		},
+		"protocol": func(v *yaml.Node) {
+			protocol = v
+			r.Protocol, _ = l.enum(v, "protocol", requirementProtocols...)
+		},
+		"purpose":  func(v *yaml.Node) { r.Purpose, _ = l.str(v, "purpose") },
+		"required": func(v *yaml.Node) { r.Required = l.boolean(v, "required") },
+	}
+	fields := make([]field, len(requirementFields))
+	for i, f := range requirementFields {
+		fn := fns[f.name]
+		fields[i] = field{f.name, func(k, v *yaml.Node) { fn(v) }}
+	}
+	seen := l.mapping(n, "a requirement", fields)
+	if seen["host"] == nil {
+		l.errf(n, "a requirement needs a host")
+	}
+	if seen["port"] == nil {
+		l.errf(n, "a requirement needs a port (1 to 65535)")
+	}
+	if len(l.errs) > nerr {
+		return r, false
+	}
+	if protocol == nil {
+		r.Protocol = defaultProtocol(r.Port)
+	}
+	return r, true
+}
