@@ -280,7 +280,11 @@ def require(requirements, timeout=DEFAULT_TIMEOUT, ca_file=None, plugin=""):
 
 def _message(plugin, failed, results):
     required = len([r for r in results if r.requirement.required])
-    names = ", ".join(r.requirement.target() for r in failed)
+    names = []
+    for r in failed:
+        if r.requirement.target() not in names:
+            names.append(r.requirement.target())
+    names = ", ".join(names)
     return "%s cannot reach %d of %d required network destination%s: %s" % (
         plugin or "the plugin", len(failed), required,
         "" if required == 1 else "s", names)
@@ -586,6 +590,8 @@ def _proxy_failure(req, proxy, status, reason, headers, body, connect):
     egress_id = headers.get("x-egress-id") or _first(_ID_RE, reason + "\n" +
                                                      body)
     said = ("%d %s" % (status, reason)).strip()
+    if body.startswith("egress: "):
+        said += ": " + body.splitlines()[0][len("egress: "):]
     if status == 403:
         rule = _rule_from_body(body) or _first(_RULE_RE, reason) or \
             rule_for(req.host, req.port)
