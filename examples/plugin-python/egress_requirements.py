@@ -71,7 +71,7 @@ except NameError:
 
 __all__ = ["OK", "REFUSED", "DNS_FAILURE", "UNREACHABLE", "TLS_FAILURE",
            "Requirement", "Result", "NetworkRequirementsError", "load",
-           "check", "require", "main"]
+           "check", "require", "raise_unmet", "main"]
 
 OK = "ok"
 REFUSED = "refused"
@@ -269,13 +269,21 @@ def require(requirements, timeout=DEFAULT_TIMEOUT, ca_file=None, plugin=""):
     if isinstance(requirements, string_types):
         plugin, requirements = load(requirements)
     results = check(requirements, timeout, ca_file)
+    raise_unmet(results, plugin)
+    return results
+
+
+def raise_unmet(results, plugin=""):
+    """Raise NetworkRequirementsError if a required Result is not ok.
+
+    For plugins that check more on their own and replace a Result.
+    """
     failed = [r for r in results if not r.ok and r.requirement.required]
     if failed:
         raise NetworkRequirementsError(_message(plugin, failed, results),
                                        _action(failed),
                                        "\n".join(r.line() for r in results),
                                        results)
-    return results
 
 
 def _message(plugin, failed, results):
@@ -901,6 +909,11 @@ def _hostport(host, port):
 
 def _secs(t):
     return ("%g" % t) + "s"
+
+
+def errtext(e):
+    """A short, stable description of a socket-level error."""
+    return _errtext(e)
 
 
 def _errtext(e):
