@@ -379,3 +379,53 @@ func TestRequirementsDNSRefusal(t *testing.T) {
 		}
 	}
 }
+
+// TestRequirementsError checks the exception a plugin gets from require():
+// message, action and output read like the engine SDK's user errors, and
+// an optional requirement that fails is reported but raises nothing.
+func TestRequirementsError(t *testing.T) {
+	db := startDB(t, dbAnswers)
+	required, optional := closedPort(t), closedPort(t)
+	script := fmt.Sprintf(`
+import json, sys
+sys.path.insert(0, %q)
+import egress_requirements as er
+reqs = [{"host": "127.0.0.1", "port": %d, "purpose": "database"},
+        {"host": "127.0.0.1", "port": %d, "purpose": "cache", "required": False}]
+out = {"results": [r.outcome for r in er.require(reqs, timeout=2)]}
+try:
+    er.require(reqs + [{"host": "127.0.0.1", "port": %d, "purpose": "api"}], timeout=2, plugin="p")
+except er.NetworkRequirementsError as e:
+    out.update(message=e.message, action=e.action, output=e.output, text=str(e))
+print(json.dumps(out))
+`, pluginDir, db.port, optional, required)
+	for _, py := range pythons(t) {
+		t.Run(py.name, func(t *testing.T) {
+			r := run(t, 20*time.Second, py.env, py.path, "-c", script)
+			var got struct {
+				Results                       []string
+				Message, Action, Output, Text string
+			}
+			if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+				t.Fatalf("output is not JSON: %v", err)
+			}
+			if strings.Join(got.Results, ",") != "ok,unreachable" {
+				t.Errorf("results %v: an optional failure must not raise", got.Results)
+			}
+			if want := fmt.Sprintf("p cannot reach 1 of 2 required network destinations: 127.0.0.1:%d", required); got.Message != want {
+				t.Errorf("message %q, want %q", got.Message, want)
+			}
+			if lines := strings.Split(got.Output, "\n"); len(lines) != 3 || !strings.HasPrefix(lines[1], "unreachable ") || !strings.Contains(lines[1], "[optional]") {
+				t.Errorf("output, one line per requirement, the optional one marked:\n%s", got.Output)
+			}
+			if !strings.Contains(got.Action, "up and listening") || strings.Contains(got.Action, "allow:") {
+				t.Errorf("action %q: want advice for a closed port, no rule", got.Action)
+			}
+			for _, part := range []string{got.Message, got.Output, got.Action} {
+				if !strings.Contains(got.Text, part) {
+					t.Errorf("str(exc) lacks %q", part)
+				}
+			}
+		})
+	}
+}
