@@ -112,12 +112,16 @@ type Sandbox struct {
 // HTTP(S)_PROXY in both cases, and an empty NO_PROXY so that a NO_PROXY
 // from the caller's shell does not send a proxy-aware client around the
 // proxy (it would reach the transparent listener anyway, less well
-// identified).
+// identified). EGRESS_RUN=1 tells code that checks its own requirements
+// (examples/plugin-python/egress_requirements.py) that a raw connection
+// refused at connect() was refused by egress's policy, not by the
+// destination.
 func ProxyEnv(proxyURL string) []string {
 	return []string{
 		"HTTP_PROXY=" + proxyURL, "HTTPS_PROXY=" + proxyURL,
 		"http_proxy=" + proxyURL, "https_proxy=" + proxyURL,
 		"NO_PROXY=", "no_proxy=",
+		"EGRESS_RUN=1",
 	}
 }
 
