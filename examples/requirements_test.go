@@ -60,9 +60,6 @@ type reqCase struct {
 	protocol string
 	want     string // outcome
 	rule     string // for refused: the rule the helper must give
-	// pending, if set, explains why today's egress may give another
-	// outcome (a change being made in parallel); the case then skips.
-	pending string
 }
 
 // origins are the loopback destinations every outcome is made from.
@@ -129,8 +126,6 @@ func (o *origins) cases(nameAllowed, raw bool) []reqCase {
 			// origins') could allow some address of it, and the name does
 			// not exist: TestRequirementsDNSRefusal has no cidr rules.
 			c[i].want, c[i].rule = "dns_failure", ""
-		case raw && (c[i].key == "denied tcp" || c[i].key == "denied http"):
-			c[i].pending = "egress run still accepts a denied raw connection and resets it (the ECONNREFUSED-at-connect change is not in this tree)"
 		}
 	}
 	return c
@@ -182,9 +177,6 @@ func checkOutcomes(t *testing.T, r result, cases []reqCase) {
 			m := lines[c.key]
 			if m == nil {
 				t.Fatalf("no line for %q in:\n%s", c.key, r.stdout)
-			}
-			if m[1] != c.want && c.pending != "" {
-				t.Skipf("%s instead of %s: %s (%s)", m[1], c.want, c.pending, m[0])
 			}
 			if m[1] != c.want {
 				t.Fatalf("outcome %s, want %s: %s", m[1], c.want, m[0])
