@@ -1,8 +1,16 @@
-package sandbox
+// Package connfilter refuses, at connect() time, the new TCP connections
+// the policy refuses: nftables rules in front of the transparent listener
+// answer their SYN with a TCP reset (ECONNREFUSED for the client), as a
+// firewall would, instead of letting the kernel accept a connection the
+// listener can only reset afterwards. It builds the rules from
+// policy.ConnectFilter, keeps sets of address leases (the addresses
+// egress's DNS returned for names that could be allowed), and, for a
+// host, installs and updates its own table (see Host). It decides
+// nothing: what it refuses, the policy refused.
+package connfilter
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -10,10 +18,11 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
+	"github.com/egress-proxy/egress/internal/nflog"
+	"github.com/egress-proxy/egress/internal/nftexpr"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -37,23 +46,24 @@ const maxLeasePorts = 64
 // filter.
 const maxFilterRules = 4096
 
-// addFilterRules adds to chain, before anything accepts TCP, the rules of
+// AddRules adds to chain, before anything accepts TCP, the rules of
 // the connect filter f: a new TCP connection (conntrack state new, so an
 // established connection outlives its lease) to a leased or allowed
 // destination goes on to the NAT redirect, one that f refuses is copied to
-// NFLOG (prefix "tcp") and answered with a TCP reset, which connect()
+// NFLOG group logGroup (prefix "tcp"; 0 logs nothing) and answered with a TCP reset, which connect()
 // reports as ECONNREFUSED. Egress's own listeners on loopback (exempt) and
 // DNS over TCP always go on.
-func addFilterRules(c *nftables.Conn, t *nftables.Table, chain *nftables.Chain, f *policy.ConnectFilter, exempt []uint16, logged func(string) []expr.Any) error {
+func AddRules(c *nftables.Conn, t *nftables.Table, chain *nftables.Chain, f *policy.ConnectFilter, exempt []uint16, logGroup uint16) error {
 	var rules [][]expr.Any
-	add := func(e ...[]expr.Any) { rules = append(rules, concat(e...)) }
-	newTCP := concat(l4(unix.IPPROTO_TCP), ctNew())
+	add := func(e ...[]expr.Any) { rules = append(rules, nftexpr.Concat(e...)) }
+	accept := nftexpr.Verdict(expr.VerdictAccept)
+	newTCP := nftexpr.Concat(nftexpr.L4(unix.IPPROTO_TCP), nftexpr.CtNew())
 	for _, p := range exempt {
 		for _, fam := range []byte{unix.NFPROTO_IPV4, unix.NFPROTO_IPV6} {
-			add(newTCP, loopbackDst(fam), dport(p), verdict(expr.VerdictAccept))
+			add(newTCP, nftexpr.LoopbackDst(fam), nftexpr.DPort(p), accept)
 		}
 	}
-	add(newTCP, dport(53), verdict(expr.VerdictAccept))
+	add(newTCP, nftexpr.DPort(53), accept)
 
 	sets := []struct {
 		name string
@@ -71,7 +81,7 @@ func addFilterRules(c *nftables.Conn, t *nftables.Table, chain *nftables.Chain, 
 		if err := c.AddSet(set, nil); err != nil {
 			return fmt.Errorf("add set %s: %w", s.name, err)
 		}
-		e := concat(newTCP, family(s.fam), daddr(s.fam, unix.NFT_REG_1))
+		e := nftexpr.Concat(newTCP, nftexpr.Family(s.fam), nftexpr.DAddr(s.fam, unix.NFT_REG_1))
 		if s.port {
 			// The port goes in the 32-bit register after the address
 			// (NFT_REG32_00 + 1 or + 4): a concatenation is read from
@@ -83,15 +93,15 @@ func addFilterRules(c *nftables.Conn, t *nftables.Table, chain *nftables.Chain, 
 			e = append(e, &expr.Payload{DestRegister: next, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
 		}
 		e = append(e, &expr.Lookup{SourceRegister: unix.NFT_REG_1, SetName: s.name, SetID: set.ID})
-		add(e, verdict(expr.VerdictAccept))
+		add(e, accept)
 	}
 
 	for _, d := range f.Allow {
 		for _, m := range destMatches(d) {
-			add(newTCP, m, verdict(expr.VerdictAccept))
+			add(newTCP, m, accept)
 		}
 	}
-	refuse := concat([]expr.Any{&expr.Counter{}}, logged("tcp"), []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})
+	refuse := nftexpr.Concat([]expr.Any{&expr.Counter{}}, nftexpr.Log(logGroup, "tcp"), []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})
 	if f.RefuseRest {
 		add(newTCP, refuse)
 	} else {
@@ -117,80 +127,30 @@ func destMatches(d policy.Dest) [][]expr.Any {
 	if p.Addr().Is4In6() && p.Bits() >= 96 {
 		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
 	}
-	p = p.Masked()
-	fam := byte(unix.NFPROTO_IPV6)
-	if p.Addr().Is4() {
-		fam = unix.NFPROTO_IPV4
-	}
-	m := family(fam)
-	if p.Bits() > 0 {
-		m = append(m, daddr(fam, 1)...)
-		if p.Bits() < p.Addr().BitLen() {
-			mask := netip.PrefixFrom(allOnes(p.Addr().BitLen()), p.Bits()).Masked().Addr().AsSlice()
-			m = append(m, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(len(mask)), Mask: mask, Xor: make([]byte, len(mask))})
-		}
-		m = append(m, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Addr().AsSlice()})
-	}
+	m := nftexpr.DstIn(p)
 	if len(d.Ports) == 0 {
 		return [][]expr.Any{m}
 	}
 	out := make([][]expr.Any, 0, len(d.Ports))
 	for _, pr := range d.Ports {
-		e := append(append([]expr.Any(nil), m...),
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-			&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: be16(pr.Lo), ToData: be16(pr.Hi)})
-		out = append(out, e)
+		out = append(out, nftexpr.Concat(m, nftexpr.DPortRange(pr.Lo, pr.Hi)))
 	}
 	return out
 }
 
-func allOnes(bits int) netip.Addr {
-	if bits == 32 {
-		return netip.AddrFrom4([4]byte{255, 255, 255, 255})
-	}
-	var b [16]byte
-	for i := range b {
-		b[i] = 255
-	}
-	return netip.AddrFrom16(b)
-}
-
-// ctNew matches the first packet of a connection (conntrack state new).
-func ctNew() []expr.Any {
-	return []expr.Any{
-		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-	}
-}
-
-func family(fam byte) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam}},
-	}
-}
-
-// daddr loads the destination address into reg.
-func daddr(fam byte, reg uint32) []expr.Any {
-	if fam == unix.NFPROTO_IPV4 {
-		return []expr.Any{&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}}
-	}
-	return []expr.Any{&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}}
-}
-
-// leaser writes address leases into the namespace's sets through a
-// NETLINK_NETFILTER socket opened inside the namespace, which works from
-// outside it: the kernel checks CAP_NET_ADMIN of the socket's opener and
-// of the sender over the namespace, and egress run, root or the owner of
-// the sandbox's user namespace, has it.
-type leaser struct {
-	mu   sync.Mutex
-	f    *os.File
-	seq  uint32
-	buf  []byte
-	have map[leaseKey]time.Time // when each lease written runs out
+// Leaser writes address leases into the sets AddRules made, through a
+// NETLINK_NETFILTER socket opened in their network namespace. The socket
+// works from outside the namespace too: the kernel checks CAP_NET_ADMIN
+// over the namespace of the socket's opener and of the sender, and egress
+// run, root or the owner of the sandbox's user namespace, has it. Safe for
+// concurrent use.
+type Leaser struct {
+	table string
+	mu    sync.Mutex
+	f     *os.File
+	seq   uint32
+	buf   []byte
+	have  map[leaseKey]time.Time // when each lease written runs out
 }
 
 type leaseKey struct {
@@ -206,9 +166,9 @@ const maxLeaseMemory = 65536
 // rewritten: a name looked up again and again costs no syscall.
 const leaseSlack = 5 * time.Second
 
-// openLeaseSocket opens the NETLINK_NETFILTER socket the leaser writes
-// through, in the current (the sandbox's) network namespace.
-func openLeaseSocket() (*os.File, error) {
+// OpenSocket opens the NETLINK_NETFILTER socket a Leaser writes through,
+// in the current network namespace.
+func OpenSocket() (*os.File, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 	if err != nil {
 		return nil, fmt.Errorf("nftables socket: %w", err)
@@ -221,16 +181,20 @@ func openLeaseSocket() (*os.File, error) {
 	return f, nil
 }
 
-func newLeaser(f *os.File) *leaser {
+// NewLeaser writes the leases of the sets in table (family inet) through
+// f, a socket from OpenSocket. It owns f.
+func NewLeaser(f *os.File, table string) *Leaser {
 	// A reply is due at once; a second covers a kernel under load.
 	tv := unix.NsecToTimeval(time.Second.Nanoseconds())
 	unix.SetsockoptTimeval(int(f.Fd()), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	return &leaser{f: f, buf: make([]byte, 8192), have: map[leaseKey]time.Time{}}
+	return &Leaser{table: table, f: f, buf: make([]byte, 8192), have: map[leaseKey]time.Time{}}
 }
 
-// lease lets new connections to addr on ports (every port when all) through
-// the filter for d, and returns when the kernel has the elements.
-func (l *leaser) lease(addr netip.Addr, ports []policy.PortRange, all bool, d time.Duration) error {
+// Lease lets new connections to addr on ports (every port when all)
+// through the filter for d, and returns when the kernel has the elements:
+// call it before a DNS answer with addr leaves. Connections opened
+// meanwhile outlive the lease.
+func (l *Leaser) Lease(addr netip.Addr, ports []policy.PortRange, all bool, d time.Duration) error {
 	addr = addr.Unmap().WithZone("")
 	n := 0
 	for _, pr := range ports {
@@ -295,7 +259,7 @@ const (
 // write sends one batch adding (or, for elements already there, renewing:
 // Linux 6.10 and later update an element's timeout) the elements of keys
 // with timeout d, and waits for the kernel's answer.
-func (l *leaser) write(keys []leaseKey, d time.Duration) error {
+func (l *Leaser) write(keys []leaseKey, d time.Duration) error {
 	bySet := map[string][]byte{}
 	var order []string
 	for _, k := range keys {
@@ -315,9 +279,9 @@ func (l *leaser) write(keys []leaseKey, d time.Duration) error {
 		}
 		var ms [8]byte
 		binary.BigEndian.PutUint64(ms[:], uint64(d.Milliseconds()))
-		elem := nlattr(nftaListElem|unix.NLA_F_NESTED, concatBytes(
-			nlattr(nftaSetElemKey|unix.NLA_F_NESTED, nlattr(nftaDataValue, key)),
-			nlattr(nftaSetElemTimeout, ms[:]),
+		elem := nflog.Attr(nftaListElem|unix.NLA_F_NESTED, concatBytes(
+			nflog.Attr(nftaSetElemKey|unix.NLA_F_NESTED, nflog.Attr(nftaDataValue, key)),
+			nflog.Attr(nftaSetElemTimeout, ms[:]),
 		))
 		if _, ok := bySet[set]; !ok {
 			order = append(order, set)
@@ -334,9 +298,9 @@ func (l *leaser) write(keys []leaseKey, d time.Duration) error {
 		want = append(want, l.seq)
 		msg = append(msg, nlmsg(nfnlSubsysNFTables<<8|nftMsgNewSetElem,
 			unix.NLM_F_REQUEST|unix.NLM_F_CREATE|unix.NLM_F_ACK, l.seq, unix.NFPROTO_INET, 0, concatBytes(
-				nlattr(nftaSetElemListTable, cstring(TableName)),
-				nlattr(nftaSetElemListSet, cstring(set)),
-				nlattr(nftaSetElemListElements|unix.NLA_F_NESTED, bySet[set]),
+				nflog.Attr(nftaSetElemListTable, cstring(l.table)),
+				nflog.Attr(nftaSetElemListSet, cstring(set)),
+				nflog.Attr(nftaSetElemListElements|unix.NLA_F_NESTED, bySet[set]),
 			))...)
 	}
 	l.seq++
@@ -375,7 +339,8 @@ func (l *leaser) write(keys []leaseKey, d time.Duration) error {
 	return nil
 }
 
-func (l *leaser) close() error {
+// Close closes the socket.
+func (l *Leaser) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.f.Close()
@@ -403,5 +368,3 @@ func concatBytes(parts ...[]byte) []byte {
 }
 
 func cstring(s string) []byte { return append([]byte(s), 0) }
-
-var errNoLeases = errors.New("sandbox: no connect filter")
