@@ -182,11 +182,15 @@ func (d Decision) RuleLocation() string {
 // Listen holds the listener addresses of egress serve. An empty address
 // means the listener is off.
 type Listen struct {
-	HTTP          string // default 127.0.0.1:3128
-	DNS           string // off by default; 127.0.0.1:5353 is the usual choice
-	Transparent   string // off by default
-	Admin         string // default 127.0.0.1:9090
-	ProxyProtocol bool   // accept PROXY protocol v1/v2 on the HTTP listener
+	HTTP        string // default 127.0.0.1:3128
+	DNS         string // off by default; 127.0.0.1:5353 is the usual choice
+	Transparent string // off by default
+	// RefuseAtConnect lists the users (names or uids) whose new TCP
+	// connections the policy refuses fail at connect() (egress serve's
+	// connect filter, nftables); empty: off.
+	RefuseAtConnect []string
+	Admin           string // default 127.0.0.1:9090
+	ProxyProtocol   bool   // accept PROXY protocol v1/v2 on the HTTP listener
 	// ProxyProtocolFrom lists the peers (load balancers) whose PROXY
 	// headers are believed; required when ProxyProtocol is set, since a
 	// header says which client to decide for.

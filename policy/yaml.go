@@ -650,7 +650,7 @@ func (l *loader) addr(n *yaml.Node, what string) string {
 }
 
 func (l *loader) listen(n *yaml.Node, ls *Listen) {
-	var ppKey *yaml.Node
+	var ppKey, racKey *yaml.Node
 	l.mapping(n, "listen", []field{
 		{"http", func(k, v *yaml.Node) { ls.HTTP = l.addr(v, "listen.http") }},
 		{"dns", func(k, v *yaml.Node) { ls.DNS = l.addr(v, "listen.dns") }},
@@ -658,12 +658,47 @@ func (l *loader) listen(n *yaml.Node, ls *Listen) {
 		{"admin", func(k, v *yaml.Node) { ls.Admin = l.addr(v, "listen.admin") }},
 		{"proxy_protocol", func(k, v *yaml.Node) { ls.ProxyProtocol = l.boolean(v, "listen.proxy_protocol"); ppKey = k }},
 		{"proxy_protocol_from", func(k, v *yaml.Node) { ls.ProxyProtocolFrom = l.prefixes(v, "listen.proxy_protocol_from") }},
+		{"refuse_at_connect", func(k, v *yaml.Node) { ls.RefuseAtConnect = l.users(v, "listen.refuse_at_connect"); racKey = k }},
 	})
+	if len(ls.RefuseAtConnect) > 0 && ls.Transparent == "" {
+		l.errf(racKey, "listen.refuse_at_connect needs listen.transparent: the filter passes what the transparent listener may allow")
+	}
 	if ls.ProxyProtocol && len(ls.ProxyProtocolFrom) == 0 {
 		// Anyone who may send a header may claim any client address,
 		// and with it another client's policy or a way past allow_from.
 		l.errf(ppKey, "listen.proxy_protocol needs listen.proxy_protocol_from: the addresses of the load balancers allowed to send PROXY headers")
 	}
+}
+
+// users reads a list of user names or numeric uids.
+func (l *loader) users(n *yaml.Node, what string) []string {
+	var out []string
+	for _, u := range l.seq(n, what) {
+		s, ok := l.str(u, "a user")
+		if !ok {
+			continue
+		}
+		if !validUser(s) {
+			l.errf(l.node(u), "%s: %q is not a user name or uid (such as plugin or 1001)", what, s)
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// validUser reports whether s can be a user name (POSIX portable
+// characters, not starting with '-') or a uid.
+func validUser(s string) bool {
+	if s == "" || len(s) > 32 || s[0] == '-' {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 func (l *loader) log(n *yaml.Node, lg *Log) {

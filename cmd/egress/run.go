@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/connfilter"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/dnsproxy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
@@ -139,7 +140,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger}
 	var recorder names.Recorder = table
 	if filter != nil {
-		recorder = &leasingNames{t: table, sb: sb, policy: current, filter: filter, logger: logger}
+		recorder = &connfilter.Recorder{Names: table, Leases: sb, Policy: current,
+			Filter: func() *policy.ConnectFilter { return filter }, Logger: logger}
 	}
 	dp := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: recorder}
 
@@ -147,14 +149,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		if d.Proto == "tcp" {
 			// A connect() the filter refused: the same decision, log line
 			// and summary row as a refusal by the transparent listener.
-			e := eventlog.Entry{ID: eventlog.NewID(), Proto: eventlog.ProtoTCP, Client: d.Src,
-				Decision: tp.DecideConnect(d.Src.Addr(), d.Dst)}
-			if e.Decision.Allowed() {
-				// The filter refuses only what the listener would; if
-				// they disagree, say so rather than log an allow.
-				e.Decision.Verdict, e.Decision.Audit, e.Decision.Reason = policy.Deny, false, reasonConnectFilter
-				e.Decision.Hint = "egress run --refuse-after-accept lets the transparent listener decide; please report this"
-			}
+			e := connfilter.Refusal(d, tp.DecideConnect)
 			sum.refusedAtConnect(e, d.Src)
 			events.Record(e)
 			return
@@ -260,37 +255,6 @@ func upstreamResolver(upstreams []string) dialer.Resolver {
 		}
 		return nil, err
 	}}
-}
-
-// reasonConnectFilter marks a connection the sandbox's connect filter
-// refused although the transparent listener would have let it through.
-const reasonConnectFilter policy.Reason = "connect_filter"
-
-// leasingNames remembers what egress's DNS answers for the transparent
-// listener and, before the answer goes out, leases each address in the
-// sandbox's connect filter on the ports the name could be allowed on, for
-// as long as the table remembers it.
-type leasingNames struct {
-	t      *names.Table
-	sb     *sandbox.Sandbox
-	policy func() *policy.Policy
-	filter *policy.ConnectFilter
-	logger zerolog.Logger
-}
-
-func (l *leasingNames) Remember(client netip.Addr, name string, addr netip.Addr, ttl time.Duration) {
-	l.t.Remember(client, name, addr, ttl)
-	if !l.filter.Refuses(addr) {
-		return // the filter passes it anyway
-	}
-	ports, all, ok := l.policy().NamePorts(client, name)
-	if !ok {
-		return
-	}
-	if err := l.sb.Lease(addr, ports, all, l.t.Lease(ttl)); err != nil {
-		l.logger.Warn().Err(err).Str(eventlog.FieldHost, name).Str(eventlog.FieldIP, addr.String()).
-			Msg("egress run: could not open the address in the connect filter; connections to it are refused")
-	}
 }
 
 // loopbackNames asks a names table under both loopback addresses: a

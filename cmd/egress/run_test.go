@@ -435,6 +435,11 @@ print("caps:", [l.split()[1] for l in open("/proc/self/status") if l.startswith(
 // network namespace shaped like a host, and a plugin user's Python that
 // resolves a name and connects to its address with a raw socket.
 func TestServeTransparentHostRules(t *testing.T) {
+	t.Run("a denied connection is accepted, then reset", func(t *testing.T) { testServeHostRules(t, false) })
+	t.Run("with listen.refuse_at_connect a denied connect() is refused", func(t *testing.T) { testServeHostRules(t, true) })
+}
+
+func testServeHostRules(t *testing.T, refuseAtConnect bool) {
 	const uid = 65534
 	py := "/usr/bin/python3"
 	if os.Geteuid() != 0 {
@@ -513,11 +518,11 @@ allow:
 listen:
   http: 127.0.0.1:3128
   transparent: 127.0.0.1:3129
-  dns: 127.0.0.1:5353
+  dns: 127.0.0.1:5353%s
 dns:
   upstreams: [%q]
-`, greetPort, upstream)), 0o644)
-	startEgress(t, nil, "serve", "--config", config)
+`, greetPort, map[bool]string{true: "\n  refuse_at_connect: [\"" + strconv.Itoa(uid) + "\"]"}[refuseAtConnect], upstream)), 0o644)
+	_, _, logs := startEgress(t, nil, "serve", "--config", config)
 
 	resolv := filepath.Join(dir, "resolv.conf")
 	os.WriteFile(resolv, []byte("nameserver 10.0.0.53\n"), 0o644)
@@ -529,11 +534,19 @@ def greeting(host, port):
         return s.recv(20).decode().strip() or "closed"
     except Exception as e:
         return type(e).__name__
+def opens(host, port):
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return "open"
+    except Exception as e:
+        return type(e).__name__
+print("before the lookup:", greeting("10.0.0.2", %d))
 addr = socket.gethostbyname("db.test")
 print("resolved:", addr)
 print("allowed:", greeting(addr, %d))
 print("denied:", greeting(addr, %d))
-`, greetPort, greetPort+1)
+print("proxy:", opens("127.0.0.1", 3128))
+`, greetPort, greetPort, greetPort+1)
 	shell := "mount --bind " + resolv + " /etc/resolv.conf && exec setpriv --reuid=" + strconv.Itoa(uid) +
 		" --regid=" + strconv.Itoa(uid) + " --clear-groups " + py + " -c \"$0\""
 	cmd := exec.Command("unshare", "--mount", "sh", "-c", shell, script)
@@ -543,9 +556,40 @@ print("denied:", greeting(addr, %d))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"resolved: 10.0.0.2", "allowed: db ready", "denied: ConnectionResetError"} {
+	denied := "ConnectionResetError"
+	if refuseAtConnect {
+		denied = "ConnectionRefusedError"
+	}
+	for _, want := range []string{"resolved: 10.0.0.2", "allowed: db ready", "denied: " + denied,
+		"before the lookup: " + denied, "proxy: open"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("output lacks %q", want)
+		}
+	}
+	// Each refusal is one canonical line, refused at connect or not.
+	ports := map[string]bool{fmt.Sprintf(`"port":%d,`, greetPort): true, fmt.Sprintf(`"port":%d,`, greetPort+1): true}
+	seen := 0
+	deadline := time.After(5 * time.Second)
+	lines := make(chan string)
+	go func() {
+		for logs.Scan() {
+			lines <- logs.Text()
+		}
+	}()
+	for seen < 2 {
+		select {
+		case l := <-lines:
+			if !strings.Contains(l, `"event":"deny","proto":"tcp"`) {
+				continue
+			}
+			for p := range ports {
+				if strings.Contains(l, p) {
+					delete(ports, p)
+					seen++
+				}
+			}
+		case <-deadline:
+			t.Fatalf("saw %d of the 2 refusals' log lines", seen)
 		}
 	}
 }

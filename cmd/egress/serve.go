@@ -172,6 +172,18 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// names it answered each address with, per client, for the
 	// transparent path (names.Lookup).
 	dnsNames := &names.Table{}
+	// listen.refuse_at_connect: nftables refuse the denied connections of
+	// those users at connect(); the DNS proxy leases its answers there.
+	var dnsRecorder names.Recorder = dnsNames
+	var sf *serveFilter
+	if len(pol.Listen.RefuseAtConnect) > 0 {
+		dnsNames.Grace = leaseGrace
+		if sf, err = newServeFilter(pol, current, dnsNames, []string{httpAddr, pol.Listen.DNS, pol.Listen.Transparent}, logger); err != nil {
+			return fail(err)
+		}
+		defer sf.Close()
+		dnsRecorder = sf.recorder
+	}
 	if addr := pol.Listen.DNS; addr != "" {
 		pc, err := net.ListenPacket("udp", addr)
 		if err != nil {
@@ -184,7 +196,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		self.Add(pc.LocalAddr())
 		self.Add(dl.Addr())
-		ds := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: dnsNames, IsSelf: self.Contains}
+		ds := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: dnsRecorder, IsSelf: self.Contains}
 		svcs = append(svcs, service{name: "dns", addr: pc.LocalAddr().String(), serve: func() error {
 			if err := ds.Serve(pc, dl); !errors.Is(err, dnsproxy.ErrServerClosed) {
 				return err
@@ -204,6 +216,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		self.Add(tl.Addr())
 		ts := &transparent.Server{Policy: current, Dialer: dial, Names: dnsNames, Events: events, Logger: logger}
 		adm.TrackTunnels(eventlog.ProtoTCP, ts.Open)
+		if sf != nil {
+			sf.logRefusals(events, ts.DecideConnect)
+		}
 		svcs = append(svcs, service{name: "transparent", addr: tl.Addr().String(), serve: func() error {
 			if err := ts.Serve(tl); !errors.Is(err, transparent.ErrServerClosed) {
 				return err
@@ -236,6 +251,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		watcher.Logger = logger
 		watcher.OnReload = func(p *policy.Policy, err error) {
 			if err == nil {
+				if sf != nil {
+					sf.reload(p)
+				}
 				cur.Store(p)
 			}
 			adm.ObserveReload(p, err)

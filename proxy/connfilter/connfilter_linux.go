@@ -54,6 +54,12 @@ const maxFilterRules = 4096
 // reports as ECONNREFUSED. Egress's own listeners on loopback (exempt) and
 // DNS over TCP always go on.
 func AddRules(c *nftables.Conn, t *nftables.Table, chain *nftables.Chain, f *policy.ConnectFilter, exempt []uint16, logGroup uint16) error {
+	return addRules(c, t, chain, f, exempt, logGroup, true)
+}
+
+// addRules is AddRules, making the lease sets only with makeSets (a
+// Host's Update finds them in place).
+func addRules(c *nftables.Conn, t *nftables.Table, chain *nftables.Chain, f *policy.ConnectFilter, exempt []uint16, logGroup uint16, makeSets bool) error {
 	var rules [][]expr.Any
 	add := func(e ...[]expr.Any) { rules = append(rules, nftexpr.Concat(e...)) }
 	accept := nftexpr.Verdict(expr.VerdictAccept)
@@ -78,8 +84,10 @@ func AddRules(c *nftables.Conn, t *nftables.Table, chain *nftables.Chain, f *pol
 	}
 	for _, s := range sets {
 		set := &nftables.Set{Table: t, Name: s.name, KeyType: s.key, Concatenation: s.port, HasTimeout: true}
-		if err := c.AddSet(set, nil); err != nil {
-			return fmt.Errorf("add set %s: %w", s.name, err)
+		if makeSets {
+			if err := c.AddSet(set, nil); err != nil {
+				return fmt.Errorf("add set %s: %w", s.name, err)
+			}
 		}
 		e := nftexpr.Concat(newTCP, nftexpr.Family(s.fam), nftexpr.DAddr(s.fam, unix.NFT_REG_1))
 		if s.port {
