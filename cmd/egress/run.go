@@ -34,10 +34,14 @@ import (
 // once it has exited (its background children may still use them).
 const runDrain = time.Second
 
-// leaseGrace is how long past its TTL (raised to names.DefaultMinTTL) a
-// DNS answer keeps its address open in the sandbox's connect filter and
-// known to the transparent path: clients use answers past their TTL.
-const leaseGrace = time.Minute
+// How long a DNS answer keeps its address open in the connect filter and
+// known to the transparent path: its TTL, raised to leaseMinTTL (0:
+// names.DefaultMinTTL), plus leaseGrace, since clients use answers past
+// their TTL. Tests shorten them.
+var (
+	leaseMinTTL time.Duration
+	leaseGrace  = time.Minute
+)
 
 // runExeArgs are the arguments that bring a re-executed egress to cmdRun,
 // where the sandbox's setup process takes over (see sandbox.MaybeChild).
@@ -131,7 +135,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	// Connections from the sandbox come from its loopback addresses
 	// (127.0.0.1 or ::1, whichever family it used), so the names its DNS
 	// queries got are remembered under both.
-	table := &names.Table{Grace: leaseGrace}
+	table := &names.Table{MinTTL: leaseMinTTL, Grace: leaseGrace}
 	// No loop guard: egress's listeners are in the sandbox's namespace, not
 	// where it dials. Names resolve where the DNS proxy resolves them, so
 	// that a name's addresses are the same on every path.

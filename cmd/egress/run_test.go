@@ -37,6 +37,9 @@ func TestRunHelperProcess(t *testing.T) {
 		t.Skip("helper process")
 	}
 	runExeArgs = []string{"-test.run=^TestRunHelperProcess$", "--"}
+	if d, err := time.ParseDuration(os.Getenv("EGRESS_TEST_LEASE")); err == nil {
+		leaseMinTTL, leaseGrace = d, 0
+	}
 	if _, child := os.LookupEnv("_EGRESS_SANDBOX_CHILD"); child {
 		os.Exit(cmdRun(flag.Args(), os.Stdout, os.Stderr))
 	}
@@ -203,8 +206,14 @@ print(json.dumps(res))
 sys.exit(3)
 `
 
-// dnsUpstream answers A queries from a map on 127.0.0.1 (UDP).
+// dnsUpstream answers A queries from a map on 127.0.0.1 (UDP), TTL 60.
 func dnsUpstream(t *testing.T, records map[string]string) string {
+	t.Helper()
+	return dnsUpstreamTTL(t, records, 60)
+}
+
+// dnsUpstreamTTL is dnsUpstream with answers valid for ttl seconds.
+func dnsUpstreamTTL(t *testing.T, records map[string]string, ttl int) string {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -219,7 +228,7 @@ func dnsUpstream(t *testing.T, records map[string]string) string {
 		case !ok:
 			m.Rcode = dns.RcodeNameError
 		case q.Question[0].Qtype == dns.TypeA:
-			rr, _ := dns.NewRR(fmt.Sprintf("%s 60 IN A %s", q.Question[0].Name, ip))
+			rr, _ := dns.NewRR(fmt.Sprintf("%s %d IN A %s", q.Question[0].Name, ttl, ip))
 			m.Answer = append(m.Answer, rr)
 		}
 		w.WriteMsg(m)
@@ -365,6 +374,51 @@ dns:
 			log, _ := os.ReadFile(logFile)
 			if !bytes.Contains(log, []byte(`"event":"deny","proto":"tcp"`)) || !bytes.Contains(log, []byte(`"reason":"guard_special"`)) {
 				t.Errorf("log lacks the tcp denials:\n%s", log)
+			}
+		})
+	}
+}
+
+// TestRunLeaseOutlivedByConnection: a connection opened while its name's
+// DNS answer held outlives the answer; a new one after it is refused at
+// connect. Python 3 and 2.7.
+func TestRunLeaseOutlivedByConnection(t *testing.T) {
+	requireSandbox(t)
+	echo := testnet.ServeTCP(t, func(c net.Conn) { io.Copy(c, c) }).Port
+	upstream := dnsUpstreamTTL(t, map[string]string{"db.test": "127.0.0.1"}, 1)
+	dir := t.TempDir()
+	config := filepath.Join(dir, "policy.yaml")
+	os.WriteFile(config, []byte(fmt.Sprintf("version: 1\ndefault: deny\nallow:\n  - {host: db.test, ports: [%d]}\ndns:\n  upstreams: [%q]\n", echo, upstream)), 0o644)
+	script := `
+from __future__ import print_function
+import errno, socket, sys, time
+port = int(sys.argv[1])
+addr = socket.getaddrinfo("db.test", port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+s = socket.create_connection((addr, port), timeout=5)
+s.sendall(b"a"); print("before:", s.recv(1).decode())
+time.sleep(3)  # the answer (TTL 1 s, leased 1 s) runs out
+s.sendall(b"b"); print("after:", s.recv(1).decode())
+try:
+    socket.create_connection((addr, port), timeout=5)
+    print("new: open")
+except socket.error as e:
+    print("new:", errno.errorcode[e.errno])
+`
+	scriptFile := filepath.Join(dir, "client.py")
+	os.WriteFile(scriptFile, []byte(script), 0o644)
+	for _, py := range []struct {
+		name string
+		env  []string
+	}{{"python3", nil}, {"python2.7", []string{"PYENV_VERSION=2.7.18"}}} {
+		t.Run(py.name, func(t *testing.T) {
+			check := exec.Command(py.name, "-c", "import socket")
+			check.Env = append(os.Environ(), py.env...)
+			if err := check.Run(); err != nil {
+				t.Skipf("%s is not available: %v", py.name, err)
+			}
+			r := runEgress(t, append(py.env, "EGRESS_TEST_LEASE=1s"), "run", "--config", config, "--", py.name, scriptFile, strconv.Itoa(echo))
+			if r.code != 0 || r.stdout != "before: a\nafter: b\nnew: ECONNREFUSED\n" {
+				t.Fatalf("exit %d, output %q; want the open connection to keep working and a new one refused at connect", r.code, r.stdout)
 			}
 		})
 	}

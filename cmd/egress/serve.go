@@ -177,7 +177,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var dnsRecorder names.Recorder = dnsNames
 	var sf *serveFilter
 	if len(pol.Listen.RefuseAtConnect) > 0 {
-		dnsNames.Grace = leaseGrace
+		dnsNames.MinTTL, dnsNames.Grace = leaseMinTTL, leaseGrace
 		if sf, err = newServeFilter(pol, current, dnsNames, []string{httpAddr, pol.Listen.DNS, pol.Listen.Transparent}, logger); err != nil {
 			return fail(err)
 		}
