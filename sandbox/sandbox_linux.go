@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -42,6 +43,10 @@ const childEnv = "_EGRESS_SANDBOX_CHILD"
 // filterEnv, when set, is the descriptor of a file holding the connect
 // filter as JSON (see Config.Filter).
 const filterEnv = "_EGRESS_SANDBOX_FILTER"
+
+// noGuardEnv, set by tests only (Config.noUnixGuard), makes the setup
+// process leave the unix socket guard out.
+const noGuardEnv = "_EGRESS_SANDBOX_NO_UNIX_GUARD"
 
 // logGroup is the NFLOG group of refused packets inside the namespace
 // (each namespace has its own groups).
@@ -81,6 +86,17 @@ type Config struct {
 	// allowed names through. Nil sends every TCP connection to
 	// Transparent, which can only refuse it after the kernel accepted it.
 	Filter *policy.ConnectFilter
+	// AllowUnix are the socket files (absolute paths; symlinks to them
+	// count as them) the command may connect() to. Every other socket
+	// file is refused with EACCES, and unix datagram sockets are not
+	// created at all (see unixguard_linux.go). Abstract unix sockets,
+	// scoped to the namespace, stay open.
+	AllowUnix []string
+	// UnixRefused, when set, is called for each refusal, from another
+	// goroutine, until Close.
+	UnixRefused func(UnixRefusal)
+
+	noUnixGuard bool // tests: measure without the guard
 }
 
 // Drop is one packet the namespace's rules refused (see Configure).
@@ -105,6 +121,7 @@ type Sandbox struct {
 	cmd    *exec.Cmd
 	nflog  *os.File
 	leases *connfilter.Leaser // nil without Config.Filter
+	guard  *unixGuard
 	drops  *nflog.Reader
 	netns  string // "net:[inode]" of the namespace
 	closed bool
@@ -136,6 +153,7 @@ type message struct {
 	HTTPPort uint16 `json:"http_port"`
 	DropLog  bool   `json:"drop_log"`
 	Leases   bool   `json:"leases"` // the nftables socket follows the drop log's
+	Guard    bool   `json:"guard"`  // the seccomp listener comes last
 	NetNS    string `json:"netns"`  // readlink /proc/self/ns/net
 }
 
@@ -145,6 +163,11 @@ type message struct {
 func Start(cfg Config) (*Sandbox, error) {
 	if len(cfg.Args) == 0 {
 		return nil, errors.New("sandbox: no command")
+	}
+	for _, p := range cfg.AllowUnix {
+		if !filepath.IsAbs(p) {
+			return nil, fmt.Errorf("sandbox: unix socket %q: not an absolute path", p)
+		}
 	}
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -162,7 +185,10 @@ func Start(cfg Config) (*Sandbox, error) {
 	if env == nil {
 		env = os.Environ()
 	}
-	env = append(withoutVar(withoutVar(env, childEnv), filterEnv), childEnv+"=3")
+	env = append(withoutVar(withoutVar(withoutVar(env, childEnv), filterEnv), noGuardEnv), childEnv+"=3")
+	if cfg.noUnixGuard {
+		env = append(env, noGuardEnv+"=1")
+	}
 	extra := []*os.File{childEnd}
 	if cfg.Filter != nil {
 		ff, err := filterFile(cfg.Filter)
@@ -259,8 +285,25 @@ func Start(cfg Config) (*Sandbox, error) {
 	if msg.Leases && len(rest) > 0 {
 		sb.leases, rest = connfilter.NewLeaser(rest[0], TableName), rest[1:]
 	}
+	if msg.Guard && len(rest) > 0 {
+		if sb.guard, err = newUnixGuard(rest[0], cfg.AllowUnix, cfg.UnixRefused); err != nil {
+			sb.closeListeners(ls)
+			pc.Close()
+			cmd.Process.Kill()
+			cmd.Wait()
+			return nil, fmt.Errorf("sandbox: %w", err)
+		}
+		rest = rest[1:]
+	}
 	for _, f := range rest {
 		f.Close()
+	}
+	if sb.guard == nil && !cfg.noUnixGuard {
+		sb.closeListeners(ls)
+		pc.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, errors.New("sandbox: the namespace handed over no unix socket guard")
 	}
 	if cfg.Filter != nil && sb.leases == nil {
 		sb.closeListeners(ls)
@@ -325,7 +368,9 @@ func (sb *Sandbox) Wait() (int, error) {
 }
 
 // Close closes the listeners and the drop log (after reading what it
-// holds). Connections already accepted are not touched.
+// holds), and stops the unix socket guard: from then on, the connect()s
+// of processes left in the sandbox fail with ENOSYS. Connections already
+// accepted are not touched.
 func (sb *Sandbox) Close() error {
 	if sb.closed {
 		return nil
@@ -340,6 +385,9 @@ func (sb *Sandbox) Close() error {
 	}
 	if sb.leases != nil {
 		sb.leases.Close()
+	}
+	if sb.guard != nil {
+		sb.guard.close()
 	}
 	return nil
 }
@@ -523,13 +571,27 @@ func child(sock *os.File, args []string, stderr io.Writer) int {
 	if err := Configure(r); err != nil {
 		return fail(err)
 	}
-	msg := message{HTTPPort: ports[1], DropLog: nflogf != nil, Leases: leases != nil}
+	// The guard's filter is installed on the thread that executes the
+	// command, before the listener is handed over: the command starts
+	// under it.
+	runtime.LockOSThread()
+	var guard *os.File
+	if _, off := os.LookupEnv(noGuardEnv); !off {
+		if guard, err = installUnixFilter(); err != nil {
+			return fail(err)
+		}
+	}
+	os.Unsetenv(noGuardEnv)
+	msg := message{HTTPPort: ports[1], DropLog: nflogf != nil, Leases: leases != nil, Guard: guard != nil}
 	msg.NetNS, _ = os.Readlink("/proc/self/ns/net")
 	if nflogf != nil {
 		files = append(files, nflogf)
 	}
 	if leases != nil {
 		files = append(files, leases)
+	}
+	if guard != nil {
+		files = append(files, guard)
 	}
 	fds := make([]int, len(files))
 	for i, f := range files {
@@ -557,8 +619,8 @@ func child(sock *os.File, args []string, stderr io.Writer) int {
 	}
 	env = append(env, proxyEnv...)
 	// Capabilities are per thread: drop the ambient set on the thread
-	// that executes the command so that it gets none (rootless case).
-	runtime.LockOSThread()
+	// that executes the command (locked above) so that it gets none
+	// (rootless case).
 	unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 	if err := dropCapabilities(); err != nil {
 		fmt.Fprintf(stderr, "egress run: %v\n", err)

@@ -33,6 +33,15 @@ type Config struct {
 	Exe            string
 	ExeArgs        []string
 	Filter         *policy.ConnectFilter
+	AllowUnix      []string
+	UnixRefused    func(UnixRefusal)
+}
+
+// UnixRefusal is a unix socket the sandbox refused a process.
+type UnixRefusal struct {
+	Path, Socket string
+	Process      Process
+	Reason       policy.Reason
 }
 
 // Sandbox is a running command and the listeners of its namespace.

@@ -1,0 +1,529 @@
+package sandbox
+
+// The unix socket guard. A network namespace scopes TCP, UDP and abstract
+// unix sockets, not filesystem ones: without the guard, a process in the
+// sandbox reaches any daemon listening on a socket file (a container
+// runtime's, another proxy's) and through it the network.
+//
+// The setup process installs a seccomp filter (seccomp_unotify(2)) on the
+// thread that executes the command, so that the command and everything it
+// starts inherit it:
+//
+//   - connect() is handed to egress (SECCOMP_RET_USER_NOTIF), which
+//     performs it itself on a duplicate of the caller's socket
+//     (pidfd_getfd(2): the same socket object) with the address it read
+//     from the caller's memory, and returns the result. It never lets the
+//     caller's own syscall go on (SECCOMP_USER_NOTIF_FLAG_CONTINUE): the
+//     kernel would read the address again, and another thread may have
+//     rewritten it in between, or made the descriptor another socket.
+//     A filesystem address is resolved by egress, compared with the
+//     allowed sockets by device and inode, and reached through
+//     /proc/self/fd/N of the file it opened, so what was checked is what
+//     is connected.
+//   - socket() and socketpair() of AF_UNIX datagram sockets (SOCK_DGRAM,
+//     and SOCK_RAW, which the kernel makes a datagram socket) fail with
+//     EACCES, reported like a refused connect(): such a socket can
+//     sendmsg() to any path, behind a pointer the filter cannot follow,
+//     and a connected pair too (unix_dgram_sendmsg honours msg_name). Stream and seqpacket sockets reach a peer
+//     only through connect() (their sendmsg refuses an address).
+//   - io_uring fails with ENOSYS: its IORING_OP_CONNECT bypasses seccomp.
+//   - the 32-bit compatibility syscalls are watched likewise; socketcall,
+//     whose arguments sit behind a pointer, fails with EACCES; a syscall
+//     of any other architecture kills the process.
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/egress-proxy/egress/policy"
+)
+
+// Reasons of a UnixRefusal.
+const (
+	// ReasonUnixSocket: connect() to a socket file outside AllowUnix.
+	ReasonUnixSocket policy.Reason = "unix_socket_refused"
+	// ReasonUnixDatagram: a unix datagram socket, which could send to any
+	// socket file, was not created.
+	ReasonUnixDatagram policy.Reason = "unix_dgram_refused"
+)
+
+// UnixRefusal is a unix socket the sandbox refused a process.
+type UnixRefusal struct {
+	// Path is the address as the process gave it (relative perhaps), ""
+	// for a datagram socket.
+	Path string
+	// Socket is the socket file Path named, absolute and with symlinks
+	// resolved: what --allow-unix would have to name.
+	Socket  string
+	Process Process
+	Reason  policy.Reason
+}
+
+// archSyscalls are the numbers of the syscalls the filter watches on one
+// architecture (AUDIT_ARCH_*).
+type archSyscalls struct {
+	arch                        uint32
+	socket, connect, socketpair uint32
+	socketcall                  int // -1: the architecture has none
+	ioUring                     [3]uint32
+	x32                         bool // refuse x86-64's x32 ABI (nr with bit 30 set)
+}
+
+// Offsets in struct seccomp_data (linux/seccomp.h); the arguments are
+// 64-bit, their low halves first on these little-endian machines.
+const (
+	dataNr   = 0
+	dataArch = 4
+	dataArg0 = 16
+	dataArg1 = 24
+)
+
+// unixFilter is the filter's BPF program for the native architecture and
+// its compatibility mode, if any.
+func unixFilter(native archSyscalls, compat *archSyscalls) ([]unix.SockFilter, error) {
+	if native.arch == 0 {
+		return nil, fmt.Errorf("the unix socket filter does not know the syscalls of %s", runtime.GOARCH)
+	}
+	const (
+		ld    = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
+		jeq   = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
+		jge   = unix.BPF_JMP | unix.BPF_JGE | unix.BPF_K
+		and   = unix.BPF_ALU | unix.BPF_AND | unix.BPF_K
+		ret   = unix.BPF_RET | unix.BPF_K
+		errno = unix.SECCOMP_RET_ERRNO
+	)
+	p := bpfProg{labels: map[string]int{}}
+	p.stmt(ld, dataArch)
+	p.jump(jeq, native.arch, "native", "")
+	if compat != nil {
+		p.jump(jeq, compat.arch, "compat", "")
+	}
+	p.stmt(ret, unix.SECCOMP_RET_KILL_PROCESS)
+	watch := func(label string, a archSyscalls) {
+		p.label(label)
+		p.stmt(ld, dataNr)
+		if a.x32 {
+			p.jump(jge, 0x40000000, "enosys", "")
+		}
+		p.jump(jeq, a.connect, "notify", "")
+		p.jump(jeq, a.socket, "socket", "")
+		p.jump(jeq, a.socketpair, "socket", "")
+		if a.socketcall >= 0 {
+			p.jump(jeq, uint32(a.socketcall), "eacces", "")
+		}
+		for _, nr := range a.ioUring {
+			p.jump(jeq, nr, "enosys", "")
+		}
+		p.stmt(ret, unix.SECCOMP_RET_ALLOW)
+	}
+	watch("native", native)
+	if compat != nil {
+		watch("compat", *compat)
+	}
+	// socket(domain, type, protocol), socketpair(domain, type, ...): only
+	// AF_UNIX datagram sockets are refused; the type carries flags
+	// (SOCK_CLOEXEC, SOCK_NONBLOCK) above SOCK_TYPE_MASK.
+	p.label("socket")
+	p.stmt(ld, dataArg0)
+	p.jump(jeq, unix.AF_UNIX, "", "allow")
+	p.stmt(ld, dataArg1)
+	p.stmt(and, 0xf)
+	p.jump(jeq, unix.SOCK_STREAM, "allow", "")
+	p.jump(jeq, unix.SOCK_SEQPACKET, "allow", "")
+	p.label("notify") // the supervisor refuses it, to report it
+	p.stmt(ret, unix.SECCOMP_RET_USER_NOTIF)
+	p.label("allow")
+	p.stmt(ret, unix.SECCOMP_RET_ALLOW)
+	p.label("enosys")
+	p.stmt(ret, errno|uint32(unix.ENOSYS))
+	p.label("eacces")
+	p.stmt(ret, errno|uint32(unix.EACCES))
+	return p.assemble()
+}
+
+// bpfProg assembles classic BPF with jumps to labels.
+type bpfProg struct {
+	ins    []unix.SockFilter
+	labels map[string]int
+	jumps  []bpfJump
+}
+
+type bpfJump struct {
+	at     int
+	jt, jf string // "": the next instruction
+}
+
+func (p *bpfProg) label(name string) { p.labels[name] = len(p.ins) }
+func (p *bpfProg) stmt(code uint16, k uint32) {
+	p.ins = append(p.ins, unix.SockFilter{Code: code, K: k})
+}
+
+func (p *bpfProg) jump(code uint16, k uint32, jt, jf string) {
+	p.jumps = append(p.jumps, bpfJump{at: len(p.ins), jt: jt, jf: jf})
+	p.stmt(code, k)
+}
+
+func (p *bpfProg) assemble() ([]unix.SockFilter, error) {
+	for _, j := range p.jumps {
+		for _, t := range []struct {
+			label string
+			off   *uint8
+		}{{j.jt, &p.ins[j.at].Jt}, {j.jf, &p.ins[j.at].Jf}} {
+			if t.label == "" {
+				continue
+			}
+			to, ok := p.labels[t.label]
+			if d := to - j.at - 1; ok && d >= 0 && d <= 255 {
+				*t.off = uint8(d)
+			} else {
+				return nil, fmt.Errorf("bpf: cannot jump from %d to %q", j.at, t.label)
+			}
+		}
+	}
+	return p.ins, nil
+}
+
+// installUnixFilter installs the filter on the calling thread, which must
+// be locked to its goroutine and go on to execute the command, and
+// returns the listener egress serves. As root the setup process still has
+// CAP_SYS_ADMIN and installs it without no_new_privs, so that setuid
+// programs keep working in the sandbox; without it (rootless) the kernel
+// requires no_new_privs.
+func installUnixFilter() (*os.File, error) {
+	prog, err := unixFilter(nativeArch, compatArch)
+	if err != nil {
+		return nil, err
+	}
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	seccomp := func() (uintptr, syscall.Errno) {
+		fd, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER,
+			unix.SECCOMP_FILTER_FLAG_NEW_LISTENER, uintptr(unsafe.Pointer(&fprog)))
+		return fd, e
+	}
+	fd, e := seccomp()
+	if e == unix.EACCES {
+		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+			return nil, fmt.Errorf("unix socket filter: no_new_privs: %w", err)
+		}
+		fd, e = seccomp()
+	}
+	runtime.KeepAlive(prog)
+	if e != 0 {
+		return nil, fmt.Errorf("unix socket filter: seccomp: %w", e)
+	}
+	return os.NewFile(fd, "seccomp-listener"), nil
+}
+
+// struct seccomp_notif, seccomp_notif_resp (linux/seccomp.h).
+type seccompNotif struct {
+	ID    uint64
+	Pid   uint32
+	Flags uint32
+	Nr    int32
+	Arch  uint32
+	IP    uint64
+	Args  [6]uint64
+}
+
+type seccompResp struct {
+	ID    uint64
+	Val   int64
+	Error int32
+	Flags uint32
+}
+
+// pidfdThread is PIDFD_THREAD (Linux 6.9): a pidfd for a thread, not
+// only a thread-group leader. A notification names the calling thread,
+// whose descriptor table may be its own (unshare(CLONE_FILES)).
+const pidfdThread = unix.O_EXCL
+
+// unixGuard serves the filter's notifications: one goroutine reads them,
+// one goroutine per notification answers it.
+type unixGuard struct {
+	f       *os.File
+	rc      syscall.RawConn
+	allow   []string // absolute paths, stat'ed at each check: daemons recreate their sockets
+	refused func(UnixRefusal)
+
+	mu     sync.Mutex
+	closed bool
+}
+
+// newUnixGuard serves the listener f until close.
+func newUnixGuard(f *os.File, allow []string, refused func(UnixRefusal)) (*unixGuard, error) {
+	// Non-blocking, the listener is polled by the runtime's poller, so
+	// that close wakes the reader. NOTIF_RECV itself blocks regardless of
+	// O_NONBLOCK: the reader receives only when poll says one is waiting.
+	// os.NewFile registers a descriptor that is non-blocking already.
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("unix socket filter: %w", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("unix socket filter: %w", err)
+	}
+	pf := os.NewFile(uintptr(fd), "seccomp-listener")
+	rc, err := pf.SyscallConn()
+	if err != nil {
+		pf.Close()
+		return nil, fmt.Errorf("unix socket filter: %w", err)
+	}
+	g := &unixGuard{f: pf, rc: rc, allow: allow, refused: refused}
+	go g.serve()
+	return g, nil
+}
+
+// close stops serving: the kernel fails the syscalls waiting for an
+// answer, and those to come, with ENOSYS. Refusals are no longer reported
+// once it returns.
+func (g *unixGuard) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.f.Close()
+}
+
+func (g *unixGuard) serve() {
+	for {
+		var n seccompNotif
+		var rerr syscall.Errno
+		err := g.rc.Read(func(fd uintptr) bool {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if k, _ := unix.Poll(pfd, 0); k == 0 {
+				return false // wait for the poller
+			}
+			_, _, rerr = unix.Syscall(unix.SYS_IOCTL, fd, unix.SECCOMP_IOCTL_NOTIF_RECV, uintptr(unsafe.Pointer(&n)))
+			return true
+		})
+		switch {
+		case err != nil:
+			return // closed
+		case rerr == unix.ENOENT || rerr == unix.EINTR:
+			continue // the caller was killed before we read its notification
+		case rerr != 0:
+			return
+		}
+		go g.answer(n)
+	}
+}
+
+// answer performs or refuses one syscall and sends the result.
+func (g *unixGuard) answer(n seccompNotif) {
+	resp := seccompResp{ID: n.ID}
+	val, errno := g.decide(&n)
+	if errno != 0 {
+		resp.Error = -int32(errno)
+	} else {
+		resp.Val = val
+	}
+	g.rc.Control(func(fd uintptr) {
+		unix.Syscall(unix.SYS_IOCTL, fd, unix.SECCOMP_IOCTL_NOTIF_SEND, uintptr(unsafe.Pointer(&resp)))
+	})
+}
+
+// valid says whether the notification's caller is still waiting for the
+// answer: a pid read before it may have been reused since.
+func (g *unixGuard) valid(id uint64) bool {
+	ok := false
+	g.rc.Control(func(fd uintptr) {
+		_, _, e := unix.Syscall(unix.SYS_IOCTL, fd, unix.SECCOMP_IOCTL_NOTIF_ID_VALID, uintptr(unsafe.Pointer(&id)))
+		ok = e == 0
+	})
+	return ok
+}
+
+func (g *unixGuard) report(r UnixRefusal, tid int) {
+	r.Process = processInfo(threadGroup(tid))
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.closed && g.refused != nil {
+		g.refused(r)
+	}
+}
+
+// decide returns the syscall's result: a value, or an errno.
+func (g *unixGuard) decide(n *seccompNotif) (int64, syscall.Errno) {
+	a := nativeArch
+	if n.Arch != a.arch && compatArch != nil && n.Arch == compatArch.arch {
+		a = *compatArch
+	}
+	tid := int(n.Pid)
+	switch uint32(n.Nr) {
+	case a.connect:
+		return g.connect(n, tid)
+	case a.socket, a.socketpair:
+		// A unix datagram socket (the filter lets every other through):
+		// its arguments are values, not pointers, nothing to re-check.
+		if g.valid(n.ID) {
+			g.report(UnixRefusal{Reason: ReasonUnixDatagram}, tid)
+		}
+		return 0, unix.EACCES
+	}
+	return 0, unix.ENOSYS
+}
+
+// connect performs connect(fd, addr, addrlen) for the caller: on the
+// caller's own socket, with the address as it was when read.
+func (g *unixGuard) connect(n *seccompNotif, tid int) (int64, syscall.Errno) {
+	pidfd, err := unix.PidfdOpen(tid, pidfdThread)
+	if err != nil {
+		return 0, errnoOf(err)
+	}
+	defer unix.Close(pidfd)
+	fd, err := unix.PidfdGetfd(pidfd, int(int32(n.Args[0])), 0)
+	if err != nil {
+		return 0, errnoOf(err) // EBADF, as connect() would say
+	}
+	defer unix.Close(fd)
+	family, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return 0, errnoOf(err) // ENOTSOCK
+	}
+	addrlen := int(int32(n.Args[2]))
+	if addrlen < 0 || addrlen > unix.SizeofSockaddrAny {
+		return 0, unix.EINVAL // move_addr_to_kernel's answer
+	}
+	addr := make([]byte, addrlen, unix.SizeofSockaddrAny)
+	if addrlen > 0 {
+		local := []unix.Iovec{{Base: &addr[0], Len: uint64(addrlen)}}
+		remote := []unix.RemoteIovec{{Base: uintptr(n.Args[1]), Len: addrlen}}
+		if k, err := unix.ProcessVMReadv(tid, local, remote, 0); err != nil || k != addrlen {
+			return 0, unix.EFAULT
+		}
+	}
+	switch family {
+	case unix.AF_INET, unix.AF_INET6:
+		// The namespace's nftables rules decide these.
+	case unix.AF_NETLINK:
+		// netlink_connect checks CAP_NET_ADMIN, which egress may have and
+		// the caller not, for any peer but the kernel.
+		if addrlen >= 12 && !bytes.Equal(addr[4:12], make([]byte, 8)) {
+			return 0, unix.EACCES
+		}
+	case unix.AF_UNIX:
+		if addrlen > 2 && addr[2] != 0 {
+			return g.connectPath(n, tid, fd, addr)
+		}
+		// Abstract and unnamed addresses: the kernel looks abstract names
+		// up in the socket's own network namespace, the sandbox's, where
+		// only its own processes listen.
+	default:
+		// Other families may bypass the namespace (AF_VSOCK reaches the
+		// host of a virtual machine) or check a capability egress has.
+		return 0, unix.EACCES
+	}
+	if !g.valid(n.ID) {
+		return 0, unix.ENOENT
+	}
+	return 0, rawConnect(fd, addr)
+}
+
+// connectPath connects fd to the socket file named in addr, if allowed.
+func (g *unixGuard) connectPath(n *seccompNotif, tid, fd int, addr []byte) (int64, syscall.Errno) {
+	path := string(addr[2:])
+	if i := strings.IndexByte(path, 0); i >= 0 {
+		path = path[:i]
+	}
+	// Resolve as the caller would: a relative path from its working
+	// directory, an absolute one inside its root (a chroot). Magic links
+	// (/proc/self/...) are not followed: they would be egress's.
+	proc := "/proc/" + strconv.Itoa(tid) + "/"
+	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC}
+	dir := proc + "cwd"
+	if filepath.IsAbs(path) {
+		dir = proc + "root"
+		how.Resolve = unix.RESOLVE_IN_ROOT
+	}
+	dirfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, unix.ENOENT
+	}
+	sock, err := unix.Openat2(dirfd, path, &how)
+	unix.Close(dirfd)
+	if err != nil {
+		return 0, errnoOf(err) // ENOENT, ENOTDIR, EACCES, ELOOP: as the kernel would say
+	}
+	defer unix.Close(sock)
+	var st unix.Stat_t
+	if err := unix.Fstat(sock, &st); err != nil {
+		return 0, errnoOf(err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return 0, unix.ECONNREFUSED // unix_find_bsd's answer for a file that is no socket
+	}
+	self := "/proc/self/fd/" + strconv.Itoa(sock)
+	if !g.allowed(st) {
+		resolved, _ := os.Readlink(self)
+		if !g.valid(n.ID) {
+			return 0, unix.ENOENT
+		}
+		g.report(UnixRefusal{Path: path, Socket: resolved, Reason: ReasonUnixSocket}, tid)
+		// EACCES, not ECONNREFUSED: the kernel's own answer to a socket
+		// one may not write to. Clients say "permission denied" instead of
+		// "is the daemon running?", and do not retry.
+		return 0, unix.EACCES
+	}
+	if !g.valid(n.ID) {
+		return 0, unix.ENOENT
+	}
+	// The file opened and checked, through its /proc magic link: the
+	// path is not looked up again (and need not fit in sun_path).
+	sa := make([]byte, 2, unix.SizeofSockaddrAny)
+	*(*uint16)(unsafe.Pointer(&sa[0])) = unix.AF_UNIX
+	sa = append(append(sa, self...), 0)
+	return 0, rawConnect(fd, sa)
+}
+
+// allowed says whether st is one of the allowed sockets, as they are now.
+func (g *unixGuard) allowed(st unix.Stat_t) bool {
+	for _, p := range g.allow {
+		var a unix.Stat_t
+		if unix.Stat(p, &a) == nil && a.Dev == st.Dev && a.Ino == st.Ino {
+			return true
+		}
+	}
+	return false
+}
+
+// rawConnect calls connect(2) with addr as it is, and returns its errno.
+// A signal may interrupt a blocking connect; with SA_RESTART, as the Go
+// runtime installs its handlers, the kernel resumes the wait.
+func rawConnect(fd int, addr []byte) syscall.Errno {
+	p := unsafe.Pointer(unsafe.SliceData(addr[:cap(addr)]))
+	_, _, e := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(p), uintptr(len(addr)))
+	return e
+}
+
+func errnoOf(err error) syscall.Errno {
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	return unix.EIO
+}
+
+// threadGroup is the process (thread group) of thread tid.
+func threadGroup(tid int) int {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(tid) + "/status")
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
+			if pid, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+				return pid
+			}
+		}
+	}
+	return tid
+}
