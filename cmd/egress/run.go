@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -64,17 +65,20 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	config := fs.String("config", "", "policy `FILE` (default: the built-in policy, full internet with every guard on)")
 	var allows stringList
 	fs.Var(&allows, "allow", "also allow `HOST[:PORT]` (an IP, [IPv6]:PORT or cidr too); repeatable")
+	var allowUnix stringList
+	fs.Var(&allowUnix, "allow-unix", "let CMD connect() to the unix socket file `PATH` (outside the sandbox every other is refused); repeatable")
 	logFile := fs.String("log", "", "write the JSON log of every connection and query to `FILE`")
 	peek := fs.Duration("peek-timeout", transparent.DefaultPeekTimeout, "how long to wait for a raw connection's first bytes (TLS SNI, HTTP Host) before deciding on its address")
 	quiet := fs.Bool("quiet", false, "print no live denials and no summary")
 	acceptFirst := fs.Bool("refuse-after-accept", false, "let every TCP connection open and refuse denied ones afterwards with a reset (default: a denied connect() fails at once with ECONNREFUSED)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: egress run [--config FILE] [--allow HOST[:PORT]]... [--log FILE] -- CMD [ARGS...]")
+		fmt.Fprintln(stderr, "usage: egress run [--config FILE] [--allow HOST[:PORT]]... [--allow-unix PATH]... [--log FILE] -- CMD [ARGS...]")
 		fmt.Fprintln(stderr)
 		fmt.Fprintln(stderr, "Runs CMD in a new network namespace whose only way out is egress: every TCP connection")
 		fmt.Fprintln(stderr, "goes through the policy (HTTP_PROXY/HTTPS_PROXY are set for clients that honour them,")
 		fmt.Fprintln(stderr, "the others are caught transparently), DNS goes to egress's DNS proxy, other UDP and ICMP")
-		fmt.Fprintln(stderr, "are refused. When CMD exits, prints what it reached and what was denied, and exits with")
+		fmt.Fprintln(stderr, "are refused, and so are unix socket files outside (--allow-unix lets one through). When")
+		fmt.Fprintln(stderr, "CMD exits, prints what it reached and what was denied, and exits with")
 		fmt.Fprintln(stderr, "CMD's exit code (125 if the sandbox could not be set up, 127 if CMD was not found).")
 		fs.PrintDefaults()
 	}
@@ -109,19 +113,39 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		logger = zerolog.New(f).With().Timestamp().Logger()
 	}
 
+	var err error
 	var filter *policy.ConnectFilter
 	if !*acceptFirst {
 		f := pol.ConnectFilter()
 		filter = &f
 	}
-	sb, err := sandbox.Start(sandbox.Config{Args: cmdArgs, ExeArgs: runExeArgs, Stdout: stdout, Stderr: stderr, Filter: filter})
+	for i, p := range allowUnix {
+		if allowUnix[i], err = filepath.Abs(p); err != nil {
+			fmt.Fprintf(stderr, "egress run: --allow-unix %s: %v\n", p, err)
+			return exitUsage
+		}
+	}
+
+	sum := newRunSummary(nil)
+	unixRefused := func(r sandbox.UnixRefusal) {
+		hint := unixHint(r)
+		sum.unixRefused(r, hint)
+		logger.Warn().Str(eventlog.FieldEvent, "deny").Str(eventlog.FieldProto, eventlog.ProtoUnix).
+			Str("path", r.Path).Str("socket", r.Socket).Int("pid", r.Process.PID).Str("process", r.Process.Comm).
+			Str(eventlog.FieldReason, string(r.Reason)).Str(eventlog.FieldHint, hint).
+			Msg("unix socket refused in the sandbox")
+		if !*quiet {
+			fmt.Fprintf(stderr, "egress: denied unix %s (%s) from %s\n", unixTarget(r), r.Reason, r.Process)
+		}
+	}
+	sb, err := sandbox.Start(sandbox.Config{Args: cmdArgs, ExeArgs: runExeArgs, Stdout: stdout, Stderr: stderr, Filter: filter,
+		AllowUnix: allowUnix, UnixRefused: unixRefused})
 	if err != nil {
 		fmt.Fprintf(stderr, "egress run: %v\n", err)
 		return sandbox.ExitSetupFailed
 	}
 	defer sb.Close()
-
-	sum := newRunSummary(sb)
+	sum.sb = sb
 	events := &eventlog.Sink{Logger: logger, LogAllowed: *logFile != "" || pol.Log.Allowed, Observe: func(e eventlog.Entry) {
 		sum.observe(e)
 		if !*quiet && e.Decision.Denied() && !e.Decision.Audit && e.Proto != eventlog.ProtoDNS {
@@ -299,9 +323,9 @@ type runSummary struct {
 	drops  map[sandbox.Drop]int
 	// rawProcs are the processes whose connections ignored the proxy.
 	rawProcs summaryRow
-	atConn map[string]bool // ids of connections refused at connect()
-	total  int
-	raw    int // connections that came through the transparent path
+	atConn   map[string]bool // ids of connections refused at connect()
+	total    int
+	raw      int // connections that came through the transparent path
 }
 
 type summaryKey struct {
@@ -365,6 +389,40 @@ func (s *runSummary) refusedAtConnect(e eventlog.Entry, client netip.AddrPort) {
 	if ok {
 		s.addOwner(client, p)
 	}
+}
+
+// unixRefused counts a unix socket the sandbox refused.
+func (s *runSummary) unixRefused(r sandbox.UnixRefusal, hint string) {
+	k := summaryKey{outcome: "unix", target: unixTarget(r), route: "unix"}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	row := s.byKey[k]
+	if row == nil {
+		row = &summaryRow{reason: r.Reason, hint: hint, procs: map[string]bool{}}
+		s.byKey[k] = row
+	}
+	row.count++
+	row.addProc(r.Process.String())
+}
+
+// unixTarget names a refused unix socket: the socket file, or what the
+// process asked for when it could not be resolved.
+func unixTarget(r sandbox.UnixRefusal) string {
+	switch {
+	case r.Reason == sandbox.ReasonUnixDatagram:
+		return "(datagram socket)"
+	case r.Socket != "":
+		return r.Socket
+	}
+	return r.Path
+}
+
+// unixHint says how to allow a refused unix socket, if it can be.
+func unixHint(r sandbox.UnixRefusal) string {
+	if r.Reason == sandbox.ReasonUnixDatagram {
+		return "a unix datagram socket can send to any socket file: use SOCK_STREAM or SOCK_SEQPACKET"
+	}
+	return "egress run --allow-unix " + unixTarget(r)
 }
 
 // maxOwners bounds the client addresses whose process is remembered; a
@@ -508,8 +566,11 @@ func (s *runSummary) write(w io.Writer) {
 	if ndrops > 0 {
 		fmt.Fprintf(&b, "; %d UDP/ICMP packet%s refused", ndrops, plural(ndrops))
 	}
+	if n := counts["unix"]; n > 0 {
+		fmt.Fprintf(&b, "; %d unix socket%s refused", n, plural(n))
+	}
 	b.WriteString("\n")
-	for _, o := range []string{"reached", "denied", "failed", "dns"} {
+	for _, o := range []string{"reached", "denied", "failed", "dns", "unix"} {
 		keys := make([]summaryKey, 0)
 		for k := range s.byKey {
 			if k.outcome == o {
@@ -525,18 +586,29 @@ func (s *runSummary) write(w io.Writer) {
 			}
 			return keys[i].route < keys[j].route
 		})
-		title := map[string]string{"reached": "reached", "denied": "denied", "failed": "allowed but failed", "dns": "DNS answers refused (the names or their addresses are not allowed)"}[o]
+		title := map[string]string{"reached": "reached", "denied": "denied", "failed": "allowed but failed", "dns": "DNS answers refused (the names or their addresses are not allowed)",
+			"unix": "unix sockets refused (files outside the sandbox, reachable only with --allow-unix)"}[o]
 		fmt.Fprintf(&b, "  %s:\n", title)
 		for _, k := range keys {
 			r := s.byKey[k]
 			route := map[string]string{"proxy": "via HTTP_PROXY", "transparent": "raw socket (ignored HTTP_PROXY)",
-				"connect": "raw socket, refused at connect()", "dns": "lookups"}[k.route]
+				"connect": "raw socket, refused at connect()", "dns": "lookups", "unix": "connect()"}[k.route]
+			if o == "unix" && r.reason == sandbox.ReasonUnixDatagram {
+				route = "socket()"
+			}
 			fmt.Fprintf(&b, "    %-28s %4dx  %s", k.target, r.count, route)
 			if ps := r.names(); len(ps) > 0 {
 				fmt.Fprintf(&b, "  by %s", strings.Join(ps, ", "))
 			}
 			b.WriteString("\n")
 			switch o {
+			case "unix":
+				fmt.Fprintf(&b, "        reason: %s\n", r.reason)
+				if strings.HasPrefix(r.hint, "egress run") {
+					fmt.Fprintf(&b, "        to allow: %s\n", r.hint)
+				} else {
+					fmt.Fprintf(&b, "        %s\n", r.hint)
+				}
 			case "denied", "dns":
 				fmt.Fprintf(&b, "        reason: %s\n", r.reason)
 				switch {

@@ -48,6 +48,7 @@ const (
 	ProtoConnect = "connect"
 	ProtoTCP     = "tcp"
 	ProtoDNS     = "dns"
+	ProtoUnix    = "unix" // a unix socket egress run's sandbox refused (no Entry: one line of its own)
 )
 
 // Entry is one connection, request or query, with its decision.
