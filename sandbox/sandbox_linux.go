@@ -153,7 +153,7 @@ type message struct {
 	HTTPPort uint16 `json:"http_port"`
 	DropLog  bool   `json:"drop_log"`
 	Leases   bool   `json:"leases"` // the nftables socket follows the drop log's
-	Guard    bool   `json:"guard"`  // the seccomp listener comes last
+	Guard    bool   `json:"guard"`  // the seccomp listener follows, then a sock_diag socket
 	NetNS    string `json:"netns"`  // readlink /proc/self/ns/net
 }
 
@@ -285,15 +285,15 @@ func Start(cfg Config) (*Sandbox, error) {
 	if msg.Leases && len(rest) > 0 {
 		sb.leases, rest = connfilter.NewLeaser(rest[0], TableName), rest[1:]
 	}
-	if msg.Guard && len(rest) > 0 {
-		if sb.guard, err = newUnixGuard(rest[0], cfg.AllowUnix, cfg.UnixRefused); err != nil {
+	if msg.Guard && len(rest) > 1 {
+		if sb.guard, err = newUnixGuard(rest[0], rest[1], cfg.AllowUnix, cfg.UnixRefused); err != nil {
 			sb.closeListeners(ls)
 			pc.Close()
 			cmd.Process.Kill()
 			cmd.Wait()
 			return nil, fmt.Errorf("sandbox: %w", err)
 		}
-		rest = rest[1:]
+		rest = rest[2:]
 	}
 	for _, f := range rest {
 		f.Close()
@@ -457,7 +457,7 @@ func receive(f *os.File, timeout time.Duration) (message, []*os.File, error) {
 	uc := c.(*net.UnixConn)
 	uc.SetReadDeadline(time.Now().Add(timeout))
 	buf := make([]byte, 4096)
-	oob := make([]byte, unix.CmsgSpace(8*4))
+	oob := make([]byte, unix.CmsgSpace(16*4))
 	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
 	if err != nil {
 		return msg, nil, err
@@ -575,8 +575,15 @@ func child(sock *os.File, args []string, stderr io.Writer) int {
 	// command, before the listener is handed over: the command starts
 	// under it.
 	runtime.LockOSThread()
-	var guard *os.File
+	var guard, diag *os.File
 	if _, off := os.LookupEnv(noGuardEnv); !off {
+		// The guard lists the sandbox's own listening unix sockets
+		// through this socket: sock_diag answers for its namespace.
+		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+		if err != nil {
+			return fail(fmt.Errorf("sock_diag: %w", err))
+		}
+		diag = os.NewFile(uintptr(fd), "sock-diag")
 		if guard, err = installUnixFilter(); err != nil {
 			return fail(err)
 		}
@@ -591,7 +598,7 @@ func child(sock *os.File, args []string, stderr io.Writer) int {
 		files = append(files, leases)
 	}
 	if guard != nil {
-		files = append(files, guard)
+		files = append(files, guard, diag)
 	}
 	fds := make([]int, len(files))
 	for i, f := range files {

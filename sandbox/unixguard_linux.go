@@ -19,7 +19,9 @@ package sandbox
 //     A filesystem address is resolved by egress, compared with the
 //     allowed sockets by device and inode, and reached through
 //     /proc/self/fd/N of the file it opened, so what was checked is what
-//     is connected.
+//     is connected. A socket file a process of the sandbox listens on is
+//     allowed too: sock_diag, asked inside the namespace (a unix socket
+//     belongs to the namespace of its creator), lists those files.
 //   - socket() and socketpair() of AF_UNIX datagram sockets (SOCK_DGRAM,
 //     and SOCK_RAW, which the kernel makes a datagram socket) fail with
 //     EACCES, reported like a refused connect(): such a socket can
@@ -33,6 +35,7 @@ package sandbox
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -253,6 +256,8 @@ const pidfdThread = unix.O_EXCL
 type unixGuard struct {
 	f       *os.File
 	rc      syscall.RawConn
+	diag    *os.File // NETLINK_SOCK_DIAG, opened in the namespace; nil: none
+	diagMu  sync.Mutex
 	allow   []string // absolute paths, stat'ed at each check: daemons recreate their sockets
 	refused func(UnixRefusal)
 
@@ -261,7 +266,7 @@ type unixGuard struct {
 }
 
 // newUnixGuard serves the listener f until close.
-func newUnixGuard(f *os.File, allow []string, refused func(UnixRefusal)) (*unixGuard, error) {
+func newUnixGuard(f, diag *os.File, allow []string, refused func(UnixRefusal)) (*unixGuard, error) {
 	// Non-blocking, the listener is polled by the runtime's poller, so
 	// that close wakes the reader. NOTIF_RECV itself blocks regardless of
 	// O_NONBLOCK: the reader receives only when poll says one is waiting.
@@ -281,7 +286,7 @@ func newUnixGuard(f *os.File, allow []string, refused func(UnixRefusal)) (*unixG
 		pf.Close()
 		return nil, fmt.Errorf("unix socket filter: %w", err)
 	}
-	g := &unixGuard{f: pf, rc: rc, allow: allow, refused: refused}
+	g := &unixGuard{f: pf, rc: rc, diag: diag, allow: allow, refused: refused}
 	go g.serve()
 	return g, nil
 }
@@ -294,6 +299,11 @@ func (g *unixGuard) close() {
 	g.closed = true
 	g.mu.Unlock()
 	g.f.Close()
+	if g.diag != nil {
+		g.diagMu.Lock()
+		g.diag.Close()
+		g.diagMu.Unlock()
+	}
 }
 
 func (g *unixGuard) serve() {
@@ -465,7 +475,7 @@ func (g *unixGuard) connectPath(n *seccompNotif, tid, fd int, addr []byte) (int6
 		return 0, unix.ECONNREFUSED // unix_find_bsd's answer for a file that is no socket
 	}
 	self := "/proc/self/fd/" + strconv.Itoa(sock)
-	if !g.allowed(st) {
+	if !g.allowed(st) && !g.listening(st) {
 		resolved, _ := os.Readlink(self)
 		if !g.valid(n.ID) {
 			return 0, unix.ENOENT
@@ -496,6 +506,85 @@ func (g *unixGuard) allowed(st unix.Stat_t) bool {
 		}
 	}
 	return false
+}
+
+// listening says whether a socket of the sandbox's namespace listens on
+// the file st: processes of the sandbox may serve each other over a
+// socket file (Python's multiprocessing does). The kernel reports the
+// file's inode number in 32 bits, enough on every filesystem whose inode
+// numbers fit; an inode beyond them would need 2^32 files to collide.
+func (g *unixGuard) listening(st unix.Stat_t) bool {
+	if g.diag == nil {
+		return false
+	}
+	g.diagMu.Lock()
+	defer g.diagMu.Unlock()
+	files, err := listeningFiles(int(g.diag.Fd()))
+	if err != nil {
+		return false
+	}
+	for _, f := range files {
+		// s_dev, the kernel's dev_t: 12 bits of major, 20 of minor.
+		if f.ino == uint32(st.Ino) && f.dev>>20 == unix.Major(uint64(st.Dev)) && f.dev&0xfffff == unix.Minor(uint64(st.Dev)) {
+			return true
+		}
+	}
+	return false
+}
+
+type vfsFile struct{ ino, dev uint32 }
+
+// listeningFiles asks sock_diag (linux/unix_diag.h) for the files the
+// listening unix sockets of the namespace are bound to.
+func listeningFiles(fd int) ([]vfsFile, error) {
+	const (
+		sockDiagByFamily = 20
+		udiagShowVFS     = 0x2
+		unixDiagVFS      = 1
+		tcpListen        = 10
+	)
+	req := make([]byte, unix.NLMSG_HDRLEN+24)
+	binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
+	binary.NativeEndian.PutUint16(req[4:], sockDiagByFamily)
+	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	body := req[unix.NLMSG_HDRLEN:]
+	body[0] = unix.AF_UNIX
+	binary.NativeEndian.PutUint32(body[4:], 1<<tcpListen)
+	binary.NativeEndian.PutUint32(body[12:], udiagShowVFS)
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, err
+	}
+	var files []vfsFile
+	buf := make([]byte, 32<<10)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return nil, err
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return files, nil
+			case unix.NLMSG_ERROR:
+				return nil, errors.New("sock_diag: error")
+			}
+			// struct unix_diag_msg (16 bytes), then attributes.
+			for a := m.Data[min(16, len(m.Data)):]; len(a) >= 4; {
+				l := int(binary.NativeEndian.Uint16(a))
+				if l < 4 || l > len(a) {
+					break
+				}
+				if binary.NativeEndian.Uint16(a[2:]) == unixDiagVFS && l >= 12 {
+					files = append(files, vfsFile{ino: binary.NativeEndian.Uint32(a[4:]), dev: binary.NativeEndian.Uint32(a[8:])})
+				}
+				a = a[min((l+3)&^3, len(a)):]
+			}
+		}
+	}
 }
 
 // rawConnect calls connect(2) with addr as it is, and returns its errno.

@@ -111,8 +111,7 @@ def pair(kind):
         return b.recv(4).decode()
     return f
 
-def abstract():
-    name = "\0egress-guard-test-%d" % os.getpid()
+def serve_inside(name):
     l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     l.bind(name)
     l.listen(1)
@@ -128,6 +127,12 @@ def abstract():
     os.wait()
     return got
 
+def abstract():
+    return serve_inside("\0egress-guard-test-%d" % os.getpid())
+
+def inside():
+    return serve_inside(os.path.join(os.path.dirname(forbidden), "inside-%d.sock" % os.getpid()))
+
 attempt("allowed", connect(allowed))
 attempt("forbidden", connect(forbidden))
 os.chdir(os.path.dirname(forbidden))
@@ -140,6 +145,7 @@ attempt("raw", make(socket.AF_UNIX, socket.SOCK_RAW))
 attempt("pair_stream", pair(socket.SOCK_STREAM))
 attempt("pair_dgram", pair(socket.SOCK_DGRAM))
 attempt("abstract", abstract)
+attempt("inside", inside)
 `
 
 // TestUnixGuard: a socket file outside the sandbox is reachable only when
@@ -195,6 +201,7 @@ func TestUnixGuard(t *testing.T) {
 				"pair_stream":    "ok pair",
 				"pair_dgram":     "EACCES",
 				"abstract":       "ok pong", // scoped to the sandbox's namespace
+				"inside":         "ok pong", // a socket file the sandbox's own process listens on
 			}
 			for name, w := range want {
 				g := got[name]
