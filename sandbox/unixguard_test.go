@@ -81,7 +81,7 @@ func pythonAvailable(t *testing.T, name string, env []string) []string {
 // server answered, or the errno's name and the seconds it took.
 const guardProbe = `
 from __future__ import print_function
-import errno, os, socket, sys, time
+import errno, os, signal, socket, sys, time
 allowed, forbidden, link_allowed, link_forbidden = sys.argv[1:5]
 
 def attempt(name, f):
@@ -115,17 +115,20 @@ def serve_inside(name):
     l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     l.bind(name)
     l.listen(1)
-    if os.fork() == 0:
+    pid = os.fork()
+    if pid == 0:
         c, _ = l.accept()
         c.sendall(c.recv(4).replace(b"i", b"o"))
         os._exit(0)
     l.close()
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(name)
-    s.sendall(b"ping")
-    got = s.recv(4).decode()
-    os.wait()
-    return got
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(name)
+        s.sendall(b"ping")
+        return s.recv(4).decode()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 def abstract():
     return serve_inside("\0egress-guard-test-%d" % os.getpid())
