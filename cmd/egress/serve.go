@@ -28,6 +28,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/names"
 	"github.com/egress-proxy/egress/proxy/proxyproto"
 	"github.com/egress-proxy/egress/proxy/transparent"
+	"github.com/egress-proxy/egress/proxy/tunnel"
 	"github.com/egress-proxy/egress/reload"
 )
 
@@ -122,6 +123,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// the system resolver), so that serve, run and the DNS listener agree,
 	// also after a reload changes dns.upstreams.
 	dial := &dialer.Dialer{Policy: current, IsSelf: self.Contains, Resolver: currentUpstreams(current)}
+	// Every tunnel of every path (CONNECT, upgrades, transparent): one
+	// limits.max_tunnels, and what a reload re-decides.
+	tunnels := &tunnel.Set{}
 
 	var svcs []service
 	fail := func(err error) int {
@@ -145,7 +149,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return fail(fmt.Errorf("listen http: %w", err))
 	}
 	self.Add(ln.Addr())
-	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger}
+	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger, Tunnels: tunnels}
 	var hln net.Listener = ln
 	if pol.Listen.ProxyProtocol {
 		// Behind a load balancer: the client address comes from the
@@ -202,7 +206,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return fail(fmt.Errorf("listen transparent: %w", err))
 		}
 		self.Add(tl.Addr())
-		ts := &transparent.Server{Policy: current, Dialer: dial, Names: dnsNames, Events: events, Logger: logger}
+		ts := &transparent.Server{Policy: current, Dialer: dial, Names: dnsNames, Events: events, Logger: logger, Tunnels: tunnels}
 		adm.TrackTunnels(eventlog.ProtoTCP, ts.Open)
 		svcs = append(svcs, service{name: "transparent", addr: tl.Addr().String(), serve: func() error {
 			if err := ts.Serve(tl); !errors.Is(err, transparent.ErrServerClosed) {
@@ -295,7 +299,7 @@ wait:
 	if drain <= 0 {
 		drain = defaultDrain
 	}
-	logger.Info().Dur("drain", drain).Int("open_tunnels", hp.OpenTunnels()).Msg("shutting down: no new connections; draining open tunnels")
+	logger.Info().Dur("drain", drain).Int("open_tunnels", tunnels.Open()).Msg("shutting down: no new connections; draining open tunnels")
 	sctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	var wg sync.WaitGroup

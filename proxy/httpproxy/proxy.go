@@ -34,12 +34,13 @@ import (
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/tunnel"
 )
 
 // Defaults used when the policy leaves a setting at zero.
 const (
 	DefaultHeaderTimeout  = 10 * time.Second
-	DefaultMaxTunnels     = 10000
+	DefaultMaxTunnels     = tunnel.DefaultMaxTunnels
 	DefaultMaxHeaderBytes = 64 << 10
 	idleClientTimeout     = 2 * time.Minute // between requests on a kept-alive client connection
 )
@@ -62,13 +63,17 @@ type Proxy struct {
 	// TLSClientConfig verifies origins of absolute-form https:// requests.
 	// Nil means the system roots. Verification is never skipped.
 	TLSClientConfig *tls.Config
+	// Tunnels is the set CONNECT tunnels and upgraded connections join:
+	// share one with the other data paths of the process, so that
+	// limits.max_tunnels holds for all of them and a reload can revoke
+	// them all. Nil means a set of this Proxy's own.
+	Tunnels *tunnel.Set
 
 	initOnce sync.Once
 	gp       *goproxy.ProxyHttpServer
 	dial     *dialer.Dialer
 	self     dialer.Self
-	tunnels  tunnelSet
-	poll     poller
+	tunnels  *tunnel.Group
 
 	mu       sync.Mutex
 	srvs     []*http.Server
@@ -79,6 +84,7 @@ type Proxy struct {
 
 func (p *Proxy) init() {
 	p.initOnce.Do(func() {
+		p.tunnels = &tunnel.Group{Set: p.Tunnels, Events: p.Events, Logger: p.Logger}
 		p.dial = p.Dialer
 		if p.dial == nil {
 			p.dial = &dialer.Dialer{Policy: p.Policy, IsSelf: p.self.Contains}
@@ -149,7 +155,14 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 			err = e
 		}
 	}
-	if e := p.tunnels.drain(ctx); e != nil && err == nil {
+	if err != nil {
+		// Past the deadline: close the connections still in a request,
+		// which cancels the dial of a CONNECT being set up.
+		for _, s := range srvs {
+			s.Close()
+		}
+	}
+	if e := p.tunnels.Drain(ctx); e != nil && err == nil {
 		err = e
 	}
 	for _, s := range srvs {
@@ -163,8 +176,12 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// OpenTunnels is the number of CONNECT tunnels currently open.
-func (p *Proxy) OpenTunnels() int { return int(p.tunnels.n.Load()) }
+// OpenTunnels is the number of this Proxy's tunnels (CONNECT and
+// upgraded connections) open or being set up.
+func (p *Proxy) OpenTunnels() int {
+	p.init()
+	return p.tunnels.Open()
+}
 
 // ServeHTTP answers one proxy request: CONNECT here, absolute-form
 // requests through goproxy, anything else with a 400 info page.
