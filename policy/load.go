@@ -30,6 +30,7 @@ type Policy struct {
 	DNS      DNS
 	Timeouts Timeouts
 	Limits   Limits
+	Reload   Reload
 
 	hash       string
 	top        ruleset
@@ -85,7 +86,7 @@ const BuiltinSource = "(built-in)"
 // The file is strict: unknown fields, wrong types, bad cidrs, ports or host
 // patterns, a missing version: or default:, and a second YAML document are
 // all errors. Settings left out get their defaults (see the Listen, Log,
-// DNS, Timeouts and Limits types).
+// DNS, Timeouts, Limits and Reload types).
 func Load(file string, data []byte) (p *Policy, err error) {
 	l := &loader{file: file, budget: nodeBudget(len(data))}
 	p = &Policy{Source: file}
@@ -129,6 +130,7 @@ func (p *Policy) setDefaults() {
 	p.DNS = DNS{Timeout: 2 * time.Second, Blocked: "nxdomain", MaxTTL: time.Hour, CacheSize: 10000}
 	p.Timeouts = Timeouts{Dial: 10 * time.Second, Header: 10 * time.Second, Response: 60 * time.Second, Drain: 30 * time.Second}
 	p.Limits = Limits{MaxTunnels: 10000, MaxHeaderBytes: 65536}
+	p.Reload = Reload{RevokeOpen: true}
 }
 
 // compile builds the matchers of every ruleset.

@@ -60,6 +60,9 @@ func TestLoadErrors(t *testing.T) {
 		{"a bad dns upstream", "version: 1\ndefault: deny\ndns:\n  upstreams: [dns.example:53]\n", []string{"4:15: dns upstream \"dns.example:53\""}},
 		{"min_ttl above max_ttl", "version: 1\ndefault: deny\ndns:\n  min_ttl: 2h\n  max_ttl: 1h\n", []string{"4:3: dns.min_ttl 2h0m0s is more than dns.max_ttl 1h0m0s"}},
 		{"a zero limit", "version: 1\ndefault: deny\nlimits:\n  max_tunnels: 0\n", []string{"4:16: limits.max_tunnels must be more than 0"}},
+		{"reload.revoke_open is a boolean", "version: 1\ndefault: deny\nreload:\n  revoke_open: never\n", []string{"4:16: reload.revoke_open must be true or false"}},
+		{"reload takes no other field", "version: 1\ndefault: deny\nreload:\n  revoke: false\n", []string{"4:3: unknown field \"revoke\" in reload"}},
+		{"reload is a mapping", "version: 1\ndefault: deny\nreload: false\n", []string{"3:9: reload must be"}},
 		{"an unknown listen field", "version: 1\ndefault: deny\nlisten:\n  https: 127.0.0.1:1\n", []string{`4:3: unknown field "https" in listen`}},
 		{"a client without name or selector", "version: 1\ndefault: deny\nclients:\n  - default: deny\n", []string{"4:5: a clients entry needs a name", "4:5: a clients entry needs sources or users"}},
 		{"a client name used twice", "version: 1\ndefault: deny\nclients:\n  - {name: a, users: [x]}\n  - {name: a, users: [y]}\n", []string{`5:12: client name "a" is used twice`}},
@@ -139,6 +142,8 @@ timeouts:
 limits:
   max_tunnels: 20
   max_header_bytes: 8192
+reload:
+  revoke_open: false
 `)
 	if p.Default != Deny || p.Mode != Audit || p.Version != 1 || p.Source != "full.yaml" {
 		t.Errorf("header: %+v", p)
@@ -159,6 +164,9 @@ limits:
 	}
 	if (p.Limits != Limits{MaxTunnels: 20, MaxHeaderBytes: 8192}) {
 		t.Errorf("limits %+v", p.Limits)
+	}
+	if p.Reload.RevokeOpen {
+		t.Errorf("reload %+v", p.Reload)
 	}
 	if !reflect.DeepEqual(p.AllowFrom, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("10.1.0.0/16")}) {
 		t.Errorf("allow_from %v", p.AllowFrom)
@@ -187,10 +195,10 @@ limits:
 func TestLoadDefaults(t *testing.T) {
 	p := mustLoad(t, "min.yaml", "version: 1\ndefault: deny\n")
 	b := Builtin()
-	if !reflect.DeepEqual(p.Listen, b.Listen) || p.Log != b.Log || p.Timeouts != b.Timeouts || p.Limits != b.Limits || !reflect.DeepEqual(p.DNS, b.DNS) {
+	if !reflect.DeepEqual(p.Listen, b.Listen) || p.Log != b.Log || p.Timeouts != b.Timeouts || p.Limits != b.Limits || p.Reload != b.Reload || !reflect.DeepEqual(p.DNS, b.DNS) {
 		t.Errorf("defaults differ from the built-in policy")
 	}
-	if p.Listen.HTTP != "127.0.0.1:3128" || p.Listen.Admin != "127.0.0.1:9090" || p.Listen.DNS != "" || p.DNS.Timeout != 2*time.Second || p.Timeouts.Dial != 10*time.Second || p.Limits.MaxTunnels != 10000 {
+	if p.Listen.HTTP != "127.0.0.1:3128" || p.Listen.Admin != "127.0.0.1:9090" || p.Listen.DNS != "" || p.DNS.Timeout != 2*time.Second || p.Timeouts.Dial != 10*time.Second || p.Limits.MaxTunnels != 10000 || !p.Reload.RevokeOpen {
 		t.Errorf("defaults %+v", p)
 	}
 	if b.Default != Allow || b.Mode != Enforce || b.Source != BuiltinSource {

@@ -226,6 +226,16 @@ type Limits struct {
 	MaxHeaderBytes int // default 65536
 }
 
+// Reload holds what a reload of the policy file does to open
+// connections.
+type Reload struct {
+	// RevokeOpen: on reload, decide every open tunnel and transparent
+	// connection again and close those the new policy refuses (logged
+	// with reason revoked). Default true; false keeps them open until
+	// they end, as before.
+	RevokeOpen bool
+}
+
 // location formats FILE:LINE.
 func location(file string, line int) string {
 	return file + ":" + strconv.Itoa(line)

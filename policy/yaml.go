@@ -314,6 +314,7 @@ func (l *loader) parse(data []byte, p *Policy) {
 		{"dns", func(k, v *yaml.Node) { l.dns(v, &p.DNS) }},
 		{"timeouts", func(k, v *yaml.Node) { l.timeouts(v, &p.Timeouts) }},
 		{"limits", func(k, v *yaml.Node) { l.limits(v, &p.Limits) }},
+		{"reload", func(k, v *yaml.Node) { l.reload(v, &p.Reload) }},
 	})
 	if l.node(root).Kind == yaml.MappingNode {
 		if seen["version"] == nil {
@@ -765,5 +766,11 @@ func (l *loader) limits(n *yaml.Node, lm *Limits) {
 	l.mapping(n, "limits", []field{
 		{"max_tunnels", positive(&lm.MaxTunnels, "limits.max_tunnels")},
 		{"max_header_bytes", positive(&lm.MaxHeaderBytes, "limits.max_header_bytes")},
+	})
+}
+
+func (l *loader) reload(n *yaml.Node, r *Reload) {
+	l.mapping(n, "reload", []field{
+		{"revoke_open", func(k, v *yaml.Node) { r.RevokeOpen = l.boolean(v, "reload.revoke_open") }},
 	})
 }

@@ -241,6 +241,13 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		watcher.OnReload = func(p *policy.Policy, err error) {
 			if err == nil {
 				cur.Store(p)
+				if p.Reload.RevokeOpen {
+					// Each one closed logs its line, reason revoked.
+					if n := tunnels.Revoke(p); n > 0 {
+						logger.Info().Str(eventlog.FieldPolicy, p.Source).Int("revoked", n).
+							Msg("policy reloaded: closed the open tunnels it refuses")
+					}
+				}
 			}
 			adm.ObserveReload(p, err)
 		}
