@@ -5,8 +5,9 @@
 //
 // Plain HTTP is forwarded by github.com/elazarl/goproxy with our own
 // Transport (no proxies from the environment, TLS verification on, dials
-// through proxy/dialer). CONNECT is handled here, in front of goproxy: see
-// connect.go for why. It does not intercept TLS (no MITM) and does not
+// through proxy/dialer). CONNECT and upgrades (WebSocket) are handled here,
+// in front of goproxy (connect.go and upgrade.go say why), and become
+// proxy/tunnel tunnels once dialled. It does not intercept TLS (no MITM) and does not
 // authenticate proxy users; a Basic Proxy-Authorization user name only
 // selects a per-client policy.
 package httpproxy
