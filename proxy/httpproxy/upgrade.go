@@ -168,4 +168,3 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, fw *forward
 	t.Request.IP = dec.IP
 	t.Start(cc, up)
 }
-
