@@ -151,3 +151,27 @@ func TestNAT64PrefixErrors(t *testing.T) {
 		t.Errorf("NAT64Prefixes = %v", p.NAT64Prefixes)
 	}
 }
+
+func TestLintLocalUseNAT64(t *testing.T) {
+	for _, tt := range []struct {
+		name, text string
+		warn       bool
+	}{
+		{"a cidr allow inside 64:ff9b:1::/48 without a declared prefix is warned about", "version: 1\ndefault: allow\nallow:\n  - cidr: \"64:ff9b:1::/48\"\n", true},
+		{"a declared prefix there silences the warning", "version: 1\ndefault: allow\nnat64_prefixes: [\"64:ff9b:1:ab00::/56\"]\nallow:\n  - cidr: \"64:ff9b:1::/48\"\n", false},
+		{"a cidr allow elsewhere is not warned about", "version: 1\ndefault: allow\nallow:\n  - cidr: \"2001::/32\"\n", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := mustLoad(t, "w.yaml", tt.text)
+			got := false
+			for _, w := range p.Warnings() {
+				if strings.Contains(w.Message, "64:ff9b:1::/48") {
+					got = true
+				}
+			}
+			if got != tt.warn {
+				t.Errorf("warned = %v, want %v: %v", got, tt.warn, p.Warnings())
+			}
+		})
+	}
+}
