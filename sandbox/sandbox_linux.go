@@ -265,6 +265,9 @@ func Start(cfg Config) (*Sandbox, error) {
 	if cfg.Filter != nil && sb.leases == nil {
 		sb.closeListeners(ls)
 		pc.Close()
+		if sb.nflog != nil {
+			sb.nflog.Close()
+		}
 		cmd.Process.Kill()
 		cmd.Wait()
 		return nil, errors.New("sandbox: the namespace handed over no nftables socket for the connect filter")
@@ -362,7 +365,7 @@ func filterFile(f *policy.ConnectFilter) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: connect filter: %w", err)
 	}
-	fd, err := unix.MemfdCreate("egress-filter", 0)
+	fd, err := unix.MemfdCreate("egress-filter", unix.MFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: connect filter: %w", err)
 	}

@@ -112,7 +112,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	var filter *policy.ConnectFilter
 	if !*acceptFirst {
 		f := pol.ConnectFilter()
-		filter = &f
+		if err := connfilter.Check(&f); err != nil {
+			fmt.Fprintf(stderr, "egress run: %v: denied connections are refused after they open, as with --refuse-after-accept\n", err)
+		} else {
+			filter = &f
+		}
 	}
 	sb, err := sandbox.Start(sandbox.Config{Args: cmdArgs, ExeArgs: runExeArgs, Stdout: stdout, Stderr: stderr, Filter: filter})
 	if err != nil {
@@ -154,7 +158,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			// A connect() the filter refused: the same decision, log line
 			// and summary row as a refusal by the transparent listener.
 			e := connfilter.Refusal(d, tp.DecideConnect)
-			sum.refusedAtConnect(e, d.Src)
+			sum.refusedAtConnect(e)
 			events.Record(e)
 			return
 		}
@@ -299,9 +303,9 @@ type runSummary struct {
 	drops  map[sandbox.Drop]int
 	// rawProcs are the processes whose connections ignored the proxy.
 	rawProcs summaryRow
-	atConn map[string]bool // ids of connections refused at connect()
-	total  int
-	raw    int // connections that came through the transparent path
+	atConn   map[string]bool // ids of connections refused at connect()
+	total    int
+	raw      int // connections that came through the transparent path
 }
 
 type summaryKey struct {
@@ -354,17 +358,12 @@ func (l *identifyingListener) Accept() (net.Conn, error) {
 }
 
 // refusedAtConnect notes that e, about to be recorded, is a connection
-// the connect filter refused, and looks up its process while its socket
-// may still exist.
-func (s *runSummary) refusedAtConnect(e eventlog.Entry, client netip.AddrPort) {
-	client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
-	p, ok := s.sb.Owner(client)
+// the connect filter refused. Its process is not looked up: the socket is
+// gone by the time the refusal is read (and a look-up scans /proc).
+func (s *runSummary) refusedAtConnect(e eventlog.Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.atConn[e.ID] = true
-	if ok {
-		s.addOwner(client, p)
-	}
 }
 
 // maxOwners bounds the client addresses whose process is remembered; a
