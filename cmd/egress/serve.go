@@ -317,6 +317,9 @@ func (e *server) startAdmin() (stop func()) {
 		e.logger.Error().Err(err).Str("listen_admin", e.pol.Listen.Admin).Msg("admin listener off: cannot listen")
 		return nil
 	}
+	// The admin listener hands out the policy and recent denials: a
+	// connection to it through egress is a loop like any other listener's.
+	e.self.Add(al.Addr())
 	e.adminAddr = al.Addr().String()
 	go e.adm.Serve(al)
 	return func() { e.adm.Shutdown(context.Background()) }
