@@ -75,6 +75,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	defer closeLog()
+	defer routeStdLog(logger)()
 
 	e := newServer(pol, watcher, loadedAt, logger)
 	if err := e.listen(f.listen); err != nil {
