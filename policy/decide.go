@@ -329,3 +329,9 @@ func ruleText(r *Rule) string {
 	b.WriteByte('}')
 	return b.String()
 }
+
+// YAMLScalar writes s (a host name, an address) as a YAML scalar that
+// reads back as the string s: plain where YAML allows, quoted otherwise
+// ("null", "1e3", "*.example.com", IPv6). Hints and egress learn write
+// rules with it.
+func YAMLScalar(s string) string { return yamlScalar(s) }
