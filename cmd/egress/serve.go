@@ -27,6 +27,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/httpproxy"
 	"github.com/egress-proxy/egress/proxy/names"
 	"github.com/egress-proxy/egress/proxy/proxyproto"
+	"github.com/egress-proxy/egress/proxy/resolve"
 	"github.com/egress-proxy/egress/proxy/transparent"
 	"github.com/egress-proxy/egress/reload"
 )
@@ -118,10 +119,12 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}})
 	events := &eventlog.Sink{Logger: logger, LogAllowed: pol.Log.Allowed, Observe: adm.Observe}
 	self := &dialer.Self{}
-	// Names are resolved where the DNS proxy forwards (dns.upstreams, else
-	// the system resolver), so that serve, run and the DNS listener agree,
-	// also after a reload changes dns.upstreams.
-	dial := &dialer.Dialer{Policy: current, IsSelf: self.Contains, Resolver: currentUpstreams(current)}
+	// One resolver (dns.upstreams, else resolv.conf's, with failover and
+	// the cache) for the dialer, the transparent path and the DNS
+	// listener, following a reloaded dns.upstreams at the next lookup.
+	res := &resolve.Resolver{Policy: current, IsSelf: self.Contains}
+	defer res.Close()
+	dial := &dialer.Dialer{Policy: current, IsSelf: self.Contains, Resolver: res}
 
 	var svcs []service
 	fail := func(err error) int {
@@ -196,7 +199,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		self.Add(pc.LocalAddr())
 		self.Add(dl.Addr())
-		ds := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: dnsRecorder, IsSelf: self.Contains}
+		ds := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: dnsRecorder, Resolver: res}
 		svcs = append(svcs, service{name: "dns", addr: pc.LocalAddr().String(), serve: func() error {
 			if err := ds.Serve(pc, dl); !errors.Is(err, dnsproxy.ErrServerClosed) {
 				return err
@@ -383,19 +386,4 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}
-
-// currentUpstreams resolves through the dns.upstreams of the policy in
-// force at each lookup, as the DNS listener does per query: a reload that
-// changes them applies to the dialer too, with no restart.
-type currentUpstreams func() *policy.Policy
-
-var _ dialer.Resolver = currentUpstreams(nil)
-
-func (c currentUpstreams) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
-	r := upstreamResolver(c().DNS.Upstreams)
-	if r == nil {
-		r = net.DefaultResolver
-	}
-	return r.LookupNetIP(ctx, network, host)
 }
