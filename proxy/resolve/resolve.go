@@ -62,6 +62,10 @@ type Resolver struct {
 	// such upstreams are skipped so that egress never asks itself. Nil
 	// means none (listeners added with AddSelf are always skipped).
 	IsSelf func(netip.AddrPort) bool
+	// Hosts is the hosts file LookupNetIP answers from before asking an
+	// upstream, as the system's resolver does; "" means DefaultHosts. The
+	// DNS listener (Exchange) does not read it.
+	Hosts string
 	// Now returns the current time for the cache; nil means time.Now.
 	Now func() time.Time
 
@@ -75,6 +79,7 @@ type Resolver struct {
 	resolv      []string
 	resolvErr   error
 	upstreamSet atomic.Pointer[[]string] // the dns.upstreams the cache was filled from
+	hosts       hostsFile
 }
 
 var _ dialer.Resolver = (*Resolver)(nil)
@@ -166,7 +171,9 @@ func (r *Resolver) Exchange(ctx context.Context, cfg policy.DNS, q dns.Question,
 
 // LookupNetIP returns the addresses of host: its A records for network
 // "ip4", AAAA for "ip6", both (asked in parallel, IPv6 first) for "ip",
-// following the CNAME chain of each answer. It implements dialer.Resolver.
+// following the CNAME chain of each answer. Like the system's resolver it
+// answers localhost names with loopback (RFC 6761 §6.3) and names in the
+// hosts file from it, without a query. It implements dialer.Resolver.
 //
 // Errors are *net.DNSError, so that callers tell a missing name from a
 // failing server the usual way: IsNotFound for NXDOMAIN or a name without
@@ -192,6 +199,9 @@ func (r *Resolver) LookupNetIP(ctx context.Context, network, host string) ([]net
 		// RFC 6761 §6.3: resolution APIs answer localhost names with
 		// loopback themselves and send no query for them.
 		return loopback(network), nil
+	}
+	if addrs := r.fromHosts(network, name); len(addrs) > 0 {
+		return addrs, nil
 	}
 	cfg := r.policy().DNS
 	type result struct {
@@ -244,6 +254,22 @@ func (r *Resolver) LookupNetIP(ctx context.Context, network, host string) ([]net
 		return nil, de
 	}
 	return nil, &net.DNSError{Err: "no address records", Name: host, IsNotFound: true}
+}
+
+// fromHosts returns the addresses of the hosts file for name, of the
+// family network asks for.
+func (r *Resolver) fromHosts(network, name string) []netip.Addr {
+	path := r.Hosts
+	if path == "" {
+		path = DefaultHosts
+	}
+	var out []netip.Addr
+	for _, a := range r.hosts.lookup(path, name, time.Now()) {
+		if network == "ip" || network == "ip4" && a.Is4() || network == "ip6" && a.Is6() {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func loopback(network string) []netip.Addr {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -215,6 +217,19 @@ func TestLookupNetIP(t *testing.T) {
 		r, _ := resolver(load(t, []string{up.addr}, ""))
 		got, err := r.LookupNetIP(context.Background(), "ip4", "db.localhost")
 		if err != nil || !slices.Equal(got, []netip.Addr{netip.MustParseAddr("127.0.0.1")}) || up.queries.Load() != 0 {
+			t.Fatalf("LookupNetIP = %v, %v, %d queries", got, err, up.queries.Load())
+		}
+	})
+	t.Run("a name in the hosts file is answered from it without a query", func(t *testing.T) {
+		up := newServer(t, dns.RcodeSuccess, records)
+		hosts := filepath.Join(t.TempDir(), "hosts")
+		if err := os.WriteFile(hosts, []byte("# comment\n127.0.0.9 Box box.lan # alias\n::1 box\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r, _ := resolver(load(t, []string{up.addr}, ""))
+		r.Hosts = hosts
+		got, err := r.LookupNetIP(context.Background(), "ip4", "box")
+		if err != nil || !slices.Equal(got, []netip.Addr{netip.MustParseAddr("127.0.0.9")}) || up.queries.Load() != 0 {
 			t.Fatalf("LookupNetIP = %v, %v, %d queries", got, err, up.queries.Load())
 		}
 	})
