@@ -6,7 +6,10 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
+
+	"github.com/miekg/dns"
 )
 
 // serve's dialer resolves through the DNS proxy's resolver, with its
@@ -65,4 +68,80 @@ func closedUDPPort(t *testing.T) string {
 	a := pc.LocalAddr().String()
 	pc.Close()
 	return a
+}
+
+// countingUpstream is a DNS upstream on loopback that answers NXDOMAIN to
+// everything and counts the queries it gets.
+func countingUpstream(t *testing.T) (string, *atomic.Int64) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n atomic.Int64
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		n.Add(1)
+		m := new(dns.Msg)
+		m.SetRcode(q, dns.RcodeNameError)
+		w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	go srv.ActivateAndServe()
+	<-started
+	t.Cleanup(func() { srv.Shutdown() })
+	return pc.LocalAddr().String(), &n
+}
+
+// With dns.resolve_unlisted: false, a name no host rule allows is refused
+// on every path of egress serve (plain HTTP, CONNECT, the DNS listener)
+// without a query upstream, even on a port a cidr rule allows; by default
+// it is resolved first (and then refused or not on its addresses).
+func TestServeResolveUnlisted(t *testing.T) {
+	origin := greeterOrigin(t)
+	for _, c := range []struct {
+		name    string
+		setting string
+		queries bool
+	}{
+		{"resolve_unlisted false: refused with no upstream query", "  resolve_unlisted: false\n", false},
+		{"by default: resolved upstream first", "", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			up, queries := countingUpstream(t)
+			dnsAddr := closedUDPPort(t)
+			config := writeConfig(t, fmt.Sprintf("version: 1\ndefault: deny\nallow:\n  - cidr: 127.0.0.1/32\n    ports: [%d]\nlisten:\n  dns: %s\n  admin: \"\"\ndns:\n  upstreams: [%q]\n%s", origin, dnsAddr, up, c.setting))
+			_, addr, _ := startEgress(t, nil, "serve", "--config", config, "--listen", "127.0.0.1:0")
+
+			target := fmt.Sprintf("unlisted.test:%d", origin)
+			for _, req := range []string{
+				"GET http://" + target + "/ HTTP/1.1\r\nHost: " + target + "\r\n\r\n",
+				"CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n",
+			} {
+				conn, err := net.Dial("tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.WriteString(conn, req)
+				line, _ := bufio.NewReader(conn).ReadString('\n')
+				conn.Close()
+				want := "HTTP/1.1 403 egress denied " + target + ": no rule matched"
+				if c.queries {
+					want = "HTTP/1.1 502 egress could not resolve unlisted.test: no such host"
+				}
+				if !strings.HasPrefix(line, want) {
+					t.Errorf("%q: status line %q; want %q...", strings.Fields(req)[0], line, want)
+				}
+			}
+			m := new(dns.Msg)
+			m.SetQuestion("unlisted.test.", dns.TypeA)
+			r, err := dns.Exchange(m, dnsAddr)
+			if err != nil || r.Rcode != dns.RcodeNameError {
+				t.Fatalf("DNS answer %v, %v; want NXDOMAIN", r, err)
+			}
+			if got := queries.Load(); (got > 0) != c.queries {
+				t.Fatalf("the upstream got %d queries; want queries: %v", got, c.queries)
+			}
+		})
+	}
 }
