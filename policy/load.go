@@ -21,6 +21,11 @@ type Policy struct {
 
 	// AllowFrom lists the client source addresses served; empty = any.
 	AllowFrom []netip.Prefix
+	// NAT64Prefixes are the operator's NAT64 (DNS64) prefixes besides the
+	// well-known 64:ff9b::/96, validated against RFC 6052 §2.2: an address
+	// under one is decided on the IPv4 address it carries, guards and cidr
+	// rules alike.
+	NAT64Prefixes []netip.Prefix
 	// Clients are the per-client policies, in file order (the first entry
 	// that matches a request's client decides for it).
 	Clients []Client

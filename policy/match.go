@@ -278,10 +278,10 @@ func (rs *ruleset) compile() {
 		} else {
 			rs.cidrAllowPorts = append(rs.cidrAllowPorts, r.Ports...)
 		}
-		if reason, rng, _, ok := guardOf(r.Prefix.Addr()); ok && reason == ReasonGuardMetadata && r.Prefix.Bits() >= rng.Bits() {
+		if reason, rng, ok := guardOf(r.Prefix.Addr()); ok && reason == ReasonGuardMetadata && r.Prefix.Bits() >= rng.Bits() {
 			rs.metaAllows = append(rs.metaAllows, r)
 		}
-		if reason, rng, _, ok := guardOf(r.Prefix.Addr()); ok && reason == ReasonGuardLoopback && r.Prefix.Bits() >= rng.Bits() {
+		if reason, rng, ok := guardOf(r.Prefix.Addr()); ok && reason == ReasonGuardLoopback && r.Prefix.Bits() >= rng.Bits() {
 			rs.loopbackAllows = append(rs.loopbackAllows, r)
 		}
 	}

@@ -308,6 +308,7 @@ func (l *loader) parse(data []byte, p *Policy) {
 		{"allow", func(k, v *yaml.Node) { top.rules = append(top.rules, l.rules(v, Allow, "allow")...) }},
 		{"deny", func(k, v *yaml.Node) { top.rules = append(top.rules, l.rules(v, Deny, "deny")...) }},
 		{"allow_from", func(k, v *yaml.Node) { p.AllowFrom = l.prefixes(v, "allow_from") }},
+		{"nat64_prefixes", func(k, v *yaml.Node) { p.NAT64Prefixes = l.nat64Prefixes(v) }},
 		{"clients", func(k, v *yaml.Node) { l.clients(v, p) }},
 		{"listen", func(k, v *yaml.Node) { l.listen(v, &p.Listen) }},
 		{"log", func(k, v *yaml.Node) { l.log(v, &p.Log) }},
@@ -536,6 +537,86 @@ func (l *loader) prefixes(n *yaml.Node, what string) []netip.Prefix {
 		}
 	}
 	return out
+}
+
+// nat64Prefixes validates nat64_prefixes: IPv6 prefixes of the lengths RFC
+// 6052 §2.2 defines, with the u-octet (bits 64-71) zero, in global unicast,
+// unique local or the RFC 6052/8215 prefixes, apart from the other forms
+// that carry IPv4 addresses and from the metadata addresses, and not
+// overlapping each other (an address must have one reading).
+func (l *loader) nat64Prefixes(n *yaml.Node) []netip.Prefix {
+	const what = "nat64_prefixes entry"
+	var out []netip.Prefix
+	for _, item := range l.seq(n, "nat64_prefixes") {
+		s, ok := l.str(item, what)
+		if !ok {
+			continue
+		}
+		item = l.node(item)
+		if !strings.Contains(s, "/") {
+			if _, err := netip.ParseAddr(s); err == nil {
+				l.errf(item, "%s %q needs a length: write %s/96 (or /32, /40, /48, /56, /64)", what, s, s)
+				continue
+			}
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			l.errf(item, "%s %q is not a cidr such as 64:ff9b::/96", what, s)
+			continue
+		}
+		if !p.Addr().Is6() || p.Addr().Is4In6() {
+			l.errf(item, "%s %q is not an IPv6 prefix such as 64:ff9b::/96", what, s)
+			continue
+		}
+		if m := p.Masked(); m != p {
+			l.errf(item, "%s %q has bits set after the /%d: write %s", what, s, p.Bits(), m)
+			continue
+		}
+		switch p.Bits() {
+		case 32, 40, 48, 56, 64, 96:
+		default:
+			l.errf(item, "%s %q: the length must be 32, 40, 48, 56, 64 or 96 (RFC 6052 §2.2)", what, s)
+			continue
+		}
+		if p.Bits() == 96 && p.Addr().As16()[8] != 0 {
+			l.errf(item, "%s %q: bits 64-71 (the u-octet) must be zero (RFC 6052 §2.2)", what, s)
+			continue
+		}
+		if !(globalUnicast.Contains(p.Addr()) || uniqueLocal.Contains(p.Addr()) || nat64.Overlaps(p) && p.Bits() >= nat64.Bits() || nat64LocalUse.Overlaps(p) && p.Bits() >= nat64LocalUse.Bits()) {
+			l.errf(item, "%s %q must be global unicast (2000::/3), unique local (fc00::/7) or inside 64:ff9b::/96 or 64:ff9b:1::/48", what, s)
+			continue
+		}
+		if msg := nat64Clash(p, out); msg != "" {
+			l.errf(item, "%s %q %s", what, s, msg)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// nat64Clash says why p cannot be a NAT64 prefix next to the ones already
+// declared, or "".
+func nat64Clash(p netip.Prefix, declared []netip.Prefix) string {
+	for _, f := range []struct {
+		name string
+		p    netip.Prefix
+	}{{"6to4", sixToFour}, {"Teredo", teredo}} {
+		if f.p.Overlaps(p) {
+			return "overlaps " + f.name + " " + f.p.String()
+		}
+	}
+	for _, g := range guardRanges {
+		if g.reason == ReasonGuardMetadata && p.Contains(g.prefix.Addr()) {
+			return "contains the metadata address " + g.prefix.Addr().String()
+		}
+	}
+	for _, q := range declared {
+		if q.Overlaps(p) {
+			return "overlaps " + strconv.Quote(q.String())
+		}
+	}
+	return ""
 }
 
 func (l *loader) ports(n *yaml.Node) []PortRange {

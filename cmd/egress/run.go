@@ -278,6 +278,8 @@ type runSummary struct {
 	byKey  map[summaryKey]*summaryRow
 	owners map[netip.AddrPort]sandbox.Process
 	drops  map[sandbox.Drop]int
+	// rawProcs are the processes whose connections ignored the proxy.
+	rawProcs summaryRow
 	atConn map[string]bool // ids of connections refused at connect()
 	total  int
 	raw    int // connections that came through the transparent path
@@ -294,13 +296,13 @@ type summaryRow struct {
 	reason policy.Reason
 	hint   string
 	err    string
-	procs  map[string]bool
-	client []netip.AddrPort
+	procs  map[string]bool // named, at most maxRowProcs
+	more   map[string]bool // the others, counted, at most maxRowMore
 }
 
 func newRunSummary(sb *sandbox.Sandbox) *runSummary {
 	return &runSummary{sb: sb, byKey: map[summaryKey]*summaryRow{}, owners: map[netip.AddrPort]sandbox.Process{},
-		drops: map[sandbox.Drop]int{}, atConn: map[string]bool{}}
+		drops: map[sandbox.Drop]int{}, atConn: map[string]bool{}, rawProcs: summaryRow{procs: map[string]bool{}}}
 }
 
 // identify wraps a sandbox listener so that each accepted connection's
@@ -325,7 +327,7 @@ func (l *identifyingListener) Accept() (net.Conn, error) {
 		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		if p, ok := l.s.sb.Owner(ap); ok {
 			l.s.mu.Lock()
-			l.s.owners[ap] = p
+			l.s.addOwner(ap, p)
 			l.s.mu.Unlock()
 		}
 	}
@@ -342,8 +344,20 @@ func (s *runSummary) refusedAtConnect(e eventlog.Entry, client netip.AddrPort) {
 	defer s.mu.Unlock()
 	s.atConn[e.ID] = true
 	if ok {
-		s.owners[client] = p
+		s.addOwner(client, p)
 	}
+}
+
+// maxOwners bounds the client addresses whose process is remembered; a
+// forgotten one only leaves a summary row without its process.
+const maxOwners = 4096
+
+// addOwner remembers the process behind client. s.mu must be held.
+func (s *runSummary) addOwner(client netip.AddrPort, p sandbox.Process) {
+	if len(s.owners) >= maxOwners {
+		clear(s.owners)
+	}
+	s.owners[client] = p
 }
 
 func (s *runSummary) observe(e eventlog.Entry) {
@@ -383,7 +397,44 @@ func (s *runSummary) observe(e eventlog.Entry) {
 	}
 	r := s.row(k, e)
 	r.count++
-	r.client = append(r.client, e.Client)
+	if p, ok := s.owners[netip.AddrPortFrom(e.Client.Addr().Unmap(), e.Client.Port())]; ok {
+		r.addProc(p.String())
+		if k.route != "proxy" {
+			s.rawProcs.addProc(p.String())
+		}
+	}
+}
+
+// A summary row names maxRowProcs processes and counts up to maxRowMore
+// others: the summary keeps counts, not an entry per connection.
+const (
+	maxRowProcs = 8
+	maxRowMore  = 1000
+)
+
+func (r *summaryRow) addProc(p string) {
+	switch {
+	case r.procs[p]:
+	case len(r.procs) < maxRowProcs:
+		r.procs[p] = true
+	case len(r.more) < maxRowMore:
+		if r.more == nil {
+			r.more = map[string]bool{}
+		}
+		r.more[p] = true
+	}
+}
+
+// names are the row's processes, and how many more there were.
+func (r *summaryRow) names() []string {
+	ps := keysOf(r.procs)
+	switch n := len(r.more); {
+	case n >= maxRowMore:
+		ps = append(ps, fmt.Sprintf("%d+ more", n))
+	case n > 0:
+		ps = append(ps, fmt.Sprintf("%d more", n))
+	}
+	return ps
 }
 
 // row is the summary row for k, made from e, the first entry it counts,
@@ -417,17 +468,6 @@ func (s *runSummary) drop(d sandbox.Drop) {
 func (s *runSummary) write(w io.Writer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	rawProcs := map[string]bool{}
-	for k, r := range s.byKey {
-		for _, c := range r.client {
-			if p, ok := s.owners[c]; ok {
-				r.procs[p.String()] = true
-				if k.route != "proxy" {
-					rawProcs[p.String()] = true
-				}
-			}
-		}
-	}
 	ndrops := 0
 	for _, n := range s.drops {
 		ndrops += n
@@ -473,7 +513,7 @@ func (s *runSummary) write(w io.Writer) {
 			route := map[string]string{"proxy": "via HTTP_PROXY", "transparent": "raw socket (ignored HTTP_PROXY)",
 				"connect": "raw socket, refused at connect()", "dns": "lookups"}[k.route]
 			fmt.Fprintf(&b, "    %-28s %4dx  %s", k.target, r.count, route)
-			if ps := keysOf(r.procs); len(ps) > 0 {
+			if ps := r.names(); len(ps) > 0 {
 				fmt.Fprintf(&b, "  by %s", strings.Join(ps, ", "))
 			}
 			b.WriteString("\n")
@@ -506,7 +546,7 @@ func (s *runSummary) write(w io.Writer) {
 	}
 	if s.raw > 0 {
 		fmt.Fprintf(&b, "  %d of %d connection%s ignored HTTP_PROXY/HTTPS_PROXY and were caught by the transparent path", s.raw, s.total, plural(s.total))
-		if ps := keysOf(rawProcs); len(ps) > 0 {
+		if ps := s.rawProcs.names(); len(ps) > 0 {
 			fmt.Fprintf(&b, " (%s)", strings.Join(ps, ", "))
 		}
 		b.WriteString(": behind a plain HTTP proxy they would not get out\n")

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +28,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/egress-proxy/egress/internal/testnet"
+	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/sandbox"
 )
 
 // TestRunHelperProcess is not a test: it is egress run, started by the
@@ -688,4 +692,28 @@ func runAsNobody(t *testing.T, dir string, args ...string) (stdout, stderr strin
 		t.Fatalf("egress run as nobody: %v", err)
 	}
 	return out.String(), errb.String()
+}
+
+// TestRunSummaryBounded: the summary keeps counts and at most a few
+// process names per row, however many connections it sees.
+func TestRunSummaryBounded(t *testing.T) {
+	s := newRunSummary(nil)
+	dec := policy.Decision{Verdict: policy.Deny, Reason: policy.ReasonNoRuleMatched, IP: netip.MustParseAddr("192.0.2.1"), Port: 443}
+	for i := 0; i < 10000; i++ {
+		client := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(1024+i))
+		s.mu.Lock()
+		s.addOwner(client, sandbox.Process{PID: 100 + i%20, Comm: "python3"})
+		s.mu.Unlock()
+		s.observe(eventlog.Entry{Proto: eventlog.ProtoTCP, Client: client, Decision: dec})
+	}
+	if len(s.owners) > maxOwners {
+		t.Errorf("%d owners remembered, want at most %d", len(s.owners), maxOwners)
+	}
+	var out strings.Builder
+	s.write(&out)
+	for _, want := range []string{"egress run: 10000 connections, 10000 denied", "192.0.2.1:443                10000x", ", 12 more"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, out.String())
+		}
+	}
 }
