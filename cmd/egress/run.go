@@ -280,9 +280,9 @@ type runSummary struct {
 	drops  map[sandbox.Drop]int
 	// rawProcs are the processes whose connections ignored the proxy.
 	rawProcs summaryRow
-	atConn map[string]bool // ids of connections refused at connect()
-	total  int
-	raw    int // connections that came through the transparent path
+	atConn   map[string]bool // ids of connections refused at connect()
+	total    int
+	raw      int // connections that came through the transparent path
 }
 
 type summaryKey struct {
