@@ -112,17 +112,19 @@ func (rs *ruleset) stepOne(d *Decision, name string, n crule) {
 	switch {
 	case n.r != nil && n.r.Action == Deny:
 		rs.denyByRule(d, n)
-	case isMetadataName(name) && !rs.metaCIDRAllow:
+	case isMetadataName(name) && !rs.metadataLiftable(d.Port):
 		d.Reason = ReasonGuardMetadata
 		d.Hint = "metadata names are allowed only by a cidr rule naming the metadata address, e.g. - {cidr: 169.254.169.254/32" + portsText(d.Port) + "}"
 	case isMetadataName(name):
+		// A fixed list of names: resolving one tells an upstream
+		// nothing, whatever dns.resolve_unlisted says.
 		d.Verdict, d.Reason = Allow, ReasonPerAddress
 	case isLoopbackName(name) && !(n.r != nil && n.rank >= exactRank):
 		// RFC 6761 §6.3: localhost names are loopback by name. Refused
 		// here, as their addresses would be, unless an exact host rule
 		// names them or a cidr rule lifts loopback on this port (then the
 		// addresses decide).
-		if rs.loopbackLiftable(d.Port) {
+		if rs.loopbackLiftable(d.Port) && rs.resolveUnlisted {
 			d.Verdict, d.Reason = Allow, ReasonPerAddress
 			return
 		}
@@ -132,7 +134,11 @@ func (rs *ruleset) stepOne(d *Decision, name string, n crule) {
 		d.Verdict, d.Reason, d.Rule = Allow, ReasonAllowedByRule, n.r
 	case rs.def == Allow:
 		d.Verdict, d.Reason = Allow, ReasonDefaultAllow
-	case rs.cidrAllowCouldMatch(d.Port):
+	case rs.cidrAllowCouldMatch(d.Port) && rs.resolveUnlisted:
+		// A cidr rule might allow one of its addresses: resolve, then
+		// decide on each. dns.resolve_unlisted: false refuses the name
+		// here instead, so that it never reaches an upstream resolver
+		// (names are an exfiltration channel).
 		d.Verdict, d.Reason = Allow, ReasonPerAddress
 	default:
 		d.Reason = ReasonNoRuleMatched

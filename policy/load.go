@@ -131,15 +131,17 @@ func Load(file string, data []byte) (p *Policy, err error) {
 func (p *Policy) setDefaults() {
 	p.Listen = Listen{HTTP: "127.0.0.1:3128", Admin: "127.0.0.1:9090"}
 	p.Log = Log{Format: "json", Level: "info"}
-	p.DNS = DNS{Timeout: 2 * time.Second, Blocked: "nxdomain", MaxTTL: time.Hour, CacheSize: 10000}
+	p.DNS = DNS{Timeout: 2 * time.Second, Blocked: "nxdomain", MaxTTL: time.Hour, CacheSize: 10000, ResolveUnlisted: true}
 	p.Timeouts = Timeouts{Dial: 10 * time.Second, Header: 10 * time.Second, Response: 60 * time.Second, Drain: 30 * time.Second}
 	p.Limits = Limits{MaxTunnels: 10000, MaxHeaderBytes: 65536}
 }
 
 // compile builds the matchers of every ruleset.
 func (p *Policy) compile() {
+	p.top.resolveUnlisted = p.DNS.ResolveUnlisted
 	p.top.compile()
 	for _, rs := range p.clientSets {
+		rs.resolveUnlisted = p.DNS.ResolveUnlisted
 		rs.compile()
 	}
 }

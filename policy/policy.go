@@ -213,6 +213,13 @@ type DNS struct {
 	MinTTL    time.Duration // cache floor; default 0
 	MaxTTL    time.Duration // cache ceiling; default 1h
 	CacheSize int           // entries; default 10000
+	// ResolveUnlisted (dns.resolve_unlisted, default true) lets a name
+	// that no host rule allows be resolved when a cidr allow rule could
+	// match the port, to decide on its addresses. False refuses such a
+	// name before any lookup (no_rule_matched), so that it never reaches
+	// an upstream resolver; only host rules (and default: allow) let
+	// names through.
+	ResolveUnlisted bool
 }
 
 // Timeouts of egress serve.

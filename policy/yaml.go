@@ -833,6 +833,7 @@ func (l *loader) dns(n *yaml.Node, d *DNS) {
 		}},
 		{"min_ttl", func(k, v *yaml.Node) { minKey = k; d.MinTTL, _ = l.duration(v, "dns.min_ttl") }},
 		{"max_ttl", func(k, v *yaml.Node) { d.MaxTTL, _ = l.duration(v, "dns.max_ttl") }},
+		{"resolve_unlisted", func(k, v *yaml.Node) { d.ResolveUnlisted = l.boolean(v, "dns.resolve_unlisted") }},
 		{"cache_size", func(k, v *yaml.Node) {
 			if c, ok := l.integer(v, "dns.cache_size"); ok {
 				if c < 0 {

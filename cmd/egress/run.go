@@ -26,6 +26,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/httpproxy"
 	"github.com/egress-proxy/egress/proxy/names"
+	"github.com/egress-proxy/egress/proxy/resolve"
 	"github.com/egress-proxy/egress/proxy/transparent"
 	"github.com/egress-proxy/egress/sandbox"
 )
@@ -141,9 +142,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	// queries got are remembered under both.
 	table := &names.Table{MinTTL: leaseMinTTL, Grace: leaseGrace}
 	// No loop guard: egress's listeners are in the sandbox's namespace, not
-	// where it dials. Names resolve where the DNS proxy resolves them, so
+	// where it dials. One resolver for the dialer and the DNS proxy, so
 	// that a name's addresses are the same on every path.
-	dial := &dialer.Dialer{Policy: current, Resolver: upstreamResolver(pol.DNS.Upstreams)}
+	res := &resolve.Resolver{Policy: current}
+	defer res.Close()
+	dial := &dialer.Dialer{Policy: current, Resolver: res}
 	tp := &transparent.Server{Policy: current, Dialer: dial, Names: loopbackNames{table}, PeekTimeout: *peek, Events: events, Logger: logger}
 	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger}
 	var recorder names.Recorder = table
@@ -151,7 +154,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		recorder = &connfilter.Recorder{Names: table, Leases: sb, Policy: current,
 			Filter: func() *policy.ConnectFilter { return filter }, Logger: logger}
 	}
-	dp := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: recorder}
+	dp := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: recorder, Resolver: res}
 
 	sb.ReadDrops(func(d sandbox.Drop) {
 		if d.Proto == "tcp" {
@@ -241,28 +244,6 @@ func printPolicyErrors(w io.Writer, file string, err error) {
 		return
 	}
 	fmt.Fprintf(w, "%s: %v\n", file, err)
-}
-
-// upstreamResolver resolves through the first of the policy's
-// dns.upstreams (over TCP, the first that accepts), or is nil (the system resolver) when there are none.
-func upstreamResolver(upstreams []string) dialer.Resolver {
-	if len(upstreams) == 0 {
-		return nil
-	}
-	var d net.Dialer
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var err error
-		for _, u := range upstreams {
-			if _, _, e := net.SplitHostPort(u); e != nil {
-				u = net.JoinHostPort(u, "53")
-			}
-			var c net.Conn
-			if c, err = d.DialContext(ctx, network, u); err == nil {
-				return c, nil
-			}
-		}
-		return nil, err
-	}}
 }
 
 // loopbackNames asks a names table under both loopback addresses: a

@@ -27,6 +27,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/httpproxy"
 	"github.com/egress-proxy/egress/proxy/names"
 	"github.com/egress-proxy/egress/proxy/proxyproto"
+	"github.com/egress-proxy/egress/proxy/resolve"
 	"github.com/egress-proxy/egress/proxy/transparent"
 	"github.com/egress-proxy/egress/reload"
 )
@@ -78,6 +79,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer routeStdLog(logger)()
 
 	e := newServer(pol, watcher, loadedAt, logger)
+	defer e.res.Close()
 	if err := e.listen(f.listen); err != nil {
 		logger.Error().Err(err).Msg("egress serve: cannot start")
 		e.closeServices()
@@ -164,6 +166,7 @@ type server struct {
 	self     *dialer.Self
 	dial     *dialer.Dialer
 	dnsNames *names.Table
+	res      *resolve.Resolver
 	// filter refuses the denied connections of listen.refuse_at_connect's
 	// users at connect(); nil without.
 	filter *serveFilter
@@ -188,10 +191,11 @@ func newServer(pol *policy.Policy, watcher *reload.Watcher, loadedAt time.Time, 
 	}})
 	e.events = &eventlog.Sink{Logger: logger, LogAllowed: pol.Log.Allowed, Observe: e.adm.Observe}
 	e.self = &dialer.Self{}
-	// Names are resolved where the DNS proxy forwards (dns.upstreams, else
-	// the system resolver), so that serve, run and the DNS listener agree,
-	// also after a reload changes dns.upstreams.
-	e.dial = &dialer.Dialer{Policy: e.current, IsSelf: e.self.Contains, Resolver: currentUpstreams(e.current)}
+	// One resolver (dns.upstreams, else resolv.conf's, with failover and
+	// the cache) for the dialer, the transparent path and the DNS
+	// listener, following a reloaded dns.upstreams at the next lookup.
+	e.res = &resolve.Resolver{Policy: e.current, IsSelf: e.self.Contains}
+	e.dial = &dialer.Dialer{Policy: e.current, IsSelf: e.self.Contains, Resolver: e.res}
 	// dnsNames remembers which names the DNS proxy answered each address
 	// with, per client, for the transparent path (names.Lookup).
 	e.dnsNames = &names.Table{}
@@ -292,7 +296,7 @@ func (e *server) listenDNS() error {
 	if e.filter != nil {
 		recorder = e.filter.recorder
 	}
-	ds := &dnsproxy.Server{Policy: e.current, Events: e.events, Logger: e.logger, Names: recorder, IsSelf: e.self.Contains}
+	ds := &dnsproxy.Server{Policy: e.current, Events: e.events, Logger: e.logger, Names: recorder, Resolver: e.res}
 	e.svcs = append(e.svcs, service{name: "dns", addr: pc.LocalAddr().String(), serve: func() error {
 		if err := ds.Serve(pc, dl); !errors.Is(err, dnsproxy.ErrServerClosed) {
 			return err
@@ -511,17 +515,3 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-// currentUpstreams resolves through the dns.upstreams of the policy in
-// force at each lookup, as the DNS listener does per query: a reload that
-// changes them applies to the dialer too, with no restart.
-type currentUpstreams func() *policy.Policy
-
-var _ dialer.Resolver = currentUpstreams(nil)
-
-func (c currentUpstreams) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
-	r := upstreamResolver(c().DNS.Upstreams)
-	if r == nil {
-		r = net.DefaultResolver
-	}
-	return r.LookupNetIP(ctx, network, host)
-}
