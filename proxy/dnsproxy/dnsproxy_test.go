@@ -263,6 +263,13 @@ func TestRebindingAddressesAreStripped(t *testing.T) {
 		strings.Contains(h, "ipv6hint") || !strings.Contains(h, `alpn="h2"`) {
 		t.Fatalf("HTTPS record %s: want the guarded hints removed, the rest kept", h)
 	}
+	r = e.query("udp", "ech.example.com", dns.TypeHTTPS)
+	if len(r.Answer) != 1 {
+		t.Fatalf("HTTPS answer %v", r.Answer)
+	}
+	if h := r.Answer[0].String(); strings.Contains(h, "ech=") || !strings.Contains(h, `alpn="h2"`) || !strings.Contains(h, `ipv4hint="93.184.216.34"`) {
+		t.Fatalf("HTTPS record %s: want the ECH key removed, the rest kept", h)
+	}
 	// The cached upstream answer is not modified by the filtering.
 	e.pol.Store(testPolicy(t, defaultAllow+"allow:\n  - cidr: 10.0.0.0/8\n  - cidr: fd00::/8\n", e.up.addr))
 	r = e.query("udp", "rebind.example.com", dns.TypeHTTPS)

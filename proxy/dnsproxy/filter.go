@@ -153,9 +153,10 @@ func (f *filtered) decide(s *Server, p *policy.Policy, client netip.Addr, host s
 	return rr
 }
 
-// filterHints decides on every ipv4hint and ipv6hint address. It returns
-// ok when all were kept; otherwise the values to use instead, without the
-// refused addresses (and without a hint left empty).
+// filterHints decides on every ipv4hint and ipv6hint address, and drops
+// the ech key. It returns ok when all were kept; otherwise the values to
+// use instead, without the refused addresses (and without a hint left
+// empty) or the ech key.
 func filterHints(values []dns.SVCBKeyValue, keep func(net.IP) bool) ([]dns.SVCBKeyValue, bool) {
 	var out []dns.SVCBKeyValue
 	all := true
@@ -166,6 +167,16 @@ func filterHints(values []dns.SVCBKeyValue, keep func(net.IP) bool) ([]dns.SVCBK
 			hint = kv.Hint
 		case *dns.SVCBIPv6Hint:
 			hint = kv.Hint
+		case *dns.SVCBECHConfig:
+			// Encrypted Client Hello would hide the server name from
+			// the transparent path and the CONNECT check; without the
+			// key, clients send it in clear (RFC 9460 §9.3, draft-ietf-
+			// tls-esni: a client falls back to a cleartext ClientHello).
+			if all {
+				all = false
+				out = append(out, values[:i]...)
+			}
+			continue
 		default:
 			if !all {
 				out = append(out, kv)
