@@ -109,6 +109,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		defer f.Close()
 		logger = zerolog.New(f).With().Timestamp().Logger()
 	}
+	// Go's HTTP client writes some complaints through the log package:
+	// into the log file with the rest, never among CMD's output.
+	defer routeStdLog(logger)()
 
 	var filter *policy.ConnectFilter
 	if !*acceptFirst {
