@@ -72,6 +72,27 @@ func closedUDPPort(t *testing.T) string {
 	return a
 }
 
+// freeDNSAddr is a loopback address whose port is free for both UDP and
+// TCP right now, as a DNS listener needs.
+func freeDNSAddr(t *testing.T) string {
+	t.Helper()
+	for range 50 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := pc.LocalAddr().String()
+		l, err := net.Listen("tcp", a)
+		pc.Close()
+		if err == nil {
+			l.Close()
+			return a
+		}
+	}
+	t.Fatal("no loopback port free for both UDP and TCP")
+	return ""
+}
+
 // countingUpstream is a DNS upstream on loopback that answers NXDOMAIN to
 // everything and counts the queries it gets.
 func countingUpstream(t *testing.T) (string, *atomic.Int64) {
@@ -111,7 +132,7 @@ func TestServeResolveUnlisted(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			up, queries := countingUpstream(t)
-			dnsAddr := closedUDPPort(t)
+			dnsAddr := freeDNSAddr(t)
 			config := writeConfig(t, fmt.Sprintf("version: 1\ndefault: deny\nallow:\n  - cidr: 127.0.0.1/32\n    ports: [%d]\nlisten:\n  dns: %s\n  admin: \"\"\ndns:\n  upstreams: [%q]\n%s", origin, dnsAddr, up, c.setting))
 			_, addr, _ := startEgress(t, nil, "serve", "--config", config, "--listen", "127.0.0.1:0")
 
