@@ -147,17 +147,17 @@ func TestPluginThroughEgressServe(t *testing.T) {
 				if r.code != exitUnmet {
 					t.Fatalf("exit %d, want %d", r.code, exitUnmet)
 				}
-				lines := pluginLines(r.stderr)
-				want := regexp.MustCompile(`^plugin:   - database 127\.0\.0\.1:` + strconv.Itoa(db.port) + `: cannot reach 127\.0\.0\.1:` + strconv.Itoa(db.port) +
-					`: the proxy ` + regexp.QuoteMeta(strings.TrimPrefix(e.proxyURL, "http://")) + ` answered "` + regexp.QuoteMeta("HTTP/1.1 403 egress denied 127.0.0.1:"+strconv.Itoa(db.port)+": guard_loopback; to allow: - {cidr: 127.0.0.1/32, ports: ["+strconv.Itoa(db.port)+"]} (id ") +
-					`[0-9a-f]+\)" \(egress: guard_loopback, id ([0-9a-f]+)\): ` +
+				line := outcomeOf(r.stderr, "PostgreSQL")
+				want := regexp.MustCompile(`^refused +127\.0\.0\.1:` + strconv.Itoa(db.port) + ` tcp \(PostgreSQL\): the proxy ` + regexp.QuoteMeta(e.proxyURL) +
+					` denied 127\.0\.0\.1:` + strconv.Itoa(db.port) + ` \(guard_loopback\), egress id ([0-9a-f]+); to allow: ` +
 					regexp.QuoteMeta(allowHint("127.0.0.1", db.port)) + `$`)
 				var id string
-				if len(lines) != 2 || !want.MatchString(lines[1]) {
-					t.Errorf("plugin's error:\n%s\nwant one unmet requirement matching:\n%s", strings.Join(lines, "\n"), want)
+				if !want.MatchString(line) {
+					t.Errorf("plugin's line for the DB:\n%s\nwant one matching:\n%s", line, want)
 				} else {
-					id = want.FindStringSubmatch(lines[1])[1]
+					id = want.FindStringSubmatch(line)[1]
 				}
+				wantOutcome(t, r.stderr, "DBMS REST API", "ok")
 				// The denial is logged once the response is written; give
 				// the log a moment to reach us.
 				deadline := time.Now().Add(5 * time.Second)

@@ -56,6 +56,7 @@ func TestLoadErrors(t *testing.T) {
 		{"a bad duration", "version: 1\ndefault: deny\ntimeouts:\n  dial: 10\n", []string{"4:9: timeouts.dial must be a duration"}},
 		{"a zero dial timeout", "version: 1\ndefault: deny\ntimeouts:\n  dial: 0s\n", []string{"4:9: timeouts.dial must be more than 0"}},
 		{"a bad boolean", "version: 1\ndefault: deny\nlog:\n  allowed: yes please\n", []string{"4:12: log.allowed must be true or false"}},
+		{"resolve_unlisted is a boolean", "version: 1\ndefault: deny\ndns:\n  resolve_unlisted: \"no\"\n", []string{`4:21: dns.resolve_unlisted must be true or false, not the string "no"`}},
 		{"a bad log level", "version: 1\ndefault: deny\nlog:\n  level: verbose\n", []string{"log.level must be debug or info or warn or error"}},
 		{"a bad dns upstream", "version: 1\ndefault: deny\ndns:\n  upstreams: [dns.example:53]\n", []string{"4:15: dns upstream \"dns.example:53\""}},
 		{"min_ttl above max_ttl", "version: 1\ndefault: deny\ndns:\n  min_ttl: 2h\n  max_ttl: 1h\n", []string{"4:3: dns.min_ttl 2h0m0s is more than dns.max_ttl 1h0m0s"}},
@@ -134,6 +135,7 @@ dns:
   min_ttl: 5s
   max_ttl: 10m
   cache_size: 0
+  resolve_unlisted: false
 timeouts:
   dial: 5s
   header: 7s
@@ -155,7 +157,7 @@ reload:
 	if (p.Log != Log{Format: "console", Level: "debug", Allowed: true, File: "/var/log/egress.log"}) {
 		t.Errorf("log %+v", p.Log)
 	}
-	wantDNS := DNS{Upstreams: []string{"192.0.2.53:53", "[2001:db8::53]:5353"}, Timeout: 3 * time.Second, Blocked: "refused", MinTTL: 5 * time.Second, MaxTTL: 10 * time.Minute, CacheSize: 0}
+	wantDNS := DNS{Upstreams: []string{"192.0.2.53:53", "[2001:db8::53]:5353"}, Timeout: 3 * time.Second, Blocked: "refused", MinTTL: 5 * time.Second, MaxTTL: 10 * time.Minute, CacheSize: 0, ResolveUnlisted: false}
 	if !reflect.DeepEqual(p.DNS, wantDNS) {
 		t.Errorf("dns %+v", p.DNS)
 	}

@@ -182,11 +182,15 @@ func (d Decision) RuleLocation() string {
 // Listen holds the listener addresses of egress serve. An empty address
 // means the listener is off.
 type Listen struct {
-	HTTP          string // default 127.0.0.1:3128
-	DNS           string // off by default; 127.0.0.1:5353 is the usual choice
-	Transparent   string // off by default
-	Admin         string // default 127.0.0.1:9090
-	ProxyProtocol bool   // accept PROXY protocol v1/v2 on the HTTP listener
+	HTTP        string // default 127.0.0.1:3128
+	DNS         string // off by default; 127.0.0.1:5353 is the usual choice
+	Transparent string // off by default
+	// RefuseAtConnect lists the users (names or uids) whose new TCP
+	// connections the policy refuses fail at connect() (egress serve's
+	// connect filter, nftables); empty: off.
+	RefuseAtConnect []string
+	Admin           string // default 127.0.0.1:9090
+	ProxyProtocol   bool   // accept PROXY protocol v1/v2 on the HTTP listener
 	// ProxyProtocolFrom lists the peers (load balancers) whose PROXY
 	// headers are believed; required when ProxyProtocol is set, since a
 	// header says which client to decide for.
@@ -209,6 +213,13 @@ type DNS struct {
 	MinTTL    time.Duration // cache floor; default 0
 	MaxTTL    time.Duration // cache ceiling; default 1h
 	CacheSize int           // entries; default 10000
+	// ResolveUnlisted (dns.resolve_unlisted, default true) lets a name
+	// that no host rule allows be resolved when a cidr allow rule could
+	// match the port, to decide on its addresses. False refuses such a
+	// name before any lookup (no_rule_matched), so that it never reaches
+	// an upstream resolver; only host rules (and default: allow) let
+	// names through.
+	ResolveUnlisted bool
 }
 
 // Timeouts of egress serve.

@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -11,7 +10,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/egress-proxy/egress/internal/nftexpr"
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/connfilter"
 )
 
 // TableName is the nftables table (family inet) Configure installs.
@@ -28,8 +29,8 @@ type Redirect struct {
 	// OpenDropLog); 0 logs nothing.
 	LogGroup uint16
 	// Filter, when set, refuses at connect() time the new TCP connections
-	// it refuses (see policy.ConnectFilter and addFilterRules); nil sends
-	// every TCP connection to TCP.
+	// it refuses (see connfilter.AddRules); nil sends every TCP connection
+	// to TCP.
 	Filter *policy.ConnectFilter
 }
 
@@ -111,51 +112,42 @@ func configureNftables(r Redirect) error {
 	})
 	for _, p := range r.Exempt {
 		for _, fam := range []byte{unix.NFPROTO_IPV4, unix.NFPROTO_IPV6} {
-			c.AddRule(&nftables.Rule{Table: t, Chain: nat, Exprs: concat(
-				loopbackDst(fam), l4(unix.IPPROTO_TCP), dport(p), verdict(expr.VerdictAccept))})
+			c.AddRule(&nftables.Rule{Table: t, Chain: nat, Exprs: nftexpr.Concat(
+				nftexpr.LoopbackDst(fam), nftexpr.L4(unix.IPPROTO_TCP), nftexpr.DPort(p), nftexpr.Verdict(expr.VerdictAccept))})
 		}
 	}
-	c.AddRule(&nftables.Rule{Table: t, Chain: nat, Exprs: concat(
-		l4(unix.IPPROTO_UDP), dport(53), redirectTo(r.DNS))})
-	c.AddRule(&nftables.Rule{Table: t, Chain: nat, Exprs: concat(
-		l4(unix.IPPROTO_TCP), dport(53), redirectTo(dnsTCP))})
-	c.AddRule(&nftables.Rule{Table: t, Chain: nat, Exprs: concat(
-		l4(unix.IPPROTO_TCP), redirectTo(r.TCP))})
+	c.AddRule(&nftables.Rule{Table: t, Chain: nat, Exprs: nftexpr.Concat(
+		nftexpr.L4(unix.IPPROTO_UDP), nftexpr.DPort(53), nftexpr.RedirectTo(r.DNS))})
+	c.AddRule(&nftables.Rule{Table: t, Chain: nat, Exprs: nftexpr.Concat(
+		nftexpr.L4(unix.IPPROTO_TCP), nftexpr.DPort(53), nftexpr.RedirectTo(dnsTCP))})
+	c.AddRule(&nftables.Rule{Table: t, Chain: nat, Exprs: nftexpr.Concat(
+		nftexpr.L4(unix.IPPROTO_TCP), nftexpr.RedirectTo(r.TCP))})
 
 	// Filter before NAT (priority -150, after conntrack at -200): what is
 	// refused. Destinations here are the original ones.
+	policyAccept := nftables.ChainPolicyAccept
 	filter := c.AddChain(&nftables.Chain{
 		Name: "refuse", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityRef(-150),
-		Policy: ptr(nftables.ChainPolicyAccept),
+		Policy: &policyAccept,
 	})
-	logged := func(prefix string) []expr.Any {
-		if r.LogGroup == 0 {
-			return nil
-		}
-		return []expr.Any{&expr.Log{
-			Key:     1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_SNAPLEN,
-			Group:   r.LogGroup,
-			Data:    []byte(prefix),
-			Snaplen: 128, // IP and transport headers are all we read
-		}}
-	}
+	logged := func(prefix string) []expr.Any { return nftexpr.Log(r.LogGroup, prefix) }
 	accept := func(e ...[]expr.Any) {
-		c.AddRule(&nftables.Rule{Table: t, Chain: filter, Exprs: concat(append(e, verdict(expr.VerdictAccept))...)})
+		c.AddRule(&nftables.Rule{Table: t, Chain: filter, Exprs: nftexpr.Concat(append(e, nftexpr.Verdict(expr.VerdictAccept))...)})
 	}
 	if r.Filter != nil {
-		if err := addFilterRules(c, t, filter, r.Filter, r.Exempt, logged); err != nil {
+		if err := connfilter.AddRules(c, t, filter, r.Filter, r.Exempt, r.LogGroup); err != nil {
 			return err
 		}
 	}
-	accept(l4(unix.IPPROTO_TCP))
-	accept(l4(unix.IPPROTO_UDP), dport(53))
-	accept(loopbackDst(unix.NFPROTO_IPV4))
-	accept(loopbackDst(unix.NFPROTO_IPV6))
-	c.AddRule(&nftables.Rule{Table: t, Chain: filter, Exprs: concat(
-		l4(unix.IPPROTO_UDP), []expr.Any{&expr.Counter{}}, logged("udp"),
+	accept(nftexpr.L4(unix.IPPROTO_TCP))
+	accept(nftexpr.L4(unix.IPPROTO_UDP), nftexpr.DPort(53))
+	accept(nftexpr.LoopbackDst(unix.NFPROTO_IPV4))
+	accept(nftexpr.LoopbackDst(unix.NFPROTO_IPV6))
+	c.AddRule(&nftables.Rule{Table: t, Chain: filter, Exprs: nftexpr.Concat(
+		nftexpr.L4(unix.IPPROTO_UDP), []expr.Any{&expr.Counter{}}, logged("udp"),
 		[]expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}})})
-	c.AddRule(&nftables.Rule{Table: t, Chain: filter, Exprs: concat(
+	c.AddRule(&nftables.Rule{Table: t, Chain: filter, Exprs: nftexpr.Concat(
 		[]expr.Any{&expr.Counter{}}, logged("other"),
 		[]expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}})})
 
@@ -163,66 +155,4 @@ func configureNftables(r Redirect) error {
 		return fmt.Errorf("install nftables rules: %w", err)
 	}
 	return nil
-}
-
-func concat(parts ...[]expr.Any) []expr.Any {
-	var out []expr.Any
-	for _, p := range parts {
-		out = append(out, p...)
-	}
-	return out
-}
-
-func ptr[T any](v T) *T { return &v }
-
-// l4 matches the transport protocol.
-func l4(proto byte) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
-	}
-}
-
-// dport matches the transport destination port (TCP and UDP both keep it
-// at offset 2).
-func dport(p uint16) []expr.Any {
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: be16(p)},
-	}
-}
-
-// loopbackDst matches family fam and a loopback destination: 127.0.0.0/8
-// or ::1.
-func loopbackDst(fam byte) []expr.Any {
-	m := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam}},
-	}
-	if fam == unix.NFPROTO_IPV4 {
-		return append(m,
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{255, 0, 0, 0}, Xor: []byte{0, 0, 0, 0}},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{127, 0, 0, 0}},
-		)
-	}
-	return append(m,
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: net.IPv6loopback},
-	)
-}
-
-func redirectTo(port uint16) []expr.Any {
-	return []expr.Any{
-		&expr.Immediate{Register: 1, Data: be16(port)},
-		&expr.Redir{RegisterProtoMin: 1},
-	}
-}
-
-func verdict(k expr.VerdictKind) []expr.Any { return []expr.Any{&expr.Verdict{Kind: k}} }
-
-func be16(v uint16) []byte {
-	b := make([]byte, 2)
-	binary.BigEndian.PutUint16(b, v)
-	return b
 }

@@ -30,7 +30,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/egress-proxy/egress/internal/nflog"
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/connfilter"
 )
 
 // childEnv marks the re-executed egress as the sandbox's setup process;
@@ -81,6 +83,9 @@ type Config struct {
 	Filter *policy.ConnectFilter
 }
 
+// Drop is one packet the namespace's rules refused (see Configure).
+type Drop = nflog.Packet
+
 // Sandbox is a running command and the listeners of its namespace. Serve
 // the listeners, call Wait, then Close.
 type Sandbox struct {
@@ -99,8 +104,8 @@ type Sandbox struct {
 
 	cmd    *exec.Cmd
 	nflog  *os.File
-	leases *leaser // nil without Config.Filter
-	drops  *DropLog
+	leases *connfilter.Leaser // nil without Config.Filter
+	drops  *nflog.Reader
 	netns  string // "net:[inode]" of the namespace
 	closed bool
 
@@ -112,12 +117,16 @@ type Sandbox struct {
 // HTTP(S)_PROXY in both cases, and an empty NO_PROXY so that a NO_PROXY
 // from the caller's shell does not send a proxy-aware client around the
 // proxy (it would reach the transparent listener anyway, less well
-// identified).
+// identified). EGRESS_RUN=1 tells code that checks its own requirements
+// (examples/plugin-python/egress_requirements.py) that a raw connection
+// refused at connect() was refused by egress's policy, not by the
+// destination.
 func ProxyEnv(proxyURL string) []string {
 	return []string{
 		"HTTP_PROXY=" + proxyURL, "HTTPS_PROXY=" + proxyURL,
 		"http_proxy=" + proxyURL, "https_proxy=" + proxyURL,
 		"NO_PROXY=", "no_proxy=",
+		"EGRESS_RUN=1",
 	}
 }
 
@@ -248,7 +257,7 @@ func Start(cfg Config) (*Sandbox, error) {
 		sb.nflog, rest = rest[0], rest[1:]
 	}
 	if msg.Leases && len(rest) > 0 {
-		sb.leases, rest = newLeaser(rest[0]), rest[1:]
+		sb.leases, rest = connfilter.NewLeaser(rest[0], TableName), rest[1:]
 	}
 	for _, f := range rest {
 		f.Close()
@@ -256,6 +265,9 @@ func Start(cfg Config) (*Sandbox, error) {
 	if cfg.Filter != nil && sb.leases == nil {
 		sb.closeListeners(ls)
 		pc.Close()
+		if sb.nflog != nil {
+			sb.nflog.Close()
+		}
 		cmd.Process.Kill()
 		cmd.Wait()
 		return nil, errors.New("sandbox: the namespace handed over no nftables socket for the connect filter")
@@ -297,7 +309,7 @@ func (sb *Sandbox) Signal(sig os.Signal) error { return sb.cmd.Process.Signal(si
 // namespace refuses from now on until Close. Call it at most once.
 func (sb *Sandbox) ReadDrops(fn func(Drop)) {
 	if sb.nflog != nil && sb.drops == nil {
-		sb.drops = newDropLog(sb.nflog, fn)
+		sb.drops = nflog.NewReader(sb.nflog, fn)
 	}
 }
 
@@ -330,7 +342,7 @@ func (sb *Sandbox) Close() error {
 		sb.nflog.Close()
 	}
 	if sb.leases != nil {
-		sb.leases.close()
+		sb.leases.Close()
 	}
 	return nil
 }
@@ -341,9 +353,9 @@ func (sb *Sandbox) Close() error {
 // opened meanwhile outlive the lease. It fails without Config.Filter.
 func (sb *Sandbox) Lease(addr netip.Addr, ports []policy.PortRange, all bool, d time.Duration) error {
 	if sb.leases == nil {
-		return errNoLeases
+		return errors.New("sandbox: no connect filter")
 	}
-	return sb.leases.lease(addr, ports, all, d)
+	return sb.leases.Lease(addr, ports, all, d)
 }
 
 // filterFile writes f as JSON to an anonymous file the setup process
@@ -353,7 +365,7 @@ func filterFile(f *policy.ConnectFilter) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: connect filter: %w", err)
 	}
-	fd, err := unix.MemfdCreate("egress-filter", 0)
+	fd, err := unix.MemfdCreate("egress-filter", unix.MFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: connect filter: %w", err)
 	}
@@ -501,23 +513,23 @@ func child(sock *os.File, args []string, stderr io.Writer) int {
 		return fail(err)
 	}
 	r := Redirect{TCP: ports[0], DNS: ports[2], DNSTCP: ports[3], Exempt: []uint16{ports[0], ports[1], ports[3]}, LogGroup: logGroup, Filter: filter}
-	nflog, err := openDropLog(logGroup)
+	nflogf, err := nflog.Open(logGroup)
 	if err != nil {
 		r.LogGroup = 0 // refused packets are still refused, just not reported
 	}
 	var leases *os.File
 	if filter != nil {
-		if leases, err = openLeaseSocket(); err != nil {
+		if leases, err = connfilter.OpenSocket(); err != nil {
 			return fail(err)
 		}
 	}
 	if err := Configure(r); err != nil {
 		return fail(err)
 	}
-	msg := message{HTTPPort: ports[1], DropLog: nflog != nil, Leases: leases != nil}
+	msg := message{HTTPPort: ports[1], DropLog: nflogf != nil, Leases: leases != nil}
 	msg.NetNS, _ = os.Readlink("/proc/self/ns/net")
-	if nflog != nil {
-		files = append(files, nflog)
+	if nflogf != nil {
+		files = append(files, nflogf)
 	}
 	if leases != nil {
 		files = append(files, leases)

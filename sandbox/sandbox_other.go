@@ -13,6 +13,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/egress-proxy/egress/internal/nflog"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -43,13 +44,7 @@ type Sandbox struct {
 }
 
 // Drop is one packet the namespace's rules refused.
-type Drop struct {
-	Proto string
-	Src   netip.AddrPort
-	Dst   netip.AddrPort
-}
-
-func (d Drop) String() string { return d.Proto + " " + d.Dst.String() }
+type Drop = nflog.Packet
 
 // Process is a process of the sandbox.
 type Process struct {

@@ -41,12 +41,12 @@ func startSandbox(t *testing.T, stdout *bytes.Buffer, args ...string) *Sandbox {
 func TestStart(t *testing.T) {
 	t.Run("the command runs with the proxy variables and its exit code comes back", func(t *testing.T) {
 		var out bytes.Buffer
-		sb := startSandbox(t, &out, "sh", "-c", `echo "$HTTP_PROXY|$https_proxy|$NO_PROXY|$_EGRESS_SANDBOX_CHILD"; exit 3`)
+		sb := startSandbox(t, &out, "sh", "-c", `echo "$HTTP_PROXY|$https_proxy|$NO_PROXY|$EGRESS_RUN|$_EGRESS_SANDBOX_CHILD"; exit 3`)
 		code, err := sb.Wait()
 		if err != nil || code != 3 {
 			t.Fatalf("Wait = %d, %v", code, err)
 		}
-		want := sb.ProxyURL + "|" + sb.ProxyURL + "||\n"
+		want := sb.ProxyURL + "|" + sb.ProxyURL + "||1|\n"
 		if out.String() != want || !strings.HasPrefix(sb.ProxyURL, "http://127.0.0.1:") {
 			t.Fatalf("output %q, want %q", out.String(), want)
 		}

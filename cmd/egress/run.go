@@ -20,11 +20,13 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/connfilter"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/dnsproxy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/httpproxy"
 	"github.com/egress-proxy/egress/proxy/names"
+	"github.com/egress-proxy/egress/proxy/resolve"
 	"github.com/egress-proxy/egress/proxy/transparent"
 	"github.com/egress-proxy/egress/sandbox"
 )
@@ -33,10 +35,14 @@ import (
 // once it has exited (its background children may still use them).
 const runDrain = time.Second
 
-// leaseGrace is how long past its TTL (raised to names.DefaultMinTTL) a
-// DNS answer keeps its address open in the sandbox's connect filter and
-// known to the transparent path: clients use answers past their TTL.
-const leaseGrace = time.Minute
+// How long a DNS answer keeps its address open in the connect filter and
+// known to the transparent path: its TTL, raised to leaseMinTTL (0:
+// names.DefaultMinTTL), plus leaseGrace, since clients use answers past
+// their TTL. Tests shorten them.
+var (
+	leaseMinTTL time.Duration
+	leaseGrace  = time.Minute
+)
 
 // runExeArgs are the arguments that bring a re-executed egress to cmdRun,
 // where the sandbox's setup process takes over (see sandbox.MaybeChild).
@@ -103,11 +109,18 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		defer f.Close()
 		logger = zerolog.New(f).With().Timestamp().Logger()
 	}
+	// Go's HTTP client writes some complaints through the log package:
+	// into the log file with the rest, never among CMD's output.
+	defer routeStdLog(logger)()
 
 	var filter *policy.ConnectFilter
 	if !*acceptFirst {
 		f := pol.ConnectFilter()
-		filter = &f
+		if err := connfilter.Check(&f); err != nil {
+			fmt.Fprintf(stderr, "egress run: %v: denied connections are refused after they open, as with --refuse-after-accept\n", err)
+		} else {
+			filter = &f
+		}
 	}
 	sb, err := sandbox.Start(sandbox.Config{Args: cmdArgs, ExeArgs: runExeArgs, Stdout: stdout, Stderr: stderr, Filter: filter})
 	if err != nil {
@@ -130,32 +143,28 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	// Connections from the sandbox come from its loopback addresses
 	// (127.0.0.1 or ::1, whichever family it used), so the names its DNS
 	// queries got are remembered under both.
-	table := &names.Table{Grace: leaseGrace}
+	table := &names.Table{MinTTL: leaseMinTTL, Grace: leaseGrace}
 	// No loop guard: egress's listeners are in the sandbox's namespace, not
-	// where it dials. Names resolve where the DNS proxy resolves them, so
+	// where it dials. One resolver for the dialer and the DNS proxy, so
 	// that a name's addresses are the same on every path.
-	dial := &dialer.Dialer{Policy: current, Resolver: upstreamResolver(pol.DNS.Upstreams)}
+	res := &resolve.Resolver{Policy: current}
+	defer res.Close()
+	dial := &dialer.Dialer{Policy: current, Resolver: res}
 	tp := &transparent.Server{Policy: current, Dialer: dial, Names: loopbackNames{table}, PeekTimeout: *peek, Events: events, Logger: logger}
 	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger}
 	var recorder names.Recorder = table
 	if filter != nil {
-		recorder = &leasingNames{t: table, sb: sb, policy: current, filter: filter, logger: logger}
+		recorder = &connfilter.Recorder{Names: table, Leases: sb, Policy: current,
+			Filter: func() *policy.ConnectFilter { return filter }, Logger: logger}
 	}
-	dp := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: recorder}
+	dp := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: recorder, Resolver: res}
 
 	sb.ReadDrops(func(d sandbox.Drop) {
 		if d.Proto == "tcp" {
 			// A connect() the filter refused: the same decision, log line
 			// and summary row as a refusal by the transparent listener.
-			e := eventlog.Entry{ID: eventlog.NewID(), Proto: eventlog.ProtoTCP, Client: d.Src,
-				Decision: tp.DecideConnect(d.Src.Addr(), d.Dst)}
-			if e.Decision.Allowed() {
-				// The filter refuses only what the listener would; if
-				// they disagree, say so rather than log an allow.
-				e.Decision.Verdict, e.Decision.Audit, e.Decision.Reason = policy.Deny, false, reasonConnectFilter
-				e.Decision.Hint = "egress run --refuse-after-accept lets the transparent listener decide; please report this"
-			}
-			sum.refusedAtConnect(e, d.Src)
+			e := connfilter.Refusal(d, tp.DecideConnect)
+			sum.refusedAtConnect(e)
 			events.Record(e)
 			return
 		}
@@ -240,59 +249,6 @@ func printPolicyErrors(w io.Writer, file string, err error) {
 	fmt.Fprintf(w, "%s: %v\n", file, err)
 }
 
-// upstreamResolver resolves through the first of the policy's
-// dns.upstreams (over TCP, the first that accepts), or is nil (the system resolver) when there are none.
-func upstreamResolver(upstreams []string) dialer.Resolver {
-	if len(upstreams) == 0 {
-		return nil
-	}
-	var d net.Dialer
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var err error
-		for _, u := range upstreams {
-			if _, _, e := net.SplitHostPort(u); e != nil {
-				u = net.JoinHostPort(u, "53")
-			}
-			var c net.Conn
-			if c, err = d.DialContext(ctx, network, u); err == nil {
-				return c, nil
-			}
-		}
-		return nil, err
-	}}
-}
-
-// reasonConnectFilter marks a connection the sandbox's connect filter
-// refused although the transparent listener would have let it through.
-const reasonConnectFilter policy.Reason = "connect_filter"
-
-// leasingNames remembers what egress's DNS answers for the transparent
-// listener and, before the answer goes out, leases each address in the
-// sandbox's connect filter on the ports the name could be allowed on, for
-// as long as the table remembers it.
-type leasingNames struct {
-	t      *names.Table
-	sb     *sandbox.Sandbox
-	policy func() *policy.Policy
-	filter *policy.ConnectFilter
-	logger zerolog.Logger
-}
-
-func (l *leasingNames) Remember(client netip.Addr, name string, addr netip.Addr, ttl time.Duration) {
-	l.t.Remember(client, name, addr, ttl)
-	if !l.filter.Refuses(addr) {
-		return // the filter passes it anyway
-	}
-	ports, all, ok := l.policy().NamePorts(client, name)
-	if !ok {
-		return
-	}
-	if err := l.sb.Lease(addr, ports, all, l.t.Lease(ttl)); err != nil {
-		l.logger.Warn().Err(err).Str(eventlog.FieldHost, name).Str(eventlog.FieldIP, addr.String()).
-			Msg("egress run: could not open the address in the connect filter; connections to it are refused")
-	}
-}
-
 // loopbackNames asks a names table under both loopback addresses: a
 // sandbox process may resolve over IPv4 and connect over IPv6.
 type loopbackNames struct{ t *names.Table }
@@ -329,9 +285,11 @@ type runSummary struct {
 	byKey  map[summaryKey]*summaryRow
 	owners map[netip.AddrPort]sandbox.Process
 	drops  map[sandbox.Drop]int
-	atConn map[string]bool // ids of connections refused at connect()
-	total  int
-	raw    int // connections that came through the transparent path
+	// rawProcs are the processes whose connections ignored the proxy.
+	rawProcs summaryRow
+	atConn   map[string]bool // ids of connections refused at connect()
+	total    int
+	raw      int // connections that came through the transparent path
 }
 
 type summaryKey struct {
@@ -345,13 +303,13 @@ type summaryRow struct {
 	reason policy.Reason
 	hint   string
 	err    string
-	procs  map[string]bool
-	client []netip.AddrPort
+	procs  map[string]bool // named, at most maxRowProcs
+	more   map[string]bool // the others, counted, at most maxRowMore
 }
 
 func newRunSummary(sb *sandbox.Sandbox) *runSummary {
 	return &runSummary{sb: sb, byKey: map[summaryKey]*summaryRow{}, owners: map[netip.AddrPort]sandbox.Process{},
-		drops: map[sandbox.Drop]int{}, atConn: map[string]bool{}}
+		drops: map[sandbox.Drop]int{}, atConn: map[string]bool{}, rawProcs: summaryRow{procs: map[string]bool{}}}
 }
 
 // identify wraps a sandbox listener so that each accepted connection's
@@ -376,7 +334,7 @@ func (l *identifyingListener) Accept() (net.Conn, error) {
 		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		if p, ok := l.s.sb.Owner(ap); ok {
 			l.s.mu.Lock()
-			l.s.owners[ap] = p
+			l.s.addOwner(ap, p)
 			l.s.mu.Unlock()
 		}
 	}
@@ -384,17 +342,24 @@ func (l *identifyingListener) Accept() (net.Conn, error) {
 }
 
 // refusedAtConnect notes that e, about to be recorded, is a connection
-// the connect filter refused, and looks up its process while its socket
-// may still exist.
-func (s *runSummary) refusedAtConnect(e eventlog.Entry, client netip.AddrPort) {
-	client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
-	p, ok := s.sb.Owner(client)
+// the connect filter refused. Its process is not looked up: the socket is
+// gone by the time the refusal is read (and a look-up scans /proc).
+func (s *runSummary) refusedAtConnect(e eventlog.Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.atConn[e.ID] = true
-	if ok {
-		s.owners[client] = p
+}
+
+// maxOwners bounds the client addresses whose process is remembered; a
+// forgotten one only leaves a summary row without its process.
+const maxOwners = 4096
+
+// addOwner remembers the process behind client. s.mu must be held.
+func (s *runSummary) addOwner(client netip.AddrPort, p sandbox.Process) {
+	if len(s.owners) >= maxOwners {
+		clear(s.owners)
 	}
+	s.owners[client] = p
 }
 
 func (s *runSummary) observe(e eventlog.Entry) {
@@ -434,7 +399,44 @@ func (s *runSummary) observe(e eventlog.Entry) {
 	}
 	r := s.row(k, e)
 	r.count++
-	r.client = append(r.client, e.Client)
+	if p, ok := s.owners[netip.AddrPortFrom(e.Client.Addr().Unmap(), e.Client.Port())]; ok {
+		r.addProc(p.String())
+		if k.route != "proxy" {
+			s.rawProcs.addProc(p.String())
+		}
+	}
+}
+
+// A summary row names maxRowProcs processes and counts up to maxRowMore
+// others: the summary keeps counts, not an entry per connection.
+const (
+	maxRowProcs = 8
+	maxRowMore  = 1000
+)
+
+func (r *summaryRow) addProc(p string) {
+	switch {
+	case r.procs[p]:
+	case len(r.procs) < maxRowProcs:
+		r.procs[p] = true
+	case len(r.more) < maxRowMore:
+		if r.more == nil {
+			r.more = map[string]bool{}
+		}
+		r.more[p] = true
+	}
+}
+
+// names are the row's processes, and how many more there were.
+func (r *summaryRow) names() []string {
+	ps := keysOf(r.procs)
+	switch n := len(r.more); {
+	case n >= maxRowMore:
+		ps = append(ps, fmt.Sprintf("%d+ more", n))
+	case n > 0:
+		ps = append(ps, fmt.Sprintf("%d more", n))
+	}
+	return ps
 }
 
 // row is the summary row for k, made from e, the first entry it counts,
@@ -468,17 +470,6 @@ func (s *runSummary) drop(d sandbox.Drop) {
 func (s *runSummary) write(w io.Writer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	rawProcs := map[string]bool{}
-	for k, r := range s.byKey {
-		for _, c := range r.client {
-			if p, ok := s.owners[c]; ok {
-				r.procs[p.String()] = true
-				if k.route != "proxy" {
-					rawProcs[p.String()] = true
-				}
-			}
-		}
-	}
 	ndrops := 0
 	for _, n := range s.drops {
 		ndrops += n
@@ -524,7 +515,7 @@ func (s *runSummary) write(w io.Writer) {
 			route := map[string]string{"proxy": "via HTTP_PROXY", "transparent": "raw socket (ignored HTTP_PROXY)",
 				"connect": "raw socket, refused at connect()", "dns": "lookups"}[k.route]
 			fmt.Fprintf(&b, "    %-28s %4dx  %s", k.target, r.count, route)
-			if ps := keysOf(r.procs); len(ps) > 0 {
+			if ps := r.names(); len(ps) > 0 {
 				fmt.Fprintf(&b, "  by %s", strings.Join(ps, ", "))
 			}
 			b.WriteString("\n")
@@ -557,7 +548,7 @@ func (s *runSummary) write(w io.Writer) {
 	}
 	if s.raw > 0 {
 		fmt.Fprintf(&b, "  %d of %d connection%s ignored HTTP_PROXY/HTTPS_PROXY and were caught by the transparent path", s.raw, s.total, plural(s.total))
-		if ps := keysOf(rawProcs); len(ps) > 0 {
+		if ps := s.rawProcs.names(); len(ps) > 0 {
 			fmt.Fprintf(&b, " (%s)", strings.Join(ps, ", "))
 		}
 		b.WriteString(": behind a plain HTTP proxy they would not get out\n")

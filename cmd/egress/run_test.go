@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +28,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/egress-proxy/egress/internal/testnet"
+	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/sandbox"
 )
 
 // TestRunHelperProcess is not a test: it is egress run, started by the
@@ -37,6 +41,9 @@ func TestRunHelperProcess(t *testing.T) {
 		t.Skip("helper process")
 	}
 	runExeArgs = []string{"-test.run=^TestRunHelperProcess$", "--"}
+	if d, err := time.ParseDuration(os.Getenv("EGRESS_TEST_LEASE")); err == nil {
+		leaseMinTTL, leaseGrace = d, 0
+	}
 	if _, child := os.LookupEnv("_EGRESS_SANDBOX_CHILD"); child {
 		os.Exit(cmdRun(flag.Args(), os.Stdout, os.Stderr))
 	}
@@ -203,8 +210,14 @@ print(json.dumps(res))
 sys.exit(3)
 `
 
-// dnsUpstream answers A queries from a map on 127.0.0.1 (UDP).
+// dnsUpstream answers A queries from a map on 127.0.0.1 (UDP), TTL 60.
 func dnsUpstream(t *testing.T, records map[string]string) string {
+	t.Helper()
+	return dnsUpstreamTTL(t, records, 60)
+}
+
+// dnsUpstreamTTL is dnsUpstream with answers valid for ttl seconds.
+func dnsUpstreamTTL(t *testing.T, records map[string]string, ttl int) string {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -219,7 +232,7 @@ func dnsUpstream(t *testing.T, records map[string]string) string {
 		case !ok:
 			m.Rcode = dns.RcodeNameError
 		case q.Question[0].Qtype == dns.TypeA:
-			rr, _ := dns.NewRR(fmt.Sprintf("%s 60 IN A %s", q.Question[0].Name, ip))
+			rr, _ := dns.NewRR(fmt.Sprintf("%s %d IN A %s", q.Question[0].Name, ttl, ip))
 			m.Answer = append(m.Answer, rr)
 		}
 		w.WriteMsg(m)
@@ -370,6 +383,51 @@ dns:
 	}
 }
 
+// TestRunLeaseOutlivedByConnection: a connection opened while its name's
+// DNS answer held outlives the answer; a new one after it is refused at
+// connect. Python 3 and 2.7.
+func TestRunLeaseOutlivedByConnection(t *testing.T) {
+	requireSandbox(t)
+	echo := testnet.ServeTCP(t, func(c net.Conn) { io.Copy(c, c) }).Port
+	upstream := dnsUpstreamTTL(t, map[string]string{"db.test": "127.0.0.1"}, 1)
+	dir := t.TempDir()
+	config := filepath.Join(dir, "policy.yaml")
+	os.WriteFile(config, []byte(fmt.Sprintf("version: 1\ndefault: deny\nallow:\n  - {host: db.test, ports: [%d]}\ndns:\n  upstreams: [%q]\n", echo, upstream)), 0o644)
+	script := `
+from __future__ import print_function
+import errno, socket, sys, time
+port = int(sys.argv[1])
+addr = socket.getaddrinfo("db.test", port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+s = socket.create_connection((addr, port), timeout=5)
+s.sendall(b"a"); print("before:", s.recv(1).decode())
+time.sleep(3)  # the answer (TTL 1 s, leased 1 s) runs out
+s.sendall(b"b"); print("after:", s.recv(1).decode())
+try:
+    socket.create_connection((addr, port), timeout=5)
+    print("new: open")
+except socket.error as e:
+    print("new:", errno.errorcode[e.errno])
+`
+	scriptFile := filepath.Join(dir, "client.py")
+	os.WriteFile(scriptFile, []byte(script), 0o644)
+	for _, py := range []struct {
+		name string
+		env  []string
+	}{{"python3", nil}, {"python2.7", []string{"PYENV_VERSION=2.7.18"}}} {
+		t.Run(py.name, func(t *testing.T) {
+			check := exec.Command(py.name, "-c", "import socket")
+			check.Env = append(os.Environ(), py.env...)
+			if err := check.Run(); err != nil {
+				t.Skipf("%s is not available: %v", py.name, err)
+			}
+			r := runEgress(t, append(py.env, "EGRESS_TEST_LEASE=1s"), "run", "--config", config, "--", py.name, scriptFile, strconv.Itoa(echo))
+			if r.code != 0 || r.stdout != "before: a\nafter: b\nnew: ECONNREFUSED\n" {
+				t.Fatalf("exit %d, output %q; want the open connection to keep working and a new one refused at connect", r.code, r.stdout)
+			}
+		})
+	}
+}
+
 // TestRunRootless runs egress run as an unprivileged user (nobody), which
 // takes a user namespace: the command keeps its uid, gets no capability,
 // and is held like under root.
@@ -435,6 +493,11 @@ print("caps:", [l.split()[1] for l in open("/proc/self/status") if l.startswith(
 // network namespace shaped like a host, and a plugin user's Python that
 // resolves a name and connects to its address with a raw socket.
 func TestServeTransparentHostRules(t *testing.T) {
+	t.Run("a denied connection is accepted, then reset", func(t *testing.T) { testServeHostRules(t, false) })
+	t.Run("with listen.refuse_at_connect a denied connect() is refused", func(t *testing.T) { testServeHostRules(t, true) })
+}
+
+func testServeHostRules(t *testing.T, refuseAtConnect bool) {
 	const uid = 65534
 	py := "/usr/bin/python3"
 	if os.Geteuid() != 0 {
@@ -513,11 +576,11 @@ allow:
 listen:
   http: 127.0.0.1:3128
   transparent: 127.0.0.1:3129
-  dns: 127.0.0.1:5353
+  dns: 127.0.0.1:5353%s
 dns:
   upstreams: [%q]
-`, greetPort, upstream)), 0o644)
-	startEgress(t, nil, "serve", "--config", config)
+`, greetPort, map[bool]string{true: "\n  refuse_at_connect: [\"" + strconv.Itoa(uid) + "\"]"}[refuseAtConnect], upstream)), 0o644)
+	_, _, logs := startEgress(t, nil, "serve", "--config", config)
 
 	resolv := filepath.Join(dir, "resolv.conf")
 	os.WriteFile(resolv, []byte("nameserver 10.0.0.53\n"), 0o644)
@@ -529,11 +592,19 @@ def greeting(host, port):
         return s.recv(20).decode().strip() or "closed"
     except Exception as e:
         return type(e).__name__
+def opens(host, port):
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return "open"
+    except Exception as e:
+        return type(e).__name__
+print("before the lookup:", greeting("10.0.0.2", %d))
 addr = socket.gethostbyname("db.test")
 print("resolved:", addr)
 print("allowed:", greeting(addr, %d))
 print("denied:", greeting(addr, %d))
-`, greetPort, greetPort+1)
+print("proxy:", opens("127.0.0.1", 3128))
+`, greetPort, greetPort, greetPort+1)
 	shell := "mount --bind " + resolv + " /etc/resolv.conf && exec setpriv --reuid=" + strconv.Itoa(uid) +
 		" --regid=" + strconv.Itoa(uid) + " --clear-groups " + py + " -c \"$0\""
 	cmd := exec.Command("unshare", "--mount", "sh", "-c", shell, script)
@@ -543,9 +614,40 @@ print("denied:", greeting(addr, %d))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"resolved: 10.0.0.2", "allowed: db ready", "denied: ConnectionResetError"} {
+	denied := "ConnectionResetError"
+	if refuseAtConnect {
+		denied = "ConnectionRefusedError"
+	}
+	for _, want := range []string{"resolved: 10.0.0.2", "allowed: db ready", "denied: " + denied,
+		"before the lookup: " + denied, "proxy: open"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("output lacks %q", want)
+		}
+	}
+	// Each refusal is one canonical line, refused at connect or not.
+	ports := map[string]bool{fmt.Sprintf(`"port":%d,`, greetPort): true, fmt.Sprintf(`"port":%d,`, greetPort+1): true}
+	seen := 0
+	deadline := time.After(5 * time.Second)
+	lines := make(chan string)
+	go func() {
+		for logs.Scan() {
+			lines <- logs.Text()
+		}
+	}()
+	for seen < 2 {
+		select {
+		case l := <-lines:
+			if !strings.Contains(l, `"event":"deny","proto":"tcp"`) {
+				continue
+			}
+			for p := range ports {
+				if strings.Contains(l, p) {
+					delete(ports, p)
+					seen++
+				}
+			}
+		case <-deadline:
+			t.Fatalf("saw %d of the 2 refusals' log lines", seen)
 		}
 	}
 }
@@ -590,4 +692,28 @@ func runAsNobody(t *testing.T, dir string, args ...string) (stdout, stderr strin
 		t.Fatalf("egress run as nobody: %v", err)
 	}
 	return out.String(), errb.String()
+}
+
+// TestRunSummaryBounded: the summary keeps counts and at most a few
+// process names per row, however many connections it sees.
+func TestRunSummaryBounded(t *testing.T) {
+	s := newRunSummary(nil)
+	dec := policy.Decision{Verdict: policy.Deny, Reason: policy.ReasonNoRuleMatched, IP: netip.MustParseAddr("192.0.2.1"), Port: 443}
+	for i := 0; i < 10000; i++ {
+		client := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(1024+i))
+		s.mu.Lock()
+		s.addOwner(client, sandbox.Process{PID: 100 + i%20, Comm: "python3"})
+		s.mu.Unlock()
+		s.observe(eventlog.Entry{Proto: eventlog.ProtoTCP, Client: client, Decision: dec})
+	}
+	if len(s.owners) > maxOwners {
+		t.Errorf("%d owners remembered, want at most %d", len(s.owners), maxOwners)
+	}
+	var out strings.Builder
+	s.write(&out)
+	for _, want := range []string{"egress run: 10000 connections, 10000 denied", "192.0.2.1:443                10000x", ", 12 more"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, out.String())
+		}
+	}
 }

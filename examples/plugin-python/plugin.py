@@ -8,7 +8,7 @@ docker compose and in tests:
   --db-host   PLUGIN_DB_HOST   DBMS host              (db.corp.example)
   --db-port   PLUGIN_DB_PORT   DBMS port              (5432)
   --api-url   PLUGIN_API_URL   DBMS REST API          (https://api.example.com/v1/status)
-  --timeout   PLUGIN_TIMEOUT   seconds per step       (3)
+  --timeout   PLUGIN_TIMEOUT   seconds in all         (3)
   --ca-file   PLUGIN_CA_FILE   CA bundle for the API  (system CAs; SSL_CERT_FILE works too)
   --db-proxy  PLUGIN_DB_PROXY  reach the DBMS through this HTTP proxy (CONNECT)
                                instead of a direct TCP connection

@@ -114,6 +114,8 @@ func (p *Proxy) init() {
 
 // Serve accepts connections on l until Shutdown. It applies the current
 // policy's header timeout and header size limit to the listener's server.
+// It closes l when it returns; after Shutdown it returns
+// http.ErrServerClosed at once.
 func (p *Proxy) Serve(l net.Listener) error {
 	p.init()
 	pol := p.Policy()
@@ -133,6 +135,9 @@ func (p *Proxy) Serve(l net.Listener) error {
 	p.mu.Lock()
 	if p.shutdown {
 		p.mu.Unlock()
+		// Close l as http.Server.Serve would: clients are refused
+		// rather than left in the backlog of a socket nobody accepts on.
+		l.Close()
 		return http.ErrServerClosed
 	}
 	p.srvs = append(p.srvs, srv)

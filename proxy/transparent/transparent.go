@@ -115,11 +115,15 @@ func (s *Server) init() {
 
 // Serve accepts redirected connections on l until Shutdown; l's
 // connections must be *net.TCPConn (or OriginalDst must handle them).
+// After Shutdown it closes l and returns ErrServerClosed at once.
 func (s *Server) Serve(l net.Listener) error {
 	s.init()
 	s.mu.Lock()
 	if s.shutdown {
 		s.mu.Unlock()
+		// Clients are refused rather than left in the backlog of a
+		// socket nobody accepts on.
+		l.Close()
 		return ErrServerClosed
 	}
 	s.listeners[l] = struct{}{}

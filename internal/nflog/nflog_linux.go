@@ -1,4 +1,6 @@
-package sandbox
+//go:build linux
+
+package nflog
 
 import (
 	"encoding/binary"
@@ -12,39 +14,25 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Drop is one packet the namespace's rules refused (see Configure).
-type Drop struct {
-	Proto string         // "tcp", "udp", "icmp", "ipv6-icmp" or the protocol number
-	Src   netip.AddrPort // the sender; port 0 when the protocol has none
-	Dst   netip.AddrPort // port 0 when the protocol has none
-}
-
-func (d Drop) String() string {
-	if d.Dst.Port() == 0 {
-		return d.Proto + " " + d.Dst.Addr().String()
-	}
-	return d.Proto + " " + d.Dst.String()
-}
-
 // nfnetlink_log constants (linux/netfilter/nfnetlink_log.h).
 const (
-	nfnlSubsysULOG     = 4
-	nfulnlMsgPacket    = 0
-	nfulnlMsgConfig    = 1
-	nfulaCfgCmd        = 1
-	nfulaCfgMode       = 2
-	nfulaCfgQThresh    = 5
-	nfulnlCfgCmdBind   = 1
-	nfulnlCopyPacket   = 2
-	nfulaPayload       = 9
-	dropLogCopyRange   = 128
-	dropLogReadBufSize = 64 << 10
+	nfnlSubsysULOG   = 4
+	nfulnlMsgPacket  = 0
+	nfulnlMsgConfig  = 1
+	nfulaCfgCmd      = 1
+	nfulaCfgMode     = 2
+	nfulaCfgQThresh  = 5
+	nfulnlCfgCmdBind = 1
+	nfulnlCopyPacket = 2
+	nfulaPayload     = 9
+	copyRange        = 128
+	readBufSize      = 64 << 10
 )
 
-// openDropLog opens a netlink socket bound to NFLOG group in the current
-// network namespace. It needs CAP_NET_ADMIN there; reading it later does
-// not, so the descriptor can be handed to a process outside.
-func openDropLog(group uint16) (*os.File, error) {
+// Open opens a netlink socket bound to NFLOG group in the current network
+// namespace. It needs CAP_NET_ADMIN there; reading it later does not, so
+// the descriptor can be handed to a process outside.
+func Open(group uint16) (*os.File, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 	if err != nil {
 		return nil, fmt.Errorf("nflog socket: %w", err)
@@ -55,14 +43,14 @@ func openDropLog(group uint16) (*os.File, error) {
 		return nil, fmt.Errorf("nflog bind: %w", err)
 	}
 	var mode [6]byte
-	binary.BigEndian.PutUint32(mode[:4], dropLogCopyRange)
+	binary.BigEndian.PutUint32(mode[:4], copyRange)
 	mode[4] = nfulnlCopyPacket
 	var qthresh [4]byte
 	binary.BigEndian.PutUint32(qthresh[:], 1) // deliver each packet at once
 	for i, attr := range [][]byte{
-		nlattr(nfulaCfgCmd, []byte{nfulnlCfgCmdBind}),
-		nlattr(nfulaCfgMode, mode[:]),
-		nlattr(nfulaCfgQThresh, qthresh[:]),
+		Attr(nfulaCfgCmd, []byte{nfulnlCfgCmdBind}),
+		Attr(nfulaCfgMode, mode[:]),
+		Attr(nfulaCfgQThresh, qthresh[:]),
 	} {
 		if err := nflogConfig(fd, group, uint32(i+1), attr); err != nil {
 			f.Close()
@@ -99,7 +87,8 @@ func nflogConfig(fd int, group uint16, seq uint32, attr []byte) error {
 	return nil
 }
 
-func nlattr(typ uint16, data []byte) []byte {
+// Attr is one netlink attribute, padded to 4 bytes.
+func Attr(typ uint16, data []byte) []byte {
 	l := 4 + len(data)
 	b := make([]byte, (l+3)&^3)
 	binary.NativeEndian.PutUint16(b[0:], uint16(l))
@@ -108,18 +97,18 @@ func nlattr(typ uint16, data []byte) []byte {
 	return b
 }
 
-// DropLog reads the packets the namespace's rules refused, from the NFLOG
-// socket the namespace handed over.
-type DropLog struct {
+// Reader reads an NFLOG socket (see Open).
+type Reader struct {
 	f    *os.File
-	fn   func(Drop)
+	fn   func(Packet)
 	done chan struct{}
 	mu   sync.Mutex // serialises parsing between the reader and Close's drain
 	buf  []byte
 }
 
-// newDropLog starts reading f, calling fn for each refused packet.
-func newDropLog(f *os.File, fn func(Drop)) *DropLog {
+// NewReader starts reading f, an NFLOG socket, calling fn from another
+// goroutine for each packet until Close. It owns f.
+func NewReader(f *os.File, fn func(Packet)) *Reader {
 	// os.NewFile polls a descriptor only if it is non-blocking when the
 	// File is made: make a new one, or packets would be read only at Close.
 	if fd, err := unix.Dup(int(f.Fd())); err == nil {
@@ -128,12 +117,12 @@ func newDropLog(f *os.File, fn func(Drop)) *DropLog {
 		f.Close()
 		f = os.NewFile(uintptr(fd), "nflog")
 	}
-	d := &DropLog{f: f, fn: fn, done: make(chan struct{}), buf: make([]byte, dropLogReadBufSize)}
+	d := &Reader{f: f, fn: fn, done: make(chan struct{}), buf: make([]byte, readBufSize)}
 	go d.run()
 	return d
 }
 
-func (d *DropLog) run() {
+func (d *Reader) run() {
 	defer close(d.done)
 	rc, err := d.f.SyscallConn()
 	if err != nil {
@@ -161,7 +150,7 @@ func (d *DropLog) run() {
 }
 
 // Close reads what is already queued, then stops.
-func (d *DropLog) Close() error {
+func (d *Reader) Close() error {
 	if rc, err := d.f.SyscallConn(); err == nil {
 		rc.Control(func(fd uintptr) {
 			d.mu.Lock()
@@ -184,7 +173,7 @@ func (d *DropLog) Close() error {
 }
 
 // parseNflog calls fn for each NFULNL_MSG_PACKET in a netlink datagram.
-func parseNflog(b []byte, fn func(Drop)) {
+func parseNflog(b []byte, fn func(Packet)) {
 	for len(b) >= unix.NLMSG_HDRLEN {
 		l := int(binary.NativeEndian.Uint32(b[0:]))
 		if l < unix.NLMSG_HDRLEN || l > len(b) {
@@ -214,9 +203,9 @@ func parseNflog(b []byte, fn func(Drop)) {
 }
 
 // parsePacket reads the protocol and destination of an IP packet.
-func parsePacket(p []byte) (Drop, bool) {
+func parsePacket(p []byte) (Packet, bool) {
 	if len(p) < 1 {
-		return Drop{}, false
+		return Packet{}, false
 	}
 	var proto byte
 	var src, dst netip.Addr
@@ -224,7 +213,7 @@ func parsePacket(p []byte) (Drop, bool) {
 	switch p[0] >> 4 {
 	case 4:
 		if len(p) < 20 {
-			return Drop{}, false
+			return Packet{}, false
 		}
 		ihl := int(p[0]&0x0f) * 4
 		proto = p[9]
@@ -235,16 +224,16 @@ func parsePacket(p []byte) (Drop, bool) {
 		}
 	case 6:
 		if len(p) < 40 {
-			return Drop{}, false
+			return Packet{}, false
 		}
 		proto = p[6]
 		src = netip.AddrFrom16([16]byte(p[8:24]))
 		dst = netip.AddrFrom16([16]byte(p[24:40]))
 		l4 = p[40:]
 	default:
-		return Drop{}, false
+		return Packet{}, false
 	}
-	d := Drop{Src: netip.AddrPortFrom(src, 0), Dst: netip.AddrPortFrom(dst, 0)}
+	d := Packet{Src: netip.AddrPortFrom(src, 0), Dst: netip.AddrPortFrom(dst, 0)}
 	switch proto {
 	case unix.IPPROTO_UDP, unix.IPPROTO_TCP, unix.IPPROTO_SCTP, unix.IPPROTO_UDPLITE:
 		d.Proto = map[byte]string{unix.IPPROTO_UDP: "udp", unix.IPPROTO_TCP: "tcp", unix.IPPROTO_SCTP: "sctp", unix.IPPROTO_UDPLITE: "udplite"}[proto]
