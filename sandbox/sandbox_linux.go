@@ -620,3 +620,40 @@ func dropCapabilities() error {
 	}
 	return nil
 }
+
+// Settle waits until the connections already made to Transparent and HTTP
+// have left the listeners' accept queues (they are being served), or ctx
+// is done. Call it when the command has exited, before shutting the
+// servers down: a connection the command made just before exiting may
+// still wait there, and closing the listener would drop it unseen, from
+// the log and the summary.
+func (sb *Sandbox) Settle(ctx context.Context) {
+	for _, l := range []net.Listener{sb.Transparent, sb.HTTP} {
+		tl, ok := l.(*net.TCPListener)
+		if !ok {
+			continue
+		}
+		rc, err := tl.SyscallConn()
+		if err != nil {
+			continue
+		}
+		for {
+			var queued uint32
+			rc.Control(func(fd uintptr) {
+				// For a listening socket, tcpi_unacked is the length of
+				// the accept queue.
+				if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+					queued = info.Unacked
+				}
+			})
+			if queued == 0 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+}

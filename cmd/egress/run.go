@@ -200,6 +200,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 
 	ctx, cancel := context.WithTimeout(context.Background(), runDrain)
 	defer cancel()
+	// What CMD connected just before it exited may still wait to be
+	// accepted: serve it (within runDrain) before closing the listeners.
+	sb.Settle(ctx)
 	var sd sync.WaitGroup
 	sd.Go(func() { tp.Shutdown(ctx) })
 	sd.Go(func() { hp.Shutdown(ctx) })
