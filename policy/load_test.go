@@ -16,6 +16,9 @@ func TestLoadErrors(t *testing.T) {
 		want []string // "LINE:COL: message substring", in order
 	}{
 		{"an empty file", "", []string{"1:1: the file is empty"}},
+		{"refuse_at_connect needs the transparent listener", "version: 1\ndefault: deny\nlisten:\n  refuse_at_connect: [plugin]\n", []string{"4:3: listen.refuse_at_connect needs listen.transparent"}},
+		{"refuse_at_connect takes users", "version: 1\ndefault: deny\nlisten:\n  transparent: 127.0.0.1:3129\n  refuse_at_connect: [\"a b\", [1]]\n", []string{
+			`5:23: listen.refuse_at_connect: "a b" is not a user name or uid`, "5:30: a user must be a string, not a list"}},
 		{"a comment only", "# nothing\n", []string{"1:1: the file is empty"}},
 		{"version is required", "default: allow\n", []string{"1:1: version is required"}},
 		{"default is required", "version: 1\n", []string{"1:1: default is required"}},
@@ -191,6 +194,16 @@ reload:
 	}
 	if d := p.Decide(Request{Host: "vendor-a.example", Port: 1, Client: netip.MustParseAddr("10.1.0.1"), User: "vendor-a"}); d.Policy != "vendor-a" || d.Verdict != Allow || d.Audit {
 		t.Errorf("client decision %+v", d)
+	}
+}
+
+func TestRefuseAtConnectUsers(t *testing.T) {
+	p, err := Load("p.yaml", []byte("version: 1\ndefault: deny\nlisten:\n  transparent: 127.0.0.1:3129\n  refuse_at_connect: [plugin, 1001, \"65534\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(p.Listen.RefuseAtConnect, ","); got != "plugin,1001,65534" {
+		t.Errorf("users %q: want names and uids, numeric or quoted", got)
 	}
 }
 

@@ -756,6 +756,9 @@ func (l *loader) listen(n *yaml.Node, ls *Listen) {
 func (l *loader) users(n *yaml.Node, what string) []string {
 	var out []string
 	for _, u := range l.seq(n, what) {
+		if un := l.node(u); un.Kind == yaml.ScalarNode && un.Tag == "!!int" {
+			u = &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: un.Value, Line: un.Line, Column: un.Column}
+		}
 		s, ok := l.str(u, "a user")
 		if !ok {
 			continue

@@ -70,7 +70,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	quiet := fs.Bool("quiet", false, "print no live denials and no summary")
 	acceptFirst := fs.Bool("refuse-after-accept", false, "let every TCP connection open and refuse denied ones afterwards with a reset (default: a denied connect() fails at once with ECONNREFUSED)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: egress run [--config FILE] [--allow HOST[:PORT]]... [--log FILE] -- CMD [ARGS...]")
+		fmt.Fprintln(stderr, "usage: egress run [--config FILE] [--allow HOST[:PORT]]... [--log FILE] [--refuse-after-accept] [--quiet] -- CMD [ARGS...]")
 		fmt.Fprintln(stderr)
 		fmt.Fprintln(stderr, "Runs CMD in a new network namespace whose only way out is egress: every TCP connection")
 		fmt.Fprintln(stderr, "goes through the policy (HTTP_PROXY/HTTPS_PROXY are set for clients that honour them,")
