@@ -101,7 +101,10 @@ func (o *origins) allowed() []string {
 
 // cases is the manifest: one requirement per outcome and way to get it.
 // nameAllowed says whether the policy lets blockedName through (default
-// allow, or audit mode), raw whether the helper connects without a proxy.
+// allow, or audit mode), raw whether the helper connects without a proxy
+// through egress's DNS, which resolves names no rule lists (because a cidr
+// rule, the origins', could allow some address of them) unless the policy
+// says dns.resolve_unlisted: false.
 func (o *origins) cases(nameAllowed, raw bool) []reqCase {
 	cidr := func(p int) string { return fmt.Sprintf("- {cidr: 127.0.0.1/32, ports: [%d]}", p) }
 	c := []reqCase{
@@ -282,7 +285,7 @@ func TestRequirementsUnderEgressRun(t *testing.T) {
 			if raw {
 				mode = "raw"
 			}
-			cases := o.cases(nameAllowed, raw)
+			cases := o.cases(nameAllowed, raw && resolvesUnlisted(t, policyFile))
 			manifest := writeManifest(t, cases)
 			for _, py := range pys {
 				t.Run(name+"/"+mode+"/"+py.name, func(t *testing.T) {
@@ -335,6 +338,25 @@ func withUpstream(t *testing.T, path, upstream string) (string, bool) {
 	return copyPath, doc["default"] == "allow" || doc["mode"] == "audit"
 }
 
+// resolvesUnlisted reports whether the policy file leaves
+// dns.resolve_unlisted at its default, true.
+func resolvesUnlisted(t *testing.T, path string) bool {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		DNS struct {
+			ResolveUnlisted *bool `yaml:"resolve_unlisted"`
+		} `yaml:"dns"`
+	}
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return doc.DNS.ResolveUnlisted == nil || *doc.DNS.ResolveUnlisted
+}
+
 // TestRequirementsDNSRefusal runs the helper in raw mode inside `egress
 // run` with names only, so that egress's DNS decides on them: a name no
 // rule allows gets NXDOMAIN with egress's Extended DNS Error (refused, with
@@ -352,10 +374,11 @@ func TestRequirementsDNSRefusal(t *testing.T) {
 			{key: "nonexistent name", host: nxName, port: 5432, protocol: "tcp", want: "dns_failure"},
 			{key: "servfail name", host: servfailName, port: 5432, protocol: "tls", want: "dns_failure"},
 		}
-		if nameAllowed || cfg == "handful-of-hosts" {
-			// Let through, or (handful-of-hosts) answered because its cidr
-			// rule (10.20.0.5) could allow some address of any name: the
-			// upstream's NXDOMAIN is then the truth, no refusal.
+		if nameAllowed {
+			// Let through: the upstream's NXDOMAIN is then the truth, no
+			// refusal. (handful-of-hosts has a cidr rule that could allow
+			// some address of any name on 5432, but its
+			// dns.resolve_unlisted: false refuses the name unresolved.)
 			cases[0].want, cases[0].rule = "dns_failure", ""
 		}
 		manifest := writeManifest(t, cases)

@@ -94,7 +94,7 @@ func (p *Policy) decide(r Request) Decision {
 	if !ip.IsValid() {
 		rs.stepOne(&d, name, n)
 	} else {
-		rs.stepTwo(&d, name, ip, n)
+		rs.stepTwo(&d, name, ip, n, embedded(ip, p.NAT64Prefixes))
 	}
 	// Audit mode rolls rules out; the guards are not rules but the floor
 	// under them. Letting a guarded destination through "to see" would
@@ -112,17 +112,19 @@ func (rs *ruleset) stepOne(d *Decision, name string, n crule) {
 	switch {
 	case n.r != nil && n.r.Action == Deny:
 		rs.denyByRule(d, n)
-	case isMetadataName(name) && !rs.metaCIDRAllow:
+	case isMetadataName(name) && !rs.metadataLiftable(d.Port):
 		d.Reason = ReasonGuardMetadata
 		d.Hint = "metadata names are allowed only by a cidr rule naming the metadata address, e.g. - {cidr: 169.254.169.254/32" + portsText(d.Port) + "}"
 	case isMetadataName(name):
+		// A fixed list of names: resolving one tells an upstream
+		// nothing, whatever dns.resolve_unlisted says.
 		d.Verdict, d.Reason = Allow, ReasonPerAddress
 	case isLoopbackName(name) && !(n.r != nil && n.rank >= exactRank):
 		// RFC 6761 §6.3: localhost names are loopback by name. Refused
 		// here, as their addresses would be, unless an exact host rule
 		// names them or a cidr rule lifts loopback on this port (then the
 		// addresses decide).
-		if rs.loopbackLiftable(d.Port) {
+		if rs.loopbackLiftable(d.Port) && rs.resolveUnlisted {
 			d.Verdict, d.Reason = Allow, ReasonPerAddress
 			return
 		}
@@ -132,7 +134,11 @@ func (rs *ruleset) stepOne(d *Decision, name string, n crule) {
 		d.Verdict, d.Reason, d.Rule = Allow, ReasonAllowedByRule, n.r
 	case rs.def == Allow:
 		d.Verdict, d.Reason = Allow, ReasonDefaultAllow
-	case rs.cidrAllowCouldMatch(d.Port):
+	case rs.cidrAllowCouldMatch(d.Port) && rs.resolveUnlisted:
+		// A cidr rule might allow one of its addresses: resolve, then
+		// decide on each. dns.resolve_unlisted: false refuses the name
+		// here instead, so that it never reaches an upstream resolver
+		// (names are an exfiltration channel).
 		d.Verdict, d.Reason = Allow, ReasonPerAddress
 	default:
 		d.Reason = ReasonNoRuleMatched
@@ -141,15 +147,19 @@ func (rs *ruleset) stepOne(d *Decision, name string, n crule) {
 }
 
 // stepTwo decides on the address about to be dialled, and the name it came
-// from if any.
-func (rs *ruleset) stepTwo(d *Decision, name string, ip netip.Addr, n crule) {
+// from if any; c is what the address carries (see embedded).
+func (rs *ruleset) stepTwo(d *Decision, name string, ip netip.Addr, n crule, c carried) {
 	a := rs.addrs.match(ip, d.Port)
-	if at := guardAddr(ip); at != ip {
-		// A NAT64, 6to4 or IPv4-compatible address reaches the IPv4
-		// host it embeds through a translator: a cidr deny rule on that
-		// host refuses it too, or it would be a way around the rule.
-		if b := rs.addrs.match(at, d.Port); b.r != nil && b.r.Action == Deny {
+	for i := 0; i < c.n; i++ {
+		// An IPv6 address that carries an IPv4 address reaches that
+		// host through a translator, relay or tunnel: a cidr deny rule
+		// on the host refuses it too, or it would be a way around the
+		// rule. (Allow rules on the IPv4 address lift its guard below,
+		// but do not allow the IPv6 form: that takes a rule naming it,
+		// or default: allow.)
+		if b := rs.addrs.match(c.v4[i], d.Port); b.r != nil && b.r.Action == Deny {
 			a = b
+			break
 		}
 	}
 	if n.r != nil && n.r.Action == Deny {
@@ -160,18 +170,25 @@ func (rs *ruleset) stepTwo(d *Decision, name string, ip netip.Addr, n crule) {
 		rs.denyByRule(d, a)
 		return
 	}
-	guard, rng, at, guarded := guardOf(ip)
-	if isMetadataName(name) && !(guarded && guard == ReasonGuardMetadata) {
+	hits, nhits := guardHits(ip, c)
+	var first guardHit
+	if nhits > 0 {
+		first = hits[0]
+	}
+	at := ip
+	if c.n > 0 {
+		at = c.v4[0]
+	}
+	if isMetadataName(name) && first.reason != ReasonGuardMetadata {
 		// A metadata name that resolved elsewhere is still refused: only
 		// a cidr rule naming a metadata address lets one through.
-		guard, rng, guarded = ReasonGuardMetadata, netip.PrefixFrom(at, at.BitLen()), true
-		if rs.addrs.lifts(at, d.Port, rng.Bits()) == nil {
-			d.Reason = guard
+		if rs.addrs.lifts(at, d.Port, at.BitLen()) == nil {
+			d.Reason = ReasonGuardMetadata
 			d.Hint = cidrHint(at, d.Port)
 			return
 		}
 	}
-	if isLoopbackName(name) && !(guarded && guard == ReasonGuardLoopback) {
+	if isLoopbackName(name) && first.reason != ReasonGuardLoopback {
 		// A localhost name that resolved off loopback (a hostile resolver
 		// or hosts file) is still loopback by name (RFC 6761 §6.3): only
 		// an exact host rule naming it lets it through.
@@ -181,16 +198,17 @@ func (rs *ruleset) stepTwo(d *Decision, name string, ip netip.Addr, n crule) {
 			return
 		}
 	}
-	if guarded {
-		lifted := guard != ReasonGuardMetadata && n.r != nil && n.r.Action == Allow && n.rank >= exactRank
-		if !lifted {
-			lifted = rs.addrs.lifts(at, d.Port, rng.Bits()) != nil
+	// Every guard that applies must be lifted: Teredo to a private
+	// client needs the private address and Teredo's range named.
+	exact := n.r != nil && n.r.Action == Allow && n.rank >= exactRank
+	for i := 0; i < nhits; i++ {
+		h := hits[i]
+		if h.reason != ReasonGuardMetadata && exact || rs.addrs.lifts(h.at, d.Port, h.rng.Bits()) != nil {
+			continue
 		}
-		if !lifted {
-			d.Reason = guard
-			d.Hint = cidrHint(at, d.Port)
-			return
-		}
+		d.Reason = h.reason
+		d.Hint = cidrHint(h.at, d.Port)
+		return
 	}
 	switch {
 	case n.r != nil:
@@ -317,3 +335,9 @@ func ruleText(r *Rule) string {
 	b.WriteByte('}')
 	return b.String()
 }
+
+// YAMLScalar writes s (a host name, an address) as a YAML scalar that
+// reads back as the string s: plain where YAML allows, quoted otherwise
+// ("null", "1e3", "*.example.com", IPv6). Hints and egress learn write
+// rules with it.
+func YAMLScalar(s string) string { return yamlScalar(s) }

@@ -59,6 +59,25 @@ allow:
 deny:
   - cidr: 10.9.9.9
 `,
+	"unlisted": `version: 1
+default: deny
+allow:
+  - host: api.example.com
+  - cidr: 10.20.0.5
+    ports: [5432]
+  - cidr: 127.0.0.0/8
+    ports: [6379]
+dns:
+  resolve_unlisted: false
+`,
+	"unlisted-resolved": `version: 1
+default: deny
+allow:
+  - cidr: 10.20.0.5
+    ports: [5432]
+  - cidr: 127.0.0.0/8
+    ports: [6379]
+`,
 	"metadata": `version: 1
 default: deny
 allow:
@@ -341,6 +360,27 @@ func TestDecide(t *testing.T) {
 			allow(ReasonPerAddress, "")},
 		{"lift: the metadata cidr is limited to its port", "metadata", Request{IP: ip("169.254.169.254"), Port: 8080},
 			deny(ReasonGuardMetadata, "", "*")},
+		{"lift: a metadata name on a port no metadata cidr allows is refused unresolved", "metadata", Request{Host: "metadata", Port: 8080},
+			deny(ReasonGuardMetadata, "", "*")},
+
+		// dns.resolve_unlisted: whether a name no host rule allows is
+		// resolved because a cidr rule could allow its addresses.
+		{"unlisted: by default a name on a cidr-allowed port is decided per address", "unlisted-resolved", Request{Host: "evil.example", Port: 5432},
+			allow(ReasonPerAddress, "")},
+		{"unlisted: resolve_unlisted false refuses it unresolved", "unlisted", Request{Host: "evil.example", Port: 5432},
+			deny(ReasonNoRuleMatched, "", "- {host: evil.example, ports: [5432]}")},
+		{"unlisted: resolve_unlisted false refuses it to DNS too", "unlisted", Request{Host: "evil.example"},
+			deny(ReasonNoRuleMatched, "", "- {host: evil.example}")},
+		{"unlisted: resolve_unlisted false keeps host rules", "unlisted", Request{Host: "api.example.com", Port: 443},
+			allow(ReasonAllowedByRule, "{host: api.example.com}")},
+		{"unlisted: resolve_unlisted false keeps the cidr rule for addresses", "unlisted", Request{IP: ip("10.20.0.5"), Port: 5432},
+			allow(ReasonAllowedByRule, "{cidr: 10.20.0.5/32, ports: [5432]}")},
+		{"unlisted: by default a localhost name is decided on its addresses where a loopback cidr lifts the guard", "unlisted-resolved", Request{Host: "cache.localhost", Port: 6379},
+			allow(ReasonPerAddress, "")},
+		{"unlisted: resolve_unlisted false refuses a localhost name no host rule lists", "unlisted", Request{Host: "cache.localhost", Port: 6379},
+			deny(ReasonGuardLoopback, "", "- {host: cache.localhost, ports: [6379]}")},
+		{"unlisted: a name on a port no cidr rule allows is refused either way", "unlisted-resolved", Request{Host: "evil.example", Port: 443},
+			deny(ReasonNoRuleMatched, "", "- {host: evil.example, ports: [443]}")},
 
 		// Spelling: the same destination however it is written.
 		{"spelling: decimal integer", "open", Request{Host: "2130706433", Port: 80}, deny(ReasonGuardLoopback, "", "*")},

@@ -16,7 +16,8 @@ type guardRange struct {
 // specific one applies (metadata addresses inside link-local or CGNAT).
 // Sources: IANA IPv4 and IPv6 Special-Purpose Address Registries (RFC 6890),
 // entries whose "Globally Reachable" is False, plus multicast and the cloud
-// metadata endpoints.
+// metadata endpoints; for IPv6, everything outside global unicast 2000::/3.
+// Every guard is a prefix here: ConnectFilter hands this list to the kernel.
 var guardRanges = []guardRange{
 	// Cloud metadata services.
 	{mustPrefix("169.254.169.254/32"), ReasonGuardMetadata}, // AWS, GCP, Azure, OpenStack, ...
@@ -60,6 +61,17 @@ var guardRanges = []guardRange{
 	{mustPrefix("3fff::/20"), ReasonGuardSpecial},      // RFC 9637 documentation
 	{mustPrefix("5f00::/16"), ReasonGuardSpecial},      // RFC 9602 SRv6 SIDs
 	{mustPrefix("64:ff9b:1::/48"), ReasonGuardSpecial}, // RFC 8215 local-use IPv4/IPv6 translation
+
+	// IPv6 outside global unicast 2000::/3 (RFC 4291 §2.4): reserved by
+	// the IETF or unassigned, public nowhere. What lies inside these and
+	// has a reason of its own (fc00::/7, fe80::/10, ff00::/8, ::1, ...)
+	// is listed above and wins as the longer prefix. The forms that carry
+	// an IPv4 address (::a.b.c.d, ::ffff:0:a.b.c.d, 64:ff9b::/96) are
+	// decided on that address instead (see embedded).
+	{mustPrefix("::/3"), ReasonGuardSpecial},      // RFC 4291 reserved and unassigned
+	{mustPrefix("4000::/2"), ReasonGuardSpecial},  // unassigned
+	{mustPrefix("8000::/1"), ReasonGuardSpecial},  // unassigned, and the ranges below
+	{mustPrefix("fec0::/10"), ReasonGuardSpecial}, // RFC 3879 deprecated site-local
 }
 
 // guardsByFamily holds guardRanges per address family, longest prefix
@@ -76,13 +88,21 @@ var guardsByFamily = func() (fam [2][]guardRange) {
 	return fam
 }()
 
-// nat64 and sixToFour embed an IPv4 address; ipv4Compat is the deprecated
-// IPv4-compatible form ::a.b.c.d.
+// Forms of IPv6 address that carry an IPv4 address. A packet to one of
+// them reaches the IPv4 host it carries through a translator, a relay or a
+// tunnel, so the guards and the cidr rules are checked on that IPv4 address
+// too (see embedded).
 var (
-	nat64      = mustPrefix("64:ff9b::/96") // RFC 6052
-	sixToFour  = mustPrefix("2002::/16")    // RFC 3056
-	ipv4Compat = mustPrefix("::/96")        // RFC 4291 §2.5.5.1 (deprecated)
-	metaNames  = map[string]bool{
+	ipv4Compat    = mustPrefix("::/96")           // RFC 4291 §2.5.5.1 IPv4-compatible (deprecated)
+	siit          = mustPrefix("::ffff:0:0:0/96") // RFC 2765 §2.1 IPv4-translated, ::ffff:0:a.b.c.d
+	nat64         = mustPrefix("64:ff9b::/96")    // RFC 6052 §2.1 well-known prefix
+	nat64LocalUse = mustPrefix("64:ff9b:1::/48")  // RFC 8215 local-use prefix
+	sixToFour     = mustPrefix("2002::/16")       // RFC 3056
+	teredo        = mustPrefix("2001::/32")       // RFC 4380
+	globalUnicast = mustPrefix("2000::/3")        // RFC 4291 §2.4
+	uniqueLocal   = mustPrefix("fc00::/7")        // RFC 4193
+	ipv4MappedPfx = mustPrefix("::ffff:0:0/96")   // RFC 4291 §2.5.5.2
+	metaNames     = map[string]bool{
 		"metadata":                     true, // GCP short name
 		"metadata.google.internal":     true,
 		"metadata.goog":                true,
@@ -94,37 +114,121 @@ var (
 	}
 )
 
-// guardAddr returns the address the guards look at: the IPv4 address
-// embedded in an IPv4-mapped, IPv4-compatible, NAT64 or 6to4 address, else
-// ip itself.
-func guardAddr(ip netip.Addr) netip.Addr {
-	if ip.Is4In6() {
-		return ip.Unmap()
-	}
-	if !ip.Is6() {
-		return ip
-	}
-	b := ip.As16()
-	switch {
-	case nat64.Contains(ip), ipv4Compat.Contains(ip) && !(b[12] == 0 && b[13] == 0 && b[14] == 0 && b[15] <= 1):
-		return netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
-	case sixToFour.Contains(ip):
-		return netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]})
-	}
-	return ip
+// carried is what an IPv6 address says about the IPv4 hosts it reaches: up
+// to two IPv4 addresses (Teredo's server and client), and whether the IPv6
+// address is judged on its own as well.
+type carried struct {
+	v4 [2]netip.Addr
+	n  int
+	// translated is true for a form that is only a spelling of the IPv4
+	// address behind a translator (IPv4-compatible, SIIT, NAT64 with the
+	// well-known or a declared prefix, 6to4): the address is as public as
+	// the IPv4 address it carries, and the guard on its own range (::/3,
+	// or the documentation range an operator's NAT64 prefix sits in) does
+	// not apply. Otherwise (Teredo, the local-use NAT64 prefix) the IPv6
+	// address keeps its own guard too.
+	translated bool
 }
 
-// guardOf returns the guard that refuses ip (zone-free), the guarded range
-// and the address it was found on (the embedded IPv4 address, if any). ok is
-// false for a globally reachable address.
-func guardOf(ip netip.Addr) (reason Reason, rng netip.Prefix, at netip.Addr, ok bool) {
-	at = guardAddr(ip)
-	for _, g := range guardsByFamily[family(at)] {
-		if g.prefix.Contains(at) {
-			return g.reason, g.prefix, at, true
+// embedded returns the IPv4 addresses ip carries, with nat64 the NAT64
+// prefixes the operator declared (RFC 6052 lengths, validated at load). An
+// IPv4 address carries nothing.
+func embedded(ip netip.Addr, declared []netip.Prefix) (c carried) {
+	if !ip.Is6() {
+		return c
+	}
+	if ip.Is4In6() {
+		return carried{v4: [2]netip.Addr{ip.Unmap()}, n: 1, translated: true}
+	}
+	b := ip.As16()
+	for _, p := range declared {
+		if p.Contains(ip) {
+			return carried{v4: [2]netip.Addr{rfc6052IPv4(b, p.Bits())}, n: 1, translated: true}
 		}
 	}
-	return "", netip.Prefix{}, at, false
+	last := netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
+	switch {
+	case nat64.Contains(ip), siit.Contains(ip):
+		return carried{v4: [2]netip.Addr{last}, n: 1, translated: true}
+	case ipv4Compat.Contains(ip):
+		// :: and ::1 are the unspecified and loopback addresses, not
+		// IPv4-compatible ones.
+		if b[12]|b[13]|b[14] == 0 && b[15] <= 1 {
+			return c
+		}
+		return carried{v4: [2]netip.Addr{last}, n: 1, translated: true}
+	case nat64LocalUse.Contains(ip):
+		// RFC 8215 §3: a network may use a longer prefix inside it; one
+		// that does declares it in nat64_prefixes (checked above).
+		return carried{v4: [2]netip.Addr{rfc6052IPv4(b, 48)}, n: 1}
+	case sixToFour.Contains(ip):
+		return carried{v4: [2]netip.Addr{netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]})}, n: 1, translated: true}
+	case teredo.Contains(ip):
+		// RFC 4380 §4: the server's IPv4 address in bits 32-63, the
+		// client's (its NAT's external address) in bits 96-127, inverted.
+		return carried{v4: [2]netip.Addr{
+			netip.AddrFrom4([4]byte{b[4], b[5], b[6], b[7]}),
+			netip.AddrFrom4([4]byte{^b[12], ^b[13], ^b[14], ^b[15]}),
+		}, n: 2}
+	}
+	return c
+}
+
+// rfc6052IPv4 extracts the IPv4 address from an address under a NAT64
+// prefix of bits (32, 40, 48, 56, 64 or 96): RFC 6052 §2.2 puts it right
+// after the prefix, skipping bits 64-71 (the u-octet).
+func rfc6052IPv4(b [16]byte, bits int) netip.Addr {
+	var v [4]byte
+	j := bits / 8
+	for i := range v {
+		if j == 8 {
+			j++
+		}
+		v[i] = b[j]
+		j++
+	}
+	return netip.AddrFrom4(v)
+}
+
+// guardHit is one guard that refuses an address: the reason, the guarded
+// range and the address it was found on (an IPv4 address ip carries, or ip).
+type guardHit struct {
+	reason Reason
+	rng    netip.Prefix
+	at     netip.Addr
+}
+
+// guardHits returns the guards that refuse ip (zone-free, IPv4-mapped
+// already unmapped), with c what it carries: each IPv4 address carried
+// first, then ip's own range unless c is a translated form. n is 0 for a
+// globally reachable address.
+func guardHits(ip netip.Addr, c carried) (hits [3]guardHit, n int) {
+	for i := 0; i < c.n; i++ {
+		if reason, rng, ok := guardOf(c.v4[i]); ok {
+			hits[n] = guardHit{reason, rng, c.v4[i]}
+			n++
+		}
+	}
+	if !c.translated {
+		if reason, rng, ok := guardOf(ip); ok {
+			hits[n] = guardHit{reason, rng, ip}
+			n++
+		}
+	}
+	return hits, n
+}
+
+// guardOf returns the guard on ip's own range (the most specific one) and
+// that range; ok is false outside every guarded range. It looks at ip
+// alone: see guardHits for the addresses ip carries.
+func guardOf(ip netip.Addr) (reason Reason, rng netip.Prefix, ok bool) {
+	ip = ip.Unmap()
+	for _, g := range guardsByFamily[family(ip)] {
+		if g.prefix.Contains(ip) {
+			return g.reason, g.prefix, true
+		}
+	}
+	return "", netip.Prefix{}, false
 }
 
 // isLoopbackName reports whether name (normal form) is localhost or a name

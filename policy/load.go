@@ -21,6 +21,11 @@ type Policy struct {
 
 	// AllowFrom lists the client source addresses served; empty = any.
 	AllowFrom []netip.Prefix
+	// NAT64Prefixes are the operator's NAT64 (DNS64) prefixes besides the
+	// well-known 64:ff9b::/96, validated against RFC 6052 §2.2: an address
+	// under one is decided on the IPv4 address it carries, guards and cidr
+	// rules alike.
+	NAT64Prefixes []netip.Prefix
 	// Clients are the per-client policies, in file order (the first entry
 	// that matches a request's client decides for it).
 	Clients []Client
@@ -30,6 +35,7 @@ type Policy struct {
 	DNS      DNS
 	Timeouts Timeouts
 	Limits   Limits
+	Reload   Reload
 
 	hash       string
 	top        ruleset
@@ -85,7 +91,7 @@ const BuiltinSource = "(built-in)"
 // The file is strict: unknown fields, wrong types, bad cidrs, ports or host
 // patterns, a missing version: or default:, and a second YAML document are
 // all errors. Settings left out get their defaults (see the Listen, Log,
-// DNS, Timeouts and Limits types).
+// DNS, Timeouts, Limits and Reload types).
 func Load(file string, data []byte) (p *Policy, err error) {
 	l := &loader{file: file, budget: nodeBudget(len(data))}
 	p = &Policy{Source: file}
@@ -126,15 +132,18 @@ func Load(file string, data []byte) (p *Policy, err error) {
 func (p *Policy) setDefaults() {
 	p.Listen = Listen{HTTP: "127.0.0.1:3128", Admin: "127.0.0.1:9090"}
 	p.Log = Log{Format: "json", Level: "info"}
-	p.DNS = DNS{Timeout: 2 * time.Second, Blocked: "nxdomain", MaxTTL: time.Hour, CacheSize: 10000}
+	p.DNS = DNS{Timeout: 2 * time.Second, Blocked: "nxdomain", MaxTTL: time.Hour, CacheSize: 10000, ResolveUnlisted: true}
 	p.Timeouts = Timeouts{Dial: 10 * time.Second, Header: 10 * time.Second, Response: 60 * time.Second, Drain: 30 * time.Second}
 	p.Limits = Limits{MaxTunnels: 10000, MaxHeaderBytes: 65536}
+	p.Reload = Reload{RevokeOpen: true}
 }
 
 // compile builds the matchers of every ruleset.
 func (p *Policy) compile() {
+	p.top.resolveUnlisted = p.DNS.ResolveUnlisted
 	p.top.compile()
 	for _, rs := range p.clientSets {
+		rs.resolveUnlisted = p.DNS.ResolveUnlisted
 		rs.compile()
 	}
 }

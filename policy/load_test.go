@@ -16,6 +16,9 @@ func TestLoadErrors(t *testing.T) {
 		want []string // "LINE:COL: message substring", in order
 	}{
 		{"an empty file", "", []string{"1:1: the file is empty"}},
+		{"refuse_at_connect needs the transparent listener", "version: 1\ndefault: deny\nlisten:\n  refuse_at_connect: [plugin]\n", []string{"4:3: listen.refuse_at_connect needs listen.transparent"}},
+		{"refuse_at_connect takes users", "version: 1\ndefault: deny\nlisten:\n  transparent: 127.0.0.1:3129\n  refuse_at_connect: [\"a b\", [1]]\n", []string{
+			`5:23: listen.refuse_at_connect: "a b" is not a user name or uid`, "5:30: a user must be a string, not a list"}},
 		{"a comment only", "# nothing\n", []string{"1:1: the file is empty"}},
 		{"version is required", "default: allow\n", []string{"1:1: version is required"}},
 		{"default is required", "version: 1\n", []string{"1:1: default is required"}},
@@ -56,10 +59,14 @@ func TestLoadErrors(t *testing.T) {
 		{"a bad duration", "version: 1\ndefault: deny\ntimeouts:\n  dial: 10\n", []string{"4:9: timeouts.dial must be a duration"}},
 		{"a zero dial timeout", "version: 1\ndefault: deny\ntimeouts:\n  dial: 0s\n", []string{"4:9: timeouts.dial must be more than 0"}},
 		{"a bad boolean", "version: 1\ndefault: deny\nlog:\n  allowed: yes please\n", []string{"4:12: log.allowed must be true or false"}},
+		{"resolve_unlisted is a boolean", "version: 1\ndefault: deny\ndns:\n  resolve_unlisted: \"no\"\n", []string{`4:21: dns.resolve_unlisted must be true or false, not the string "no"`}},
 		{"a bad log level", "version: 1\ndefault: deny\nlog:\n  level: verbose\n", []string{"log.level must be debug or info or warn or error"}},
 		{"a bad dns upstream", "version: 1\ndefault: deny\ndns:\n  upstreams: [dns.example:53]\n", []string{"4:15: dns upstream \"dns.example:53\""}},
 		{"min_ttl above max_ttl", "version: 1\ndefault: deny\ndns:\n  min_ttl: 2h\n  max_ttl: 1h\n", []string{"4:3: dns.min_ttl 2h0m0s is more than dns.max_ttl 1h0m0s"}},
 		{"a zero limit", "version: 1\ndefault: deny\nlimits:\n  max_tunnels: 0\n", []string{"4:16: limits.max_tunnels must be more than 0"}},
+		{"reload.revoke_open is a boolean", "version: 1\ndefault: deny\nreload:\n  revoke_open: never\n", []string{"4:16: reload.revoke_open must be true or false"}},
+		{"reload takes no other field", "version: 1\ndefault: deny\nreload:\n  revoke: false\n", []string{"4:3: unknown field \"revoke\" in reload"}},
+		{"reload is a mapping", "version: 1\ndefault: deny\nreload: false\n", []string{"3:9: reload must be"}},
 		{"an unknown listen field", "version: 1\ndefault: deny\nlisten:\n  https: 127.0.0.1:1\n", []string{`4:3: unknown field "https" in listen`}},
 		{"a client without name or selector", "version: 1\ndefault: deny\nclients:\n  - default: deny\n", []string{"4:5: a clients entry needs a name", "4:5: a clients entry needs sources or users"}},
 		{"a client name used twice", "version: 1\ndefault: deny\nclients:\n  - {name: a, users: [x]}\n  - {name: a, users: [y]}\n", []string{`5:12: client name "a" is used twice`}},
@@ -131,6 +138,7 @@ dns:
   min_ttl: 5s
   max_ttl: 10m
   cache_size: 0
+  resolve_unlisted: false
 timeouts:
   dial: 5s
   header: 7s
@@ -139,6 +147,8 @@ timeouts:
 limits:
   max_tunnels: 20
   max_header_bytes: 8192
+reload:
+  revoke_open: false
 `)
 	if p.Default != Deny || p.Mode != Audit || p.Version != 1 || p.Source != "full.yaml" {
 		t.Errorf("header: %+v", p)
@@ -150,7 +160,7 @@ limits:
 	if (p.Log != Log{Format: "console", Level: "debug", Allowed: true, File: "/var/log/egress.log"}) {
 		t.Errorf("log %+v", p.Log)
 	}
-	wantDNS := DNS{Upstreams: []string{"192.0.2.53:53", "[2001:db8::53]:5353"}, Timeout: 3 * time.Second, Blocked: "refused", MinTTL: 5 * time.Second, MaxTTL: 10 * time.Minute, CacheSize: 0}
+	wantDNS := DNS{Upstreams: []string{"192.0.2.53:53", "[2001:db8::53]:5353"}, Timeout: 3 * time.Second, Blocked: "refused", MinTTL: 5 * time.Second, MaxTTL: 10 * time.Minute, CacheSize: 0, ResolveUnlisted: false}
 	if !reflect.DeepEqual(p.DNS, wantDNS) {
 		t.Errorf("dns %+v", p.DNS)
 	}
@@ -159,6 +169,9 @@ limits:
 	}
 	if (p.Limits != Limits{MaxTunnels: 20, MaxHeaderBytes: 8192}) {
 		t.Errorf("limits %+v", p.Limits)
+	}
+	if p.Reload.RevokeOpen {
+		t.Errorf("reload %+v", p.Reload)
 	}
 	if !reflect.DeepEqual(p.AllowFrom, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("10.1.0.0/16")}) {
 		t.Errorf("allow_from %v", p.AllowFrom)
@@ -184,13 +197,23 @@ limits:
 	}
 }
 
+func TestRefuseAtConnectUsers(t *testing.T) {
+	p, err := Load("p.yaml", []byte("version: 1\ndefault: deny\nlisten:\n  transparent: 127.0.0.1:3129\n  refuse_at_connect: [plugin, 1001, \"65534\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(p.Listen.RefuseAtConnect, ","); got != "plugin,1001,65534" {
+		t.Errorf("users %q: want names and uids, numeric or quoted", got)
+	}
+}
+
 func TestLoadDefaults(t *testing.T) {
 	p := mustLoad(t, "min.yaml", "version: 1\ndefault: deny\n")
 	b := Builtin()
-	if !reflect.DeepEqual(p.Listen, b.Listen) || p.Log != b.Log || p.Timeouts != b.Timeouts || p.Limits != b.Limits || !reflect.DeepEqual(p.DNS, b.DNS) {
+	if !reflect.DeepEqual(p.Listen, b.Listen) || p.Log != b.Log || p.Timeouts != b.Timeouts || p.Limits != b.Limits || p.Reload != b.Reload || !reflect.DeepEqual(p.DNS, b.DNS) {
 		t.Errorf("defaults differ from the built-in policy")
 	}
-	if p.Listen.HTTP != "127.0.0.1:3128" || p.Listen.Admin != "127.0.0.1:9090" || p.Listen.DNS != "" || p.DNS.Timeout != 2*time.Second || p.Timeouts.Dial != 10*time.Second || p.Limits.MaxTunnels != 10000 {
+	if p.Listen.HTTP != "127.0.0.1:3128" || p.Listen.Admin != "127.0.0.1:9090" || p.Listen.DNS != "" || p.DNS.Timeout != 2*time.Second || p.Timeouts.Dial != 10*time.Second || p.Limits.MaxTunnels != 10000 || !p.Reload.RevokeOpen {
 		t.Errorf("defaults %+v", p)
 	}
 	if b.Default != Allow || b.Mode != Enforce || b.Source != BuiltinSource {

@@ -20,12 +20,16 @@ type ruleset struct {
 	// decide whether resolving a name could lead to an allowed address.
 	cidrAllowAll   bool
 	cidrAllowPorts []PortRange
-	// metaCIDRAllow is true when an allow rule names a metadata address,
-	// the only way metadata names get past step 1.
-	metaCIDRAllow bool
+	// metaAllows are the allow rules naming a metadata address, the only
+	// way metadata names get past step 1 (on their ports).
+	metaAllows []*Rule
 	// loopbackAllows are the cidr allow rules inside a loopback range:
 	// the rules that can lift guard_loopback for a localhost name.
 	loopbackAllows []*Rule
+	// resolveUnlisted is dns.resolve_unlisted: whether step 1 lets a name
+	// no host rule allows be resolved because a cidr rule might allow
+	// one of its addresses.
+	resolveUnlisted bool
 }
 
 // rank orders matching rules: the higher rank wins. Host rules: exact over
@@ -258,7 +262,7 @@ func (t *prefixTable) lifts(ip netip.Addr, port uint16, minBits int) *Rule {
 func (rs *ruleset) compile() {
 	rs.names = nameNode{}
 	rs.addrs = prefixTable{}
-	rs.cidrAllowAll, rs.cidrAllowPorts, rs.metaCIDRAllow, rs.loopbackAllows = false, nil, false, nil
+	rs.cidrAllowAll, rs.cidrAllowPorts, rs.metaAllows, rs.loopbackAllows = false, nil, nil, nil
 	for _, r := range rs.rules {
 		c := crule{r: r, rank: rank(r)}
 		if r.Host != "" {
@@ -274,10 +278,10 @@ func (rs *ruleset) compile() {
 		} else {
 			rs.cidrAllowPorts = append(rs.cidrAllowPorts, r.Ports...)
 		}
-		if reason, rng, _, ok := guardOf(r.Prefix.Addr()); ok && reason == ReasonGuardMetadata && r.Prefix.Bits() >= rng.Bits() {
-			rs.metaCIDRAllow = true
+		if reason, rng, ok := guardOf(r.Prefix.Addr()); ok && reason == ReasonGuardMetadata && r.Prefix.Bits() >= rng.Bits() {
+			rs.metaAllows = append(rs.metaAllows, r)
 		}
-		if reason, rng, _, ok := guardOf(r.Prefix.Addr()); ok && reason == ReasonGuardLoopback && r.Prefix.Bits() >= rng.Bits() {
+		if reason, rng, ok := guardOf(r.Prefix.Addr()); ok && reason == ReasonGuardLoopback && r.Prefix.Bits() >= rng.Bits() {
 			rs.loopbackAllows = append(rs.loopbackAllows, r)
 		}
 	}
@@ -290,6 +294,17 @@ func (rs *ruleset) cidrAllowCouldMatch(port uint16) bool {
 	}
 	for _, pr := range rs.cidrAllowPorts {
 		if port >= pr.Lo && port <= pr.Hi {
+			return true
+		}
+	}
+	return false
+}
+
+// metadataLiftable reports whether an allow rule naming a metadata address
+// could allow port: then a metadata name is decided on its addresses.
+func (rs *ruleset) metadataLiftable(port uint16) bool {
+	for _, r := range rs.metaAllows {
+		if r.matchesPort(port) {
 			return true
 		}
 	}

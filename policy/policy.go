@@ -213,6 +213,13 @@ type DNS struct {
 	MinTTL    time.Duration // cache floor; default 0
 	MaxTTL    time.Duration // cache ceiling; default 1h
 	CacheSize int           // entries; default 10000
+	// ResolveUnlisted (dns.resolve_unlisted, default true) lets a name
+	// that no host rule allows be resolved when a cidr allow rule could
+	// match the port, to decide on its addresses. False refuses such a
+	// name before any lookup (no_rule_matched), so that it never reaches
+	// an upstream resolver; only host rules (and default: allow) let
+	// names through.
+	ResolveUnlisted bool
 }
 
 // Timeouts of egress serve.
@@ -228,6 +235,16 @@ type Timeouts struct {
 type Limits struct {
 	MaxTunnels     int // open CONNECT/transparent tunnels; default 10000
 	MaxHeaderBytes int // default 65536
+}
+
+// Reload holds what a reload of the policy file does to open
+// connections.
+type Reload struct {
+	// RevokeOpen: on reload, decide every open tunnel and transparent
+	// connection again and close those the new policy refuses (logged
+	// with reason revoked). Default true; false keeps them open until
+	// they end, as before.
+	RevokeOpen bool
 }
 
 // location formats FILE:LINE.

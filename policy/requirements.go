@@ -118,7 +118,7 @@ func (l *loader) requirements(data []byte, rs *Requirements) {
 	}
 	root := doc.Content[0]
 	seen := l.mapping(root, "the requirements file", []field{
-		{"plugin", func(k, v *yaml.Node) { rs.Plugin, _ = l.str(v, "plugin") }},
+		{"plugin", func(k, v *yaml.Node) { rs.Plugin, _ = l.text(v, "plugin") }},
 		{"requirements", func(k, v *yaml.Node) {
 			for _, item := range l.seq(v, "requirements") {
 				if l.budget < 0 {
@@ -174,7 +174,7 @@ func (l *loader) requirement(n *yaml.Node) (Requirement, bool) {
 			protocol = v
 			r.Protocol, _ = l.enum(v, "protocol", requirementProtocols...)
 		},
-		"purpose":  func(v *yaml.Node) { r.Purpose, _ = l.str(v, "purpose") },
+		"purpose":  func(v *yaml.Node) { r.Purpose, _ = l.text(v, "purpose") },
 		"required": func(v *yaml.Node) { r.Required = l.boolean(v, "required") },
 	}
 	fields := make([]field, len(requirementFields))
@@ -196,4 +196,29 @@ func (l *loader) requirement(n *yaml.Node) (Requirement, bool) {
 		r.Protocol = defaultProtocol(r.Port)
 	}
 	return r, true
+}
+
+// maxTextLen bounds the free text of a manifest (plugin, purpose).
+const maxTextLen = 200
+
+// text reads a one-line string of printable characters: the manifest
+// comes from a plugin, and egress check prints its text among the rules
+// it tells an operator to paste, so a line break or a terminal control
+// sequence in it could forge a rule.
+func (l *loader) text(n *yaml.Node, what string) (string, bool) {
+	s, ok := l.str(n, what)
+	if !ok {
+		return "", false
+	}
+	if len(s) > maxTextLen {
+		l.errf(l.node(n), "%s is longer than %d bytes", what, maxTextLen)
+		return "", false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == 0x2028 || r == 0x2029 {
+			l.errf(l.node(n), "%s must be one line of printable text: it has %q", what, r)
+			return "", false
+		}
+	}
+	return s, true
 }

@@ -105,6 +105,12 @@ func TestLoadRequirementsErrors(t *testing.T) {
 		}},
 		{"not JSON at all", `{"requirements": [`, []string{`1:1: yaml: did not find expected node content`}},
 		{"requirements is not a list", `{"requirements": {"host": "a"}}`, []string{`1:18: requirements must be a list, not a mapping`}},
+		{"a purpose cannot forge a rule line for the operator to paste", `{"requirements": [{"host": "a.example", "port": 443, "purpose": "REST API\n  - {cidr: 0.0.0.0/0}  # metrics"}]}`, []string{
+			`1:65: purpose must be one line of printable text: it has '\n'`,
+		}},
+		{"nor a terminal escape", `{"plugin": "x\u001b[2K", "requirements": []}`, []string{
+			`1:12: plugin must be one line of printable text: it has '\x1b'`,
+		}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

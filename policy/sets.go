@@ -59,6 +59,11 @@ func (p *Policy) ConnectFilter() ConnectFilter {
 	for _, g := range guardRanges {
 		f.Refuse = append(f.Refuse, Dest{Prefix: g.prefix})
 	}
+	// The IPv6 forms that stand for the IPv4 address they carry lie in
+	// guarded ranges (::/3, or wherever an operator's NAT64 prefix is)
+	// but are decided on that address: they pass, and the transparent
+	// path refuses those whose IPv4 address is guarded or denied.
+	f.Allow = append(f.Allow, translatedDests(p.NAT64Prefixes)...)
 	// A cidr deny rule refuses for sure only when every client policy
 	// enforces it: with one policy, when that policy is enforced.
 	if len(sets) == 1 && p.top.mode == Enforce {
@@ -69,6 +74,25 @@ func (p *Policy) ConnectFilter() ConnectFilter {
 		}
 	}
 	return f
+}
+
+// translatedDests are the IPv6 ranges decided on the IPv4 address they
+// carry (see embedded) that a guard range covers: NAT64 (the well-known
+// prefix and the declared ones), SIIT, and IPv4-compatible addresses apart
+// from ::0.0.0.0/104 (::, ::1 and 0.0.0.0/8, all guarded on their own).
+// IPv4-mapped addresses are IPv4 on the wire; 6to4 is in no guard range.
+func translatedDests(declared []netip.Prefix) []Dest {
+	out := []Dest{{Prefix: nat64}, {Prefix: siit}}
+	for bits := 97; bits <= 104; bits++ {
+		// ::1.0.0.0/104, ::2.0.0.0/103, ... ::128.0.0.0/97.
+		b := [16]byte{}
+		b[12] = 1 << (104 - bits)
+		out = append(out, Dest{Prefix: netip.PrefixFrom(netip.AddrFrom16(b), bits)})
+	}
+	for _, p := range declared {
+		out = append(out, Dest{Prefix: p})
+	}
+	return out
 }
 
 // passesUnlisted reports whether a connection no rule names can be let

@@ -44,6 +44,8 @@ func (p *Policy) lint() []Diagnostic {
 		})
 		for _, r := range rs.rules {
 			switch {
+			case r.Host == "" && r.Action == Allow && r.Prefix.Addr().Is6() && nat64LocalUse.Overlaps(r.Prefix) && r.Prefix.Bits() >= nat64LocalUse.Bits() && !p.declaresNAT64In(nat64LocalUse):
+				warn(r, "this rule lifts the guard on the local-use NAT64 prefix 64:ff9b:1::/48, whose addresses egress reads with the RFC 6052 /48 layout; if your NAT64 prefix there is longer, declare it in nat64_prefixes so that the guards and cidr rules see the right IPv4 address")
 			case r.Host == "*" && r.Action == Deny:
 				warn(r, `deny of "*" matches every name: a connection by name is never allowed by a cidr rule, and every name not allowed by a host rule is denied; write default: deny instead`)
 			case r.Action == Allow && strings.HasPrefix(r.Host, "*.") && !strings.Contains(r.Host[2:], "*") && !hosts[r.Host[2:]]:
@@ -52,6 +54,16 @@ func (p *Policy) lint() []Diagnostic {
 		}
 	}
 	return out
+}
+
+// declaresNAT64In reports whether a declared NAT64 prefix lies in rng.
+func (p *Policy) declaresNAT64In(rng netip.Prefix) bool {
+	for _, q := range p.NAT64Prefixes {
+		if rng.Overlaps(q) {
+			return true
+		}
+	}
+	return false
 }
 
 // eachGroup calls fn with every list of rules that share a pattern, in

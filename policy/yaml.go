@@ -308,12 +308,14 @@ func (l *loader) parse(data []byte, p *Policy) {
 		{"allow", func(k, v *yaml.Node) { top.rules = append(top.rules, l.rules(v, Allow, "allow")...) }},
 		{"deny", func(k, v *yaml.Node) { top.rules = append(top.rules, l.rules(v, Deny, "deny")...) }},
 		{"allow_from", func(k, v *yaml.Node) { p.AllowFrom = l.prefixes(v, "allow_from") }},
+		{"nat64_prefixes", func(k, v *yaml.Node) { p.NAT64Prefixes = l.nat64Prefixes(v) }},
 		{"clients", func(k, v *yaml.Node) { l.clients(v, p) }},
 		{"listen", func(k, v *yaml.Node) { l.listen(v, &p.Listen) }},
 		{"log", func(k, v *yaml.Node) { l.log(v, &p.Log) }},
 		{"dns", func(k, v *yaml.Node) { l.dns(v, &p.DNS) }},
 		{"timeouts", func(k, v *yaml.Node) { l.timeouts(v, &p.Timeouts) }},
 		{"limits", func(k, v *yaml.Node) { l.limits(v, &p.Limits) }},
+		{"reload", func(k, v *yaml.Node) { l.reload(v, &p.Reload) }},
 	})
 	if l.node(root).Kind == yaml.MappingNode {
 		if seen["version"] == nil {
@@ -538,6 +540,86 @@ func (l *loader) prefixes(n *yaml.Node, what string) []netip.Prefix {
 	return out
 }
 
+// nat64Prefixes validates nat64_prefixes: IPv6 prefixes of the lengths RFC
+// 6052 §2.2 defines, with the u-octet (bits 64-71) zero, in global unicast,
+// unique local or the RFC 6052/8215 prefixes, apart from the other forms
+// that carry IPv4 addresses and from the metadata addresses, and not
+// overlapping each other (an address must have one reading).
+func (l *loader) nat64Prefixes(n *yaml.Node) []netip.Prefix {
+	const what = "nat64_prefixes entry"
+	var out []netip.Prefix
+	for _, item := range l.seq(n, "nat64_prefixes") {
+		s, ok := l.str(item, what)
+		if !ok {
+			continue
+		}
+		item = l.node(item)
+		if !strings.Contains(s, "/") {
+			if _, err := netip.ParseAddr(s); err == nil {
+				l.errf(item, "%s %q needs a length: write %s/96 (or /32, /40, /48, /56, /64)", what, s, s)
+				continue
+			}
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			l.errf(item, "%s %q is not a cidr such as 64:ff9b::/96", what, s)
+			continue
+		}
+		if !p.Addr().Is6() || p.Addr().Is4In6() {
+			l.errf(item, "%s %q is not an IPv6 prefix such as 64:ff9b::/96", what, s)
+			continue
+		}
+		if m := p.Masked(); m != p {
+			l.errf(item, "%s %q has bits set after the /%d: write %s", what, s, p.Bits(), m)
+			continue
+		}
+		switch p.Bits() {
+		case 32, 40, 48, 56, 64, 96:
+		default:
+			l.errf(item, "%s %q: the length must be 32, 40, 48, 56, 64 or 96 (RFC 6052 §2.2)", what, s)
+			continue
+		}
+		if p.Bits() == 96 && p.Addr().As16()[8] != 0 {
+			l.errf(item, "%s %q: bits 64-71 (the u-octet) must be zero (RFC 6052 §2.2)", what, s)
+			continue
+		}
+		if !(globalUnicast.Contains(p.Addr()) || uniqueLocal.Contains(p.Addr()) || nat64.Overlaps(p) && p.Bits() >= nat64.Bits() || nat64LocalUse.Overlaps(p) && p.Bits() >= nat64LocalUse.Bits()) {
+			l.errf(item, "%s %q must be global unicast (2000::/3), unique local (fc00::/7) or inside 64:ff9b::/96 or 64:ff9b:1::/48", what, s)
+			continue
+		}
+		if msg := nat64Clash(p, out); msg != "" {
+			l.errf(item, "%s %q %s", what, s, msg)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// nat64Clash says why p cannot be a NAT64 prefix next to the ones already
+// declared, or "".
+func nat64Clash(p netip.Prefix, declared []netip.Prefix) string {
+	for _, f := range []struct {
+		name string
+		p    netip.Prefix
+	}{{"6to4", sixToFour}, {"Teredo", teredo}} {
+		if f.p.Overlaps(p) {
+			return "overlaps " + f.name + " " + f.p.String()
+		}
+	}
+	for _, g := range guardRanges {
+		if g.reason == ReasonGuardMetadata && p.Contains(g.prefix.Addr()) {
+			return "contains the metadata address " + g.prefix.Addr().String()
+		}
+	}
+	for _, q := range declared {
+		if q.Overlaps(p) {
+			return "overlaps " + strconv.Quote(q.String())
+		}
+	}
+	return ""
+}
+
 func (l *loader) ports(n *yaml.Node) []PortRange {
 	items := l.seq(n, "ports")
 	if len(items) == 0 && l.node(n).Kind == yaml.SequenceNode {
@@ -674,6 +756,9 @@ func (l *loader) listen(n *yaml.Node, ls *Listen) {
 func (l *loader) users(n *yaml.Node, what string) []string {
 	var out []string
 	for _, u := range l.seq(n, what) {
+		if un := l.node(u); un.Kind == yaml.ScalarNode && un.Tag == "!!int" {
+			u = &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: un.Value, Line: un.Line, Column: un.Column}
+		}
 		s, ok := l.str(u, "a user")
 		if !ok {
 			continue
@@ -752,6 +837,7 @@ func (l *loader) dns(n *yaml.Node, d *DNS) {
 		}},
 		{"min_ttl", func(k, v *yaml.Node) { minKey = k; d.MinTTL, _ = l.duration(v, "dns.min_ttl") }},
 		{"max_ttl", func(k, v *yaml.Node) { d.MaxTTL, _ = l.duration(v, "dns.max_ttl") }},
+		{"resolve_unlisted", func(k, v *yaml.Node) { d.ResolveUnlisted = l.boolean(v, "dns.resolve_unlisted") }},
 		{"cache_size", func(k, v *yaml.Node) {
 			if c, ok := l.integer(v, "dns.cache_size"); ok {
 				if c < 0 {
@@ -800,5 +886,11 @@ func (l *loader) limits(n *yaml.Node, lm *Limits) {
 	l.mapping(n, "limits", []field{
 		{"max_tunnels", positive(&lm.MaxTunnels, "limits.max_tunnels")},
 		{"max_header_bytes", positive(&lm.MaxHeaderBytes, "limits.max_header_bytes")},
+	})
+}
+
+func (l *loader) reload(n *yaml.Node, r *Reload) {
+	l.mapping(n, "reload", []field{
+		{"revoke_open", func(k, v *yaml.Node) { r.RevokeOpen = l.boolean(v, "reload.revoke_open") }},
 	})
 }

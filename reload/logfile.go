@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/signal"
 	"sync"
-	"syscall"
 )
 
 // LogFile is an append-only log file that can be reopened by name, so that
@@ -84,7 +83,9 @@ func (l *LogFile) ReopenOnSignal(onErr func(error)) {
 	l.stop, l.done = stop, done
 	l.mu.Unlock()
 	usr1 := make(chan os.Signal, 1)
-	signal.Notify(usr1, syscall.SIGUSR1)
+	if len(reopenSignals) > 0 {
+		signal.Notify(usr1, reopenSignals...)
+	}
 	go func() {
 		defer close(done)
 		defer signal.Stop(usr1)

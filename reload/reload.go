@@ -61,8 +61,9 @@ type Watcher struct {
 	// Logger receives reloads and refusals. Set it before Start.
 	Logger zerolog.Logger
 	// OnReload, if set, is called after every reload attempt, on success
-	// with the new policy and a nil error, on refusal with the policy kept
-	// and the error. Set it before Start.
+	// with the new policy and a nil error (before "policy reloaded" is
+	// logged), on refusal with the policy kept and the error. Set it
+	// before Start.
 	OnReload func(p *policy.Policy, err error)
 	// Debounce is the quiet time after a file event before reading;
 	// 0 means DefaultDebounce.
@@ -153,10 +154,13 @@ func (w *Watcher) reload(trig Trigger, force bool) error {
 	if len(stale) > 0 {
 		ev = ev.Str("warning", strings.Join(stale, ", ")+": changed; restart egress for that to apply")
 	}
-	ev.Msg("policy reloaded")
+	// OnReload puts the policy in force (serve stores it where every data
+	// path reads it): log only after that, so that a client acting on the
+	// line meets the new policy.
 	if w.OnReload != nil {
 		w.OnReload(p, nil)
 	}
+	ev.Msg("policy reloaded")
 	return nil
 }
 

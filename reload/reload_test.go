@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -346,5 +347,46 @@ func TestListenChangeWarnsThatARestartIsNeeded(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "listen: changed; restart egress") {
 		t.Errorf("no restart warning in the log:\n%s", logs.String())
+	}
+}
+
+// lineHook calls fn with every log line written.
+type lineHook func(line string)
+
+func (h lineHook) Write(p []byte) (int, error) { h(string(p)); return len(p), nil }
+
+// TestReloadLogsAfterTheNewPolicyTakesEffect: whoever reads the log line
+// "policy reloaded" and then connects must meet the new policy, so the
+// line is written after OnReload (which installs it in serve) returns.
+func TestReloadLogsAfterTheNewPolicyTakesEffect(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	write(t, path, denyAll)
+	w, err := New(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inForce atomic.Pointer[policy.Policy] // what the data paths read
+	inForce.Store(w.Current())
+	w.OnReload = func(p *policy.Policy, err error) {
+		if err == nil {
+			inForce.Store(p)
+		}
+	}
+	var seen atomic.Int32
+	w.Logger = zerolog.New(zerolog.MultiLevelWriter(lineHook(func(line string) {
+		if !strings.Contains(line, "policy reloaded") {
+			return
+		}
+		seen.Add(1)
+		if got := inForce.Load(); got.Default != policy.Allow {
+			t.Errorf("policy reloaded logged while default %s is in force, want the new default allow", got.Default)
+		}
+	}), zerolog.NewTestWriter(t)))
+	write(t, path, allowAll)
+	if err := w.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if seen.Load() != 1 {
+		t.Fatalf("policy reloaded logged %d times, want once", seen.Load())
 	}
 }

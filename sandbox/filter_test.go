@@ -140,13 +140,13 @@ func TestConnectFilter(t *testing.T) {
 
 	t.Run("a lease runs out", func(t *testing.T) {
 		sb, ask := probeSandbox(t, &policy.ConnectFilter{RefuseRest: true})
-		if err := sb.Lease(netip.MustParseAddr("192.0.2.6"), []policy.PortRange{{Lo: 80, Hi: 81}}, false, time.Second); err != nil {
+		if err := sb.Lease(netip.MustParseAddr("192.0.2.6"), []policy.PortRange{{Lo: 80, Hi: 81}}, false, 3*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		if got := ask("192.0.2.6:81"); got != "open" {
 			t.Fatalf("during the lease: %s", got)
 		}
-		deadline := time.Now().Add(10 * time.Second)
+		deadline := time.Now().Add(15 * time.Second)
 		for {
 			got := ask("192.0.2.6:81")
 			if strings.HasPrefix(got, "ECONNREFUSED") {
@@ -189,6 +189,7 @@ func TestConnectFilterOpenConnectionOutlivesLease(t *testing.T) {
 	// the connection again and try a new one.
 	sb, err := Start(Config{Args: []string{"python3", "-c", `
 import errno, socket, sys
+sys.stdin.readline()
 s = socket.create_connection(("192.0.2.7", 5432), timeout=5)
 s.sendall(b"a"); print(s.recv(1).decode())
 sys.stdout.flush()
@@ -208,9 +209,10 @@ except socket.error as e:
 		t.Fatal(err)
 	}
 	defer sb.Close()
-	if err := sb.Lease(netip.MustParseAddr("192.0.2.7"), []policy.PortRange{{Lo: 5432, Hi: 5432}}, false, time.Second); err != nil {
+	if err := sb.Lease(netip.MustParseAddr("192.0.2.7"), []policy.PortRange{{Lo: 5432, Hi: 5432}}, false, 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	io.WriteString(inW, "connect\n")
 	// Serve: echo what arrives (the probe's connection, redirected here).
 	go func() {
 		c, err := sb.Transparent.Accept()
@@ -219,7 +221,7 @@ except socket.error as e:
 		}
 		io.Copy(c, c)
 	}()
-	time.Sleep(2500 * time.Millisecond) // the lease (1 s) runs out meanwhile
+	time.Sleep(3500 * time.Millisecond) // the lease (2 s) runs out meanwhile
 	io.WriteString(inW, "go on\n")
 	inW.Close()
 	code, _ := sb.Wait()

@@ -308,6 +308,9 @@ func Start(cfg Config) (*Sandbox, error) {
 	if cfg.Filter != nil && sb.leases == nil {
 		sb.closeListeners(ls)
 		pc.Close()
+		if sb.nflog != nil {
+			sb.nflog.Close()
+		}
 		cmd.Process.Kill()
 		cmd.Wait()
 		return nil, errors.New("sandbox: the namespace handed over no nftables socket for the connect filter")
@@ -410,7 +413,7 @@ func filterFile(f *policy.ConnectFilter) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: connect filter: %w", err)
 	}
-	fd, err := unix.MemfdCreate("egress-filter", 0)
+	fd, err := unix.MemfdCreate("egress-filter", unix.MFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: connect filter: %w", err)
 	}
@@ -685,4 +688,41 @@ func dropCapabilities() error {
 		return fmt.Errorf("capset: %w", err)
 	}
 	return nil
+}
+
+// Settle waits until the connections already made to Transparent and HTTP
+// have left the listeners' accept queues (they are being served), or ctx
+// is done. Call it when the command has exited, before shutting the
+// servers down: a connection the command made just before exiting may
+// still wait there, and closing the listener would drop it unseen, from
+// the log and the summary.
+func (sb *Sandbox) Settle(ctx context.Context) {
+	for _, l := range []net.Listener{sb.Transparent, sb.HTTP} {
+		tl, ok := l.(*net.TCPListener)
+		if !ok {
+			continue
+		}
+		rc, err := tl.SyscallConn()
+		if err != nil {
+			continue
+		}
+		for {
+			var queued uint32
+			rc.Control(func(fd uintptr) {
+				// For a listening socket, tcpi_unacked is the length of
+				// the accept queue.
+				if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+					queued = info.Unacked
+				}
+			})
+			if queued == 0 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
 }

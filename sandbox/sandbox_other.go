@@ -6,6 +6,7 @@
 package sandbox
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -77,6 +78,7 @@ func (sb *Sandbox) ReadDrops(func(Drop))                 {}
 func (sb *Sandbox) Wait() (int, error)                   { return ExitSetupFailed, errUnsupported }
 func (sb *Sandbox) Close() error                         { return nil }
 func (sb *Sandbox) Owner(netip.AddrPort) (Process, bool) { return Process{}, false }
+func (sb *Sandbox) Settle(context.Context)               {}
 func (sb *Sandbox) Lease(netip.Addr, []policy.PortRange, bool, time.Duration) error {
 	return errUnsupported
 }

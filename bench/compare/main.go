@@ -392,7 +392,7 @@ func (s *subject) start(cmd *exec.Cmd, stderrFile string) {
 	f, err := os.Create(stderrFile)
 	check(err)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the benchmark
+	cmd.SysProcAttr = sysProcAttr() // never outlive the benchmark
 	check(cmd.Start())
 	s.cmd = cmd
 	started.Lock()

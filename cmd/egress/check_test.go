@@ -149,11 +149,18 @@ func TestParseCheckTarget(t *testing.T) {
 // neither allowed nor denied until resolved: check says "depends" and
 // exits 1, so that a CI gate never passes on it.
 func TestCheckDependsOnAddresses(t *testing.T) {
-	code, out := runCommand(cmdCheck, "--config", "../../configs/handful-of-hosts.yaml", "evil.example:5432", "api.example.com:443")
+	config := writeConfig(t, "version: 1\ndefault: deny\nallow:\n  - host: api.example.com\n    ports: [443]\n  - cidr: 10.20.0.5\n    ports: [5432]\n")
+	code, out := runCommand(cmdCheck, "--config", config, "evil.example:5432", "api.example.com:443")
 	if code != exitDenied {
 		t.Errorf("exit %d, want %d:\n%s", code, exitDenied, out)
 	}
 	if !strings.Contains(string(out), "depends    evil.example:5432  decide_per_address") || !strings.Contains(string(out), "--resolve") {
 		t.Errorf("output does not say the name depends on its addresses:\n%s", out)
+	}
+	// With dns.resolve_unlisted: false (handful-of-hosts.yaml) the name is
+	// refused unresolved: no rule lists it.
+	code, out = runCommand(cmdCheck, "--config", "../../configs/handful-of-hosts.yaml", "evil.example:5432")
+	if code != exitDenied || !strings.Contains(string(out), "deny       evil.example:5432  no_rule_matched  hint: - {host: evil.example, ports: [5432]}") {
+		t.Errorf("exit %d; want evil.example:5432 denied unresolved:\n%s", code, out)
 	}
 }

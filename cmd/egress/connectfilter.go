@@ -47,6 +47,9 @@ func newServeFilter(pol *policy.Policy, current func() *policy.Policy, table *na
 		}
 	}
 	f := pol.ConnectFilter()
+	if err := connfilter.Check(&f); err != nil {
+		return nil, fmt.Errorf("listen.refuse_at_connect: %w", err)
+	}
 	h, err := connfilter.InstallHost(connfilter.HostConfig{UIDs: uids, Exempt: exempt, Filter: f})
 	if err != nil {
 		return nil, fmt.Errorf("listen.refuse_at_connect: %w (egress needs CAP_NET_ADMIN for it)", err)

@@ -364,12 +364,13 @@ func (l *learner) policy(files []string, mode string) string {
 	return b.String()
 }
 
-// ruleKey is the rule's destination as YAML: host: NAME or cidr: "ADDR".
+// ruleKey is the rule's destination as YAML: host: NAME or cidr: ADDR,
+// quoted as the policy's hints quote them.
 func (d *dest) ruleKey() string {
 	if d.host != "" {
-		return "host: " + yamlString(d.host)
+		return "host: " + policy.YAMLScalar(d.host)
 	}
-	return "cidr: " + strconv.Quote(d.ip.String())
+	return "cidr: " + policy.YAMLScalar(d.ip.String())
 }
 
 // describe is "12 seen (allow 10, audit_deny 2), first T, last T".
@@ -402,31 +403,4 @@ func joinPorts(ps []uint16) string {
 		s[i] = strconv.Itoa(int(p))
 	}
 	return strings.Join(s, ", ")
-}
-
-// yamlString writes a host name plain when YAML reads it back as that
-// string, quoted otherwise (a single-label "null", "yes" or "1e3" would
-// not be a string).
-func yamlString(s string) string {
-	plain := s != "" && s[0] != '-' && s[0] != '.'
-	digits := true
-	for _, c := range s {
-		switch {
-		case c >= 'a' && c <= 'z':
-			digits = false
-		case c >= '0' && c <= '9', c == '.':
-		case c == '-':
-			digits = false
-		default:
-			plain = false
-		}
-	}
-	switch s {
-	case "null", "true", "false", "yes", "no", "on", "off", "y", "n", "nan", "inf":
-		plain = false
-	}
-	if !plain || digits || strings.Contains(s, "e") && strings.Trim(s, "0123456789.e-") == "" {
-		return strconv.Quote(s)
-	}
-	return s
 }

@@ -164,20 +164,23 @@ func TestLearnBadInput(t *testing.T) {
 	}
 }
 
-func TestYAMLString(t *testing.T) {
-	for in, want := range map[string]string{
-		"api.example.com":       "api.example.com",
-		"db":                    "db",
-		"null":                  `"null"`,
-		"yes":                   `"yes"`,
-		"1e3":                   `"1e3"`,
-		"123":                   `"123"`,
-		"1password.com":         "1password.com",
-		"xn--bcher-kva.example": "xn--bcher-kva.example",
-		"under_score.example":   `"under_score.example"`,
+// TestLearnWritesRulesAsThePolicyDoes: learn and the policy's hints
+// quote names and addresses with one implementation, so a learned rule
+// reads exactly like the hint for the same destination.
+func TestLearnWritesRulesAsThePolicyDoes(t *testing.T) {
+	for _, name := range []string{
+		"api.example.com", "db", "null", "yes", "1e3", "123", "1password.com",
+		"xn--bcher-kva.example", "under_score.example", "0x10.example",
 	} {
-		if got := yamlString(in); got != want {
-			t.Errorf("yamlString(%q) = %s, want %s", in, got, want)
+		want := strings.TrimSuffix(strings.TrimPrefix(policy.HostRule(name, 0), "- {"), "}")
+		if got := (&dest{host: name}).ruleKey(); got != want {
+			t.Errorf("learned rule for %q: %s, want the hint's %s", name, got, want)
+		}
+	}
+	for _, ip := range []string{"10.20.0.5", "2001:db8::7"} {
+		want := "cidr: " + policy.YAMLScalar(ip)
+		if got := (&dest{ip: netip.MustParseAddr(ip)}).ruleKey(); got != want {
+			t.Errorf("learned rule for %s: %s, want %s", ip, got, want)
 		}
 	}
 }

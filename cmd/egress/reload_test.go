@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -469,4 +470,77 @@ func waitLogLine(t *testing.T, file string, pred func(map[string]any) bool) map[
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// A reload that refuses a destination closes the tunnels open to it,
+// each with one line saying revoked and citing the new rule; a tunnel
+// the new policy still allows stays open. With reload.revoke_open:
+// false, open tunnels are left alone.
+func TestReloadRevokesOpenTunnels(t *testing.T) {
+	for _, revoke := range []bool{true, false} {
+		t.Run(fmt.Sprintf("revoke_open %v", revoke), func(t *testing.T) {
+			kept, gone := startEcho(t), startEcho(t)
+			_, gonePort, _ := net.SplitHostPort(gone)
+			_, keptPort, _ := net.SplitHostPort(kept)
+			file := filepath.Join(t.TempDir(), "policy.yaml")
+			base := fmt.Sprintf(`version: 1
+default: deny
+listen:
+  http: 127.0.0.1:0
+  admin: 127.0.0.1:0
+reload:
+  revoke_open: %v
+allow:
+  - {cidr: 127.0.0.1/32, ports: [%s]}
+`, revoke, keptPort)
+			if err := os.WriteFile(file, []byte(base+fmt.Sprintf("  - {cidr: 127.0.0.1/32, ports: [%s]}\n", gonePort)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			child := startChild(t, "serve", "--config", file)
+			proxy, admin := child.addr(t, "http"), "http://"+child.addr(t, "admin")
+			keep, lose := openTunnel(t, proxy, kept), openTunnel(t, proxy, gone)
+			defer keep.Close()
+			defer lose.Close()
+			tunnelEcho(t, lose, "before")
+
+			replaceFile(t, file, base)
+			waitPolicy(t, admin, hashOf(base))
+			lose.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err := lose.Read(make([]byte, 1))
+			closed := err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+			tunnelEcho(t, keep, "after")
+			if !revoke {
+				if closed {
+					t.Fatalf("with revoke_open: false a reload closed the tunnel: %v", err)
+				}
+				tunnelEcho(t, lose, "still")
+				return
+			}
+			if !closed {
+				t.Fatalf("the tunnel to a refused destination is still open 5s after the reload: %v", err)
+			}
+			line := child.waitLine(t, func(m map[string]any) bool { return m["reason"] == "revoked" })
+			if line["event"] != "deny" || line["proto"] != "connect" || line["hint"] == nil || fmt.Sprint(line["port"]) != gonePort {
+				t.Errorf("revoked line: %v", line)
+			}
+			if n := strings.Count(child.logText(), `"reason":"revoked"`); n != 1 {
+				t.Errorf("%d revoked lines, want 1:\n%s", n, child.logText())
+			}
+		})
+	}
+}
+
+// waitLine waits for a JSON line of the child's log that pred accepts.
+func (c *egressChild) waitLine(t *testing.T, pred func(map[string]any) bool) map[string]any {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, line := range strings.Split(c.logText(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil && pred(m) {
+				return m
+			}
+		}
+	}
+	t.Fatalf("no matching line in the log:\n%s", c.logText())
+	return nil
 }

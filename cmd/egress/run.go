@@ -27,6 +27,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/httpproxy"
 	"github.com/egress-proxy/egress/proxy/names"
+	"github.com/egress-proxy/egress/proxy/resolve"
 	"github.com/egress-proxy/egress/proxy/transparent"
 	"github.com/egress-proxy/egress/sandbox"
 )
@@ -72,7 +73,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	quiet := fs.Bool("quiet", false, "print no live denials and no summary")
 	acceptFirst := fs.Bool("refuse-after-accept", false, "let every TCP connection open and refuse denied ones afterwards with a reset (default: a denied connect() fails at once with ECONNREFUSED)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: egress run [--config FILE] [--allow HOST[:PORT]]... [--allow-unix PATH]... [--log FILE] -- CMD [ARGS...]")
+		fmt.Fprintln(stderr, "usage: egress run [--config FILE] [--allow HOST[:PORT]]... [--allow-unix PATH]... [--log FILE] [--refuse-after-accept] [--quiet] -- CMD [ARGS...]")
 		fmt.Fprintln(stderr)
 		fmt.Fprintln(stderr, "Runs CMD in a new network namespace whose only way out is egress: every TCP connection")
 		fmt.Fprintln(stderr, "goes through the policy (HTTP_PROXY/HTTPS_PROXY are set for clients that honour them,")
@@ -112,12 +113,19 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		defer f.Close()
 		logger = zerolog.New(f).With().Timestamp().Logger()
 	}
+	// Go's HTTP client writes some complaints through the log package:
+	// into the log file with the rest, never among CMD's output.
+	defer routeStdLog(logger)()
 
 	var err error
 	var filter *policy.ConnectFilter
 	if !*acceptFirst {
 		f := pol.ConnectFilter()
-		filter = &f
+		if err := connfilter.Check(&f); err != nil {
+			fmt.Fprintf(stderr, "egress run: %v: denied connections are refused after they open, as with --refuse-after-accept\n", err)
+		} else {
+			filter = &f
+		}
 	}
 	for i, p := range allowUnix {
 		if allowUnix[i], err = filepath.Abs(p); err != nil {
@@ -161,9 +169,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	// queries got are remembered under both.
 	table := &names.Table{MinTTL: leaseMinTTL, Grace: leaseGrace}
 	// No loop guard: egress's listeners are in the sandbox's namespace, not
-	// where it dials. Names resolve where the DNS proxy resolves them, so
+	// where it dials. One resolver for the dialer and the DNS proxy, so
 	// that a name's addresses are the same on every path.
-	dial := &dialer.Dialer{Policy: current, Resolver: upstreamResolver(pol.DNS.Upstreams)}
+	res := &resolve.Resolver{Policy: current}
+	defer res.Close()
+	dial := &dialer.Dialer{Policy: current, Resolver: res}
 	tp := &transparent.Server{Policy: current, Dialer: dial, Names: loopbackNames{table}, PeekTimeout: *peek, Events: events, Logger: logger}
 	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger}
 	var recorder names.Recorder = table
@@ -171,14 +181,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		recorder = &connfilter.Recorder{Names: table, Leases: sb, Policy: current,
 			Filter: func() *policy.ConnectFilter { return filter }, Logger: logger}
 	}
-	dp := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: recorder}
+	dp := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: recorder, Resolver: res}
 
 	sb.ReadDrops(func(d sandbox.Drop) {
 		if d.Proto == "tcp" {
 			// A connect() the filter refused: the same decision, log line
 			// and summary row as a refusal by the transparent listener.
 			e := connfilter.Refusal(d, tp.DecideConnect)
-			sum.refusedAtConnect(e, d.Src)
+			sum.refusedAtConnect(e)
 			events.Record(e)
 			return
 		}
@@ -214,6 +224,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 
 	ctx, cancel := context.WithTimeout(context.Background(), runDrain)
 	defer cancel()
+	// What CMD connected just before it exited may still wait to be
+	// accepted: serve it (within runDrain) before closing the listeners.
+	sb.Settle(ctx)
 	var sd sync.WaitGroup
 	sd.Go(func() { tp.Shutdown(ctx) })
 	sd.Go(func() { hp.Shutdown(ctx) })
@@ -261,28 +274,6 @@ func printPolicyErrors(w io.Writer, file string, err error) {
 		return
 	}
 	fmt.Fprintf(w, "%s: %v\n", file, err)
-}
-
-// upstreamResolver resolves through the first of the policy's
-// dns.upstreams (over TCP, the first that accepts), or is nil (the system resolver) when there are none.
-func upstreamResolver(upstreams []string) dialer.Resolver {
-	if len(upstreams) == 0 {
-		return nil
-	}
-	var d net.Dialer
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var err error
-		for _, u := range upstreams {
-			if _, _, e := net.SplitHostPort(u); e != nil {
-				u = net.JoinHostPort(u, "53")
-			}
-			var c net.Conn
-			if c, err = d.DialContext(ctx, network, u); err == nil {
-				return c, nil
-			}
-		}
-		return nil, err
-	}}
 }
 
 // loopbackNames asks a names table under both loopback addresses: a
@@ -378,17 +369,12 @@ func (l *identifyingListener) Accept() (net.Conn, error) {
 }
 
 // refusedAtConnect notes that e, about to be recorded, is a connection
-// the connect filter refused, and looks up its process while its socket
-// may still exist.
-func (s *runSummary) refusedAtConnect(e eventlog.Entry, client netip.AddrPort) {
-	client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
-	p, ok := s.sb.Owner(client)
+// the connect filter refused. Its process is not looked up: the socket is
+// gone by the time the refusal is read (and a look-up scans /proc).
+func (s *runSummary) refusedAtConnect(e eventlog.Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.atConn[e.ID] = true
-	if ok {
-		s.addOwner(client, p)
-	}
 }
 
 // unixRefused counts a unix socket the sandbox refused.

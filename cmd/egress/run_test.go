@@ -717,3 +717,23 @@ func TestRunSummaryBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestRunCountsConnectionsMadeJustBeforeExit: connections the command
+// made and closed right before exiting are in the summary and the log,
+// not dropped with the listener's accept queue.
+func TestRunCountsConnectionsMadeJustBeforeExit(t *testing.T) {
+	requireSandbox(t)
+	port := greeterOrigin(t)
+	logFile := filepath.Join(t.TempDir(), "egress.log")
+	for i := range 3 {
+		r := runEgress(t, nil, "run", "--allow", "127.0.0.1:"+strconv.Itoa(port), "--log", logFile, "--",
+			"python3", "-c", fmt.Sprintf("import socket; [socket.create_connection(('127.0.0.1', %d)).close() for i in range(5)]", port))
+		if r.code != 0 || !strings.Contains(r.stderr, "egress run: 5 connections, 5 reached") {
+			t.Fatalf("run %d: exit %d; want the summary to count all 5 connections", i, r.code)
+		}
+	}
+	log, _ := os.ReadFile(logFile)
+	if n := bytes.Count(log, []byte(`"proto":"tcp"`)); n != 15 {
+		t.Errorf("%d tcp lines in the log, want 15", n)
+	}
+}

@@ -27,7 +27,9 @@ import (
 	"github.com/egress-proxy/egress/proxy/httpproxy"
 	"github.com/egress-proxy/egress/proxy/names"
 	"github.com/egress-proxy/egress/proxy/proxyproto"
+	"github.com/egress-proxy/egress/proxy/resolve"
 	"github.com/egress-proxy/egress/proxy/transparent"
+	"github.com/egress-proxy/egress/proxy/tunnel"
 	"github.com/egress-proxy/egress/reload"
 )
 
@@ -43,7 +45,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 }
 
 // service is one listener of egress serve. Adding a data path (the DNS
-// proxy, the transparent listener) takes a few lines in serve: bind its
+// proxy, the transparent listener) takes a few lines in listen: bind its
 // listener, add the address to self (the loop guard), append a service
 // whose handler reads the policy through current.
 type service struct {
@@ -53,15 +55,63 @@ type service struct {
 	shutdown func(ctx context.Context) error // stop accepting, drain until ctx is done
 }
 
+// serveFlags are egress serve's command line.
+type serveFlags struct {
+	config, listen, logFormat, logLevel string
+}
+
 // serve runs egress serve until ctx is cancelled (SIGINT/SIGTERM), then
 // drains for up to timeouts.drain and returns exitOK.
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	f, code, ok := parseServeFlags(args, stderr)
+	if !ok {
+		return code
+	}
+	pol, watcher, loadedAt, ok := loadServePolicy(f.config, stderr)
+	if !ok {
+		return exitUsage
+	}
+	logger, closeLog, err := newLogger(pol.Log, f.logFormat, f.logLevel, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "egress serve: %v\n", err)
+		return exitUsage
+	}
+	defer closeLog()
+	defer routeStdLog(logger)()
+
+	e := newServer(pol, watcher, loadedAt, logger)
+	defer e.res.Close()
+	if err := e.listen(f.listen); err != nil {
+		logger.Error().Err(err).Msg("egress serve: cannot start")
+		e.closeServices()
+		return exitUsage
+	}
+	if e.filter != nil {
+		defer e.filter.Close()
+	}
+	for _, w := range pol.Warnings() {
+		logger.Warn().Str(eventlog.FieldPolicy, pol.Source).Msg("policy warning: " + w.String())
+	}
+	if stop := e.startAdmin(); stop != nil {
+		defer stop()
+	}
+	hup, stopReload := e.startReload()
+	defer stopReload()
+	e.logStartup()
+	code = e.run(ctx, hup)
+	e.drain()
+	return code
+}
+
+// parseServeFlags parses egress serve's arguments; ok is false when serve
+// should return code at once (--help, a usage error).
+func parseServeFlags(args []string, stderr io.Writer) (f serveFlags, code int, ok bool) {
 	fs := flag.NewFlagSet("egress serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	config := fs.String("config", "", "policy `FILE` (default: the built-in policy, full internet with every guard on)")
-	listen := fs.String("listen", "", "HTTP proxy `ADDR`ess, overriding listen.http (default "+defaultHTTPListen+")")
-	logFormat := fs.String("log-format", "", "json or console, overriding log.format (default json)")
-	logLevel := fs.String("log-level", "", "debug, info, warn or error, overriding log.level (default info)")
+	fs.StringVar(&f.config, "config", "", "policy `FILE` (default: the built-in policy, full internet with every guard on)")
+	fs.StringVar(&f.listen, "listen", "", "HTTP proxy `ADDR`ess, overriding listen.http (default "+defaultHTTPListen+")")
+	fs.StringVar(&f.logFormat, "log-format", "", "json or console, overriding log.format (default json)")
+	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error, overriding log.level (default info)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: egress serve [--config FILE] [--listen ADDR] [--log-format json|console] [--log-level LEVEL]")
 		fmt.Fprintln(stderr)
@@ -70,88 +120,150 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
+			return f, exitOK, false
 		}
-		return exitUsage
+		return f, exitUsage, false
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "egress serve: unexpected argument %q\n", fs.Arg(0))
-		return exitUsage
+		return f, exitUsage, false
 	}
+	return f, exitOK, true
+}
 
-	pol := policy.Builtin()
-	loadedAt := time.Now()
-	var watcher *reload.Watcher // nil without --config: nothing to reload
-	if *config != "" {
-		w, err := reload.New(*config)
-		if err != nil {
-			var errs policy.Errors
-			if errors.As(err, &errs) {
-				for _, d := range errs {
-					fmt.Fprintln(stderr, d.String())
-				}
-			} else {
-				fmt.Fprintf(stderr, "egress serve: %v\n", err)
-			}
-			return exitUsage
-		}
-		watcher, pol, loadedAt = w, w.Current(), w.LoadedAt()
+// loadServePolicy loads --config (printing every error), or the built-in
+// policy without one; watcher is nil then: nothing to reload.
+func loadServePolicy(config string, stderr io.Writer) (pol *policy.Policy, watcher *reload.Watcher, loadedAt time.Time, ok bool) {
+	if config == "" {
+		return policy.Builtin(), nil, time.Now(), true
 	}
+	w, err := reload.New(config)
+	if err != nil {
+		var errs policy.Errors
+		if errors.As(err, &errs) {
+			for _, d := range errs {
+				fmt.Fprintln(stderr, d.String())
+			}
+		} else {
+			fmt.Fprintf(stderr, "egress serve: %v\n", err)
+		}
+		return nil, nil, time.Time{}, false
+	}
+	return w.Current(), w, w.LoadedAt(), true
+}
+
+// server is egress serve wired together: the policy in force, the
+// shared dialer, loop guard and event sink, and the services built on
+// them.
+type server struct {
+	pol      *policy.Policy // as loaded at start: listeners, log, drain
+	cur      atomic.Pointer[policy.Policy]
+	watcher  *reload.Watcher // nil without --config
+	loadedAt time.Time
+	logger   zerolog.Logger
+
+	adm      *admin.Admin
+	events   *eventlog.Sink
+	self     *dialer.Self
+	dial     *dialer.Dialer
+	dnsNames *names.Table
+	res      *resolve.Resolver
+	// tunnels is every tunnel of every path (CONNECT, upgrades,
+	// transparent): one limits.max_tunnels, and what a reload re-decides.
+	tunnels *tunnel.Set
+	// filter refuses the denied connections of listen.refuse_at_connect's
+	// users at connect(); nil without.
+	filter *serveFilter
+
+	http        *httpproxy.Proxy
+	transparent *transparent.Server // nil without listen.transparent
+	svcs        []service
+	adminAddr   string // "" without an admin listener
+}
+
+func newServer(pol *policy.Policy, watcher *reload.Watcher, loadedAt time.Time, logger zerolog.Logger) *server {
+	e := &server{pol: pol, watcher: watcher, loadedAt: loadedAt, logger: logger}
 	// The one policy every data path reads, through current, per
 	// connection: a reload swaps it here and nowhere else.
-	var cur atomic.Pointer[policy.Policy]
-	cur.Store(pol)
-	current := cur.Load
-
-	logger, closeLog, err := newLogger(pol.Log, *logFormat, *logLevel, stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "egress serve: %v\n", err)
-		return exitUsage
-	}
-	defer closeLog()
+	e.cur.Store(pol)
 	// Metrics and recent denials see every entry through the sink.
-	adm := admin.New(admin.Options{Policy: current, LoadedAt: func() time.Time {
+	e.adm = admin.New(admin.Options{Policy: e.current, LoadedAt: func() time.Time {
 		if watcher != nil {
 			return watcher.LoadedAt()
 		}
 		return loadedAt
 	}})
-	events := &eventlog.Sink{Logger: logger, LogAllowed: pol.Log.Allowed, Observe: adm.Observe}
-	self := &dialer.Self{}
-	// Names are resolved where the DNS proxy forwards (dns.upstreams, else
-	// the system resolver), so that serve, run and the DNS listener agree,
-	// also after a reload changes dns.upstreams.
-	dial := &dialer.Dialer{Policy: current, IsSelf: self.Contains, Resolver: currentUpstreams(current)}
+	e.events = &eventlog.Sink{Logger: logger, LogAllowed: pol.Log.Allowed, Observe: e.adm.Observe}
+	e.self = &dialer.Self{}
+	// One resolver (dns.upstreams, else resolv.conf's, with failover and
+	// the cache) for the dialer, the transparent path and the DNS
+	// listener, following a reloaded dns.upstreams at the next lookup.
+	e.res = &resolve.Resolver{Policy: e.current, IsSelf: e.self.Contains}
+	e.dial = &dialer.Dialer{Policy: e.current, IsSelf: e.self.Contains, Resolver: e.res}
+	// dnsNames remembers which names the DNS proxy answered each address
+	// with, per client, for the transparent path (names.Lookup).
+	e.dnsNames = &names.Table{}
+	e.tunnels = &tunnel.Set{}
+	return e
+}
 
-	var svcs []service
-	fail := func(err error) int {
-		logger.Error().Err(err).Msg("egress serve: cannot start")
-		for _, s := range svcs {
-			s.shutdown(context.Background())
-		}
-		return exitUsage
+// current is the policy in force.
+func (e *server) current() *policy.Policy { return e.cur.Load() }
+
+// listen binds every listener of the policy (httpAddr, when set, for the
+// HTTP proxy) and builds its service. On error the services built so far
+// are left for closeServices.
+func (e *server) listen(httpAddr string) error {
+	if err := e.listenHTTP(httpAddr); err != nil {
+		return err
 	}
+	if err := e.installFilter(httpAddr); err != nil {
+		return err
+	}
+	if err := e.listenDNS(); err != nil {
+		return err
+	}
+	return e.listenTransparent()
+}
 
-	// HTTP forward proxy and CONNECT.
-	httpAddr := pol.Listen.HTTP
-	if *listen != "" {
-		httpAddr = *listen
+// installFilter installs the connect filter of listen.refuse_at_connect,
+// before the DNS proxy starts: it leases the filter its answers.
+func (e *server) installFilter(httpAddr string) error {
+	if len(e.pol.Listen.RefuseAtConnect) == 0 {
+		return nil
 	}
 	if httpAddr == "" {
-		httpAddr = defaultHTTPListen
+		httpAddr = e.pol.Listen.HTTP
 	}
-	ln, err := listenTCP(httpAddr)
+	e.dnsNames.MinTTL, e.dnsNames.Grace = leaseMinTTL, leaseGrace
+	sf, err := newServeFilter(e.pol, e.current, e.dnsNames, []string{httpAddr, defaultHTTPListen, e.pol.Listen.DNS, e.pol.Listen.Transparent}, e.logger)
 	if err != nil {
-		return fail(fmt.Errorf("listen http: %w", err))
+		return err
 	}
-	self.Add(ln.Addr())
-	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger}
+	e.filter = sf
+	return nil
+}
+
+// listenHTTP: the HTTP forward proxy and CONNECT.
+func (e *server) listenHTTP(addr string) error {
+	if addr == "" {
+		addr = e.pol.Listen.HTTP
+	}
+	if addr == "" {
+		addr = defaultHTTPListen
+	}
+	ln, err := listenTCP(addr)
+	if err != nil {
+		return fmt.Errorf("listen http: %w", err)
+	}
+	e.self.Add(ln.Addr())
+	hp := &httpproxy.Proxy{Policy: e.current, Dialer: e.dial, Events: e.events, Logger: e.logger, Tunnels: e.tunnels}
 	var hln net.Listener = ln
-	if pol.Listen.ProxyProtocol {
+	if e.pol.Listen.ProxyProtocol {
 		// Behind a load balancer: the client address comes from the
 		// PROXY header. Without this, such a header is a 400.
-		from := pol.Listen.ProxyProtocolFrom
-		hln = &proxyproto.Listener{Listener: ln, Logger: logger, Trusted: func(a netip.Addr) bool {
+		from := e.pol.Listen.ProxyProtocolFrom
+		hln = &proxyproto.Listener{Listener: ln, Logger: e.logger, Trusted: func(a netip.Addr) bool {
 			a = a.Unmap()
 			for _, p := range from {
 				if p.Contains(a) {
@@ -161,172 +273,202 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return false
 		}}
 	}
-	svcs = append(svcs, service{name: "http", addr: ln.Addr().String(), serve: func() error { return hp.Serve(hln) }, shutdown: hp.Shutdown})
-	adm.TrackTunnels(eventlog.ProtoConnect, hp.OpenTunnels)
+	e.http = hp
+	e.svcs = append(e.svcs, service{name: "http", addr: ln.Addr().String(), serve: func() error { return hp.Serve(hln) }, shutdown: hp.Shutdown})
+	e.adm.TrackTunnels(eventlog.ProtoConnect, hp.OpenTunnels)
+	return nil
+}
 
-	// proxy/dnsproxy and proxy/transparent plug in here, each when its
-	// listen address is set: listen, self.Add, append a service sharing
-	// current, dial and events.
-
-	// DNS proxy, UDP and TCP on one address. dnsNames remembers which
-	// names it answered each address with, per client, for the
-	// transparent path (names.Lookup).
-	dnsNames := &names.Table{}
-	// listen.refuse_at_connect: nftables refuse the denied connections of
-	// those users at connect(); the DNS proxy leases its answers there.
-	var dnsRecorder names.Recorder = dnsNames
-	var sf *serveFilter
-	if len(pol.Listen.RefuseAtConnect) > 0 {
-		dnsNames.MinTTL, dnsNames.Grace = leaseMinTTL, leaseGrace
-		if sf, err = newServeFilter(pol, current, dnsNames, []string{httpAddr, pol.Listen.DNS, pol.Listen.Transparent}, logger); err != nil {
-			return fail(err)
-		}
-		defer sf.Close()
-		dnsRecorder = sf.recorder
+// listenDNS: the DNS proxy, UDP and TCP on one address, when listen.dns
+// is set.
+func (e *server) listenDNS() error {
+	addr := e.pol.Listen.DNS
+	if addr == "" {
+		return nil
 	}
-	if addr := pol.Listen.DNS; addr != "" {
-		pc, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			return fail(fmt.Errorf("listen dns: %w", err))
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return fmt.Errorf("listen dns: %w", err)
+	}
+	dl, err := listenTCP(pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		return fmt.Errorf("listen dns: %w", err)
+	}
+	e.self.Add(pc.LocalAddr())
+	e.self.Add(dl.Addr())
+	var recorder names.Recorder = e.dnsNames
+	if e.filter != nil {
+		recorder = e.filter.recorder
+	}
+	ds := &dnsproxy.Server{Policy: e.current, Events: e.events, Logger: e.logger, Names: recorder, Resolver: e.res}
+	e.svcs = append(e.svcs, service{name: "dns", addr: pc.LocalAddr().String(), serve: func() error {
+		if err := ds.Serve(pc, dl); !errors.Is(err, dnsproxy.ErrServerClosed) {
+			return err
 		}
-		dl, err := listenTCP(pc.LocalAddr().String())
-		if err != nil {
-			pc.Close()
-			return fail(fmt.Errorf("listen dns: %w", err))
+		return nil
+	}, shutdown: ds.Shutdown})
+	return nil
+}
+
+// listenTransparent: connections nftables or iptables redirected here
+// (docs/transparent.md), decided on their SNI or Host, or on their
+// address and the names the DNS proxy returned it for; when
+// listen.transparent is set.
+func (e *server) listenTransparent() error {
+	addr := e.pol.Listen.Transparent
+	if addr == "" {
+		return nil
+	}
+	tl, err := listenTCP(addr)
+	if err != nil {
+		return fmt.Errorf("listen transparent: %w", err)
+	}
+	e.self.Add(tl.Addr())
+	ts := &transparent.Server{Policy: e.current, Dialer: e.dial, Names: e.dnsNames, Events: e.events, Logger: e.logger, Tunnels: e.tunnels}
+	e.transparent = ts
+	e.adm.TrackTunnels(eventlog.ProtoTCP, ts.Open)
+	if e.filter != nil {
+		e.filter.logRefusals(e.events, ts.DecideConnect)
+	}
+	e.svcs = append(e.svcs, service{name: "transparent", addr: tl.Addr().String(), serve: func() error {
+		if err := ts.Serve(tl); !errors.Is(err, transparent.ErrServerClosed) {
+			return err
 		}
-		self.Add(pc.LocalAddr())
-		self.Add(dl.Addr())
-		ds := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: dnsRecorder, IsSelf: self.Contains}
-		svcs = append(svcs, service{name: "dns", addr: pc.LocalAddr().String(), serve: func() error {
-			if err := ds.Serve(pc, dl); !errors.Is(err, dnsproxy.ErrServerClosed) {
-				return err
+		return nil
+	}, shutdown: ts.Shutdown})
+	return nil
+}
+
+// closeServices closes the listeners of services that never served.
+func (e *server) closeServices() {
+	for _, s := range e.svcs {
+		s.shutdown(context.Background())
+	}
+}
+
+// startAdmin serves the admin listener (metrics, probes, /policy,
+// /denials) when listen.admin is set, and returns its stop function (nil
+// without one). It is not a service: it keeps answering while the others
+// drain, with /readyz failing. If it cannot be bound, the proxy serves
+// without it.
+func (e *server) startAdmin() (stop func()) {
+	if e.pol.Listen.Admin == "" {
+		return nil
+	}
+	al, err := listenTCP(e.pol.Listen.Admin)
+	if err != nil {
+		e.logger.Error().Err(err).Str("listen_admin", e.pol.Listen.Admin).Msg("admin listener off: cannot listen")
+		return nil
+	}
+	// The admin listener hands out the policy and recent denials: a
+	// connection to it through egress is a loop like any other listener's.
+	e.self.Add(al.Addr())
+	e.adminAddr = al.Addr().String()
+	go e.adm.Serve(al)
+	return func() { e.adm.Shutdown(context.Background()) }
+}
+
+// startReload reloads the policy file on change and on SIGHUP; the
+// watcher feeds cur, the pointer every data path reads. Without a file,
+// SIGHUP is caught (its default action would kill egress) and delivered
+// on hup, for run to log. stop stops either.
+func (e *server) startReload() (hup <-chan os.Signal, stop func()) {
+	if e.watcher == nil {
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, syscall.SIGHUP)
+		return c, func() { signal.Stop(c) }
+	}
+	e.watcher.Logger = e.logger
+	e.watcher.OnReload = func(p *policy.Policy, err error) {
+		if err == nil {
+			e.cur.Store(p)
+			if e.filter != nil {
+				e.filter.reload(p)
 			}
-			return nil
-		}, shutdown: ds.Shutdown})
-	}
-
-	// Transparent TCP: connections nftables or iptables redirected here
-	// (docs/transparent.md), decided on their SNI or Host, or on their
-	// address and the names the DNS proxy returned it for.
-	if addr := pol.Listen.Transparent; addr != "" {
-		tl, err := listenTCP(addr)
-		if err != nil {
-			return fail(fmt.Errorf("listen transparent: %w", err))
-		}
-		self.Add(tl.Addr())
-		ts := &transparent.Server{Policy: current, Dialer: dial, Names: dnsNames, Events: events, Logger: logger}
-		adm.TrackTunnels(eventlog.ProtoTCP, ts.Open)
-		if sf != nil {
-			sf.logRefusals(events, ts.DecideConnect)
-		}
-		svcs = append(svcs, service{name: "transparent", addr: tl.Addr().String(), serve: func() error {
-			if err := ts.Serve(tl); !errors.Is(err, transparent.ErrServerClosed) {
-				return err
-			}
-			return nil
-		}, shutdown: ts.Shutdown})
-	}
-
-	for _, w := range pol.Warnings() {
-		logger.Warn().Str(eventlog.FieldPolicy, pol.Source).Msg("policy warning: " + w.String())
-	}
-	// The admin listener (metrics, probes, /policy, /denials) is not a
-	// service: it keeps answering while the others drain, with /readyz
-	// failing. If it cannot be bound, the proxy serves without it.
-	var adminAddr string
-	if pol.Listen.Admin != "" {
-		if al, err := listenTCP(pol.Listen.Admin); err != nil {
-			logger.Error().Err(err).Str("listen_admin", pol.Listen.Admin).Msg("admin listener off: cannot listen")
-		} else {
-			adminAddr = al.Addr().String()
-			go adm.Serve(al)
-			defer adm.Shutdown(context.Background())
-		}
-	}
-
-	// Reload the policy file on change and on SIGHUP; the watcher feeds
-	// cur, the pointer every data path reads.
-	hup := make(chan os.Signal, 1)
-	if watcher != nil {
-		watcher.Logger = logger
-		watcher.OnReload = func(p *policy.Policy, err error) {
-			if err == nil {
-				if sf != nil {
-					sf.reload(p)
+			if p.Reload.RevokeOpen {
+				// Each one closed logs its line, reason revoked.
+				if n := e.tunnels.Revoke(p); n > 0 {
+					e.logger.Info().Str(eventlog.FieldPolicy, p.Source).Int("revoked", n).
+						Msg("policy reloaded: closed the open tunnels it refuses")
 				}
-				cur.Store(p)
 			}
-			adm.ObserveReload(p, err)
 		}
-		watcher.Start()
-		defer watcher.Close()
-	} else {
-		// SIGHUP's default action would kill egress.
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
+		e.adm.ObserveReload(p, err)
 	}
+	e.watcher.Start()
+	return nil, func() { e.watcher.Close() }
+}
 
-	start := logger.Info().Str(eventlog.FieldPolicy, pol.Source).
+// logStartup writes the line that says egress serves, on which addresses,
+// and with which policy.
+func (e *server) logStartup() {
+	pol := e.pol
+	start := e.logger.Info().Str(eventlog.FieldPolicy, pol.Source).
 		Str("default", pol.Default.String()).Str("mode", pol.Mode.String())
 	var on []string
-	for _, s := range svcs {
+	for _, s := range e.svcs {
 		start = start.Str("listen_"+s.name, s.addr)
 		on = append(on, s.name+" proxy on "+s.addr)
 	}
-	if adminAddr != "" {
-		start = start.Str("listen_admin", adminAddr)
-		on = append(on, "admin on "+adminAddr)
+	if e.adminAddr != "" {
+		start = start.Str("listen_admin", e.adminAddr)
+		on = append(on, "admin on "+e.adminAddr)
 	}
 	start.Msgf("egress serving: %s; enforcing policy %s (default %s, mode %s)",
 		strings.Join(on, ", "), pol.Source, pol.Default, pol.Mode)
+}
 
-	errc := make(chan error, len(svcs))
-	for _, s := range svcs {
-		adm.SetListener(s.name, true)
+// run serves every service until ctx is done or one fails (exitUsage),
+// logging each SIGHUP on hup (nil with a watcher: it reloads on SIGHUP).
+func (e *server) run(ctx context.Context, hup <-chan os.Signal) int {
+	errc := make(chan error, len(e.svcs))
+	for _, s := range e.svcs {
+		e.adm.SetListener(s.name, true)
 		go func() {
 			err := s.serve()
-			adm.SetListener(s.name, false)
+			e.adm.SetListener(s.name, false)
 			if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				errc <- fmt.Errorf("%s: %w", s.name, err)
 			}
 		}()
 	}
-	code := exitOK
-wait:
 	for {
 		select {
 		case <-ctx.Done():
-			break wait
+			return exitOK
 		case err := <-errc:
-			logger.Error().Err(err).Msg("listener failed; shutting down")
-			code = exitUsage
-			break wait
+			e.logger.Error().Err(err).Msg("listener failed; shutting down")
+			return exitUsage
 		case <-hup:
-			logger.Warn().Msg("SIGHUP: egress runs the built-in policy (no --config); nothing to reload")
+			e.logger.Warn().Msg("SIGHUP: egress runs the built-in policy (no --config); nothing to reload")
 		}
 	}
-	for _, s := range svcs {
-		adm.SetListener(s.name, false) // draining: /readyz fails
-	}
+}
 
-	drain := pol.Timeouts.Drain
+// drain stops accepting and lets open connections finish for up to
+// timeouts.drain, then closes the rest.
+func (e *server) drain() {
+	for _, s := range e.svcs {
+		e.adm.SetListener(s.name, false) // draining: /readyz fails
+	}
+	drain := e.pol.Timeouts.Drain
 	if drain <= 0 {
 		drain = defaultDrain
 	}
-	logger.Info().Dur("drain", drain).Int("open_tunnels", hp.OpenTunnels()).Msg("shutting down: no new connections; draining open tunnels")
+	e.logger.Info().Dur("drain", drain).Int("open_tunnels", e.tunnels.Open()).Msg("shutting down: no new connections; draining open tunnels")
 	sctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	var wg sync.WaitGroup
-	for _, s := range svcs {
+	for _, s := range e.svcs {
 		wg.Go(func() {
 			if err := s.shutdown(sctx); err != nil {
-				logger.Warn().Err(err).Str("listener", s.name).Msg("drain deadline reached; closed the remaining connections")
+				e.logger.Warn().Err(err).Str("listener", s.name).Msg("drain deadline reached; closed the remaining connections")
 			}
 		})
 	}
 	wg.Wait()
-	logger.Info().Msg("egress stopped")
-	return code
+	e.logger.Info().Msg("egress stopped")
 }
 
 // listenTCP listens with TCP keep-alive on accepted connections, so that
@@ -383,19 +525,4 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}
-
-// currentUpstreams resolves through the dns.upstreams of the policy in
-// force at each lookup, as the DNS listener does per query: a reload that
-// changes them applies to the dialer too, with no restart.
-type currentUpstreams func() *policy.Policy
-
-var _ dialer.Resolver = currentUpstreams(nil)
-
-func (c currentUpstreams) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
-	r := upstreamResolver(c().DNS.Upstreams)
-	if r == nil {
-		r = net.DefaultResolver
-	}
-	return r.LookupNetIP(ctx, network, host)
 }

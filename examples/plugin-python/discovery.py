@@ -66,6 +66,10 @@ class _Unmet(Exception):
     """The database answered wrongly or not at all; the detail says how."""
 
 
+class _APIAnswered(Exception):
+    """The REST API answered with an HTTP error status."""
+
+
 def _hostport(host, port):
     if ":" in host:
         return "[%s]:%d" % (host, port)
@@ -161,10 +165,16 @@ def check_api(url, timeout, ca_file=""):
         finally:
             resp.close()
     except HTTPError as e:
-        raise _Unmet("%s answered HTTP %d %s" % (url, e.code, e.reason))
+        raise _APIAnswered("%s answered HTTP %d %s" % (url, e.code, e.reason))
     except (URLError, socket.error, ssl.SSLError, ValueError) as e:
-        raise _Unmet("GET %s failed: %s" % (
-            url, egress_requirements.errtext(getattr(e, "reason", e))))
+        why = getattr(e, "reason", e)
+        err = _Unmet("GET %s failed: %s" % (
+            url, egress_requirements.errtext(why)))
+        # ssl.CertificateError is not an SSLError on Python 2.7 (a
+        # hostname mismatch); both mean the TLS check failed, not the
+        # network.
+        err.tls = isinstance(why, (ssl.SSLError, getattr(ssl, "CertificateError", ssl.SSLError)))
+        raise err
     try:
         return json.loads(body.decode("utf-8"))
     except ValueError:
@@ -192,11 +202,21 @@ def check_requirements(config):
     egress_requirements.raise_unmet(results, PLUGIN)
     try:
         return check_api(c["api_url"], timeout, c["ca_file"])
+    except _APIAnswered as e:
+        # The network let us through and the API answered: no rule, and
+        # no "is it up?", will help; its URL or state is wrong.
+        raise egress_requirements.NetworkRequirementsError(
+            "%s: the DBMS REST API refused the request" % PLUGIN,
+            "check the API URL (--api-url) and the API's state; this is "
+            "not an egress policy matter", str(e), results)
     except _Unmet as e:
         # The network let us through (the requirement is ok): the API
         # itself failed, no rule will help.
+        outcome = egress_requirements.UNREACHABLE
+        if getattr(e, "tls", False):
+            outcome = egress_requirements.TLS_FAILURE
         results[1] = egress_requirements.Result(
-            results[1].requirement, egress_requirements.UNREACHABLE, str(e))
+            results[1].requirement, outcome, str(e))
         egress_requirements.raise_unmet(results, PLUGIN)
 
 

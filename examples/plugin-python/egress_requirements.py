@@ -327,13 +327,22 @@ def _action(failed):
             one = len(set(r.host for r in these)) == 1
             parts.append(_ADVICE[outcome] % (names, "s" if one else ""))
         elif outcome == UNREACHABLE:
-            names = ", ".join(r.target() for r in these)
-            one = len(these) == 1
-            parts.append(_ADVICE[outcome] % (names, "is" if one else "are"))
+            targets = _unique(r.target() for r in these)
+            parts.append(_ADVICE[outcome] % (", ".join(targets),
+                                             "is" if len(targets) == 1 else "are"))
         else:
             parts.append(_ADVICE[outcome] %
-                         ", ".join(r.target() for r in these))
+                         ", ".join(_unique(r.target() for r in these)))
     return "\n".join(parts)
+
+
+def _unique(items):
+    """items without repeats, in order."""
+    out = []
+    for i in items:
+        if i not in out:
+            out.append(i)
+    return out
 
 
 class _Env(object):
@@ -772,14 +781,19 @@ def _dns_why(req, deadline):
     server = _nameserver()
     if server is None:
         return None
+    # Under egress run every query goes to egress's DNS proxy, whatever
+    # address resolv.conf names: say so, or the error blames that server.
+    via = server
+    if os.environ.get("EGRESS_RUN") == "1":
+        via = "egress's DNS proxy"
     try:
         rcode, edes = _dns_query(server, req.host, deadline)
     except socket.timeout:
         return _Failed(DNS_FAILURE, "%s does not resolve: the DNS server %s "
-                       "did not answer in time" % (req.host, server))
+                       "did not answer in time" % (req.host, via))
     except Exception as e:
         return _Failed(DNS_FAILURE, "%s does not resolve, and asking the DNS "
-                       "server %s failed (%s)" % (req.host, server,
+                       "server %s failed (%s)" % (req.host, via,
                                                   _errtext(e)))
     for code, text in edes:
         if code == 15 and text.startswith("egress:"):
@@ -798,7 +812,7 @@ def _dns_why(req, deadline):
              5: ("REFUSED", "the DNS server refused to answer")}
     if rcode in names:
         return _Failed(DNS_FAILURE, "%s does not resolve (%s from %s: %s%s)"
-                       % (req.host, names[rcode][0], server, names[rcode][1],
+                       % (req.host, names[rcode][0], via, names[rcode][1],
                           extra))
     return None
 

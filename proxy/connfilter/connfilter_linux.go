@@ -1,19 +1,14 @@
-// Package connfilter refuses, at connect() time, the new TCP connections
-// the policy refuses: nftables rules in front of the transparent listener
-// answer their SYN with a TCP reset (ECONNREFUSED for the client), as a
-// firewall would, instead of letting the kernel accept a connection the
-// listener can only reset afterwards. It builds the rules from
-// policy.ConnectFilter, keeps sets of address leases (the addresses
-// egress's DNS returned for names that could be allowed), and, for a
-// host, installs and updates its own table (see Host). It decides
-// nothing: what it refuses, the policy refused.
+//go:build linux
+
 package connfilter
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,16 +30,18 @@ const (
 	setLeaseAll6 = "leaseall6"
 )
 
+// maxLeases bounds each lease set: the kernel refuses more (ENOSPC), and
+// the addresses beyond it stay refused until leases run out.
+const maxLeases = 65536
+
 // maxLeasePorts is how many ports of a lease are written one by one; a
 // lease on more ports covers every port (a superset: the transparent
 // listener still decides on the port).
 const maxLeasePorts = 64
 
-// maxFilterRules bounds the rules a connect filter may add to the chain
-// (nftables walks them one by one for each new connection). A policy
-// needing more is passed whole to the transparent listener, as without a
-// filter.
-const maxFilterRules = 4096
+// MaxRules bounds the rules a connect filter may add to its chain
+// (nftables walks them one by one for each new connection): see Check.
+const MaxRules = 4096
 
 // AddRules adds to chain, before anything accepts TCP, the rules of
 // the connect filter f: a new TCP connection (conntrack state new, so an
@@ -83,7 +80,7 @@ func addRules(c *nftables.Conn, t *nftables.Table, chain *nftables.Chain, f *pol
 		{setLeaseAll6, unix.NFPROTO_IPV6, nftables.TypeIP6Addr, false},
 	}
 	for _, s := range sets {
-		set := &nftables.Set{Table: t, Name: s.name, KeyType: s.key, Concatenation: s.port, HasTimeout: true}
+		set := &nftables.Set{Table: t, Name: s.name, KeyType: s.key, Concatenation: s.port, HasTimeout: true, Size: maxLeases}
 		if makeSets {
 			if err := c.AddSet(set, nil); err != nil {
 				return fmt.Errorf("add set %s: %w", s.name, err)
@@ -119,8 +116,8 @@ func addRules(c *nftables.Conn, t *nftables.Table, chain *nftables.Chain, f *pol
 			}
 		}
 	}
-	if len(rules) > maxFilterRules {
-		return fmt.Errorf("the policy needs %d connect filter rules, more than %d", len(rules), maxFilterRules)
+	if len(rules) > MaxRules {
+		return fmt.Errorf("the policy needs %d connect filter rules, more than %d", len(rules), MaxRules)
 	}
 	for _, e := range rules {
 		c.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: e})
@@ -171,7 +168,8 @@ type leaseKey struct {
 const maxLeaseMemory = 65536
 
 // leaseSlack is how much longer a lease must become before it is
-// rewritten: a name looked up again and again costs no syscall.
+// rewritten (a tenth of the lease when that is less): a name looked up
+// again and again costs no syscall.
 const leaseSlack = 5 * time.Second
 
 // OpenSocket opens the NETLINK_NETFILTER socket a Leaser writes through,
@@ -199,9 +197,9 @@ func NewLeaser(f *os.File, table string) *Leaser {
 }
 
 // Lease lets new connections to addr on ports (every port when all)
-// through the filter for d, and returns when the kernel has the elements:
-// call it before a DNS answer with addr leaves. Connections opened
-// meanwhile outlive the lease.
+// through the filter for d (at least a second), and returns when the
+// kernel has the elements: call it before a DNS answer with addr leaves.
+// Connections opened meanwhile outlive the lease.
 func (l *Leaser) Lease(addr netip.Addr, ports []policy.PortRange, all bool, d time.Duration) error {
 	addr = addr.Unmap().WithZone("")
 	n := 0
@@ -221,28 +219,49 @@ func (l *Leaser) Lease(addr netip.Addr, ports []policy.PortRange, all bool, d ti
 			}
 		}
 	}
-	d = d.Round(time.Second)
+	// The kernel's lease outlasts the caller's by slack, since it is
+	// rewritten only when it would end slack early: an address the caller
+	// still remembers is never refused by the kernel. A timeout of 0
+	// would make the element permanent: at least a second.
+	slack := min(leaseSlack, d/10)
+	d = max(d+slack, time.Second)
 	now := time.Now()
 	until := now.Add(d)
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	fresh := keys[:0]
+	var fresh, renew []leaseKey
 	for _, k := range keys {
-		if l.have[k].Before(until.Add(-leaseSlack)) {
+		had, ok := l.have[k]
+		switch {
+		case ok && had.After(until.Add(-slack)):
+		case ok:
+			renew = append(renew, k)
+		default:
 			fresh = append(fresh, k)
 		}
 	}
-	if len(fresh) == 0 {
+	if len(fresh)+len(renew) == 0 {
 		return nil
 	}
-	if err := l.write(fresh, d); err != nil {
+	// Linux before 6.10 keeps an existing element's timeout when it is
+	// added again: renew by deleting and adding in one batch (atomic, no
+	// gap). The kernel may have expired it meanwhile: then the delete
+	// fails the batch (ENOENT), and adding alone does.
+	err := l.write(fresh, renew, d)
+	if errors.Is(err, unix.ENOENT) && len(renew) > 0 {
+		err = l.write(append(fresh, renew...), nil, d)
+	}
+	if err != nil {
+		if errors.Is(err, unix.ENOSPC) {
+			return fmt.Errorf("%w: the lease sets are full (%d elements)", err, maxLeases)
+		}
 		return err
 	}
 	if len(l.have) > maxLeaseMemory {
 		clear(l.have)
 	}
-	for _, k := range fresh {
+	for _, k := range append(fresh, renew...) {
 		l.have[k] = until
 	}
 	return nil
@@ -254,6 +273,7 @@ const (
 	nfnlMsgBatchBegin  = 0x10
 	nfnlMsgBatchEnd    = 0x11
 	nftMsgNewSetElem   = 12
+	nftMsgDelSetElem   = 14
 
 	nftaSetElemListTable    = 1
 	nftaSetElemListSet      = 2
@@ -264,61 +284,55 @@ const (
 	nftaDataValue           = 1
 )
 
-// write sends one batch adding (or, for elements already there, renewing:
-// Linux 6.10 and later update an element's timeout) the elements of keys
-// with timeout d, and waits for the kernel's answer.
-func (l *Leaser) write(keys []leaseKey, d time.Duration) error {
-	bySet := map[string][]byte{}
-	var order []string
-	for _, k := range keys {
-		set := setLeaseAll6
-		key := k.addr.AsSlice()
-		switch {
-		case k.port != 0 && k.addr.Is4():
-			set = setLease4
-		case k.port != 0:
-			set = setLease6
-		case k.addr.Is4():
-			set = setLeaseAll4
-		}
-		if k.port != 0 {
-			// The port fills a 32-bit register of its own.
-			key = append(key, byte(k.port>>8), byte(k.port), 0, 0)
-		}
-		var ms [8]byte
-		binary.BigEndian.PutUint64(ms[:], uint64(d.Milliseconds()))
-		elem := nflog.Attr(nftaListElem|unix.NLA_F_NESTED, concatBytes(
-			nflog.Attr(nftaSetElemKey|unix.NLA_F_NESTED, nflog.Attr(nftaDataValue, key)),
-			nflog.Attr(nftaSetElemTimeout, ms[:]),
-		))
-		if _, ok := bySet[set]; !ok {
-			order = append(order, set)
-		}
-		bySet[set] = append(bySet[set], elem...)
-	}
+// write sends one batch that deletes the elements of renew, then adds
+// those of add and renew with timeout d, and waits for the kernel's
+// answer: nil, or the first error (the whole batch is then undone).
+func (l *Leaser) write(add, renew []leaseKey, d time.Duration) error {
+	var ms [8]byte
+	binary.BigEndian.PutUint64(ms[:], uint64(d.Milliseconds()))
 	var msg []byte
 	l.seq++
 	first := l.seq
 	msg = append(msg, nlmsg(nfnlMsgBatchBegin, unix.NLM_F_REQUEST, l.seq, unix.AF_UNSPEC, nfnlSubsysNFTables, nil)...)
 	var want []uint32
-	for _, set := range order {
-		l.seq++
-		want = append(want, l.seq)
-		msg = append(msg, nlmsg(nfnlSubsysNFTables<<8|nftMsgNewSetElem,
-			unix.NLM_F_REQUEST|unix.NLM_F_CREATE|unix.NLM_F_ACK, l.seq, unix.NFPROTO_INET, 0, concatBytes(
-				nflog.Attr(nftaSetElemListTable, cstring(l.table)),
-				nflog.Attr(nftaSetElemListSet, cstring(set)),
-				nflog.Attr(nftaSetElemListElements|unix.NLA_F_NESTED, bySet[set]),
-			))...)
+	emit := func(typ uint16, keys []leaseKey, timeout []byte) {
+		bySet := map[string][]byte{}
+		var order []string
+		for _, k := range keys {
+			set, key := k.set()
+			attrs := nflog.Attr(nftaSetElemKey|unix.NLA_F_NESTED, nflog.Attr(nftaDataValue, key))
+			if timeout != nil {
+				attrs = append(attrs, nflog.Attr(nftaSetElemTimeout, timeout)...)
+			}
+			if _, ok := bySet[set]; !ok {
+				order = append(order, set)
+			}
+			bySet[set] = append(bySet[set], nflog.Attr(nftaListElem|unix.NLA_F_NESTED, attrs)...)
+		}
+		for _, set := range order {
+			l.seq++
+			want = append(want, l.seq)
+			msg = append(msg, nlmsg(nfnlSubsysNFTables<<8|typ,
+				unix.NLM_F_REQUEST|unix.NLM_F_CREATE|unix.NLM_F_ACK, l.seq, unix.NFPROTO_INET, 0, concatBytes(
+					nflog.Attr(nftaSetElemListTable, cstring(l.table)),
+					nflog.Attr(nftaSetElemListSet, cstring(set)),
+					nflog.Attr(nftaSetElemListElements|unix.NLA_F_NESTED, bySet[set]),
+				))...)
+		}
 	}
+	emit(nftMsgDelSetElem, renew, nil)
+	emit(nftMsgNewSetElem, append(append([]leaseKey(nil), add...), renew...), ms[:])
 	l.seq++
 	msg = append(msg, nlmsg(nfnlMsgBatchEnd, unix.NLM_F_REQUEST, l.seq, unix.AF_UNSPEC, nfnlSubsysNFTables, nil)...)
 	fd := int(l.f.Fd())
-	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if err := retryEINTR(func() error { return unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}) }); err != nil {
 		return fmt.Errorf("write lease: %w", err)
 	}
+	// Every message of a batch that fails is answered; the first error
+	// undoes the batch, so read until every ack or an error.
 	for len(want) > 0 {
-		n, _, err := unix.Recvfrom(fd, l.buf, 0)
+		var n int
+		err := retryEINTR(func() (err error) { n, _, err = unix.Recvfrom(fd, l.buf, 0); return err })
 		if err != nil {
 			return fmt.Errorf("write lease: no answer from the kernel: %w", err)
 		}
@@ -332,19 +346,50 @@ func (l *Leaser) write(keys []leaseKey, d time.Duration) error {
 			seq := binary.NativeEndian.Uint32(b[8:])
 			if typ == unix.NLMSG_ERROR && ml >= unix.NLMSG_HDRLEN+4 && seq >= first {
 				if code := int32(binary.NativeEndian.Uint32(b[unix.NLMSG_HDRLEN:])); code != 0 {
+					l.drain(fd)
 					return fmt.Errorf("write lease: %w", unix.Errno(-code))
 				}
-				for i, w := range want {
-					if w == seq {
-						want = append(want[:i], want[i+1:]...)
-						break
-					}
-				}
+				want = slices.DeleteFunc(want, func(w uint32) bool { return w == seq })
 			}
 			b = b[min((ml+3)&^3, len(b)):]
 		}
 	}
 	return nil
+}
+
+// drain reads what the kernel still has to say about a failed batch, so
+// that the next write reads its own answers.
+func (l *Leaser) drain(fd int) {
+	for {
+		if _, _, err := unix.Recvfrom(fd, l.buf, unix.MSG_DONTWAIT); err != nil && err != unix.EINTR {
+			return
+		}
+	}
+}
+
+// set is the set k belongs in and its key: the address, and the port in
+// a 32-bit register of its own.
+func (k leaseKey) set() (string, []byte) {
+	key := k.addr.AsSlice()
+	switch {
+	case k.port != 0 && k.addr.Is4():
+		return setLease4, append(key, byte(k.port>>8), byte(k.port), 0, 0)
+	case k.port != 0:
+		return setLease6, append(key, byte(k.port>>8), byte(k.port), 0, 0)
+	case k.addr.Is4():
+		return setLeaseAll4, key
+	}
+	return setLeaseAll6, key
+}
+
+// retryEINTR calls f until it is not interrupted by a signal (a blocking
+// socket call with SO_RCVTIMEO is never restarted, signal(7)).
+func retryEINTR(f func() error) error {
+	for {
+		if err := f(); err != unix.EINTR {
+			return err
+		}
+	}
 }
 
 // Close closes the socket.

@@ -14,6 +14,9 @@ import (
 // HostTable is the nftables table a Host owns on Linux.
 const HostTable = "egress_connect"
 
+// MaxRules bounds the rules of a filter (see Check).
+const MaxRules = 4096
+
 // Host is the connect filter of egress serve; it needs Linux (nftables).
 type Host struct{}
 
@@ -31,7 +34,7 @@ func InstallHost(HostConfig) (*Host, error) {
 
 func (h *Host) Update(policy.ConnectFilter) error { return nil }
 func (h *Host) Lease(netip.Addr, []policy.PortRange, bool, time.Duration) error {
-	return nil
+	return errors.New("connect filter: needs Linux (nftables)")
 }
 func (h *Host) ReadRefusals(func(nflog.Packet)) {}
 func (h *Host) Close() error                    { return nil }

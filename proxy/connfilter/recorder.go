@@ -1,6 +1,7 @@
 package connfilter
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -66,4 +67,21 @@ func Refusal(p nflog.Packet, decide func(client netip.Addr, dst netip.AddrPort) 
 		e.Decision.Hint = "the connect filter refused what the transparent listener allows; please report this"
 	}
 	return e
+}
+
+// Check reports whether f fits in a filter: a rule for each port range of
+// each of its destinations, at most MaxRules (a policy of thousands of
+// cidr rules does not; egress run then refuses after accept, egress serve
+// does not start with listen.refuse_at_connect).
+func Check(f *policy.ConnectFilter) error {
+	n := 16 // exempt ports, DNS, the lease sets, the final refusal
+	for _, ds := range [][]policy.Dest{f.Allow, f.Refuse} {
+		for _, d := range ds {
+			n += max(1, len(d.Ports))
+		}
+	}
+	if n > MaxRules {
+		return fmt.Errorf("connect filter: the policy needs about %d rules, more than %d (too many cidr rules)", n, MaxRules)
+	}
+	return nil
 }

@@ -17,7 +17,9 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/egress-proxy/egress/policy"
@@ -50,8 +52,9 @@ type Dialer struct {
 	// Resolver resolves names; nil means net.DefaultResolver.
 	Resolver Resolver
 	// Timeout bounds connecting to all the allowed addresses of one
-	// destination (not the lookup, which the resolver bounds). Zero means
-	// the policy's timeouts.dial, or DefaultTimeout when that is zero too.
+	// destination (not the lookup, which the resolver bounds); each
+	// address gets its own share of it (see Dial). Zero means the
+	// policy's timeouts.dial, or DefaultTimeout when that is zero too.
 	Timeout time.Duration
 	// IsSelf reports whether an address is one of egress's own listeners;
 	// a connection to one is refused with ReasonLoop. Nil means none.
@@ -94,9 +97,12 @@ var errNoAddresses = errors.New("no addresses")
 // decides on (Host, IP) and dials IP.
 //
 // A name whose answer mixes allowed and denied addresses is dialled on the
-// allowed ones only, in the resolver's order; it is denied (with the first
-// denied address's decision) only when no address is allowed. Either way no
-// denied address is ever dialled.
+// allowed ones only; it is denied (with the first denied address's
+// decision) only when no address is allowed. Either way no denied address
+// is ever dialled. The allowed addresses are raced Happy Eyeballs style
+// (RFC 8305): families interleaved, a new attempt every
+// ConnectionAttemptDelay or as soon as one fails, each with its own
+// deadline, the whole bounded by Timeout.
 //
 // The returned Decision is the one for the address dialled (or, on a
 // resolve or dial error, the name's). Errors: *DeniedError when refused,
@@ -186,26 +192,177 @@ func (d *Dialer) Dial(ctx context.Context, network string, req policy.Request) (
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
+	return dialAllowed(ctx, network, req, allowed, timeout)
+}
+
+// ConnectionAttemptDelay is how long a connection attempt has to succeed
+// before the next address is tried alongside it (RFC 8305 §5: 250 ms
+// recommended).
+const ConnectionAttemptDelay = 250 * time.Millisecond
+
+// minAttemptTimeout is the least time one address gets before it is given
+// up (net.Dialer's own floor), unless the whole dial has less left.
+const minAttemptTimeout = 2 * time.Second
+
+// attempt is the outcome of connecting to one address.
+type attempt struct {
+	dec  policy.Decision
+	conn net.Conn
+	err  error
+}
+
+// dialAllowed connects to one of the allowed addresses, Happy Eyeballs
+// style (RFC 8305 §4-5): addresses in the resolver's order, families
+// interleaved starting with the first address's; a new attempt starts
+// when the previous one fails or after ConnectionAttemptDelay, whichever
+// comes first, while earlier ones go on; the first connection wins and the
+// others are closed. Each attempt has its own deadline, an equal share of
+// what is left for the addresses not yet tried (at least
+// minAttemptTimeout), so an address that drops packets cannot use up the
+// others' time; timeout bounds the whole dial.
+func dialAllowed(ctx context.Context, network string, req policy.Request, allowed []policy.Decision, timeout time.Duration) (net.Conn, policy.Decision, error) {
+	order := interleave(allowed)
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	deadline, _ := dctx.Deadline()
 	nd := net.Dialer{KeepAlive: DefaultKeepAlive}
-	var lastErr error
-	for _, dec := range allowed {
-		ap := netip.AddrPortFrom(dec.IP, req.Port)
-		c, err := nd.DialContext(dctx, network, ap.String())
-		if err == nil {
-			return c, dec, nil
-		}
-		lastErr = err
-		if dctx.Err() != nil {
-			break
+
+	results := make(chan attempt, len(order)) // never blocks a late attempt
+	next, running := 0, 0
+	start := func() {
+		dec := order[next]
+		left := len(order) - next
+		next++
+		running++
+		own := max(time.Until(deadline)/time.Duration(left), minAttemptTimeout)
+		// WithDeadline keeps dctx's deadline when it is the earlier one.
+		actx, acancel := context.WithDeadline(dctx, time.Now().Add(own))
+		go func() {
+			defer acancel()
+			c, err := nd.DialContext(actx, network, netip.AddrPortFrom(dec.IP, req.Port).String())
+			results <- attempt{dec: dec, conn: c, err: err}
+		}()
+	}
+	start()
+	delay := time.NewTimer(ConnectionAttemptDelay)
+	defer delay.Stop()
+	var failed []attempt
+	for running > 0 {
+		select {
+		case a := <-results:
+			running--
+			if a.err == nil {
+				cancel() // the attempts still running give up
+				go closeLosers(results, running)
+				return a.conn, a.dec, nil
+			}
+			failed = append(failed, a)
+			if next < len(order) && dctx.Err() == nil {
+				start()
+				delay.Reset(ConnectionAttemptDelay)
+			}
+		case <-delay.C:
+			if next < len(order) {
+				start()
+				delay.Reset(ConnectionAttemptDelay)
+			}
 		}
 	}
-	dec := allowed[0]
-	if dctx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
-		return nil, dec, fmt.Errorf("dial %s port %d: %w after %s", describe(dec, req), req.Port, os.ErrDeadlineExceeded, timeout)
+	return nil, allowed[0], dialError(ctx, req, allowed[0], failed, len(order)-next, timeout)
+}
+
+// closeLosers closes the connections of attempts that finish after
+// another won.
+func closeLosers(results <-chan attempt, n int) {
+	for range n {
+		if a := <-results; a.conn != nil {
+			a.conn.Close()
+		}
 	}
-	return nil, dec, fmt.Errorf("dial %s port %d: %w", describe(dec, req), req.Port, lastErr)
+}
+
+// interleave orders addresses as RFC 8305 §4 says: the first address's
+// family first, then alternating between families, each family in the
+// resolver's order.
+func interleave(allowed []policy.Decision) []policy.Decision {
+	if len(allowed) < 2 {
+		return allowed
+	}
+	first := allowed[0].IP.Is4()
+	var same, other []policy.Decision
+	for _, d := range allowed {
+		if d.IP.Is4() == first {
+			same = append(same, d)
+		} else {
+			other = append(other, d)
+		}
+	}
+	out := make([]policy.Decision, 0, len(allowed))
+	for i := 0; i < len(same) || i < len(other); i++ {
+		if i < len(same) {
+			out = append(out, same[i])
+		}
+		if i < len(other) {
+			out = append(out, other[i])
+		}
+	}
+	return out
+}
+
+// dialError says why no address could be connected to. When the whole
+// dial ran out of time (and the caller did not cancel), it matches
+// os.ErrDeadlineExceeded; otherwise it wraps the first failure that was
+// not a timeout (connection refused, unreachable), so that the client is
+// told what an address said rather than that another was silent. With
+// more than one address it names what each did.
+func dialError(ctx context.Context, req policy.Request, dec policy.Decision, failed []attempt, untried int, timeout time.Duration) error {
+	target := fmt.Sprintf("dial %s port %d", describe(dec, req), req.Port)
+	var detail string
+	if len(failed)+untried > 1 {
+		var b strings.Builder
+		b.WriteString(" (")
+		for i, a := range failed {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(a.dec.IP.String())
+			b.WriteByte(' ')
+			b.WriteString(attemptWhat(a.err))
+		}
+		if untried > 0 {
+			fmt.Fprintf(&b, ", %d not tried", untried)
+		}
+		b.WriteString(")")
+		detail = b.String()
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", target, ctx.Err())
+	}
+	for _, a := range failed {
+		if !isTimeout(a.err) {
+			return fmt.Errorf("%s%s: %w", target, detail, a.err)
+		}
+	}
+	return fmt.Errorf("%s%s: %w after %s", target, detail, os.ErrDeadlineExceeded, timeout)
+}
+
+// attemptWhat says in a word or two what one address did.
+func attemptWhat(err error) string {
+	switch {
+	case isTimeout(err):
+		return "timed out"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EHOSTUNREACH):
+		return "unreachable"
+	}
+	return err.Error()
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.As(err, &ne) && ne.Timeout()
 }
 
 func loopDecision(d policy.Decision) policy.Decision {

@@ -89,6 +89,7 @@ func TestSecurityRebindingNeverReachesTheGuardedAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	var hits [2]atomic.Int64
+	accepted := [2]chan string{make(chan string, 64), make(chan string, 64)} // remote addresses
 	var port uint16
 	for i, a := range []string{"127.0.0.1:0", "127.0.0.2:0"} {
 		if port != 0 {
@@ -107,6 +108,7 @@ func TestSecurityRebindingNeverReachesTheGuardedAnswer(t *testing.T) {
 					return
 				}
 				hits[i].Add(1)
+				accepted[i] <- c.RemoteAddr().String()
 				c.Close()
 			}
 		}()
@@ -129,8 +131,29 @@ func TestSecurityRebindingNeverReachesTheGuardedAnswer(t *testing.T) {
 			t.Fatalf("dial: %v", err)
 		}
 	}
-	time.Sleep(50 * time.Millisecond)
-	if allowed != 5 || denied != 5 || hits[1].Load() != 0 {
-		t.Fatalf("allowed %d, denied %d, guarded listener reached %d times", allowed, denied, hits[1].Load())
+	// No fixed wait for the accept loop: connect to the guarded listener
+	// once ourselves; its FIFO accept queue hands out every earlier
+	// connection before ours.
+	c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.2", strconv.Itoa(int(port))), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	reached := func() int {
+		n, mine := 0, c.LocalAddr().String()
+		for {
+			select {
+			case a := <-accepted[1]:
+				if a == mine {
+					return n
+				}
+				n++
+			case <-time.After(5 * time.Second):
+				t.Fatal("guarded listener did not accept the counting connection")
+			}
+		}
+	}()
+	if allowed != 5 || denied != 5 || reached != 0 {
+		t.Fatalf("allowed %d, denied %d, guarded listener reached %d times", allowed, denied, reached)
 	}
 }

@@ -37,18 +37,13 @@
 //     cache key; the client's other options are not forwarded. Answers are
 //     truncated (TC set) to the client's UDP buffer, so that it retries over
 //     TCP; a truncated upstream answer is fetched again over TCP.
-//   - Upstreams: the policy's dns.upstreams, else the nameservers of
-//     /etc/resolv.conf (read once), never one of egress's own listeners.
-//     They are tried in turn, the last one that answered first, each with
-//     an equal share of what is left of dns.timeout, which bounds the whole
-//     query: then the client gets SERVFAIL with EDE 22 (No Reachable
-//     Authority). Upstream UDP sockets are connected, reused for a few
-//     hundred queries at most, and checked to answer the question asked.
-//   - Cache: positive answers for the smallest TTL of the answer, negative
-//     ones (NXDOMAIN, NODATA) for the SOA minimum (RFC 2308), both clamped to
-//     dns.min_ttl..dns.max_ttl, at most dns.cache_size entries (0 turns it
-//     off). The cache holds upstream answers; policy decisions are made on
-//     every query, so a reloaded policy applies at once.
+//   - Upstreams and cache: proxy/resolve, the resolver the dialer uses
+//     too (the policy's dns.upstreams, else /etc/resolv.conf's, with
+//     failover within dns.timeout, and a cache of upstream answers). When
+//     no upstream answers, the client gets SERVFAIL with EDE 22 (No
+//     Reachable Authority) whose text says what each upstream did. The
+//     cache holds upstream answers; policy decisions are made on every
+//     query, so a reloaded policy applies at once.
 //
 // UDP is served by one reader per socket that answers cached and refused
 // names itself, in batches (recvmmsg/sendmmsg on Linux for IPv4), and hands
@@ -74,19 +69,17 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/egress-proxy/egress/policy"
-	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/names"
+	"github.com/egress-proxy/egress/proxy/resolve"
 )
 
 // Defaults used when the policy leaves a setting at zero.
 const (
-	DefaultTimeout    = 2 * time.Second
-	DefaultResolvConf = "/etc/resolv.conf"
-	// udpBufSize is the EDNS(0) buffer size egress advertises, to clients
-	// and upstreams: the DNS flag day 2020 value, which avoids IP
-	// fragmentation.
-	udpBufSize = 1232
+	DefaultTimeout    = resolve.DefaultTimeout
+	DefaultResolvConf = resolve.DefaultResolvConf
+	// udpBufSize is the EDNS(0) buffer size egress advertises to clients.
+	udpBufSize = resolve.UDPBufSize
 	// readBufSize is the largest UDP query read from a client.
 	readBufSize = 4096
 )
@@ -108,27 +101,24 @@ type Server struct {
 	// Names is told which names each address was returned for, per
 	// client, before the answer goes out; nil tells nothing.
 	Names names.Recorder
-	// ResolvConf is read once, at the first query that needs it, when the
-	// policy lists no upstreams; "" means DefaultResolvConf.
+	// Resolver asks the upstreams and caches their answers; egress serve
+	// shares one with the dialer, so that every path resolves alike. The
+	// sockets this Server serves on are added to it (AddSelf), never to
+	// be asked. Nil means a Resolver of its own, made from ResolvConf,
+	// IsSelf and Now.
+	Resolver *resolve.Resolver
+	// ResolvConf, IsSelf and Now configure the Resolver made when
+	// Resolver is nil (see resolve.Resolver).
 	ResolvConf string
-	// IsSelf reports whether an address is one of egress's own listeners;
-	// such upstreams are skipped so that the proxy never forwards to
-	// itself. The listeners this Server serves on are always checked.
-	IsSelf func(netip.AddrPort) bool
-	// Now returns the current time for the cache; nil means time.Now.
-	Now func() time.Time
+	IsSelf     func(netip.AddrPort) bool
+	Now        func() time.Time
 
-	builtinOnce sync.Once
-	builtin     *policy.Policy
-	cache       cache
-	conns       connPool
-	self        dialer.Self
-	preferred   atomic.Pointer[string] // host:port of the upstream that answered last
-	resolvOnce  sync.Once
-	resolv      []string
-	resolvErr   error
-	lastWarn    atomic.Int64 // unix nanoseconds of the last upstream warning
-	suppressed  atomic.Int64
+	builtinOnce  sync.Once
+	builtin      *policy.Policy
+	resolverOnce sync.Once
+	resolver     *resolve.Resolver
+	lastWarn     atomic.Int64 // unix nanoseconds of the last upstream warning
+	suppressed   atomic.Int64
 
 	mu       sync.Mutex
 	servers  []*served
@@ -175,11 +165,15 @@ func (s *Server) policy() *policy.Policy {
 	return s.builtin
 }
 
-func (s *Server) now() time.Time {
-	if s.Now != nil {
-		return s.Now()
-	}
-	return time.Now()
+// res returns the Resolver: the one given, or one of its own.
+func (s *Server) res() *resolve.Resolver {
+	s.resolverOnce.Do(func() {
+		s.resolver = s.Resolver
+		if s.resolver == nil {
+			s.resolver = &resolve.Resolver{Policy: s.Policy, ResolvConf: s.ResolvConf, IsSelf: s.IsSelf, Now: s.Now}
+		}
+	})
+	return s.resolver
 }
 
 // ErrServerClosed is returned by Serve and ListenAndServe after Shutdown.
@@ -210,13 +204,13 @@ func (s *Server) Serve(pc net.PacketConn, l net.Listener) error {
 	}
 	var list []*served
 	if pc != nil {
-		s.self.Add(pc.LocalAddr())
+		s.res().AddSelf(pc.LocalAddr())
 		started := make(chan struct{})
 		close(started)
 		list = append(list, &served{udp: newUDPServer(s, pc), started: started})
 	}
 	if l != nil {
-		s.self.Add(l.Addr())
+		s.res().AddSelf(l.Addr())
 		sv := &served{started: make(chan struct{})}
 		sv.tcp = &dns.Server{
 			Listener: l, Handler: s,
@@ -285,7 +279,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	s.conns.closeAll()
+	if s.Resolver == nil {
+		s.res().Close() // its own; a shared one belongs to its owner
+	}
 	return errors.Join(errs...)
 }
 
@@ -294,12 +290,4 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func isNotStarted(err error) bool {
 	var de *dns.Error
 	return errors.As(err, &de) && de.Error() == "dns: server not started"
-}
-
-// isSelf reports whether an upstream is one of egress's own listeners.
-func (s *Server) isSelf(ap netip.AddrPort) bool {
-	if s.self.Contains(ap) {
-		return true
-	}
-	return s.IsSelf != nil && s.IsSelf(ap)
 }

@@ -5,9 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -264,6 +262,13 @@ func TestRebindingAddressesAreStripped(t *testing.T) {
 	if !strings.Contains(h, `ipv4hint="93.184.216.34"`) || strings.Contains(h, "10.0.0.5") ||
 		strings.Contains(h, "ipv6hint") || !strings.Contains(h, `alpn="h2"`) {
 		t.Fatalf("HTTPS record %s: want the guarded hints removed, the rest kept", h)
+	}
+	r = e.query("udp", "ech.example.com", dns.TypeHTTPS)
+	if len(r.Answer) != 1 {
+		t.Fatalf("HTTPS answer %v", r.Answer)
+	}
+	if h := r.Answer[0].String(); strings.Contains(h, "ech=") || !strings.Contains(h, `alpn="h2"`) || !strings.Contains(h, `ipv4hint="93.184.216.34"`) {
+		t.Fatalf("HTTPS record %s: want the ECH key removed, the rest kept", h)
 	}
 	// The cached upstream answer is not modified by the filtering.
 	e.pol.Store(testPolicy(t, defaultAllow+"allow:\n  - cidr: 10.0.0.0/8\n  - cidr: fd00::/8\n", e.up.addr))
@@ -557,29 +562,6 @@ func TestCacheTTLClamps(t *testing.T) {
 	}
 }
 
-func TestCacheIsBounded(t *testing.T) {
-	var c cache
-	c.setMax(3)
-	now := time.Now()
-	for _, n := range []string{"a.", "b.", "c.", "d."} {
-		m := new(dns.Msg)
-		m.SetQuestion(n, dns.TypeA)
-		rr, _ := dns.NewRR(n + " 60 IN A 93.184.216.34")
-		m.Answer = []dns.RR{rr}
-		c.put(keyOf(m.Question[0], false, false), m, now, 0, time.Hour)
-	}
-	if c.len() != 3 {
-		t.Fatalf("len %d, want 3", c.len())
-	}
-	if m, _ := c.get(keyOf(dns.Question{Name: "a.", Qtype: dns.TypeA, Qclass: dns.ClassINET}, false, false), now); m != nil {
-		t.Fatal("the least recently used entry was kept")
-	}
-	c.setMax(1)
-	if m, _ := c.get(keyOf(dns.Question{Name: "d.", Qtype: dns.TypeA, Qclass: dns.ClassINET}, false, false), now); c.len() != 1 || m == nil {
-		t.Fatal("shrinking did not keep the newest entry")
-	}
-}
-
 func TestUpstreamFaults(t *testing.T) {
 	t.Run("a silent upstream gives SERVFAIL within dns.timeout", func(t *testing.T) {
 		e := newEnv(t, "version: 1\ndefault: allow\ndns:\n  upstreams: [\""+silentUpstream(t)+"\"]\n  timeout: 300ms\n")
@@ -633,50 +615,6 @@ func TestUpstreamFaults(t *testing.T) {
 			t.Fatalf("rcode %s EDE %v", dns.RcodeToString[r.Rcode], x)
 		}
 	})
-	t.Run("upstreams come from resolv.conf when the policy lists none", func(t *testing.T) {
-		path := filepath.Join(t.TempDir(), "resolv.conf")
-		if err := os.WriteFile(path, []byte("nameserver 127.0.0.1\nnameserver ::1\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		s := &Server{ResolvConf: path}
-		ups, err := s.upstreams(nil)
-		if err != nil || !slices.Equal(ups, []string{"127.0.0.1:53", "[::1]:53"}) {
-			t.Fatalf("upstreams %q, %v", ups, err)
-		}
-	})
-}
-
-func TestParseResolvConf(t *testing.T) {
-	text := `# generated
-search example.com
-nameserver 192.0.2.53
-nameserver   2001:db8::53 # trailing comment
-;nameserver 192.0.2.99
-nameserver fe80::1%eth0
-nameserver not-an-address
-options ndots:2
-nameserver
-`
-	got, err := ParseResolvConf(strings.NewReader(text))
-	want := []string{"192.0.2.53:53", "[2001:db8::53]:53", "[fe80::1%eth0]:53"}
-	if err != nil || !slices.Equal(got, want) {
-		t.Fatalf("got %q, %v; want %q", got, err, want)
-	}
-	path := filepath.Join(t.TempDir(), "resolv.conf")
-	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if got, err := ReadResolvConf(path); err != nil || !slices.Equal(got, want) {
-		t.Fatalf("ReadResolvConf: %q, %v", got, err)
-	}
-	if _, err := ReadResolvConf(filepath.Join(t.TempDir(), "missing")); !os.IsNotExist(err) && err == nil {
-		t.Fatalf("missing file: %v", err)
-	}
-	var s Server
-	s.ResolvConf = filepath.Join(t.TempDir(), "missing")
-	if _, err := s.upstreams(nil); err == nil || !strings.Contains(err.Error(), "no usable dns upstream") {
-		t.Fatalf("missing resolv.conf: %v", err)
-	}
 }
 
 func TestTruncation(t *testing.T) {

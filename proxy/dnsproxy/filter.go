@@ -10,6 +10,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/resolve"
 )
 
 // filtered is an upstream answer made fit for one client.
@@ -33,7 +34,7 @@ type filtered struct {
 // modifies up: up may be shared with the cache. See the package comment
 // for the rules.
 func (s *Server) filter(p *policy.Policy, client netip.Addr, host string, q dns.Question, up *dns.Msg, age uint32) (f filtered) {
-	f.chain, f.age = cnameChain(q.Name, up.Answer), age
+	f.chain, f.age = resolve.CNAMEChain(q.Name, up.Answer), age
 	for _, name := range f.chain[1:] {
 		d := p.Decide(policy.Request{Host: name, Client: client})
 		if d.Denied() {
@@ -52,7 +53,7 @@ func (s *Server) filter(p *policy.Policy, client netip.Addr, host string, q dns.
 			continue
 		}
 		if rr = f.decide(s, p, client, host, rr, true); rr != nil {
-			f.answer = append(f.answer, aged(rr, f.age))
+			f.answer = append(f.answer, resolve.Aged(rr, f.age))
 		}
 	}
 	f.ns = f.section(s, p, client, up.Ns)
@@ -69,32 +70,10 @@ func (f *filtered) section(s *Server, p *policy.Policy, client netip.Addr, rrs [
 	out := make([]dns.RR, 0, len(rrs))
 	for _, rr := range rrs {
 		if rr = f.decide(s, p, client, rr.Header().Name, rr, false); rr != nil {
-			out = append(out, aged(rr, f.age))
+			out = append(out, resolve.Aged(rr, f.age))
 		}
 	}
 	return out
-}
-
-// cnameChain follows the CNAME records of an answer from qname. Records
-// may come in any order; a loop ends the chain.
-func cnameChain(qname string, answer []dns.RR) []string {
-	chain := []string{qname}
-	cur := qname
-	for range answer {
-		next := ""
-		for _, rr := range answer {
-			if c, ok := rr.(*dns.CNAME); ok && strings.EqualFold(c.Hdr.Name, cur) {
-				next = c.Target
-				break
-			}
-		}
-		if next == "" || containsFold(chain, next) {
-			break
-		}
-		chain = append(chain, next)
-		cur = next
-	}
-	return chain
 }
 
 func containsFold(list []string, s string) bool {
@@ -174,9 +153,10 @@ func (f *filtered) decide(s *Server, p *policy.Policy, client netip.Addr, host s
 	return rr
 }
 
-// filterHints decides on every ipv4hint and ipv6hint address. It returns
-// ok when all were kept; otherwise the values to use instead, without the
-// refused addresses (and without a hint left empty).
+// filterHints decides on every ipv4hint and ipv6hint address, and drops
+// the ech key. It returns ok when all were kept; otherwise the values to
+// use instead, without the refused addresses (and without a hint left
+// empty) or the ech key.
 func filterHints(values []dns.SVCBKeyValue, keep func(net.IP) bool) ([]dns.SVCBKeyValue, bool) {
 	var out []dns.SVCBKeyValue
 	all := true
@@ -187,6 +167,16 @@ func filterHints(values []dns.SVCBKeyValue, keep func(net.IP) bool) ([]dns.SVCBK
 			hint = kv.Hint
 		case *dns.SVCBIPv6Hint:
 			hint = kv.Hint
+		case *dns.SVCBECHConfig:
+			// Encrypted Client Hello would hide the server name from
+			// the transparent path and the CONNECT check; without the
+			// key, clients send it in clear (RFC 9460 §9.3, draft-ietf-
+			// tls-esni: a client falls back to a cleartext ClientHello).
+			if all {
+				all = false
+				out = append(out, values[:i]...)
+			}
+			continue
 		default:
 			if !all {
 				out = append(out, kv)

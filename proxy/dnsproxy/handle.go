@@ -13,6 +13,7 @@ import (
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/resolve"
 )
 
 var _ dns.Handler = (*Server)(nil)
@@ -82,7 +83,7 @@ func (s *Server) handleMode(ctx context.Context, client netip.AddrPort, req *dns
 	caddr := client.Addr().Unmap()
 	e := eventlog.Entry{
 		Proto: eventlog.ProtoDNS, Client: client,
-		QName: q.Name, QType: typeString(q.Qtype),
+		QName: q.Name, QType: resolve.TypeString(q.Qtype),
 	}
 	d := p.Decide(policy.Request{Host: q.Name, Client: caddr})
 	e.Decision = d
@@ -113,7 +114,7 @@ func (s *Server) handleMode(ctx context.Context, client netip.AddrPort, req *dns
 		m := reply(req, opt, tcp, dns.RcodeServerFailure)
 		if opt != nil {
 			code := dns.ExtendedErrorCodeNoReachableAuthority
-			if errors.Is(err, ErrNoUpstream) {
+			if errors.Is(err, resolve.ErrNoUpstream) {
 				code = dns.ExtendedErrorCodeNotReady
 			}
 			setEDE(m, code, "egress: "+err.Error()+"; id "+e.ID)
@@ -168,44 +169,18 @@ func (s *Server) record(e eventlog.Entry) {
 }
 
 // resolve returns the upstream answer to q, from the cache or the
-// upstreams (then caching it), within the policy's dns.timeout, and its
-// age in the cache in seconds. The answer is shared with the cache: the
-// caller must not modify it.
+// upstreams (proxy/resolve), and its age in the cache in seconds; with
+// block false, only from the cache (else errWouldBlock). The answer is
+// shared with the cache: the caller must not modify it.
 func (s *Server) resolve(ctx context.Context, p *policy.Policy, q dns.Question, opt *dns.OPT, cd, block bool) (*dns.Msg, uint32, error) {
 	do := opt != nil && opt.Do()
-	key := keyOf(q, do, cd)
-	s.cache.setMax(p.DNS.CacheSize)
-	if m, age := s.cache.get(key, s.now()); m != nil {
-		return m, age, nil
-	}
 	if !block {
+		if m, age := s.res().Cached(p.DNS, q, do, cd); m != nil {
+			return m, age, nil
+		}
 		return nil, 0, errWouldBlock
 	}
-	timeout := p.DNS.Timeout
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
-	ups, err := s.upstreams(p.DNS.Upstreams)
-	if err != nil {
-		return nil, 0, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	up, err := s.forward(ctx, q, do, cd, ups, timeout)
-	if err != nil {
-		return nil, 0, err
-	}
-	// The upstream's OPT record (its buffer size, cookies, NSID) is
-	// between it and egress; the client gets egress's own.
-	extra := up.Extra[:0:0]
-	for _, rr := range up.Extra {
-		if rr.Header().Rrtype != dns.TypeOPT {
-			extra = append(extra, rr)
-		}
-	}
-	up.Extra = extra
-	s.cache.put(key, up, s.now(), p.DNS.MinTTL, p.DNS.MaxTTL)
-	return up, 0, nil
+	return s.res().Exchange(ctx, p.DNS, q, do, cd)
 }
 
 // warnUpstream logs an upstream failure, at most once a second with the

@@ -43,6 +43,8 @@ var zone = []string{
 	"rebind.example.com. 300 IN AAAA 2606:2800:220:1:248:1893:25c8:1946",
 	"rebind.example.com. 300 IN HTTPS 1 . alpn=h2 ipv4hint=93.184.216.34,10.0.0.5 ipv6hint=fd00::5",
 	"allprivate.example.com. 300 IN A 192.168.1.1",
+	// Encrypted Client Hello keys: stripped, so that names stay visible.
+	"ech.example.com. 300 IN HTTPS 1 . alpn=h2 ech=AEn+DQBFKwAgACABWIHUGj4u+PIggYXcR5JF0gYk3dCRioBW8uJq9H4mKAAIAAEAAQABAANAEnB1YmxpYy50bHMtZWNoLmRldgAA ipv4hint=93.184.216.34",
 	// CNAME chains.
 	"alias.example.com. 300 IN CNAME evil.example.org.",
 	"evil.example.org. 300 IN A 93.184.216.40",

@@ -149,7 +149,14 @@ func DenyBody(id, target string, d policy.Decision) string {
 		}
 		b.WriteByte('\n')
 	} else {
-		b.WriteString("rule: no rule matched\n")
+		switch {
+		case d.Reason.IsGuard():
+			b.WriteString("rule: none names this guarded address\n")
+		case d.Reason == policy.ReasonNoRuleMatched:
+			b.WriteString("rule: no rule matched\n")
+		default:
+			b.WriteString("rule: none\n")
+		}
 	}
 	b.WriteString("reason: " + string(d.Reason) + "\n")
 	if d.Source != "" {

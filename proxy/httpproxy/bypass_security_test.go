@@ -2,12 +2,12 @@ package httpproxy_test
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,23 +15,24 @@ import (
 )
 
 // secretServer listens on 127.0.0.2, which testPolicy keeps guarded
-// (only 127.0.0.1 and ::1 are lifted), and counts every connection it
+// (only 127.0.0.1 and ::1 are lifted), and records every connection it
 // accepts: a bypass is any connection reaching it.
-func secretServer(t *testing.T) (port string, hits *atomic.Int64) {
+func secretServer(t *testing.T) *secret {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.2:0")
 	if err != nil {
 		t.Skipf("cannot listen on 127.0.0.2: %v", err)
 	}
 	t.Cleanup(func() { l.Close() })
-	hits = &atomic.Int64{}
+	s := &secret{accepted: make(chan string, 1024)}
+	_, s.port, _ = net.SplitHostPort(l.Addr().String())
 	go func() {
 		for {
 			c, err := l.Accept()
 			if err != nil {
 				return
 			}
-			hits.Add(1)
+			s.accepted <- c.RemoteAddr().String()
 			go func() {
 				defer c.Close()
 				c.SetDeadline(time.Now().Add(2 * time.Second))
@@ -43,8 +44,38 @@ func secretServer(t *testing.T) (port string, hits *atomic.Int64) {
 			}()
 		}
 	}()
-	_, p, _ := net.SplitHostPort(l.Addr().String())
-	return p, hits
+	return s
+}
+
+type secret struct {
+	port     string
+	accepted chan string // remote address of every accepted connection
+}
+
+// reached is how many connections reached the secret server so far. It
+// waits for no fixed time: it connects once itself and counts what was
+// accepted before its own connection, which the listener's FIFO accept
+// queue hands out only after every connection made earlier.
+func (s *secret) reached(t *testing.T) int {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", "127.0.0.2:"+s.port, 5*time.Second)
+	if err != nil {
+		t.Fatalf("secret server: %v", err)
+	}
+	defer c.Close()
+	mine, n := c.LocalAddr().String(), 0
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case a := <-s.accepted:
+			if a == mine {
+				return n
+			}
+			n++
+		case <-timeout:
+			t.Fatal("secret server did not accept the counting connection")
+		}
+	}
 }
 
 // guardedSpellings are spellings of 127.0.0.2 (guarded) that a client
@@ -68,7 +99,8 @@ func checkLoopbackSpelling(t *testing.T, host string) {
 
 func TestSecurityGuardedSpellings(t *testing.T) {
 	f := newFixture(t, testPolicy)
-	port, hits := secretServer(t)
+	sec := secretServer(t)
+	port := sec.port
 	for _, h := range guardedSpellings {
 		checkLoopbackSpelling(t, h)
 		for _, form := range []struct{ name, req string }{
@@ -84,14 +116,15 @@ func TestSecurityGuardedSpellings(t *testing.T) {
 			})
 		}
 	}
-	if n := hits.Load(); n != 0 {
+	if n := sec.reached(t); n != 0 {
 		t.Fatalf("the guarded server was reached %d times", n)
 	}
 }
 
 func TestSecurityRequestTricks(t *testing.T) {
 	f := newFixture(t, testPolicy)
-	port, hits := secretServer(t)
+	sec := secretServer(t)
+	port := sec.port
 	p := f.plainPort()
 	secret := "127.0.0.2:" + port
 	tests := []struct {
@@ -141,7 +174,7 @@ func TestSecurityRequestTricks(t *testing.T) {
 			}
 		})
 	}
-	if n := hits.Load(); n != 0 {
+	if n := sec.reached(t); n != 0 {
 		t.Fatalf("the guarded server was reached %d times", n)
 	}
 }
@@ -151,7 +184,8 @@ func TestSecurityRequestTricks(t *testing.T) {
 // guarded address without deciding on it.
 func TestSecuritySmugglingAndPipelining(t *testing.T) {
 	f := newFixture(t, testPolicy)
-	port, hits := secretServer(t)
+	sec := secretServer(t)
+	port := sec.port
 	p := f.plainPort()
 	secret := "127.0.0.2:" + port
 	inner := "GET http://" + secret + "/ HTTP/1.1\r\nHost: " + secret + "\r\n\r\n"
@@ -171,6 +205,7 @@ func TestSecuritySmugglingAndPipelining(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c, br := f.dial()
+			defer c.Close() // so that Shutdown, below, need not wait for its tunnel
 			c.SetDeadline(time.Now().Add(3 * time.Second))
 			io.WriteString(c, tt.raw)
 			var statuses []int
@@ -190,8 +225,12 @@ func TestSecuritySmugglingAndPipelining(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(100 * time.Millisecond)
-	if n := hits.Load(); n != 0 {
+	// Shutdown waits for every request in flight, a smuggled one
+	// included; then nothing more can reach the secret server.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	f.proxy.Shutdown(ctx)
+	if n := sec.reached(t); n != 0 {
 		t.Fatalf("the guarded server was reached %d times", n)
 	}
 }
@@ -200,7 +239,8 @@ func TestSecuritySmugglingAndPipelining(t *testing.T) {
 // guarded address gets its 3xx passed to the client untouched.
 func TestSecurityRedirectIsNotFollowed(t *testing.T) {
 	f := newFixture(t, testPolicy)
-	port, hits := secretServer(t)
+	sec := secretServer(t)
+	port := sec.port
 	redirector := newLoopbackServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "http://127.0.0.2:"+port+"/", http.StatusFound)
 	}))
@@ -208,7 +248,7 @@ func TestSecurityRedirectIsNotFollowed(t *testing.T) {
 	if resp.StatusCode != http.StatusFound || !strings.Contains(resp.Header.Get("Location"), "127.0.0.2") {
 		t.Fatalf("status %d location %q body %q; want the 302 passed through", resp.StatusCode, resp.Header.Get("Location"), body)
 	}
-	if n := hits.Load(); n != 0 {
+	if n := sec.reached(t); n != 0 {
 		t.Fatalf("the proxy followed the redirect: the guarded server was reached %d times", n)
 	}
 }
@@ -217,7 +257,8 @@ func TestSecurityRedirectIsNotFollowed(t *testing.T) {
 // egress's own environment change nothing: the guarded server stays
 // guarded (a proxy from the environment would skip the checking dialer).
 func TestSecurityEnvironmentProxyIgnored(t *testing.T) {
-	port, hits := secretServer(t)
+	sec := secretServer(t)
+	port := sec.port
 	t.Setenv("HTTP_PROXY", "http://127.0.0.2:"+port)
 	t.Setenv("HTTPS_PROXY", "http://127.0.0.2:"+port)
 	t.Setenv("ALL_PROXY", "socks5://127.0.0.2:"+port)
@@ -241,7 +282,7 @@ func TestSecurityEnvironmentProxyIgnored(t *testing.T) {
 	if strings.Contains(body, "SECRET") {
 		t.Errorf("tunnel reached the environment's proxy: %d %q", resp.StatusCode, body)
 	}
-	if n := hits.Load(); n != 0 {
+	if n := sec.reached(t); n != 0 {
 		t.Fatalf("the environment's proxy was used %d times", n)
 	}
 }

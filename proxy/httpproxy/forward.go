@@ -86,6 +86,10 @@ func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
 	}
 	fw.dec = dec
 	fw.pol, fw.clientPolicy = pol, dec.Policy
+	if isUpgrade(r) {
+		p.serveUpgrade(w, r, fw, entry, pol) // a WebSocket handshake: becomes a tunnel
+		return
+	}
 
 	cw := &countingWriter{ResponseWriter: w, fw: fw}
 	var up *countingReader
@@ -287,9 +291,10 @@ func (c *countingWriter) Flush() {
 
 func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
-// Hijack lets goproxy take over a connection for a WebSocket upgrade.
+// Hijack refuses: goproxy hijacks for a WebSocket upgrade, and upgrades
+// never reach it (serveUpgrade makes them tunnels).
 func (c *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return http.NewResponseController(c.ResponseWriter).Hijack()
+	return nil, nil, errors.New("httpproxy: upgrades are served by serveUpgrade")
 }
 
 // countingReader counts the request body bytes sent upstream; the

@@ -5,8 +5,9 @@
 //
 // Plain HTTP is forwarded by github.com/elazarl/goproxy with our own
 // Transport (no proxies from the environment, TLS verification on, dials
-// through proxy/dialer). CONNECT is handled here, in front of goproxy: see
-// connect.go for why. It does not intercept TLS (no MITM) and does not
+// through proxy/dialer). CONNECT and upgrades (WebSocket) are handled here,
+// in front of goproxy (connect.go and upgrade.go say why), and become
+// proxy/tunnel tunnels once dialled. It does not intercept TLS (no MITM) and does not
 // authenticate proxy users; a Basic Proxy-Authorization user name only
 // selects a per-client policy.
 package httpproxy
@@ -34,12 +35,13 @@ import (
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/tunnel"
 )
 
 // Defaults used when the policy leaves a setting at zero.
 const (
 	DefaultHeaderTimeout  = 10 * time.Second
-	DefaultMaxTunnels     = 10000
+	DefaultMaxTunnels     = tunnel.DefaultMaxTunnels
 	DefaultMaxHeaderBytes = 64 << 10
 	idleClientTimeout     = 2 * time.Minute // between requests on a kept-alive client connection
 )
@@ -62,13 +64,17 @@ type Proxy struct {
 	// TLSClientConfig verifies origins of absolute-form https:// requests.
 	// Nil means the system roots. Verification is never skipped.
 	TLSClientConfig *tls.Config
+	// Tunnels is the set CONNECT tunnels and upgraded connections join:
+	// share one with the other data paths of the process, so that
+	// limits.max_tunnels holds for all of them and a reload can revoke
+	// them all. Nil means a set of this Proxy's own.
+	Tunnels *tunnel.Set
 
 	initOnce sync.Once
 	gp       *goproxy.ProxyHttpServer
 	dial     *dialer.Dialer
 	self     dialer.Self
-	tunnels  tunnelSet
-	poll     poller
+	tunnels  *tunnel.Group
 
 	mu       sync.Mutex
 	srvs     []*http.Server
@@ -79,6 +85,7 @@ type Proxy struct {
 
 func (p *Proxy) init() {
 	p.initOnce.Do(func() {
+		p.tunnels = &tunnel.Group{Set: p.Tunnels, Events: p.Events, Logger: p.Logger}
 		p.dial = p.Dialer
 		if p.dial == nil {
 			p.dial = &dialer.Dialer{Policy: p.Policy, IsSelf: p.self.Contains}
@@ -107,6 +114,8 @@ func (p *Proxy) init() {
 
 // Serve accepts connections on l until Shutdown. It applies the current
 // policy's header timeout and header size limit to the listener's server.
+// It closes l when it returns; after Shutdown it returns
+// http.ErrServerClosed at once.
 func (p *Proxy) Serve(l net.Listener) error {
 	p.init()
 	pol := p.Policy()
@@ -126,6 +135,9 @@ func (p *Proxy) Serve(l net.Listener) error {
 	p.mu.Lock()
 	if p.shutdown {
 		p.mu.Unlock()
+		// Close l as http.Server.Serve would: clients are refused
+		// rather than left in the backlog of a socket nobody accepts on.
+		l.Close()
 		return http.ErrServerClosed
 	}
 	p.srvs = append(p.srvs, srv)
@@ -149,7 +161,14 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 			err = e
 		}
 	}
-	if e := p.tunnels.drain(ctx); e != nil && err == nil {
+	if err != nil {
+		// Past the deadline: close the connections still in a request,
+		// which cancels the dial of a CONNECT being set up.
+		for _, s := range srvs {
+			s.Close()
+		}
+	}
+	if e := p.tunnels.Drain(ctx); e != nil && err == nil {
 		err = e
 	}
 	for _, s := range srvs {
@@ -163,8 +182,12 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// OpenTunnels is the number of CONNECT tunnels currently open.
-func (p *Proxy) OpenTunnels() int { return int(p.tunnels.n.Load()) }
+// OpenTunnels is the number of this Proxy's tunnels (CONNECT and
+// upgraded connections) open or being set up.
+func (p *Proxy) OpenTunnels() int {
+	p.init()
+	return p.tunnels.Open()
+}
 
 // ServeHTTP answers one proxy request: CONNECT here, absolute-form
 // requests through goproxy, anything else with a 400 info page.

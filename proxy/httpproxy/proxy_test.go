@@ -36,7 +36,7 @@ func TestForward(t *testing.T) {
 		{"a subdomain denied by a wildcard gets a 403", "GET http://a.b.denied.test/ HTTP/1.1\r\nHost: a.b.denied.test\r\n\r\n", 403, "denied_by_rule", "rule: test.yaml:8"},
 		{"a name resolving to a guarded address gets a 403", "GET http://rebind.test:" + p + "/ HTTP/1.1\r\nHost: rebind.test\r\n\r\n", 403, "guard_loopback", "127.0.0.2"},
 		{"a name resolving to the metadata service gets a 403", "GET http://metadata.test/latest/meta-data/ HTTP/1.1\r\nHost: metadata.test\r\n\r\n", 403, "guard_metadata", "169.254.169.254"},
-		{"a guarded IP literal gets a 403", "GET http://127.0.0.2:" + p + "/ HTTP/1.1\r\nHost: x\r\n\r\n", 403, "guard_loopback", "no rule matched"},
+		{"a guarded IP literal gets a 403", "GET http://127.0.0.2:" + p + "/ HTTP/1.1\r\nHost: x\r\n\r\n", 403, "guard_loopback", "rule: none names this guarded address"},
 		{"a mixed answer is fetched from its allowed address", "GET http://mixed.test:" + p + "/m HTTP/1.1\r\nHost: mixed.test\r\n\r\n", 200, "", "path=/m"},
 		{"the proxy itself is a loop", "GET http://" + f.addr + "/ HTTP/1.1\r\nHost: " + f.addr + "\r\n\r\n", 403, "loop", "egress itself"},
 		{"an absolute https URI naming the origin is fetched over verified TLS", "GET https://origin.test:" + tp + "/tls2 HTTP/1.1\r\nHost: x\r\n\r\n", 200, "", "path=/tls2"},

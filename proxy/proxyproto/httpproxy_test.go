@@ -36,7 +36,13 @@ allow:
 // entries its sink recorded.
 func startProxy(t *testing.T, pp bool) (string, func() []eventlog.Entry) {
 	t.Helper()
-	pol, err := policy.Load("test.yaml", []byte(clientPolicy))
+	return startProxyWith(t, pp, clientPolicy)
+}
+
+// startProxyWith is startProxy enforcing the policy text yaml.
+func startProxyWith(t *testing.T, pp bool, yaml string) (string, func() []eventlog.Entry) {
+	t.Helper()
+	pol, err := policy.Load("test.yaml", []byte(yaml))
 	if err != nil {
 		t.Fatalf("policy.Load: %v", err)
 	}

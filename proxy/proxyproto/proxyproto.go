@@ -15,6 +15,10 @@
 // address, so use Trusted (or a firewall) to accept headers only from the
 // load balancer. It does not write PROXY headers and ignores v2 TLVs.
 //
+// Conn keeps the socket reachable (TCPConn, Buffered, CloseWrite), so
+// that tunnels through it keep splice, the poller, half-close and the
+// idle timeout (proxy/tunnel unwraps it).
+//
 // Specification: https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt
 package proxyproto
 
@@ -188,6 +192,33 @@ type Conn struct {
 
 // Header is the header the connection started with.
 func (c *Conn) Header() Header { return c.header }
+
+// TCPConn is the TCP socket under c, nil if the listener's connections
+// are not TCP. Like pires/go-proxyproto's Conn.TCPConn, it keeps what the
+// wrapper would hide reachable: splice, TCP_INFO (the tunnel idle
+// timeout), half-close and the tunnel poller all need the socket. Read
+// the Buffered bytes through c first: they were read past the header.
+func (c *Conn) TCPConn() *net.TCPConn {
+	tc, _ := c.Conn.(*net.TCPConn)
+	return tc
+}
+
+// Buffered is how many bytes past the header c has read from the socket
+// and not yet returned from Read.
+func (c *Conn) Buffered() int {
+	if c.r == nil {
+		return 0
+	}
+	return c.r.Buffered()
+}
+
+// CloseWrite half-closes the TCP socket under c.
+func (c *Conn) CloseWrite() error {
+	if tc := c.TCPConn(); tc != nil {
+		return tc.CloseWrite()
+	}
+	return errors.New("proxyproto: CloseWrite: not a TCP connection")
+}
 
 func (c *Conn) Read(p []byte) (int, error) {
 	if c.r != nil {

@@ -3,7 +3,8 @@
 // DNAT), recovers each one's original destination (SO_ORIGINAL_DST), reads
 // the first bytes for a name (a TLS ClientHello's SNI, an HTTP Host
 // header), decides, dials the original address through the checking
-// dialer and copies bytes both ways with splice(2).
+// dialer and hands both connections to proxy/tunnel, which copies bytes
+// both ways with splice(2).
 //
 // A name is trusted only when the original address belongs to it: egress's
 // DNS returned that address for it to this client, or resolving it now
@@ -20,13 +21,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"runtime/debug"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -36,7 +35,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/names"
-	"github.com/egress-proxy/egress/proxy/tcpinfo"
+	"github.com/egress-proxy/egress/proxy/tunnel"
 )
 
 // Reasons of decisions only the transparent path makes.
@@ -53,7 +52,7 @@ const (
 // Defaults used when neither the Server nor the policy sets a value.
 const (
 	DefaultPeekTimeout = 300 * time.Millisecond
-	DefaultMaxTunnels  = 10000
+	DefaultMaxTunnels  = tunnel.DefaultMaxTunnels
 	DefaultDrain       = 30 * time.Second
 )
 
@@ -85,16 +84,19 @@ type Server struct {
 	Events *eventlog.Sink
 	// Logger receives what is not a canonical line: panics, accept errors.
 	Logger zerolog.Logger
+	// Tunnels is the set the connections join, from accept on (a
+	// connection being decided holds a slot of limits.max_tunnels): share
+	// one with the other data paths of the process. Nil means a set of
+	// this Server's own.
+	Tunnels *tunnel.Set
 
 	initOnce sync.Once
 	dial     *dialer.Dialer
+	tunnels  *tunnel.Group
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
 	shutdown  bool
-	open      atomic.Int64 // tunnels and connections being decided
-	idleOnce  sync.Once
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -107,17 +109,21 @@ func (s *Server) init() {
 			s.dial = &dialer.Dialer{Policy: s.Policy, Resolver: s.Resolver}
 		}
 		s.listeners = map[net.Listener]struct{}{}
-		s.conns = map[*conn]struct{}{}
+		s.tunnels = &tunnel.Group{Set: s.Tunnels, Events: s.Events, Logger: s.Logger}
 	})
 }
 
 // Serve accepts redirected connections on l until Shutdown; l's
 // connections must be *net.TCPConn (or OriginalDst must handle them).
+// After Shutdown it closes l and returns ErrServerClosed at once.
 func (s *Server) Serve(l net.Listener) error {
 	s.init()
 	s.mu.Lock()
 	if s.shutdown {
 		s.mu.Unlock()
+		// Clients are refused rather than left in the backlog of a
+		// socket nobody accepts on.
+		l.Close()
 		return ErrServerClosed
 	}
 	s.listeners[l] = struct{}{}
@@ -158,7 +164,8 @@ func (s *Server) Serve(l net.Listener) error {
 }
 
 // Shutdown stops accepting and waits for open connections to finish until
-// ctx is done; then it closes the rest and returns ctx's error.
+// ctx is done; then it closes the rest, and any still being set up, and
+// returns ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.init()
 	s.mu.Lock()
@@ -167,43 +174,22 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		l.Close()
 	}
 	s.mu.Unlock()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for s.open.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			s.mu.Lock()
-			for c := range s.conns {
-				c.closeWith(fmt.Errorf("closed on shutdown: %w", ctx.Err()))
-			}
-			s.mu.Unlock()
-			deadline := time.Now().Add(time.Second)
-			for s.open.Load() > 0 && time.Now().Before(deadline) {
-				time.Sleep(5 * time.Millisecond)
-			}
-			return ctx.Err()
-		case <-tick.C:
-		}
-	}
-	return nil
+	return s.tunnels.Drain(ctx)
 }
 
 // Open is the number of connections being decided or tunnelled.
-func (s *Server) Open() int { return int(s.open.Load()) }
+func (s *Server) Open() int {
+	s.init()
+	return s.tunnels.Open()
+}
 
-// conn is one redirected connection, from accept to its log line.
+// conn is one redirected connection, from accept until it is a tunnel or
+// refused.
 type conn struct {
-	s        *Server
-	client   *net.TCPConn
-	upstream net.Conn
-	entry    eventlog.Entry
-	start    time.Time
-	idle     time.Duration
-
-	up, down  int64 // written by their pipe before left drops
-	left      atomic.Int32
-	closeOnce sync.Once
-	closeErr  error
+	s      *Server
+	client *net.TCPConn
+	entry  eventlog.Entry
+	start  time.Time
 }
 
 // handle is the whole story of one connection: original destination,
@@ -214,29 +200,28 @@ func (s *Server) handle(cc *net.TCPConn) {
 	if ap, err := netip.ParseAddrPort(cc.RemoteAddr().String()); err == nil {
 		c.entry.Client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
-	s.open.Add(1)
-	tunnelling := false
+	var up net.Conn
 	defer func() {
 		if v := recover(); v != nil {
 			s.Logger.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).
 				Str(eventlog.FieldID, c.entry.ID).Msg("panic in transparent connection; connection closed")
 			c.reset()
-			if c.upstream != nil {
-				c.upstream.Close()
+			if up != nil {
+				up.Close()
 			}
-		}
-		if !tunnelling {
-			s.open.Add(-1)
 		}
 	}()
 
 	pol := s.Policy()
-	if n := maxTunnels(pol); int(s.open.Load()) > n {
-		s.Logger.Warn().Str(eventlog.FieldClient, c.entry.Client.String()).Int("max_tunnels", n).
-			Msg("transparent: too many open connections (limits.max_tunnels); connection reset")
+	n := tunnel.MaxTunnels(pol)
+	t, err := s.tunnels.Acquire(n)
+	if err != nil {
+		s.Logger.Warn().Str(eventlog.FieldClient, c.entry.Client.String()).Int("max_tunnels", n).Err(err).
+			Msg("transparent: connection reset")
 		c.reset()
 		return
 	}
+	defer t.Release() // unless Start took the slot over
 	origDst := s.OriginalDst
 	if origDst == nil {
 		origDst = OriginalDst
@@ -278,7 +263,8 @@ func (s *Server) handle(cc *net.TCPConn) {
 		c.deny(dec)
 		return
 	}
-	up, ddec, err := s.dial.Dial(context.Background(), "tcp", req)
+	// The dial gives up when the drain deadline passes.
+	up, ddec, err := s.dial.Dial(s.tunnels.Context(), "tcp", req)
 	if err != nil {
 		var de *dialer.DeniedError
 		if errors.As(err, &de) {
@@ -292,7 +278,6 @@ func (s *Server) handle(cc *net.TCPConn) {
 		// An audit pass of the name check stays the recorded decision.
 		dec = ddec
 	}
-	c.upstream = up
 	c.entry.Decision = dec
 	if len(head) > 0 {
 		if _, err := up.Write(head); err != nil {
@@ -301,17 +286,10 @@ func (s *Server) handle(cc *net.TCPConn) {
 			return
 		}
 	}
-	tunnelling = true
-	c.idle = pol.Timeouts.TunnelIdle
-	c.left.Store(2)
-	s.mu.Lock()
-	s.conns[c] = struct{}{}
-	s.mu.Unlock()
-	if c.idle > 0 {
-		s.watchIdle()
-	}
-	go c.pipe(up, cc, &c.up)
-	c.pipe(cc, up, &c.down)
+	t.Entry, t.Began, t.Idle, t.Up = c.entry, c.start, pol.Timeouts.TunnelIdle, int64(len(head))
+	t.Request = req
+	t.Request.IP = ddec.IP
+	t.Start(cc, up)
 }
 
 // decide picks the request to dial, or the denial.
@@ -442,94 +420,4 @@ func (c *conn) fail(d policy.Decision, err error) {
 func (c *conn) reset() {
 	c.client.SetLinger(0)
 	c.client.Close()
-}
-
-// pipe copies src to dst until EOF or an error. io.Copy between two
-// *net.TCPConn uses splice(2): the bytes never enter user space. On EOF it
-// half-closes dst so that the other direction can finish (a client that
-// shuts down its sending side still reads its answer); on an error it
-// closes both.
-func (c *conn) pipe(dst, src net.Conn, n *int64) {
-	defer func() {
-		if v := recover(); v != nil {
-			c.s.Logger.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).
-				Str(eventlog.FieldID, c.entry.ID).Msg("panic in transparent tunnel; tunnel closed")
-			c.closeWith(nil)
-		}
-		if c.left.Add(-1) == 0 {
-			c.finish()
-		}
-	}()
-	m, err := io.Copy(dst, src)
-	*n += m
-	if err != nil {
-		c.closeWith(nil)
-		return
-	}
-	if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-		return
-	}
-	c.closeWith(nil)
-}
-
-func (c *conn) closeWith(err error) {
-	c.closeOnce.Do(func() {
-		c.closeErr = err
-		c.client.Close()
-		c.upstream.Close()
-	})
-}
-
-// finish runs once both directions are done: the connection's log line.
-func (c *conn) finish() {
-	c.closeWith(nil)
-	if c.closeErr != nil && c.entry.Err == nil {
-		c.entry.Err = c.closeErr
-	}
-	c.s.mu.Lock()
-	delete(c.s.conns, c)
-	c.s.mu.Unlock()
-	c.entry.BytesUp, c.entry.BytesDown = c.up, c.down
-	c.entry.Duration = time.Since(c.start)
-	c.s.Events.Record(c.entry)
-	c.s.open.Add(-1)
-}
-
-// watchIdle starts, once, the goroutine closing tunnels idle longer than
-// timeouts.tunnel_idle. Idleness comes from TCP_INFO, so the copy stays in
-// splice untouched.
-func (s *Server) watchIdle() {
-	s.idleOnce.Do(func() {
-		go func() {
-			tick := time.NewTicker(250 * time.Millisecond)
-			defer tick.Stop()
-			for range tick.C {
-				s.mu.Lock()
-				cs := make([]*conn, 0, len(s.conns))
-				for c := range s.conns {
-					cs = append(cs, c)
-				}
-				down := s.shutdown && len(cs) == 0
-				s.mu.Unlock()
-				if down {
-					return
-				}
-				for _, c := range cs {
-					if c.idle <= 0 {
-						continue
-					}
-					if d, ok := tcpinfo.Idle(c.client, c.upstream); ok && d >= c.idle {
-						c.closeWith(fmt.Errorf("idle for %s (timeouts.tunnel_idle)", c.idle.Round(time.Millisecond)))
-					}
-				}
-			}
-		}()
-	})
-}
-
-func maxTunnels(p *policy.Policy) int {
-	if p.Limits.MaxTunnels > 0 {
-		return p.Limits.MaxTunnels
-	}
-	return DefaultMaxTunnels
 }

@@ -1,4 +1,6 @@
-package httpproxy
+//go:build linux
+
+package tunnel
 
 import (
 	"errors"

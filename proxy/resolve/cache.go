@@ -1,4 +1,4 @@
-package dnsproxy
+package resolve
 
 import (
 	"container/list"
@@ -69,7 +69,7 @@ func (c *cache) trim() {
 
 // get returns the answer for k and its age in seconds, or nil. The answer
 // is shared and must not be modified: the caller lowers the TTLs of the
-// records it copies (see aged).
+// records it copies (see Aged).
 func (c *cache) get(k cacheKey, now time.Time) (*dns.Msg, uint32) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -87,9 +87,9 @@ func (c *cache) get(k cacheKey, now time.Time) (*dns.Msg, uint32) {
 	return ce.msg, uint32(now.Sub(ce.stored) / time.Second)
 }
 
-// aged returns rr with its TTL lowered by age seconds: rr itself when age
+// Aged returns rr with its TTL lowered by age seconds: rr itself when age
 // is 0, else a copy (rr may be shared with the cache).
-func aged(rr dns.RR, age uint32) dns.RR {
+func Aged(rr dns.RR, age uint32) dns.RR {
 	if age == 0 {
 		return rr
 	}
@@ -144,6 +144,14 @@ func (c *cache) put(k cacheKey, m *dns.Msg, now time.Time, minTTL, maxTTL time.D
 	c.m[k] = c.lru.PushFront(ce)
 	c.trim()
 	return true
+}
+
+// clear drops every entry.
+func (c *cache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m = nil
+	c.lru.Init()
 }
 
 func (c *cache) len() int {

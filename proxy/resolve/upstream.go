@@ -1,4 +1,4 @@
-package dnsproxy
+package resolve
 
 import (
 	"bufio"
@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -66,24 +67,24 @@ func ParseResolvConf(r io.Reader) ([]string, error) {
 // upstreams returns the upstreams to try for one query, in order: the
 // policy's list (or resolv.conf's), starting from the one that answered
 // last, without egress's own listeners.
-func (s *Server) upstreams(configured []string) ([]string, error) {
+func (r *Resolver) upstreams(configured []string) ([]string, error) {
 	list := configured
 	if len(list) == 0 {
-		s.resolvOnce.Do(func() {
-			path := s.ResolvConf
+		r.resolvOnce.Do(func() {
+			path := r.ResolvConf
 			if path == "" {
 				path = DefaultResolvConf
 			}
-			s.resolv, s.resolvErr = ReadResolvConf(path)
+			r.resolv, r.resolvErr = ReadResolvConf(path)
 		})
-		if s.resolvErr != nil {
-			return nil, fmt.Errorf("%w: %w", ErrNoUpstream, s.resolvErr)
+		if r.resolvErr != nil {
+			return nil, fmt.Errorf("%w: %w", ErrNoUpstream, r.resolvErr)
 		}
-		list = s.resolv
+		list = r.resolv
 	}
 	out := make([]string, 0, len(list))
 	start := 0
-	if pref := s.preferred.Load(); pref != nil {
+	if pref := r.preferred.Load(); pref != nil {
 		for i, u := range list {
 			if withPort(u) == *pref {
 				start = i
@@ -93,7 +94,7 @@ func (s *Server) upstreams(configured []string) ([]string, error) {
 	}
 	for i := range list {
 		u := withPort(list[(start+i)%len(list)])
-		if ap, err := netip.ParseAddrPort(u); err == nil && s.isSelf(ap) {
+		if ap, err := netip.ParseAddrPort(u); err == nil && r.isSelf(ap) {
 			continue
 		}
 		out = append(out, u)
@@ -119,27 +120,89 @@ func withPort(u string) string {
 }
 
 // UpstreamError is returned when no upstream gave a usable answer before
-// the query's deadline.
+// the query's deadline. Its text names every upstream and what it did:
+// "no upstream answered within 2s: 127.0.0.1:1 refused, 127.0.0.1:2 timed
+// out".
 type UpstreamError struct {
-	Tried   []string // upstreams asked, in order
-	Timeout time.Duration
-	Err     error // the last failure
+	Timeout  time.Duration // the query's bound, dns.timeout
+	Attempts []Attempt     // in the order tried, then those left untried
+}
+
+// Attempt is what one upstream did with a query.
+type Attempt struct {
+	Upstream string // host:port
+	Err      error  // nil: not tried, the time was up
 }
 
 func (e *UpstreamError) Error() string {
-	return fmt.Sprintf("no upstream answered within %s (tried %s): %v", e.Timeout, strings.Join(e.Tried, ", "), e.Err)
+	var b strings.Builder
+	fmt.Fprintf(&b, "no upstream answered within %s: ", e.Timeout)
+	for i, a := range e.Attempts {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(a.Upstream)
+		b.WriteByte(' ')
+		b.WriteString(a.what())
+	}
+	return b.String()
 }
 
-func (e *UpstreamError) Unwrap() error { return e.Err }
+// Unwrap returns the failures, so that errors.Is finds a refused
+// connection or a deadline among them.
+func (e *UpstreamError) Unwrap() []error {
+	var errs []error
+	for _, a := range e.Attempts {
+		if a.Err != nil {
+			errs = append(errs, a.Err)
+		}
+	}
+	return errs
+}
 
-// rcodeError is the failure of an upstream that answered SERVFAIL,
+// timedOut reports whether every upstream tried timed out (or none could
+// be tried): the query's time ran out, nothing refused it.
+func (e *UpstreamError) timedOut() bool {
+	for _, a := range e.Attempts {
+		if a.Err != nil && !isTimeout(a.Err) {
+			return false
+		}
+	}
+	return true
+}
+
+// what says in a word or three what an upstream did.
+func (a Attempt) what() string {
+	var re *RcodeError
+	switch {
+	case a.Err == nil:
+		return "not tried (out of time)"
+	case errors.As(a.Err, &re):
+		return "answered " + dns.RcodeToString[re.Rcode]
+	case errors.Is(a.Err, syscall.ECONNREFUSED):
+		return "refused"
+	case isTimeout(a.Err):
+		return "timed out"
+	case errors.Is(a.Err, errMismatch):
+		return "answered another question"
+	}
+	return a.Err.Error()
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		errors.As(err, &ne) && ne.Timeout()
+}
+
+// RcodeError is the failure of an upstream that answered SERVFAIL,
 // REFUSED or another error the next upstream may not repeat.
-type rcodeError struct {
+type RcodeError struct {
 	Upstream string
 	Rcode    int
 }
 
-func (e *rcodeError) Error() string {
+func (e *RcodeError) Error() string {
 	return fmt.Sprintf("%s answered %s", e.Upstream, dns.RcodeToString[e.Rcode])
 }
 
@@ -148,15 +211,17 @@ func (e *rcodeError) Error() string {
 // deadline, so one silent upstream cannot use up the time of the others;
 // a refused connection or an error rcode moves on at once. A truncated
 // UDP answer is asked again over TCP from the same upstream.
-func (s *Server) forward(ctx context.Context, q dns.Question, do, cd bool, ups []string, timeout time.Duration) (*dns.Msg, error) {
+func (r *Resolver) forward(ctx context.Context, q dns.Question, do, cd bool, ups []string, timeout time.Duration) (*dns.Msg, error) {
 	m := &dns.Msg{
 		MsgHdr:   dns.MsgHdr{Id: dns.Id(), Opcode: dns.OpcodeQuery, RecursionDesired: true, CheckingDisabled: cd},
 		Question: []dns.Question{q},
 	}
-	m.SetEdns0(udpBufSize, do)
+	m.SetEdns0(UDPBufSize, do)
 
-	var last error
-	tried := make([]string, 0, len(ups))
+	attempts := make([]Attempt, len(ups))
+	for i, u := range ups {
+		attempts[i].Upstream = u
+	}
 	for i, u := range ups {
 		deadline, _ := ctx.Deadline()
 		share := time.Until(deadline) / time.Duration(len(ups)-i)
@@ -164,26 +229,22 @@ func (s *Server) forward(ctx context.Context, q dns.Question, do, cd bool, ups [
 			break
 		}
 		actx, cancel := context.WithTimeout(ctx, share)
-		tried = append(tried, u)
-		r, err := s.exchange(actx, m, u)
+		a, err := r.exchange(actx, m, u)
 		cancel()
-		if err == nil && r.Rcode != dns.RcodeSuccess && r.Rcode != dns.RcodeNameError {
-			err = &rcodeError{Upstream: u, Rcode: r.Rcode}
+		if err == nil && a.Rcode != dns.RcodeSuccess && a.Rcode != dns.RcodeNameError {
+			err = &RcodeError{Upstream: u, Rcode: a.Rcode}
 		}
 		if err != nil {
-			last = err
+			attempts[i].Err = err
 			continue
 		}
 		if i > 0 {
 			// Remember who answered: the next query starts there.
-			s.preferred.Store(&ups[i])
+			r.preferred.Store(&ups[i])
 		}
-		return r, nil
+		return a, nil
 	}
-	if last == nil {
-		last = context.DeadlineExceeded
-	}
-	return nil, &UpstreamError{Tried: tried, Timeout: timeout, Err: last}
+	return nil, &UpstreamError{Timeout: timeout, Attempts: attempts}
 }
 
 // Upstream UDP sockets are kept and reused, one query at a time each (as
@@ -233,7 +294,7 @@ func (p *connPool) get(ctx context.Context, upstream string) (*pooledConn, error
 	if err != nil {
 		return nil, err
 	}
-	return &pooledConn{Conn: &dns.Conn{Conn: nc, UDPSize: udpBufSize}}, nil
+	return &pooledConn{Conn: &dns.Conn{Conn: nc, UDPSize: UDPBufSize}}, nil
 }
 
 // put returns a socket after a successful exchange.
@@ -270,9 +331,9 @@ func (p *connPool) closeAll() {
 
 // exchange asks one upstream over UDP, then over TCP if the answer was
 // truncated, and checks that the answer is for the question asked.
-func (s *Server) exchange(ctx context.Context, m *dns.Msg, upstream string) (*dns.Msg, error) {
+func (r *Resolver) exchange(ctx context.Context, m *dns.Msg, upstream string) (*dns.Msg, error) {
 	m.Id = dns.Id()
-	c, err := s.conns.get(ctx, upstream)
+	c, err := r.conns.get(ctx, upstream)
 	if err != nil {
 		return nil, fmt.Errorf("ask %s: %w", upstream, err)
 	}
@@ -280,29 +341,29 @@ func (s *Server) exchange(ctx context.Context, m *dns.Msg, upstream string) (*dn
 	if d, ok := ctx.Deadline(); ok {
 		cl.Timeout = time.Until(d) // else miekg/dns's 2s default applies
 	}
-	r, _, err := cl.ExchangeWithConnContext(ctx, m, c.Conn)
+	a, _, err := cl.ExchangeWithConnContext(ctx, m, c.Conn)
 	if err == nil {
-		err = checkAnswer(m, r)
+		err = checkAnswer(m, a)
 	}
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("ask %s: %w", upstream, err)
 	}
-	s.conns.put(upstream, c)
-	if r.Truncated {
+	r.conns.put(upstream, c)
+	if a.Truncated {
 		tc := dns.Client{Net: "tcp"}
 		if d, ok := ctx.Deadline(); ok {
 			tc.Timeout = time.Until(d)
 		}
-		r, _, err = tc.ExchangeContext(ctx, m, upstream)
+		a, _, err = tc.ExchangeContext(ctx, m, upstream)
 		if err == nil {
-			err = checkAnswer(m, r)
+			err = checkAnswer(m, a)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("ask %s over tcp: %w", upstream, err)
 		}
 	}
-	return r, nil
+	return a, nil
 }
 
 // errMismatch is an upstream answer that does not match the query.
@@ -316,12 +377,13 @@ func checkAnswer(q, r *dns.Msg) error {
 	}
 	a, b := q.Question[0], r.Question[0]
 	if a.Qtype != b.Qtype || a.Qclass != b.Qclass || !strings.EqualFold(a.Name, b.Name) {
-		return fmt.Errorf("%w: asked %s %s, got %s %s", errMismatch, a.Name, typeString(a.Qtype), b.Name, typeString(b.Qtype))
+		return fmt.Errorf("%w: asked %s %s, got %s %s", errMismatch, a.Name, TypeString(a.Qtype), b.Name, TypeString(b.Qtype))
 	}
 	return nil
 }
 
-func typeString(t uint16) string {
+// TypeString is a query type's name, or TYPEnnn (RFC 3597).
+func TypeString(t uint16) string {
 	if s, ok := dns.TypeToString[t]; ok {
 		return s
 	}

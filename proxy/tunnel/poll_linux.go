@@ -1,19 +1,18 @@
-package httpproxy
+//go:build linux
+
+package tunnel
 
 import (
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/egress-proxy/egress/proxy/eventlog"
 )
 
 // An idle tunnel costs no goroutine. Each direction of a tunnel is either
@@ -37,7 +36,7 @@ const (
 
 // direction copies one way of a tunnel: src to dst.
 type direction struct {
-	t          *tunnel
+	t          *Tunnel
 	dst, src   *net.TCPConn
 	rc         syscall.RawConn
 	n          *int64 // bytes copied, written only while running
@@ -45,6 +44,10 @@ type direction struct {
 	token      uint32
 	registered bool // only touched while running
 }
+
+// thePoller is the process's one poller, started by the first tunnel
+// that can use it.
+var thePoller poller
 
 type poller struct {
 	once sync.Once
@@ -109,13 +112,14 @@ func (p *poller) remove(d *direction) {
 	p.mu.Unlock()
 }
 
-// startPolled starts both directions of t on the poller; false when the
+// preparePolled makes t's two directions for the poller; false when the
 // connections are not both TCP or there is no epoll (the caller then
-// copies on two goroutines).
-func (t *tunnel) startPolled(up, client net.Conn) bool {
+// copies on two goroutines). It runs before t joins the set: closing t
+// reads t.dirs, so they are written before anyone else can see t.
+func (t *Tunnel) preparePolled(client, upstream net.Conn) bool {
 	cu, ok1 := client.(*net.TCPConn)
-	uu, ok2 := up.(*net.TCPConn)
-	if !ok1 || !ok2 || t.p.poll.init() != nil {
+	uu, ok2 := upstream.(*net.TCPConn)
+	if !ok1 || !ok2 || thePoller.init() != nil {
 		return false
 	}
 	urc, err1 := cu.SyscallConn()
@@ -123,15 +127,21 @@ func (t *tunnel) startPolled(up, client net.Conn) bool {
 	if err1 != nil || err2 != nil {
 		return false
 	}
-	t.dirs[0] = &direction{t: t, dst: uu, src: cu, rc: urc, n: &t.up}
-	t.dirs[1] = &direction{t: t, dst: cu, src: uu, rc: drc, n: &t.down}
-	t.left.Store(2)
+	t.dirs[0] = &direction{t: t, dst: uu, src: cu, rc: urc, n: &t.Up}
+	t.dirs[1] = &direction{t: t, dst: cu, src: uu, rc: drc, n: &t.Down}
 	for _, d := range t.dirs {
-		t.p.poll.add(d)
+		thePoller.add(d)
 		d.state.Store(dirRunning)
-		go d.run() // copies what is already queued, then arms
 	}
 	return true
+}
+
+// startPolled starts both prepared directions: each copies what is
+// already queued, then arms its source on the poller.
+func (t *Tunnel) startPolled() {
+	for _, d := range t.dirs {
+		go d.run()
+	}
 }
 
 // run splices what src has queued until it would block, then arms src
@@ -139,9 +149,7 @@ func (t *tunnel) startPolled(up, client net.Conn) bool {
 func (d *direction) run() {
 	defer func() {
 		if v := recover(); v != nil {
-			d.t.p.Logger.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).
-				Str(eventlog.FieldID, d.t.entry.ID).Msg("panic in tunnel; tunnel closed")
-			d.t.closeBoth()
+			d.t.panicked(v)
 			d.end()
 		}
 	}()
@@ -231,7 +239,7 @@ func (d *direction) arm() {
 		// From the Store on, the poller may start a run: every write of
 		// this run happens before it.
 		d.state.Store(dirArmed)
-		eerr = unix.EpollCtl(d.t.p.poll.epfd, op, int(fd), &ev)
+		eerr = unix.EpollCtl(thePoller.epfd, op, int(fd), &ev)
 	})
 	if err == nil && eerr == nil {
 		return
@@ -261,7 +269,7 @@ func (d *direction) closed() {
 }
 
 func (d *direction) finish() {
-	d.t.p.poll.remove(d)
+	thePoller.remove(d)
 	if d.t.left.Add(-1) == 0 {
 		d.t.finish()
 	}

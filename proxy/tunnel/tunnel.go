@@ -1,0 +1,486 @@
+// Package tunnel carries egress's tunnels: CONNECT tunnels, transparent
+// TCP connections and upgraded HTTP connections (WebSocket) are all one
+// Tunnel once decided and dialled. It is the one home of what every such
+// path needs after the decision:
+//
+//   - a limit shared by every path of a process (limits.max_tunnels), with
+//     the slot taken before dialling, so connections being set up count;
+//   - the idle timeout (timeouts.tunnel_idle), read from the kernel's
+//     TCP_INFO (proxy/tcpinfo) so the copy stays in splice(2);
+//   - drain on shutdown: a Group waits for its tunnels, closes the rest at
+//     the deadline, and closes at once any tunnel set up after it;
+//   - revocation: a reloaded policy re-decides every open tunnel and
+//     closes those it refuses (ReasonRevoked);
+//   - byte counts, one close for both ends, and the canonical log line,
+//     written once when the tunnel ends;
+//   - a recovered panic closes its tunnel, is logged with a stack, and the
+//     process keeps serving.
+//
+// On Linux an idle tunnel costs no goroutine: both directions wait on one
+// epoll poller for the whole process (poll_linux.go) and splice when data
+// comes. Elsewhere, or when an end is not TCP (a TLS upstream), each
+// direction copies on its own goroutine. A net.Conn wrapper that exposes
+// its socket with a TCPConn() *net.TCPConn method (proxy/proxyproto.Conn)
+// is unwrapped, so the PROXY protocol keeps splice, the poller, half-close
+// and the idle timeout.
+//
+// It does not decide, dial or answer clients: the data paths do, then
+// hand both connections over with Start.
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/tcpinfo"
+)
+
+// ReasonRevoked is the reason of the line of a tunnel closed because a
+// reloaded policy refuses the destination it was opened to. The line
+// carries the new decision's rule and hint.
+const ReasonRevoked policy.Reason = "revoked"
+
+// DefaultMaxTunnels is the limit when the policy sets none.
+const DefaultMaxTunnels = 10000
+
+// Errors of Acquire.
+var (
+	// ErrTooMany: limits.max_tunnels tunnels are open or being set up.
+	ErrTooMany = errors.New("too many open tunnels (limits.max_tunnels)")
+	// ErrClosed: the group's drain deadline has passed.
+	ErrClosed = errors.New("tunnels closed on shutdown")
+)
+
+// MaxTunnels is p's limits.max_tunnels, or DefaultMaxTunnels.
+func MaxTunnels(p *policy.Policy) int {
+	if p != nil && p.Limits.MaxTunnels > 0 {
+		return p.Limits.MaxTunnels
+	}
+	return DefaultMaxTunnels
+}
+
+// idleTick is how often the idle watcher reads TCP_INFO.
+const idleTick = 250 * time.Millisecond
+
+// Set is every tunnel of one process: the limit counts them all, the idle
+// watcher and Revoke see them all. The zero value is ready; share one Set
+// between the Groups of every data path.
+type Set struct {
+	n atomic.Int64 // slots taken, open tunnels and tunnels being set up
+
+	mu       sync.Mutex
+	open     map[*Tunnel]struct{}
+	idleN    int  // open tunnels with an idle timeout
+	watching bool // the idle watcher runs
+}
+
+// Open is the number of slots taken in s: open tunnels and tunnels being
+// set up, of every group.
+func (s *Set) Open() int { return int(s.n.Load()) }
+
+func (s *Set) add(t *Tunnel) {
+	s.mu.Lock()
+	if s.open == nil {
+		s.open = map[*Tunnel]struct{}{}
+	}
+	s.open[t] = struct{}{}
+	if t.Idle > 0 {
+		s.idleN++
+	}
+	s.mu.Unlock()
+}
+
+func (s *Set) remove(t *Tunnel) {
+	s.mu.Lock()
+	if _, ok := s.open[t]; ok {
+		delete(s.open, t)
+		if t.Idle > 0 {
+			s.idleN--
+		}
+	}
+	s.mu.Unlock()
+}
+
+func (s *Set) snapshot() []*Tunnel {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ts := make([]*Tunnel, 0, len(s.open))
+	for t := range s.open {
+		ts = append(ts, t)
+	}
+	return ts
+}
+
+// Revoke decides every open tunnel again with pol, on the request it was
+// decided on (client, user, name, address, port), and closes each one pol
+// refuses; its line then says ReasonRevoked with pol's rule and hint. It
+// returns how many it closed. An audit pass (mode: audit) is not refused.
+func (s *Set) Revoke(pol *policy.Policy) int {
+	n := 0
+	for _, t := range s.snapshot() {
+		d := pol.Decide(t.Request)
+		if d.Allowed() {
+			continue
+		}
+		if t.close(fmt.Errorf("closed on policy reload: the new policy refuses it (%s)", d.Reason), &d) {
+			n++
+		}
+	}
+	return n
+}
+
+// watchIdle starts the idle watcher unless it runs. One goroutine for
+// every tunnel instead of a timer per tunnel keeps an idle tunnel cheap;
+// it ends when no open tunnel has an idle timeout.
+func (s *Set) watchIdle() {
+	s.mu.Lock()
+	if s.watching {
+		s.mu.Unlock()
+		return
+	}
+	s.watching = true
+	s.mu.Unlock()
+	go func() {
+		tick := time.NewTicker(idleTick)
+		defer tick.Stop()
+		for range tick.C {
+			s.mu.Lock()
+			if s.idleN == 0 {
+				s.watching = false
+				s.mu.Unlock()
+				return
+			}
+			s.mu.Unlock()
+			for _, t := range s.snapshot() {
+				if t.Idle <= 0 {
+					continue
+				}
+				if d, ok := tcpinfo.Idle(t.idleA, t.idleB); ok && d >= t.Idle {
+					t.close(fmt.Errorf("idle for %s (timeouts.tunnel_idle)", t.Idle.Round(time.Millisecond)), nil)
+				}
+			}
+		}
+	}()
+}
+
+// Group is the tunnels of one server (an HTTP proxy, a transparent
+// listener): what its Shutdown drains. The tunnels of every Group of a
+// Set share its limit. Set fields before the first Acquire.
+type Group struct {
+	// Set is shared with the other data paths of the process; nil means
+	// a Set of the group's own.
+	Set *Set
+	// Events records each tunnel's canonical line; nil records nothing.
+	Events *eventlog.Sink
+	// Logger receives panics.
+	Logger zerolog.Logger
+
+	initOnce sync.Once
+	set      *Set
+	n        atomic.Int64 // slots of this group
+	ctx      context.Context
+	cancel   context.CancelFunc
+
+	mu     sync.Mutex
+	closed error // set at the drain deadline: later tunnels close at once
+}
+
+func (g *Group) init() {
+	g.initOnce.Do(func() {
+		g.set = g.Set
+		if g.set == nil {
+			g.set = &Set{}
+		}
+		g.ctx, g.cancel = context.WithCancel(context.Background())
+	})
+}
+
+// Open is the number of the group's tunnels, open or being set up.
+func (g *Group) Open() int { return int(g.n.Load()) }
+
+// Context is done once the group's drain deadline has passed: set-up
+// work (dialling) that should stop then uses it.
+func (g *Group) Context() context.Context {
+	g.init()
+	return g.ctx
+}
+
+// Acquire takes a slot for a tunnel about to be set up, limit being the
+// current policy's limits.max_tunnels for the whole Set. The slot is the
+// returned Tunnel's: Start hands it over to the open tunnel; Release
+// gives it back if setup fails (a no-op after Start, so defer it).
+func (g *Group) Acquire(limit int) (*Tunnel, error) {
+	g.init()
+	g.mu.Lock()
+	closed := g.closed
+	g.mu.Unlock()
+	if closed != nil {
+		return nil, ErrClosed
+	}
+	if g.set.n.Add(1) > int64(limit) {
+		g.set.n.Add(-1)
+		return nil, ErrTooMany
+	}
+	g.n.Add(1)
+	return &Tunnel{g: g}, nil
+}
+
+func (g *Group) release() {
+	g.n.Add(-1)
+	g.set.n.Add(-1)
+}
+
+// Drain waits until the group's tunnels, those being set up included,
+// have ended, or ctx is done. Then it closes those still open (their
+// lines say "closed on shutdown") and every tunnel started later, waits a
+// moment for their lines, and returns ctx's error.
+func (g *Group) Drain(ctx context.Context) error {
+	g.init()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for g.n.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			err := fmt.Errorf("closed on shutdown: %w", ctx.Err())
+			g.mu.Lock()
+			g.closed = err
+			g.mu.Unlock()
+			g.cancel()
+			for _, t := range g.set.snapshot() {
+				if t.g == g {
+					t.close(err, nil)
+				}
+			}
+			deadline := time.Now().Add(time.Second)
+			for g.n.Load() > 0 && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// Tunnel is one tunnel, from Acquire to its log line. The exported fields
+// are the caller's to fill before Start and are not to be touched after.
+type Tunnel struct {
+	// Entry is the canonical line, with its ID, Proto, Client and the
+	// Decision that allowed the tunnel; the tunnel adds bytes, duration
+	// and the reason it was closed, and records it once when it ends (an
+	// audit denial, at Start).
+	Entry eventlog.Entry
+	// Began is when the connection or request arrived: the line's
+	// duration counts from it.
+	Began time.Time
+	// Request is what the tunnel was decided on, with the address
+	// dialled: Revoke decides it again.
+	Request policy.Request
+	// Idle is timeouts.tunnel_idle: the tunnel is closed after this long
+	// without data either way. Zero: never.
+	Idle time.Duration
+	// Up and Down count the bytes the caller relayed before Start (early
+	// data behind a CONNECT, the peeked head of a transparent connection).
+	Up, Down int64
+
+	g                *Group
+	started          bool
+	client, upstream net.Conn
+	idleA, idleB     net.Conn      // the sockets TCP_INFO is read from
+	dirs             [2]*direction // up, down when on the poller; written before the tunnel joins the set
+	left             atomic.Int32  // directions still running
+	logged           bool          // an audit denial, recorded at Start
+
+	closeOnce sync.Once
+	closeErr  error            // why it was closed, set inside closeOnce
+	revokedBy *policy.Decision // the refusing decision, when revoked
+}
+
+// Release gives the slot back when setup failed before Start; after
+// Start it does nothing.
+func (t *Tunnel) Release() {
+	if t.started {
+		return
+	}
+	t.started = true
+	t.g.release()
+}
+
+// Start copies between client and upstream until both directions end,
+// then closes both and records the line. It returns at once; from here on
+// the tunnel owns both connections and its slot.
+func (t *Tunnel) Start(client, upstream net.Conn) {
+	if t.started {
+		panic("tunnel: Start after Start or Release")
+	}
+	t.started = true
+	t.client, t.upstream = client, upstream
+	// A wrapper's read-ahead (the PROXY header's reader) goes first, so
+	// that the copy can then use the socket itself.
+	cs, us := t.unwrap(client, upstream, &t.Up), t.unwrap(upstream, client, &t.Down)
+	t.idleA, t.idleB = socketOf(client), socketOf(upstream)
+	if t.Entry.Decision.Denied() {
+		// mode: audit let a denial through: log it now, not when the
+		// tunnel closes, which for a database connection may be days.
+		t.g.Events.Record(t.Entry)
+		t.logged = true
+	}
+	polled := t.preparePolled(cs, us)
+	t.left.Store(2)
+	// Everything the idle watcher, Revoke and Drain read is written
+	// above: joining the set (under its lock) publishes it.
+	t.g.set.add(t)
+	t.g.mu.Lock()
+	closed := t.g.closed
+	t.g.mu.Unlock()
+	if closed != nil {
+		t.close(closed, nil) // set up after the drain deadline
+	}
+	if t.Idle > 0 {
+		t.g.set.watchIdle()
+	}
+	if polled {
+		t.startPolled()
+		return
+	}
+	go t.pipe(us, cs, &t.Up)
+	go t.pipe(cs, us, &t.Down)
+}
+
+// tcpConner is a net.Conn wrapper that exposes its TCP socket.
+type tcpConner interface{ TCPConn() *net.TCPConn }
+
+// unwrap returns the connection to copy from and to for c: c itself, or
+// the socket of a wrapper (whose read-ahead it first copies to other).
+func (t *Tunnel) unwrap(c, other net.Conn, n *int64) net.Conn {
+	w, ok := c.(tcpConner)
+	if !ok {
+		return c
+	}
+	tc := w.TCPConn()
+	if tc == nil {
+		return c
+	}
+	if b, ok := c.(interface{ Buffered() int }); ok && b.Buffered() > 0 {
+		buf := make([]byte, b.Buffered())
+		m, err := io.ReadFull(c, buf)
+		k, werr := other.Write(buf[:m])
+		*n += int64(k)
+		if err != nil || werr != nil {
+			return c // the copy will see the same error
+		}
+	}
+	return tc
+}
+
+// socketOf is the TCP socket under c for TCP_INFO, or c.
+func socketOf(c net.Conn) net.Conn {
+	if w, ok := c.(tcpConner); ok && w.TCPConn() != nil {
+		return w.TCPConn()
+	}
+	if w, ok := c.(interface{ NetConn() net.Conn }); ok { // *tls.Conn
+		return socketOf(w.NetConn())
+	}
+	return c
+}
+
+// close closes both ends once; err, if this is the first close, is the
+// reason logged, and revokedBy the decision that revoked the tunnel. It
+// reports whether this call closed the tunnel.
+func (t *Tunnel) close(err error, revokedBy *policy.Decision) bool {
+	first := false
+	t.closeOnce.Do(func() {
+		first = true
+		t.closeErr, t.revokedBy = err, revokedBy
+		t.client.Close()
+		t.upstream.Close()
+	})
+	for _, d := range t.dirs {
+		if d != nil {
+			d.closed()
+		}
+	}
+	return first
+}
+
+func (t *Tunnel) closeBoth() { t.close(nil, nil) }
+
+// pipe copies src to dst until EOF or an error, on its own goroutine. On
+// EOF it half-closes dst, so a client that shuts down its sending side (a
+// database client's terminate, an HTTP/1.0 "Connection: close") still
+// gets its answer; on an error it closes both ends so that the other
+// direction ends too.
+func (t *Tunnel) pipe(dst, src net.Conn, n *int64) {
+	defer func() {
+		if v := recover(); v != nil {
+			t.panicked(v)
+		}
+		if t.left.Add(-1) == 0 {
+			t.finish()
+		}
+	}()
+	m, err := copyConn(dst, src)
+	*n += m
+	if err != nil {
+		t.closeBoth()
+		return
+	}
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		return
+	}
+	t.closeBoth()
+}
+
+func (t *Tunnel) panicked(v any) {
+	t.g.Logger.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).
+		Str(eventlog.FieldID, t.Entry.ID).Msg("panic in tunnel; tunnel closed")
+	t.closeBoth()
+}
+
+// finish runs once both directions are done: the tunnel's one line.
+func (t *Tunnel) finish() {
+	t.closeBoth() // and, through closeOnce, see closeErr
+	e := t.Entry
+	if t.closeErr != nil && e.Err == nil {
+		e.Err = t.closeErr
+	}
+	e.BytesUp, e.BytesDown = t.Up, t.Down
+	e.Duration = time.Since(t.Began)
+	switch {
+	case t.revokedBy != nil:
+		// A new decision: logged even when an audit denial was at Start.
+		e.Decision = revoked(e.Decision, *t.revokedBy)
+		t.g.Events.Record(e)
+	case !t.logged:
+		t.g.Events.Record(e)
+	}
+	t.g.set.remove(t)
+	t.g.release() // last: Drain returns only after the line is written
+}
+
+// revoked is the decision logged for a tunnel that d, the reloaded
+// policy's, refused; was is the one it was opened on.
+func revoked(was, d policy.Decision) policy.Decision {
+	d.Verdict, d.Audit, d.Reason = policy.Deny, false, ReasonRevoked
+	if d.Host == "" {
+		d.Host = was.Host
+	}
+	if !d.IP.IsValid() {
+		d.IP = was.IP
+	}
+	if d.Port == 0 {
+		d.Port = was.Port
+	}
+	return d
+}
