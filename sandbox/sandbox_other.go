@@ -38,13 +38,6 @@ type Config struct {
 	UnixRefused    func(UnixRefusal)
 }
 
-// UnixRefusal is a unix socket the sandbox refused a process.
-type UnixRefusal struct {
-	Path, Socket string
-	Process      Process
-	Reason       policy.Reason
-}
-
 // Sandbox is a running command and the listeners of its namespace.
 type Sandbox struct {
 	Transparent, HTTP, DNSTCP net.Listener
