@@ -85,6 +85,33 @@ func (e Errors) Error() string {
 // BuiltinSource is the Source of the built-in default policy.
 const BuiltinSource = "(built-in)"
 
+// load runs parse with a fresh loader and returns every error it found,
+// sorted by position, or nil. yaml.v3 has panicked on hostile input
+// before: a policy file or a plugin's manifest must never take the
+// process down.
+func load(file string, data []byte, parse func(*loader)) Errors {
+	l := &loader{file: file, budget: nodeBudget(len(data))}
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				l.errs = append(l.errs, Diagnostic{File: file, Line: 1, Column: 1, Message: fmt.Sprintf("yaml: cannot parse: %v", v)})
+			}
+		}()
+		parse(l)
+	}()
+	if l.budget < 0 {
+		l.errs = append(l.errs, Diagnostic{File: file, Line: 1, Column: 1, Message: "the file is too large once its aliases are expanded"})
+	}
+	if len(l.errs) == 0 {
+		return nil
+	}
+	sort.SliceStable(l.errs, func(i, j int) bool {
+		a, b := l.errs[i], l.errs[j]
+		return a.Line < b.Line || a.Line == b.Line && a.Column < b.Column
+	})
+	return l.errs
+}
+
 // Load parses and compiles a policy file. file names it in diagnostics and
 // decisions. A non-nil error is an Errors listing every problem.
 //
@@ -93,28 +120,11 @@ const BuiltinSource = "(built-in)"
 // all errors. Settings left out get their defaults (see the Listen, Log,
 // DNS, Timeouts, Limits and Reload types).
 func Load(file string, data []byte) (p *Policy, err error) {
-	l := &loader{file: file, budget: nodeBudget(len(data))}
 	p = &Policy{Source: file}
 	p.setDefaults()
-	func() {
-		defer func() {
-			// yaml.v3 has panicked on hostile input before; a policy
-			// file must never take the process down.
-			if v := recover(); v != nil {
-				l.errs = append(l.errs, Diagnostic{File: file, Line: 1, Column: 1, Message: fmt.Sprintf("yaml: cannot parse: %v", v)})
-			}
-		}()
-		l.parse(data, p)
-	}()
-	if l.budget < 0 {
-		l.errs = append(l.errs, Diagnostic{File: file, Line: 1, Column: 1, Message: "the file is too large once its aliases are expanded"})
-	}
-	if len(l.errs) > 0 {
-		sort.SliceStable(l.errs, func(i, j int) bool {
-			a, b := l.errs[i], l.errs[j]
-			return a.Line < b.Line || a.Line == b.Line && a.Column < b.Column
-		})
-		return nil, l.errs
+	var l *loader
+	if errs := load(file, data, func(ld *loader) { l = ld; ld.parse(data, p) }); errs != nil {
+		return nil, errs
 	}
 	p.top.name = "default"
 	p.compile()

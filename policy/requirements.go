@@ -1,12 +1,6 @@
 package policy
 
 import (
-	"bytes"
-	"errors"
-	"fmt"
-	"io"
-	"sort"
-
 	"gopkg.in/yaml.v3"
 )
 
@@ -68,52 +62,17 @@ func defaultProtocol(port uint16) string {
 // FILE:LINE:COL: message: unknown fields (with a suggestion), wrong types, a
 // missing or invalid host, a port outside 1-65535, an unknown protocol.
 func LoadRequirements(file string, data []byte) (rs *Requirements, err error) {
-	l := &loader{file: file, budget: nodeBudget(len(data))}
 	rs = &Requirements{File: file}
-	func() {
-		defer func() {
-			// As in Load: a manifest comes from a plugin, and hostile
-			// input must not take the process down.
-			if v := recover(); v != nil {
-				l.errs = append(l.errs, Diagnostic{File: file, Line: 1, Column: 1, Message: fmt.Sprintf("yaml: cannot parse: %v", v)})
-			}
-		}()
-		l.requirements(data, rs)
-	}()
-	if l.budget < 0 {
-		l.errs = append(l.errs, Diagnostic{File: file, Line: 1, Column: 1, Message: "the file is too large once its aliases are expanded"})
-	}
-	if len(l.errs) > 0 {
-		sort.SliceStable(l.errs, func(i, j int) bool {
-			a, b := l.errs[i], l.errs[j]
-			return a.Line < b.Line || a.Line == b.Line && a.Column < b.Column
-		})
-		return nil, l.errs
+	if errs := load(file, data, func(l *loader) { l.requirements(data, rs) }); errs != nil {
+		return nil, errs
 	}
 	return rs, nil
 }
 
 func (l *loader) requirements(data []byte, rs *Requirements) {
-	const empty = `the file is empty: want {"requirements": [{"host": ..., "port": ...}]}`
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
-	if err := dec.Decode(&doc); err != nil {
-		if errors.Is(err, io.EOF) {
-			l.errs = append(l.errs, Diagnostic{File: l.file, Line: 1, Column: 1, Message: empty})
-			return
-		}
-		l.syntaxError(err)
-		return
-	}
-	var second yaml.Node
-	switch err := dec.Decode(&second); {
-	case err == nil:
-		l.errf(&second, "a requirements file holds one document; remove the second one")
-	case !errors.Is(err, io.EOF):
-		l.syntaxError(err)
-	}
-	if len(doc.Content) == 0 {
-		l.errf(&doc, empty)
+	doc := l.document(data, `the file is empty: want {"requirements": [{"host": ..., "port": ...}]}`,
+		"a requirements file holds one document; remove the second one")
+	if doc == nil {
 		return
 	}
 	root := doc.Content[0]

@@ -269,27 +269,39 @@ func (l *loader) mode(n *yaml.Node, what string) Mode {
 	return Enforce
 }
 
-// parse validates the document and fills p. Rules are left for compile.
-func (l *loader) parse(data []byte, p *Policy) {
+// document decodes the one YAML document of data, or reports why not
+// (empty saying what an empty file lacks, second that there is a second
+// document) and returns nil.
+func (l *loader) document(data []byte, empty, second string) *yaml.Node {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
-			l.errs = append(l.errs, Diagnostic{File: l.file, Line: 1, Column: 1, Message: "the file is empty: version: 1 and default: are required"})
-			return
+			l.errs = append(l.errs, Diagnostic{File: l.file, Line: 1, Column: 1, Message: empty})
+			return nil
 		}
 		l.syntaxError(err)
-		return
+		return nil
 	}
-	var second yaml.Node
-	switch err := dec.Decode(&second); {
+	var next yaml.Node
+	switch err := dec.Decode(&next); {
 	case err == nil:
-		l.errf(&second, "a policy file holds one YAML document; remove the second one (after ---)")
+		l.errf(&next, "%s", second)
 	case !errors.Is(err, io.EOF):
 		l.syntaxError(err)
 	}
 	if len(doc.Content) == 0 {
-		l.errf(&doc, "the file is empty: version: 1 and default: are required")
+		l.errf(&doc, "%s", empty)
+		return nil
+	}
+	return &doc
+}
+
+// parse validates the document and fills p. Rules are left for compile.
+func (l *loader) parse(data []byte, p *Policy) {
+	doc := l.document(data, "the file is empty: version: 1 and default: are required",
+		"a policy file holds one YAML document; remove the second one (after ---)")
+	if doc == nil {
 		return
 	}
 	root := doc.Content[0]

@@ -26,6 +26,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -93,6 +94,10 @@ type Server struct {
 	initOnce sync.Once
 	dial     *dialer.Dialer
 	tunnels  *tunnel.Group
+	// accepted counts the connections being accepted, or accepted and
+	// not yet holding a tunnel slot: Shutdown waits for them too, or a
+	// connection made just before it would be served after it returned.
+	accepted atomic.Int64
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -135,8 +140,12 @@ func (s *Server) Serve(l net.Listener) error {
 	}()
 	var backoff time.Duration
 	for {
+		// Counted before Accept returns it: Shutdown, which closes l,
+		// then waits for the count, cannot miss a connection in between.
+		s.accepted.Add(1)
 		c, err := l.Accept()
 		if err != nil {
+			s.accepted.Add(-1)
 			s.mu.Lock()
 			down := s.shutdown
 			s.mu.Unlock()
@@ -156,6 +165,7 @@ func (s *Server) Serve(l net.Listener) error {
 		backoff = 0
 		tc, ok := c.(*net.TCPConn)
 		if !ok {
+			s.accepted.Add(-1)
 			c.Close()
 			continue
 		}
@@ -174,6 +184,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		l.Close()
 	}
 	s.mu.Unlock()
+	for s.accepted.Load() > 0 && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
 	return s.tunnels.Drain(ctx)
 }
 
@@ -215,6 +228,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 	pol := s.Policy()
 	n := tunnel.MaxTunnels(pol)
 	t, err := s.tunnels.Acquire(n)
+	s.accepted.Add(-1)
 	if err != nil {
 		s.Logger.Warn().Str(eventlog.FieldClient, c.entry.Client.String()).Int("max_tunnels", n).Err(err).
 			Msg("transparent: connection reset")
