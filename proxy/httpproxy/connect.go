@@ -9,6 +9,7 @@ import (
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/peek"
 	"github.com/egress-proxy/egress/proxy/tunnel"
 )
 
@@ -87,13 +88,30 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 		p.endSetup(cc, up, entry, rq.start, 0, fmt.Errorf("write 200: %w", err))
 		return
 	}
+	check := sniCheck(pol, rq.req, dec)
 	if len(early) > 0 {
-		m, err := up.Write(early)
+		// The head arrived with the CONNECT: checked here, whole, before
+		// a byte of it goes up.
+		head := early
+		if peek.TLS(head) {
+			_, _, head, _ = peek.More(cc, append([]byte(nil), early...), tunnel.DefaultInspectTimeout)
+		}
+		if d := check(head); d != nil {
+			entry.Decision = *d
+			cc.Close()
+			up.Close()
+			entry.Duration = time.Since(rq.start)
+			p.Events.Record(entry)
+			return
+		}
+		m, err := up.Write(head)
 		t.Up = int64(m)
 		if err != nil {
 			p.endSetup(cc, up, entry, rq.start, t.Up, fmt.Errorf("write early data: %w", err))
 			return
 		}
+	} else {
+		t.Inspect = check
 	}
 	t.Entry, t.Began, t.Idle = entry, rq.start, pol.Timeouts.TunnelIdle
 	t.Request = rq.req
@@ -101,6 +119,37 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 	// This handler returns, so the connection's server goroutine (and its
 	// stack) goes away; an idle tunnel waits on the poller.
 	t.Start(cc, up)
+}
+
+// ReasonSNIMismatch: the TLS ClientHello inside a CONNECT tunnel names a
+// server the policy refuses, other than the one the tunnel was opened
+// for (domain fronting).
+const ReasonSNIMismatch policy.Reason = "sni_mismatch"
+
+// sniCheck returns the check of a CONNECT tunnel's first bytes, opened
+// for req and allowed by dec: a TLS ClientHello whose server name is not
+// the tunnel's must be a name the policy allows on the address dialled
+// too, or the tunnel is refused (ReasonSNIMismatch). Anything else (no
+// TLS, no server name, another protocol) passes.
+func sniCheck(pol *policy.Policy, req policy.Request, dec policy.Decision) func([]byte) *policy.Decision {
+	return func(head []byte) *policy.Decision {
+		name, source, _ := peek.From(head)
+		if source != peek.SourceSNI || name == "" {
+			return nil
+		}
+		n, _, err := policy.NormalizeHost(name)
+		if err == nil && n == dec.Host {
+			return nil
+		}
+		d := pol.Decide(policy.Request{Host: name, IP: dec.IP, Port: req.Port, Client: req.Client, User: req.User})
+		if d.Allowed() {
+			return nil
+		}
+		why := d.Reason
+		d.Verdict, d.Audit, d.Reason = policy.Deny, false, ReasonSNIMismatch
+		d.Hint = fmt.Sprintf("the tunnel to %s carries a TLS ClientHello for %s, which the policy refuses there (%s)", targetString(req.Host, req.Port), name, why)
+		return &d
+	}
 }
 
 // endSetup closes a tunnel that failed between the hijack and its start

@@ -36,6 +36,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/names"
+	"github.com/egress-proxy/egress/proxy/peek"
 	"github.com/egress-proxy/egress/proxy/tunnel"
 )
 
@@ -258,14 +259,14 @@ func (s *Server) handle(cc *net.TCPConn) {
 		return
 	}
 
-	peek := s.PeekTimeout
-	if peek <= 0 {
-		peek = DefaultPeekTimeout
+	peekTimeout := s.PeekTimeout
+	if peekTimeout <= 0 {
+		peekTimeout = DefaultPeekTimeout
 	}
 	// A read error (the client closed or reset while we peeked, as a port
 	// check does) is not a reason to stop: the upstream sees the same open
 	// and close, and the copy ends at once.
-	name, _, head, _ := peekName(cc, peek)
+	name, _, head, _ := peek.Read(cc, peekTimeout)
 	if _, err := netip.ParseAddr(name); err == nil {
 		// An IP literal in Host (SNI may not carry one, RFC 6066 §3)
 		// names nothing more than the address does.

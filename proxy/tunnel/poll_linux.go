@@ -43,6 +43,7 @@ type direction struct {
 	state      atomic.Int32
 	token      uint32
 	registered bool // only touched while running
+	inspected  bool // Inspect has seen the first bytes; only touched while running
 }
 
 // thePoller is the process's one poller, started by the first tunnel
@@ -155,6 +156,15 @@ func (d *direction) run() {
 	}()
 	for {
 		queued, eof, err := d.peek()
+		if queued > 0 && d.n == &d.t.Up && d.t.Inspect != nil && !d.inspected {
+			// The client's first bytes: decided on before any goes up.
+			d.inspected = true
+			if !d.t.inspectHead(d.dst, d.src) {
+				d.end()
+				return
+			}
+			continue
+		}
 		switch {
 		case err != nil:
 			d.t.closeBoth()

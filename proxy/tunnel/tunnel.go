@@ -43,6 +43,7 @@ import (
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/peek"
 	"github.com/egress-proxy/egress/proxy/tcpinfo"
 )
 
@@ -293,6 +294,14 @@ type Tunnel struct {
 	// Up and Down count the bytes the caller relayed before Start (early
 	// data behind a CONNECT, the peeked head of a transparent connection).
 	Up, Down int64
+	// Inspect, if set, sees the client's first bytes before any of them
+	// goes upstream: a whole TLS ClientHello or HTTP request head (see
+	// peek.Read), or what came within InspectTimeout. A non-nil decision
+	// refuses the tunnel: it is closed and its line is that decision.
+	// Nothing waits for it while the client is silent: the upstream's
+	// bytes flow meanwhile (a server that speaks first is not delayed).
+	Inspect        func(head []byte) *policy.Decision
+	InspectTimeout time.Duration // zero: DefaultInspectTimeout
 
 	g                *Group
 	started          bool
@@ -305,6 +314,7 @@ type Tunnel struct {
 	closeOnce sync.Once
 	closeErr  error            // why it was closed, set inside closeOnce
 	revokedBy *policy.Decision // the refusing decision, when revoked
+	refused   *policy.Decision // Inspect's refusal, set before it closes the tunnel
 }
 
 // Release gives the slot back when setup failed before Start; after
@@ -430,6 +440,9 @@ func (t *Tunnel) pipe(dst, src net.Conn, n *int64) {
 			t.finish()
 		}
 	}()
+	if n == &t.Up && !t.inspectHead(dst, src) {
+		return
+	}
 	m, err := copyConn(dst, src)
 	*n += m
 	if err != nil {
@@ -441,6 +454,54 @@ func (t *Tunnel) pipe(dst, src net.Conn, n *int64) {
 	}
 	t.closeBoth()
 }
+
+// DefaultInspectTimeout bounds the wait for the rest of a client's first
+// bytes once they started to arrive.
+const DefaultInspectTimeout = 2 * time.Second
+
+// inspectHead, for a tunnel with Inspect, reads the client's first bytes
+// from src (at least one is queued or about to be), lets Inspect decide,
+// and writes them to dst. It reports false when the tunnel was refused or
+// failed (and is closed).
+func (t *Tunnel) inspectHead(dst, src net.Conn) bool {
+	if t.Inspect == nil {
+		return true
+	}
+	timeout := t.InspectTimeout
+	if timeout <= 0 {
+		timeout = DefaultInspectTimeout
+	}
+	// The first bytes, however long the client takes to send them (no
+	// deadline: a client that waits for the server to speak first must
+	// not get past the check by waiting), then the rest of the head
+	// within timeout. An error (EOF, a reset) after what was read: the
+	// copy that follows sees it again.
+	first := make([]byte, 2048)
+	n, _ := src.Read(first)
+	if n == 0 {
+		return true
+	}
+	head := first[:n]
+	if peek.TLS(head) {
+		_, _, head, _ = peek.More(src, head, timeout)
+	}
+	if d := t.Inspect(head); d != nil {
+		t.refused = d
+		t.close(errRefused, nil)
+		return false
+	}
+	if len(head) > 0 {
+		if _, werr := dst.Write(head); werr != nil {
+			t.closeBoth()
+			return false
+		}
+		t.Up += int64(len(head))
+	}
+	return true
+}
+
+// errRefused closes a tunnel Inspect refused.
+var errRefused = errors.New("refused on its first bytes")
 
 func (t *Tunnel) panicked(v any) {
 	t.g.Logger.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).
@@ -458,6 +519,9 @@ func (t *Tunnel) finish() {
 	e.BytesUp, e.BytesDown = t.Up, t.Down
 	e.Duration = time.Since(t.Began)
 	switch {
+	case t.refused != nil:
+		e.Decision, e.Err = *t.refused, nil
+		t.g.Events.Record(e)
 	case t.revokedBy != nil:
 		// A new decision: logged even when an audit denial was at Start.
 		e.Decision = revoked(e.Decision, *t.revokedBy)

@@ -1,4 +1,9 @@
-package transparent
+// Package peek reads the first bytes of a client's connection for the
+// name it is going to: a TLS ClientHello's server_name (SNI) or an HTTP
+// request's Host. The transparent listener decides on it; CONNECT
+// tunnels check it against the name they were opened for. It parses and
+// nothing more: no decision, no TLS termination.
+package peek
 
 import (
 	"bytes"
@@ -11,9 +16,9 @@ import (
 
 // What the first bytes of a connection said about its destination's name.
 const (
-	sourceNone = ""     // no name: the client said nothing in time, or no TLS/HTTP
-	sourceSNI  = "sni"  // TLS ClientHello server_name (RFC 6066 §3)
-	sourceHost = "host" // HTTP/1.x Host header (RFC 9112 §3.2)
+	SourceNone = ""     // no name: the client said nothing in time, or no TLS/HTTP
+	SourceSNI  = "sni"  // TLS ClientHello server_name (RFC 6066 §3)
+	SourceHost = "host" // HTTP/1.x Host header (RFC 9112 §3.2)
 )
 
 // maxPeek bounds the bytes read before the decision: a ClientHello with a
@@ -22,19 +27,29 @@ const (
 // 16 KB is not worth waiting for.
 const maxPeek = 16<<10 + 5
 
-// peekName reads the first bytes of c until they name the destination
+// Read reads the first bytes of c until they name the destination
 // (a complete TLS ClientHello or HTTP Host header line), show they never
 // will, maxPeek bytes have arrived, or timeout passes. It returns the
 // name (empty when none), where it came from, and every byte read, which
 // the caller must replay to the upstream. A timeout is not an error: a
 // client waiting for the server to speak first (PostgreSQL, MySQL, SMTP)
 // sends nothing.
-func peekName(c net.Conn, timeout time.Duration) (name, source string, buf []byte, err error) {
+func Read(c net.Conn, timeout time.Duration) (name, source string, buf []byte, err error) {
+	return More(c, nil, timeout)
+}
+
+// More is Read for a client whose first bytes, buf, were read already.
+func More(c net.Conn, buf []byte, timeout time.Duration) (name, source string, _ []byte, err error) {
+	if name, source, done := From(buf); done || len(buf) >= maxPeek {
+		return name, source, buf, nil
+	}
 	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
-		return "", sourceNone, nil, err
+		return "", SourceNone, buf, err
 	}
 	defer c.SetReadDeadline(time.Time{})
-	buf = make([]byte, 0, 2048)
+	if cap(buf) < 2048 {
+		buf = append(make([]byte, 0, 2048), buf...)
+	}
 	for {
 		if len(buf) == cap(buf) {
 			nb := make([]byte, len(buf), min(2*cap(buf), maxPeek))
@@ -43,39 +58,43 @@ func peekName(c net.Conn, timeout time.Duration) (name, source string, buf []byt
 		}
 		n, rerr := c.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
-		name, source, done := nameFrom(buf)
+		name, source, done := From(buf)
 		if done || len(buf) >= maxPeek {
 			return name, source, buf, nil
 		}
 		if rerr != nil {
 			var ne net.Error
 			if errors.As(rerr, &ne) && ne.Timeout() {
-				return "", sourceNone, buf, nil
+				return "", SourceNone, buf, nil
 			}
 			// EOF or reset before a name: nothing to forward but what
 			// was read; let the caller decide on the address.
-			return "", sourceNone, buf, rerr
+			return "", SourceNone, buf, rerr
 		}
 	}
 }
 
-// nameFrom looks at the bytes read so far. done is true when more bytes
+// TLS reports whether b starts like a TLS handshake record (a
+// ClientHello): only then is it worth waiting for more.
+func TLS(b []byte) bool { return len(b) > 0 && b[0] == recordTypeHandshake }
+
+// From looks at the bytes read so far. done is true when more bytes
 // cannot change the answer.
-func nameFrom(b []byte) (name, source string, done bool) {
+func From(b []byte) (name, source string, done bool) {
 	if len(b) == 0 {
-		return "", sourceNone, false
+		return "", SourceNone, false
 	}
 	if b[0] == recordTypeHandshake {
 		name, ok, done := sniFromRecords(b)
 		if ok {
-			return name, sourceSNI, true
+			return name, SourceSNI, true
 		}
-		return "", sourceNone, done
+		return "", SourceNone, done
 	}
 	if isTokenByte(b[0]) {
 		return hostFromHTTP(b)
 	}
-	return "", sourceNone, true
+	return "", SourceNone, true
 }
 
 const (
@@ -236,18 +255,18 @@ func hostFromHTTP(b []byte) (name, source string, done bool) {
 		// still be one ("METHOD SP").
 		if sp := bytes.IndexByte(b, ' '); sp >= 0 {
 			if sp == 0 || !allToken(b[:sp]) {
-				return "", sourceNone, true
+				return "", SourceNone, true
 			}
 		} else if !allToken(b) || len(b) > 32 {
-			return "", sourceNone, true
+			return "", SourceNone, true
 		}
-		return "", sourceNone, false
+		return "", SourceNone, false
 	}
 	line := string(b[:eol])
 	method, rest, ok1 := strings.Cut(line, " ")
 	target, proto, ok2 := strings.Cut(rest, " ")
 	if !ok1 || !ok2 || !allToken([]byte(method)) || !strings.HasPrefix(proto, "HTTP/1.") {
-		return "", sourceNone, true // HTTP/2 preface ("PRI * HTTP/2.0") included
+		return "", SourceNone, true // HTTP/2 preface ("PRI * HTTP/2.0") included
 	}
 	absHost := ""
 	if i := strings.Index(target, "://"); i > 0 {
@@ -264,23 +283,23 @@ func hostFromHTTP(b []byte) (name, source string, done bool) {
 	for {
 		eol := strings.Index(rest, "\r\n")
 		if eol < 0 {
-			return "", sourceNone, false
+			return "", SourceNone, false
 		}
 		h := rest[:eol]
 		rest = rest[eol+2:]
 		if h == "" {
 			if absHost != "" {
-				return stripPort(absHost), sourceHost, true
+				return stripPort(absHost), SourceHost, true
 			}
-			return "", sourceNone, true
+			return "", SourceNone, true
 		}
 		k, v, ok := strings.Cut(h, ":")
 		if ok && strings.EqualFold(k, "host") {
 			if absHost != "" {
 				// RFC 9112 §3.2.2: an absolute-form target wins.
-				return stripPort(absHost), sourceHost, true
+				return stripPort(absHost), SourceHost, true
 			}
-			return stripPort(strings.TrimSpace(v)), sourceHost, true
+			return stripPort(strings.TrimSpace(v)), SourceHost, true
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package transparent
+package peek
 
 import (
 	"bytes"
@@ -57,28 +57,28 @@ func TestNameFrom(t *testing.T) {
 		wantSource string
 		wantDone   bool
 	}{
-		{"a ClientHello gives its SNI", hello, "api.example.com", sourceSNI, true},
-		{"a ClientHello split over records gives its SNI", splitRecords(hello, 100), "api.example.com", sourceSNI, true},
-		{"half a ClientHello waits for more", hello[:len(hello)/2], "", sourceNone, false},
-		{"a record header alone waits for more", hello[:5], "", sourceNone, false},
-		{"a ClientHello without SNI is done with no name", noSNI, "", sourceNone, true},
-		{"a TLS record that is not a handshake is no name", []byte{23, 3, 3, 0, 1, 0}, "", sourceNone, true},
-		{"a handshake that is not a ClientHello is no name", []byte{22, 3, 3, 0, 4, 2, 0, 0, 0}, "", sourceNone, true},
-		{"an HTTP request gives its Host without the port", []byte("GET / HTTP/1.1\r\nHost: web.example:8080\r\n\r\n"), "web.example", sourceHost, true},
-		{"the Host header is found before the head ends", []byte("GET / HTTP/1.1\r\nUser-Agent: x\r\nhost:  web.example\r\nAccept"), "web.example", sourceHost, true},
-		{"an absolute-form target wins over Host", []byte("GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n"), "a.example", sourceHost, true},
-		{"an IPv6 literal Host loses its brackets", []byte("GET / HTTP/1.1\r\nHost: [2001:db8::1]:80\r\n\r\n"), "2001:db8::1", sourceHost, true},
-		{"a request head without Host is done with no name", []byte("GET / HTTP/1.0\r\n\r\n"), "", sourceNone, true},
-		{"a partial request line waits for more", []byte("GET /inde"), "", sourceNone, false},
-		{"a partial header waits for more", []byte("GET / HTTP/1.1\r\nHos"), "", sourceNone, false},
-		{"the HTTP/2 preface is no name", []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), "", sourceNone, true},
-		{"a PostgreSQL SSLRequest is no name", []byte{0, 0, 0, 8, 4, 210, 22, 47}, "", sourceNone, true},
-		{"an SSH banner is no name", []byte("SSH-2.0-OpenSSH_9.6\r\n"), "", sourceNone, true},
-		{"binary junk is no name", []byte{0xff, 0xfe, 0}, "", sourceNone, true},
+		{"a ClientHello gives its SNI", hello, "api.example.com", SourceSNI, true},
+		{"a ClientHello split over records gives its SNI", splitRecords(hello, 100), "api.example.com", SourceSNI, true},
+		{"half a ClientHello waits for more", hello[:len(hello)/2], "", SourceNone, false},
+		{"a record header alone waits for more", hello[:5], "", SourceNone, false},
+		{"a ClientHello without SNI is done with no name", noSNI, "", SourceNone, true},
+		{"a TLS record that is not a handshake is no name", []byte{23, 3, 3, 0, 1, 0}, "", SourceNone, true},
+		{"a handshake that is not a ClientHello is no name", []byte{22, 3, 3, 0, 4, 2, 0, 0, 0}, "", SourceNone, true},
+		{"an HTTP request gives its Host without the port", []byte("GET / HTTP/1.1\r\nHost: web.example:8080\r\n\r\n"), "web.example", SourceHost, true},
+		{"the Host header is found before the head ends", []byte("GET / HTTP/1.1\r\nUser-Agent: x\r\nhost:  web.example\r\nAccept"), "web.example", SourceHost, true},
+		{"an absolute-form target wins over Host", []byte("GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n"), "a.example", SourceHost, true},
+		{"an IPv6 literal Host loses its brackets", []byte("GET / HTTP/1.1\r\nHost: [2001:db8::1]:80\r\n\r\n"), "2001:db8::1", SourceHost, true},
+		{"a request head without Host is done with no name", []byte("GET / HTTP/1.0\r\n\r\n"), "", SourceNone, true},
+		{"a partial request line waits for more", []byte("GET /inde"), "", SourceNone, false},
+		{"a partial header waits for more", []byte("GET / HTTP/1.1\r\nHos"), "", SourceNone, false},
+		{"the HTTP/2 preface is no name", []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), "", SourceNone, true},
+		{"a PostgreSQL SSLRequest is no name", []byte{0, 0, 0, 8, 4, 210, 22, 47}, "", SourceNone, true},
+		{"an SSH banner is no name", []byte("SSH-2.0-OpenSSH_9.6\r\n"), "", SourceNone, true},
+		{"binary junk is no name", []byte{0xff, 0xfe, 0}, "", SourceNone, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			name, source, done := nameFrom(tt.in)
+			name, source, done := From(tt.in)
 			if name != tt.wantName || source != tt.wantSource || done != tt.wantDone {
 				t.Fatalf("nameFrom = %q, %q, %v; want %q, %q, %v", name, source, done, tt.wantName, tt.wantSource, tt.wantDone)
 			}
@@ -92,7 +92,7 @@ func TestPeekName(t *testing.T) {
 		defer a.Close()
 		defer b.Close()
 		start := time.Now()
-		name, _, buf, err := peekName(a, 50*time.Millisecond)
+		name, _, buf, err := Read(a, 50*time.Millisecond)
 		if name != "" || len(buf) != 0 || err != nil {
 			t.Fatalf("got %q %q %v", name, buf, err)
 		}
@@ -110,8 +110,8 @@ func TestPeekName(t *testing.T) {
 				b.Write(hello[i:min(i+7, len(hello))])
 			}
 		}()
-		name, source, buf, err := peekName(a, 2*time.Second)
-		if name != "db.example.com" || source != sourceSNI || !bytes.Equal(buf, hello) || err != nil {
+		name, source, buf, err := Read(a, 2*time.Second)
+		if name != "db.example.com" || source != SourceSNI || !bytes.Equal(buf, hello) || err != nil {
 			t.Fatalf("got %q %q (%d bytes) %v", name, source, len(buf), err)
 		}
 	})
@@ -124,8 +124,8 @@ func FuzzNameFrom(f *testing.F) {
 	f.Add([]byte("GET http://user@a.example:1/x HTTP/1.1\r\n\r\n"))
 	f.Add([]byte{22, 3, 1, 0, 4, 1, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		name, source, done := nameFrom(b)
-		if name != "" && (source == sourceNone || !done) {
+		name, source, done := From(b)
+		if name != "" && (source == SourceNone || !done) {
 			t.Fatalf("name %q with source %q done %v", name, source, done)
 		}
 		if len(name) > len(b) {

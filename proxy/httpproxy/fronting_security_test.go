@@ -1,0 +1,128 @@
+package httpproxy_test
+
+import (
+	"bytes"
+	"crypto/tls"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/egress-proxy/egress/internal/testnet"
+)
+
+// Domain fronting through CONNECT: a tunnel opened for an allowed name
+// whose TLS ClientHello names a server the policy refuses is closed before
+// the ClientHello reaches the upstream (sni_mismatch); another allowed
+// name, and protocols that are not TLS, pass; a server that speaks first
+// is not held up.
+func TestSecurityConnectSNIMismatch(t *testing.T) {
+	// A TLS-speaking upstream that counts the handshakes it sees.
+	var hellos atomic.Int64
+	upstream := testnet.ServeTCP(t, func(c net.Conn) {
+		b := make([]byte, 1)
+		if n, _ := c.Read(b); n == 1 && b[0] == 22 {
+			hellos.Add(1)
+		}
+	})
+	port := upstream.Port
+	target := "origin.test:" + itoa(port)
+
+	handshake := func(c net.Conn, sni string) error {
+		tc := tls.Client(c, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+		tc.SetDeadline(time.Now().Add(5 * time.Second))
+		return tc.Handshake()
+	}
+	sniLine := func(f *fixture) map[string]any {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			for _, e := range f.logs.entries(t, "") {
+				if e["reason"] == "sni_mismatch" {
+					return e
+				}
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("no sni_mismatch line; log:\n%s", f.logs.b.String())
+		return nil
+	}
+
+	t.Run("a ClientHello for a denied name is refused before it goes up", func(t *testing.T) {
+		f := newFixture(t, testPolicy)
+		before := hellos.Load()
+		_, _, c, _ := f.raw("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n")
+		if err := handshake(c, "denied.test"); err == nil {
+			t.Fatal("the handshake went through")
+		}
+		e := sniLine(f)
+		if e["event"] != "deny" || e["host"] != "denied.test" || !strings.Contains(e["hint"].(string), "origin.test") {
+			t.Errorf("line %v", e)
+		}
+		time.Sleep(50 * time.Millisecond) // the upstream counts what it got
+		if n := hellos.Load() - before; n != 0 {
+			t.Errorf("the upstream saw %d ClientHello, want none", n)
+		}
+	})
+
+	t.Run("so is one sent right behind the CONNECT", func(t *testing.T) {
+		f := newFixture(t, testPolicy)
+		var hello bytes.Buffer
+		// Capture a real ClientHello for denied.test.
+		a, b := net.Pipe()
+		go func() { tls.Client(a, &tls.Config{ServerName: "denied.test", InsecureSkipVerify: true}).Handshake() }()
+		buf := make([]byte, 4096)
+		b.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _ := b.Read(buf)
+		hello.Write(buf[:n])
+		a.Close()
+		b.Close()
+		before := hellos.Load()
+		c, br := f.dial()
+		io.WriteString(c, "CONNECT "+target+" HTTP/1.1\r\nHost: "+target+"\r\n\r\n"+hello.String())
+		io.Copy(io.Discard, br) // 200, then closed
+		sniLine(f)
+		time.Sleep(50 * time.Millisecond)
+		if n := hellos.Load() - before; n != 0 {
+			t.Errorf("the upstream saw %d ClientHello, want none", n)
+		}
+	})
+
+	t.Run("a ClientHello sent after a long silence is still checked", func(t *testing.T) {
+		f := newFixture(t, testPolicy)
+		_, _, c, _ := f.raw("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n")
+		time.Sleep(2500 * time.Millisecond) // longer than the inspection's timeout
+		if err := handshake(c, "denied.test"); err == nil {
+			t.Fatal("the handshake went through")
+		}
+		sniLine(f)
+	})
+
+	t.Run("another allowed name passes", func(t *testing.T) {
+		f := newFixture(t, testPolicy)
+		before := hellos.Load()
+		_, _, c, _ := f.raw("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n")
+		handshake(c, "other.test") // the upstream is no TLS server: it only counts
+		deadline := time.Now().Add(5 * time.Second)
+		for hellos.Load() == before && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if hellos.Load() == before {
+			t.Error("the ClientHello for an allowed name did not reach the upstream")
+		}
+	})
+
+	t.Run("a server that speaks first is not held up", func(t *testing.T) {
+		f := newFixture(t, testPolicy)
+		greeter := testnet.ServeTCP(t, func(c net.Conn) { io.WriteString(c, "220 ready\r\n"); io.Copy(io.Discard, c) })
+		gt := "origin.test:" + itoa(greeter.Port)
+		_, _, c, br := f.raw("CONNECT " + gt + " HTTP/1.1\r\nHost: " + gt + "\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(time.Second)) // well under the inspection's timeout
+		line, err := br.ReadString('\n')
+		if err != nil || line != "220 ready\r\n" {
+			t.Fatalf("greeting %q, %v", line, err)
+		}
+	})
+}
