@@ -289,7 +289,7 @@ func hostFromHTTP(b []byte) (name, source string, done bool) {
 		rest = rest[eol+2:]
 		if h == "" {
 			if absHost != "" {
-				return stripPort(absHost), SourceHost, true
+				return StripPort(absHost), SourceHost, true
 			}
 			return "", SourceNone, true
 		}
@@ -297,16 +297,16 @@ func hostFromHTTP(b []byte) (name, source string, done bool) {
 		if ok && strings.EqualFold(k, "host") {
 			if absHost != "" {
 				// RFC 9112 §3.2.2: an absolute-form target wins.
-				return stripPort(absHost), SourceHost, true
+				return StripPort(absHost), SourceHost, true
 			}
-			return stripPort(strings.TrimSpace(v)), SourceHost, true
+			return StripPort(strings.TrimSpace(v)), SourceHost, true
 		}
 	}
 }
 
 // stripPort removes a ":port" from a Host value, and the brackets of an
 // IPv6 literal.
-func stripPort(h string) string {
+func StripPort(h string) string {
 	if strings.HasPrefix(h, "[") {
 		if end := strings.IndexByte(h, ']'); end > 0 {
 			return h[1:end]

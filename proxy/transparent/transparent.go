@@ -266,7 +266,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 	// A read error (the client closed or reset while we peeked, as a port
 	// check does) is not a reason to stop: the upstream sees the same open
 	// and close, and the copy ends at once.
-	name, _, head, _ := peek.Read(cc, peekTimeout)
+	name, source, head, _ := peek.Read(cc, peekTimeout)
 	if _, err := netip.ParseAddr(name); err == nil {
 		// An IP literal in Host (SNI may not carry one, RFC 6066 §3)
 		// names nothing more than the address does.
@@ -294,6 +294,33 @@ func (s *Server) handle(cc *net.TCPConn) {
 		dec = ddec
 	}
 	c.entry.Decision = dec
+	var client net.Conn = cc
+	if source == peek.SourceHost && name != "" {
+		// Plain HTTP: every later request on the connection is decided
+		// on its own Host, as the forward proxy does; the gate replays
+		// the head.
+		client = newRequestGate(cc, head, func(host string) bool {
+			host = peek.StripPort(host)
+			h, _, err := policy.NormalizeHost(host)
+			if err == nil && h == req.Host {
+				return true
+			}
+			// Allowed only if the name itself is, on this address: not
+			// through the address's other names.
+			r, d, ok := s.decide(s.Policy(), host, dst, c.entry.Client.Addr())
+			if ok && err == nil && (r.Host == host || r.Host == h) {
+				return true
+			}
+			if d.Allowed() {
+				d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, ReasonNameMismatch
+				d.Host, d.IP = h, dst.Addr()
+				d.Hint = fmt.Sprintf("a request on a connection to %s names %s, which is not an address of it", dst.Addr(), h)
+			}
+			t.Refuse(d)
+			return false
+		})
+		head = nil
+	}
 	if len(head) > 0 {
 		if _, err := up.Write(head); err != nil {
 			up.Close()
@@ -304,7 +331,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 	t.Entry, t.Began, t.Idle, t.Up = c.entry, c.start, pol.Timeouts.TunnelIdle, int64(len(head))
 	t.Request = req
 	t.Request.IP = ddec.IP
-	t.Start(cc, up)
+	t.Start(client, up)
 }
 
 // decide picks the request to dial, or the denial.

@@ -455,6 +455,13 @@ func (t *Tunnel) pipe(dst, src net.Conn, n *int64) {
 	t.closeBoth()
 }
 
+// Refuse closes the tunnel for d, a refusal of something it carried (a
+// later request of a plain-HTTP connection): its line is d.
+func (t *Tunnel) Refuse(d policy.Decision) {
+	t.refused = &d
+	t.close(errRefused, nil)
+}
+
 // DefaultInspectTimeout bounds the wait for the rest of a client's first
 // bytes once they started to arrive.
 const DefaultInspectTimeout = 2 * time.Second
