@@ -55,6 +55,7 @@ import (
 type archSyscalls struct {
 	arch                        uint32
 	socket, connect, socketpair uint32
+	seccomp                     uint32
 	socketcall                  int // -1: the architecture has none
 	ioUring                     [3]uint32
 	x32                         bool // refuse x86-64's x32 ABI (nr with bit 30 set)
@@ -99,6 +100,7 @@ func unixFilter(native archSyscalls, compat *archSyscalls) ([]unix.SockFilter, e
 		p.jump(jeq, a.connect, "notify", "")
 		p.jump(jeq, a.socket, "socket", "")
 		p.jump(jeq, a.socketpair, "socket", "")
+		p.jump(jeq, a.seccomp, "seccomp", "")
 		if a.socketcall >= 0 {
 			p.jump(jeq, uint32(a.socketcall), "eacces", "")
 		}
@@ -114,9 +116,25 @@ func unixFilter(native archSyscalls, compat *archSyscalls) ([]unix.SockFilter, e
 	// socket(domain, type, protocol), socketpair(domain, type, ...): only
 	// AF_UNIX datagram sockets are refused; the type carries flags
 	// (SOCK_CLOEXEC, SOCK_NONBLOCK) above SOCK_TYPE_MASK.
+	// seccomp(SECCOMP_SET_MODE_FILTER, flags, ...): a filter of the
+	// command's own with a listener would take the notifications from
+	// egress's the moment egress's closes (the kernel hands them to the
+	// newest listener), and could let every connect() through: refused,
+	// as the kernel does while egress's listener is open.
+	p.label("seccomp")
+	p.stmt(ld, dataArg1)
+	p.stmt(and, unix.SECCOMP_FILTER_FLAG_NEW_LISTENER)
+	p.jump(jeq, 0, "allow", "")
+	p.stmt(ret, errno|uint32(unix.EBUSY))
+	// Only unix, IPv4, IPv6 and netlink sockets are created: others
+	// (AF_VSOCK reaches a virtual machine's host, AF_TIPC, AF_RDS, ...)
+	// could get out without a connect() the supervisor sees.
 	p.label("socket")
 	p.stmt(ld, dataArg0)
-	p.jump(jeq, unix.AF_UNIX, "", "allow")
+	p.jump(jeq, unix.AF_INET, "allow", "")
+	p.jump(jeq, unix.AF_INET6, "allow", "")
+	p.jump(jeq, unix.AF_NETLINK, "allow", "")
+	p.jump(jeq, unix.AF_UNIX, "", "eafnosupport")
 	p.stmt(ld, dataArg1)
 	p.stmt(and, 0xf)
 	p.jump(jeq, unix.SOCK_STREAM, "allow", "")
@@ -129,6 +147,8 @@ func unixFilter(native archSyscalls, compat *archSyscalls) ([]unix.SockFilter, e
 	p.stmt(ret, errno|uint32(unix.ENOSYS))
 	p.label("eacces")
 	p.stmt(ret, errno|uint32(unix.EACCES))
+	p.label("eafnosupport")
+	p.stmt(ret, errno|uint32(unix.EAFNOSUPPORT))
 	return p.assemble()
 }
 

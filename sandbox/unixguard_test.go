@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -451,4 +452,46 @@ print((time.perf_counter() - t) / n * 1e6)
 	b.ReportMetric(off/n, "µs/connect-unguarded")
 	b.ReportMetric(on/n, "µs/connect-guarded")
 	b.ReportMetric((on-off)/n, "µs/connect-added")
+}
+
+// TestUnixGuardCannotBeReplaced: a command cannot install a seccomp
+// filter with a listener of its own (which would take over the
+// notifications once egress's listener closed, and let every connect()
+// through), nor create sockets of families the guard does not supervise.
+func TestUnixGuardCannotBeReplaced(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("needs python3")
+	}
+	var out bytes.Buffer
+	sb, err := Start(Config{Args: []string{"python3", "-c", `
+import ctypes, errno, socket, struct
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+insn = struct.pack("HBBI", 0x06, 0, 0, 0x7fff0000)  # ret SECCOMP_RET_ALLOW
+buf = ctypes.create_string_buffer(insn)
+prog = struct.pack("HxxxxxxQ", 1, ctypes.addressof(buf))
+pbuf = ctypes.create_string_buffer(prog)
+libc.syscall.restype = ctypes.c_long
+r = libc.syscall(317, 1, 8, pbuf)  # seccomp(SET_MODE_FILTER, NEW_LISTENER)
+print("listener", errno.errorcode.get(ctypes.get_errno(), r) if r < 0 else "installed")
+try:
+    socket.socket(40, socket.SOCK_STREAM)  # AF_VSOCK
+    print("vsock created")
+except OSError as e:
+    print("vsock", errno.errorcode[e.errno])
+`}, ExeArgs: []string{"-test.run=^$", "--"}, Stdout: &out, Stderr: os.Stderr})
+	if err != nil {
+		if strings.Contains(err.Error(), "namespace") {
+			t.Skipf("cannot create the sandbox here: %v", err)
+		}
+		t.Fatal(err)
+	}
+	sb.Wait()
+	sb.Close()
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the probe uses x86-64's syscall number")
+	}
+	if got := out.String(); got != "listener EBUSY\nvsock EAFNOSUPPORT\n" {
+		t.Fatalf("output %q, want a refused listener and no vsock socket", got)
+	}
 }

@@ -737,3 +737,44 @@ func TestRunCountsConnectionsMadeJustBeforeExit(t *testing.T) {
 		t.Errorf("%d tcp lines in the log, want 15", n)
 	}
 }
+
+// TestRunUnixGuardOutlivesEgress: a command that kills egress run (its
+// parent, same user) cannot then install a seccomp listener of its own,
+// which would take over the connect() notifications and let them through.
+func TestRunUnixGuardOutlivesEgress(t *testing.T) {
+	requireSandbox(t)
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the probe uses x86-64's syscall number")
+	}
+	dir := t.TempDir()
+	result := filepath.Join(dir, "result")
+	script := filepath.Join(dir, "probe.py")
+	os.WriteFile(script, []byte(`
+import ctypes, errno, os, signal, struct, sys, time
+os.kill(os.getppid(), signal.SIGKILL)  # egress run
+time.sleep(0.5)  # its listener is closed with it
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+buf = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0x7fff0000))  # ret ALLOW
+prog = ctypes.create_string_buffer(struct.pack("HxxxxxxQ", 1, ctypes.addressof(buf)))
+libc.syscall.restype = ctypes.c_long
+r = libc.syscall(317, 1, 8, prog)  # seccomp(SET_MODE_FILTER, NEW_LISTENER)
+out = errno.errorcode.get(ctypes.get_errno(), "?") if r < 0 else "installed"
+open(sys.argv[1], "w").write(out)
+`), 0o644)
+	runEgress(t, nil, "run", "--quiet", "--", "python3", script, result)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := os.ReadFile(result)
+		if err == nil && len(b) > 0 {
+			if string(b) != "EBUSY" {
+				t.Fatalf("after killing egress, the command's own seccomp listener: %q, want EBUSY", b)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the probe wrote no result")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
