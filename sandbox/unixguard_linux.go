@@ -248,6 +248,43 @@ type seccompResp struct {
 // whose descriptor table may be its own (unshare(CLONE_FILES)).
 const pidfdThread = unix.O_EXCL
 
+// threadPidfds reports whether this kernel has PIDFD_THREAD (a variable:
+// tests take the older kernels' way).
+var threadPidfds = sync.OnceValue(func() bool {
+	fd, err := unix.PidfdOpen(os.Getpid(), pidfdThread)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+})
+
+// pidfdOf opens a pidfd whose descriptor table is the calling thread's:
+// the thread's own (Linux 6.9 and later), or its thread group's, which
+// is the same table unless the thread unshared it (CLONE_FILES). Then the
+// socket duplicated may not be the caller's; connecting that one is what
+// the guard checks, so the caller reaches nothing it should not, only
+// gets an answer about another of its sockets.
+func pidfdOf(tid int) (int, error) {
+	if threadPidfds() {
+		return unix.PidfdOpen(tid, pidfdThread)
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(tid) + "/status")
+	if err != nil {
+		return -1, unix.ESRCH
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
+			tgid, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				break
+			}
+			return unix.PidfdOpen(tgid, 0)
+		}
+	}
+	return -1, unix.ESRCH
+}
+
 // unixGuard serves the filter's notifications: one goroutine reads them,
 // one goroutine per notification answers it.
 type unixGuard struct {
@@ -258,9 +295,16 @@ type unixGuard struct {
 	allow   []string // absolute paths, stat'ed at each check: daemons recreate their sockets
 	refused func(UnixRefusal)
 
+	busy chan struct{} // a slot per notification being answered: at most maxAnswering
+
 	mu     sync.Mutex
 	closed bool
 }
+
+// maxAnswering bounds the notifications answered at once (each may block
+// in a connect, and the command chooses how many it makes): past it, a
+// connect() fails with EAGAIN rather than cost egress a thread.
+const maxAnswering = 256
 
 // newUnixGuard serves the listener f until close.
 func newUnixGuard(f, diag *os.File, allow []string, refused func(UnixRefusal)) (*unixGuard, error) {
@@ -283,7 +327,7 @@ func newUnixGuard(f, diag *os.File, allow []string, refused func(UnixRefusal)) (
 		pf.Close()
 		return nil, fmt.Errorf("unix socket filter: %w", err)
 	}
-	g := &unixGuard{f: pf, rc: rc, diag: diag, allow: allow, refused: refused}
+	g := &unixGuard{f: pf, rc: rc, diag: diag, allow: allow, refused: refused, busy: make(chan struct{}, maxAnswering)}
 	go g.serve()
 	return g, nil
 }
@@ -307,23 +351,43 @@ func (g *unixGuard) serve() {
 	for {
 		var n seccompNotif
 		var rerr syscall.Errno
+		hup := false
 		err := g.rc.Read(func(fd uintptr) bool {
 			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			if k, _ := unix.Poll(pfd, 0); k == 0 {
-				return false // wait for the poller
+			unix.Poll(pfd, 0)
+			switch {
+			case pfd[0].Revents&unix.POLLIN != 0:
+			case pfd[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0:
+				// Every process of the filter is gone: nothing more
+				// will come (and NOTIF_RECV would fail at once, or
+				// block on kernels before 6.6).
+				hup = true
+				return true
+			default:
+				// Nothing to receive (POLLOUT alone is a notification
+				// received and not yet answered): wait for the poller.
+				return false
 			}
 			_, _, rerr = unix.Syscall(unix.SYS_IOCTL, fd, unix.SECCOMP_IOCTL_NOTIF_RECV, uintptr(unsafe.Pointer(&n)))
 			return true
 		})
 		switch {
-		case err != nil:
-			return // closed
+		case err != nil || hup:
+			return // closed, or no process left
 		case rerr == unix.ENOENT || rerr == unix.EINTR:
 			continue // the caller was killed before we read its notification
 		case rerr != 0:
 			return
 		}
-		go g.answer(n)
+		select {
+		case g.busy <- struct{}{}:
+			go func() {
+				defer func() { <-g.busy }()
+				g.answer(n)
+			}()
+		default:
+			g.send(seccompResp{ID: n.ID, Error: -int32(unix.EAGAIN)})
+		}
 	}
 }
 
@@ -336,6 +400,11 @@ func (g *unixGuard) answer(n seccompNotif) {
 	} else {
 		resp.Val = val
 	}
+	g.send(resp)
+}
+
+// send answers a notification.
+func (g *unixGuard) send(resp seccompResp) {
 	g.rc.Control(func(fd uintptr) {
 		unix.Syscall(unix.SYS_IOCTL, fd, unix.SECCOMP_IOCTL_NOTIF_SEND, uintptr(unsafe.Pointer(&resp)))
 	})
@@ -382,10 +451,14 @@ func (g *unixGuard) decide(n *seccompNotif) (int64, syscall.Errno) {
 	return 0, unix.ENOSYS
 }
 
+// sizeofSockaddrStorage is the longest address connect() takes (struct
+// sockaddr_storage): C code passes that size for any family.
+const sizeofSockaddrStorage = 128
+
 // connect performs connect(fd, addr, addrlen) for the caller: on the
 // caller's own socket, with the address as it was when read.
 func (g *unixGuard) connect(n *seccompNotif, tid int) (int64, syscall.Errno) {
-	pidfd, err := unix.PidfdOpen(tid, pidfdThread)
+	pidfd, err := pidfdOf(tid)
 	if err != nil {
 		return 0, errnoOf(err)
 	}
@@ -400,10 +473,10 @@ func (g *unixGuard) connect(n *seccompNotif, tid int) (int64, syscall.Errno) {
 		return 0, errnoOf(err) // ENOTSOCK
 	}
 	addrlen := int(int32(n.Args[2]))
-	if addrlen < 0 || addrlen > unix.SizeofSockaddrAny {
+	if addrlen < 0 || addrlen > sizeofSockaddrStorage {
 		return 0, unix.EINVAL // move_addr_to_kernel's answer
 	}
-	addr := make([]byte, addrlen, unix.SizeofSockaddrAny)
+	addr := make([]byte, addrlen, sizeofSockaddrStorage)
 	if addrlen > 0 {
 		local := []unix.Iovec{{Base: &addr[0], Len: uint64(addrlen)}}
 		remote := []unix.RemoteIovec{{Base: uintptr(n.Args[1]), Len: addrlen}}
@@ -421,6 +494,9 @@ func (g *unixGuard) connect(n *seccompNotif, tid int) (int64, syscall.Errno) {
 			return 0, unix.EACCES
 		}
 	case unix.AF_UNIX:
+		if addrlen >= 2 && binary.NativeEndian.Uint16(addr[0:2]) != unix.AF_UNIX {
+			return 0, unix.EINVAL // as the kernel says
+		}
 		if addrlen > 2 && addr[2] != 0 {
 			return g.connectPath(n, tid, fd, addr)
 		}
@@ -518,6 +594,11 @@ func (g *unixGuard) listening(st unix.Stat_t) bool {
 	defer g.diagMu.Unlock()
 	files, err := listeningFiles(int(g.diag.Fd()))
 	if err != nil {
+		return false
+	}
+	if st.Ino > 0xffffffff {
+		// sock_diag reports 32 bits of the inode number: a longer one
+		// cannot be told from another file's.
 		return false
 	}
 	for _, f := range files {

@@ -495,3 +495,48 @@ except OSError as e:
 		t.Fatalf("output %q, want a refused listener and no vsock socket", got)
 	}
 }
+
+// TestUnixGuardBefore69: on kernels without PIDFD_THREAD (before 6.9),
+// the guard takes the caller's thread group's descriptors: connects still
+// work, and a forbidden socket is still refused.
+func TestUnixGuardBefore69(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("needs python3")
+	}
+	saved := threadPidfds
+	threadPidfds = func() bool { return false }
+	defer func() { threadPidfds = saved }()
+	dir := guardDir(t)
+	allowed := serveUnix(t, filepath.Join(dir, "allow.sock"))
+	forbidden := serveUnix(t, filepath.Join(dir, "forbd.sock"))
+	var out bytes.Buffer
+	sb, err := Start(Config{Args: []string{"python3", "-c", `
+import errno, socket, sys
+for path in sys.argv[1:]:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        print("ok")
+    except OSError as e:
+        print(errno.errorcode[e.errno])
+try:
+    socket.create_connection(("192.0.2.1", 443), timeout=2)
+    print("tcp open")
+except OSError as e:
+    print("tcp", errno.errorcode[e.errno])
+`, allowed.path, forbidden.path}, ExeArgs: []string{"-test.run=^$", "--"}, Stdout: &out, Stderr: os.Stderr,
+		AllowUnix: []string{allowed.path}})
+	if err != nil {
+		if strings.Contains(err.Error(), "namespace") {
+			t.Skipf("cannot create the sandbox here: %v", err)
+		}
+		t.Fatal(err)
+	}
+	// Nobody serves the transparent listener: the TCP connect lands in its
+	// backlog ("open"), redirected inside the namespace; nothing leaves.
+	sb.Wait()
+	sb.Close()
+	if got := out.String(); got != "ok\nEACCES\ntcp open\n" {
+		t.Fatalf("output %q", got)
+	}
+}
