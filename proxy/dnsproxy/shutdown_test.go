@@ -5,8 +5,8 @@ import (
 	"errors"
 	"net"
 	"testing"
-	"time"
 
+	"github.com/egress-proxy/egress/internal/testnet"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -28,20 +28,7 @@ func TestServeAfterShutdownClosesTheSockets(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(pc, ln) }()
-	select {
-	case err := <-done:
-		if !errors.Is(err, ErrServerClosed) {
-			t.Fatalf("Serve after Shutdown = %v, want ErrServerClosed", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Serve after Shutdown did not return")
-	}
-	if c, err := net.DialTimeout("tcp", ln.Addr().String(), 2*time.Second); err == nil {
-		c.Close()
-		t.Fatal("the TCP listener still accepts connections after Serve returned")
-	}
+	testnet.ServeReturnsClosed(t, ln, ErrServerClosed, func() error { return s.Serve(pc, ln) })
 	if _, err := pc.WriteTo([]byte{0}, pc.LocalAddr()); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("UDP socket after Serve returned: %v, want it closed", err)
 	}

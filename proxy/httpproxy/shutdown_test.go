@@ -2,12 +2,11 @@ package httpproxy
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"testing"
-	"time"
 
+	"github.com/egress-proxy/egress/internal/testnet"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -25,18 +24,5 @@ func TestServeAfterShutdownClosesTheListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	done := make(chan error, 1)
-	go func() { done <- p.Serve(ln) }()
-	select {
-	case err := <-done:
-		if !errors.Is(err, http.ErrServerClosed) {
-			t.Fatalf("Serve after Shutdown = %v, want http.ErrServerClosed", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Serve after Shutdown did not return")
-	}
-	if c, err := net.DialTimeout("tcp", ln.Addr().String(), 2*time.Second); err == nil {
-		c.Close()
-		t.Fatal("the listener still accepts connections after Serve returned")
-	}
+	testnet.ServeReturnsClosed(t, ln, http.ErrServerClosed, func() error { return p.Serve(ln) })
 }

@@ -2,11 +2,10 @@ package transparent
 
 import (
 	"context"
-	"errors"
 	"net"
 	"testing"
-	"time"
 
+	"github.com/egress-proxy/egress/internal/testnet"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -23,18 +22,5 @@ func TestServeAfterShutdownClosesTheListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ln) }()
-	select {
-	case err := <-done:
-		if !errors.Is(err, ErrServerClosed) {
-			t.Fatalf("Serve after Shutdown = %v, want ErrServerClosed", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Serve after Shutdown did not return")
-	}
-	if c, err := net.DialTimeout("tcp", ln.Addr().String(), 2*time.Second); err == nil {
-		c.Close()
-		t.Fatal("the listener still accepts connections after Serve returned")
-	}
+	testnet.ServeReturnsClosed(t, ln, ErrServerClosed, func() error { return s.Serve(ln) })
 }
