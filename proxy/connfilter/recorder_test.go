@@ -64,7 +64,7 @@ func TestRecorder(t *testing.T) {
 			t.Errorf("leases %q", leases.got)
 		}
 	})
-	t.Run("a failed lease is logged, and the answer still remembered", func(t *testing.T) {
+	t.Run("a failed lease leaves the answer remembered for the listener", func(t *testing.T) {
 		leases := &leaseLog{err: errors.New("sets full")}
 		table := &names.Table{}
 		r := &Recorder{Names: table, Leases: leases, Policy: func() *policy.Policy { return pol }, Filter: func() *policy.ConnectFilter { return &f }}
