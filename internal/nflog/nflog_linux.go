@@ -12,6 +12,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/egress-proxy/egress/internal/nfnetlink"
 )
 
 // nfnetlink_log constants (linux/netfilter/nfnetlink_log.h).
@@ -48,9 +50,9 @@ func Open(group uint16) (*os.File, error) {
 	var qthresh [4]byte
 	binary.BigEndian.PutUint32(qthresh[:], 1) // deliver each packet at once
 	for i, attr := range [][]byte{
-		Attr(nfulaCfgCmd, []byte{nfulnlCfgCmdBind}),
-		Attr(nfulaCfgMode, mode[:]),
-		Attr(nfulaCfgQThresh, qthresh[:]),
+		nfnetlink.Attr(nfulaCfgCmd, []byte{nfulnlCfgCmdBind}),
+		nfnetlink.Attr(nfulaCfgMode, mode[:]),
+		nfnetlink.Attr(nfulaCfgQThresh, qthresh[:]),
 	} {
 		if err := nflogConfig(fd, group, uint32(i+1), attr); err != nil {
 			f.Close()
@@ -62,15 +64,8 @@ func Open(group uint16) (*os.File, error) {
 
 // nflogConfig sends one NFULNL_MSG_CONFIG for group and waits for its ack.
 func nflogConfig(fd int, group uint16, seq uint32, attr []byte) error {
-	msg := make([]byte, unix.NLMSG_HDRLEN+4+len(attr))
-	binary.NativeEndian.PutUint32(msg[0:], uint32(len(msg)))
-	binary.NativeEndian.PutUint16(msg[4:], nfnlSubsysULOG<<8|nfulnlMsgConfig)
-	binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
-	binary.NativeEndian.PutUint32(msg[8:], seq)
-	// struct nfgenmsg: family, version, res_id (big endian group).
-	msg[16], msg[17] = unix.AF_UNSPEC, 0
-	binary.BigEndian.PutUint16(msg[18:], group)
-	copy(msg[20:], attr)
+	// res_id is the group.
+	msg := nfnetlink.Msg(nfnlSubsysULOG<<8|nfulnlMsgConfig, unix.NLM_F_REQUEST|unix.NLM_F_ACK, seq, unix.AF_UNSPEC, group, attr)
 	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("nflog config: %w", err)
 	}
@@ -85,16 +80,6 @@ func nflogConfig(fd int, group uint16, seq uint32, attr []byte) error {
 		}
 	}
 	return nil
-}
-
-// Attr is one netlink attribute, padded to 4 bytes.
-func Attr(typ uint16, data []byte) []byte {
-	l := 4 + len(data)
-	b := make([]byte, (l+3)&^3)
-	binary.NativeEndian.PutUint16(b[0:], uint16(l))
-	binary.NativeEndian.PutUint16(b[2:], typ)
-	copy(b[4:], data)
-	return b
 }
 
 // Reader reads an NFLOG socket (see Open).

@@ -16,7 +16,7 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
-	"github.com/egress-proxy/egress/internal/nflog"
+	"github.com/egress-proxy/egress/internal/nfnetlink"
 	"github.com/egress-proxy/egress/internal/nftexpr"
 	"github.com/egress-proxy/egress/policy"
 )
@@ -293,37 +293,37 @@ func (l *Leaser) write(add, renew []leaseKey, d time.Duration) error {
 	var msg []byte
 	l.seq++
 	first := l.seq
-	msg = append(msg, nlmsg(nfnlMsgBatchBegin, unix.NLM_F_REQUEST, l.seq, unix.AF_UNSPEC, nfnlSubsysNFTables, nil)...)
+	msg = append(msg, nfnetlink.Msg(nfnlMsgBatchBegin, unix.NLM_F_REQUEST, l.seq, unix.AF_UNSPEC, nfnlSubsysNFTables, nil)...)
 	var want []uint32
 	emit := func(typ uint16, keys []leaseKey, timeout []byte) {
 		bySet := map[string][]byte{}
 		var order []string
 		for _, k := range keys {
 			set, key := k.set()
-			attrs := nflog.Attr(nftaSetElemKey|unix.NLA_F_NESTED, nflog.Attr(nftaDataValue, key))
+			attrs := nfnetlink.Attr(nftaSetElemKey|unix.NLA_F_NESTED, nfnetlink.Attr(nftaDataValue, key))
 			if timeout != nil {
-				attrs = append(attrs, nflog.Attr(nftaSetElemTimeout, timeout)...)
+				attrs = append(attrs, nfnetlink.Attr(nftaSetElemTimeout, timeout)...)
 			}
 			if _, ok := bySet[set]; !ok {
 				order = append(order, set)
 			}
-			bySet[set] = append(bySet[set], nflog.Attr(nftaListElem|unix.NLA_F_NESTED, attrs)...)
+			bySet[set] = append(bySet[set], nfnetlink.Attr(nftaListElem|unix.NLA_F_NESTED, attrs)...)
 		}
 		for _, set := range order {
 			l.seq++
 			want = append(want, l.seq)
-			msg = append(msg, nlmsg(nfnlSubsysNFTables<<8|typ,
+			msg = append(msg, nfnetlink.Msg(nfnlSubsysNFTables<<8|typ,
 				unix.NLM_F_REQUEST|unix.NLM_F_CREATE|unix.NLM_F_ACK, l.seq, unix.NFPROTO_INET, 0, concatBytes(
-					nflog.Attr(nftaSetElemListTable, cstring(l.table)),
-					nflog.Attr(nftaSetElemListSet, cstring(set)),
-					nflog.Attr(nftaSetElemListElements|unix.NLA_F_NESTED, bySet[set]),
+					nfnetlink.Attr(nftaSetElemListTable, cstring(l.table)),
+					nfnetlink.Attr(nftaSetElemListSet, cstring(set)),
+					nfnetlink.Attr(nftaSetElemListElements|unix.NLA_F_NESTED, bySet[set]),
 				))...)
 		}
 	}
 	emit(nftMsgDelSetElem, renew, nil)
 	emit(nftMsgNewSetElem, append(append([]leaseKey(nil), add...), renew...), ms[:])
 	l.seq++
-	msg = append(msg, nlmsg(nfnlMsgBatchEnd, unix.NLM_F_REQUEST, l.seq, unix.AF_UNSPEC, nfnlSubsysNFTables, nil)...)
+	msg = append(msg, nfnetlink.Msg(nfnlMsgBatchEnd, unix.NLM_F_REQUEST, l.seq, unix.AF_UNSPEC, nfnlSubsysNFTables, nil)...)
 	fd := int(l.f.Fd())
 	if err := retryEINTR(func() error { return unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}) }); err != nil {
 		return fmt.Errorf("write lease: %w", err)
@@ -397,19 +397,6 @@ func (l *Leaser) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.f.Close()
-}
-
-// nlmsg is one netlink message with a struct nfgenmsg header.
-func nlmsg(typ, flags uint16, seq uint32, fam byte, resID uint16, attrs []byte) []byte {
-	b := make([]byte, unix.NLMSG_HDRLEN+4, unix.NLMSG_HDRLEN+4+len(attrs))
-	b = append(b, attrs...)
-	binary.NativeEndian.PutUint32(b[0:], uint32(len(b)))
-	binary.NativeEndian.PutUint16(b[4:], typ)
-	binary.NativeEndian.PutUint16(b[6:], flags)
-	binary.NativeEndian.PutUint32(b[8:], seq)
-	b[16], b[17] = fam, 0
-	binary.BigEndian.PutUint16(b[18:], resID)
-	return b
 }
 
 func concatBytes(parts ...[]byte) []byte {
