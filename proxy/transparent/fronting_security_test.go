@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -65,6 +66,23 @@ func TestSecurityEveryRequestDecided(t *testing.T) {
 		}
 		c.Close()
 		f.rec.next(t)
+	})
+
+	t.Run("a later request that cannot be read ends the connection, and the line says why", func(t *testing.T) {
+		c := f.ns.Dial(t, "127.0.0.1:"+webPort)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(c)
+		if _, body, err := get(br, c, "web.test"); err != nil || body != "hello web.test:"+webPort {
+			t.Fatalf("first request: %q, %v", body, err)
+		}
+		fmt.Fprintf(c, "NOT HTTP AT ALL\r\n\r\n")
+		if _, err := http.ReadResponse(br, nil); err == nil {
+			t.Fatal("the unreadable request was answered")
+		}
+		if e := f.rec.next(t); e.Err == nil || !strings.Contains(e.Err.Error(), "cannot be read") {
+			t.Fatalf("entry error %v, want the unreadable request", e.Err)
+		}
 	})
 
 	for _, host := range []string{"other.test", "evil.test"} {

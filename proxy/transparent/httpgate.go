@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -30,23 +31,25 @@ var errRequestRefused = errors.New("a request on the connection was refused")
 
 // newRequestGate starts reading requests from head, then c. allow is
 // called for each request after the first (which was decided already) with
-// its Host; false refuses it.
-func newRequestGate(c *net.TCPConn, head []byte, allow func(host string) bool) *requestGate {
+// its Host; false refuses it. bad is told of a request that cannot be
+// read, which ends the connection.
+func newRequestGate(c *net.TCPConn, head []byte, allow func(host string) bool, bad func(error)) *requestGate {
 	pr, pw := io.Pipe()
 	g := &requestGate{c: c, pr: pr}
-	go g.run(bufio.NewReader(io.MultiReader(bytes.NewReader(head), c)), pw, allow)
+	go g.run(bufio.NewReader(io.MultiReader(bytes.NewReader(head), c)), pw, allow, bad)
 	return g
 }
 
-func (g *requestGate) run(br *bufio.Reader, pw *io.PipeWriter, allow func(string) bool) {
+func (g *requestGate) run(br *bufio.Reader, pw *io.PipeWriter, allow func(string) bool, bad func(error)) {
 	for first := true; ; first = false {
 		req, err := http.ReadRequest(br)
 		if err != nil {
 			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 				pw.Close() // the client is done: the tunnel half-closes upstream
-			} else {
-				pw.CloseWithError(err)
+				return
 			}
+			bad(fmt.Errorf("a request on the connection cannot be read: %w", err))
+			pw.CloseWithError(err)
 			return
 		}
 		if !first && !allow(req.Host) {

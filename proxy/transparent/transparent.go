@@ -318,7 +318,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 			}
 			t.Refuse(d)
 			return false
-		})
+		}, t.Fail)
 		head = nil
 	}
 	if len(head) > 0 {

@@ -462,6 +462,10 @@ func (t *Tunnel) Refuse(d policy.Decision) {
 	t.close(errRefused, nil)
 }
 
+// Fail closes the tunnel for err, which its line reports (a request it
+// carried could not be read, say).
+func (t *Tunnel) Fail(err error) { t.close(err, nil) }
+
 // DefaultInspectTimeout bounds the wait for the rest of a client's first
 // bytes once they started to arrive.
 const DefaultInspectTimeout = 2 * time.Second
