@@ -73,6 +73,14 @@ func failureFor(id, target string, dec policy.Decision, err error) failure {
 		status = http.StatusBadRequest
 		b.WriteString("egress: bad request: " + err.Error() + "\n")
 		reason = "egress bad request: " + strings.TrimPrefix(err.Error(), errBadRequest.Error()+": ")
+	case errors.Is(err, errRequestBody):
+		// The client's body ended before its length, or was malformed.
+		status = http.StatusBadRequest
+		b.WriteString("egress: bad request: " + err.Error() + "\n")
+		reason = "egress bad request: " + err.Error()
+	case errors.Is(err, errResponseHeaderTooLarge), errors.Is(err, errTooMany1xx), errors.Is(err, errUnasked101):
+		b.WriteString("egress: bad response from " + target + ": " + err.Error() + "\n")
+		reason = "egress got a bad response from " + target + ": " + err.Error()
 	case errors.Is(err, errTooManyTunnels):
 		status = http.StatusServiceUnavailable
 		b.WriteString("egress: too many open tunnels (limits.max_tunnels); try again later\n")
@@ -85,7 +93,7 @@ func failureFor(id, target string, dec policy.Decision, err error) failure {
 		b.WriteString("egress: timed out connecting to " + target + ": " + err.Error() + "\n")
 		reason = "egress timed out reaching " + target + ": connect timed out (timeouts.dial)"
 	case isTimeout(err):
-		// The Transport's timeouts.response: connected, then silence.
+		// timeouts.response: connected, then silence.
 		status = http.StatusGatewayTimeout
 		b.WriteString("egress: " + target + " did not answer in time: " + err.Error() + "\n")
 		reason = "egress timed out reaching " + target + ": " + rootCause(err)
@@ -311,26 +319,6 @@ func (f failure) write(w http.ResponseWriter, closeConn bool) {
 	w.Header().Set("Content-Length", strconv.Itoa(len(f.body)))
 	w.WriteHeader(f.status)
 	io.WriteString(w, f.body)
-}
-
-// response turns f into an *http.Response for goproxy to copy out; the
-// forward path discards what goproxy writes and sends f itself (forward.go).
-func (f failure) response(req *http.Request) *http.Response {
-	reason := f.reason
-	if reason == "" {
-		reason = http.StatusText(f.status)
-	}
-	return &http.Response{
-		Status:        strconv.Itoa(f.status) + " " + reason,
-		StatusCode:    f.status,
-		Proto:         "HTTP/1.1",
-		ProtoMajor:    1,
-		ProtoMinor:    1,
-		Header:        f.header,
-		Body:          io.NopCloser(strings.NewReader(f.body)),
-		ContentLength: int64(len(f.body)),
-		Request:       req,
-	}
 }
 
 // targetString is host:port as the client asked for it, for answers.

@@ -16,9 +16,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
-	"errors"
 	"fmt"
-	"io"
 	"log"
 	"net"
 	"net/http"
@@ -29,7 +27,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/elazarl/goproxy"
 	"github.com/rs/zerolog"
 
 	"github.com/egress-proxy/egress/policy"
@@ -71,16 +68,15 @@ type Proxy struct {
 	Tunnels *tunnel.Set
 
 	initOnce sync.Once
-	gp       *goproxy.ProxyHttpServer
 	dial     *dialer.Dialer
 	self     dialer.Self
 	tunnels  *tunnel.Group
 
-	mu       sync.Mutex
-	srvs     []*http.Server
-	shutdown bool
-	trPolicy *policy.Policy
-	trs      map[string]*http.Transport // by client policy name, for trPolicy
+	mu         sync.Mutex
+	srvs       []*http.Server
+	shutdown   bool
+	poolPolicy *policy.Policy
+	pools      map[string]*pool // upstream connections by client policy name, for poolPolicy
 }
 
 func (p *Proxy) init() {
@@ -90,25 +86,6 @@ func (p *Proxy) init() {
 		if p.dial == nil {
 			p.dial = &dialer.Dialer{Policy: p.Policy, IsSelf: p.self.Contains}
 		}
-		gp := goproxy.NewProxyHttpServer()
-		// Undo goproxy's defaults: its Transport skips TLS verification
-		// and takes proxies from the environment, and its ConnectDial
-		// follows HTTPS_PROXY. Plain requests go through our own
-		// per-policy Transports (see roundTrip); CONNECT never reaches
-		// goproxy. Tr and ConnectDial are set to fail closed in case a
-		// future goproxy version reaches them anyway.
-		gp.Tr = &http.Transport{Proxy: nil, DialContext: func(context.Context, string, string) (net.Conn, error) {
-			return nil, errors.New("goproxy default transport used")
-		}}
-		gp.ConnectDial = func(string, string) (net.Conn, error) { return nil, errors.New("goproxy connect dial used") }
-		gp.KeepAcceptEncoding = true // pass the client's Accept-Encoding on, untouched
-		gp.Logger = log.New(io.Discard, "", 0)
-		gp.NonproxyHandler = http.HandlerFunc(serveInfo)
-		gp.OnRequest().DoFunc(func(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
-			ctx.RoundTripper = goproxy.RoundTripperFunc(p.roundTrip)
-			return r, nil
-		})
-		p.gp = gp
 	})
 }
 
@@ -174,11 +151,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for _, s := range srvs {
 		s.Close() // connections that did not finish in time
 	}
-	p.mu.Lock()
-	for _, t := range p.trs {
-		t.CloseIdleConnections()
-	}
-	p.mu.Unlock()
+	p.closeIdle()
 	return err
 }
 
