@@ -383,6 +383,11 @@ func (e *server) startReload() (hup <-chan os.Signal, stop func()) {
 	e.watcher.OnReload = func(p *policy.Policy, err error) {
 		if err == nil {
 			e.cur.Store(p)
+			if e.http != nil {
+				// Kept-alive upstream connections were dialled under
+				// the old policy: none is reused past the reload.
+				e.http.CloseIdleConnections()
+			}
 			if e.filter != nil {
 				e.filter.reload(p)
 			}

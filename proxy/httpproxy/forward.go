@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
@@ -198,6 +199,14 @@ func isIdempotent(r *http.Request) bool {
 	return a || b
 }
 
+// inlineBody is the largest request body written on the client
+// connection's goroutine before the response is read: it fits in the
+// socket's buffers, so an origin that answers before reading it cannot
+// block the write. A larger or chunked body goes up from a goroutine of
+// its own while the response comes down, as with net/http's Transport
+// (an origin may stream its answer while it reads).
+const inlineBody = 16 << 10
+
 // exchange writes r on uc, reads the response and copies it to w, then
 // puts uc back into its pool if it can carry another request, or closes
 // it.
@@ -206,27 +215,37 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 	// connection under whatever read or write waits on it.
 	stop := context.AfterFunc(r.Context(), func() { uc.raw.Close() })
 	keep := false
+	var up *bodyWriter // the body going up on its own goroutine
 	defer func() {
+		if up != nil && !up.finish(w) {
+			keep = false
+		}
 		if stop() && keep {
 			uc.pool.put(uc)
 		} else {
 			uc.conn.Close()
 		}
 	}()
-
 	upstreamErr := func(err error) error {
+		if up != nil {
+			uc.raw.Close()
+			up.finish(w)
+		}
 		if body != nil && body.err != nil {
 			return fmt.Errorf("%w: %w", errRequestBody, body.err)
 		}
-		if uc.reused && uc.br.Buffered() == 0 && (body == nil || body.n == 0) && !responseStarted(uc) {
+		if uc.reused && uc.br.Buffered() == 0 && (body == nil || body.n == 0) && !uc.lim.got {
 			return idleClosedError{err}
 		}
 		return err
 	}
+
 	uc.lim.got = false
+	dl := &responseDeadline{conn: uc.raw, d: timeout}
 	writeHead(uc.bw, r)
 	expect := body != nil && r.ContentLength != 0 && r.ProtoAtLeast(1, 1) && headerHasToken(r.Header, "Expect", "100-continue")
-	if body != nil && !expect {
+	inline := body != nil && !expect && r.ContentLength > 0 && r.ContentLength <= inlineBody
+	if inline {
 		if err := writeBody(uc.bw, r, body); err != nil {
 			return upstreamErr(err)
 		}
@@ -234,7 +253,6 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 	if err := uc.bw.Flush(); err != nil {
 		return upstreamErr(err)
 	}
-	sentBody := !expect
 	if expect {
 		// Wait a moment for the origin's 100 Continue, or its final
 		// answer without the body (a 401, a 413). net/http's server
@@ -246,7 +264,7 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 			return upstreamErr(err)
 		}
 		if err == nil {
-			resp, err := readHead(w, r, uc, timeout, true)
+			resp, err := readHead(w, r, uc, dl, true)
 			if err != nil {
 				return upstreamErr(err)
 			}
@@ -256,37 +274,108 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 				return copyResponse(w, resp, uc)
 			}
 		}
-		if err := writeBody(uc.bw, r, body); err != nil {
-			return upstreamErr(err)
-		}
-		if err := uc.bw.Flush(); err != nil {
-			return upstreamErr(err)
-		}
-		sentBody = true
 	}
-	resp, err := readHead(w, r, uc, timeout, false)
+	if body != nil && !inline {
+		up = startBody(uc, r, body, dl)
+	} else {
+		dl.arm()
+	}
+	resp, err := readHead(w, r, uc, dl, false)
 	if err != nil {
 		return upstreamErr(err)
 	}
 	if err := copyResponse(w, resp, uc); err != nil {
 		return err
 	}
-	keep = sentBody && !resp.Close && uc.br.Buffered() == 0
+	keep = !resp.Close && uc.br.Buffered() == 0
 	return nil
 }
 
-// responseStarted reports whether the origin sent anything on uc since
-// the request went up (in which case it was not an idle close).
-func responseStarted(uc *upConn) bool { return uc.lim.got }
+// responseDeadline is timeouts.response: it starts when the request is
+// all sent (as net/http's Transport's ResponseHeaderTimeout did) and ends
+// with the response head, whichever goroutine gets there first.
+type responseDeadline struct {
+	conn net.Conn
+	d    time.Duration
+	mu   sync.Mutex
+	done bool // the head came
+}
+
+func (r *responseDeadline) arm() {
+	if r.d <= 0 {
+		return
+	}
+	r.mu.Lock()
+	if !r.done {
+		r.conn.SetReadDeadline(time.Now().Add(r.d))
+	}
+	r.mu.Unlock()
+}
+
+func (r *responseDeadline) disarm() {
+	if r.d <= 0 {
+		return
+	}
+	r.mu.Lock()
+	r.done = true
+	r.conn.SetReadDeadline(time.Time{})
+	r.mu.Unlock()
+}
+
+// bodyWriter sends a request body on a goroutine of its own.
+type bodyWriter struct {
+	done chan struct{}
+	err  error // read after done
+}
+
+// startBody writes r's body on uc from a new goroutine; a body that
+// cannot be read whole from the client, or written whole, closes the
+// connection, so the origin never takes part of a body for all of it.
+func startBody(uc *upConn, r *http.Request, body *countingReader, dl *responseDeadline) *bodyWriter {
+	bw := &bodyWriter{done: make(chan struct{})}
+	go func() {
+		defer close(bw.done)
+		err := writeBody(uc.bw, r, body)
+		if err == nil {
+			err = uc.bw.Flush()
+		}
+		if err != nil {
+			bw.err = err
+			uc.raw.Close()
+			return
+		}
+		dl.arm()
+	}()
+	return bw
+}
+
+// finish waits for the body's goroutine and reports whether the whole
+// body went up. Once the response is over, a body still being read from
+// the client is cut short: it is no use to the origin any more.
+func (b *bodyWriter) finish(w http.ResponseWriter) bool {
+	select {
+	case <-b.done:
+	default:
+		t := time.NewTimer(50 * time.Millisecond) // the last write may just be finishing
+		select {
+		case <-b.done:
+			t.Stop()
+		case <-t.C:
+			http.NewResponseController(w).SetReadDeadline(time.Now())
+			<-b.done
+			return false
+		}
+	}
+	return b.err == nil
+}
 
 // readHead reads the final response head for r, forwarding informational
 // answers (103 Early Hints...) to w. 100 Continue is not forwarded:
 // net/http's server sends its own when it reads the body. With
 // continueOnly, a 100 returns nil, nil: the body may go up.
-func readHead(w *countingWriter, r *http.Request, uc *upConn, timeout time.Duration, continueOnly bool) (*http.Response, error) {
-	if timeout > 0 {
-		uc.raw.SetReadDeadline(time.Now().Add(timeout))
-		defer uc.raw.SetReadDeadline(time.Time{})
+func readHead(w *countingWriter, r *http.Request, uc *upConn, dl *responseDeadline, continueOnly bool) (*http.Response, error) {
+	if !continueOnly {
+		defer dl.disarm()
 	}
 	for n := 0; ; n++ {
 		if n > max1xx {
@@ -547,4 +636,3 @@ func (c *countingReader) Read(b []byte) (int, error) {
 	}
 	return n, err
 }
-

@@ -151,7 +151,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for _, s := range srvs {
 		s.Close() // connections that did not finish in time
 	}
-	p.closeIdle()
+	p.CloseIdleConnections()
 	return err
 }
 

@@ -18,8 +18,6 @@ import (
 // Limits of the upstream connection pools, those net/http.Transport had
 // in egress before.
 const (
-	// upstreamIdleTimeout closes a pooled connection nobody reused.
-	upstreamIdleTimeout = 90 * time.Second
 	// maxIdlePerHost and maxIdlePerPool bound the connections kept open
 	// for reuse, per origin and per pool (one policy and clients: entry).
 	maxIdlePerHost = 100
@@ -30,6 +28,10 @@ const (
 	// tlsHandshakeTimeout bounds the handshake with an https:// origin.
 	tlsHandshakeTimeout = 10 * time.Second
 )
+
+// upstreamIdleTimeout closes a pooled connection nobody reused (a
+// variable for tests).
+var upstreamIdleTimeout = 90 * time.Second
 
 // upConn is one upstream connection: dialled through the checking dialer
 // for one pool, used by one request at a time on the client connection's
@@ -133,14 +135,14 @@ func (p *pool) put(uc *upConn) {
 		return
 	}
 	uc.idleSince = time.Now()
-	p.idle[uc.key] = append(p.idle[uc.key], uc)
-	p.n++
-	p.mu.Unlock()
 	if uc.timer == nil {
 		uc.timer = time.AfterFunc(upstreamIdleTimeout, func() { p.expire(uc) })
 	} else {
 		uc.timer.Reset(upstreamIdleTimeout)
 	}
+	p.idle[uc.key] = append(p.idle[uc.key], uc)
+	p.n++
+	p.mu.Unlock()
 }
 
 // expire closes uc if it is still idle and has been for the idle
@@ -156,7 +158,7 @@ func (p *pool) expire(uc *upConn) {
 			break
 		}
 	}
-	if i < 0 || time.Since(uc.idleSince) < upstreamIdleTimeout-time.Second {
+	if i < 0 || time.Since(uc.idleSince) < upstreamIdleTimeout*9/10 {
 		p.mu.Unlock()
 		return
 	}
@@ -226,12 +228,15 @@ func (p *Proxy) pool(pol *policy.Policy, clientPolicy string) *pool {
 	return pl
 }
 
-// closeIdle closes the idle upstream connections of every pool and keeps
-// none from now on (Shutdown).
-func (p *Proxy) closeIdle() {
+// CloseIdleConnections closes the kept-alive upstream connections of
+// plain-HTTP requests that are not in use. Call it after swapping the
+// policy: requests decided under the new one never reuse a connection
+// dialled under the old one (each policy has pools of its own), and this
+// closes the old ones now rather than at the next request.
+func (p *Proxy) CloseIdleConnections() {
 	p.mu.Lock()
 	pools := p.pools
-	p.pools = map[string]*pool{}
+	p.pools, p.poolPolicy = map[string]*pool{}, nil
 	p.mu.Unlock()
 	for _, pl := range pools {
 		pl.close()
