@@ -168,9 +168,7 @@ func (p *Proxy) roundTrip(w *countingWriter, r *http.Request, fw *forward, body 
 	pl := p.pool(fw.pol, fw.clientPolicy)
 	retry := body == nil && isIdempotent(r)
 	for {
-		// A request that cannot be sent again takes an idle connection
-		// only after a look that the origin has not closed it.
-		uc := pl.get(key, !retry)
+		uc := pl.get(key)
 		if uc == nil {
 			var err error
 			if uc, err = p.dialUpstream(r.Context(), pl, fw, scheme, key); err != nil {

@@ -101,9 +101,9 @@ func poolKey(scheme, host string, port uint16) string {
 }
 
 // get returns an idle connection to key, or nil. A connection whose
-// origin has closed it, or sent something unasked, is closed and
-// skipped when check is set (see peerClosed).
-func (p *pool) get(key string, check bool) *upConn {
+// origin has closed it, or sent something unasked (which must never be
+// read as the answer to the next request), is closed and skipped.
+func (p *pool) get(key string) *upConn {
 	for {
 		p.mu.Lock()
 		list := p.idle[key]
@@ -117,7 +117,7 @@ func (p *pool) get(key string, check bool) *upConn {
 		p.n--
 		p.mu.Unlock()
 		uc.timer.Stop()
-		if check && peerClosed(uc.raw) {
+		if peerClosed(uc.raw) {
 			uc.conn.Close()
 			continue
 		}
