@@ -60,7 +60,7 @@ type options struct {
 	dnsFile, policyFile, command         string
 	only, extra                          string
 	runs, conns, setups, workers         int
-	logAllowed                           bool
+	logAllowed, egressNoLog              bool
 	tunnels                              int
 	bytes, pacedBytes, pacedRate         int64
 	duration, rateDuration               time.Duration
@@ -81,6 +81,7 @@ func main() {
 	flag.StringVar(&o.extra, "extra", "", "comma-separated `name=addr` of proxies already running, measured too (no memory figure)")
 	flag.StringVar(&o.only, "only", "memory,rps,throughput,setup", "comma-separated measures to run")
 	flag.BoolVar(&o.logAllowed, "egress-log-allowed", true, "egress logs allowed requests and tunnels too (log.allowed), as squid and tinyproxy do")
+	flag.BoolVar(&o.egressNoLog, "egress-nolog", true, "measure requests/s of a second egress with log.allowed: false too (subject egress-nolog)")
 	flag.IntVar(&o.runs, "runs", 5, "rounds of each measure (the median counts)")
 	flag.IntVar(&o.conns, "conns", 8, "wrk connections (one wrk thread)")
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "wrk duration per subject and round")
@@ -186,7 +187,7 @@ func run(o options) *results {
 	start := func(kind string) *subject {
 		switch kind {
 		case "egress":
-			return startEgress(o.egress, dir, o.logAllowed)
+			return startEgress(o.egress, dir, "egress", o.logAllowed)
 		case "squid":
 			return startSquid(o.squid, o.peers, dir)
 		case "go-minimal":
@@ -255,6 +256,16 @@ func run(o options) *results {
 
 	// 2. Plain HTTP keep-alive requests/s.
 	if only["rps"] {
+		if o.egressNoLog {
+			// egress without a line per allowed request, in this
+			// measure's rounds only.
+			nl := startEgress(o.egress, dir, "egress-nolog", false)
+			defer nl.stop()
+			all := subj
+			subj = append(append([]*subject(nil), subj...), nl)
+			r.subjects = append(r.subjects, nl.name)
+			defer func() { subj = all }()
+		}
 		script := filepath.Join(dir, "proxy.lua")
 		check(os.WriteFile(script, []byte(fmt.Sprintf("wrk.path = %q\nwrk.headers[\"Host\"] = %q\n", "http://"+origin+"/", origin)), 0o644))
 		rounds(func(s *subject) {
@@ -351,13 +362,13 @@ log:
   file: %s
 `
 
-func startEgress(bin, dir string, logAllowed bool) *subject {
-	cfg := filepath.Join(dir, "egress.yaml")
-	logFile := filepath.Join(dir, "egress.log")
+func startEgress(bin, dir, name string, logAllowed bool) *subject {
+	cfg := filepath.Join(dir, name+".yaml")
+	logFile := filepath.Join(dir, name+".log")
 	check(os.WriteFile(cfg, []byte(fmt.Sprintf(egressConfig, logAllowed, logFile)), 0o644))
 	addr := freeAddr()
-	s := &subject{name: "egress", kind: "egress", addr: addr, log: logFile}
-	s.start(exec.Command(bin, "serve", "--config", cfg, "--listen", addr), filepath.Join(dir, "egress.stderr"))
+	s := &subject{name: name, kind: "egress", addr: addr, log: logFile}
+	s.start(exec.Command(bin, "serve", "--config", cfg, "--listen", addr), filepath.Join(dir, name+".stderr"))
 	return s
 }
 
