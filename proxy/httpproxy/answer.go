@@ -329,8 +329,8 @@ func targetString(host string, port uint16) string {
 	return host + ":" + strconv.Itoa(int(port))
 }
 
-// isTimeout reports a timeout that is not a deadline on our own sockets,
-// such as the Transport's "timeout awaiting response headers".
+// isTimeout reports a timeout that is not a dial's deadline, such as
+// timeouts.response's "timeout awaiting response headers".
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()

@@ -3,13 +3,14 @@
 // tunnels, each decided by the policy, dialled through the checking dialer
 // and recorded as one canonical log line.
 //
-// Plain HTTP is forwarded by github.com/elazarl/goproxy with our own
-// Transport (no proxies from the environment, TLS verification on, dials
-// through proxy/dialer). CONNECT and upgrades (WebSocket) are handled here,
-// in front of goproxy (connect.go and upgrade.go say why), and become
-// proxy/tunnel tunnels once dialled. It does not intercept TLS (no MITM) and does not
-// authenticate proxy users; a Basic Proxy-Authorization user name only
-// selects a per-client policy.
+// Plain HTTP is forwarded on the client connection's goroutine over pools
+// of kept-alive upstream connections, one pool per policy and clients:
+// entry, every new connection dialled through proxy/dialer (forward.go,
+// upstream.go); no net/http.Transport, no proxies from the environment,
+// TLS verification on. CONNECT and upgrades (WebSocket) become
+// proxy/tunnel tunnels once dialled (connect.go, upgrade.go). It does not
+// intercept TLS (no MITM) and does not authenticate proxy users; a Basic
+// Proxy-Authorization user name only selects a per-client policy.
 package httpproxy
 
 import (
@@ -162,8 +163,8 @@ func (p *Proxy) OpenTunnels() int {
 	return p.tunnels.Open()
 }
 
-// ServeHTTP answers one proxy request: CONNECT here, absolute-form
-// requests through goproxy, anything else with a 400 info page.
+// ServeHTTP answers one proxy request: CONNECT, absolute-form requests,
+// and anything else with a 400 info page.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.init()
 	defer func() {
