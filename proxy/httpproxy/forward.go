@@ -397,6 +397,8 @@ func readHead(w *countingWriter, r *http.Request, uc *upConn, dl *responseDeadli
 		case code == http.StatusContinue && continueOnly:
 			return nil, nil
 		case code == http.StatusContinue:
+		case code >= 100 && code < 200 && !r.ProtoAtLeast(1, 1):
+			// Not for an HTTP/1.0 client (RFC 9110 §15.2).
 		case code >= 100 && code < 200:
 			h := w.Header()
 			copyHeader(h, resp.Header)
