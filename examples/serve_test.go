@@ -39,7 +39,7 @@ func startServe(t *testing.T, bin, policyText string) *egressServe {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "serve", "--config", cfg, "--listen", "127.0.0.1:0", "--log-format", "json")
+	cmd := exec.CommandContext(ctx, bin, "serve", "--config", cfg, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json")
 	cmd.Env = cleanEnv()
 	cmd.WaitDelay = 5 * time.Second
 	stderr, err := cmd.StderrPipe()

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -28,7 +29,16 @@ func TestServeHelperProcess(t *testing.T) {
 		t.Skip("helper process")
 	}
 	args := strings.Split(os.Getenv("EGRESS_SERVE_ARGS"), "\n")
-	os.Exit(run(args, os.Stdout, os.Stderr))
+	os.Exit(run(testAdmin(args), os.Stdout, os.Stderr))
+}
+
+// testAdmin gives an egress serve without --admin a free admin port:
+// tests run in parallel, and a busy admin port stops serve.
+func testAdmin(args []string) []string {
+	if len(args) == 0 || args[0] != "serve" || slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--admin") }) {
+		return args
+	}
+	return append(args, "--admin", "127.0.0.1:0")
 }
 
 // startEgress runs "egress ARGS..." as a child with extra environment and
@@ -278,7 +288,7 @@ func serveBriefly(t *testing.T, args ...string) string {
 	pr, pw := io.Pipe()
 	done := make(chan int, 1)
 	go func() {
-		done <- serve(ctx, args, io.Discard, pw)
+		done <- serve(ctx, testAdmin(append([]string{"serve"}, args...))[1:], io.Discard, pw)
 		pw.Close()
 	}()
 	var out strings.Builder
@@ -297,8 +307,7 @@ func serveBriefly(t *testing.T, args ...string) string {
 }
 
 // startupLine is the one line saying what egress serves. It need not be the
-// first: a busy default admin port (127.0.0.1:9090, taken by another egress
-// on a developer's machine) is logged before it.
+// first: policy warnings are logged before it.
 func startupLine(t *testing.T, out string) string {
 	t.Helper()
 	for _, l := range strings.Split(out, "\n") {
