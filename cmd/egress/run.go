@@ -94,6 +94,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "egress run: no command; usage: egress run [FLAGS] -- CMD [ARGS...]")
 		return exitUsage
 	}
+	if hint := configHint(cmdArgs[0], *config); hint != "" {
+		fmt.Fprintf(stderr, "egress run: %q is a policy file, not a command%s\n", cmdArgs[0], hint)
+		return exitUsage
+	}
 
 	pol, ok := loadRunPolicy(*config, allows, stderr)
 	if !ok {

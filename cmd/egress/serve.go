@@ -136,7 +136,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer e.res.Close()
 	fail := func(err error) int {
 		// The log may be a file: the reason serve stops goes to stderr too.
-		logger.Error().Err(err).Msg("egress serve: cannot start: " + err.Error())
+		logger.Error().Msg("egress serve: cannot start: " + err.Error())
 		if pol.Log.File != "" {
 			fmt.Fprintf(stderr, "egress serve: cannot start: %v\n", err)
 		}
