@@ -36,7 +36,7 @@ import (
 const (
 	defaultHTTPListen  = "127.0.0.1:3128"
 	defaultAdminListen = "127.0.0.1:9090"
-	defaultDrain      = 30 * time.Second
+	defaultDrain       = 30 * time.Second
 )
 
 func cmdServe(args []string, stdout, stderr io.Writer) int {
