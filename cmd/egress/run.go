@@ -596,7 +596,7 @@ func (s *runSummary) write(w io.Writer) {
 		})
 		title := map[string]string{"reached": "reached", "denied": "denied", "failed": "allowed but failed", "dns": "DNS answers refused (the names or their addresses are not allowed)",
 			"dnsfailed": "DNS lookups that failed (allowed, but no upstream answered: SERVFAIL)",
-			"unix": "unix sockets refused (files outside the sandbox, reachable only with --allow-unix)"}[o]
+			"unix":      "unix sockets refused (files outside the sandbox, reachable only with --allow-unix)"}[o]
 		fmt.Fprintf(&b, "  %s:\n", title)
 		for _, k := range keys {
 			r := s.byKey[k]
