@@ -131,12 +131,7 @@ func TestRunSummaryCountsDNSFailures(t *testing.T) {
 		t.Skip("no python3")
 	}
 	// A loopback UDP port nothing listens on: the upstream refuses at once.
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	down := pc.LocalAddr().String()
-	pc.Close()
+	down := closedUDPPort(t)
 	config := writeConfig(t, fmt.Sprintf("version: 1\ndefault: deny\nallow:\n  - {host: svc.test, ports: [443]}\ndns:\n  upstreams: [%q]\n", down))
 	script := `
 import socket

@@ -225,7 +225,7 @@ func loadServePolicy(config string, stderr io.Writer) (pol *policy.Policy, watch
 // shared dialer, loop guard and event sink, and the services built on
 // them.
 type server struct {
-	pol      *policy.Policy // as loaded at start: listeners, log, drain
+	pol      *policy.Policy // as loaded at start: listeners, log
 	cur      atomic.Pointer[policy.Policy]
 	watcher  *reload.Watcher // nil without --config
 	loadedAt time.Time
@@ -541,7 +541,8 @@ func (e *server) drain() {
 	for _, s := range e.svcs {
 		e.adm.SetListener(s.name, false) // draining: /readyz fails
 	}
-	drain := e.pol.Timeouts.Drain
+	// The policy in force: a reload that changed timeouts.drain applies.
+	drain := e.current().Timeouts.Drain
 	if drain <= 0 {
 		drain = defaultDrain
 	}
