@@ -10,7 +10,8 @@ import (
 	"time"
 )
 
-func TestHealth(t *testing.T) {
+// healthzServer answers /healthz with 200 ok, anything else 404.
+func healthzServer(t *testing.T) *httptest.Server {
 	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/healthz" {
 			http.NotFound(w, r)
@@ -18,7 +19,12 @@ func TestHealth(t *testing.T) {
 		}
 		w.Write([]byte("ok\n"))
 	}))
-	defer ok.Close()
+	t.Cleanup(ok.Close)
+	return ok
+}
+
+func TestHealth(t *testing.T) {
+	ok := healthzServer(t)
 	unhealthy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not ready", http.StatusServiceUnavailable)
 	}))
@@ -91,14 +97,7 @@ func TestHealthHelpShowsURL(t *testing.T) {
 // TestHealthConfig: with --config, egress health asks the admin listener
 // the policy names, as the image's HEALTHCHECK does.
 func TestHealthConfig(t *testing.T) {
-	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/healthz" {
-			http.NotFound(w, r)
-			return
-		}
-		w.Write([]byte("ok\n"))
-	}))
-	defer ok.Close()
+	ok := healthzServer(t)
 	port := ok.URL[strings.LastIndex(ok.URL, ":")+1:]
 	tests := []struct {
 		name, admin string

@@ -382,24 +382,7 @@ func TestServeListenerThatCannotStart(t *testing.T) {
 
 func TestServeAdminFlag(t *testing.T) {
 	t.Run(`--admin "" turns the admin listener off`, func(t *testing.T) {
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		pr, pw := io.Pipe()
-		done := make(chan int, 1)
-		go func() {
-			done <- serve(ctx, []string{"--listen", "127.0.0.1:0", "--admin", ""}, io.Discard, pw)
-			pw.Close()
-		}()
-		var out strings.Builder
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			out.WriteString(sc.Text() + "\n")
-			if strings.Contains(sc.Text(), "egress serving") {
-				cancel()
-			}
-		}
-		<-done
-		line := startupLine(t, out.String())
+		line := startupLine(t, serveBriefly(t, "--listen", "127.0.0.1:0", "--admin", ""))
 		if strings.Contains(line, "listen_admin") || strings.Contains(line, "admin on") {
 			t.Errorf("admin listener still on: %s", line)
 		}
