@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egress-proxy/egress/internal/testnet"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/httpproxy"
 )
@@ -56,6 +57,16 @@ func (o *countingOrigin) waitClosed(t *testing.T, n int, d time.Duration) {
 		case <-deadline:
 			t.Fatalf("%d of the origin's connections closed after %v, want %d", o.closed.Load(), d, n)
 		}
+	}
+}
+
+// swappablePolicy makes the proxy and its dialer read the policy from cur,
+// which it sets to the fixture's: a test stores another to reload.
+func swappablePolicy(cur *atomic.Pointer[policy.Policy]) option {
+	return func(f *fixture) {
+		cur.Store(f.proxy.Policy())
+		f.proxy.Policy = cur.Load
+		f.dialer.Policy = cur.Load
 	}
 }
 
@@ -103,12 +114,8 @@ func TestUpstreamPool(t *testing.T) {
 	})
 
 	t.Run("a reload closes idle connections and a revoked destination is not reached", func(t *testing.T) {
-		var cur atomic.Pointer[policy.Policy]
-		cur.Store(loadPolicy(t, testPolicy))
-		f := newFixture(t, testPolicy, func(f *fixture) {
-			f.proxy.Policy = cur.Load
-			f.dialer.Policy = cur.Load
-		})
+		cur := &atomic.Pointer[policy.Policy]{}
+		f := newFixture(t, testPolicy, swappablePolicy(cur))
 		o := newCountingOrigin(t, http.HandlerFunc(okHandler))
 		if resp, _ := f.get(t, o.URL+"/", ""); resp.StatusCode != 200 {
 			t.Fatalf("status %d", resp.StatusCode)
@@ -140,12 +147,8 @@ func TestUpstreamPool(t *testing.T) {
 	})
 
 	t.Run("a connection pooled under one policy is not reused under the next, which refuses its address", func(t *testing.T) {
-		var cur atomic.Pointer[policy.Policy]
-		cur.Store(loadPolicy(t, testPolicy))
-		f := newFixture(t, testPolicy, func(f *fixture) {
-			f.proxy.Policy = cur.Load
-			f.dialer.Policy = cur.Load
-		})
+		cur := &atomic.Pointer[policy.Policy]{}
+		f := newFixture(t, testPolicy, swappablePolicy(cur))
 		o := newCountingOrigin(t, http.HandlerFunc(okHandler))
 		url := "http://origin.test:" + portOf(o.URL) + "/"
 		if resp, _ := f.get(t, url, ""); resp.StatusCode != 200 {
@@ -193,30 +196,15 @@ func TestUpstreamPool(t *testing.T) {
 		// and closes without a word: the race of an idle timeout on
 		// the origin's side with a request on its way.
 		var accepted atomic.Int32
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				accepted.Add(1)
-				go func() {
-					defer c.Close()
-					br := bufio.NewReader(c)
-					if _, err := http.ReadRequest(br); err != nil {
-						return
-					}
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-					http.ReadRequest(br)
-				}()
+		url := "http://" + testnet.ServeTCP(t, func(c net.Conn) {
+			accepted.Add(1)
+			br := bufio.NewReader(c)
+			if _, err := http.ReadRequest(br); err != nil {
+				return
 			}
-		}()
-		url := "http://" + l.Addr().String() + "/"
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			http.ReadRequest(br)
+		}).String() + "/"
 		if resp, _ := f.get(t, url, ""); resp.StatusCode != 200 {
 			t.Fatalf("status %d", resp.StatusCode)
 		}
@@ -251,32 +239,17 @@ func TestUpstreamPool(t *testing.T) {
 	})
 }
 
-// rawOrigin accepts one connection on 127.0.0.1, reads a request head and
-// writes answer.
+// rawOrigin accepts connections on 127.0.0.1, reads a request head on
+// each and writes answer.
 func rawOrigin(t *testing.T, answer func(c net.Conn, br *bufio.Reader)) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				if _, err := http.ReadRequest(br); err != nil {
-					return
-				}
-				answer(c, br)
-			}()
+	return "http://" + testnet.ServeTCP(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
 		}
-	}()
-	return "http://" + l.Addr().String()
+		answer(c, br)
+	}).String()
 }
 
 func TestResponseHeaderTooLargeIs502(t *testing.T) {
