@@ -168,7 +168,7 @@ func (p *Proxy) roundTrip(w *countingWriter, r *http.Request, fw *forward, body 
 	pl := p.pool(fw.pol, fw.clientPolicy)
 	retry := body == nil && isIdempotent(r)
 	for {
-		uc := pl.get(key)
+		uc := pl.get(key, retry)
 		if uc == nil {
 			var err error
 			if uc, err = p.dialUpstream(r.Context(), pl, fw, scheme, key); err != nil {

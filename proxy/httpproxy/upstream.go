@@ -100,10 +100,19 @@ func poolKey(scheme, host string, port uint16) string {
 	return scheme + "://" + targetString(host, port)
 }
 
+// freshIdle is how long a connection back in the pool is taken without
+// the look of peerClosed by a request that can be sent again: an origin
+// that closes a connection it just answered on says so (Connection:
+// close), and a request that meets a close anyway is retried. Under load
+// connections come back sooner than this, and the look is one system call
+// per request.
+const freshIdle = time.Millisecond
+
 // get returns an idle connection to key, or nil. A connection whose
 // origin has closed it, or sent something unasked (which must never be
-// read as the answer to the next request), is closed and skipped.
-func (p *pool) get(key string) *upConn {
+// read as the answer to the next request), is closed and skipped; with
+// retryable, one idle for less than freshIdle is taken without a look.
+func (p *pool) get(key string, retryable bool) *upConn {
 	for {
 		p.mu.Lock()
 		list := p.idle[key]
@@ -115,9 +124,10 @@ func (p *pool) get(key string) *upConn {
 		list[len(list)-1] = nil
 		p.idle[key] = list[:len(list)-1]
 		p.n--
+		fresh := retryable && time.Since(uc.idleSince) < freshIdle
 		p.mu.Unlock()
 		uc.timer.Stop()
-		if peerClosed(uc.raw) {
+		if !fresh && peerClosed(uc.raw) {
 			uc.conn.Close()
 			continue
 		}
