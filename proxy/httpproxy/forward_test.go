@@ -502,3 +502,40 @@ func TestInformationalResponsesForwarded(t *testing.T) {
 		t.Errorf("final answer %q, Link %q", b, resp.Header.Get("Link"))
 	}
 }
+
+func TestEarlyAnswerToALargeUpload(t *testing.T) {
+	// The origin answers 413 without reading the body; the client has
+	// sent part of it and waits. The answer must reach the client, and
+	// the request must end, not wait for the rest of the body.
+	f := newFixture(t, testPolicy, logAllowed())
+	o := newCountingOrigin(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		w.WriteHeader(http.StatusRequestEntityTooLarge)
+	}))
+	c, br := f.dial()
+	io.WriteString(c, "POST "+o.URL+"/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n")
+	c.Write(make([]byte, 100<<10))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("status %d, want the origin's 413", resp.StatusCode)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var line map[string]any
+		for _, e := range f.logs.entries(t, "") {
+			if e["url"] == o.URL+"/upload" {
+				line = e
+			}
+		}
+		if line != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the request did not end while the client held the rest of its body")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
