@@ -163,15 +163,14 @@ func (e idleClosedError) Unwrap() error { return e.err }
 // 9110 §9.2.2) and there is no body to replay, as net/http's Transport
 // does.
 func (p *Proxy) roundTrip(w *countingWriter, r *http.Request, fw *forward, body *countingReader) error {
-	scheme := r.URL.Scheme
-	key := poolKey(scheme, fw.req.Host, fw.req.Port)
+	key := poolKey{scheme: r.URL.Scheme, host: fw.req.Host, port: fw.req.Port}
 	pl := p.pool(fw.pol, fw.clientPolicy)
 	retry := body == nil && isIdempotent(r)
 	for {
 		uc := pl.get(key, retry)
 		if uc == nil {
 			var err error
-			if uc, err = p.dialUpstream(r.Context(), pl, fw, scheme, key); err != nil {
+			if uc, err = p.dialUpstream(r.Context(), pl, fw, key); err != nil {
 				return err
 			}
 		}

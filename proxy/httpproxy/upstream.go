@@ -43,7 +43,7 @@ type upConn struct {
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	ip   netip.Addr // the address dialled (and decided on)
-	key  string
+	key  poolKey
 	pool *pool
 
 	idleSince time.Time   // under pool.mu
@@ -85,19 +85,20 @@ type pool struct {
 	tls *tls.Config // for https:// origins; verification on
 
 	mu     sync.Mutex
-	idle   map[string][]*upConn // by key (scheme, host, port), most recent last
+	idle   map[poolKey][]*upConn // by key (scheme, host, port), most recent last
 	n      int
 	closed bool
 }
 
 func newPool(tc *tls.Config) *pool {
-	return &pool{tls: tc, idle: map[string][]*upConn{}}
+	return &pool{tls: tc, idle: map[poolKey][]*upConn{}}
 }
 
 // poolKey names an origin: connections are shared only between requests
 // for the same scheme, name and port.
-func poolKey(scheme, host string, port uint16) string {
-	return scheme + "://" + targetString(host, port)
+type poolKey struct {
+	scheme, host string
+	port         uint16
 }
 
 // freshIdle is how long a connection back in the pool is taken without
@@ -112,7 +113,7 @@ const freshIdle = time.Millisecond
 // origin has closed it, or sent something unasked (which must never be
 // read as the answer to the next request), is closed and skipped; with
 // retryable, one idle for less than freshIdle is taken without a look.
-func (p *pool) get(key string, retryable bool) *upConn {
+func (p *pool) get(key poolKey, retryable bool) *upConn {
 	for {
 		p.mu.Lock()
 		list := p.idle[key]
@@ -187,7 +188,7 @@ func (p *pool) close() {
 	p.mu.Lock()
 	p.closed = true
 	idle := p.idle
-	p.idle, p.n = map[string][]*upConn{}, 0
+	p.idle, p.n = map[poolKey][]*upConn{}, 0
 	p.mu.Unlock()
 	for _, list := range idle {
 		for _, uc := range list {
@@ -268,7 +269,7 @@ func (p *Proxy) tlsConfig() *tls.Config {
 // dialUpstream dials a new connection for fw through the checking
 // dialer, which decides on the address it dials, and for https:// does
 // the TLS handshake, verifying the origin's certificate for its name.
-func (p *Proxy) dialUpstream(ctx context.Context, pl *pool, fw *forward, scheme, key string) (*upConn, error) {
+func (p *Proxy) dialUpstream(ctx context.Context, pl *pool, fw *forward, key poolKey) (*upConn, error) {
 	raw, dec, err := p.dial.Dial(ctx, "tcp", fw.req)
 	if dec.Reason != "" {
 		fw.dec = dec
@@ -277,7 +278,7 @@ func (p *Proxy) dialUpstream(ctx context.Context, pl *pool, fw *forward, scheme,
 		return nil, err
 	}
 	conn := raw
-	if scheme == "https" {
+	if key.scheme == "https" {
 		tc := pl.tls.Clone()
 		tc.ServerName = fw.req.Host
 		tlc := tls.Client(raw, tc)
