@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/elazarl/goproxy"
@@ -81,6 +82,8 @@ type Proxy struct {
 	shutdown bool
 	trPolicy *policy.Policy
 	trs      map[string]*http.Transport // by client policy name, for trPolicy
+
+	pending atomic.Int64 // connections accepted, not yet the Server's or a tunnel's (listener.go)
 }
 
 func (p *Proxy) init() {
@@ -143,7 +146,7 @@ func (p *Proxy) Serve(l net.Listener) error {
 	p.srvs = append(p.srvs, srv)
 	p.mu.Unlock()
 	p.self.Add(l.Addr())
-	return srv.Serve(l)
+	return srv.Serve(p.connectFirst(l, hdrTimeout, maxHeaderBytes(pol)))
 }
 
 // Shutdown stops accepting, closes idle client connections, waits for
@@ -168,6 +171,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 			s.Close()
 		}
 	}
+	p.waitPending(ctx) // CONNECTs answered before the Server (listener.go)
 	if e := p.tunnels.Drain(ctx); e != nil && err == nil {
 		err = e
 	}
