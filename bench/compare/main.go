@@ -399,13 +399,23 @@ log:
 `
 
 func startEgress(bin, dir, name string, logAllowed bool) *subject {
-	cfg := filepath.Join(dir, name+".yaml")
+	// The policy in a directory of its own, as in a deployment
+	// (/etc/egress, /var/log): egress watches the policy's directory, and
+	// a log written there would wake its watcher on every line.
+	cfg := filepath.Join(configDir(dir), name+".yaml")
 	logFile := filepath.Join(dir, name+".log")
 	check(os.WriteFile(cfg, []byte(fmt.Sprintf(egressConfig, logAllowed, logFile)), 0o644))
 	addr := freeAddr()
 	s := &subject{name: name, kind: "egress", addr: addr, log: logFile}
 	s.start(exec.Command(bin, "serve", "--config", cfg, "--listen", addr), filepath.Join(dir, name+".stderr"))
 	return s
+}
+
+// configDir is where egress's policies are written, under dir.
+func configDir(dir string) string {
+	d := filepath.Join(dir, "etc")
+	check(os.MkdirAll(d, 0o755))
+	return d
 }
 
 func startSmokescreen(bin, dir string) *subject {

@@ -248,7 +248,7 @@ func rulesConfig(n int, logAllowed bool, logFile string) string {
 func measureRules(o options, dir string, counts []int, idle *idleServer) []rulesPoint {
 	var out []rulesPoint
 	for _, n := range counts {
-		cfg := filepath.Join(dir, fmt.Sprintf("egress-rules-%d.yaml", n))
+		cfg := filepath.Join(configDir(dir), fmt.Sprintf("egress-rules-%d.yaml", n))
 		logFile := filepath.Join(dir, fmt.Sprintf("egress-rules-%d.log", n))
 		check(os.WriteFile(cfg, []byte(rulesConfig(n, o.logAllowed, logFile)), 0o644))
 		addr := freeAddr()
