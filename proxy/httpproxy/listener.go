@@ -215,9 +215,10 @@ func (l *connectFirst) serveConn(c net.Conn) {
 		return
 	}
 	r.RemoteAddr = c.RemoteAddr().String()
-	if r.ProtoMajor != 1 || len(r.Header["Host"]) > 1 {
-		// What net/http's Server refuses before any handler sees it.
-		f := failureFor(eventlog.NewID(), r.Host, policy.Decision{}, fmt.Errorf("%w: %s with %d Host headers", errBadRequest, r.Proto, len(r.Header["Host"])))
+	if r.ProtoMajor != 1 {
+		// net/http's Server refuses it before any handler sees it too
+		// (http.ReadRequest refuses a second Host header itself).
+		f := failureFor(eventlog.NewID(), r.Host, policy.Decision{}, fmt.Errorf("%w: %s not supported", errBadRequest, r.Proto))
 		f.sendConn(c, "HTTP/1.1", false)
 		return
 	}
