@@ -203,8 +203,13 @@ func (l *connectFirst) serveConn(c net.Conn) {
 		var f failure
 		switch {
 		case lr.n <= 0:
-			f = failureFor(eventlog.NewID(), "", policy.Decision{}, fmt.Errorf("%w: %w", errBadRequest, errHeaderTooLarge))
-			f.status, f.reason = http.StatusRequestHeaderFieldsTooLarge, reasonPhrase("egress request header fields too large (limits.max_header_bytes)", "")
+			// Nothing decided, so no id (as for "not a proxy request").
+			h := http.Header{}
+			h.Set("Content-Type", "text/plain; charset=utf-8")
+			h.Set("X-Content-Type-Options", "nosniff")
+			f = failure{status: http.StatusRequestHeaderFieldsTooLarge, header: h,
+				reason: "egress request header fields too large (limits.max_header_bytes)",
+				body:   fmt.Sprintf("egress: the request header is over limits.max_header_bytes (%d bytes)\n", l.maxHeader)}
 		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, os.ErrDeadlineExceeded):
 			c.Close() // as net/http: no answer to a head that never came whole
 			return
@@ -232,9 +237,6 @@ func (l *connectFirst) serveConn(c net.Conn) {
 	c.SetReadDeadline(time.Time{})
 	p.connect(p.tunnels.Context(), c, early, r)
 }
-
-// errHeaderTooLarge is the cause of a 431.
-var errHeaderTooLarge = errors.New("request header fields too large (limits.max_header_bytes)")
 
 // handOff gives c to the Server, the bytes br read first.
 func (l *connectFirst) handOff(c net.Conn, br *bufio.Reader) {

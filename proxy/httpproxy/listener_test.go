@@ -133,3 +133,13 @@ func TestShutdownClosesASilentConnection(t *testing.T) {
 	}
 	_ = br
 }
+
+// A CONNECT head over limits.max_header_bytes is a 431 whose status line
+// names the limit.
+func TestConnectHeadOverTheLimit(t *testing.T) {
+	f := newFixture(t, testPolicy+"limits:\n  max_header_bytes: 8192\n")
+	resp, body, _, _ := f.raw("CONNECT origin.test:443 HTTP/1.1\r\nX-Big: " + strings.Repeat("a", 9000) + "\r\n\r\n")
+	if resp.StatusCode != 431 || !strings.Contains(resp.Status, "limits.max_header_bytes") || !strings.Contains(body, "8192 bytes") {
+		t.Fatalf("%q %q; want a 431 naming limits.max_header_bytes", resp.Status, body)
+	}
+}
