@@ -147,6 +147,7 @@ type results struct {
 	throughput     map[string][]float64
 	paced          map[string][]float64
 	cpuPerGB       map[string][]float64 // proxy CPU seconds per GB tunnelled
+	cpuPerTunnel   map[string][]float64 // proxy CPU µs per new tunnel
 	setup          map[string][]time.Duration
 	rate           map[string][]float64
 	versions       map[string]string
@@ -174,7 +175,7 @@ func run(o options) *results {
 	r := &results{
 		start: time.Now(), loadStart: loadavg(),
 		rssBefore: map[string]int64{}, rssAfter: map[string]int64{},
-		rps: map[string][]float64{}, rpsErrors: map[string]string{}, throughput: map[string][]float64{}, paced: map[string][]float64{}, cpuPerGB: map[string][]float64{},
+		rps: map[string][]float64{}, rpsErrors: map[string]string{}, throughput: map[string][]float64{}, paced: map[string][]float64{}, cpuPerGB: map[string][]float64{}, cpuPerTunnel: map[string][]float64{},
 		setup: map[string][]time.Duration{}, rate: map[string][]float64{},
 		versions: map[string]string{}, logLines: map[string]int{},
 		scale: map[string][]scalePoint{}, scaleBefore: map[string]int64{},
@@ -355,7 +356,15 @@ func run(o options) *results {
 			}
 			ds := latencies(o.setups, one)
 			r.setup[s.name] = append(r.setup[s.name], ds...)
+			before := cpuTime(s)
+			start := time.Now()
 			v := perSecond(o.workers, o.rateDuration, one)
+			if after := cpuTime(s); after >= 0 && before >= 0 && v > 0 {
+				// CPU per tunnel is steadier than tunnels/s on a machine
+				// with other load: it does not count the time waited.
+				n := v * time.Since(start).Seconds()
+				r.cpuPerTunnel[s.name] = append(r.cpuPerTunnel[s.name], (after-before)/n*1e6)
+			}
 			r.rate[s.name] = append(r.rate[s.name], v)
 			idle.waitOpen(0, 10*time.Second)
 			progress("setup      %-9s p50 %4.0f µs  p99 %5.0f µs  %6.0f tunnels/s", s.name, us(pct(ds, 50)), us(pct(ds, 99)), v)

@@ -216,6 +216,10 @@ func (r *results) markdown(o options) string {
 		w("| 3. CONNECT setup p99, µs | %s | – | %s | – | – |\n", cells(m99, 1, 0), ratios(m99))
 		w("| 3. new CONNECT tunnels/s (%d clients opening and closing) | %s | – | %s | ≥ 1.0x squid, ≥ 0.8x go-minimal | %s |\n",
 			o.workers, cells(r.rate, 1, 0), ratios(r.rate), met(atLeast(ratio(r.rate, "squid"), 1.0), atLeast(ratio(r.rate, "go-minimal"), 0.8)))
+		if len(r.cpuPerTunnel["egress"]) > 0 {
+			w("| 3. proxy CPU per new tunnel, µs (user + system over the tunnels/s runs, /proc/PID/stat) | %s | – | %s | – | – |\n",
+				cells(r.cpuPerTunnel, 1, 0), ratios(r.cpuPerTunnel))
+		}
 	}
 	if pts := r.scale["CONNECT"]; len(pts) > 1 && pts[0].p99 > 0 {
 		lo, hi := pts[0], pts[len(pts)-1]
@@ -282,6 +286,7 @@ func (r *results) markdown(o options) string {
 	rows("MB/s", r.throughput, 1e-6)
 	rows("MB/s from the paced origin", r.paced, 1e-6)
 	rows("new tunnels/s", r.rate, 1)
+	rows("proxy CPU µs per new tunnel", r.cpuPerTunnel, 1)
 	for _, s := range r.subjects {
 		if a, ok := r.rssAfter[s]; ok {
 			w("- RSS, %s: %d KiB before, %d KiB with %d idle tunnels\n", s, r.rssBefore[s]>>10, a>>10, r.tunnelsOpened)
