@@ -582,7 +582,11 @@ type idleServer struct {
 	open atomic.Int64
 }
 
-func newIdleServer() *idleServer {
+func newIdleServer() *idleServer { return newHoldingServer(nil) }
+
+// newHoldingServer is an idleServer that first runs greet, if set, on
+// each connection (which then reads the rest from r).
+func newHoldingServer(greet func(c net.Conn, r *bufio.Reader) bool) *idleServer {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	check(err)
 	s := &idleServer{addr: l.Addr().String()}
@@ -594,9 +598,17 @@ func newIdleServer() *idleServer {
 			}
 			s.open.Add(1)
 			go func() {
-				io.Copy(io.Discard, c)
-				c.Close()
-				s.open.Add(-1)
+				defer s.open.Add(-1)
+				defer c.Close()
+				var r io.Reader = c
+				if greet != nil {
+					br := bufio.NewReader(c)
+					if !greet(c, br) {
+						return
+					}
+					r = br
+				}
+				io.Copy(io.Discard, r)
 			}()
 		}
 	}()

@@ -108,35 +108,19 @@ func scaleSteps(n int) []int {
 // then holds the connection, idle, as a WebSocket server would; it counts
 // those open.
 func newUpgradeServer() *idleServer {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	check(err)
-	s := &idleServer{addr: l.Addr().String()}
-	go func() {
+	return newHoldingServer(func(c net.Conn, br *bufio.Reader) bool {
 		for {
-			c, err := l.Accept()
+			line, err := br.ReadString('\n')
 			if err != nil {
-				return
+				return false
 			}
-			s.open.Add(1)
-			go func() {
-				defer s.open.Add(-1)
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if line == "\r\n" {
-						break
-					}
-				}
-				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-				io.Copy(io.Discard, br)
-			}()
+			if line == "\r\n" {
+				break
+			}
 		}
-	}()
-	return s
+		_, err := io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		return err == nil
+	})
 }
 
 // upgrade opens a WebSocket-style upgraded connection to origin through
