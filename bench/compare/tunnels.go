@@ -237,7 +237,7 @@ func measureRules(o options, dir string, counts []int, idle *idleServer) []rules
 		check(os.WriteFile(cfg, []byte(rulesConfig(n, o.logAllowed, logFile)), 0o644))
 		addr := freeAddr()
 		s := &subject{name: fmt.Sprintf("egress %d rules", n), kind: "egress", addr: addr}
-		s.start(exec.Command(o.egress, "serve", "--config", cfg, "--listen", addr), filepath.Join(dir, fmt.Sprintf("egress-rules-%d.stderr", n)))
+		s.start(exec.Command(o.egress, "serve", "--config", cfg, "--listen", addr, "--admin", ""), filepath.Join(dir, fmt.Sprintf("egress-rules-%d.stderr", n)))
 		one := func() { connect(addr, idle.addr).Close() }
 		k := min(1000, o.tunnels)
 		before, pts := holdScale(s.name, s.pid(), []int{k}, 0, func() net.Conn { return connect(addr, idle.addr) }, nil, idle)
