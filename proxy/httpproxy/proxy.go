@@ -7,7 +7,9 @@
 // Transport (no proxies from the environment, TLS verification on, dials
 // through proxy/dialer). CONNECT and upgrades (WebSocket) are handled here,
 // in front of goproxy (connect.go and upgrade.go say why), and become
-// proxy/tunnel tunnels once dialled. It does not intercept TLS (no MITM) and does not
+// proxy/tunnel tunnels once dialled; a connection's first request, when it
+// is a CONNECT, is read and answered before net/http's Server, which gets
+// every other connection (listener.go). It does not intercept TLS (no MITM) and does not
 // authenticate proxy users; a Basic Proxy-Authorization user name only
 // selects a per-client policy.
 package httpproxy
