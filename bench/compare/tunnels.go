@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -41,18 +40,6 @@ type rulesPoint struct {
 	perTunnel  float64
 	p50, p99   time.Duration
 	tunnelsSec float64
-}
-
-// fdBudget is how many idle tunnels one process can hold here: a proxy
-// holds two descriptors per tunnel (client and upstream), and so does
-// this process (client end and origin end). The rest of the limit is
-// margin for listeners, logs and the setups measured meanwhile.
-func fdBudget() int {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 0
-	}
-	return int((rl.Cur - 1000) / 2)
 }
 
 // holdScale opens idle tunnels through a fresh proxy with open, step by
