@@ -204,12 +204,8 @@ func (l *connectFirst) serveConn(c net.Conn) {
 		switch {
 		case lr.n <= 0:
 			// Nothing decided, so no id (as for "not a proxy request").
-			h := http.Header{}
-			h.Set("Content-Type", "text/plain; charset=utf-8")
-			h.Set("X-Content-Type-Options", "nosniff")
-			f = failure{status: http.StatusRequestHeaderFieldsTooLarge, header: h,
-				reason: "egress request header fields too large (limits.max_header_bytes)",
-				body:   fmt.Sprintf("egress: the request header is over limits.max_header_bytes (%d bytes)\n", l.maxHeader)}
+			f = plainFailure(http.StatusRequestHeaderFieldsTooLarge, "egress request header fields too large (limits.max_header_bytes)",
+				fmt.Sprintf("egress: the request header is over limits.max_header_bytes (%d bytes)\n", l.maxHeader))
 		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, os.ErrDeadlineExceeded):
 			c.Close() // as net/http: no answer to a head that never came whole
 			return
@@ -221,9 +217,11 @@ func (l *connectFirst) serveConn(c net.Conn) {
 	}
 	r.RemoteAddr = c.RemoteAddr().String()
 	if r.ProtoMajor != 1 {
-		// net/http's Server refuses it before any handler sees it too
-		// (http.ReadRequest refuses a second Host header itself).
-		f := failureFor(eventlog.NewID(), r.Host, policy.Decision{}, fmt.Errorf("%w: %s not supported", errBadRequest, r.Proto))
+		// A 505, as net/http's Server answers before any handler sees
+		// the request (http.ReadRequest refuses a second Host header
+		// itself). Nothing decided, so no id.
+		f := plainFailure(http.StatusHTTPVersionNotSupported, "egress HTTP version not supported: "+r.Proto,
+			"egress: "+r.Proto+" is not supported: send CONNECT host:port HTTP/1.1\n")
 		f.sendConn(c, "HTTP/1.1", false)
 		return
 	}
@@ -236,6 +234,14 @@ func (l *connectFirst) serveConn(c net.Conn) {
 	}
 	c.SetReadDeadline(time.Time{})
 	p.connect(p.tunnels.Context(), c, early, r)
+}
+
+// plainFailure is an answer to a request nothing was decided on: no id.
+func plainFailure(status int, reason, body string) failure {
+	h := http.Header{}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	return failure{status: status, reason: reason, header: h, body: body}
 }
 
 // handOff gives c to the Server, the bytes br read first.

@@ -77,9 +77,15 @@ func TestFirstRequestOfAConnection(t *testing.T) {
 			t.Fatalf("%d %q; want net/http's handler: the 400 info page", resp.StatusCode, body)
 		}
 	})
+	t.Run("a version other than HTTP/1 is a 505", func(t *testing.T) {
+		resp, _, _, _ := f.raw("CONNECT " + echo + " HTTP/2.0\r\n\r\n")
+		if resp.StatusCode != 505 || !strings.Contains(resp.Status, "egress HTTP version not supported: HTTP/2.0") {
+			t.Fatalf("status %q; want a 505 naming HTTP/2.0", resp.Status)
+		}
+	})
 	for _, tc := range []struct{ name, req, want string }{
 		{"a malformed header is a 400 that says so", "CONNECT " + echo + " HTTP/1.1\r\nno colon here\r\n\r\n", "egress bad request: malformed MIME header"},
-		{"a version other than HTTP/1 is a 400", "CONNECT " + echo + " HTTP/2.0\r\n\r\n", "egress bad request: HTTP/2.0 not supported"},
+
 		{"two Host headers are a 400", "CONNECT " + echo + " HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "egress bad request: too many Host headers"},
 		{"a target without a port is a 400", "CONNECT origin.test HTTP/1.1\r\n\r\n", "egress bad request: CONNECT target"},
 	} {

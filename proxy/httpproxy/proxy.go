@@ -224,16 +224,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // "GET / HTTP/1.1"): they are never forwarded anywhere. No decision, so
 // no id.
 func serveInfo(w http.ResponseWriter, r *http.Request) {
-	h := http.Header{}
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	failure{
-		status: http.StatusBadRequest,
-		reason: "egress bad request: not a proxy request",
-		header: h,
-		body: "egress is a forward proxy: send absolute-form requests (GET http://host/path)\n" +
-			"or CONNECT host:port, e.g. curl -x http://" + r.Host + " https://host/\n",
-	}.send(w, r)
+	plainFailure(http.StatusBadRequest, "egress bad request: not a proxy request",
+		"egress is a forward proxy: send absolute-form requests (GET http://host/path)\n"+
+			"or CONNECT host:port, e.g. curl -x http://"+r.Host+" https://host/\n").send(w, r)
 }
 
 // request is what every path knows about one proxy request.
