@@ -52,7 +52,7 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 // dialled, the tunnel is proxy/tunnel's, like every other path's.
 //
 // Every answer but the 200 is written with the explanation in its status
-// line (failure.send), then the connection is closed after the client has
+// line (failure.sendConn), then the connection is closed after the client has
 // had the time to read it.
 func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.Request) {
 	proto := answerProto(r)                // Python's urllib sends CONNECT ... HTTP/1.0
