@@ -265,13 +265,24 @@ func (f failure) send(w http.ResponseWriter, r *http.Request) {
 		f.write(w, true)
 		return
 	}
-	proto := "HTTP/1.1"
-	if !r.ProtoAtLeast(1, 1) {
-		proto = "HTTP/1.0" // as net/http answers an HTTP/1.0 request
-	}
+	f.sendConn(c, answerProto(r), r.Method == http.MethodHead)
+}
+
+// sendConn writes f on c, a connection no longer net/http's, and closes
+// it.
+func (f failure) sendConn(c net.Conn, proto string, head bool) {
 	c.SetWriteDeadline(time.Now().Add(DefaultHeaderTimeout))
-	c.Write(f.raw(proto, r.Method == http.MethodHead))
+	c.Write(f.raw(proto, head))
 	go closeAfterAnswer(c)
+}
+
+// answerProto is the version of egress's answer to r: HTTP/1.0 to an
+// HTTP/1.0 request, as net/http answers.
+func answerProto(r *http.Request) string {
+	if !r.ProtoAtLeast(1, 1) {
+		return "HTTP/1.0"
+	}
+	return "HTTP/1.1"
 }
 
 // raw is f as bytes on the wire: status line, headers (sorted, as

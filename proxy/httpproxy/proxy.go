@@ -8,9 +8,12 @@
 // entry, every new connection dialled through proxy/dialer (forward.go,
 // upstream.go); no net/http.Transport, no proxies from the environment,
 // TLS verification on. CONNECT and upgrades (WebSocket) become
-// proxy/tunnel tunnels once dialled (connect.go, upgrade.go). It does not
-// intercept TLS (no MITM) and does not authenticate proxy users; a Basic
-// Proxy-Authorization user name only selects a per-client policy.
+// proxy/tunnel tunnels once dialled (connect.go, upgrade.go); a
+// connection's first request, when it is a CONNECT, is read and answered
+// before net/http's Server, which gets every other connection
+// (listener.go). It does not intercept TLS (no MITM) and does not
+// authenticate proxy users; a Basic Proxy-Authorization user name only
+// selects a per-client policy.
 package httpproxy
 
 import (
@@ -26,6 +29,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -78,6 +82,8 @@ type Proxy struct {
 	shutdown   bool
 	poolPolicy *policy.Policy
 	pools      map[string]*pool // upstream connections by client policy name, for poolPolicy
+
+	pending atomic.Int64 // connections accepted, not yet the Server's or a tunnel's (listener.go)
 }
 
 func (p *Proxy) init() {
@@ -121,7 +127,7 @@ func (p *Proxy) Serve(l net.Listener) error {
 	p.srvs = append(p.srvs, srv)
 	p.mu.Unlock()
 	p.self.Add(l.Addr())
-	return srv.Serve(l)
+	return srv.Serve(p.connectFirst(l, hdrTimeout, maxHeaderBytes(pol)))
 }
 
 // Shutdown stops accepting, closes idle client connections, waits for
@@ -146,6 +152,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 			s.Close()
 		}
 	}
+	p.waitPending(ctx) // CONNECTs answered before the Server (listener.go)
 	if e := p.tunnels.Drain(ctx); e != nil && err == nil {
 		err = e
 	}
@@ -192,16 +199,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // "GET / HTTP/1.1"): they are never forwarded anywhere. No decision, so
 // no id.
 func serveInfo(w http.ResponseWriter, r *http.Request) {
-	h := http.Header{}
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	failure{
-		status: http.StatusBadRequest,
-		reason: "egress bad request: not a proxy request",
-		header: h,
-		body: "egress is a forward proxy: send absolute-form requests (GET http://host/path)\n" +
-			"or CONNECT host:port, e.g. curl -x http://" + r.Host + " https://host/\n",
-	}.send(w, r)
+	plainFailure(http.StatusBadRequest, "egress bad request: not a proxy request",
+		"egress is a forward proxy: send absolute-form requests (GET http://host/path)\n"+
+			"or CONNECT host:port, e.g. curl -x http://"+r.Host+" https://host/\n").send(w, r)
 }
 
 // request is what every path knows about one proxy request.
