@@ -285,6 +285,7 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 		return err
 	}
 	keep = !resp.Close && uc.br.Buffered() == 0
+	uc.mustLook = r.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
 	return nil
 }
 

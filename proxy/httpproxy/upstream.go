@@ -49,6 +49,10 @@ type upConn struct {
 	idleSince time.Time   // under pool.mu
 	timer     *time.Timer // closes it after upstreamIdleTimeout idle
 	reused    bool        // served a request before this one
+	// mustLook: the last response was one that has no body by its method
+	// or status (HEAD, 204, 304), after which broken origins send one
+	// anyway: the connection is looked at before reuse, however fresh.
+	mustLook bool
 }
 
 // limitReader reads from a connection at most n bytes until lifted: it
@@ -107,7 +111,7 @@ type poolKey struct {
 // close), and a request that meets a close anyway is retried. Under load
 // connections come back sooner than this, and the look is one system call
 // per request.
-const freshIdle = time.Millisecond
+var freshIdle = time.Millisecond
 
 // get returns an idle connection to key, or nil. A connection whose
 // origin has closed it, or sent something unasked (which must never be
@@ -125,7 +129,7 @@ func (p *pool) get(key poolKey, retryable bool) *upConn {
 		list[len(list)-1] = nil
 		p.idle[key] = list[:len(list)-1]
 		p.n--
-		fresh := retryable && time.Since(uc.idleSince) < freshIdle
+		fresh := retryable && !uc.mustLook && time.Since(uc.idleSince) < freshIdle
 		p.mu.Unlock()
 		uc.timer.Stop()
 		if !fresh && peerClosed(uc.raw) {

@@ -1,0 +1,52 @@
+package httpproxy_test
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/egress-proxy/egress/proxy/httpproxy"
+)
+
+// An origin that sends a body after a response that has none (HEAD, 204,
+// 304) must not have it read as the answer to the next request on the
+// pooled connection, however soon that request comes.
+func TestBodyAfterABodylessResponseIsNotTheNextAnswer(t *testing.T) {
+	defer httpproxy.SetFreshIdle(time.Hour)() // every reuse "fresh": the shortcut is what is tested
+	for _, tc := range []struct{ name, method, head string }{
+		{"a body after the answer to HEAD", "HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n"},
+		{"a body after a 204", "GET", "HTTP/1.1 204 No Content\r\n\r\n"},
+		{"a body after a 304", "GET", "HTTP/1.1 304 Not Modified\r\nContent-Length: 8\r\n\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, testPolicy)
+			headRead, smuggled := make(chan struct{}), make(chan struct{})
+			url := rawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+				select {
+				case <-smuggled: // a second connection: answers honestly
+				default:
+					io.WriteString(c, tc.head)
+					<-headRead
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
+					close(smuggled)
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+				}
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			})
+			c, br := f.dial()
+			do(t, c, br, tc.method+" "+url+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
+			close(headRead)
+			<-smuggled
+			time.Sleep(50 * time.Millisecond) // the bytes are in egress's socket
+			resp, body := do(t, c, br, "GET "+url+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
+			if resp.StatusCode != 200 || body != "ok" {
+				t.Errorf("next request got %d %q, want 200 \"ok\" from a new connection", resp.StatusCode, body)
+			}
+		})
+	}
+}
