@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,5 +49,40 @@ func TestBodyAfterABodylessResponseIsNotTheNextAnswer(t *testing.T) {
 				t.Errorf("next request got %d %q, want 200 \"ok\" from a new connection", resp.StatusCode, body)
 			}
 		})
+	}
+}
+
+// Trailers of a chunked request body go up, but never fields that frame
+// or route a message (RFC 9110 §6.5.1): an origin that merges trailers
+// into the header must not find a second Host or Content-Length there.
+func TestRequestTrailersWithoutFramingFields(t *testing.T) {
+	f := newFixture(t, testPolicy)
+	got := make(chan string, 1)
+	url := rawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		var b strings.Builder
+		for {
+			line, err := br.ReadString('\n')
+			b.WriteString(line)
+			if err != nil || line == "\r\n" && strings.Contains(b.String(), "\r\n0\r\n") {
+				break
+			}
+		}
+		got <- b.String()
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	resp, _, _, _ := f.raw("POST " + url + "/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" +
+		"4\r\nabcd\r\n0\r\nX-Checksum: v\r\nContent-Length: 9\r\nHost: internal.test\r\nTransfer-Encoding: gzip\r\n\r\n")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	up := <-got
+	if !strings.Contains(up, "X-Checksum: v\r\n") {
+		t.Errorf("the trailer X-Checksum did not go up:\n%s", up)
+	}
+	for _, f := range []string{"Content-Length: 9", "Host: internal.test", "Transfer-Encoding: gzip"} {
+		if strings.Contains(up, f) {
+			t.Errorf("trailer %q went up:\n%s", f, up)
+		}
 	}
 }

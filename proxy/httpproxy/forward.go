@@ -568,6 +568,11 @@ func writeBody(bw *bufio.Writer, r *http.Request, body *countingReader) error {
 	}
 	cw.Close()
 	for k, vs := range r.Trailer {
+		// Never a field that frames or routes the message (RFC 9110
+		// §6.5.1): an origin may merge trailers into the header.
+		if hopHeader(k) || !httpguts.ValidTrailerHeader(k) {
+			continue
+		}
 		for _, v := range vs {
 			if !strings.ContainsAny(v, "\r\n") {
 				bw.WriteString(k + ": " + v + "\r\n")
