@@ -322,6 +322,7 @@ func (r *responseDeadline) disarm() {
 
 // bodyWriter sends a request body on a goroutine of its own.
 type bodyWriter struct {
+	up   net.Conn // the upstream socket it writes on
 	done chan struct{}
 	err  error // read after done
 }
@@ -330,7 +331,7 @@ type bodyWriter struct {
 // cannot be read whole from the client, or written whole, closes the
 // connection, so the origin never takes part of a body for all of it.
 func startBody(uc *upConn, r *http.Request, body *countingReader, dl *responseDeadline) *bodyWriter {
-	bw := &bodyWriter{done: make(chan struct{})}
+	bw := &bodyWriter{up: uc.raw, done: make(chan struct{})}
 	go func() {
 		defer close(bw.done)
 		err := writeBody(uc.bw, r, body)
@@ -349,7 +350,9 @@ func startBody(uc *upConn, r *http.Request, body *countingReader, dl *responseDe
 
 // finish waits for the body's goroutine and reports whether the whole
 // body went up. Once the response is over, a body still being read from
-// the client is cut short: it is no use to the origin any more.
+// the client, or written to an origin that answered early and reads no
+// more of it, is cut short: it is no use to the origin any more, and the
+// connection is not reused.
 func (b *bodyWriter) finish(w http.ResponseWriter) bool {
 	select {
 	case <-b.done:
@@ -360,6 +363,7 @@ func (b *bodyWriter) finish(w http.ResponseWriter) bool {
 			t.Stop()
 		case <-t.C:
 			http.NewResponseController(w).SetReadDeadline(time.Now())
+			b.up.Close() // a write the origin does not read
 			<-b.done
 			return false
 		}

@@ -86,3 +86,50 @@ func TestRequestTrailersWithoutFramingFields(t *testing.T) {
 		}
 	}
 }
+
+// An origin that answers an upload early, keeps the connection open and
+// reads no more of the body (no Connection: close) must not hold the
+// request: the answer reaches the client, and the request ends.
+func TestEarlyAnswerFromAnOriginThatStopsReading(t *testing.T) {
+	f := newFixture(t, testPolicy, logAllowed())
+	hold := make(chan struct{})
+	defer close(hold)
+	url := rawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+		io.WriteString(c, "HTTP/1.1 413 Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+		<-hold
+	})
+	c, br := f.dial()
+	io.WriteString(c, "POST "+url+"/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n")
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no answer while the origin held its connection: %v", err)
+	}
+	if b, _ := io.ReadAll(resp.Body); resp.StatusCode != 413 || string(b) != "big!" {
+		t.Errorf("got %d %q, want the origin's 413 \"big!\"", resp.StatusCode, b)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var line map[string]any
+		for _, e := range f.logs.entries(t, "") {
+			if e["url"] == url+"/upload" {
+				line = e
+			}
+		}
+		if line != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the request did not end")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
