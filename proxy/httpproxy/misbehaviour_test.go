@@ -2,6 +2,7 @@ package httpproxy_test
 
 import (
 	"bufio"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egress-proxy/egress/internal/testnet"
 	"github.com/egress-proxy/egress/proxy/httpproxy"
 )
 
@@ -131,5 +133,59 @@ func TestEarlyAnswerFromAnOriginThatStopsReading(t *testing.T) {
 			t.Fatal("the request did not end")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// heldConn gathers writes while hold is set, so that two TLS records go
+// out in one TCP write.
+type heldConn struct {
+	net.Conn
+	hold bool
+	buf  []byte
+}
+
+func (c *heldConn) Write(b []byte) (int, error) {
+	if c.hold {
+		c.buf = append(c.buf, b...)
+		return len(b), nil
+	}
+	return c.Conn.Write(b)
+}
+
+// What an https:// origin sends after its answer, in the same TCP read as
+// the answer, waits inside the TLS layer where a look at the socket does
+// not see it: it must not be read as the answer to the next request.
+func TestUnaskedTLSRecordIsNotTheNextAnswer(t *testing.T) {
+	defer httpproxy.SetFreshIdle(0)() // the look, not the shortcut, is tested
+	f := newFixture(t, testPolicy)
+	cert := f.tls.TLS.Certificates[0]
+	first := true
+	addr := testnet.ServeTCP(t, func(c net.Conn) {
+		hc := &heldConn{Conn: c}
+		tc := tls.Server(hc, &tls.Config{Certificates: []tls.Certificate{cert}})
+		br := bufio.NewReader(tc)
+		for {
+			if _, err := http.ReadRequest(br); err != nil {
+				return
+			}
+			if first {
+				first = false
+				hc.hold = true
+				io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
+				hc.hold = false
+				c.Write(hc.buf)
+				continue
+			}
+			io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+		}
+	})
+	url := "https://" + addr.String()
+	c, br := f.dial()
+	_, b1 := do(t, c, br, "GET "+url+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
+	time.Sleep(50 * time.Millisecond)
+	_, b2 := do(t, c, br, "GET "+url+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
+	if b1 != "ok" || b2 != "fresh" {
+		t.Errorf("answers %q, %q; want \"ok\", then \"fresh\"", b1, b2)
 	}
 }

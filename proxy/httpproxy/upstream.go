@@ -132,13 +132,29 @@ func (p *pool) get(key poolKey, retryable bool) *upConn {
 		fresh := retryable && !uc.mustLook && time.Since(uc.idleSince) < freshIdle
 		p.mu.Unlock()
 		uc.timer.Stop()
-		if !fresh && peerClosed(uc.raw) {
+		if !fresh && (peerClosed(uc.raw) || uc.heldByTLS()) {
 			uc.conn.Close()
 			continue
 		}
 		uc.reused = true
 		return uc
 	}
+}
+
+// heldByTLS reports whether the TLS layer of uc holds what the origin
+// sent after its last answer (a record that came in the same read as the
+// answer's), or its close: peerClosed, which looks at the socket, cannot
+// see it. The read cannot block: its deadline has passed, and only
+// records already read are decrypted (a timeout is not sticky in
+// crypto/tls).
+func (uc *upConn) heldByTLS() bool {
+	if uc.conn == uc.raw {
+		return false
+	}
+	uc.conn.SetReadDeadline(time.Unix(1, 0))
+	_, err := uc.br.Peek(1)
+	uc.conn.SetReadDeadline(time.Time{})
+	return !isTimeout(err)
 }
 
 // put keeps uc for reuse, or closes it if the pool is closed or full.
