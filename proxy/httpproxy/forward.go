@@ -166,6 +166,18 @@ func (p *Proxy) roundTrip(w *countingWriter, r *http.Request, fw *forward, body 
 	key := poolKey{scheme: r.URL.Scheme, host: fw.req.Host, port: fw.req.Port}
 	pl := p.pool(fw.pol, fw.clientPolicy)
 	retry := body == nil && isIdempotent(r)
+	var inline []byte
+	if body != nil && !expectsContinue(r) && r.ContentLength > 0 && r.ContentLength <= inlineBody {
+		// Read whole before a connection is taken: a client slow or
+		// silent in the middle of its body holds no upstream connection
+		// with a request head that never went up.
+		bp := inlineBufs.Get().(*[]byte)
+		defer inlineBufs.Put(bp)
+		inline = (*bp)[:r.ContentLength]
+		if _, err := io.ReadFull(body, inline); err != nil {
+			return fmt.Errorf("%w: %w", errRequestBody, err)
+		}
+	}
 	for {
 		uc := pl.get(key, retry)
 		if uc == nil {
@@ -175,7 +187,7 @@ func (p *Proxy) roundTrip(w *countingWriter, r *http.Request, fw *forward, body 
 			}
 		}
 		fw.connIP = uc.ip
-		err := p.exchange(w, r, uc, body, fw.pol.Timeouts.Response)
+		err := p.exchange(w, r, uc, body, inline, fw.pol.Timeouts.Response)
 		var ic idleClosedError
 		if errors.As(err, &ic) && retry {
 			continue
@@ -196,18 +208,27 @@ func isIdempotent(r *http.Request) bool {
 	return a || b
 }
 
-// inlineBody is the largest request body written on the client
-// connection's goroutine before the response is read: it fits in the
-// socket's buffers, so an origin that answers before reading it cannot
-// block the write. A larger or chunked body goes up from a goroutine of
-// its own while the response comes down, as with net/http's Transport
-// (an origin may stream its answer while it reads).
+// inlineBody is the largest request body read whole, then written with
+// the head on the client connection's goroutine before the response is
+// read: it fits in the socket's buffers, so an origin that answers before
+// reading it cannot block the write. A larger or chunked body goes up
+// from a goroutine of its own while the response comes down, as with
+// net/http's Transport (an origin may stream its answer while it reads).
 const inlineBody = 16 << 10
+
+// inlineBufs hold request bodies of up to inlineBody bytes.
+var inlineBufs = sync.Pool{New: func() any { b := make([]byte, inlineBody); return &b }}
+
+// expectsContinue reports whether r waits for a 100 Continue before its
+// body (RFC 9110 §10.1.1).
+func expectsContinue(r *http.Request) bool {
+	return r.ContentLength != 0 && r.ProtoAtLeast(1, 1) && headerHasToken(r.Header, "Expect", "100-continue")
+}
 
 // exchange writes r on uc, reads the response and copies it to w, then
 // puts uc back into its pool if it can carry another request, or closes
-// it.
-func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *countingReader, timeout time.Duration) (err error) {
+// it. inline is r's whole body, already read, or nil.
+func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *countingReader, inline []byte, timeout time.Duration) (err error) {
 	// A client that goes away cancels the request: close the
 	// connection under whatever read or write waits on it.
 	stop := context.AfterFunc(r.Context(), func() { uc.raw.Close() })
@@ -240,13 +261,8 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 	uc.lim.got = false
 	dl := &responseDeadline{conn: uc.raw, d: timeout}
 	writeHead(uc.bw, r)
-	expect := body != nil && r.ContentLength != 0 && r.ProtoAtLeast(1, 1) && headerHasToken(r.Header, "Expect", "100-continue")
-	inline := body != nil && !expect && r.ContentLength > 0 && r.ContentLength <= inlineBody
-	if inline {
-		if err := writeBody(uc.bw, r, body); err != nil {
-			return upstreamErr(err)
-		}
-	}
+	expect := body != nil && expectsContinue(r)
+	uc.bw.Write(inline) // an error is Flush's
 	if err := uc.bw.Flush(); err != nil {
 		return upstreamErr(err)
 	}
@@ -272,7 +288,7 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 			}
 		}
 	}
-	if body != nil && !inline {
+	if body != nil && inline == nil {
 		up = startBody(uc, r, body, dl)
 	} else {
 		dl.arm()

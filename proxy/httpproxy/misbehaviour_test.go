@@ -189,3 +189,30 @@ func TestUnaskedTLSRecordIsNotTheNextAnswer(t *testing.T) {
 		t.Errorf("answers %q, %q; want \"ok\", then \"fresh\"", b1, b2)
 	}
 }
+
+// A client silent in the middle of a small body holds no upstream
+// connection: the body is read whole before one is taken, so the origin
+// never holds a request head whose body does not come (an origin that
+// gave up on it would otherwise leave the request waiting on the client
+// alone); the rest of the body, when it comes, goes up with the head.
+func TestSilentClientMidBodyHoldsNoUpstream(t *testing.T) {
+	f := newFixture(t, testPolicy)
+	o := newCountingOrigin(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Write(b)
+	}))
+	c, br := f.dial()
+	io.WriteString(c, "POST "+o.URL+"/ HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234")
+	time.Sleep(300 * time.Millisecond)
+	if n := o.opened.Load(); n != 0 {
+		t.Errorf("the origin has %d connections while the client is silent mid-body, want 0", n)
+	}
+	io.WriteString(c, "56789")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(resp.Body); resp.StatusCode != 200 || string(b) != "0123456789" {
+		t.Errorf("got %d %q, want the whole body echoed", resp.StatusCode, b)
+	}
+}
