@@ -741,7 +741,7 @@ func TestAPanicIsAnsweredSERVFAILAndLogged(t *testing.T) {
 	}
 	n := 0
 	for _, l := range e.log.lines(t) {
-		if l["message"] == "dns query handler panicked" && l["panic"] == "boom" && strings.Contains(l["stack"].(string), "handleMode") {
+		if l["message"] == "dns query handler panicked" && l["panic"] == "boom" && strings.Contains(l["stack"].(string), "(*Server).start") {
 			n++
 		}
 	}
