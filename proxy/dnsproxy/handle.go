@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -59,7 +60,7 @@ func (s *Server) handle(ctx context.Context, client netip.AddrPort, req *dns.Msg
 		return m
 	}
 	up, age, err := s.res().Exchange(ctx, qr.p.DNS, qr.q, qr.do(), req.CheckingDisabled)
-	return s.finish(qr, up, age, err)
+	return s.finish(qr, up, age, err, nil)
 }
 
 // query is a query whose name the policy allowed, waiting for the
@@ -130,10 +131,11 @@ func (s *Server) start(client netip.AddrPort, req *dns.Msg, tcp bool) (*dns.Msg,
 }
 
 // finish answers qr with the upstream answer up (age seconds in the
-// cache), or the error of asking for it: it decides on every name of the
-// CNAME chain and every address, with the policy that decided on the
-// name, and records the query's line.
-func (s *Server) finish(qr *query, up *dns.Msg, age uint32, err error) *dns.Msg {
+// cache; memo kept with it, if any), or the error of asking for it: it
+// decides on every name of the CNAME chain and every address, with the
+// policy that decided on the name, tells Names the addresses given, and
+// records the query's line.
+func (s *Server) finish(qr *query, up *dns.Msg, age uint32, err error, memo *resolve.Memo) *dns.Msg {
 	req, opt, tcp, p, e := qr.req, qr.opt, qr.tcp, qr.p, qr.e
 	if err != nil {
 		e.ID = eventlog.NewID()
@@ -151,7 +153,12 @@ func (s *Server) finish(qr *query, up *dns.Msg, age uint32, err error) *dns.Msg 
 		return m
 	}
 
-	f := s.filter(p, qr.caddr, qr.d.Host, qr.q, up, age)
+	f := s.filterCached(p, qr.caddr, qr.d.Host, qr.q, up, age, memo)
+	if s.Names != nil {
+		for _, r := range f.remember {
+			s.Names.Remember(qr.caddr, r.host, r.addr, r.ttl)
+		}
+	}
 	switch {
 	case f.chainDenied != nil:
 		e.ID = eventlog.NewID()
@@ -172,7 +179,7 @@ func (s *Server) finish(qr *query, up *dns.Msg, age uint32, err error) *dns.Msg 
 
 	m := reply(req, opt, tcp, up.Rcode)
 	m.Answer, m.Ns = f.answer, f.ns
-	m.Extra = append(f.extra, m.Extra...) // m.Extra: the OPT record, if any
+	m.Extra = append(slices.Clip(f.extra), m.Extra...) // m.Extra: the OPT record, if any; f is shared
 	m.AuthenticatedData = up.AuthenticatedData && !f.changed && (req.AuthenticatedData || opt != nil && opt.Do())
 	if opt != nil && f.enforced > 0 {
 		setEDE(m, dns.ExtendedErrorCodeBlocked, "egress: "+f.removedText()+"; id "+e.ID)

@@ -185,8 +185,8 @@ func (u *udpServer) take(pkt []byte, from netip.AddrPort) (resp *dns.Msg) {
 	if qr == nil {
 		return resp
 	}
-	if up, age := u.s.res().Cached(qr.p.DNS, qr.q, qr.do(), req.CheckingDisabled); up != nil {
-		return u.s.finish(qr, up, age, nil)
+	if up, age, memo := u.s.res().CachedMemo(qr.p.DNS, qr.q, qr.do(), req.CheckingDisabled); up != nil {
+		return u.s.finish(qr, up, age, nil, memo)
 	}
 	u.forward(qr, from)
 	return nil
@@ -203,7 +203,7 @@ func (u *udpServer) forward(qr *query, from netip.AddrPort) {
 		var resp *dns.Msg
 		func() {
 			defer u.s.recoverPanic(from, qr.req, &resp)
-			resp = u.s.finish(qr, up, 0, err)
+			resp = u.s.finish(qr, up, 0, err, nil)
 		}()
 		out := packBufs.Get().(*[]byte)
 		*out = u.write(resp, from, *out)

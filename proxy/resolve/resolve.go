@@ -115,6 +115,12 @@ func (r *Resolver) now() time.Time {
 // DNS listener's UDP reader makes. The answer is shared with the cache:
 // the caller must not modify it.
 func (r *Resolver) Cached(cfg policy.DNS, q dns.Question, do, cd bool) (*dns.Msg, uint32) {
+	m, age, _ := r.CachedMemo(cfg, q, do, cd)
+	return m, age
+}
+
+// CachedMemo is Cached, with the memo kept with the cached answer.
+func (r *Resolver) CachedMemo(cfg policy.DNS, q dns.Question, do, cd bool) (*dns.Msg, uint32, *Memo) {
 	r.cache.setMax(cfg.CacheSize)
 	r.followUpstreams(cfg.Upstreams)
 	return r.cache.get(keyOf(q, do, cd), r.now())
