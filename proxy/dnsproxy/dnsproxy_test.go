@@ -749,3 +749,72 @@ func TestAPanicIsAnsweredSERVFAILAndLogged(t *testing.T) {
 		t.Fatalf("%d panic lines, want 2", n)
 	}
 }
+
+func TestCachedAnswersAreDecidedPerClientPolicyAndAge(t *testing.T) {
+	const perClient = `version: 1
+default: deny
+allow:
+  - host: api.example.com
+clients:
+  - name: other
+    sources: [127.0.0.2/32]
+    default: deny
+    allow:
+      - host: api.example.com
+    deny:
+      - cidr: 93.184.216.34
+dns:
+  upstreams: UPSTREAMS
+`
+	e := newEnv(t, perClient)
+	t0 := time.Now()
+	e.setClock(t0)
+	from := func(client string) *dns.Msg {
+		t.Helper()
+		c := dns.Client{Net: "udp", Timeout: 5 * time.Second,
+			Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP(client)}}}
+		m := new(dns.Msg)
+		m.SetQuestion("api.example.com.", dns.TypeA)
+		m.SetEdns0(1232, false)
+		r, _, err := c.Exchange(m, e.addr)
+		if err != nil {
+			t.Fatalf("from %s: %v", client, err)
+		}
+		return r
+	}
+	for i, c := range []struct {
+		client string
+		want   []string
+		ttl    uint32
+		step   func()
+	}{
+		{"127.0.0.1", []string{"93.184.216.34"}, 300, nil},
+		{"127.0.0.1", []string{"93.184.216.34"}, 300, nil},
+		{"127.0.0.2", nil, 0, nil}, // the same cached answer, another client's rules
+		{"127.0.0.1", []string{"93.184.216.34"}, 290, func() { e.setClock(t0.Add(10 * time.Second)) }},
+		{"127.0.0.1", nil, 0, func() {
+			denied := strings.Replace(perClient, "clients:", "deny:\n  - cidr: 93.184.216.34\nclients:", 1)
+			e.pol.Store(testPolicy(t, denied, e.up.addr))
+		}},
+	} {
+		if c.step != nil {
+			c.step()
+		}
+		r := from(c.client)
+		if got := addrs(r); !slices.Equal(got, c.want) {
+			t.Fatalf("answer %d to %s: %v, want %v", i, c.client, got, c.want)
+		}
+		if len(c.want) > 0 && r.Answer[0].Header().Ttl != c.ttl {
+			t.Fatalf("answer %d: TTL %d, want %d", i, r.Answer[0].Header().Ttl, c.ttl)
+		}
+		if len(c.want) == 0 && ede(r) == nil {
+			t.Fatalf("answer %d to %s: the address was removed without EDE", i, c.client)
+		}
+	}
+	if n := e.up.count("api.example.com.", dns.TypeA); n != 1 {
+		t.Fatalf("upstream asked %d times, want 1 (every answer from the cache)", n)
+	}
+	if n := e.told.Load(); n != 3 {
+		t.Fatalf("Names told %d times, want 3: once for each answer that gave the address", n)
+	}
+}

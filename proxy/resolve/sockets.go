@@ -1,6 +1,7 @@
 package resolve
 
 import (
+	"cmp"
 	"errors"
 	"math/rand/v2"
 	"net"
@@ -54,7 +55,12 @@ type socketPool struct {
 	mu    sync.Mutex
 	sets  map[string]*[socketsPerUpstream]*upSocket
 	sweep *time.Timer // armed while there are sockets
+	// every, idle and age replace sweepEvery, socketIdle and
+	// maxSocketAge when set (tests).
+	every, idle, age time.Duration
 }
+
+func (p *socketPool) interval() time.Duration { return cmp.Or(p.every, sweepEvery) }
 
 // upSocket is one connected UDP socket to an upstream.
 type upSocket struct {
@@ -112,7 +118,7 @@ func (p *socketPool) socket(r *Resolver, upstream string) (*upSocket, error) {
 	}
 	set[k] = s
 	if p.sweep == nil {
-		p.sweep = time.AfterFunc(sweepEvery, p.sweepNow)
+		p.sweep = time.AfterFunc(p.interval(), p.sweepNow)
 	}
 	p.mu.Unlock()
 	go s.read()
@@ -332,7 +338,7 @@ func (p *socketPool) sweepNow() {
 				continue
 			}
 			s.mu.Lock()
-			old := gone || s.retired || now.Sub(s.opened) >= maxSocketAge || now.Sub(s.last) >= socketIdle
+			old := gone || s.retired || now.Sub(s.opened) >= cmp.Or(p.age, maxSocketAge) || now.Sub(s.last) >= cmp.Or(p.idle, socketIdle)
 			s.mu.Unlock()
 			if old {
 				retire = append(retire, s)
@@ -347,9 +353,9 @@ func (p *socketPool) sweepNow() {
 	}
 	switch {
 	case len(p.sets) > 0 && p.sweep == nil: // closeAll ran meanwhile
-		p.sweep = time.AfterFunc(sweepEvery, p.sweepNow)
+		p.sweep = time.AfterFunc(p.interval(), p.sweepNow)
 	case len(p.sets) > 0:
-		p.sweep.Reset(sweepEvery)
+		p.sweep.Reset(p.interval())
 	default:
 		p.sweep = nil
 	}
