@@ -55,23 +55,22 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 // handle answers req from client; nil means no answer (req is a
 // response, never answered: that would make egress a reflector).
 func (s *Server) handle(ctx context.Context, client netip.AddrPort, req *dns.Msg, tcp bool) *dns.Msg {
-	m, qr := s.start(client, req, tcp)
-	if qr == nil {
+	m, qr, ok := s.start(client, req, tcp)
+	if !ok {
 		return m
 	}
 	up, age, err := s.res().Exchange(ctx, qr.p.DNS, qr.q, qr.do(), req.CheckingDisabled)
-	return s.finish(qr, up, age, err, nil)
+	return s.finish(&qr, up, age, err, nil)
 }
 
 // query is a query whose name the policy allowed, waiting for the
-// upstream answer: what finish needs, decided once.
+// upstream answer: what finish needs, decided once (e.Decision).
 type query struct {
 	req   *dns.Msg
 	opt   *dns.OPT
 	tcp   bool
 	q     dns.Question
 	p     *policy.Policy // the policy that decided, and decides the answer
-	d     policy.Decision
 	caddr netip.Addr
 	e     eventlog.Entry
 }
@@ -81,28 +80,29 @@ func (qr *query) do() bool { return qr.opt != nil && qr.opt.Do() }
 // start checks req and decides on its name: it returns the answer when
 // that is all it takes (nil for a response: never answered, that would
 // make egress a reflector), else the query to finish with the upstream
-// answer (nil answer).
-func (s *Server) start(client netip.AddrPort, req *dns.Msg, tcp bool) (*dns.Msg, *query) {
+// answer and true. (A value, not a pointer: a cached answer then costs
+// no allocation for it.)
+func (s *Server) start(client netip.AddrPort, req *dns.Msg, tcp bool) (*dns.Msg, query, bool) {
 	if req.Response {
-		return nil, nil
+		return nil, query{}, false
 	}
 	opt := req.IsEdns0()
 	switch {
 	case req.Opcode != dns.OpcodeQuery:
-		return reply(req, opt, tcp, dns.RcodeNotImplemented), nil
+		return reply(req, opt, tcp, dns.RcodeNotImplemented), query{}, false
 	case len(req.Question) != 1:
-		return reply(req, opt, tcp, dns.RcodeFormatError), nil
+		return reply(req, opt, tcp, dns.RcodeFormatError), query{}, false
 	case opt != nil && opt.Version() != 0:
-		return reply(req, opt, tcp, dns.RcodeBadVers), nil // RFC 6891 §6.1.3
+		return reply(req, opt, tcp, dns.RcodeBadVers), query{}, false // RFC 6891 §6.1.3
 	}
 	q := req.Question[0]
 	switch {
 	case q.Qclass != dns.ClassINET:
-		return reply(req, opt, tcp, dns.RcodeRefused), nil
+		return reply(req, opt, tcp, dns.RcodeRefused), query{}, false
 	case q.Qtype == dns.TypeNone || q.Qtype == dns.TypeOPT || q.Qtype >= 128 && q.Qtype != dns.TypeANY:
 		// Zone transfers (AXFR, IXFR), MAILA/MAILB, TKEY, TSIG and the
 		// other meta and question types of RFC 6895 §3.1.
-		return reply(req, opt, tcp, dns.RcodeNotImplemented), nil
+		return reply(req, opt, tcp, dns.RcodeNotImplemented), query{}, false
 	}
 
 	p := s.policy()
@@ -116,7 +116,7 @@ func (s *Server) start(client netip.AddrPort, req *dns.Msg, tcp bool) (*dns.Msg,
 	if !d.Allowed() {
 		e.ID = eventlog.NewID()
 		s.Events.Record(e)
-		return blocked(req, opt, tcp, p, d, e.ID, ""), nil
+		return blocked(req, opt, tcp, p, d, e.ID, ""), query{}, false
 	}
 	if q.Qtype == dns.TypeANY {
 		s.record(e)
@@ -125,9 +125,9 @@ func (s *Server) start(client netip.AddrPort, req *dns.Msg, tcp bool) (*dns.Msg,
 			Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeHINFO, Class: dns.ClassINET, Ttl: hinfoTTL},
 			Cpu: "RFC8482",
 		}}
-		return m, nil
+		return m, query{}, false
 	}
-	return nil, &query{req: req, opt: opt, tcp: tcp, q: q, p: p, d: d, caddr: caddr, e: e}
+	return nil, query{req: req, opt: opt, tcp: tcp, q: q, p: p, caddr: caddr, e: e}, true
 }
 
 // finish answers qr with the upstream answer up (age seconds in the
@@ -153,7 +153,7 @@ func (s *Server) finish(qr *query, up *dns.Msg, age uint32, err error, memo *res
 		return m
 	}
 
-	f := s.filterCached(p, qr.caddr, qr.d.Host, qr.q, up, age, memo)
+	f := s.filterCached(p, qr.caddr, qr.e.Decision.Host, qr.q, up, age, memo)
 	if s.Names != nil {
 		for _, r := range f.remember {
 			s.Names.Remember(qr.caddr, r.host, r.addr, r.ttl)

@@ -181,12 +181,12 @@ func (u *udpServer) take(pkt []byte, from netip.AddrPort) (resp *dns.Msg) {
 		return formErr(pkt)
 	}
 	defer u.s.recoverPanic(from, req, &resp)
-	resp, qr := u.s.start(from, req, false)
-	if qr == nil {
+	resp, qr, ok := u.s.start(from, req, false)
+	if !ok {
 		return resp
 	}
 	if up, age, memo := u.s.res().CachedMemo(qr.p.DNS, qr.q, qr.do(), req.CheckingDisabled); up != nil {
-		return u.s.finish(qr, up, age, nil, memo)
+		return u.s.finish(&qr, up, age, nil, memo)
 	}
 	u.forward(qr, from)
 	return nil
@@ -194,7 +194,7 @@ func (u *udpServer) take(pkt []byte, from netip.AddrPort) (resp *dns.Msg) {
 
 // forward asks the upstreams for qr; the answer is finished and sent from
 // the goroutine that reads the upstream's answer.
-func (u *udpServer) forward(qr *query, from netip.AddrPort) {
+func (u *udpServer) forward(qr query, from netip.AddrPort) {
 	u.pending <- struct{}{}
 	u.wg.Add(1)
 	u.s.res().Forward(qr.p.DNS, qr.q, qr.do(), qr.req.CheckingDisabled, func(up *dns.Msg, err error) {
@@ -203,7 +203,7 @@ func (u *udpServer) forward(qr *query, from netip.AddrPort) {
 		var resp *dns.Msg
 		func() {
 			defer u.s.recoverPanic(from, qr.req, &resp)
-			resp = u.s.finish(qr, up, 0, err, nil)
+			resp = u.s.finish(&qr, up, 0, err, nil)
 		}()
 		out := packBufs.Get().(*[]byte)
 		*out = u.write(resp, from, *out)
