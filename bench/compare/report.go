@@ -215,16 +215,16 @@ func (r *results) markdown(o options) string {
 			r.tunnelsOpened, cells(per, 1, 2), ratios(per), met(atMost(ratio(per, "squid"), 1.0/3)))
 	}
 	if d := r.dns; d != nil {
-		row := func(label, e, m string) {
+		row := func(label, e, m string, target float64) {
 			rt := d.qps[e] / d.qps[m]
-			w("| %s | %.0f | – | – | – | – | %.0f | %s dnsmasq (CPU per answer %.2fx) | ≥ 1x dnsmasq | %s |\n",
-				label, d.qps[e], d.qps[m], fmtRatio(rt), d.cpu[e]/d.cpu[m], met(atLeast(rt, 1)))
+			w("| %s | %.0f | – | – | – | – | %.0f | %s dnsmasq (CPU per answer %.2fx) | ≥ %gx dnsmasq | %s |\n",
+				label, d.qps[e], d.qps[m], fmtRatio(rt), d.cpu[e]/d.cpu[m], target, met(atLeast(rt, target)))
 		}
-		row("5. DNS answers/s, cached (dnsperf, 100 outstanding)", "egress-cached", "dnsmasq-cached")
-		row("5. DNS answers/s, uncached (dnsmasq `--cache-size=0`)", "egress-uncached", "dnsmasq-uncached")
-		w("| 5. DNS added p50 latency, µs, cached / uncached (over asking the upstream directly) | %.0f / %.0f | – | – | – | – | %.0f / %.0f | – | < 100 µs (issue 4) | %s |\n",
+		row("5. DNS answers/s, cached (dnsperf, 100 outstanding)", "egress-cached", "dnsmasq-cached", 1.1)
+		row("5. DNS answers/s, uncached (dnsmasq `--cache-size=0`)", "egress-uncached", "dnsmasq-uncached", 1)
+		w("| 5. DNS added p50 latency, µs, cached / uncached (over asking the upstream directly) | %.0f / %.0f | – | – | – | – | %.0f / %.0f | – | < 30 / < 100 µs (issue 13) | %s |\n",
 			d.added["egress-cached"], d.added["egress-uncached"], d.added["dnsmasq-cached"], d.added["dnsmasq-uncached"],
-			met(atMost(d.added["egress-cached"], 100), atMost(d.added["egress-uncached"], 100)))
+			met(atMost(d.added["egress-cached"], 30), atMost(d.added["egress-uncached"], 100)))
 	}
 	for _, p := range r.policy {
 		w("| 6. policy decisions/s, 100,000 rules: %s | %.1fM | – | – | – | – | – | %.0f ns a decision; %.1fx the time of one map lookup | – | – |\n",
