@@ -63,20 +63,17 @@ dnsmasq_run() { # port, extra args...
 }
 
 declare -A pid # by port
+egress_run() { # binary, port, cache size
+	"$1" -listen 127.0.0.1:"$2" -upstream 127.0.0.1:$UP -cache-size "$3" 2>"$work/egress-$2.log" &
+	pids+=($!)
+	pid[$2]=$!
+}
 dnsmasq_run $UP --address=/bench.test/93.184.216.34 --local-ttl=300 --cache-size=0
-"$work/egressdns" -listen 127.0.0.1:$EC -upstream 127.0.0.1:$UP -cache-size 10000 2>"$work/egress-$EC.log" &
-pids+=($!)
-pid[$EC]=$!
-"$work/egressdns" -listen 127.0.0.1:$EU -upstream 127.0.0.1:$UP -cache-size 0 2>"$work/egress-$EU.log" &
-pids+=($!)
-pid[$EU]=$!
+egress_run "$work/egressdns" $EC 10000
+egress_run "$work/egressdns" $EU 0
 if [ -n "$BASELINE" ]; then
-	"$BASELINE" -listen 127.0.0.1:$BC -upstream 127.0.0.1:$UP -cache-size 10000 2>"$work/egress-$BC.log" &
-	pids+=($!)
-	pid[$BC]=$!
-	"$BASELINE" -listen 127.0.0.1:$BU -upstream 127.0.0.1:$UP -cache-size 0 2>"$work/egress-$BU.log" &
-	pids+=($!)
-	pid[$BU]=$!
+	egress_run "$BASELINE" $BC 10000
+	egress_run "$BASELINE" $BU 0
 fi
 dnsmasq_run $DC --server=127.0.0.1#$UP --cache-size=10000
 pid[$DC]=${pids[-1]}
@@ -133,9 +130,18 @@ if [ -n "$BASELINE" ]; then
 else
 	subjects=("egress-cached:$EC" "dnsmasq-cached:$DC" "egress-uncached:$EU" "dnsmasq-uncached:$DU")
 fi
+# rotated prints the list rotated left by its first argument: each round
+# starts with another subject, so that none is always measured right
+# after the same neighbour (load left behind, a warm or cold CPU).
+rotated() {
+	local k=$1
+	shift
+	local list=("$@")
+	for i in $(seq 0 $((${#list[@]} - 1))); do echo "${list[$(((i + k) % ${#list[@]}))]}"; done
+}
 declare -A Q L runs
 for r in $(seq "$ROUNDS"); do
-	for s in "${subjects[@]}"; do
+	for s in $(rotated "$r" "${subjects[@]}"); do
 		name=${s%%:*} port=${s##*:}
 		qps "$port" >"$work/qps"
 		runs[$name]+="$(cat "$work/qps") "
@@ -143,7 +149,7 @@ for r in $(seq "$ROUNDS"); do
 done
 declare -A lats
 for r in $(seq "$ROUNDS"); do
-	for s in "upstream:$UP" "${subjects[@]}"; do
+	for s in $(rotated "$r" "upstream:$UP" "${subjects[@]}"); do
 		name=${s%%:*} port=${s##*:}
 		lats[$name]+="$(p50 "$port") "
 	done
