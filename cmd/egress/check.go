@@ -89,6 +89,14 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		targets = append(targets, fs.Arg(0))
 		rest = fs.Args()[1:]
 	}
+	for _, t := range targets {
+		// policy.yaml is a valid host name, but a file of that name here
+		// is a policy given without --config.
+		if _, err := os.Stat(t); err == nil && configHint(t, *config) != "" {
+			fmt.Fprintf(stderr, "egress check: target %q is a file%s\n", t, configHint(t, *config))
+			return exitUsage
+		}
+	}
 	if (len(targets) == 0) == (*manifest == "") {
 		if *manifest != "" {
 			fmt.Fprintln(stderr, "egress check: --requirements takes no targets")
