@@ -818,3 +818,58 @@ dns:
 		t.Fatalf("Names told %d times, want 3: once for each answer that gave the address", n)
 	}
 }
+
+func TestConcurrentUncachedQueriesOverUDP(t *testing.T) {
+	e := newEnv(t, allowList+"  cache_size: 0\n")
+	names := []string{"api.example.com.", "www.example.com.", "rebind.example.com.", "other.example.org."}
+	want := map[string][]string{
+		"api.example.com.":    {"93.184.216.34"},
+		"www.example.com.":    {"93.184.216.41"},
+		"rebind.example.com.": {"93.184.216.34"},
+		"other.example.org.":  nil, // denied: NXDOMAIN, never forwarded
+	}
+	errs := make(chan error, 32)
+	done := make(chan struct{})
+	for g := range 32 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			conn, err := dns.Dial("udp", e.addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close()
+			for i := range 10 {
+				name := names[(g+i)%len(names)]
+				m := new(dns.Msg)
+				m.SetQuestion(name, dns.TypeA)
+				m.SetEdns0(1232, false)
+				if err := conn.WriteMsg(m); err != nil {
+					errs <- err
+					return
+				}
+				conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+				r, err := conn.ReadMsg()
+				if err == nil && (r.Id != m.Id || r.Question[0].Name != name || !slices.Equal(addrs(r), want[name])) {
+					err = errors.New("asked " + name + ", got " + r.String())
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for range 32 {
+		<-done
+	}
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// 320 queries: 80 denied by name, 240 forwarded and answered with one
+	// allowed address each.
+	if n := e.told.Load(); n != 240 {
+		t.Fatalf("Names told %d addresses, want 240", n)
+	}
+}
