@@ -345,7 +345,8 @@ func TestRecordsOffTheChainAreDropped(t *testing.T) {
 	a, _ := dns.NewRR("api.example.com. 300 IN A 93.184.216.34")
 	up.Answer = []dns.RR{a, smuggled}
 	up.Extra = []dns.RR{glue}
-	f := e.srv.filter(e.pol.Load(), loopback, "api.example.com", m.Question[0], up, 0)
+	var f filtered
+	e.srv.filter(&f, e.pol.Load(), loopback, "api.example.com", m.Question[0], up, 0)
 	if len(f.answer) != 1 || f.answer[0] != a {
 		t.Fatalf("answer %v, want only the record on the chain", f.answer)
 	}

@@ -55,33 +55,37 @@ type filteredFor struct {
 
 // filterCached is filter for an answer from the cache, reusing the
 // result kept in memo when it was made for the same policy, client, name
-// and age. The result is shared: the caller must not modify it.
-func (s *Server) filterCached(p *policy.Policy, client netip.Addr, host string, q dns.Question, up *dns.Msg, age uint32, memo *resolve.Memo) *filtered {
+// and age; otherwise it fills into (the caller's, so that an answer kept
+// nowhere costs no allocation for it). The result may be shared: the
+// caller must not modify it.
+func (s *Server) filterCached(into *filtered, p *policy.Policy, client netip.Addr, host string, q dns.Question, up *dns.Msg, age uint32, memo *resolve.Memo) *filtered {
 	if memo != nil {
 		if v, _ := memo.Load().(*filteredFor); v != nil && v.p == p && v.client == client && v.age == age && v.qname == q.Name {
 			return v.f
 		}
 	}
-	f := s.filter(p, client, host, q, up, age)
+	s.filter(into, p, client, host, q, up, age)
 	if memo != nil {
-		memo.Store(&filteredFor{p: p, client: client, qname: q.Name, age: age, f: f})
+		kept := new(filtered)
+		*kept = *into
+		memo.Store(&filteredFor{p: p, client: client, qname: q.Name, age: age, f: kept})
 	}
-	return f
+	return into
 }
 
 // filter applies the policy to an upstream answer for client, whose name
 // decision was allowed for host (the question's normal form). It never
 // modifies up: up may be shared with the cache. See the package comment
 // for the rules.
-func (s *Server) filter(p *policy.Policy, client netip.Addr, host string, q dns.Question, up *dns.Msg, age uint32) *filtered {
-	f := &filtered{age: age}
+func (s *Server) filter(f *filtered, p *policy.Policy, client netip.Addr, host string, q dns.Question, up *dns.Msg, age uint32) {
+	f.age = age
 	f.chain = resolve.CNAMEChain(q.Name, up.Answer)
 	for _, name := range f.chain[1:] {
 		d := p.Decide(policy.Request{Host: name, Client: client})
 		if d.Denied() {
 			f.chainDenied = &d
 			if !d.Allowed() {
-				return f
+				return
 			}
 			break
 		}
@@ -99,7 +103,6 @@ func (s *Server) filter(p *policy.Policy, client netip.Addr, host string, q dns.
 	}
 	f.ns = f.section(p, client, up.Ns)
 	f.extra = f.section(p, client, up.Extra)
-	return f
 }
 
 // section filters the addresses of the authority or additional section,

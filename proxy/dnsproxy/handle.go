@@ -153,7 +153,8 @@ func (s *Server) finish(qr *query, up *dns.Msg, age uint32, err error, memo *res
 		return m
 	}
 
-	f := s.filterCached(p, qr.caddr, qr.e.Decision.Host, qr.q, up, age, memo)
+	var fv filtered
+	f := s.filterCached(&fv, p, qr.caddr, qr.e.Decision.Host, qr.q, up, age, memo)
 	if s.Names != nil {
 		for _, r := range f.remember {
 			s.Names.Remember(qr.caddr, r.host, r.addr, r.ttl)
