@@ -43,6 +43,12 @@ const (
 	maxSocketAge       = 2 * time.Second
 	socketIdle         = 5 * time.Second
 	sweepEvery         = time.Second
+	// expireEvery is how often queries in flight are checked against
+	// their deadlines: one timer for all of them, not one per query (a
+	// timer per query woke another thread on every query, costing a
+	// system call and latency). An attempt may run this much over its
+	// share of dns.timeout.
+	expireEvery = 20 * time.Millisecond
 	// answerBufSize is the largest UDP answer read: egress advertises
 	// UDPBufSize, but an upstream may send more.
 	answerBufSize = dns.MaxMsgSize
@@ -51,10 +57,12 @@ const (
 // socketPool holds the upstream sockets of a Resolver by upstream
 // (host:port).
 type socketPool struct {
-	r     *Resolver
-	mu    sync.Mutex
-	sets  map[string]*[socketsPerUpstream]*upSocket
-	sweep *time.Timer // armed while there are sockets
+	r         *Resolver
+	mu        sync.Mutex
+	sets      map[string]*[socketsPerUpstream]*upSocket
+	live      map[*upSocket]struct{} // not closed yet, retired ones included
+	sweep     *time.Timer            // armed every expireEvery while live
+	lastSweep time.Time              // of the sockets, every sweepEvery
 	// every, idle and age replace sweepEvery, socketIdle and
 	// maxSocketAge when set (tests).
 	every, idle, age time.Duration
@@ -117,8 +125,12 @@ func (p *socketPool) socket(r *Resolver, upstream string) (*upSocket, error) {
 		old.retire()
 	}
 	set[k] = s
+	if p.live == nil {
+		p.live = map[*upSocket]struct{}{}
+	}
+	p.live[s] = struct{}{}
 	if p.sweep == nil {
-		p.sweep = time.AfterFunc(p.interval(), p.sweepNow)
+		p.sweep = time.AfterFunc(expireEvery, p.sweepNow)
 	}
 	p.mu.Unlock()
 	go s.read()
@@ -153,9 +165,9 @@ func (s *upSocket) closeIfDone() bool {
 	return false
 }
 
-// add registers x as in flight on s with a fresh random id, written
-// into pkt, and starts its timer; it reports false if s is retired.
-func (s *upSocket) add(x *exchange, pkt []byte, wait time.Duration) bool {
+// add registers x as in flight on s, until x.until, with a fresh random
+// id written into pkt; it reports false if s is retired.
+func (s *upSocket) add(x *exchange, pkt []byte) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.retired {
@@ -171,11 +183,7 @@ func (s *upSocket) add(x *exchange, pkt []byte, wait time.Duration) bool {
 	if s.uses >= maxSocketQueries {
 		s.retired = true
 	}
-	x.sock, x.id = s, id
 	pkt[0], pkt[1] = byte(id>>8), byte(id)
-	// The timer starts under the lock, after x is in pending: expire
-	// finds it there, or it was answered.
-	x.timer = time.AfterFunc(wait, func() { s.expire(id, x) })
 	return true
 }
 
@@ -196,9 +204,22 @@ func (s *upSocket) remove(id uint16, x *exchange) bool {
 	return true
 }
 
-// expire fails the query x after its share of the timeout.
-func (s *upSocket) expire(id uint16, x *exchange) {
-	if s.remove(id, x) {
+// expire fails the queries in flight on s whose time is up.
+func (s *upSocket) expire(now time.Time) {
+	var xs []*exchange
+	s.mu.Lock()
+	for id, x := range s.pending {
+		if !now.Before(x.until) {
+			delete(s.pending, id)
+			xs = append(xs, x)
+		}
+	}
+	c := s.closeIfDone()
+	s.mu.Unlock()
+	if c {
+		s.conn.Close()
+	}
+	for _, x := range xs {
 		x.failed(errTimedOut)
 	}
 }
@@ -254,7 +275,6 @@ func (s *upSocket) failAll(err error) bool {
 		s.conn.Close()
 	}
 	for _, x := range xs {
-		x.timer.Stop()
 		x.failed(err)
 	}
 	return stop
@@ -281,7 +301,6 @@ func (s *upSocket) take(pkt []byte) {
 	if c {
 		s.conn.Close()
 	}
-	x.timer.Stop()
 	if uerr != nil && !m.Truncated {
 		x.failed(uerr)
 		return
@@ -319,18 +338,35 @@ func equalFold(a, b string) bool {
 	return true
 }
 
-// sweepNow retires old sockets, closes idle ones and those of upstreams
-// no longer configured (a reload), and re-arms the timer while sockets
-// remain.
+// sweepNow fails the queries whose time is up; every sweepEvery it also
+// retires old sockets, closes idle ones and those of upstreams no longer
+// configured (a reload). It re-arms the timer while sockets remain.
 func (p *socketPool) sweepNow() {
+	now := time.Now()
 	p.mu.Lock()
 	r := p.r
+	live := make([]*upSocket, 0, len(p.live))
+	for s := range p.live {
+		live = append(live, s)
+	}
+	sockets := now.Sub(p.lastSweep) >= p.interval()
+	if sockets {
+		p.lastSweep = now
+	}
 	p.mu.Unlock()
-	keep := r.configured()
-	now := time.Now()
+	for _, s := range live {
+		s.expire(now)
+	}
+	var keep []string
+	if sockets {
+		keep = r.configured()
+	}
 	var retire []*upSocket
 	p.mu.Lock()
 	for up, set := range p.sets {
+		if !sockets {
+			break
+		}
 		gone := keep != nil && !slices.Contains(keep, up)
 		empty := true
 		for k, s := range set {
@@ -351,22 +387,31 @@ func (p *socketPool) sweepNow() {
 			delete(p.sets, up)
 		}
 	}
-	switch {
-	case len(p.sets) > 0 && p.sweep == nil: // closeAll ran meanwhile
-		p.sweep = time.AfterFunc(p.interval(), p.sweepNow)
-	case len(p.sets) > 0:
-		p.sweep.Reset(p.interval())
-	default:
-		p.sweep = nil
-	}
 	p.mu.Unlock()
 	for _, s := range retire {
 		s.retire()
 	}
+	p.mu.Lock()
+	for s := range p.live {
+		s.mu.Lock()
+		if s.closed {
+			delete(p.live, s)
+		}
+		s.mu.Unlock()
+	}
+	switch {
+	case len(p.live) > 0 && p.sweep == nil:
+		p.sweep = time.AfterFunc(expireEvery, p.sweepNow)
+	case len(p.live) > 0:
+		p.sweep.Reset(expireEvery)
+	default:
+		p.sweep = nil
+	}
+	p.mu.Unlock()
 }
 
 // closeAll retires every socket: idle ones are closed now, the others
-// when their queries are done.
+// when their queries are done (or have timed out).
 func (p *socketPool) closeAll() {
 	p.mu.Lock()
 	var all []*upSocket
@@ -378,10 +423,6 @@ func (p *socketPool) closeAll() {
 		}
 	}
 	p.sets = nil
-	if p.sweep != nil {
-		p.sweep.Stop()
-		p.sweep = nil
-	}
 	p.mu.Unlock()
 	for _, s := range all {
 		s.retire()

@@ -237,7 +237,7 @@ func (e *RcodeError) Error() string {
 // exchange is one query on its way through the upstreams: asked of
 // each in turn (forward), until one answers NOERROR or NXDOMAIN or the
 // time is up. Its fields change hands with it: whoever takes it out of its
-// socket's pending set (the answer, its timer, a socket error) moves it on.
+// socket's pending set (the answer, the expiry sweep, a socket error) moves it on.
 type exchange struct {
 	r        *Resolver
 	q        dns.Question
@@ -253,10 +253,6 @@ type exchange struct {
 	deadline time.Time     // of the whole query
 	until    time.Time     // of this attempt
 	done     func(*dns.Msg, error)
-
-	sock  *upSocket // set by upSocket.add for the attempt in flight
-	id    uint16
-	timer *time.Timer
 }
 
 // Forward asks the upstreams of cfg for q, without looking in the cache,
@@ -314,7 +310,7 @@ func (x *exchange) next() {
 			break
 		}
 		x.until = time.Now().Add(share)
-		err := x.send(share)
+		err := x.send()
 		if err == nil {
 			return
 		}
@@ -325,7 +321,7 @@ func (x *exchange) next() {
 
 // send writes the query on a socket to x's upstream. Once it is written,
 // x belongs to that socket: send returns nil and touches x no more.
-func (x *exchange) send(wait time.Duration) error {
+func (x *exchange) send() error {
 	pkt := x.packed
 	if x.i > 0 {
 		pkt = slices.Clone(pkt) // an earlier attempt's write may be reading x.packed
@@ -335,7 +331,7 @@ func (x *exchange) send(wait time.Duration) error {
 		if err != nil {
 			return err
 		}
-		if !s.add(x, pkt, wait) {
+		if !s.add(x, pkt) {
 			continue // retired meanwhile
 		}
 		if _, err := s.conn.Write(pkt); err != nil {
