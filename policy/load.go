@@ -102,14 +102,23 @@ func load(file string, data []byte, parse func(*loader)) Errors {
 	if l.budget < 0 {
 		l.errs = append(l.errs, Diagnostic{File: file, Line: 1, Column: 1, Message: "the file is too large once its aliases are expanded"})
 	}
-	if len(l.errs) == 0 {
+	if len(l.errs)+len(l.late) == 0 {
 		return nil
 	}
-	sort.SliceStable(l.errs, func(i, j int) bool {
-		a, b := l.errs[i], l.errs[j]
-		return a.Line < b.Line || a.Line == b.Line && a.Column < b.Column
+	all := make([]lateError, 0, len(l.errs)+len(l.late))
+	for _, d := range l.errs {
+		all = append(all, lateError{d: d, line: d.Line, col: d.Column})
+	}
+	all = append(all, l.late...)
+	sort.SliceStable(all, func(i, j int) bool {
+		a, b := all[i], all[j]
+		return a.line < b.line || a.line == b.line && a.col < b.col
 	})
-	return l.errs
+	errs := make(Errors, len(all))
+	for i, e := range all {
+		errs[i] = e.d
+	}
+	return errs
 }
 
 // Load parses and compiles a policy file. file names it in diagnostics and

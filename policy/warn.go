@@ -155,6 +155,11 @@ func (p *Policy) WithAllows(origin string, targets []string) (*Policy, error) {
 	var errs Errors
 	var rules []*Rule
 	for i, t := range targets {
+		if u, ok := parseURL(t); ok {
+			// A URL is no cidr, whatever its "/" says.
+			errs = append(errs, Diagnostic{File: origin, Line: i + 1, Column: 1, Message: strconv.Quote(t) + " is a URL: a target is HOST[:PORT]; write " + origin + " " + u.target()})
+			continue
+		}
 		r, msg := parseTarget(t)
 		if msg != "" {
 			errs = append(errs, Diagnostic{File: origin, Line: i + 1, Column: 1, Message: strconv.Quote(t) + ": " + msg})

@@ -18,13 +18,6 @@ import (
 	"github.com/egress-proxy/egress/policy"
 )
 
-// schemePorts gives the port of a URL target without one.
-var schemePorts = map[string]uint16{
-	"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21,
-	"postgres": 5432, "postgresql": 5432, "mysql": 3306, "redis": 6379,
-	"amqp": 5672, "amqps": 5671, "mongodb": 27017, "smtp": 25, "ssh": 22,
-}
-
 // checkResolveTimeout bounds --resolve lookups.
 const checkResolveTimeout = 5 * time.Second
 
@@ -214,7 +207,7 @@ func parseCheckTarget(t string) (policy.Request, error) {
 		if err != nil {
 			return policy.Request{}, fmt.Errorf("target %q: %w", t, err)
 		}
-		port, ok := schemePorts[strings.ToLower(u.Scheme)]
+		port, ok := policy.SchemePort(u.Scheme)
 		if p := u.Port(); p != "" {
 			n, err := strconv.ParseUint(p, 10, 16)
 			if err != nil || n == 0 {
