@@ -4,7 +4,6 @@ import (
 	"errors"
 	"strings"
 	"testing"
-
 )
 
 // loadErrors loads text and returns its errors as "LINE:COL: message".
@@ -66,6 +65,12 @@ func TestLoadMessages(t *testing.T) {
 			`4:5: unknown field "hots" in an allow rule (did you mean "host"?)`}},
 		{"a rule's reason", "version: 1\ndefault: deny\ndeny:\n  - host: a.com\n    reasons: x\n", []string{
 			`5:5: unknown field "reasons" in a deny rule (did you mean "reason"?)`}},
+		{"a rule's reason is one line", "version: 1\ndefault: deny\ndeny:\n  - host: a.com\n    reason: \"two\\nlines\"\n", []string{
+			`5:13: reason must be one line of printable text: it has '\n'`}},
+		{"a rule's reason is bounded", "version: 1\ndefault: deny\ndeny:\n  - host: a.com\n    reason: " + strings.Repeat("x", 201) + "\n", []string{
+			`5:13: reason is longer than 200 bytes`}},
+		{"a rule's reason is text", "version: 1\ndefault: deny\ndeny:\n  - host: a.com\n    reason: [a]\n", []string{
+			`5:13: reason must be a string, not a list`}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -100,5 +105,16 @@ func TestSectionFields(t *testing.T) {
 				t.Errorf("%s.%s: %v", sec, name, err)
 			}
 		}
+	}
+}
+
+func TestRuleReasonDecides(t *testing.T) {
+	p, err := Load("p.yaml", []byte("version: 1\ndefault: allow\ndeny:\n  - host: \"*.eu.example\"\n    reason: \"sales data stays in the EU: ask #netops\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := p.Decide(Request{Host: "crm.eu.example", Port: 443})
+	if d.Reason != ReasonDeniedByRule || d.Rule == nil || d.Rule.Note != "sales data stays in the EU: ask #netops" || d.Rule.Text != `{host: "*.eu.example"}` {
+		t.Errorf("decision %+v", d)
 	}
 }

@@ -113,6 +113,11 @@ type Rule struct {
 	Prefix netip.Prefix
 	// Ports the rule is limited to; empty means any port.
 	Ports []PortRange
+	// Note is the rule's reason: text, written for the people it refuses
+	// ("sales data stays in the EU: ask #netops"): one line of printable
+	// text, at most 200 bytes. Answers and log lines of the refusals the
+	// rule decides carry it.
+	Note string
 	// Where the rule was written and how, for explaining decisions.
 	File   string
 	Line   int

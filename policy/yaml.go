@@ -535,7 +535,7 @@ func (l *loader) rule(n *yaml.Node, action Verdict, what string) *Rule {
 	// Walked by hand rather than with mapping(): a policy may hold 100,000
 	// rules, and this loop allocates nothing but the rule.
 	r := &Rule{Action: action, File: l.file, Line: n.Line, Column: n.Column}
-	var hostKey, cidrKey, portsKey *yaml.Node
+	var hostKey, cidrKey, portsKey, reasonKey *yaml.Node
 	nerr := len(l.errs)
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := l.node(n.Content[i]), n.Content[i+1]
@@ -557,6 +557,11 @@ func (l *loader) rule(n *yaml.Node, action Verdict, what string) *Rule {
 			dup, portsKey = portsKey, k
 			if dup == nil {
 				r.Ports = l.ports(v)
+			}
+		case k.Value == "reason":
+			dup, reasonKey = reasonKey, k
+			if dup == nil {
+				r.Note, _ = l.text(v, "reason")
 			}
 		default:
 			l.unknown(n, k, article+what+" rule", ruleFields)
@@ -581,7 +586,7 @@ func (l *loader) rule(n *yaml.Node, action Verdict, what string) *Rule {
 }
 
 // ruleFields names the fields of a rule, for suggestions.
-var ruleFields = []field{{name: "host"}, {name: "cidr"}, {name: "ports"}}
+var ruleFields = []field{{name: "host"}, {name: "cidr"}, {name: "ports"}, {name: "reason"}}
 
 // hostPattern validates a host pattern and returns it; a pattern that is
 // not in normal form is an error that gives the normal form.

@@ -35,6 +35,7 @@ type checkResult struct {
 	Reason     string `json:"reason"`
 	Rule       string `json:"rule,omitempty"` // FILE:LINE
 	RuleText   string `json:"rule_text,omitempty"`
+	RuleReason string `json:"rule_reason,omitempty"` // the rule's reason: text
 	Hint       string `json:"hint,omitempty"`
 	Policy     string `json:"policy"`
 	Source     string `json:"source"`
@@ -259,6 +260,9 @@ func formatCheck(target, about string, d policy.Decision) string {
 	fmt.Fprintf(&b, "  %s", d.Reason)
 	if d.Rule != nil {
 		fmt.Fprintf(&b, "  %s %s", d.Rule.Location(), d.Rule.Text)
+		if d.Rule.Note != "" {
+			fmt.Fprintf(&b, "  why: %s", d.Rule.Note)
+		}
 	}
 	if d.Hint != "" {
 		fmt.Fprintf(&b, "  hint: %s", d.Hint)
@@ -307,7 +311,7 @@ func resultOf(target string, d policy.Decision) checkResult {
 		r.IP = d.IP.String()
 	}
 	if d.Rule != nil {
-		r.Rule, r.RuleText = d.Rule.Location(), d.Rule.Text
+		r.Rule, r.RuleText, r.RuleReason = d.Rule.Location(), d.Rule.Text, d.Rule.Note
 	}
 	return r
 }
