@@ -30,6 +30,64 @@ type ruleset struct {
 	// no host rule allows be resolved because a cidr rule might allow
 	// one of its addresses.
 	resolveUnlisted bool
+	// layered is true when the rules come from more than one file (see
+	// include.go): each file's rules then decide on their own, and a
+	// deny of any file wins.
+	layered bool
+}
+
+// matchName is the best name rule for name and port. With rules from
+// several files, each file's best rule is taken, and a deny among them
+// wins over the allows (the most specific deny if several).
+func (rs *ruleset) matchName(name string, port uint16) crule {
+	best := rs.names.match(name, port, crule{})
+	if !rs.layered || best.r == nil {
+		return best
+	}
+	var all []crule
+	rs.names.each(name, func(c crule) {
+		if c.r.matchesPort(port) {
+			all = append(all, c)
+		}
+	})
+	return denyOfAnyLayer(best, all)
+}
+
+// matchAddr is the best cidr rule for ip and port, as matchName.
+func (rs *ruleset) matchAddr(ip netip.Addr, port uint16) crule {
+	best := rs.addrs.match(ip, port)
+	if !rs.layered || best.r == nil {
+		return best
+	}
+	var all []crule
+	rs.addrs.each(ip, func(c crule) {
+		if c.r.matchesPort(port) {
+			all = append(all, c)
+		}
+	})
+	return denyOfAnyLayer(best, all)
+}
+
+// denyOfAnyLayer returns, of the rules all that match, the most specific
+// deny that is the best rule of its own file, or else best (the best rule
+// of all).
+func denyOfAnyLayer(best crule, all []crule) crule {
+	top := map[int]crule{}
+	for _, c := range all {
+		if t, ok := top[c.r.layer]; !ok || c.rank > t.rank {
+			top[c.r.layer] = c
+		}
+	}
+	var deny crule
+	for _, c := range top {
+		if c.r.Action == Deny && (deny.r == nil || c.rank > deny.rank || c.rank == deny.rank && c.r.layer < deny.r.layer) {
+			deny = c
+		}
+	}
+	if deny.r != nil {
+		return deny
+	}
+	return best
 }
 
 // rank orders matching rules: the higher rank wins. Host rules: exact over
@@ -240,6 +298,17 @@ func (t *prefixTable) match(ip netip.Addr, port uint16) crule {
 	return best
 }
 
+// each calls fn for every rule whose prefix covers ip, whatever its port.
+func (t *prefixTable) each(ip netip.Addr, fn func(crule)) {
+	f := family(ip)
+	k := keyOf(ip)
+	for _, pl := range t.fam[f] {
+		for _, c := range pl.m[k.masked(pl.bits, f)] {
+			fn(c)
+		}
+	}
+}
+
 // lifts returns an allow rule of at least minBits covering ip for port: a
 // rule that lies inside a guarded range of minBits and names ip.
 func (t *prefixTable) lifts(ip netip.Addr, port uint16, minBits int) *Rule {
@@ -263,7 +332,11 @@ func (rs *ruleset) compile() {
 	rs.names = nameNode{}
 	rs.addrs = prefixTable{}
 	rs.cidrAllowAll, rs.cidrAllowPorts, rs.metaAllows, rs.loopbackAllows = false, nil, nil, nil
+	rs.layered = false
 	for _, r := range rs.rules {
+		if r.layer != rs.rules[0].layer {
+			rs.layered = true
+		}
 		c := crule{r: r, rank: rank(r)}
 		if r.Host != "" {
 			rs.names.add(c)

@@ -123,6 +123,10 @@ type Rule struct {
 	Line   int
 	Column int
 	Text   string // the rule as one line of flow YAML: {host: api.example.com, ports: [443]}
+
+	// layer is the index of the rule's file among the policy's files (0:
+	// the policy's own file, and --allow): between files a deny wins.
+	layer int
 }
 
 // Location is FILE:LINE, what log lines and 403 bodies cite.

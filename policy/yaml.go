@@ -31,9 +31,11 @@ type loader struct {
 	errs   Errors
 	warns  []Diagnostic
 	budget int
-	// listens are the listener addresses set in the file, checked against
-	// allow_from once the whole file is read.
-	listens []*yaml.Node
+	// fs is what the loaders of a policy's files share (nil for a
+	// requirements manifest); layer is the file's index in it, 0 for the
+	// policy's own file.
+	fs    *fileSet
+	layer int
 	// late are errors sorted after the keys of their mapping (see
 	// required); meant the fields unknown keys were taken for.
 	late  []lateError
@@ -470,6 +472,15 @@ func (l *loader) parse(data []byte, p *Policy) {
 	}
 	root := doc.Content[0]
 	top := &p.top
+	// Included files first: what this file says is read after them.
+	if r := l.node(root); r.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(r.Content); i += 2 {
+			if k := l.node(r.Content[i]); k.Kind == yaml.ScalarNode && k.Value == "include" {
+				l.includes(r.Content[i+1], p)
+				break
+			}
+		}
+	}
 	seen := l.mapping(root, "the policy", []field{
 		{"version", func(k, v *yaml.Node) {
 			if n, ok := l.integer(v, "version"); ok {
@@ -479,8 +490,16 @@ func (l *loader) parse(data []byte, p *Policy) {
 				p.Version = n
 			}
 		}},
-		{"default", func(k, v *yaml.Node) { top.def = l.verdict(v, "default") }},
-		{"mode", func(k, v *yaml.Node) { top.mode = l.mode(v, "mode") }},
+		{"default", func(k, v *yaml.Node) {
+			if d, ok := l.enum(v, "default", "allow", "deny"); ok && l.tighten("default", &l.fs.def, v, d, "deny") {
+				top.def = l.verdict(v, "default")
+			}
+		}},
+		{"mode", func(k, v *yaml.Node) {
+			if m, ok := l.enum(v, "mode", "enforce", "audit"); ok && l.tighten("mode", &l.fs.mode, v, m, "enforce") {
+				top.mode = l.mode(v, "mode")
+			}
+		}},
 		{"allow", func(k, v *yaml.Node) { top.rules = append(top.rules, l.rules(v, Allow, "allow")...) }},
 		{"deny", func(k, v *yaml.Node) { top.rules = append(top.rules, l.rules(v, Deny, "deny")...) }},
 		{"allow_from", func(k, v *yaml.Node) { p.AllowFrom = l.prefixes(v, "allow_from") }},
@@ -492,19 +511,16 @@ func (l *loader) parse(data []byte, p *Policy) {
 		{"timeouts", func(k, v *yaml.Node) { l.timeouts(v, &p.Timeouts) }},
 		{"limits", func(k, v *yaml.Node) { l.limits(v, &p.Limits) }},
 		{"reload", func(k, v *yaml.Node) { l.reload(v, &p.Reload) }},
+		{"include", func(k, v *yaml.Node) {}}, // read above
 	})
 	if l.node(root).Kind == yaml.MappingNode {
 		if seen["version"] == nil {
 			l.required(root, "version is required: add version: 1", "version")
 		}
-		if seen["default"] == nil {
+		// An included file may leave default: to the file that includes
+		// it; the policy as a whole needs one.
+		if seen["default"] == nil && l.layer == 0 && l.fs.def == nil {
 			l.required(root, "default is required: add default: allow (full internet) or default: deny (only what is listed)", "default")
-		}
-	}
-	p.Default, p.Mode = top.def, top.mode
-	if len(p.AllowFrom) == 0 {
-		for _, n := range l.listens {
-			l.warnf(l.file, n.Line, n.Column, "%s is not a loopback address and allow_from is empty: anyone who reaches it can use egress; set allow_from", n.Value)
 		}
 	}
 }
@@ -534,7 +550,7 @@ func (l *loader) rule(n *yaml.Node, action Verdict, what string) *Rule {
 	}
 	// Walked by hand rather than with mapping(): a policy may hold 100,000
 	// rules, and this loop allocates nothing but the rule.
-	r := &Rule{Action: action, File: l.file, Line: n.Line, Column: n.Column}
+	r := &Rule{Action: action, File: l.file, Line: n.Line, Column: n.Column, layer: l.layer}
 	var hostKey, cidrKey, portsKey, reasonKey *yaml.Node
 	nerr := len(l.errs)
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -854,20 +870,20 @@ func parsePort(s string) (uint16, error) {
 }
 
 func (l *loader) clients(n *yaml.Node, p *Policy) {
-	names := map[string]int{}
 	for _, item := range l.seq(n, "clients") {
 		item = l.node(item)
-		c := Client{Default: p.top.def, Mode: p.top.mode}
+		// Default and mode are inherited from the top level once every
+		// file is read (see LoadWith).
+		c := Client{}
 		rs := &ruleset{}
 		seen := l.mapping(item, "a clients entry", []field{
 			{"name", func(k, v *yaml.Node) {
 				if s, ok := l.str(v, "name"); ok {
 					if s == "" || s == "default" {
 						l.errf(l.node(v), "a client's name must not be empty or %q", "default")
-					} else if line, dup := names[s]; dup {
-						l.errf(l.node(v), "client name %q is used twice (first at line %d)", s, line)
+					} else {
+						l.clientName(v, s)
 					}
-					names[s] = l.node(v).Line
 					c.Name = s
 				}
 			}},
@@ -901,6 +917,7 @@ func (l *loader) clients(n *yaml.Node, p *Policy) {
 		rs.name, rs.def, rs.mode = c.Name, c.Default, c.Mode
 		p.Clients = append(p.Clients, c)
 		p.clientSets = append(p.clientSets, rs)
+		l.fs.clientsSet = append(l.fs.clientsSet, [2]bool{seen["default"] != nil, seen["mode"] != nil})
 	}
 }
 
@@ -915,7 +932,7 @@ func (l *loader) addr(n *yaml.Node, what string) string {
 		return ""
 	}
 	if what != "listen.admin" && !ap.Addr().Unmap().IsLoopback() {
-		l.listens = append(l.listens, l.node(n))
+		l.fs.listens = append(l.fs.listens, listenAt{file: l.file, node: l.node(n), field: what})
 	}
 	return s
 }

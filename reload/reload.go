@@ -1,7 +1,7 @@
 // Package reload keeps egress's current policy and replaces it when the
 // policy file changes or the process gets SIGHUP.
 //
-// A Watcher loads the file with policy.Load and holds the result in an
+// A Watcher loads the file with policy.LoadWith and holds the result in an
 // atomic pointer: data paths call Current (as their Policy hook) once per
 // connection or query, so a new policy applies to new connections while open
 // ones keep going. A file that does not load is refused: the old policy
@@ -18,7 +18,6 @@
 package reload
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -73,7 +72,7 @@ type Watcher struct {
 	cur  atomic.Pointer[state]
 
 	mu      sync.Mutex // serialises reloads
-	lastSum [sha256.Size]byte
+	lastSum string     // the current policy's Hash, or what the last refused load read
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -92,11 +91,11 @@ func New(file string) (*Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read policy: %w", err)
 	}
-	p, err := policy.Load(file, data)
+	p, err := policy.LoadWith(file, data, os.ReadFile)
 	if err != nil {
 		return nil, fmt.Errorf("load policy: %w", err)
 	}
-	w := &Watcher{file: file, lastSum: sha256.Sum256(data)}
+	w := &Watcher{file: file, lastSum: p.Hash()}
 	w.cur.Store(&state{p: p, loadedAt: time.Now()})
 	return w, nil
 }
@@ -129,11 +128,19 @@ func (w *Watcher) reload(trig Trigger, force bool) error {
 		w.refuse(trig, old, err)
 		return err
 	}
-	sum := sha256.Sum256(data)
-	if !force && bytes.Equal(sum[:], w.lastSum[:]) {
+	// The file and those it includes (policy.Policy.Hash covers them all);
+	// a policy that does not load is known by its text and its errors.
+	p, err := policy.LoadWith(w.file, data, os.ReadFile)
+	sum := ""
+	if err == nil {
+		sum = p.Hash()
+	} else {
+		h := sha256.Sum256(append(data, err.Error()...))
+		sum = "refused:" + string(h[:])
+	}
+	if !force && sum == w.lastSum {
 		return nil
 	}
-	p, err := policy.Load(w.file, data)
 	if err != nil {
 		err = fmt.Errorf("load policy: %w", err)
 		w.lastSum = sum // refuse a broken file once, not at every event
@@ -233,13 +240,19 @@ func (w *Watcher) Run(ctx context.Context) error {
 
 // watchDirs is the file's directory and, when the file is a symlink into
 // another directory (not Kubernetes' ..data, which lives beside it), the
-// directory of its target.
+// directory of its target; and the same for every file the policy
+// includes.
 func (w *Watcher) watchDirs() []string {
 	dir := filepath.Dir(w.file)
 	dirs := []string{dir}
-	if real, err := filepath.EvalSymlinks(w.file); err == nil {
-		if rd := filepath.Dir(real); rd != dir && !isUnder(rd, dir) {
-			dirs = append(dirs, rd)
+	for _, f := range w.Current().Files() {
+		if d := filepath.Dir(f); !contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+		if real, err := filepath.EvalSymlinks(f); err == nil {
+			if rd := filepath.Dir(real); !contains(dirs, rd) && !isUnder(rd, dir) {
+				dirs = append(dirs, rd)
+			}
 		}
 	}
 	return dirs
@@ -258,8 +271,15 @@ func (w *Watcher) relevant(name string) bool {
 	if base == filepath.Base(w.file) || strings.HasPrefix(base, "..") {
 		return true
 	}
-	real, err := filepath.EvalSymlinks(w.file)
-	return err == nil && filepath.Clean(name) == real
+	for _, f := range w.Current().Files() {
+		if filepath.Clean(name) == filepath.Clean(f) {
+			return true // an included file
+		}
+		if real, err := filepath.EvalSymlinks(f); err == nil && filepath.Clean(name) == real {
+			return true
+		}
+	}
+	return false
 }
 
 func (w *Watcher) loop(fw *fsnotify.Watcher, hup chan os.Signal, dirs []string) {

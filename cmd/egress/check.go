@@ -98,7 +98,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "egress check: %v\n", err)
 			return exitUsage
 		}
-		if p, err = policy.Load(*config, data); err != nil {
+		if p, err = policy.LoadWith(*config, data, os.ReadFile); err != nil {
 			fmt.Fprintln(stderr, err)
 			return exitUsage
 		}
