@@ -50,4 +50,3 @@ func TestIncludedFileChangesReload(t *testing.T) {
 		t.Errorf("the old policy was not kept")
 	}
 }
-
