@@ -21,7 +21,7 @@ func TestConfigsLintClean(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			p, err := Load(f, data)
+			p, err := LoadWith(f, data, os.ReadFile)
 			if err != nil {
 				t.Fatal(err)
 			}
