@@ -38,29 +38,27 @@ type ruleset struct {
 
 // matchName is the best name rule for name and port. With rules from
 // several files, each file's best rule is taken, and a deny among them
-// wins over the allows (the most specific deny if several).
+// wins over the allows (see acrossFiles).
 func (rs *ruleset) matchName(name string, port uint16) crule {
 	best := rs.names.match(name, port, crule{})
-	if !rs.layered || best.r == nil {
-		return best
-	}
-	var all []crule
-	rs.names.each(name, func(c crule) {
-		if c.r.matchesPort(port) {
-			all = append(all, c)
-		}
-	})
-	return denyOfAnyLayer(best, all)
+	return rs.acrossFiles(best, port, func(fn func(crule)) { rs.names.each(name, fn) })
 }
 
 // matchAddr is the best cidr rule for ip and port, as matchName.
 func (rs *ruleset) matchAddr(ip netip.Addr, port uint16) crule {
 	best := rs.addrs.match(ip, port)
+	return rs.acrossFiles(best, port, func(fn func(crule)) { rs.addrs.each(ip, fn) })
+}
+
+// acrossFiles returns best (the best matching rule of all files), unless
+// the rules come from several files and one file's best rule among those
+// each yields for port is a deny: then the most specific such deny.
+func (rs *ruleset) acrossFiles(best crule, port uint16, each func(func(crule))) crule {
 	if !rs.layered || best.r == nil {
 		return best
 	}
 	var all []crule
-	rs.addrs.each(ip, func(c crule) {
+	each(func(c crule) {
 		if c.r.matchesPort(port) {
 			all = append(all, c)
 		}

@@ -68,20 +68,10 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr)
 		fs.PrintDefaults()
 	}
-	// Flags may follow targets: parse, take a target, parse the rest.
-	var targets []string
-	for rest := args; ; {
-		if err := fs.Parse(rest); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return exitOK
-			}
-			return exitUsage
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		targets = append(targets, fs.Arg(0))
-		rest = fs.Args()[1:]
+	// Flags may follow targets.
+	targets, code, ok := parseInterspersed(fs, args)
+	if !ok {
+		return code
 	}
 	if (len(targets) == 0) == (*manifest == "") {
 		if *manifest != "" {
@@ -132,7 +122,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		jobs = append(jobs, job{t, req})
 	}
 
-	code := exitOK
+	code = exitOK
 	enc := json.NewEncoder(stdout)
 	for _, j := range jobs {
 		outs, err := c.decide(j.target, j.req)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -56,19 +55,9 @@ func cmdDiff(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr)
 		fs.PrintDefaults()
 	}
-	var files []string
-	for rest := args; ; {
-		if err := fs.Parse(rest); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return exitOK
-			}
-			return exitUsage
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		files = append(files, fs.Arg(0))
-		rest = fs.Args()[1:]
+	files, code, ok := parseInterspersed(fs, args)
+	if !ok {
+		return code
 	}
 	if len(files) != 2 {
 		fs.Usage()
@@ -87,7 +76,7 @@ func cmdDiff(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	changes, tried := policy.Diff(ps[0], ps[1])
-	code := exitOK
+	code = exitOK
 	if len(changes) > 0 && changes[0].Wider() {
 		code = exitDenied
 	}
