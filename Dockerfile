@@ -3,12 +3,21 @@
 # egress as a small static image:
 #
 #   docker build -t egress .
-#   docker run --rm -v "$PWD/examples/compose:/etc/egress:ro" egress
+#   docker run --rm -p 127.0.0.1:3128:3128 -v "$PWD/examples/docker-run:/etc/egress:ro" egress
+#   curl -x http://127.0.0.1:3128 https://pypi.org/simple/pip/ -o /dev/null -w '%{http_code}\n'
 #
 # The policy file is read from /etc/egress/policy.yaml (mount a directory
 # there, not a single file, so that an edited policy is seen on SIGHUP). Its
 # listen: section must use 0.0.0.0 (or the container's address) for the
-# listeners other containers use: egress's defaults are loopback only.
+# listeners a published port or other containers reach: egress's defaults
+# are loopback only. A client behind a published port arrives from the
+# Docker bridge's gateway (172.17.0.1 on the default bridge): allow_from
+# must name it (examples/docker-run/policy.yaml does). docker-compose.yml
+# runs the image on a network of its own with examples/compose/.
+#
+# The HEALTHCHECK asks the admin listener that the policy names
+# (listen.admin): if you run serve with another --config, or with --admin,
+# override it (docker run --health-cmd, compose's healthcheck:) to match.
 
 # ---- build: a static binary, no cgo ----
 FROM golang:1.26-alpine AS build
@@ -28,6 +37,6 @@ USER 65532:65532
 EXPOSE 3128/tcp 9090/tcp
 # The image has no curl or shell: egress itself asks the admin listener.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["/usr/local/bin/egress", "health", "--timeout", "2s", "http://127.0.0.1:9090/healthz"]
+    CMD ["/usr/local/bin/egress", "health", "--timeout", "2s", "--config", "/etc/egress/policy.yaml"]
 ENTRYPOINT ["/usr/local/bin/egress"]
 CMD ["serve", "--config", "/etc/egress/policy.yaml"]

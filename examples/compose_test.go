@@ -403,16 +403,11 @@ func TestCompose(t *testing.T) {
 		if !admin.Addr().IsLoopback() {
 			t.Errorf("listen.admin %s: the plugin could reach /policy and /denials; keep it on loopback", admin)
 		}
-		hc := dockerHealthcheckURL(t)
-		u, err := url.Parse(hc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if u.Port() != strconv.Itoa(int(admin.Port())) || u.Path != "/healthz" {
-			t.Errorf("HEALTHCHECK asks %s, but the admin listener is %s/healthz", hc, admin)
-		}
-		if ip, err := netip.ParseAddr(u.Hostname()); err != nil || !ip.IsLoopback() {
-			t.Errorf("HEALTHCHECK asks %s: it runs inside the container, ask loopback", hc)
+		// The image's HEALTHCHECK asks the listen.admin of its --config:
+		// the policy compose mounts, where compose's command reads it.
+		if hc := flagValue(dockerHealthcheck(t), "config"); hc != configArg || flagValue(egressSvc.Command, "admin") != "" {
+			t.Errorf("HEALTHCHECK reads --config %q, compose serves --config %q (--admin %q): the healthcheck would ask another listener",
+				hc, configArg, flagValue(egressSvc.Command, "admin"))
 		}
 	})
 
@@ -533,8 +528,8 @@ func execForm(s string) []string {
 	return argv
 }
 
-// dockerHealthcheckURL is the URL the image's HEALTHCHECK probes.
-func dockerHealthcheckURL(t *testing.T) string {
+// dockerHealthcheck is the command of the image's HEALTHCHECK.
+func dockerHealthcheck(t *testing.T) []string {
 	t.Helper()
 	stages := parseDockerfile(t)
 	for _, in := range stages[len(stages)-1].ins {
@@ -546,10 +541,10 @@ func dockerHealthcheckURL(t *testing.T) string {
 		if !ok || argv == nil {
 			t.Fatalf("Dockerfile:%d: HEALTHCHECK must be CMD in exec form: the image has no shell", in.line)
 		}
-		return argv[len(argv)-1]
+		return argv
 	}
 	t.Fatal("the final stage has no HEALTHCHECK")
-	return ""
+	return nil
 }
 
 func TestDockerfile(t *testing.T) {
@@ -666,8 +661,20 @@ func TestDockerfile(t *testing.T) {
 		if len(entry) == 0 || !slices.Contains(copied, entry[0]) {
 			t.Errorf("ENTRYPOINT %v is not an exec-form path the image has (%v)", entry, copied)
 		}
-		if !strings.HasSuffix(dockerHealthcheckURL(t), "/healthz") {
-			t.Errorf("HEALTHCHECK does not ask /healthz")
+		if len(hc) < 2 || hc[1] != "health" {
+			t.Errorf("HEALTHCHECK runs %v, want egress health", hc)
+		}
+	})
+
+	t.Run("the healthcheck reads the policy the image serves", func(t *testing.T) {
+		var cmd []string
+		for _, in := range final.ins {
+			if in.cmd == "CMD" {
+				cmd = execForm(in.args)
+			}
+		}
+		if served, asked := flagValue(cmd, "config"), flagValue(dockerHealthcheck(t), "config"); served == "" || served != asked {
+			t.Errorf("CMD serves --config %q, HEALTHCHECK asks the admin listener of --config %q", served, asked)
 		}
 	})
 

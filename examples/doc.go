@@ -7,6 +7,10 @@
 //   - docker-compose.yml, Dockerfile and compose/: a simulated restricted
 //     network; the tests parse them (no Docker engine runs in tests) and
 //     check that the plugin has no way out but egress.
+//   - docker-run/: the policy of the Dockerfile's `docker run` example,
+//     egress alone with its proxy port published; the tests check that the
+//     published port, allow_from and the example's curl agree, and run the
+//     image's HEALTHCHECK command against egress serve.
 //   - kubernetes/: manifests for a replicated egress; the tests check that
 //     they parse and agree with each other and with the policy they carry.
 package examples

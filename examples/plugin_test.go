@@ -65,6 +65,26 @@ func TestPluginDirect(t *testing.T) {
 	}
 }
 
+// TestPluginAPIVersion: the plugin prints the API's version whether the
+// status document has it at the top (the vendor's) or nested under info
+// (PyPI's JSON API, which docker-compose.yml's plugin asks).
+func TestPluginAPIVersion(t *testing.T) {
+	const script = `import json, sys
+sys.path.insert(0, "plugin-python")
+import discovery
+print(json.dumps([discovery.api_version({"version": "16.4"}),
+                  discovery.api_version({"info": {"version": "24.0"}, "releases": {}}),
+                  discovery.api_version({"info": {}})]))`
+	for _, py := range pythons(t) {
+		t.Run(py.name, func(t *testing.T) {
+			r := run(t, 30*time.Second, py.env, py.path, "-c", script)
+			if r.code != 0 || strings.TrimSpace(r.stdout) != `["16.4", "24.0", null]` {
+				t.Errorf("exit %d, stdout %q; want [\"16.4\", \"24.0\", null]", r.code, r.stdout)
+			}
+		})
+	}
+}
+
 func testPluginDirect(t *testing.T, py python) {
 	const timeout = 2 * time.Second
 	// Python's start plus one timeout per step, with room for a slow

@@ -39,7 +39,12 @@ func startServe(t *testing.T, bin, policyText string) *egressServe {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "serve", "--config", cfg, "--listen", "127.0.0.1:0", "--log-format", "json")
+	args := []string{"serve", "--config", cfg, "--listen", "127.0.0.1:0", "--log-format", "json"}
+	if !strings.Contains(policyText, "admin:") {
+		// Tests run in parallel: a free port, not the default 9090.
+		args = append(args, "--admin", "127.0.0.1:0")
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = cleanEnv()
 	cmd.WaitDelay = 5 * time.Second
 	stderr, err := cmd.StderrPipe()

@@ -8,6 +8,13 @@
 // stays, every FILE:LINE:COL diagnostic is logged and OnReload is told (the
 // admin listener counts it).
 //
+// Each change is counted once. An edit is often followed by a SIGHUP (an
+// operator's habit, a ConfigMap reloader), and both would reload: a
+// reload whose file holds the bytes of the last attempt and whose result
+// is the policy in force (or the same refusal) is logged as "policy
+// unchanged" and not reported to OnReload. A SIGHUP still reads and loads
+// the file every time.
+//
 // It watches the file's directory, not the file, with fsnotify: editors
 // replace a file by renaming a new one over it, and Kubernetes updates a
 // ConfigMap volume by swapping its ..data symlink, and both would leave a
@@ -72,7 +79,14 @@ type Watcher struct {
 	cur  atomic.Pointer[state]
 
 	mu      sync.Mutex // serialises reloads
-	lastSum string     // the current policy's Hash, or what the last refused load read
+	// lastSum is what the last attempt read: the policy's Hash (which
+	// covers the files it includes), or for a refused one its text and
+	// errors.
+	lastSum string
+	lastErr string // the last attempt's refusal, "" after a success
+	// start is the policy loaded by New: what the listeners and the
+	// logger were built from.
+	start *policy.Policy
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -95,7 +109,7 @@ func New(file string) (*Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load policy: %w", err)
 	}
-	w := &Watcher{file: file, lastSum: p.Hash()}
+	w := &Watcher{file: file, lastSum: p.Hash(), start: p}
 	w.cur.Store(&state{p: p, loadedAt: time.Now()})
 	return w, nil
 }
@@ -111,12 +125,14 @@ func (w *Watcher) LoadedAt() time.Time { return w.cur.Load().loadedAt }
 func (w *Watcher) File() string { return w.file }
 
 // Reload reads and loads the file now. A valid file replaces the current
-// policy (even if unchanged); an invalid or unreadable one is refused and
-// the current policy stays. The error says why it was refused.
+// policy; an invalid or unreadable one is refused and the current policy
+// stays. The error says why it was refused. A file unchanged since the
+// last attempt, with the same outcome, is not reported to OnReload (see
+// the package comment).
 func (w *Watcher) Reload() error { return w.reload(TriggerCall, true) }
 
 // reload loads the file; with force false it skips a file whose bytes are
-// those of the current policy (file events that change nothing: chmod, a
+// those of the last attempt (file events that change nothing: chmod, a
 // touch, the ConfigMap's other keys).
 func (w *Watcher) reload(trig Trigger, force bool) error {
 	w.mu.Lock()
@@ -128,8 +144,7 @@ func (w *Watcher) reload(trig Trigger, force bool) error {
 		w.refuse(trig, old, err)
 		return err
 	}
-	// The file and those it includes (policy.Policy.Hash covers them all);
-	// a policy that does not load is known by its text and its errors.
+	// Loaded whatever the event: a change may be in an included file.
 	p, err := policy.LoadWith(w.file, data, os.ReadFile)
 	sum := ""
 	if err == nil {
@@ -138,27 +153,32 @@ func (w *Watcher) reload(trig Trigger, force bool) error {
 		h := sha256.Sum256(append(data, err.Error()...))
 		sum = "refused:" + string(h[:])
 	}
-	if !force && sum == w.lastSum {
+	same := sum == w.lastSum
+	if !force && same {
 		return nil
 	}
+	w.lastSum = sum
 	if err != nil {
 		err = fmt.Errorf("load policy: %w", err)
-		w.lastSum = sum // refuse a broken file once, not at every event
+		if same && err.Error() == w.lastErr {
+			// Refused already (the file event before this SIGHUP, say):
+			// say it again, count it once.
+			w.logRefusal(trig, old, err)
+			return err
+		}
+		w.lastErr = err.Error()
 		w.refuse(trig, old, err)
 		return err
 	}
-	w.lastSum = sum
+	if same && w.lastErr == "" && p.Hash() == old.Hash() {
+		w.Logger.Info().Str("file", w.file).Str("trigger", string(trig)).Str("hash", p.Hash()).
+			Msg("policy unchanged since the last reload; nothing to do")
+		return nil
+	}
+	w.lastErr = ""
 	w.cur.Store(&state{p: p, loadedAt: time.Now()})
 	ev := w.Logger.Info().Str("file", w.file).Str("trigger", string(trig)).Str("hash", p.Hash())
-	// Listeners are bound and the logger built once, at start.
-	var stale []string
-	if !reflect.DeepEqual(p.Listen, old.Listen) {
-		stale = append(stale, "listen")
-	}
-	if p.Log != old.Log {
-		stale = append(stale, "log")
-	}
-	if len(stale) > 0 {
+	if stale := RestartSettings(w.start, p); len(stale) > 0 {
 		ev = ev.Str("warning", strings.Join(stale, ", ")+": changed; restart egress for that to apply")
 	}
 	// OnReload puts the policy in force (serve stores it where every data
@@ -171,7 +191,35 @@ func (w *Watcher) reload(trig Trigger, force bool) error {
 	return nil
 }
 
+// RestartSettings names the settings that differ between the policy egress
+// started with and p and that apply only at start: the listeners are bound,
+// the logger built and the HTTP server's header limits set once.
+func RestartSettings(start, p *policy.Policy) []string {
+	var stale []string
+	if !reflect.DeepEqual(p.Listen, start.Listen) {
+		stale = append(stale, "listen")
+	}
+	if p.Log != start.Log {
+		stale = append(stale, "log")
+	}
+	if p.Timeouts.Header != start.Timeouts.Header {
+		stale = append(stale, "timeouts.header")
+	}
+	if p.Limits.MaxHeaderBytes != start.Limits.MaxHeaderBytes {
+		stale = append(stale, "limits.max_header_bytes")
+	}
+	return stale
+}
+
 func (w *Watcher) refuse(trig Trigger, old *policy.Policy, err error) {
+	w.logRefusal(trig, old, err)
+	if w.OnReload != nil {
+		w.OnReload(old, err)
+	}
+}
+
+// logRefusal logs a refused file with every FILE:LINE:COL diagnostic.
+func (w *Watcher) logRefusal(trig Trigger, old *policy.Policy, err error) {
 	ev := w.Logger.Error().Str("file", w.file).Str("trigger", string(trig))
 	var diags policy.Errors
 	if errors.As(err, &diags) {
@@ -184,9 +232,6 @@ func (w *Watcher) refuse(trig Trigger, old *policy.Policy, err error) {
 		ev = ev.Err(err)
 	}
 	ev.Str("kept", old.Source).Str("kept_hash", old.Hash()).Msg("policy reload refused; keeping the current policy")
-	if w.OnReload != nil {
-		w.OnReload(old, err)
-	}
 }
 
 // Start watches the file's directory and SIGHUP until Close. It returns

@@ -40,6 +40,12 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+func (s *syncBuffer) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
+}
+
 func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -258,31 +264,82 @@ func TestSIGHUPReloads(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "policy.yaml")
 	write(t, path, denyAll)
-	w, ch, _ := start(t, path)
+	w, ch, logs := start(t, path)
 	old := w.Current()
 
 	// Start has registered for SIGHUP, so this reloads rather than
-	// terminates the test binary.
+	// terminates the test binary. The file is as loaded: nothing changes,
+	// and nothing is counted.
 	must(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
-	r := wait(t, ch)
-	if r.err != nil {
-		t.Fatalf("SIGHUP reload refused: %v", r.err)
+	waitLog(t, logs, "policy unchanged since the last reload")
+	quiet(t, ch)
+	if w.Current() != old {
+		t.Error("a SIGHUP with nothing changed replaced the policy")
 	}
-	if w.Current() == old {
-		t.Error("SIGHUP did not swap in a freshly loaded policy")
+
+	// A changed file and a SIGHUP: the new policy, counted once.
+	write(t, path, allowAll)
+	must(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
+	if r := wait(t, ch); r.err != nil || r.p.Default != policy.Allow {
+		t.Fatalf("SIGHUP reload: %v, %v", r.p, r.err)
 	}
+	quiet(t, ch)
 
 	// A SIGHUP with a broken file refuses it.
 	write(t, path, broken)
 	must(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
 	for {
-		r = wait(t, ch)
+		r := wait(t, ch)
 		if r.err != nil {
 			break
 		}
 	}
-	if w.Current().Default != policy.Deny {
+	if w.Current().Default != policy.Allow {
 		t.Error("a broken file replaced the policy")
+	}
+}
+
+// TestOneEditIsOneReload: an edit that the file watch reloads, then a
+// SIGHUP (an operator's habit), is one reload; the SIGHUP after a refused
+// edit logs the refusal again without counting it again.
+func TestOneEditIsOneReload(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.yaml")
+	write(t, path, denyAll)
+	w, ch, logs := start(t, path)
+
+	write(t, path, allowAll)
+	if r := wait(t, ch); r.err != nil {
+		t.Fatalf("file reload: %v", r.err)
+	}
+	must(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
+	waitLog(t, logs, "policy unchanged since the last reload")
+	quiet(t, ch)
+	if w.Current().Default != policy.Allow {
+		t.Fatalf("default %v, want allow", w.Current().Default)
+	}
+
+	write(t, path, broken)
+	if r := wait(t, ch); r.err == nil {
+		t.Fatal("a broken file was not refused")
+	}
+	before := strings.Count(logs.String(), "policy reload refused")
+	must(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
+	for deadline := time.Now().Add(5 * time.Second); strings.Count(logs.String(), "policy reload refused") == before; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("SIGHUP on the broken file logged nothing")
+		}
+	}
+	quiet(t, ch)
+}
+
+// waitLog waits until the log holds text.
+func waitLog(t *testing.T, logs *syncBuffer, text string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(logs.String(), text); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the log within 5s:\n%s", text, logs.String())
+		}
 	}
 }
 
@@ -332,21 +389,33 @@ func must(t *testing.T, err error) {
 	}
 }
 
-func TestListenChangeWarnsThatARestartIsNeeded(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "policy.yaml")
+// TestStartOnlySettingsAreNamed: every setting read only at start is named
+// in the warning when a reload changes it, and keeps being named (it still
+// differs from what egress runs with) until a restart.
+func TestStartOnlySettingsAreNamed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
 	write(t, path, denyAll)
 	w, err := New(path)
 	must(t, err)
 	logs := &syncBuffer{}
 	w.Logger = zerolog.New(logs)
-	write(t, path, denyAll+"listen:\n  http: 127.0.0.1:3999\n")
+	write(t, path, denyAll+"listen:\n  http: 127.0.0.1:3999\ntimeouts:\n  header: 3s\n  drain: 5s\nlimits:\n  max_header_bytes: 8192\nlog:\n  level: debug\n")
 	must(t, w.Reload())
 	if w.Current().Listen.HTTP != "127.0.0.1:3999" {
 		t.Fatalf("listen.http = %q after reload", w.Current().Listen.HTTP)
 	}
-	if !strings.Contains(logs.String(), "listen: changed; restart egress") {
-		t.Errorf("no restart warning in the log:\n%s", logs.String())
+	want := "listen, log, timeouts.header, limits.max_header_bytes: changed; restart egress for that to apply"
+	if !strings.Contains(logs.String(), want) {
+		t.Errorf("want %q in the log:\n%s", want, logs.String())
+	}
+	if strings.Contains(logs.String(), "timeouts.drain") {
+		t.Errorf("timeouts.drain applies on reload, yet it is named:\n%s", logs.String())
+	}
+	logs.Reset()
+	write(t, path, denyAll+"timeouts:\n  header: 3s\n")
+	must(t, w.Reload())
+	if !strings.Contains(logs.String(), "timeouts.header: changed; restart egress") {
+		t.Errorf("a second reload forgot that timeouts.header still needs a restart:\n%s", logs.String())
 	}
 }
 

@@ -357,7 +357,9 @@ func startEgress(bin, dir string, logAllowed bool) *subject {
 	check(os.WriteFile(cfg, []byte(fmt.Sprintf(egressConfig, logAllowed, logFile)), 0o644))
 	addr := freeAddr()
 	s := &subject{name: "egress", kind: "egress", addr: addr, log: logFile}
-	s.start(exec.Command(bin, "serve", "--config", cfg, "--listen", addr), filepath.Join(dir, "egress.stderr"))
+	// No admin listener: the bench reads none, and a busy 9090 (another
+	// egress) would stop serve.
+	s.start(exec.Command(bin, "serve", "--config", cfg, "--listen", addr, "--admin", ""), filepath.Join(dir, "egress.stderr"))
 	return s
 }
 

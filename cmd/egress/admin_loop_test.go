@@ -74,9 +74,11 @@ timeouts:
 		e.closeServices()
 		t.Fatal(err)
 	}
-	if stop := e.startAdmin(); stop != nil {
-		defer stop()
+	stop, err := e.startAdmin(pol.Listen.Admin, false)
+	if err != nil || stop == nil {
+		t.Fatalf("startAdmin: %v", err)
 	}
+	defer stop()
 	if e.adminAddr == "" {
 		t.Fatal("no admin listener")
 	}

@@ -73,6 +73,14 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
+	for _, t := range targets {
+		// policy.yaml is a valid host name, but a file of that name here
+		// is a policy given without --config.
+		if _, err := os.Stat(t); err == nil && configHint(t, *config) != "" {
+			fmt.Fprintf(stderr, "egress check: target %q is a file%s\n", t, configHint(t, *config))
+			return exitUsage
+		}
+	}
 	if (len(targets) == 0) == (*manifest == "") {
 		if *manifest != "" {
 			fmt.Fprintln(stderr, "egress check: --requirements takes no targets")

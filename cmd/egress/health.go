@@ -2,40 +2,73 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	neturl "net/url"
+	"os"
 	"strings"
 	"time"
+
+	"github.com/egress-proxy/egress/policy"
 )
 
 // defaultHealthURL is the admin listener's default address.
-const defaultHealthURL = "http://127.0.0.1:9090/healthz"
+const defaultHealthURL = "http://" + defaultAdminListen + "/healthz"
 
 // cmdHealth asks a running egress whether it is healthy: a GET of its admin
 // /healthz (or /readyz), exit 0 on a 2xx answer, 1 otherwise, within a
 // bounded time. It is the container image's HEALTHCHECK: the image has no
-// shell and no curl.
+// shell and no curl. With --config it asks the admin listener the policy
+// names (listen.admin), so that the check follows the policy.
 func cmdHealth(args []string, stdout, stderr io.Writer) int {
-	return probe(args, stderr)
+	return probe(args, stdout, stderr)
 }
 
-func probe(args []string, stderr io.Writer) int {
+func probe(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("egress health", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	timeout := fs.Duration("timeout", 2*time.Second, "give up after this long")
+	config := fs.String("config", "", "ask the admin listener of the policy `FILE` (its listen.admin)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: egress health [--timeout 2s] [--config FILE | URL]")
+		fmt.Fprintln(stderr)
+		fmt.Fprintln(stderr, "Asks a running egress's admin listener whether it is healthy: exit 0 on a 2xx answer")
+		fmt.Fprintln(stderr, "(one line on standard output), 1 otherwise. URL is the admin listener's /healthz or")
+		fmt.Fprintln(stderr, "/readyz; HOST:PORT alone means its /healthz. Default URL: "+defaultHealthURL+",")
+		fmt.Fprintln(stderr, "or with --config the listen.admin of that policy.")
+		fmt.Fprintln(stderr)
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() > 1 || *timeout <= 0 || (fs.NArg() == 1 && *config != "") {
+		fs.Usage()
 		return exitUsage
 	}
 	url := defaultHealthURL
-	if fs.NArg() == 1 {
+	switch {
+	case fs.NArg() == 1:
+		if hint := configHint(fs.Arg(0), ""); hint != "" {
+			fmt.Fprintf(stderr, "egress health: %q is not a URL%s\n", fs.Arg(0), hint)
+			return exitUsage
+		}
 		url = healthURL(fs.Arg(0))
-	}
-	if fs.NArg() > 1 || *timeout <= 0 {
-		fmt.Fprintln(stderr, "usage: egress health [--timeout 2s] [URL]  (default URL: "+defaultHealthURL+")")
-		return exitUsage
+	case *config != "":
+		u, err := adminURL(*config)
+		if err != nil {
+			fmt.Fprintf(stderr, "egress health: %v\n", err)
+			return exitUsage
+		}
+		url = u
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
@@ -57,7 +90,39 @@ func probe(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "egress health: %s answered %s\n", url, resp.Status)
 		return 1
 	}
+	fmt.Fprintf(stdout, "egress health: %s answered %s\n", url, resp.Status)
 	return 0
+}
+
+// adminURL is the /healthz of the admin listener that the policy file
+// names: listen.admin, with a wildcard address (0.0.0.0, [::]) asked on
+// loopback.
+func adminURL(file string) (string, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return "", err
+	}
+	p, err := policy.Load(file, data)
+	if err != nil {
+		return "", err
+	}
+	addr := p.Listen.Admin
+	if addr == "" {
+		return "", fmt.Errorf("%s: listen.admin is off: no admin listener to ask", file)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("%s: listen.admin %q: %w", file, addr, err)
+	}
+	switch ip, err := netip.ParseAddr(host); {
+	case host == "":
+		host = "127.0.0.1"
+	case err == nil && ip.IsUnspecified() && ip.Is4():
+		host = "127.0.0.1"
+	case err == nil && ip.IsUnspecified():
+		host = "::1"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/healthz", nil
 }
 
 // healthURL completes what a person types: 127.0.0.1:9090 or

@@ -10,7 +10,8 @@ import (
 	"time"
 )
 
-func TestHealth(t *testing.T) {
+// healthzServer answers /healthz with 200 ok, anything else 404.
+func healthzServer(t *testing.T) *httptest.Server {
 	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/healthz" {
 			http.NotFound(w, r)
@@ -18,7 +19,12 @@ func TestHealth(t *testing.T) {
 		}
 		w.Write([]byte("ok\n"))
 	}))
-	defer ok.Close()
+	t.Cleanup(ok.Close)
+	return ok
+}
+
+func TestHealth(t *testing.T) {
+	ok := healthzServer(t)
 	unhealthy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not ready", http.StatusServiceUnavailable)
 	}))
@@ -57,16 +63,60 @@ func TestHealth(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var stderr bytes.Buffer
+			var stdout, stderr bytes.Buffer
 			start := time.Now()
-			if got := probe(tt.args, &stderr); got != tt.want {
+			if got := probe(tt.args, &stdout, &stderr); got != tt.want {
 				t.Errorf("exit %d, want %d (stderr %q)", got, tt.want, stderr.String())
 			}
 			if !strings.Contains(stderr.String(), tt.inStderr) {
 				t.Errorf("stderr %q lacks %q", stderr.String(), tt.inStderr)
 			}
+			// A healthy check says so in one line; an unhealthy one on stderr.
+			if lines := strings.Count(stdout.String(), "\n"); (tt.want == 0) != (lines == 1) || lines > 1 {
+				t.Errorf("stdout %q: want one line when healthy, none otherwise", stdout.String())
+			}
 			if d := time.Since(start); d > 10*time.Second {
 				t.Errorf("took %v: the probe must give up on its own", d)
+			}
+		})
+	}
+}
+
+func TestHealthHelpShowsURL(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"health", "-h"}, &stdout, &stderr); code != exitOK {
+		t.Errorf("exit %d", code)
+	}
+	for _, want := range []string{"[--config FILE | URL]", "Default URL: http://127.0.0.1:9090/healthz", "listen.admin"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("egress health -h lacks %q:\n%s", want, stderr.String())
+		}
+	}
+}
+
+// TestHealthConfig: with --config, egress health asks the admin listener
+// the policy names, as the image's HEALTHCHECK does.
+func TestHealthConfig(t *testing.T) {
+	ok := healthzServer(t)
+	port := ok.URL[strings.LastIndex(ok.URL, ":")+1:]
+	tests := []struct {
+		name, admin string
+		want        int
+		out         string
+	}{
+		{"listen.admin on loopback is asked there", "127.0.0.1:" + port, 0, "http://127.0.0.1:" + port + "/healthz answered 200 OK"},
+		{"listen.admin on every address is asked on loopback", "0.0.0.0:" + port, 0, "http://127.0.0.1:" + port + "/healthz answered 200 OK"},
+		{"listen.admin off is a usage error", `""`, 2, "listen.admin is off"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := writeConfig(t, "version: 1\ndefault: deny\nlisten:\n  admin: "+tt.admin+"\n")
+			var stdout, stderr bytes.Buffer
+			if code := probe([]string{"--config", cfg}, &stdout, &stderr); code != tt.want {
+				t.Errorf("exit %d, want %d (stderr %q)", code, tt.want, stderr.String())
+			}
+			if got := stdout.String() + stderr.String(); !strings.Contains(got, tt.out) {
+				t.Errorf("output %q lacks %q", got, tt.out)
 			}
 		})
 	}

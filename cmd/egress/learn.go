@@ -25,16 +25,29 @@ import (
 // one allow rule per host or address, with the ports seen, and comments
 // giving counts and first/last seen. The output is meant to be reviewed,
 // then linted and enforced as is.
+//
+// Two kinds of destination are held back unless asked for: one whose rule
+// would lift a guard (a loopback, private, link-local, ... address, as the
+// policy classifies it: a plugin probing the host's network looks like any
+// other destination in a log), written commented out with the guard's
+// reason (--lift-guards writes the rule); and the denials of an enforcing
+// egress (event deny, not a guard's), which are what a policy refused on
+// purpose rather than what a plugin needs (--include-denied learns them).
 func cmdLearn(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("learn", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	out := fs.String("o", "", "write the policy to `FILE` instead of standard output")
 	mode := fs.String("mode", "enforce", "mode: of the policy written, enforce or audit")
+	liftGuards := fs.Bool("lift-guards", false, "write the rules that lift a guard (loopback, private, link-local, CGNAT, ...) instead of commenting them out; never metadata")
+	includeDenied := fs.Bool("include-denied", false, "also learn what an enforcing egress denied (event deny); by default only allow and audit_deny are learned")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: egress learn [-o FILE] [-mode enforce|audit] LOGFILE...")
+		fmt.Fprintln(stderr, "usage: egress learn [-o FILE] [-mode enforce|audit] [--lift-guards] [--include-denied] LOGFILE...")
 		fmt.Fprintln(stderr)
-		fmt.Fprintln(stderr, "Reads egress's JSON log lines (allow, deny and audit_deny; '-' is standard input,")
-		fmt.Fprintln(stderr, "*.gz files are decompressed) and writes a policy allowing exactly what was observed.")
+		fmt.Fprintln(stderr, "Reads egress's JSON log lines ('-' is standard input, *.gz files are decompressed) and")
+		fmt.Fprintln(stderr, "writes a policy allowing exactly what was observed: allow and audit_deny lines (a run")
+		fmt.Fprintln(stderr, "in mode: audit). A rule that would lift a guard is written commented out, with the")
+		fmt.Fprintln(stderr, "guard's reason; cloud metadata is never learned.")
+		fmt.Fprintln(stderr)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -48,6 +61,7 @@ func cmdLearn(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	l := newLearner()
+	l.liftGuards, l.includeDenied = *liftGuards, *includeDenied
 	for _, name := range fs.Args() {
 		if err := l.readFile(name); err != nil {
 			fmt.Fprintf(stderr, "egress learn: %v\n", err)
@@ -68,6 +82,12 @@ func cmdLearn(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "egress learn: %d lines, %d decisions, %d destinations learned, %d lines skipped\n",
 		l.lines, l.decisions, l.learned(), l.skipped)
+	if n := l.heldBack(); n > 0 {
+		fmt.Fprintf(stderr, "egress learn: held back %d destination%s whose rule would lift a guard (written commented out; --lift-guards writes them)\n", n, plural(n))
+	}
+	if l.denied > 0 {
+		fmt.Fprintf(stderr, "egress learn: not learned: %d denial%s of an enforcing egress (event deny; --include-denied learns them)\n", l.denied, plural(l.denied))
+	}
 	return exitOK
 }
 
@@ -113,15 +133,26 @@ type dest struct {
 	ports    map[uint16]*seen
 	lookups  seen // DNS queries (port 0)
 	metadata bool // a guard_metadata decision: never learned
+	// guard is the guard its rule would lift (the first seen), "" for
+	// none: such a rule is written commented out without --lift-guards.
+	guard policy.Reason
 }
 
 type learner struct {
+	// liftGuards writes the rules that lift a guard; includeDenied learns
+	// event deny lines that no guard decided.
+	liftGuards, includeDenied bool
+
 	dests                      map[string]*dest
 	lines, decisions, skipped  int
 	clientRefused, invalidHost int
+	denied                     int // deny lines not learned (no includeDenied)
+	// guards classifies destinations as the policy does: the built-in
+	// policy allows everything but the guards.
+	guards *policy.Policy
 }
 
-func newLearner() *learner { return &learner{dests: map[string]*dest{}} }
+func newLearner() *learner { return &learner{dests: map[string]*dest{}, guards: policy.Builtin()} }
 
 func (l *learner) readFile(name string) error {
 	var r io.Reader
@@ -183,13 +214,23 @@ func (l *learner) line(b []byte) {
 	if host == "" && ll.Proto == eventlog.ProtoDNS {
 		host = ll.QName
 	}
+	guard := l.guard(host, ll)
+	if ll.Event == "deny" && guard == "" && !l.includeDenied {
+		// An enforcing egress refused it (in audit mode only a guard's
+		// refusal is a deny): what the policy meant to refuse, or a probe.
+		l.denied++
+		return
+	}
 	d := l.dest(host, ll.IP)
 	if d == nil {
 		l.invalidHost++
 		return
 	}
-	if policy.Reason(ll.Reason) == policy.ReasonGuardMetadata {
+	switch {
+	case guard == policy.ReasonGuardMetadata:
 		d.metadata = true
+	case guard != "" && d.guard == "":
+		d.guard = guard
 	}
 	t := parseTime(ll.Time)
 	if ll.Port == 0 {
@@ -202,6 +243,24 @@ func (l *learner) line(b []byte) {
 		d.ports[ll.Port] = s
 	}
 	s.add(ll.Event, t)
+}
+
+// guard is the guard a rule allowing the line's destination would lift:
+// the line's own reason when a guard decided it, else what the policy
+// says of its name and address (an allowed line may have passed through a
+// rule that lifts one: --allow 127.0.0.1:8080). "" for none.
+func (l *learner) guard(host string, ll logLine) policy.Reason {
+	if r := policy.Reason(ll.Reason); r.IsGuard() {
+		return r
+	}
+	req := policy.Request{Host: host, Port: ll.Port}
+	if ip, err := netip.ParseAddr(ll.IP); err == nil {
+		req.IP = ip
+	}
+	if d := l.guards.Decide(req); d.Reason.IsGuard() {
+		return d.Reason
+	}
+	return ""
 }
 
 // dest finds or adds the destination of a line: by name when there is one,
@@ -238,7 +297,22 @@ func (l *learner) dest(host, ip string) *dest {
 func (l *learner) learned() int {
 	n := 0
 	for _, d := range l.dests {
-		if !d.metadata {
+		if !d.metadata && !l.held(d) {
+			n += len(d.ports)
+		}
+	}
+	return n
+}
+
+// held reports whether d's rule is written commented out: it would lift
+// a guard, and --lift-guards was not given.
+func (l *learner) held(d *dest) bool { return d.guard != "" && !l.liftGuards && !d.metadata }
+
+// heldBack counts the destination ports held back.
+func (l *learner) heldBack() int {
+	n := 0
+	for _, d := range l.dests {
+		if l.held(d) {
 			n += len(d.ports)
 		}
 	}
@@ -310,11 +384,13 @@ func (l *learner) policy(files []string, mode string) string {
 	b.WriteString("version: 1\ndefault: deny\n")
 	fmt.Fprintf(&b, "mode: %s\n", mode)
 
-	var rules, lookupsOnly, metadata []*dest
+	var rules, lookupsOnly, held, metadata []*dest
 	for _, d := range l.sorted() {
 		switch {
 		case d.metadata:
 			metadata = append(metadata, d)
+		case l.held(d) && len(d.ports) > 0:
+			held = append(held, d)
 		case len(d.ports) > 0:
 			rules = append(rules, d)
 		case d.lookups.count > 0:
@@ -334,7 +410,23 @@ func (l *learner) policy(files []string, mode string) string {
 		if d.lookups.count > 0 {
 			fmt.Fprintf(&b, "  # dns: %s\n", d.lookups.describe())
 		}
+		if d.guard != "" {
+			fmt.Fprintf(&b, "  # lifts %s (--lift-guards)\n", d.guard)
+		}
 		fmt.Fprintf(&b, "  - %s\n    ports: [%s]\n", d.ruleKey(), joinPorts(ports))
+	}
+	if len(held) > 0 {
+		b.WriteString("\n# Held back: each of these rules would lift a guard (loopback, private,\n")
+		b.WriteString("# link-local, ... addresses are refused unless a rule names them). Move one\n")
+		b.WriteString("# under allow: only if the plugin must reach it (or: egress learn --lift-guards).\n")
+		for _, d := range held {
+			ports := sortedPorts(d.ports)
+			parts := []string{string(d.guard)}
+			for _, p := range ports {
+				parts = append(parts, fmt.Sprintf("%d: %s", p, d.ports[p].describe()))
+			}
+			fmt.Fprintf(&b, "#  - {%s, ports: [%s]}  # %s\n", d.ruleKey(), joinPorts(ports), strings.Join(parts, "; "))
+		}
 	}
 	if len(lookupsOnly) > 0 {
 		b.WriteString("\n# Looked up but never connected to. A name resolves only if some port of it\n")
@@ -360,6 +452,10 @@ func (l *learner) policy(files []string, mode string) string {
 	if l.clientRefused > 0 || l.invalidHost > 0 {
 		fmt.Fprintf(&b, "\n# Not learned: clients outside allow_from: %d; invalid host names: %d.\n",
 			l.clientRefused, l.invalidHost)
+	}
+	if l.denied > 0 {
+		fmt.Fprintf(&b, "# Not learned: %d denial%s of an enforcing egress (egress learn --include-denied learns them).\n",
+			l.denied, plural(l.denied))
 	}
 	return b.String()
 }

@@ -40,8 +40,14 @@ func TestLearnGolden(t *testing.T) {
 	if got := stdout.String(); got != string(want) {
 		t.Errorf("egress learn output differs from %s (run with -update-learn):\n--- got\n%s\n--- want\n%s", golden, got, want)
 	}
-	if want := "18 lines, 14 decisions, 7 destinations learned, 4 lines skipped"; !strings.Contains(stderr.String(), want) {
-		t.Errorf("summary %q lacks %q", stderr.String(), want)
+	for _, want := range []string{
+		"egress learn: 20 lines, 16 decisions, 5 destinations learned, 4 lines skipped\n",
+		"egress learn: held back 3 destinations whose rule would lift a guard (written commented out; --lift-guards writes them)\n",
+		"egress learn: not learned: 1 denial of an enforcing egress (event deny; --include-denied learns them)\n",
+	} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("summary %q lacks %q", stderr.String(), want)
+		}
 	}
 
 	// egress lint accepts the output as is: no error, no warning.
@@ -68,22 +74,62 @@ func TestLearnGolden(t *testing.T) {
 		req   policy.Request
 		allow bool
 	}{
-		{"an observed host and port is allowed", policy.Request{Host: "api.vendor-a.example", IP: ip("198.51.100.10"), Port: 443}, true},
-		{"the other observed port of that host is allowed", policy.Request{Host: "api.vendor-a.example", IP: ip("198.51.100.10"), Port: 80}, true},
-		{"an unobserved port of an observed host is denied", policy.Request{Host: "api.vendor-a.example", IP: ip("198.51.100.10"), Port: 8080}, false},
+		{"an observed host and port is allowed", policy.Request{Host: "api.vendor-a.example", IP: ip("93.184.216.10"), Port: 443}, true},
+		{"the other observed port of that host is allowed", policy.Request{Host: "api.vendor-a.example", IP: ip("93.184.216.10"), Port: 80}, true},
+		{"an unobserved port of an observed host is denied", policy.Request{Host: "api.vendor-a.example", IP: ip("93.184.216.10"), Port: 8080}, false},
 		{"an observed host can be looked up", policy.Request{Host: "api.vendor-a.example"}, true},
-		{"an allowed host from the log is allowed", policy.Request{Host: "cdn.vendor-a.example", IP: ip("198.51.100.11"), Port: 443}, true},
-		{"an observed private address lifts its guard", policy.Request{IP: ip("10.20.0.5"), Port: 5432}, true},
-		{"its neighbour stays guarded", policy.Request{IP: ip("10.20.0.7"), Port: 5432}, false},
-		{"an observed IPv6 address is allowed", policy.Request{IP: ip("2001:db8::7"), Port: 8443}, true},
-		{"a single-label host is allowed", policy.Request{Host: "db", IP: ip("10.20.0.6"), Port: 5432}, true},
-		{"a host named null is a host", policy.Request{Host: "null", IP: ip("198.51.100.12"), Port: 443}, true},
+		{"an allowed host from the log is allowed", policy.Request{Host: "cdn.vendor-a.example", IP: ip("93.184.216.11"), Port: 443}, true},
+		{"an observed private address is held back: its rule would lift a guard", policy.Request{IP: ip("10.20.0.5"), Port: 5432}, false},
+		{"an address allowed through a loopback rule is held back", policy.Request{IP: ip("127.0.0.1"), Port: 8080}, false},
+		{"an enforcing egress's denial is not learned", policy.Request{Host: "probe.example", IP: ip("93.184.216.20"), Port: 22}, false},
+		{"an observed IPv6 address is allowed", policy.Request{IP: ip("2606:2800:220:1::7"), Port: 8443}, true},
+		{"a host seen at a private address is held back", policy.Request{Host: "db", IP: ip("10.20.0.6"), Port: 5432}, false},
+		{"a host named null is a host", policy.Request{Host: "null", IP: ip("93.184.216.12"), Port: 443}, true},
 		{"a host only looked up is not allowed", policy.Request{Host: "telemetry.vendor-b.example", Port: 443}, false},
 		{"metadata is never learned", policy.Request{Host: "metadata.google.internal", IP: ip("169.254.169.254"), Port: 80}, false},
-		{"a refused client's destination is not learned", policy.Request{Host: "elsewhere.example", IP: ip("198.51.100.13"), Port: 443}, false},
-		{"a host injected through the log text is not allowed", policy.Request{Host: "anything.example", IP: ip("198.51.100.14"), Port: 443}, false},
+		{"a refused client's destination is not learned", policy.Request{Host: "elsewhere.example", IP: ip("93.184.216.13"), Port: 443}, false},
+		{"a host injected through the log text is not allowed", policy.Request{Host: "anything.example", IP: ip("93.184.216.14"), Port: 443}, false},
 	}
 	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if d := p.Decide(tt.req); d.Allowed() != tt.allow {
+				t.Errorf("Decide(%+v) = %s (%s), want allowed=%v", tt.req, d.Event(), d.Reason, tt.allow)
+			}
+		})
+	}
+}
+
+// TestLearnLiftGuardsAndIncludeDenied: the flags write what learn holds
+// back by default, metadata excepted.
+func TestLearnLiftGuardsAndIncludeDenied(t *testing.T) {
+	in := filepath.Join("testdata", "learn", "audit.log")
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"learn", "--lift-guards", "--include-denied", in}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("egress learn: exit %d\n%s", code, stderr.String())
+	}
+	if strings.Contains(stderr.String(), "held back") || strings.Contains(stderr.String(), "not learned") {
+		t.Errorf("flags given, yet learn says it held back:\n%s", stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "  # lifts guard_private (--lift-guards)\n  - cidr: 10.20.0.5\n") {
+		t.Errorf("the lifting rule is not marked:\n%s", stdout.String())
+	}
+	p, err := policy.Load("learned.yaml", stdout.Bytes())
+	if err != nil {
+		t.Fatalf("policy.Load: %v\n%s", err, stdout.String())
+	}
+	ip := netip.MustParseAddr
+	for _, tt := range []struct {
+		name  string
+		req   policy.Request
+		allow bool
+	}{
+		{"--lift-guards: a private address is learned", policy.Request{IP: ip("10.20.0.5"), Port: 5432}, true},
+		{"--lift-guards: its neighbour stays guarded", policy.Request{IP: ip("10.20.0.7"), Port: 5432}, false},
+		{"--lift-guards: a host at a private address is learned", policy.Request{Host: "db", IP: ip("10.20.0.6"), Port: 5432}, true},
+		{"--lift-guards: loopback is learned", policy.Request{IP: ip("127.0.0.1"), Port: 8080}, true},
+		{"--lift-guards: metadata is still never learned", policy.Request{Host: "metadata.google.internal", IP: ip("169.254.169.254"), Port: 80}, false},
+		{"--include-denied: an enforcing egress's denial is learned", policy.Request{Host: "probe.example", IP: ip("93.184.216.20"), Port: 22}, true},
+	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if d := p.Decide(tt.req); d.Allowed() != tt.allow {
 				t.Errorf("Decide(%+v) = %s (%s), want allowed=%v", tt.req, d.Event(), d.Reason, tt.allow)
@@ -177,7 +223,7 @@ func TestLearnWritesRulesAsThePolicyDoes(t *testing.T) {
 			t.Errorf("learned rule for %q: %s, want the hint's %s", name, got, want)
 		}
 	}
-	for _, ip := range []string{"10.20.0.5", "2001:db8::7"} {
+	for _, ip := range []string{"10.20.0.5", "2606:2800:220:1::7"} {
 		want := "cidr: " + policy.YAMLScalar(ip)
 		if got := (&dest{ip: netip.MustParseAddr(ip)}).ruleKey(); got != want {
 			t.Errorf("learned rule for %s: %s, want %s", ip, got, want)

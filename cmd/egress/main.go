@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 // Exit codes shared by every subcommand.
@@ -69,4 +70,14 @@ func usage(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Run 'egress COMMAND -h' for a command's flags.")
+}
+
+// configHint is what to add to "unexpected argument ARG" when ARG looks
+// like a policy file given without --config: ": did you mean --config
+// ARG?", or "" (also when --config was given).
+func configHint(arg, config string) string {
+	if config != "" || !(strings.HasSuffix(arg, ".yaml") || strings.HasSuffix(arg, ".yml")) {
+		return ""
+	}
+	return ": did you mean --config " + arg + "?"
 }

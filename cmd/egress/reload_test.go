@@ -206,6 +206,17 @@ func TestReloadUnderLoad(t *testing.T) {
 			if got := policyHash(t, admin); got != hash {
 				t.Errorf("reload %d: a broken file replaced the policy (hash %s)", i, got)
 			}
+			// /policy says the last attempt was refused, and where.
+			var info struct {
+				LastReload *struct {
+					Result string   `json:"result"`
+					Errors []string `json:"errors"`
+				} `json:"last_reload"`
+			}
+			if err := json.Unmarshal([]byte(adminGet(t, admin+"/policy")), &info); err != nil || info.LastReload == nil ||
+				info.LastReload.Result != "failure" || len(info.LastReload.Errors) == 0 || !strings.HasPrefix(info.LastReload.Errors[0], config+":") {
+				t.Errorf("reload %d: /policy last_reload = %+v (%v), want the failure at %s:LINE:COL", i, info.LastReload, err, config)
+			}
 		} else {
 			text := reloadPolicy(i)
 			replaceFile(t, config, text)
@@ -421,15 +432,18 @@ log:
 			t.Fatalf("log file not reopened after SIGUSR1; stderr:\n%s", stderr.String())
 		}
 	}
-	// SIGHUP reloads (here: the same file) and is logged in the new file.
+	// SIGHUP rereads the file (here: unchanged), is logged in the new
+	// file, and counts no reload: nothing changed.
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitLogLine(t, logFile, func(m map[string]any) bool { return m["message"] == "policy reloaded" })
-	if got := metric(t, admin, `egress_policy_reloads_total{result="success"}`); got != 1 {
-		t.Errorf("reload successes = %v, want 1", got)
+	waitLogLine(t, logFile, func(m map[string]any) bool {
+		return m["message"] == "policy unchanged since the last reload; nothing to do"
+	})
+	if got := metric(t, admin, `egress_policy_reloads_total{result="success"}`); got != 0 {
+		t.Errorf("reload successes = %v, want 0", got)
 	}
-	if old, _ := os.ReadFile(logFile + ".1"); strings.Contains(string(old), "policy reloaded") {
+	if old, _ := os.ReadFile(logFile + ".1"); strings.Contains(string(old), "policy unchanged") {
 		t.Error("a line went to the rotated file after SIGUSR1")
 	}
 }

@@ -94,6 +94,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "egress run: no command; usage: egress run [FLAGS] -- CMD [ARGS...]")
 		return exitUsage
 	}
+	if hint := configHint(cmdArgs[0], *config); hint != "" {
+		fmt.Fprintf(stderr, "egress run: %q is a policy file, not a command%s\n", cmdArgs[0], hint)
+		return exitUsage
+	}
 
 	pol, ok := loadRunPolicy(*config, allows, stderr)
 	if !ok {
@@ -234,7 +238,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	sd.Wait()
 	sb.Close()
 	wg.Wait()
-	if !*quiet {
+	// A command that never started did nothing to summarise: the error
+	// above says why.
+	if !*quiet && !((code == sandbox.ExitNotFound || code == sandbox.ExitSetupFailed) && sum.empty()) {
 		sum.write(stderr)
 	}
 	return code
@@ -426,11 +432,16 @@ func (s *runSummary) addOwner(client netip.AddrPort, p sandbox.Process) {
 func (s *runSummary) observe(e eventlog.Entry) {
 	d := e.Decision
 	if e.Proto == eventlog.ProtoDNS {
-		// Lookups are not connections: only refused ones are worth a line.
-		if !d.Denied() || d.Audit {
+		// Lookups are not connections: only refused and failed ones are
+		// worth a line. An allowed query with an error got SERVFAIL: no
+		// upstream answered (timed out, refused, answered SERVFAIL).
+		k := summaryKey{outcome: "dns", target: strings.TrimSuffix(e.QName, "."), route: "dns"}
+		switch {
+		case !d.Denied() && e.Err != nil:
+			k.outcome = "dnsfailed"
+		case !d.Denied() || d.Audit:
 			return
 		}
-		k := summaryKey{outcome: "dns", target: strings.TrimSuffix(e.QName, "."), route: "dns"}
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		s.row(k, e).count++
@@ -527,6 +538,14 @@ func (s *runSummary) drop(d sandbox.Drop) {
 	s.mu.Unlock()
 }
 
+// empty reports whether nothing was seen: no connection, lookup or
+// refusal.
+func (s *runSummary) empty() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.total == 0 && len(s.byKey) == 0 && len(s.drops) == 0
+}
+
 // write prints the summary.
 func (s *runSummary) write(w io.Writer) {
 	s.mu.Lock()
@@ -549,6 +568,9 @@ func (s *runSummary) write(w io.Writer) {
 	if counts["dns"] > 0 {
 		fmt.Fprintf(&b, "; %d DNS answer%s refused", counts["dns"], plural(counts["dns"]))
 	}
+	if n := counts["dnsfailed"]; n > 0 {
+		fmt.Fprintf(&b, "; %d DNS lookup%s failed", n, plural(n))
+	}
 	if ndrops > 0 {
 		fmt.Fprintf(&b, "; %d UDP/ICMP packet%s refused", ndrops, plural(ndrops))
 	}
@@ -556,7 +578,7 @@ func (s *runSummary) write(w io.Writer) {
 		fmt.Fprintf(&b, "; %d unix socket%s refused", n, plural(n))
 	}
 	b.WriteString("\n")
-	for _, o := range []string{"reached", "denied", "failed", "dns", "unix"} {
+	for _, o := range []string{"reached", "denied", "failed", "dns", "dnsfailed", "unix"} {
 		keys := make([]summaryKey, 0)
 		for k := range s.byKey {
 			if k.outcome == o {
@@ -573,7 +595,8 @@ func (s *runSummary) write(w io.Writer) {
 			return keys[i].route < keys[j].route
 		})
 		title := map[string]string{"reached": "reached", "denied": "denied", "failed": "allowed but failed", "dns": "DNS answers refused (the names or their addresses are not allowed)",
-			"unix": "unix sockets refused (files outside the sandbox, reachable only with --allow-unix)"}[o]
+			"dnsfailed": "DNS lookups that failed (allowed, but no upstream answered: SERVFAIL)",
+			"unix":      "unix sockets refused (files outside the sandbox, reachable only with --allow-unix)"}[o]
 		fmt.Fprintf(&b, "  %s:\n", title)
 		for _, k := range keys {
 			r := s.byKey[k]
@@ -605,7 +628,7 @@ func (s *runSummary) write(w io.Writer) {
 				case r.hint != "":
 					fmt.Fprintf(&b, "        %s\n", r.hint)
 				}
-			case "failed":
+			case "failed", "dnsfailed":
 				fmt.Fprintf(&b, "        error: %s\n", r.err)
 			}
 		}

@@ -110,10 +110,57 @@ func TestRunExitCode(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if r := runEgress(t, nil, tt.args...); r.code != tt.want {
+			r := runEgress(t, nil, tt.args...)
+			if r.code != tt.want {
 				t.Fatalf("exit %d, want %d", r.code, tt.want)
 			}
+			// A command that never started has nothing to summarise.
+			if tt.want == 127 && strings.Contains(r.stderr, "connections") {
+				t.Errorf("a summary after the error:\n%s", r.stderr)
+			}
 		})
+	}
+}
+
+// TestRunSummaryCountsDNSFailures: a lookup no upstream answered is
+// counted in the summary beside the connections, with what failed.
+func TestRunSummaryCountsDNSFailures(t *testing.T) {
+	requireSandbox(t)
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("no python3")
+	}
+	// A loopback UDP port nothing listens on: the upstream refuses at once.
+	down := closedUDPPort(t)
+	config := writeConfig(t, fmt.Sprintf("version: 1\ndefault: deny\nallow:\n  - {host: svc.test, ports: [443]}\ndns:\n  upstreams: [%q]\n", down))
+	script := `
+import socket
+try:
+    socket.getaddrinfo("svc.test", 443, socket.AF_INET, socket.SOCK_STREAM)
+    print("resolved")
+except Exception as e:
+    print("failed:", type(e).__name__)
+`
+	file := filepath.Join(t.TempDir(), "lookup.py")
+	if err := os.WriteFile(file, []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := runEgress(t, nil, "run", "--config", config, "--", py, file)
+	if r.code != 0 || !strings.Contains(r.stdout, "failed:") {
+		t.Fatalf("exit %d, stdout %q: want the lookup to fail", r.code, r.stdout)
+	}
+	// The resolver in the sandbox may ask more than once.
+	if !regexp.MustCompile(`egress run: 0 connections; [1-9][0-9]* DNS lookups? failed\n`).MatchString(r.stderr) {
+		t.Errorf("summary does not count the failed lookups:\n%s", r.stderr)
+	}
+	for _, want := range []string{
+		"DNS lookups that failed (allowed, but no upstream answered: SERVFAIL):",
+		"svc.test",
+		"error: no upstream answered: " + down + " refused (port unreachable: nothing listens there)",
+	} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("summary lacks %q:\n%s", want, r.stderr)
+		}
 	}
 }
 

@@ -34,8 +34,9 @@ import (
 )
 
 const (
-	defaultHTTPListen = "127.0.0.1:3128"
-	defaultDrain      = 30 * time.Second
+	defaultHTTPListen  = "127.0.0.1:3128"
+	defaultAdminListen = "127.0.0.1:9090"
+	defaultDrain       = 30 * time.Second
 )
 
 func cmdServe(args []string, stdout, stderr io.Writer) int {
@@ -58,7 +59,59 @@ type service struct {
 // serveFlags are egress serve's command line.
 type serveFlags struct {
 	config, listen, logFormat, logLevel string
+	// admin overrides listen.admin when set; "" turns the admin
+	// listener off.
+	admin optionalString
 }
+
+// optionalString is a string flag that knows whether it was given, so
+// that --admin "" (off) differs from no --admin (the policy's).
+type optionalString struct {
+	value string
+	set   bool
+}
+
+func (o *optionalString) String() string     { return o.value }
+func (o *optionalString) Set(v string) error { o.value, o.set = v, true; return nil }
+
+// listenError is a listener of the policy that could not start: it names
+// the setting and the flag that change its address.
+type listenError struct {
+	setting string // "listen.admin"
+	flag    string // "--admin", or "" when no flag overrides the setting
+	file    string // the policy file, "" for the built-in policy
+	addr    string
+	err     error
+}
+
+func (e *listenError) Error() string {
+	err := e.err
+	var op *net.OpError
+	if errors.As(err, &op) {
+		err = op.Err // "bind: address already in use", without the address again
+	}
+	msg := fmt.Sprintf("%s %s: %v", e.setting, e.addr, err)
+	if errors.Is(e.err, syscall.EADDRINUSE) {
+		msg += " (another egress, or another program, holds it)"
+	}
+	var change []string
+	switch {
+	case e.file != "":
+		change = append(change, "change "+e.setting+" in "+e.file)
+	case e.flag == "":
+		change = append(change, "set "+e.setting+" in a policy file (--config)")
+	}
+	if e.flag != "" {
+		change = append(change, "pass "+e.flag+" ADDR")
+	}
+	msg += "; " + strings.Join(change, " or ")
+	if e.flag == "--admin" {
+		msg += ` (--admin "" turns the admin listener off)`
+	}
+	return msg
+}
+
+func (e *listenError) Unwrap() error { return e.err }
 
 // serve runs egress serve until ctx is cancelled (SIGINT/SIGTERM), then
 // drains for up to timeouts.drain and returns exitOK.
@@ -81,10 +134,17 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	e := newServer(pol, watcher, loadedAt, logger)
 	defer e.res.Close()
-	if err := e.listen(f.listen); err != nil {
-		logger.Error().Err(err).Msg("egress serve: cannot start")
+	fail := func(err error) int {
+		// The log may be a file: the reason serve stops goes to stderr too.
+		logger.Error().Msg("egress serve: cannot start: " + err.Error())
+		if pol.Log.File != "" {
+			fmt.Fprintf(stderr, "egress serve: cannot start: %v\n", err)
+		}
 		e.closeServices()
 		return exitUsage
+	}
+	if err := e.listen(f.listen); err != nil {
+		return fail(err)
 	}
 	if e.filter != nil {
 		defer e.filter.Close()
@@ -92,8 +152,16 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	for _, w := range pol.Warnings() {
 		logger.Warn().Str(eventlog.FieldPolicy, pol.Source).Msg("policy warning: " + w.String())
 	}
-	if stop := e.startAdmin(); stop != nil {
-		defer stop()
+	adminAddr := pol.Listen.Admin
+	if f.admin.set {
+		adminAddr = f.admin.value
+	}
+	stopAdmin, err := e.startAdmin(adminAddr, f.admin.set)
+	if err != nil {
+		return fail(err)
+	}
+	if stopAdmin != nil {
+		defer stopAdmin()
 	}
 	hup, stopReload := e.startReload()
 	defer stopReload()
@@ -110,10 +178,11 @@ func parseServeFlags(args []string, stderr io.Writer) (f serveFlags, code int, o
 	fs.SetOutput(stderr)
 	fs.StringVar(&f.config, "config", "", "policy `FILE` (default: the built-in policy, full internet with every guard on)")
 	fs.StringVar(&f.listen, "listen", "", "HTTP proxy `ADDR`ess, overriding listen.http (default "+defaultHTTPListen+")")
+	fs.Var(&f.admin, "admin", "admin listener `ADDR`ess (metrics, /healthz), overriding listen.admin (default "+defaultAdminListen+`); "" turns it off`)
 	fs.StringVar(&f.logFormat, "log-format", "", "json or console, overriding log.format (default json)")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error, overriding log.level (default info)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: egress serve [--config FILE] [--listen ADDR] [--log-format json|console] [--log-level LEVEL]")
+		fmt.Fprintln(stderr, "usage: egress serve [--config FILE] [--listen ADDR] [--admin ADDR] [--log-format json|console] [--log-level LEVEL]")
 		fmt.Fprintln(stderr)
 		fmt.Fprintln(stderr, "Runs the HTTP forward proxy (and CONNECT tunnels) enforcing the policy; SIGTERM or SIGINT drains and exits.")
 		fs.PrintDefaults()
@@ -125,7 +194,7 @@ func parseServeFlags(args []string, stderr io.Writer) (f serveFlags, code int, o
 		return f, exitUsage, false
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "egress serve: unexpected argument %q\n", fs.Arg(0))
+		fmt.Fprintf(stderr, "egress serve: unexpected argument %q%s\n", fs.Arg(0), configHint(fs.Arg(0), f.config))
 		return f, exitUsage, false
 	}
 	return f, exitOK, true
@@ -156,7 +225,7 @@ func loadServePolicy(config string, stderr io.Writer) (pol *policy.Policy, watch
 // shared dialer, loop guard and event sink, and the services built on
 // them.
 type server struct {
-	pol      *policy.Policy // as loaded at start: listeners, log, drain
+	pol      *policy.Policy // as loaded at start: listeners, log
 	cur      atomic.Pointer[policy.Policy]
 	watcher  *reload.Watcher // nil without --config
 	loadedAt time.Time
@@ -246,6 +315,7 @@ func (e *server) installFilter(httpAddr string) error {
 
 // listenHTTP: the HTTP forward proxy and CONNECT.
 func (e *server) listenHTTP(addr string) error {
+	flagged := addr != ""
 	if addr == "" {
 		addr = e.pol.Listen.HTTP
 	}
@@ -254,7 +324,11 @@ func (e *server) listenHTTP(addr string) error {
 	}
 	ln, err := listenTCP(addr)
 	if err != nil {
-		return fmt.Errorf("listen http: %w", err)
+		le := e.listenErr("listen.http", "--listen", addr, err)
+		if flagged {
+			le.file = ""
+		}
+		return le
 	}
 	e.self.Add(ln.Addr())
 	hp := &httpproxy.Proxy{Policy: e.current, Dialer: e.dial, Events: e.events, Logger: e.logger, Tunnels: e.tunnels}
@@ -288,12 +362,12 @@ func (e *server) listenDNS() error {
 	}
 	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
-		return fmt.Errorf("listen dns: %w", err)
+		return e.listenErr("listen.dns", "", addr, err)
 	}
 	dl, err := listenTCP(pc.LocalAddr().String())
 	if err != nil {
 		pc.Close()
-		return fmt.Errorf("listen dns: %w", err)
+		return e.listenErr("listen.dns", "", addr+" (tcp)", err)
 	}
 	e.self.Add(pc.LocalAddr())
 	e.self.Add(dl.Addr())
@@ -322,7 +396,7 @@ func (e *server) listenTransparent() error {
 	}
 	tl, err := listenTCP(addr)
 	if err != nil {
-		return fmt.Errorf("listen transparent: %w", err)
+		return e.listenErr("listen.transparent", "", addr, err)
 	}
 	e.self.Add(tl.Addr())
 	ts := &transparent.Server{Policy: e.current, Dialer: e.dial, Names: e.dnsNames, Events: e.events, Logger: e.logger, Tunnels: e.tunnels}
@@ -348,25 +422,40 @@ func (e *server) closeServices() {
 }
 
 // startAdmin serves the admin listener (metrics, probes, /policy,
-// /denials) when listen.admin is set, and returns its stop function (nil
-// without one). It is not a service: it keeps answering while the others
-// drain, with /readyz failing. If it cannot be bound, the proxy serves
-// without it.
-func (e *server) startAdmin() (stop func()) {
-	if e.pol.Listen.Admin == "" {
-		return nil
+// /denials) on addr (listen.admin, or --admin when flagged), and returns
+// its stop function (nil without one). It is not a service: it keeps
+// answering while the others drain, with /readyz failing. An admin
+// listener that cannot be bound stops egress: serving without it would
+// leave `egress health` and the metrics scraper asking whoever holds the
+// port (another egress, say) and getting its answer.
+func (e *server) startAdmin(addr string, flagged bool) (stop func(), err error) {
+	if addr == "" {
+		return nil, nil
 	}
-	al, err := listenTCP(e.pol.Listen.Admin)
+	al, err := listenTCP(addr)
 	if err != nil {
-		e.logger.Error().Err(err).Str("listen_admin", e.pol.Listen.Admin).Msg("admin listener off: cannot listen")
-		return nil
+		le := e.listenErr("listen.admin", "--admin", addr, err)
+		if flagged {
+			le.file = "" // the address came from --admin, not the file
+		}
+		return nil, le
 	}
 	// The admin listener hands out the policy and recent denials: a
 	// connection to it through egress is a loop like any other listener's.
 	e.self.Add(al.Addr())
 	e.adminAddr = al.Addr().String()
 	go e.adm.Serve(al)
-	return func() { e.adm.Shutdown(context.Background()) }
+	return func() { e.adm.Shutdown(context.Background()) }, nil
+}
+
+// listenErr says which setting (and flag) a listener that cannot bind
+// addr comes from.
+func (e *server) listenErr(setting, flag, addr string, err error) *listenError {
+	le := &listenError{setting: setting, flag: flag, addr: addr, err: err}
+	if e.watcher != nil {
+		le.file = e.watcher.File()
+	}
+	return le
 }
 
 // startReload reloads the policy file on change and on SIGHUP; the
@@ -452,7 +541,8 @@ func (e *server) drain() {
 	for _, s := range e.svcs {
 		e.adm.SetListener(s.name, false) // draining: /readyz fails
 	}
-	drain := e.pol.Timeouts.Drain
+	// The policy in force: a reload that changed timeouts.drain applies.
+	drain := e.current().Timeouts.Drain
 	if drain <= 0 {
 		drain = defaultDrain
 	}

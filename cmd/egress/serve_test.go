@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -28,7 +30,16 @@ func TestServeHelperProcess(t *testing.T) {
 		t.Skip("helper process")
 	}
 	args := strings.Split(os.Getenv("EGRESS_SERVE_ARGS"), "\n")
-	os.Exit(run(args, os.Stdout, os.Stderr))
+	os.Exit(run(testAdmin(args), os.Stdout, os.Stderr))
+}
+
+// testAdmin gives an egress serve without --admin a free admin port:
+// tests run in parallel, and a busy admin port stops serve.
+func testAdmin(args []string) []string {
+	if len(args) == 0 || args[0] != "serve" || slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--admin") }) {
+		return args
+	}
+	return append(args, "--admin", "127.0.0.1:0")
 }
 
 // startEgress runs "egress ARGS..." as a child with extra environment and
@@ -278,7 +289,7 @@ func serveBriefly(t *testing.T, args ...string) string {
 	pr, pw := io.Pipe()
 	done := make(chan int, 1)
 	go func() {
-		done <- serve(ctx, args, io.Discard, pw)
+		done <- serve(ctx, testAdmin(append([]string{"serve"}, args...))[1:], io.Discard, pw)
 		pw.Close()
 	}()
 	var out strings.Builder
@@ -297,8 +308,7 @@ func serveBriefly(t *testing.T, args ...string) string {
 }
 
 // startupLine is the one line saying what egress serves. It need not be the
-// first: a busy default admin port (127.0.0.1:9090, taken by another egress
-// on a developer's machine) is logged before it.
+// first: policy warnings are logged before it.
 func startupLine(t *testing.T, out string) string {
 	t.Helper()
 	for _, l := range strings.Split(out, "\n") {
@@ -308,4 +318,98 @@ func startupLine(t *testing.T, out string) string {
 	}
 	t.Fatalf("no startup line in:\n%s", out)
 	return ""
+}
+
+// TestServeListenerThatCannotStart: a listener the policy names that cannot
+// be bound stops serve with exit 2 and a message naming the setting and the
+// flag, rather than serving without it (a busy admin port would leave
+// `egress health` answered by whoever holds it).
+func TestServeListenerThatCannotStart(t *testing.T) {
+	busyTCP, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busyTCP.Close()
+	busyUDP, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busyUDP.Close()
+	tcp, udp := busyTCP.Addr().String(), busyUDP.LocalAddr().String()
+	policyWith := func(admin, listen string) string {
+		return writeConfig(t, "version: 1\ndefault: deny\nlisten:\n  http: 127.0.0.1:0\n  admin: "+admin+"\n"+listen)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"a busy admin port names listen.admin and --admin",
+			[]string{"--config", policyWith(tcp, "")},
+			[]string{"listen.admin " + tcp + ": bind: address already in use", "change listen.admin in ", "or pass --admin ADDR", "turns the admin listener off)"}},
+		{"a busy --admin names the flag alone",
+			[]string{"--config", policyWith("127.0.0.1:0", ""), "--admin", tcp},
+			[]string{"listen.admin " + tcp + ": bind: address already in use", "; pass --admin ADDR"}},
+		{"a busy DNS port names listen.dns",
+			[]string{"--config", policyWith("127.0.0.1:0", "  dns: "+udp+"\n")},
+			[]string{"listen.dns " + udp + ": bind: address already in use", "change listen.dns in "}},
+		{"a busy transparent port names listen.transparent",
+			[]string{"--config", policyWith("127.0.0.1:0", "  transparent: "+tcp+"\n")},
+			[]string{"listen.transparent " + tcp + ": bind: address already in use", "change listen.transparent in "}},
+		{"a busy --listen names the flag",
+			[]string{"--config", policyWith("127.0.0.1:0", ""), "--listen", tcp},
+			[]string{"listen.http " + tcp + ": bind: address already in use", "; pass --listen ADDR"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if code := serve(ctx, tt.args, io.Discard, &stderr); code != exitUsage {
+				t.Fatalf("exit %d, want %d; stderr:\n%s", code, exitUsage, stderr.String())
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(stderr.String(), w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr.String())
+				}
+			}
+			if strings.Contains(stderr.String(), "egress serving") {
+				t.Errorf("serve started anyway:\n%s", stderr.String())
+			}
+		})
+	}
+}
+
+func TestServeAdminFlag(t *testing.T) {
+	t.Run(`--admin "" turns the admin listener off`, func(t *testing.T) {
+		line := startupLine(t, serveBriefly(t, "--listen", "127.0.0.1:0", "--admin", ""))
+		if strings.Contains(line, "listen_admin") || strings.Contains(line, "admin on") {
+			t.Errorf("admin listener still on: %s", line)
+		}
+	})
+	t.Run("--admin ADDR moves it", func(t *testing.T) {
+		out := serveBriefly(t, "--listen", "127.0.0.1:0", "--admin", "127.0.0.2:0")
+		if line := startupLine(t, out); !strings.Contains(line, `"listen_admin":"127.0.0.2:`) {
+			t.Errorf("admin not on 127.0.0.2: %s", line)
+		}
+	})
+}
+
+func TestPolicyFileWithoutConfig(t *testing.T) {
+	for _, cmd := range [][]string{
+		{"serve", "policy.yaml"},
+		{"health", "policy.yml"},
+		{"run", "policy.yaml", "--", "true"},
+		{"check", writeConfig(t, "version: 1\ndefault: deny\n"), "example.com:443"},
+	} {
+		t.Run(strings.Join(cmd, " "), func(t *testing.T) {
+			var stderr bytes.Buffer
+			if code := run(cmd, io.Discard, &stderr); code != exitUsage {
+				t.Errorf("exit %d, want %d", code, exitUsage)
+			}
+			if want := "did you mean --config " + cmd[1] + "?"; !strings.Contains(stderr.String(), want) {
+				t.Errorf("stderr %q lacks %q", stderr.String(), want)
+			}
+		})
+	}
 }

@@ -236,5 +236,18 @@ def repository(config=None):
         "api": c["api_url"],
     }
     if isinstance(api, dict):
-        repo["version"] = api.get("version")
+        repo["version"] = api_version(api)
     return repo
+
+
+def api_version(doc):
+    """The version in the API's status document: {"version": V}, or
+    nested as PyPI's JSON API has it ({"info": {"version": V}}, the
+    public API docker-compose.yml stands in for the vendor's); None if
+    neither."""
+    if doc.get("version") is not None:
+        return doc.get("version")
+    info = doc.get("info")
+    if isinstance(info, dict):
+        return info.get("version")
+    return None

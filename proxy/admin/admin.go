@@ -12,7 +12,8 @@
 //	/metrics   Prometheus text format
 //	/healthz   200 while the process serves
 //	/readyz    200 when a policy is loaded and every listener is up, else 503
-//	/policy    JSON: source, hash, loaded_at, default, mode
+//	/policy    JSON: source, hash, loaded_at, default, mode, and the last
+//	           reload attempt (time, result, errors as FILE:LINE:COL)
 //	/denials   JSON: the last denials, oldest first (?limit=N)
 package admin
 
@@ -79,6 +80,8 @@ type Admin struct {
 	full      bool
 	listeners map[string]bool
 	tracked   map[string]bool
+	// lastReload is the last reload attempt; nil before the first.
+	lastReload *ReloadAttempt
 
 	mux *http.ServeMux
 
@@ -256,6 +259,21 @@ func (a *Admin) Observe(e eventlog.Entry) {
 // ObserveReload counts a reload attempt: err nil for a policy swapped in,
 // non-nil for a refused file. Set reload.Watcher.OnReload to it.
 func (a *Admin) ObserveReload(_ *policy.Policy, err error) {
+	attempt := &ReloadAttempt{Time: time.Now().UTC(), Result: "success"}
+	if err != nil {
+		attempt.Result = "failure"
+		var diags policy.Errors
+		if errors.As(err, &diags) {
+			for _, d := range diags {
+				attempt.Errors = append(attempt.Errors, d.String()) // FILE:LINE:COL: message
+			}
+		} else {
+			attempt.Errors = []string{err.Error()}
+		}
+	}
+	a.mu.Lock()
+	a.lastReload = attempt
+	a.mu.Unlock()
 	if err != nil {
 		a.reloads.WithLabelValues("failure").Inc()
 		a.lastOK.Set(0)
@@ -336,6 +354,16 @@ type PolicyInfo struct {
 	LoadedAt time.Time `json:"loaded_at,omitzero"`
 	Default  string    `json:"default"`
 	Mode     string    `json:"mode"`
+	// LastReload is the last reload attempt, absent before the first: a
+	// refused file leaves the policy above in force and says why here.
+	LastReload *ReloadAttempt `json:"last_reload,omitempty"`
+}
+
+// ReloadAttempt is one reload of the policy file, as /policy shows it.
+type ReloadAttempt struct {
+	Time   time.Time `json:"time"`
+	Result string    `json:"result"`           // success or failure
+	Errors []string  `json:"errors,omitempty"` // a failure's FILE:LINE:COL: message lines
 }
 
 func (a *Admin) servePolicy(w http.ResponseWriter, r *http.Request) {
@@ -348,6 +376,9 @@ func (a *Admin) servePolicy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	info := PolicyInfo{Source: p.Source, Hash: p.Hash(), Default: p.Default.String(), Mode: p.Mode.String()}
+	a.mu.Lock()
+	info.LastReload = a.lastReload
+	a.mu.Unlock()
 	if a.loadedAt != nil {
 		info.LoadedAt = a.loadedAt().UTC()
 	}

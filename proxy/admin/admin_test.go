@@ -196,6 +196,27 @@ func TestProbesAndPolicy(t *testing.T) {
 	if info.Hash == "" {
 		t.Error("/policy has an empty hash")
 	}
+
+	// A refused reload shows in /policy with its errors; a later success
+	// replaces it.
+	a.ObserveReload(cur.Load(), fmt.Errorf("load policy: %w", policy.Errors{{File: "test.yaml", Line: 3, Column: 5, Message: "unknown field \"defualt\""}}))
+	_, body = get(t, srv.URL+"/policy")
+	info = PolicyInfo{}
+	if err := json.Unmarshal([]byte(body), &info); err != nil || info.LastReload == nil {
+		t.Fatalf("/policy after a refused reload: %v %s", err, body)
+	}
+	if r := info.LastReload; r.Result != "failure" || len(r.Errors) != 1 || !strings.HasPrefix(r.Errors[0], "test.yaml:3:5: ") || r.Time.IsZero() {
+		t.Errorf("last_reload = %+v, want a failure at test.yaml:3:5", r)
+	}
+	if info.Hash != cur.Load().Hash() {
+		t.Errorf("/policy hash %s after a refusal, want the policy kept", info.Hash)
+	}
+	a.ObserveReload(cur.Load(), nil)
+	_, body = get(t, srv.URL+"/policy")
+	info = PolicyInfo{}
+	if err := json.Unmarshal([]byte(body), &info); err != nil || info.LastReload == nil || info.LastReload.Result != "success" || len(info.LastReload.Errors) != 0 {
+		t.Errorf("/policy after a successful reload: %s", body)
+	}
 	resp, err := http.Post(srv.URL+"/policy", "text/plain", nil)
 	if err != nil {
 		t.Fatal(err)

@@ -139,7 +139,7 @@ func TestLookupNetIP(t *testing.T) {
 		if took > 2*time.Second {
 			t.Errorf("failed after %s; dns.timeout is 400ms", took)
 		}
-		want := "no upstream answered within 400ms: " + down + " refused, " + quiet + " timed out"
+		want := "no upstream answered within 400ms: " + down + " refused (port unreachable: nothing listens there), " + quiet + " timed out"
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Fatalf("err = %v; want it to say %q", err, want)
 		}
@@ -147,6 +147,15 @@ func TestLookupNetIP(t *testing.T) {
 		var ue *resolve.UpstreamError
 		if !errors.As(err, &de) || de.IsNotFound || !errors.As(err, &ue) {
 			t.Fatalf("err = %#v; want a *net.DNSError, not IsNotFound, wrapping *UpstreamError", err)
+		}
+	})
+	t.Run("an upstream refused at once is not said to have run out of time", func(t *testing.T) {
+		down := refusing(t)
+		r, _ := resolver(load(t, []string{down}, "  timeout: 2s\n"))
+		_, err := r.LookupNetIP(context.Background(), "ip4", "svc.test")
+		want := "no upstream answered: " + down + " refused (port unreachable: nothing listens there)"
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "within") {
+			t.Fatalf("err = %v; want it to say %q", err, want)
 		}
 	})
 	t.Run("a silent upstream alone is a DNS timeout", func(t *testing.T) {

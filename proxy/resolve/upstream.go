@@ -120,9 +120,11 @@ func withPort(u string) string {
 }
 
 // UpstreamError is returned when no upstream gave a usable answer before
-// the query's deadline. Its text names every upstream and what it did:
-// "no upstream answered within 2s: 127.0.0.1:1 refused, 127.0.0.1:2 timed
-// out".
+// the query's deadline. Its text names every upstream and what it did, and
+// mentions the deadline only when time ran out on one: "no upstream
+// answered within 2s: 127.0.0.1:1 refused (port unreachable: nothing
+// listens there), 127.0.0.1:2 timed out"; "no upstream answered:
+// 127.0.0.1:1 refused (port unreachable: nothing listens there)".
 type UpstreamError struct {
 	Timeout  time.Duration // the query's bound, dns.timeout
 	Attempts []Attempt     // in the order tried, then those left untried
@@ -136,7 +138,11 @@ type Attempt struct {
 
 func (e *UpstreamError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "no upstream answered within %s: ", e.Timeout)
+	b.WriteString("no upstream answered")
+	if e.ranOut() {
+		fmt.Fprintf(&b, " within %s", e.Timeout)
+	}
+	b.WriteString(": ")
 	for i, a := range e.Attempts {
 		if i > 0 {
 			b.WriteString(", ")
@@ -160,6 +166,17 @@ func (e *UpstreamError) Unwrap() []error {
 	return errs
 }
 
+// ranOut reports whether the query's time ran out on some upstream (it
+// timed out or was not tried), as opposed to each failing at once.
+func (e *UpstreamError) ranOut() bool {
+	for _, a := range e.Attempts {
+		if a.Err == nil || isTimeout(a.Err) {
+			return true
+		}
+	}
+	return false
+}
+
 // timedOut reports whether every upstream tried timed out (or none could
 // be tried): the query's time ran out, nothing refused it.
 func (e *UpstreamError) timedOut() bool {
@@ -180,7 +197,10 @@ func (a Attempt) what() string {
 	case errors.As(a.Err, &re):
 		return "answered " + dns.RcodeToString[re.Rcode]
 	case errors.Is(a.Err, syscall.ECONNREFUSED):
-		return "refused"
+		// UDP: an ICMP port unreachable; TCP: a reset to the SYN.
+		return "refused (port unreachable: nothing listens there)"
+	case errors.Is(a.Err, syscall.ENETUNREACH), errors.Is(a.Err, syscall.EHOSTUNREACH):
+		return "unreachable (no route to it)"
 	case isTimeout(a.Err):
 		return "timed out"
 	case errors.Is(a.Err, errMismatch):
