@@ -233,3 +233,24 @@ func TestIncludeSemantics(t *testing.T) {
 		}
 	})
 }
+
+func TestIncludeLintsAllowsADenyOfAnotherFileBeats(t *testing.T) {
+	p, errs := loadMem(t, map[string]string{
+		"base.yaml": "version: 1\ndefault: deny\ndeny:\n  - host: \"*.ads.example.com\"\n  - cidr: 10.9.0.0/16\n  - host: \"*.x.example.com\"\nallow:\n  - host: ok.x.example.com\n",
+		"site.yaml": "version: 1\ninclude: [base.yaml]\nallow:\n  - {host: cdn.ads.example.com, ports: [443]}\n  - {cidr: 10.9.1.0/24}\n  - {host: ok.x.example.com, ports: [443]}\n  - {cidr: 10.0.0.0/8}\n",
+	}, "site.yaml")
+	if errs != nil {
+		t.Fatal(errs)
+	}
+	var got []string
+	for _, w := range p.Warnings() {
+		got = append(got, w.String())
+	}
+	want := []string{
+		`site.yaml:4:5: this rule never decides: the deny rule {host: "*.ads.example.com"} at base.yaml:4 matches everything it does, and between a policy's files a deny wins`,
+		`site.yaml:5:5: this rule never decides: the deny rule {cidr: 10.9.0.0/16} at base.yaml:5 matches everything it does, and between a policy's files a deny wins`,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
