@@ -78,7 +78,7 @@ type Watcher struct {
 	file string
 	cur  atomic.Pointer[state]
 
-	mu      sync.Mutex // serialises reloads
+	mu sync.Mutex // serialises reloads
 	// lastSum is what the last attempt read: the policy's Hash (which
 	// covers the files it includes), or for a refused one its text and
 	// errors.
