@@ -37,43 +37,119 @@ var (
 // destinations are samples drawn from both policies: every name a host rule
 // names (a name under each wildcard), addresses inside and at the edges of
 // every cidr rule, one address in each guarded range, public addresses, a
-// name no rule matches; each on every port a rule names, the ports next to
-// its ranges and a port none names; from a client of each clients: entry,
-// inside and outside allow_from. A name is decided as serve decides a
-// connection by name: first by name, then at each address it could
-// resolve to (a public one, a private one, one in each cidr rule).
+// name no rule matches; each on 80, 443, a port no rule names, and every
+// port (and the ports next to each range) of the rules of either policy
+// that match it; from any client, a client of each clients: entry, and
+// clients inside and outside allow_from. A name is decided as serve decides
+// a connection by name: first by name, then at an address it could resolve
+// to (a public one, a private one, one in each cidr rule: fewer for a
+// large policy, see diffNameAddrBudget).
 //
-// The samples find what a rule, a default or a guard changes; they are not
-// a proof that nothing else differs. The wider changes come first; within
-// each, by client, then names (sorted) before addresses, then port.
+// The samples find what a rule, a default, a mode or a guard changes; they
+// are not a proof that nothing else differs. The wider changes come first;
+// within each, by client, then names (sorted) before addresses, then port.
 //
 // tried is how many destinations were decided under each policy.
 func Diff(old, new *Policy) (changes []Change, tried int) {
 	s := diffSamples(old, new)
-	tried = len(s.clients) * (len(s.names)*len(s.nameAddrs) + len(s.addrs)) * len(s.ports)
+	ps := []*Policy{old, new}
 	var out []Change
+	try := func(r Request) {
+		tried++
+		if c, ok := compare(old, new, r); ok {
+			out = append(out, c)
+		}
+	}
+	addrPorts := map[netip.Addr][]uint16{}
+	for _, ip := range append(append([]netip.Addr(nil), s.nameAddrs...), s.addrs...) {
+		addrPorts[ip] = s.portsFor(ps, "", ip)
+	}
+	namePorts := map[string][]uint16{}
+	for _, name := range s.names {
+		namePorts[name] = s.portsFor(ps, name, netip.Addr{})
+	}
 	for _, cl := range s.clients {
 		for _, name := range s.names {
 			for _, ip := range s.nameAddrs {
-				for _, port := range s.ports {
-					r := Request{Host: name, IP: ip, Port: port, Client: cl.addr, User: cl.user}
-					if c, ok := compare(old, new, r); ok {
-						out = append(out, c)
-					}
+				for _, port := range unionPorts(namePorts[name], addrPorts[ip]) {
+					try(Request{Host: name, IP: ip, Port: port, Client: cl.addr, User: cl.user})
 				}
 			}
 		}
 		for _, ip := range s.addrs {
-			for _, port := range s.ports {
-				r := Request{IP: ip, Port: port, Client: cl.addr, User: cl.user}
-				if c, ok := compare(old, new, r); ok {
-					out = append(out, c)
-				}
+			for _, port := range addrPorts[ip] {
+				try(Request{IP: ip, Port: port, Client: cl.addr, User: cl.user})
 			}
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Wider() && !out[j].Wider() })
 	return out, tried
+}
+
+// The addresses of cidr rules each name is decided at: all of them while
+// names × addresses stays within diffNameAddrBudget, else as many as fit,
+// at least diffMinNameAddrs, so that a policy of many names and many cidr
+// rules does not multiply one by the other.
+const (
+	diffNameAddrBudget = 100000
+	diffMinNameAddrs   = 4
+)
+
+// unionPorts merges two sorted lists of ports.
+func unionPorts(a, b []uint16) []uint16 {
+	out := make([]uint16, 0, len(a)+len(b))
+	for len(a) > 0 || len(b) > 0 {
+		switch {
+		case len(b) == 0 || len(a) > 0 && a[0] < b[0]:
+			out, a = append(out, a[0]), a[1:]
+		case len(a) == 0 || b[0] < a[0]:
+			out, b = append(out, b[0]), b[1:]
+		default:
+			out, a, b = append(out, a[0]), a[1:], b[1:]
+		}
+	}
+	return out
+}
+
+// portsFor is the ports to try name (or "") at ip on: 80, 443, the port no
+// rule names, and the ports of the rules of ps that match the name or the
+// address, with those next to each range.
+func (s *samples) portsFor(ps []*Policy, name string, ip netip.Addr) []uint16 {
+	seen := map[uint16]bool{}
+	out := make([]uint16, 0, len(s.ports)+8)
+	add := func(p int) {
+		if p >= 1 && p <= 65535 && !seen[uint16(p)] {
+			seen[uint16(p)] = true
+			out = append(out, uint16(p))
+		}
+	}
+	for _, p := range s.ports {
+		add(int(p))
+	}
+	edges := func(c crule) {
+		for _, pr := range c.r.Ports {
+			add(int(pr.Lo) - 1)
+			add(int(pr.Lo))
+			add(int(pr.Hi))
+			add(int(pr.Hi) + 1)
+		}
+	}
+	var n string
+	if name != "" {
+		n, _, _ = NormalizeHost(name)
+	}
+	for _, p := range ps {
+		for _, rs := range append([]*ruleset{&p.top}, p.clientSets...) {
+			if n != "" {
+				rs.names.each(n, edges)
+			}
+			if ip.IsValid() {
+				rs.addrs.each(ip.Unmap(), edges)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
 }
 
 // compare decides r under both policies and reports a difference in what
@@ -109,7 +185,7 @@ type samples struct {
 	names     []string
 	nameAddrs []netip.Addr // what each name is tried at
 	addrs     []netip.Addr // addresses tried alone
-	ports     []uint16
+	ports     []uint16     // tried for every destination (see portsFor)
 }
 
 // diffSamples draws the destinations Diff tries from both policies.
@@ -147,14 +223,9 @@ func diffSamples(ps ...*Policy) samples {
 	for _, a := range []netip.Addr{diffPublic4, diffPublic6, diffPrivate} {
 		addAddr(&s.addrs, addrs, a)
 	}
+	var cidrHosts []netip.Addr
 	for _, p := range ps {
 		for _, r := range p.Rules() {
-			for _, pr := range r.Ports {
-				addPort(int(pr.Lo) - 1)
-				addPort(int(pr.Lo))
-				addPort(int(pr.Hi))
-				addPort(int(pr.Hi) + 1)
-			}
 			if r.Host != "" {
 				addNames(sampleName(r.Host))
 				continue
@@ -165,11 +236,18 @@ func diffSamples(ps ...*Policy) samples {
 			if !r.Prefix.IsSingleIP() {
 				host = first.Next()
 			}
-			addAddr(&s.nameAddrs, nameAddrs, host)
+			cidrHosts = append(cidrHosts, host)
 			for _, a := range []netip.Addr{host, first, last, first.Prev(), last.Next()} {
 				addAddr(&s.addrs, addrs, a)
 			}
 		}
+	}
+	// Names at an address of each cidr rule, or of as many as the budget
+	// allows (at least diffMinNameAddrs), spread over the rules.
+	room := max(diffMinNameAddrs, diffNameAddrBudget/max(1, len(s.names)+3))
+	room = min(room, len(cidrHosts))
+	for i := 0; i < room; i++ {
+		addAddr(&s.nameAddrs, nameAddrs, cidrHosts[i*len(cidrHosts)/room])
 	}
 	for _, g := range guardRanges {
 		addAddr(&s.addrs, addrs, g.prefix.Addr().Next())
@@ -189,8 +267,18 @@ func diffSamples(ps ...*Policy) samples {
 	addNames(unlisted, "metadata.google.internal", "localhost")
 	sort.Strings(s.names)
 	// A port no rule names.
+	var named [65536]bool
+	for _, p := range ps {
+		for _, r := range p.Rules() {
+			for _, pr := range r.Ports {
+				for q := int(pr.Lo); q <= int(pr.Hi); q++ {
+					named[q] = true
+				}
+			}
+		}
+	}
 	for p := 65535; p > 0; p-- {
-		if !ports[uint16(p)] && !namedPort(ps, uint16(p)) {
+		if !ports[uint16(p)] && !named[p] {
 			addPort(p)
 			break
 		}
@@ -233,19 +321,6 @@ func matchedByAny(ps []*Policy, name string) bool {
 			rs.names.each(name, func(crule) { found = true })
 			if found {
 				return true
-			}
-		}
-	}
-	return false
-}
-
-func namedPort(ps []*Policy, port uint16) bool {
-	for _, p := range ps {
-		for _, r := range p.Rules() {
-			for _, pr := range r.Ports {
-				if port >= pr.Lo && port <= pr.Hi {
-					return true
-				}
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"reflect"
 	"testing"
 )
 
@@ -115,5 +116,24 @@ func TestDiffSampleName(t *testing.T) {
 	}
 	if got := lastAddr(netip.MustParsePrefix("10.20.0.0/16")); got != netip.MustParseAddr("10.20.255.255") {
 		t.Errorf("lastAddr = %s", got)
+	}
+}
+
+func TestCidrAllowCouldMatchMergedPorts(t *testing.T) {
+	rs := &ruleset{}
+	for _, pr := range []PortRange{{8000, 8100}, {443, 443}, {8101, 8200}, {20, 30}, {25, 26}} {
+		rs.rules = append(rs.rules, &Rule{Action: Allow, Prefix: netip.MustParsePrefix("10.0.0.0/8"), Ports: []PortRange{pr}})
+	}
+	rs.compile()
+	if want := []PortRange{{20, 30}, {443, 443}, {8000, 8200}}; !reflect.DeepEqual(rs.cidrAllowPorts, want) {
+		t.Errorf("merged %v, want %v", rs.cidrAllowPorts, want)
+	}
+	for port, want := range map[uint16]bool{0: true, 19: false, 20: true, 30: true, 31: false, 443: true, 444: false, 8000: true, 8150: true, 8200: true, 8201: false, 65535: false} {
+		if got := rs.cidrAllowCouldMatch(port); got != want {
+			t.Errorf("cidrAllowCouldMatch(%d) = %v, want %v", port, got, want)
+		}
+	}
+	if got := rs.rules[0].Ports; !reflect.DeepEqual(got, []PortRange{{8000, 8100}}) {
+		t.Errorf("a rule's ports changed: %v", got)
 	}
 }

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"sort"
 	"strings"
 )
 
@@ -16,7 +17,8 @@ type ruleset struct {
 	addrs prefixTable
 
 	// cidrAllowAll is true when some cidr allow rule has no ports;
-	// cidrAllowPorts lists the ports of the others. Step 1 uses them to
+	// cidrAllowPorts lists the ports of the others, sorted and merged.
+	// Step 1 uses them to
 	// decide whether resolving a name could lead to an allowed address.
 	cidrAllowAll   bool
 	cidrAllowPorts []PortRange
@@ -356,6 +358,7 @@ func (rs *ruleset) compile() {
 			rs.loopbackAllows = append(rs.loopbackAllows, r)
 		}
 	}
+	rs.cidrAllowPorts = mergePorts(rs.cidrAllowPorts)
 }
 
 // cidrAllowCouldMatch reports whether some cidr allow rule could allow port.
@@ -363,12 +366,25 @@ func (rs *ruleset) cidrAllowCouldMatch(port uint16) bool {
 	if rs.cidrAllowAll || port == 0 && len(rs.cidrAllowPorts) > 0 {
 		return true
 	}
-	for _, pr := range rs.cidrAllowPorts {
-		if port >= pr.Lo && port <= pr.Hi {
-			return true
+	// The first range that does not end below port.
+	i := sort.Search(len(rs.cidrAllowPorts), func(i int) bool { return rs.cidrAllowPorts[i].Hi >= port })
+	return i < len(rs.cidrAllowPorts) && rs.cidrAllowPorts[i].Lo <= port
+}
+
+// mergePorts sorts port ranges and merges those that overlap or touch, for
+// a binary search: a policy may hold thousands of cidr rules, and step 1
+// asks this of every name no host rule decides.
+func mergePorts(prs []PortRange) []PortRange {
+	sort.Slice(prs, func(i, j int) bool { return prs[i].Lo < prs[j].Lo })
+	out := prs[:0]
+	for _, pr := range prs {
+		if n := len(out); n > 0 && int(pr.Lo) <= int(out[n-1].Hi)+1 {
+			out[n-1].Hi = max(out[n-1].Hi, pr.Hi)
+			continue
 		}
+		out = append(out, pr)
 	}
-	return false
+	return out
 }
 
 // metadataLiftable reports whether an allow rule naming a metadata address
