@@ -118,3 +118,22 @@ func TestRuleReasonDecides(t *testing.T) {
 		t.Errorf("decision %+v", d)
 	}
 }
+
+func TestFindTab(t *testing.T) {
+	for _, c := range []struct {
+		text           string
+		line           int
+		wantL, wantC   int
+		wantIndentsTab bool
+	}{
+		{"a:\n\t- b\n", 2, 2, 1, true},
+		{"a:\n  b: 1\n  \tc: 2\n", 2, 3, 3, true}, // reported a line early
+		{"a: b\tc\n", 1, 1, 5, false},
+		{"a: b\n", 1, 0, 0, false},
+	} {
+		l, col, indent := findTab([]byte(c.text), c.line)
+		if l != c.wantL || col != c.wantC || indent != c.wantIndentsTab {
+			t.Errorf("findTab(%q, %d) = %d, %d, %v; want %d, %d, %v", c.text, c.line, l, col, indent, c.wantL, c.wantC, c.wantIndentsTab)
+		}
+	}
+}

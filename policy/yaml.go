@@ -79,9 +79,13 @@ func (l *loader) syntaxError(err error, data []byte) {
 		msg = strings.TrimPrefix(msg, "yaml: ")
 	}
 	if strings.Contains(msg, "tab") || strings.Contains(msg, "cannot start any token") {
-		if tl, tc := findTab(data, line); tl > 0 {
+		if tl, tc, indent := findTab(data, line); tl > 0 {
+			where := "a tab in the indentation"
+			if !indent {
+				where = "a tab where YAML does not take one"
+			}
 			l.errs = append(l.errs, Diagnostic{File: l.file, Line: tl, Column: tc,
-				Message: "a tab in the indentation: YAML indents with spaces only; replace the tab with spaces"})
+				Message: where + ": YAML indents with spaces only; replace the tab with spaces"})
 			return
 		}
 	}
@@ -91,8 +95,8 @@ func (l *loader) syntaxError(err error, data []byte) {
 // findTab finds the tab behind a yaml.v3 error reported at line: a tab in
 // the leading white space of that line or the next (yaml.v3 reports some
 // on the line before), else anywhere in that line. It returns the tab's
-// line and column (1-based), or 0, 0.
-func findTab(data []byte, line int) (int, int) {
+// line and column (1-based; 0, 0 if none) and whether it indents.
+func findTab(data []byte, line int) (int, int, bool) {
 	lines := strings.Split(string(data), "\n")
 	indentTab := func(n int) int {
 		if n < 1 || n > len(lines) {
@@ -108,15 +112,15 @@ func findTab(data []byte, line int) (int, int) {
 	}
 	for _, n := range []int{line, line + 1} {
 		if c := indentTab(n); c > 0 {
-			return n, c
+			return n, c, true
 		}
 	}
 	if line >= 1 && line <= len(lines) {
 		if i := strings.IndexByte(lines[line-1], '\t'); i >= 0 {
-			return line, utf8.RuneCountInString(lines[line-1][:i]) + 1
+			return line, utf8.RuneCountInString(lines[line-1][:i]) + 1, false
 		}
 	}
-	return 0, 0
+	return 0, 0, false
 }
 
 // field is one known key of a mapping and what to do with its value.
