@@ -59,6 +59,9 @@ type fileSet struct {
 	// listens are the non-loopback listener addresses set, checked
 	// against the final allow_from.
 	listens []listenAt
+	// incomplete is true when an included file could not be read or had
+	// errors: what it would have set (default:) is unknown.
+	incomplete bool
 }
 
 type setting struct {
@@ -134,6 +137,9 @@ func (fs *fileSet) load(p *Policy, file string, data []byte) {
 	// A file's errors come after those of the files it includes, which
 	// were read (and reported) first.
 	fs.errs = append(fs.errs, errs...)
+	if len(errs) > 0 {
+		fs.incomplete = true
+	}
 	fs.warns = append(fs.warns, warns...)
 }
 
@@ -168,6 +174,7 @@ func (l *loader) includes(v *yaml.Node, p *Policy) {
 		name = filepath.Clean(name)
 		if i := indexOf(fs.stack, name); i >= 0 {
 			l.errf(item, "include %q: a cycle: %s", s, strings.Join(append(append([]string(nil), fs.stack[i:]...), name), " includes "))
+			fs.incomplete = true
 			continue
 		}
 		if indexOf(fs.files, name) >= 0 {
@@ -175,6 +182,7 @@ func (l *loader) includes(v *yaml.Node, p *Policy) {
 		}
 		if len(fs.stack) >= maxIncludeDepth {
 			l.errf(item, "include %q: includes nest deeper than %d files", s, maxIncludeDepth)
+			fs.incomplete = true
 			continue
 		}
 		data, err := fs.read(name)
@@ -183,6 +191,7 @@ func (l *loader) includes(v *yaml.Node, p *Policy) {
 				err = u
 			}
 			l.errf(item, "include %q: cannot read %s: %v", s, name, err)
+			fs.incomplete = true
 			continue
 		}
 		fs.load(p, name, data)

@@ -254,3 +254,10 @@ func TestIncludeLintsAllowsADenyOfAnotherFileBeats(t *testing.T) {
 		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+func TestIncludeFailureHidesItsConsequences(t *testing.T) {
+	_, errs := loadMem(t, map[string]string{"site.yaml": "version: 1\ninclude: [base.yaml]\n"}, "site.yaml")
+	if want := []string{"site.yaml:2:11: include \"base.yaml\": cannot read base.yaml: file does not exist"}; strings.Join(errs, "\n") != strings.Join(want, "\n") {
+		t.Errorf("errors %q, want %q (no 'default is required': the missing file may set it)", errs, want)
+	}
+}

@@ -522,8 +522,9 @@ func (l *loader) parse(data []byte, p *Policy) {
 			l.required(root, "version is required: add version: 1", "version")
 		}
 		// An included file may leave default: to the file that includes
-		// it; the policy as a whole needs one.
-		if seen["default"] == nil && l.layer == 0 && l.fs.def == nil {
+		// it; the policy as a whole needs one (unless an included file
+		// that may set it did not load: that error says it all).
+		if seen["default"] == nil && l.layer == 0 && l.fs.def == nil && !l.fs.incomplete {
 			l.required(root, "default is required: add default: allow (full internet) or default: deny (only what is listed)", "default")
 		}
 	}
