@@ -121,12 +121,13 @@ func Log(l zerolog.Logger, e Entry) {
 	ev = ev.Str(FieldID, e.ID).
 		Str(FieldEvent, d.Event()).
 		Str(FieldProto, e.Proto)
+	var addr [64]byte // addresses are appended here, not allocated as strings
 	if e.Client.IsValid() {
-		ev = ev.Str(FieldClient, e.Client.String())
+		ev = ev.Bytes(FieldClient, e.Client.AppendTo(addr[:0]))
 	}
 	ev = ev.Str(FieldHost, d.Host).Uint16(FieldPort, d.Port)
 	if d.IP.IsValid() {
-		ev = ev.Str(FieldIP, d.IP.String())
+		ev = ev.Bytes(FieldIP, d.IP.AppendTo(addr[:0]))
 	}
 	if e.Method != "" {
 		ev = ev.Str(FieldMethod, e.Method)
