@@ -3,7 +3,6 @@ module github.com/egress-proxy/egress
 go 1.26.8
 
 require (
-	github.com/elazarl/goproxy v1.9.3
 	github.com/fsnotify/fsnotify v1.10.1
 	github.com/google/nftables v0.3.0
 	github.com/miekg/dns v1.1.73

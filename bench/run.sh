@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # bench/run.sh: egress against direct connections and the proxies users
-# would otherwise pick (squid, tinyproxy; dnsmasq for DNS), on loopback,
-# in one run; writes BENCHMARKS.md (issue 8).
+# would otherwise pick (squid, tinyproxy, Stripe's smokescreen; dnsmasq for
+# DNS), on loopback, in one run; writes BENCHMARKS.md (issues 8 and 13).
 #
 #   bench/run.sh                 # from anywhere; needs root to install
 #   RUNS=3 DURATION=2s bench/run.sh   # shorter
 #
 # 1-4  HTTP keep-alive req/s, CONNECT throughput, CONNECT setup latency
-#      and tunnels/s, RSS per idle tunnel: bench/compare (Go), which starts
-#      loopback origins, egress, squid, tinyproxy (configs in bench/peers/)
-#      and bench/compare/minproxy (the floor of a Go proxy), and runs every
+#      and tunnels/s, RSS per idle tunnel (CONNECT, WebSocket, transparent)
+#      as tunnels open, egress with more policy rules: bench/compare (Go),
+#      which starts loopback origins, egress, squid, tinyproxy (configs in
+#      bench/peers/), smokescreen v0.1.0 (go install into a temporary
+#      directory; the repository's go.mod is not touched) and
+#      bench/compare/minproxy (the floor of a Go proxy), and runs every
 #      measure in alternating rounds. bench/compare/notes.md, the analysis
 #      of the figures and the profiles behind it, is appended.
 # 5    DNS answers/s cached and uncached against dnsmasq: bench/dns/run.sh.
 # 6    policy decisions/s with 100,000 rules: go test -bench in ./policy.
 #
 # Environment: RUNS (5), DURATION (3s, wrk per round), BYTES (2 GiB per
-# download), CONNS (8 wrk connections), TUNNELS (5000), SKIP_DNS=1,
+# download), CONNS (8 wrk connections), TUNNELS (20000 idle tunnels, or
+# as many as ulimit -n allows: two descriptors each), RULES (10,1000,100000
+# policy rules), SKIP_DNS=1,
 # SKIP_POLICY=1, OUT (BENCHMARKS.md at the repository root).
 # Not part of go test ./... or CI: figures depend on the machine.
 set -euo pipefail
@@ -27,7 +32,8 @@ RUNS=${RUNS:-5}
 DURATION=${DURATION:-3s}
 BYTES=${BYTES:-$((2 << 30))}
 CONNS=${CONNS:-8}
-TUNNELS=${TUNNELS:-5000}
+TUNNELS=${TUNNELS:-20000}
+RULES=${RULES:-10,1000,100000}
 OUT=${OUT:-$root/BENCHMARKS.md}
 
 # Debian packages, installed only when missing.
@@ -46,18 +52,31 @@ fi
 SQUID=$(command -v squid || echo /usr/sbin/squid)
 TINYPROXY=$(command -v tinyproxy || echo /usr/bin/tinyproxy)
 
-# 5,000 idle tunnels take two descriptors each in the proxy and two in the
-# benchmark process (client and origin ends).
+# An idle tunnel takes two descriptors in the proxy and two in the
+# benchmark process (client and origin ends): 20,000 need 40,000 and more.
+# Raise the soft limit to the hard one (root can raise the hard one too,
+# unless, as in some containers, it lacks CAP_SYS_RESOURCE); bench/compare
+# opens as many tunnels as fit and says so.
+want=$((2 * TUNNELS + 1000))
+ulimit -Hn "$want" 2>/dev/null || true
 hard=$(ulimit -Hn)
-if [ "$hard" = unlimited ] || [ "$hard" -gt 65536 ]; then hard=65536; fi
+if [ "$hard" = unlimited ] || [ "$hard" -gt "$want" ]; then hard=$want; fi
 ulimit -n "$hard"
 if [ "$(ulimit -n)" -lt 12000 ]; then
 	echo "bench: need at least 12000 open files (ulimit -n); have $(ulimit -n)" >&2
 	exit 1
 fi
+if [ "$(ulimit -n)" -lt "$want" ]; then
+	echo "bench: ulimit -n is $(ulimit -n), under the $want that $TUNNELS tunnels need: measuring $(( ($(ulimit -n) - 1000) / 2 ))" >&2
+fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# smokescreen v0.1.0 from the Go module proxy, built into the temporary
+# directory: go install pkg@version ignores the current module, so
+# go.mod and go.sum stay as they are.
+echo "== go install github.com/stripe/smokescreen@v0.1.0" >&2
+(cd "$work" && GOBIN="$work" go install github.com/stripe/smokescreen@v0.1.0)
 go build -o "$work/egress" ./cmd/egress
 go build -o "$work/compare" ./bench/compare
 go build -o "$work/minproxy" ./bench/compare/minproxy
@@ -78,9 +97,9 @@ if [ "${SKIP_DNS:-}" != 1 ]; then
 fi
 
 echo "== HTTP and CONNECT (bench/compare)" >&2
-"$work/compare" -egress "$work/egress" -squid "$SQUID" -tinyproxy "$TINYPROXY" -minproxy "$work/minproxy" \
+"$work/compare" -egress "$work/egress" -squid "$SQUID" -tinyproxy "$TINYPROXY" -smokescreen "$work/smokescreen" -minproxy "$work/minproxy" \
 	-peers bench/peers -notes bench/compare/notes.md \
-	-runs "$RUNS" -duration "$DURATION" -bytes "$BYTES" -conns "$CONNS" -tunnels "$TUNNELS" \
-	-command "bench/run.sh (RUNS=$RUNS DURATION=$DURATION BYTES=$BYTES CONNS=$CONNS TUNNELS=$TUNNELS)" \
+	-runs "$RUNS" -duration "$DURATION" -bytes "$BYTES" -conns "$CONNS" -tunnels "$TUNNELS" -rules "$RULES" \
+	-command "bench/run.sh (RUNS=$RUNS DURATION=$DURATION BYTES=$BYTES CONNS=$CONNS TUNNELS=$TUNNELS RULES=$RULES)" \
 	-out "$OUT" "${args[@]}" >/dev/null
 echo "== wrote $OUT" >&2

@@ -7,17 +7,20 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"time"
 )
 
 // LogFile is an append-only log file that can be reopened by name, so that
 // logrotate can move it away and signal egress (SIGUSR1) to start a new one
 // without copytruncate. It is an io.Writer safe for concurrent use; each
 // Write goes to the file in one write(2), so zerolog lines never interleave.
+// Buffered puts a LineBuffer in front of it.
 type LogFile struct {
 	path string
 
-	mu sync.Mutex
-	f  *os.File
+	mu  sync.Mutex
+	f   *os.File
+	buf *LineBuffer // flushed into the old file before a reopen
 
 	stop chan struct{}
 	done chan struct{}
@@ -52,10 +55,27 @@ func (l *LogFile) Write(p []byte) (int, error) {
 	return l.f.Write(p)
 }
 
+// Buffered returns a LineBuffer that writes to l; Reopen flushes it into
+// the old file first, so a rotated file holds every line logged before the
+// signal. Close the LineBuffer before l.
+func (l *LogFile) Buffered(interval time.Duration, size int) *LineBuffer {
+	b := NewLineBuffer(l, interval, size)
+	l.mu.Lock()
+	l.buf = b
+	l.mu.Unlock()
+	return b
+}
+
 // Reopen opens the path again and switches writes to it. If the path
 // cannot be opened, writes keep going to the old file and the error is
 // returned.
 func (l *LogFile) Reopen() error {
+	l.mu.Lock()
+	buf := l.buf
+	l.mu.Unlock()
+	if buf != nil {
+		buf.Flush()
+	}
 	f, err := openAppend(l.path)
 	if err != nil {
 		return err

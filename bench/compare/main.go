@@ -56,11 +56,14 @@ import (
 
 type options struct {
 	egress, squid, tinyproxy, peers, out string
+	smokescreen, rules                   string
+	serveTransparent, transparentOrigin  string
+	transparentLog                       string
 	minproxy, notes                      string
 	dnsFile, policyFile, command         string
 	only, extra                          string
 	runs, conns, setups, workers         int
-	logAllowed                           bool
+	logAllowed, egressNoLog              bool
 	tunnels                              int
 	bytes, pacedBytes, pacedRate         int64
 	duration, rateDuration               time.Duration
@@ -71,6 +74,11 @@ func main() {
 	flag.StringVar(&o.egress, "egress", "", "egress `binary` (required)")
 	flag.StringVar(&o.squid, "squid", "squid", "squid `binary` (empty: skip squid)")
 	flag.StringVar(&o.tinyproxy, "tinyproxy", "tinyproxy", "tinyproxy `binary` (empty: skip tinyproxy)")
+	flag.StringVar(&o.smokescreen, "smokescreen", "", "Stripe's smokescreen `binary` (empty: skip smokescreen)")
+	flag.StringVar(&o.rules, "rules", "10,1000,100000", "comma-separated numbers of policy rules egress is measured with (setup, memory)")
+	flag.StringVar(&o.serveTransparent, "serve-transparent", "", "internal: serve egress's transparent path on `addr` (the child of the transparent measure)")
+	flag.StringVar(&o.transparentOrigin, "transparent-origin", "", "internal: the original destination of -serve-transparent's connections")
+	flag.StringVar(&o.transparentLog, "transparent-log", os.DevNull, "internal: -serve-transparent's log file")
 	flag.StringVar(&o.minproxy, "minproxy", "", "bench/compare/minproxy `binary`, measured as the floor of a Go proxy (empty: skip)")
 	flag.StringVar(&o.notes, "notes", "", "markdown `file` appended to the output (the analysis of the figures)")
 	flag.StringVar(&o.peers, "peers", "bench/peers", "`dir`ectory of the squid.conf and tinyproxy.conf templates")
@@ -79,8 +87,9 @@ func main() {
 	flag.StringVar(&o.policyFile, "policy", "", "go test -bench output `file` of ./policy to include")
 	flag.StringVar(&o.command, "command", "bench/run.sh", "the command line recorded in the output")
 	flag.StringVar(&o.extra, "extra", "", "comma-separated `name=addr` of proxies already running, measured too (no memory figure)")
-	flag.StringVar(&o.only, "only", "memory,rps,throughput,setup", "comma-separated measures to run")
+	flag.StringVar(&o.only, "only", "memory,paths,rules,rps,throughput,setup", "comma-separated measures to run (paths: memory per tunnel path; rules: egress with -rules)")
 	flag.BoolVar(&o.logAllowed, "egress-log-allowed", true, "egress logs allowed requests and tunnels too (log.allowed), as squid and tinyproxy do")
+	flag.BoolVar(&o.egressNoLog, "egress-nolog", true, "measure requests/s of a second egress with log.allowed: false too (subject egress-nolog)")
 	flag.IntVar(&o.runs, "runs", 5, "rounds of each measure (the median counts)")
 	flag.IntVar(&o.conns, "conns", 8, "wrk connections (one wrk thread)")
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "wrk duration per subject and round")
@@ -90,8 +99,12 @@ func main() {
 	flag.IntVar(&o.setups, "setups", 1000, "CONNECT setups timed per subject and round")
 	flag.IntVar(&o.workers, "workers", 4, "concurrent clients for new tunnels per second")
 	flag.DurationVar(&o.rateDuration, "rate-duration", time.Second, "duration of a new-tunnels-per-second run")
-	flag.IntVar(&o.tunnels, "tunnels", 5000, "idle tunnels for the memory figure")
+	flag.IntVar(&o.tunnels, "tunnels", 20000, "idle tunnels for the memory figure (at most what the descriptor limit allows)")
 	flag.Parse()
+	if o.serveTransparent != "" {
+		serveTransparent(o.serveTransparent, o.transparentOrigin, o.transparentLog)
+		return
+	}
 	if o.egress == "" {
 		fail("-egress is required")
 	}
@@ -113,7 +126,7 @@ func main() {
 // subject is one way to reach the origins: directly or through a proxy.
 type subject struct {
 	name string
-	kind string // "direct", "egress", "squid", "tinyproxy"
+	kind string // "direct", "egress", "squid", "tinyproxy", "smokescreen", "go-minimal"
 	addr string // proxy address; empty for direct
 	cmd  *exec.Cmd
 	wait chan struct{}
@@ -135,11 +148,17 @@ type results struct {
 	throughput     map[string][]float64
 	paced          map[string][]float64
 	cpuPerGB       map[string][]float64 // proxy CPU seconds per GB tunnelled
+	cpuPerTunnel   map[string][]float64 // proxy CPU µs per new tunnel
 	setup          map[string][]time.Duration
 	rate           map[string][]float64
 	versions       map[string]string
 	logLines       map[string]int
 	tunnelsOpened  int
+	tunnelsWanted  int
+	nofile         uint64
+	scale          map[string][]scalePoint // by tunnel path: egress's RSS and setup as tunnels open
+	scaleBefore    map[string]int64
+	rules          []rulesPoint
 	dns            *dnsFigures
 	policy         []policyFigure
 	policyBaseline float64
@@ -157,9 +176,10 @@ func run(o options) *results {
 	r := &results{
 		start: time.Now(), loadStart: loadavg(),
 		rssBefore: map[string]int64{}, rssAfter: map[string]int64{},
-		rps: map[string][]float64{}, rpsErrors: map[string]string{}, throughput: map[string][]float64{}, paced: map[string][]float64{}, cpuPerGB: map[string][]float64{},
+		rps: map[string][]float64{}, rpsErrors: map[string]string{}, throughput: map[string][]float64{}, paced: map[string][]float64{}, cpuPerGB: map[string][]float64{}, cpuPerTunnel: map[string][]float64{},
 		setup: map[string][]time.Duration{}, rate: map[string][]float64{},
 		versions: map[string]string{}, logLines: map[string]int{},
+		scale: map[string][]scalePoint{}, scaleBefore: map[string]int64{},
 	}
 	only := map[string]bool{}
 	for _, m := range strings.Split(o.only, ",") {
@@ -178,6 +198,9 @@ func run(o options) *results {
 	if o.tinyproxy != "" {
 		kinds = append(kinds, "tinyproxy")
 	}
+	if o.smokescreen != "" {
+		kinds = append(kinds, "smokescreen")
+	}
 	if o.minproxy != "" {
 		kinds = append(kinds, "go-minimal")
 	}
@@ -186,9 +209,11 @@ func run(o options) *results {
 	start := func(kind string) *subject {
 		switch kind {
 		case "egress":
-			return startEgress(o.egress, dir, o.logAllowed)
+			return startEgress(o.egress, dir, "egress", o.logAllowed)
 		case "squid":
 			return startSquid(o.squid, o.peers, dir)
+		case "smokescreen":
+			return startSmokescreen(o.smokescreen, dir)
 		case "go-minimal":
 			addr := freeAddr()
 			s := &subject{name: kind, kind: kind, addr: addr}
@@ -199,7 +224,13 @@ func run(o options) *results {
 		}
 	}
 
-	// 1. Memory per idle tunnel, on fresh processes, one at a time.
+	// 1. Memory per idle tunnel, on fresh processes, one at a time; for
+	// egress, RSS and setup latency at steps on the way.
+	r.tunnelsWanted, r.nofile = o.tunnels, uint64(2*fdBudget()+1000)
+	ntun := min(o.tunnels, fdBudget())
+	if ntun < o.tunnels {
+		progress("memory: %d tunnels asked for, %d fit the descriptor limit (ulimit -n %d: two per tunnel in the proxy and two here)", o.tunnels, ntun, r.nofile)
+	}
 	procs := map[string]*subject{}
 	for _, k := range kinds {
 		p := start(k)
@@ -210,23 +241,41 @@ func run(o options) *results {
 		if !only["memory"] || k == "go-minimal" {
 			continue
 		}
-		connect(p.addr, idle.addr).Close() // first use: lazily built state is not a tunnel's cost
-		time.Sleep(500 * time.Millisecond)
-		r.rssBefore[k] = rss(p.pid())
-		conns := make([]net.Conn, 0, o.tunnels)
-		for i := 0; i < o.tunnels; i++ {
-			conns = append(conns, connect(p.addr, idle.addr))
+		steps, setups := []int{ntun}, 0
+		if k == "egress" {
+			steps, setups = scaleSteps(ntun), o.setups
 		}
-		idle.waitOpen(int64(o.tunnels), 10*time.Second)
-		time.Sleep(2 * time.Second) // let allocators and the Go scavenger settle
-		r.rssAfter[k] = rss(p.pid())
-		r.tunnelsOpened = o.tunnels
-		for _, c := range conns {
-			c.Close()
+		before, pts := holdScale(k+" CONNECT", p.pid(), steps, setups, func() net.Conn { return connect(p.addr, idle.addr) },
+			func() { connect(p.addr, idle.addr).Close() }, idle)
+		last := pts[len(pts)-1]
+		r.rssBefore[k], r.rssAfter[k], r.tunnelsOpened = before, last.rss, ntun
+		if k == "egress" {
+			r.scale["CONNECT"], r.scaleBefore["CONNECT"] = pts, before
 		}
-		idle.waitOpen(0, 10*time.Second)
 		progress("memory %-9s RSS %d KiB -> %d KiB with %d idle tunnels: %.1f KiB per tunnel",
-			k, r.rssBefore[k]>>10, r.rssAfter[k]>>10, o.tunnels, float64(r.rssAfter[k]-r.rssBefore[k])/float64(o.tunnels)/1024)
+			k, r.rssBefore[k]>>10, r.rssAfter[k]>>10, ntun, float64(r.rssAfter[k]-r.rssBefore[k])/float64(ntun)/1024)
+	}
+	// 1b. The other tunnel paths of egress, each on a fresh process.
+	if only["paths"] {
+		ws := newUpgradeServer()
+		e := startEgress(o.egress, dir, "egress-websocket", o.logAllowed)
+		before, pts := holdScale("egress WebSocket", e.pid(), scaleSteps(ntun), 0, func() net.Conn { return upgrade(e.addr, ws.addr) }, nil, ws)
+		r.scale["WebSocket"], r.scaleBefore["WebSocket"] = pts, before
+		e.stop()
+		tp := startTransparent(dir, idle.addr)
+		before, pts = holdScale("egress transparent", tp.pid(), scaleSteps(ntun), 0, func() net.Conn { return transparentConn(tp.addr, idle) }, nil, idle)
+		r.scale["transparent"], r.scaleBefore["transparent"] = pts, before
+		tp.stop()
+	}
+	// 1c. egress with more and more policy rules.
+	if only["rules"] && o.rules != "" {
+		var counts []int
+		for _, f := range strings.Split(o.rules, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			check(err)
+			counts = append(counts, n)
+		}
+		r.rules = measureRules(o, dir, counts, idle)
 	}
 	subj := []*subject{{name: "direct", kind: "direct"}}
 	for _, k := range kinds {
@@ -255,6 +304,16 @@ func run(o options) *results {
 
 	// 2. Plain HTTP keep-alive requests/s.
 	if only["rps"] {
+		if o.egressNoLog {
+			// egress without a line per allowed request, in this
+			// measure's rounds only.
+			nl := startEgress(o.egress, dir, "egress-nolog", false)
+			defer nl.stop()
+			all := subj
+			subj = append(append([]*subject(nil), subj...), nl)
+			r.subjects = append(r.subjects, nl.name)
+			defer func() { subj = all }()
+		}
 		script := filepath.Join(dir, "proxy.lua")
 		check(os.WriteFile(script, []byte(fmt.Sprintf("wrk.path = %q\nwrk.headers[\"Host\"] = %q\n", "http://"+origin+"/", origin)), 0o644))
 		rounds(func(s *subject) {
@@ -308,7 +367,15 @@ func run(o options) *results {
 			}
 			ds := latencies(o.setups, one)
 			r.setup[s.name] = append(r.setup[s.name], ds...)
+			before := cpuTime(s)
+			start := time.Now()
 			v := perSecond(o.workers, o.rateDuration, one)
+			if after := cpuTime(s); after >= 0 && before >= 0 && v > 0 {
+				// CPU per tunnel is steadier than tunnels/s on a machine
+				// with other load: it does not count the time waited.
+				n := v * time.Since(start).Seconds()
+				r.cpuPerTunnel[s.name] = append(r.cpuPerTunnel[s.name], (after-before)/n*1e6)
+			}
 			r.rate[s.name] = append(r.rate[s.name], v)
 			idle.waitOpen(0, 10*time.Second)
 			progress("setup      %-9s p50 %4.0f µs  p99 %5.0f µs  %6.0f tunnels/s", s.name, us(pct(ds, 50)), us(pct(ds, 99)), v)
@@ -345,21 +412,44 @@ default: deny
 allow:
   - cidr: 127.0.0.1/32
 limits:
-  max_tunnels: 20000
+  max_tunnels: 100000
 log:
   allowed: %t
   file: %s
 `
 
-func startEgress(bin, dir string, logAllowed bool) *subject {
-	cfg := filepath.Join(dir, "egress.yaml")
-	logFile := filepath.Join(dir, "egress.log")
+func startEgress(bin, dir, name string, logAllowed bool) *subject {
+	// The policy in a directory of its own, as in a deployment
+	// (/etc/egress, /var/log): egress watches the policy's directory, and
+	// a log written there would wake its watcher on every line.
+	cfg := filepath.Join(configDir(dir), name+".yaml")
+	logFile := filepath.Join(dir, name+".log")
 	check(os.WriteFile(cfg, []byte(fmt.Sprintf(egressConfig, logAllowed, logFile)), 0o644))
 	addr := freeAddr()
-	s := &subject{name: "egress", kind: "egress", addr: addr, log: logFile}
+	s := &subject{name: name, kind: "egress", addr: addr, log: logFile}
 	// No admin listener: the bench reads none, and a busy 9090 (another
 	// egress) would stop serve.
-	s.start(exec.Command(bin, "serve", "--config", cfg, "--listen", addr, "--admin", ""), filepath.Join(dir, "egress.stderr"))
+	s.start(exec.Command(bin, "serve", "--config", cfg, "--listen", addr, "--admin", ""), filepath.Join(dir, name+".stderr"))
+	return s
+}
+
+// configDir is where egress's policies are written, under dir.
+func configDir(dir string) string {
+	d := filepath.Join(dir, "etc")
+	check(os.MkdirAll(d, 0o755))
+	return d
+}
+
+func startSmokescreen(bin, dir string) *subject {
+	addr := freeAddr()
+	_, port, _ := net.SplitHostPort(addr)
+	// No --egress-acl-file: smokescreen allows every destination its IP
+	// ranges allow ("Egress ACL is not configured"); --allow-range lifts
+	// its guard of loopback for 127.0.0.1 only. It logs one line per
+	// request or tunnel (CANONICAL-PROXY-DECISION) on stderr.
+	log := filepath.Join(dir, "smokescreen.log")
+	s := &subject{name: "smokescreen", kind: "smokescreen", addr: addr, log: log}
+	s.start(exec.Command(bin, "--listen-ip", "127.0.0.1", "--listen-port", port, "--allow-range", "127.0.0.1/32"), log)
 	return s
 }
 
@@ -505,7 +595,11 @@ type idleServer struct {
 	open atomic.Int64
 }
 
-func newIdleServer() *idleServer {
+func newIdleServer() *idleServer { return newHoldingServer(nil) }
+
+// newHoldingServer is an idleServer that first runs greet, if set, on
+// each connection (which then reads the rest from r).
+func newHoldingServer(greet func(c net.Conn, r *bufio.Reader) bool) *idleServer {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	check(err)
 	s := &idleServer{addr: l.Addr().String()}
@@ -517,9 +611,17 @@ func newIdleServer() *idleServer {
 			}
 			s.open.Add(1)
 			go func() {
-				io.Copy(io.Discard, c)
-				c.Close()
-				s.open.Add(-1)
+				defer s.open.Add(-1)
+				defer c.Close()
+				var r io.Reader = c
+				if greet != nil {
+					br := bufio.NewReader(c)
+					if !greet(c, br) {
+						return
+					}
+					r = br
+				}
+				io.Copy(io.Discard, r)
 			}()
 		}
 	}()
@@ -549,14 +651,7 @@ func connect(proxy, target string) net.Conn {
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	_, err := io.WriteString(c, "CONNECT "+target+" HTTP/1.1\r\nHost: "+target+"\r\n\r\n")
 	check(err)
-	var head []byte
-	b := make([]byte, 1)
-	for !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
-		if _, err := c.Read(b); err != nil {
-			fail("CONNECT %s via %s: %v after %q", target, proxy, err, head)
-		}
-		head = append(head, b[0])
-	}
+	head := readHead(c, proxy, "CONNECT "+target)
 	if !bytes.HasPrefix(head, []byte("HTTP/1.1 200")) && !bytes.HasPrefix(head, []byte("HTTP/1.0 200")) {
 		fail("CONNECT %s via %s: %q", target, proxy, head)
 	}
@@ -714,6 +809,9 @@ func versions(o options) map[string]string {
 	}
 	if o.tinyproxy != "" {
 		v["tinyproxy"] = first(o.tinyproxy, "-v")
+	}
+	if o.smokescreen != "" {
+		v["smokescreen"] = first(o.smokescreen, "--version")
 	}
 	v["wrk"], _, _ = strings.Cut(first("wrk", "-v"), " Copyright")
 	v["kernel"] = first("uname", "-sr")

@@ -472,6 +472,11 @@ func (e *server) startReload() (hup <-chan os.Signal, stop func()) {
 	e.watcher.OnReload = func(p *policy.Policy, err error) {
 		if err == nil {
 			e.cur.Store(p)
+			if e.http != nil {
+				// Kept-alive upstream connections were dialled under
+				// the old policy: none is reused past the reload.
+				e.http.CloseIdleConnections()
+			}
 			if e.filter != nil {
 				e.filter.reload(p)
 			}
@@ -584,8 +589,13 @@ func newLogger(cfg policy.Log, format, level string, stderr io.Writer) (zerolog.
 	if err != nil || lvl == zerolog.NoLevel {
 		return zerolog.Logger{}, nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
 	}
-	var out io.Writer = stderr
-	closeFn := func() {}
+	// Lines are written in batches (reload.LineBuffer): when 64 KiB are
+	// waiting, 100 ms after the first of them, on SIGUSR1 and when serve
+	// returns. One write(2) per line cost about 8% of plain-HTTP
+	// requests/s with log.allowed (BENCHMARKS.md); a crash loses at most
+	// the last 100 ms of lines.
+	var out io.Writer
+	var closeFn func()
 	if cfg.File != "" {
 		// Reopened on SIGUSR1, after logrotate moved it away.
 		f, err := reload.OpenLogFile(cfg.File)
@@ -593,13 +603,17 @@ func newLogger(cfg policy.Log, format, level string, stderr io.Writer) (zerolog.
 			return zerolog.Logger{}, nil, err
 		}
 		f.ReopenOnSignal(func(err error) { fmt.Fprintf(stderr, "egress: SIGUSR1: %v; still logging to the old file\n", err) })
-		out, closeFn = f, func() { f.Close() }
+		b := f.Buffered(0, 0)
+		out, closeFn = b, func() { b.Close(); f.Close() }
+	} else {
+		b := reload.NewLineBuffer(stderr, 0, 0)
+		out, closeFn = b, func() { b.Close() }
 	}
 	switch format {
 	case "", "json":
 	case "console":
 		// Colours only for a terminal: not into files, pipes or journald.
-		out = zerolog.ConsoleWriter{Out: out, TimeFormat: time.RFC3339, NoColor: !isTerminal(out)}
+		out = zerolog.ConsoleWriter{Out: out, TimeFormat: time.RFC3339, NoColor: !isTerminal(stderr) || cfg.File != ""}
 	default:
 		closeFn()
 		return zerolog.Logger{}, nil, fmt.Errorf("log format %q: want json or console", format)

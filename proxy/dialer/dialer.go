@@ -226,6 +226,16 @@ func dialAllowed(ctx context.Context, network string, req policy.Request, allowe
 	defer cancel()
 	deadline, _ := dctx.Deadline()
 	nd := net.Dialer{KeepAlive: DefaultKeepAlive}
+	if len(order) == 1 {
+		// One address (an IP literal, a name with one address): connected
+		// on this goroutine, without the race's goroutine, channel and
+		// timer, which a CONNECT to 127.0.0.1 would pay in full (issue 13).
+		c, err := nd.DialContext(dctx, network, netip.AddrPortFrom(order[0].IP, req.Port).String())
+		if err != nil {
+			return nil, allowed[0], dialError(ctx, req, allowed[0], []attempt{{dec: order[0], err: err}}, 0, timeout)
+		}
+		return c, order[0], nil
+	}
 
 	results := make(chan attempt, len(order)) // never blocks a late attempt
 	next, running := 0, 0

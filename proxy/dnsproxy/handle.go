@@ -311,6 +311,10 @@ func explain(d policy.Decision, id, chain string) string {
 	b.WriteString(" (")
 	b.WriteString(string(d.Reason))
 	b.WriteString(")")
+	if d.Rule != nil && d.Rule.Note != "" {
+		b.WriteString("; why: ")
+		b.WriteString(d.Rule.Note)
+	}
 	if d.Hint != "" {
 		b.WriteString("; to allow: ")
 		b.WriteString(d.Hint)

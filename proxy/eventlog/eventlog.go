@@ -32,6 +32,7 @@ const (
 	FieldQType        = "qtype"         // DNS only
 	FieldRule         = "rule"          // FILE:LINE of the deciding rule, "" when none
 	FieldRuleText     = "rule_text"     // the deciding rule as written
+	FieldRuleReason   = "rule_reason"   // the deciding rule's reason: text, when it has one
 	FieldReason       = "reason"        // policy.Reason code
 	FieldPolicy       = "policy"        // policy file
 	FieldClientPolicy = "client_policy" // "default" or the clients: entry that applied
@@ -120,12 +121,13 @@ func Log(l zerolog.Logger, e Entry) {
 	ev = ev.Str(FieldID, e.ID).
 		Str(FieldEvent, d.Event()).
 		Str(FieldProto, e.Proto)
+	var addr [64]byte // addresses are appended here, not allocated as strings
 	if e.Client.IsValid() {
-		ev = ev.Str(FieldClient, e.Client.String())
+		ev = ev.Bytes(FieldClient, e.Client.AppendTo(addr[:0]))
 	}
 	ev = ev.Str(FieldHost, d.Host).Uint16(FieldPort, d.Port)
 	if d.IP.IsValid() {
-		ev = ev.Str(FieldIP, d.IP.String())
+		ev = ev.Bytes(FieldIP, d.IP.AppendTo(addr[:0]))
 	}
 	if e.Method != "" {
 		ev = ev.Str(FieldMethod, e.Method)
@@ -139,6 +141,9 @@ func Log(l zerolog.Logger, e Entry) {
 	ev = ev.Str(FieldRule, d.RuleLocation())
 	if d.Rule != nil {
 		ev = ev.Str(FieldRuleText, d.Rule.Text)
+		if d.Rule.Note != "" {
+			ev = ev.Str(FieldRuleReason, d.Rule.Note)
+		}
 	}
 	ev = ev.Str(FieldReason, string(d.Reason)).
 		Str(FieldPolicy, d.Source).

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/netip"
 	"strings"
 	"testing"
@@ -128,5 +129,22 @@ func TestSinkLogsFailures(t *testing.T) {
 	got := lines(t, &buf)
 	if len(got) != 1 || got[0]["id"] != "f1" || got[0]["level"] != "warn" || got[0]["error"] != "lookup api.example.com: no such host" {
 		t.Errorf("failure line = %v", got)
+	}
+}
+
+// BenchmarkLog is one canonical line of an allowed plain-HTTP request,
+// as log.allowed writes it.
+func BenchmarkLog(b *testing.B) {
+	pol, err := policy.Load("bench.yaml", []byte("version: 1\ndefault: deny\nallow:\n  - cidr: 127.0.0.1/32\n"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	d := pol.Decide(policy.Request{Host: "127.0.0.1", Port: 8080, IP: netip.MustParseAddr("127.0.0.1")})
+	l := zerolog.New(io.Discard).With().Timestamp().Logger()
+	e := eventlog.Entry{ID: eventlog.NewID(), Proto: eventlog.ProtoHTTP, Client: netip.MustParseAddrPort("127.0.0.1:40000"), Decision: d,
+		Method: "GET", URL: "http://127.0.0.1:8080/", BytesDown: 2, Duration: time.Millisecond}
+	b.ReportAllocs()
+	for b.Loop() {
+		eventlog.Log(l, e)
 	}
 }

@@ -73,6 +73,14 @@ func failureFor(id, target string, dec policy.Decision, err error) failure {
 		status = http.StatusBadRequest
 		b.WriteString("egress: bad request: " + err.Error() + "\n")
 		reason = "egress bad request: " + strings.TrimPrefix(err.Error(), errBadRequest.Error()+": ")
+	case errors.Is(err, errRequestBody):
+		// The client's body ended before its length, or was malformed.
+		status = http.StatusBadRequest
+		b.WriteString("egress: bad request: " + err.Error() + "\n")
+		reason = "egress bad request: " + err.Error()
+	case errors.Is(err, errResponseHeaderTooLarge), errors.Is(err, errTooMany1xx), errors.Is(err, errUnasked101):
+		b.WriteString("egress: bad response from " + target + ": " + err.Error() + "\n")
+		reason = "egress got a bad response from " + target + ": " + err.Error()
 	case errors.Is(err, errTooManyTunnels):
 		status = http.StatusServiceUnavailable
 		b.WriteString("egress: too many open tunnels (limits.max_tunnels); try again later\n")
@@ -85,7 +93,7 @@ func failureFor(id, target string, dec policy.Decision, err error) failure {
 		b.WriteString("egress: timed out connecting to " + target + ": " + err.Error() + "\n")
 		reason = "egress timed out reaching " + target + ": connect timed out (timeouts.dial)"
 	case isTimeout(err):
-		// The Transport's timeouts.response: connected, then silence.
+		// timeouts.response: connected, then silence.
 		status = http.StatusGatewayTimeout
 		b.WriteString("egress: " + target + " did not answer in time: " + err.Error() + "\n")
 		reason = "egress timed out reaching " + target + ": " + rootCause(err)
@@ -126,6 +134,10 @@ func denyReason(id, target string, d policy.Decision) string {
 			why += " (" + d.IP.String() + ")"
 		}
 	}
+	if d.Rule != nil && d.Rule.Note != "" {
+		// The rule's reason: first, where a person looks; the rule after.
+		why = d.Rule.Note + " (" + why + ")"
+	}
 	r := "egress denied " + target + ": " + why
 	if strings.HasPrefix(d.Hint, "- ") && !strings.ContainsAny(d.Hint, "\r\n") {
 		r += "; to allow: " + d.Hint
@@ -148,6 +160,9 @@ func DenyBody(id, target string, d policy.Decision) string {
 			b.WriteString(" " + d.Rule.Text)
 		}
 		b.WriteByte('\n')
+		if d.Rule.Note != "" {
+			b.WriteString("why: " + d.Rule.Note + "\n")
+		}
 	} else {
 		switch {
 		case d.Reason.IsGuard():
@@ -257,13 +272,24 @@ func (f failure) send(w http.ResponseWriter, r *http.Request) {
 		f.write(w, true)
 		return
 	}
-	proto := "HTTP/1.1"
-	if !r.ProtoAtLeast(1, 1) {
-		proto = "HTTP/1.0" // as net/http answers an HTTP/1.0 request
-	}
+	f.sendConn(c, answerProto(r), r.Method == http.MethodHead)
+}
+
+// sendConn writes f on c, a connection no longer net/http's, and closes
+// it.
+func (f failure) sendConn(c net.Conn, proto string, head bool) {
 	c.SetWriteDeadline(time.Now().Add(DefaultHeaderTimeout))
-	c.Write(f.raw(proto, r.Method == http.MethodHead))
+	c.Write(f.raw(proto, head))
 	go closeAfterAnswer(c)
+}
+
+// answerProto is the version of egress's answer to r: HTTP/1.0 to an
+// HTTP/1.0 request, as net/http answers.
+func answerProto(r *http.Request) string {
+	if !r.ProtoAtLeast(1, 1) {
+		return "HTTP/1.0"
+	}
+	return "HTTP/1.1"
 }
 
 // raw is f as bytes on the wire: status line, headers (sorted, as
@@ -313,26 +339,6 @@ func (f failure) write(w http.ResponseWriter, closeConn bool) {
 	io.WriteString(w, f.body)
 }
 
-// response turns f into an *http.Response for goproxy to copy out; the
-// forward path discards what goproxy writes and sends f itself (forward.go).
-func (f failure) response(req *http.Request) *http.Response {
-	reason := f.reason
-	if reason == "" {
-		reason = http.StatusText(f.status)
-	}
-	return &http.Response{
-		Status:        strconv.Itoa(f.status) + " " + reason,
-		StatusCode:    f.status,
-		Proto:         "HTTP/1.1",
-		ProtoMajor:    1,
-		ProtoMinor:    1,
-		Header:        f.header,
-		Body:          io.NopCloser(strings.NewReader(f.body)),
-		ContentLength: int64(len(f.body)),
-		Request:       req,
-	}
-}
-
 // targetString is host:port as the client asked for it, for answers.
 func targetString(host string, port uint16) string {
 	if ip, err := netip.ParseAddr(host); err == nil && ip.Is6() {
@@ -341,8 +347,8 @@ func targetString(host string, port uint16) string {
 	return host + ":" + strconv.Itoa(int(port))
 }
 
-// isTimeout reports a timeout that is not a deadline on our own sockets,
-// such as the Transport's "timeout awaiting response headers".
+// isTimeout reports a timeout that is not a dial's deadline, such as
+// timeouts.response's "timeout awaiting response headers".
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()

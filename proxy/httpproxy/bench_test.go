@@ -6,19 +6,25 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"path/filepath"
 	"testing"
 
+	"github.com/rs/zerolog"
+
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/httpproxy"
+	"github.com/egress-proxy/egress/reload"
 )
 
-// benchProxy serves a proxy allowing 127.0.0.1 on loopback.
-func benchProxy(b *testing.B) string {
+// benchProxy serves a proxy allowing 127.0.0.1 on loopback; events, if
+// not nil, records its requests.
+func benchProxy(b *testing.B, events *eventlog.Sink) string {
 	pol, err := policy.Load("bench.yaml", []byte("version: 1\ndefault: deny\nallow:\n  - cidr: 127.0.0.1/32\n"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	p := &httpproxy.Proxy{Policy: func() *policy.Policy { return pol }}
+	p := &httpproxy.Proxy{Policy: func() *policy.Policy { return pol }, Events: events}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -29,16 +35,29 @@ func benchProxy(b *testing.B) string {
 }
 
 // BenchmarkForwardKeepAlive is one plain HTTP request on a kept-alive
-// client connection, through the proxy ("proxy") and directly ("direct"):
-// compare the two ns/op.
+// client connection, through the proxy ("proxy"), through a proxy that
+// writes a line per request as log.allowed does, to a file through
+// serve's LineBuffer ("proxy-logged"), and directly ("direct"): compare
+// the ns/op.
 func BenchmarkForwardKeepAlive(b *testing.B) {
 	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	defer origin.Close()
-	addr := benchProxy(b)
+	logFile, err := reload.OpenLogFile(filepath.Join(b.TempDir(), "egress.log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer logFile.Close()
+	lines := logFile.Buffered(0, 0)
+	defer lines.Close()
+	logged := &eventlog.Sink{Logger: zerolog.New(lines).With().Timestamp().Logger(), LogAllowed: true}
 	for _, tc := range []struct {
 		name  string
 		proxy *url.URL
-	}{{"direct", nil}, {"proxy", &url.URL{Scheme: "http", Host: addr}}} {
+	}{
+		{"direct", nil},
+		{"proxy", &url.URL{Scheme: "http", Host: benchProxy(b, nil)}},
+		{"proxy-logged", &url.URL{Scheme: "http", Host: benchProxy(b, logged)}},
+	} {
 		b.Run(tc.name, func(b *testing.B) {
 			tr := &http.Transport{Proxy: http.ProxyURL(tc.proxy)}
 			defer tr.CloseIdleConnections()
@@ -72,7 +91,7 @@ func BenchmarkConnectSetup(b *testing.B) {
 			go func() { io.Copy(io.Discard, c); c.Close() }()
 		}
 	}()
-	addr := benchProxy(b)
+	addr := benchProxy(b, nil)
 	req := []byte("CONNECT " + idle.Addr().String() + " HTTP/1.1\r\n\r\n")
 	buf := make([]byte, 64)
 	b.ReportAllocs()

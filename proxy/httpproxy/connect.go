@@ -1,6 +1,7 @@
 package httpproxy
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -13,7 +14,34 @@ import (
 	"github.com/egress-proxy/egress/proxy/tunnel"
 )
 
-// serveConnect handles CONNECT host:port (HTTP/1.1 or HTTP/1.0).
+// serveConnect handles a CONNECT that reached the handler: one on a
+// kept-alive connection after another request, or on a Server other than
+// Serve's. The first request of a connection Serve accepted is answered
+// before net/http (listener.go). Either way the connection is taken from
+// net/http first and the tunnel set up by connect.
+func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
+	cc, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		// HTTP/2 has no connection of its own to tunnel on.
+		failureFor(eventlog.NewID(), r.Host, policy.Decision{}, fmt.Errorf("%w: CONNECT needs an HTTP/1 connection", errBadRequest)).write(w, true)
+		return
+	}
+	var early []byte
+	if n := brw.Reader.Buffered(); n > 0 {
+		early, _ = brw.Reader.Peek(n)
+	}
+	// The dial stops when the request's context ends or the drain
+	// deadline passes.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	stop := context.AfterFunc(p.tunnels.Context(), cancel)
+	defer stop()
+	p.connect(ctx, cc, early, r)
+}
+
+// connect handles CONNECT host:port (HTTP/1.1 or HTTP/1.0) on cc, the
+// client's connection, r being the request read from it and early the
+// bytes read behind it; ctx bounds the dial.
 //
 // CONNECT is handled here rather than by goproxy's handleHttps because
 // goproxy cannot give the answers egress must give: its refusals are a bare
@@ -23,20 +51,21 @@ import (
 // copy loop neither counts bytes nor lets Shutdown drain open tunnels. Once
 // dialled, the tunnel is proxy/tunnel's, like every other path's.
 //
-// Every answer but the 200 is written on the hijacked connection with the
-// explanation in its status line (failure.send), then the connection is
-// closed after the client has had the time to read it.
-func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
+// Every answer but the 200 is written with the explanation in its status
+// line (failure.sendConn), then the connection is closed after the client has
+// had the time to read it.
+func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.Request) {
+	proto := answerProto(r)                // Python's urllib sends CONNECT ... HTTP/1.0
 	host, port, err := splitTarget(r.Host) // for CONNECT, r.Host is the request target
 	if err != nil {
-		p.fail(w, r, r.Host, fmt.Errorf("%w: CONNECT %v", errBadRequest, err))
+		failureFor(eventlog.NewID(), r.Host, policy.Decision{}, fmt.Errorf("%w: CONNECT %v", errBadRequest, err)).sendConn(cc, proto, false)
 		return
 	}
 	rq := p.newRequest(r, host, port)
 	target := targetString(host, port)
 	entry := eventlog.Entry{ID: rq.id, Proto: eventlog.ProtoConnect, Client: rq.client}
 	answer := func(dec policy.Decision, err error) {
-		failureFor(rq.id, target, dec, err).send(w, r)
+		failureFor(rq.id, target, dec, err).sendConn(cc, proto, false)
 		entry.Decision = dec
 		if !dec.Denied() {
 			entry.Err = err
@@ -59,31 +88,14 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer t.Release()
-	up, dec, err := p.dial.Dial(r.Context(), "tcp", rq.req)
+	up, dec, err := p.dial.Dial(ctx, "tcp", rq.req)
 	if err != nil {
 		answer(dec, err)
 		return
 	}
 	entry.Decision = dec
 
-	cc, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		up.Close()
-		entry.Err = fmt.Errorf("hijack: %w", err)
-		p.Events.Record(entry)
-		return
-	}
-	cc.SetDeadline(time.Time{}) // the server's header deadline must not cut the tunnel
-	proto := "HTTP/1.1"
-	if r.ProtoMajor == 1 && r.ProtoMinor == 0 {
-		proto = "HTTP/1.0" // Python's urllib sends CONNECT ... HTTP/1.0
-	}
-	// A client may send its first bytes (a TLS ClientHello) right behind
-	// the CONNECT; net/http has read them into its buffer.
-	var early []byte
-	if n := brw.Reader.Buffered(); n > 0 {
-		early, _ = brw.Reader.Peek(n)
-	}
+	cc.SetDeadline(time.Time{}) // the header deadline must not cut the tunnel
 	if _, err := io.WriteString(cc, proto+" 200 Connection established\r\n\r\n"); err != nil {
 		p.endSetup(cc, up, entry, rq.start, 0, fmt.Errorf("write 200: %w", err))
 		return
@@ -116,8 +128,8 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 	t.Entry, t.Began, t.Idle = entry, rq.start, pol.Timeouts.TunnelIdle
 	t.Request = rq.req
 	t.Request.IP = dec.IP
-	// This handler returns, so the connection's server goroutine (and its
-	// stack) goes away; an idle tunnel waits on the poller.
+	// This goroutine returns, and its stack goes away; an idle tunnel
+	// waits on the poller.
 	t.Start(cc, up)
 }
 

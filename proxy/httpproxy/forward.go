@@ -3,49 +3,52 @@ package httpproxy
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptrace"
+	"net/http/httputil"
 	"net/netip"
-	"runtime/debug"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/elazarl/goproxy"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 )
 
-// forward is the state of one absolute-form request, shared with the
-// Transport's dial (which may run on another goroutine) through the
-// request context.
+// expectContinueTimeout is how long a request with "Expect: 100-continue"
+// waits for the origin's 100 (or final answer) before its body goes up
+// anyway (RFC 9110 §10.1.1).
+const expectContinueTimeout = time.Second
+
+// max1xx bounds the informational answers read before the final one.
+const max1xx = 5
+
+// forward is the state of one absolute-form request.
 type forward struct {
 	request
 	pol          *policy.Policy // the policy that decided the name
-	clientPolicy string         // Decision.Policy of the name decision: selects the Transport
+	clientPolicy string         // Decision.Policy of the name decision: selects the pool
 
-	mu      sync.Mutex
-	dec     policy.Decision // the final decision: the dial's, or the name's
-	dialErr error
-	connIP  netip.Addr // address of the connection used, pooled or new
-
-	failed atomic.Pointer[failure] // roundTrip's answer, sent instead of goproxy's copy of it
+	dec    policy.Decision // the final decision: the dial's, or the name's
+	connIP netip.Addr      // address of the connection used, pooled or new
 }
 
-type forwardKey struct{}
-
 // serveForward handles an absolute-form request: decide on the name, then
-// let goproxy forward it through our Transport, whose dial decides on the
-// address. The Host header never decides: net/http sets r.Host from the
-// absolute URI and drops the header, and the Transport sends the URI's
-// host upstream (RFC 9112 §3.2.2: a proxy ignores Host for absolute-form).
+// send it on a connection from the pool of its policy and clients: entry,
+// or a new one dialled through the checking dialer, which decides on the
+// address. Everything happens on the client connection's goroutine: the
+// request is written, the response read and copied to the client, then
+// the connection goes back to the pool. The Host header never decides:
+// net/http sets r.Host from the absolute URI and drops the header, and the
+// URI's host is what is sent upstream (RFC 9112 §3.2.2: a proxy ignores
+// Host for absolute-form).
 func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
 	var port uint16 = 80
 	switch r.URL.Scheme {
@@ -65,7 +68,7 @@ func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
 		}
 		port = uint16(n)
 	}
-	if host == "" || r.URL.User != nil {
+	if host == "" || r.URL.User != nil || !httpguts.ValidHostHeader(r.URL.Host) {
 		p.fail(w, r, "", fmt.Errorf("%w: bad host in %q", errBadRequest, r.URL.Redacted()))
 		return
 	}
@@ -74,8 +77,8 @@ func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
 	entry := eventlog.Entry{ID: fw.id, Proto: eventlog.ProtoHTTP, Client: fw.client, Method: r.Method, URL: r.URL.Redacted()}
 
 	// Step one: can the name be reached at all? A denial here is final,
-	// and it must be made per request: the Transport may reuse a pooled
-	// connection without dialling.
+	// and it must be made per request: a pooled connection is reused
+	// without dialling.
 	pol := p.Policy()
 	dec := pol.Decide(fw.req)
 	if !dec.Allowed() {
@@ -91,35 +94,38 @@ func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	cw := &countingWriter{ResponseWriter: w, fw: fw}
-	var up *countingReader
+	cw := &countingWriter{ResponseWriter: w}
+	var body *countingReader
 	if r.Body != nil && r.Body != http.NoBody {
-		up = &countingReader{ReadCloser: r.Body}
-		r.Body = up
+		body = &countingReader{r: r.Body}
 	}
-	r = r.WithContext(context.WithValue(r.Context(), forwardKey{}, fw))
-	p.gp.ServeHTTP(cw, r)
+	// Step two, for a new connection: the dial decides on the address.
+	err := p.roundTrip(cw, r, fw, body)
 
-	fw.mu.Lock()
 	entry.Decision = fw.dec
 	if !entry.Decision.IP.IsValid() {
 		entry.Decision.IP = fw.connIP
 	}
-	entry.Err = fw.dialErr
-	fw.mu.Unlock()
 	if entry.Decision.Denied() && !entry.Decision.Allowed() {
 		// Refused at the address: the decision says why; nothing was sent.
 		entry.Err = nil
 	} else {
-		if up != nil {
-			entry.BytesUp = up.n.Load()
+		entry.Err = err
+		if body != nil {
+			entry.BytesUp = body.n
 		}
 		entry.BytesDown = cw.n
 		entry.Duration = time.Since(fw.start)
 	}
 	p.Events.Record(entry)
-	if f := fw.failed.Load(); f != nil {
-		f.send(w, r)
+	switch {
+	case err == nil:
+	case !cw.wroteHeader:
+		failureFor(fw.id, target, fw.dec, err).send(w, r)
+	default:
+		// The response was under way: end the client's connection so
+		// that it sees a truncated response, not a complete one.
+		panic(http.ErrAbortHandler)
 	}
 }
 
@@ -128,162 +134,484 @@ func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, target string, err 
 	failureFor(eventlog.NewID(), target, policy.Decision{}, err).send(w, r)
 }
 
-// roundTrip is goproxy's RoundTripper for every absolute-form request.
-// Errors become answers here (403 for an address the dial refused, 502,
-// 504), so goproxy never writes its own 500. goproxy would write the
-// answer with net/http's standard reason phrase: the countingWriter
-// discards its copy and serveForward sends the answer itself.
-func (p *Proxy) roundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
-	fw, _ := req.Context().Value(forwardKey{}).(*forward)
-	if fw == nil {
-		return nil, errors.New("httpproxy: request without state")
-	}
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		if ap, err := netip.ParseAddrPort(info.Conn.RemoteAddr().String()); err == nil {
-			fw.mu.Lock()
-			fw.connIP = ap.Addr().Unmap()
-			fw.mu.Unlock()
+// Errors of the exchange with the origin, each mapped to its answer by
+// failureFor.
+var (
+	errRequestBody = errors.New("request body")
+	errTooMany1xx  = fmt.Errorf("more than %d informational responses", max1xx)
+	errUnasked101  = errors.New("101 Switching Protocols to a request that did not ask to switch")
+)
+
+// responseTimeoutError is timeouts.response running out: connected, the
+// request sent, and no response header in time (a 504).
+type responseTimeoutError struct{}
+
+func (responseTimeoutError) Error() string   { return "timeout awaiting response headers" }
+func (responseTimeoutError) Timeout() bool   { return true }
+func (responseTimeoutError) Temporary() bool { return true }
+
+// idleClosedError is a reused connection that failed before a byte of the
+// response came: the origin had closed it while it was idle.
+type idleClosedError struct{ err error }
+
+func (e idleClosedError) Error() string { return e.err.Error() }
+func (e idleClosedError) Unwrap() error { return e.err }
+
+// roundTrip sends r to its origin and copies the response to w. A request
+// that failed on a kept-alive connection the origin had closed is sent
+// again on another one when that is safe: the method is idempotent (RFC
+// 9110 §9.2.2) and there is no body to replay, as net/http's Transport
+// does.
+func (p *Proxy) roundTrip(w *countingWriter, r *http.Request, fw *forward, body *countingReader) error {
+	key := poolKey{scheme: r.URL.Scheme, host: fw.req.Host, port: fw.req.Port}
+	pl := p.pool(fw.pol, fw.clientPolicy)
+	retry := body == nil && isIdempotent(r)
+	for {
+		uc := pl.get(key, retry)
+		if uc == nil {
+			var err error
+			if uc, err = p.dialUpstream(r.Context(), pl, fw, key); err != nil {
+				return err
+			}
 		}
-	}}
-	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
-	resp, err := p.transport(fw.pol, fw.clientPolicy).RoundTrip(req)
-	if err == nil {
-		return resp, nil
-	}
-	fw.mu.Lock()
-	if fw.dialErr == nil {
-		fw.dialErr = err
-	}
-	f := failureFor(fw.id, targetString(fw.req.Host, fw.req.Port), fw.dec, err)
-	fw.mu.Unlock()
-	fw.failed.Store(&f)
-	return f.response(req), nil
-}
-
-// transport returns the Transport for one client policy of pol. Pooled
-// upstream connections are shared only between requests decided by the
-// same policy (same file version, same clients: entry), so a connection
-// dialled for one client is never reused for a client whose policy would
-// refuse its address; a reload starts fresh pools.
-func (p *Proxy) transport(pol *policy.Policy, clientPolicy string) *http.Transport {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if pol != p.trPolicy {
-		for _, t := range p.trs {
-			t.CloseIdleConnections()
+		fw.connIP = uc.ip
+		err := p.exchange(w, r, uc, body, fw.pol.Timeouts.Response)
+		var ic idleClosedError
+		if errors.As(err, &ic) && retry {
+			continue
 		}
-		p.trs = map[string]*http.Transport{}
-		p.trPolicy = pol
-	}
-	t := p.trs[clientPolicy]
-	if t == nil {
-		t = p.newTransport(pol)
-		p.trs[clientPolicy] = t
-	}
-	return t
-}
-
-// newTransport builds the Transport for pol: the policy the request was
-// decided under, not whatever p.Policy returns by now (a reload between
-// the two would cache the new timeout under the old policy).
-func (p *Proxy) newTransport(pol *policy.Policy) *http.Transport {
-	tc := &tls.Config{}
-	if p.TLSClientConfig != nil {
-		tc = p.TLSClientConfig.Clone()
-	}
-	tc.InsecureSkipVerify = false
-	return &http.Transport{
-		Proxy:               nil, // never HTTP_PROXY/HTTPS_PROXY from the environment
-		DialContext:         p.dialForward,
-		TLSClientConfig:     tc,
-		TLSHandshakeTimeout: 10 * time.Second,
-		// A silent upstream must not hold the client forever: the
-		// Transport gives up after timeouts.response (a 504, answer.go).
-		ResponseHeaderTimeout: pol.Timeouts.Response,
-		MaxIdleConns:          1000,
-		MaxIdleConnsPerHost:   100,
-		IdleConnTimeout:       90 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		DisableCompression:    true, // pass bodies through as the origin sent them
+		return err
 	}
 }
 
-// dialForward is the Transport's dial: the checking dialer, with the
-// client and user of the request that asked for the connection.
-func (p *Proxy) dialForward(ctx context.Context, network, addr string) (c net.Conn, err error) {
-	// The Transport dials on its own goroutine, outside ServeHTTP's
-	// recover: a panic here would take the process down.
+// isIdempotent reports whether r may be sent twice (RFC 9110 §9.2.2), or
+// says it may (an Idempotency-Key, as net/http's Transport takes it).
+func isIdempotent(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	_, a := r.Header["Idempotency-Key"]
+	_, b := r.Header["X-Idempotency-Key"]
+	return a || b
+}
+
+// inlineBody is the largest request body written on the client
+// connection's goroutine before the response is read: it fits in the
+// socket's buffers, so an origin that answers before reading it cannot
+// block the write. A larger or chunked body goes up from a goroutine of
+// its own while the response comes down, as with net/http's Transport
+// (an origin may stream its answer while it reads).
+const inlineBody = 16 << 10
+
+// exchange writes r on uc, reads the response and copies it to w, then
+// puts uc back into its pool if it can carry another request, or closes
+// it.
+func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *countingReader, timeout time.Duration) (err error) {
+	// A client that goes away cancels the request: close the
+	// connection under whatever read or write waits on it.
+	stop := context.AfterFunc(r.Context(), func() { uc.raw.Close() })
+	keep := false
+	var up *bodyWriter // the body going up on its own goroutine
 	defer func() {
-		if v := recover(); v != nil {
-			p.Logger.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).
-				Str("addr", addr).Msg("panic serving request; dial failed")
-			c, err = nil, fmt.Errorf("dial %s: internal error (panic)", addr)
+		if up != nil && !up.finish(w) {
+			keep = false
+		}
+		if stop() && keep {
+			uc.pool.put(uc)
+		} else {
+			uc.conn.Close()
 		}
 	}()
-	fw, _ := ctx.Value(forwardKey{}).(*forward)
-	if fw == nil {
-		return nil, errors.New("httpproxy: dial without request state")
+	upstreamErr := func(err error) error {
+		if up != nil {
+			uc.raw.Close()
+			up.finish(w)
+		}
+		if body != nil && body.err != nil {
+			return fmt.Errorf("%w: %w", errRequestBody, body.err)
+		}
+		if uc.reused && uc.br.Buffered() == 0 && (body == nil || body.n == 0) && !uc.lim.got {
+			return idleClosedError{err}
+		}
+		return err
 	}
-	host, port, err := splitTarget(addr)
+
+	uc.lim.got = false
+	dl := &responseDeadline{conn: uc.raw, d: timeout}
+	writeHead(uc.bw, r)
+	expect := body != nil && r.ContentLength != 0 && r.ProtoAtLeast(1, 1) && headerHasToken(r.Header, "Expect", "100-continue")
+	inline := body != nil && !expect && r.ContentLength > 0 && r.ContentLength <= inlineBody
+	if inline {
+		if err := writeBody(uc.bw, r, body); err != nil {
+			return upstreamErr(err)
+		}
+	}
+	if err := uc.bw.Flush(); err != nil {
+		return upstreamErr(err)
+	}
+	if expect {
+		// Wait a moment for the origin's 100 Continue, or its final
+		// answer without the body (a 401, a 413). net/http's server
+		// sends the client its own 100 when the body is first read.
+		uc.raw.SetReadDeadline(time.Now().Add(expectContinueTimeout))
+		_, err := uc.br.Peek(1)
+		uc.raw.SetReadDeadline(time.Time{})
+		if err != nil && !isTimeout(err) {
+			return upstreamErr(err)
+		}
+		if err == nil {
+			resp, err := readHead(w, r, uc, dl, true)
+			if err != nil {
+				return upstreamErr(err)
+			}
+			if resp != nil {
+				// A final answer: the body stays with the client, and
+				// the origin's connection cannot be reused.
+				return copyResponse(w, resp, uc)
+			}
+		}
+	}
+	if body != nil && !inline {
+		up = startBody(uc, r, body, dl)
+	} else {
+		dl.arm()
+	}
+	resp, err := readHead(w, r, uc, dl, false)
 	if err != nil {
-		return nil, err
+		return upstreamErr(err)
 	}
-	req := fw.req
-	req.Host, req.Port = host, port
-	c, dec, err := p.dial.Dial(ctx, network, req)
-	fw.mu.Lock()
-	if dec.Reason != "" {
-		fw.dec = dec
+	if err := copyResponse(w, resp, uc); err != nil {
+		return err
 	}
-	fw.dialErr = err
-	fw.mu.Unlock()
-	return c, err
+	keep = !resp.Close && uc.br.Buffered() == 0
+	return nil
 }
 
-// countingWriter counts the body bytes written to the client. Once
-// roundTrip has failed it discards what goproxy writes: serveForward sends
-// the failure itself, with its reason phrase.
+// responseDeadline is timeouts.response: it starts when the request is
+// all sent (as net/http's Transport's ResponseHeaderTimeout did) and ends
+// with the response head, whichever goroutine gets there first.
+type responseDeadline struct {
+	conn net.Conn
+	d    time.Duration
+	mu   sync.Mutex
+	done bool // the head came
+}
+
+func (r *responseDeadline) arm() {
+	if r.d <= 0 {
+		return
+	}
+	r.mu.Lock()
+	if !r.done {
+		r.conn.SetReadDeadline(time.Now().Add(r.d))
+	}
+	r.mu.Unlock()
+}
+
+func (r *responseDeadline) disarm() {
+	if r.d <= 0 {
+		return
+	}
+	r.mu.Lock()
+	r.done = true
+	r.conn.SetReadDeadline(time.Time{})
+	r.mu.Unlock()
+}
+
+// bodyWriter sends a request body on a goroutine of its own.
+type bodyWriter struct {
+	done chan struct{}
+	err  error // read after done
+}
+
+// startBody writes r's body on uc from a new goroutine; a body that
+// cannot be read whole from the client, or written whole, closes the
+// connection, so the origin never takes part of a body for all of it.
+func startBody(uc *upConn, r *http.Request, body *countingReader, dl *responseDeadline) *bodyWriter {
+	bw := &bodyWriter{done: make(chan struct{})}
+	go func() {
+		defer close(bw.done)
+		err := writeBody(uc.bw, r, body)
+		if err == nil {
+			err = uc.bw.Flush()
+		}
+		if err != nil {
+			bw.err = err
+			uc.raw.Close()
+			return
+		}
+		dl.arm()
+	}()
+	return bw
+}
+
+// finish waits for the body's goroutine and reports whether the whole
+// body went up. Once the response is over, a body still being read from
+// the client is cut short: it is no use to the origin any more.
+func (b *bodyWriter) finish(w http.ResponseWriter) bool {
+	select {
+	case <-b.done:
+	default:
+		t := time.NewTimer(50 * time.Millisecond) // the last write may just be finishing
+		select {
+		case <-b.done:
+			t.Stop()
+		case <-t.C:
+			http.NewResponseController(w).SetReadDeadline(time.Now())
+			<-b.done
+			return false
+		}
+	}
+	return b.err == nil
+}
+
+// readHead reads the final response head for r, forwarding informational
+// answers (103 Early Hints...) to w. 100 Continue is not forwarded:
+// net/http's server sends its own when it reads the body. With
+// continueOnly, a 100 returns nil, nil: the body may go up.
+func readHead(w *countingWriter, r *http.Request, uc *upConn, dl *responseDeadline, continueOnly bool) (*http.Response, error) {
+	if !continueOnly {
+		defer dl.disarm()
+	}
+	for n := 0; ; n++ {
+		if n > max1xx {
+			return nil, errTooMany1xx
+		}
+		uc.lim.n = maxResponseHeaderBytes
+		resp, err := http.ReadResponse(uc.br, r)
+		uc.lim.n = -1
+		switch {
+		case errors.Is(err, errResponseHeaderTooLarge):
+			return nil, errResponseHeaderTooLarge
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return nil, responseTimeoutError{}
+		case err != nil:
+			return nil, err
+		}
+		code := resp.StatusCode
+		switch {
+		case code == http.StatusSwitchingProtocols:
+			return nil, errUnasked101 // upgrades are serveUpgrade's
+		case code == http.StatusContinue && continueOnly:
+			return nil, nil
+		case code == http.StatusContinue:
+		case code >= 100 && code < 200 && !r.ProtoAtLeast(1, 1):
+			// Not for an HTTP/1.0 client (RFC 9110 §15.2).
+		case code >= 100 && code < 200:
+			h := w.Header()
+			copyHeader(h, resp.Header)
+			w.WriteHeader(code)
+			clear(h) // net/http keeps them for the final answer otherwise
+		default:
+			return resp, nil
+		}
+	}
+}
+
+// copyResponse sends resp's head and body to w. A body that ends early
+// (the origin reset) or a client that went away is an error; the
+// response's end is then the connection's end.
+func copyResponse(w *countingWriter, resp *http.Response, uc *upConn) error {
+	h := w.Header()
+	copyHeader(h, resp.Header)
+	announced := len(resp.Trailer)
+	if announced > 0 {
+		keys := make([]string, 0, announced)
+		for k := range resp.Trailer {
+			keys = append(keys, k)
+		}
+		h.Set("Trailer", strings.Join(keys, ", "))
+	}
+	w.WriteHeader(resp.StatusCode)
+	// A body of unknown length (chunked, or until the origin closes) is
+	// passed on as it comes: a stream of events must not wait in a buffer.
+	flush := resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	err := copyBody(w, resp.Body, flush)
+	if err != nil {
+		uc.conn.Close() // or Close would read the rest
+	}
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	if len(resp.Trailer) > 0 {
+		http.NewResponseController(w).Flush() // chunked, so trailers can follow
+		if len(resp.Trailer) == announced {
+			copyHeader(h, resp.Trailer)
+		} else {
+			for k, vs := range resp.Trailer {
+				h[http.TrailerPrefix+k] = vs
+			}
+		}
+	}
+	return nil
+}
+
+// copyBufs are the buffers response bodies are copied through.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// copyBody copies an origin's body to the client, flushing each piece when
+// flush is set.
+func copyBody(w *countingWriter, body io.Reader, flush bool) error {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				return fmt.Errorf("write response to client: %w", err)
+			}
+			if flush {
+				w.Flush()
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return fmt.Errorf("read response body: %w", rerr)
+		}
+	}
+}
+
+// hopHeader reports the headers that belong to one connection, not the
+// message (RFC 9110 §7.6.1), and Proxy-* meant for egress: they are not
+// passed on in either direction. Content-Length is set by egress from the
+// body it sends.
+func hopHeader(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+		"Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
+
+// copyHeader copies src into dst but for hop-by-hop headers and those
+// src's Connection header names.
+func copyHeader(dst, src http.Header) {
+	for k, vs := range src {
+		if !hopHeader(k) {
+			dst[k] = vs
+		}
+	}
+	for _, v := range src["Connection"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = strings.TrimSpace(tok); tok != "" {
+				delete(dst, http.CanonicalHeaderKey(tok))
+			}
+		}
+	}
+}
+
+// writeHead writes r's request line and header for the origin: origin
+// form, Host from the URI (RFC 9112 §3.2.2), hop-by-hop headers dropped,
+// the body's framing egress's own.
+func writeHead(bw *bufio.Writer, r *http.Request) {
+	bw.WriteString(r.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(r.URL.RequestURI())
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(r.URL.Host)
+	bw.WriteString("\r\n")
+	var named map[string]bool // headers the client's Connection names
+	for _, v := range r.Header["Connection"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = strings.TrimSpace(tok); tok != "" {
+				if named == nil {
+					named = map[string]bool{}
+				}
+				named[http.CanonicalHeaderKey(tok)] = true
+			}
+		}
+	}
+	for k, vs := range r.Header {
+		if hopHeader(k) || k == "Content-Length" || k == "Host" || named[k] {
+			continue
+		}
+		for _, v := range vs {
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			if strings.ContainsAny(v, "\r\n") {
+				v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+			}
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+	switch {
+	case r.ContentLength > 0:
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.FormatInt(r.ContentLength, 10))
+		bw.WriteString("\r\n")
+	case r.ContentLength < 0:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	case r.Header["Content-Length"] != nil || r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch:
+		bw.WriteString("Content-Length: 0\r\n")
+	}
+	bw.WriteString("\r\n")
+}
+
+// writeBody writes r's body as framed by writeHead: as is, or chunked and
+// flushed chunk by chunk, so that a request body streams.
+func writeBody(bw *bufio.Writer, r *http.Request, body *countingReader) error {
+	if r.ContentLength >= 0 {
+		_, err := io.Copy(bw, body)
+		return err
+	}
+	cw := httputil.NewChunkedWriter(flushWriter{bw})
+	if _, err := io.Copy(cw, body); err != nil {
+		return err
+	}
+	cw.Close()
+	for k, vs := range r.Trailer {
+		for _, v := range vs {
+			if !strings.ContainsAny(v, "\r\n") {
+				bw.WriteString(k + ": " + v + "\r\n")
+			}
+		}
+	}
+	_, err := bw.WriteString("\r\n")
+	return err
+}
+
+// flushWriter flushes each write: a chunk of a streamed request body goes
+// up as it comes.
+type flushWriter struct{ bw *bufio.Writer }
+
+func (f flushWriter) Write(b []byte) (int, error) {
+	n, err := f.bw.Write(b)
+	if err == nil {
+		err = f.bw.Flush()
+	}
+	return n, err
+}
+
+// countingWriter counts the body bytes written to the client and
+// whether the final answer's head is out.
 type countingWriter struct {
 	http.ResponseWriter
-	fw *forward
-	n  int64
+	n           int64
+	wroteHeader bool
 }
 
-// discard reports whether roundTrip failed and goproxy is copying out the
-// failure's response.
-func (c *countingWriter) discard() bool { return c.fw.failed.Load() != nil }
-
 func (c *countingWriter) WriteHeader(code int) {
-	if c.discard() {
-		return
+	if code >= 200 || code == http.StatusSwitchingProtocols {
+		c.wroteHeader = true
 	}
 	c.ResponseWriter.WriteHeader(code)
 }
 
 func (c *countingWriter) Write(b []byte) (int, error) {
-	if c.discard() {
-		return len(b), nil
-	}
+	c.wroteHeader = true
 	n, err := c.ResponseWriter.Write(b)
 	c.n += int64(n)
 	return n, err
 }
 
-// copyBufs are the buffers goproxy's io.Copy of a response body uses
-// through ReadFrom; without them every response allocates 32 KiB.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-// ReadFrom copies a response body with a pooled buffer.
-func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	return io.CopyBuffer(struct{ io.Writer }{c}, r, *bp)
-}
-
 func (c *countingWriter) Flush() {
-	if c.discard() {
-		return
-	}
 	if f, ok := c.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
@@ -291,21 +619,19 @@ func (c *countingWriter) Flush() {
 
 func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
-// Hijack refuses: goproxy hijacks for a WebSocket upgrade, and upgrades
-// never reach it (serveUpgrade makes them tunnels).
-func (c *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return nil, nil, errors.New("httpproxy: upgrades are served by serveUpgrade")
-}
-
-// countingReader counts the request body bytes sent upstream; the
-// Transport reads it on another goroutine, hence the atomic.
+// countingReader counts the request body bytes sent upstream and keeps
+// the error that ended reading it (the client's, not the origin's).
 type countingReader struct {
-	io.ReadCloser
-	n atomic.Int64
+	r   io.Reader
+	n   int64
+	err error
 }
 
 func (c *countingReader) Read(b []byte) (int, error) {
-	n, err := c.ReadCloser.Read(b)
-	c.n.Add(int64(n))
+	n, err := c.r.Read(b)
+	c.n += int64(n)
+	if err != nil && err != io.EOF {
+		c.err = err
+	}
 	return n, err
 }

@@ -85,6 +85,12 @@ func (l *logBuffer) Write(p []byte) (int, error) {
 	return l.b.Write(p)
 }
 
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 // entries returns the parsed lines whose id is id ("" for all).
 func (l *logBuffer) entries(t *testing.T, id string) []map[string]any {
 	t.Helper()

@@ -3,11 +3,15 @@
 // tunnels, each decided by the policy, dialled through the checking dialer
 // and recorded as one canonical log line.
 //
-// Plain HTTP is forwarded by github.com/elazarl/goproxy with our own
-// Transport (no proxies from the environment, TLS verification on, dials
-// through proxy/dialer). CONNECT and upgrades (WebSocket) are handled here,
-// in front of goproxy (connect.go and upgrade.go say why), and become
-// proxy/tunnel tunnels once dialled. It does not intercept TLS (no MITM) and does not
+// Plain HTTP is forwarded on the client connection's goroutine over pools
+// of kept-alive upstream connections, one pool per policy and clients:
+// entry, every new connection dialled through proxy/dialer (forward.go,
+// upstream.go); no net/http.Transport, no proxies from the environment,
+// TLS verification on. CONNECT and upgrades (WebSocket) become
+// proxy/tunnel tunnels once dialled (connect.go, upgrade.go); a
+// connection's first request, when it is a CONNECT, is read and answered
+// before net/http's Server, which gets every other connection
+// (listener.go). It does not intercept TLS (no MITM) and does not
 // authenticate proxy users; a Basic Proxy-Authorization user name only
 // selects a per-client policy.
 package httpproxy
@@ -16,9 +20,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
-	"errors"
 	"fmt"
-	"io"
 	"log"
 	"net"
 	"net/http"
@@ -27,9 +29,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/elazarl/goproxy"
 	"github.com/rs/zerolog"
 
 	"github.com/egress-proxy/egress/policy"
@@ -71,16 +73,17 @@ type Proxy struct {
 	Tunnels *tunnel.Set
 
 	initOnce sync.Once
-	gp       *goproxy.ProxyHttpServer
 	dial     *dialer.Dialer
 	self     dialer.Self
 	tunnels  *tunnel.Group
 
-	mu       sync.Mutex
-	srvs     []*http.Server
-	shutdown bool
-	trPolicy *policy.Policy
-	trs      map[string]*http.Transport // by client policy name, for trPolicy
+	mu         sync.Mutex
+	srvs       []*http.Server
+	shutdown   bool
+	poolPolicy *policy.Policy
+	pools      map[string]*pool // upstream connections by client policy name, for poolPolicy
+
+	pending atomic.Int64 // connections accepted, not yet the Server's or a tunnel's (listener.go)
 }
 
 func (p *Proxy) init() {
@@ -90,25 +93,6 @@ func (p *Proxy) init() {
 		if p.dial == nil {
 			p.dial = &dialer.Dialer{Policy: p.Policy, IsSelf: p.self.Contains}
 		}
-		gp := goproxy.NewProxyHttpServer()
-		// Undo goproxy's defaults: its Transport skips TLS verification
-		// and takes proxies from the environment, and its ConnectDial
-		// follows HTTPS_PROXY. Plain requests go through our own
-		// per-policy Transports (see roundTrip); CONNECT never reaches
-		// goproxy. Tr and ConnectDial are set to fail closed in case a
-		// future goproxy version reaches them anyway.
-		gp.Tr = &http.Transport{Proxy: nil, DialContext: func(context.Context, string, string) (net.Conn, error) {
-			return nil, errors.New("goproxy default transport used")
-		}}
-		gp.ConnectDial = func(string, string) (net.Conn, error) { return nil, errors.New("goproxy connect dial used") }
-		gp.KeepAcceptEncoding = true // pass the client's Accept-Encoding on, untouched
-		gp.Logger = log.New(io.Discard, "", 0)
-		gp.NonproxyHandler = http.HandlerFunc(serveInfo)
-		gp.OnRequest().DoFunc(func(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
-			ctx.RoundTripper = goproxy.RoundTripperFunc(p.roundTrip)
-			return r, nil
-		})
-		p.gp = gp
 	})
 }
 
@@ -143,7 +127,7 @@ func (p *Proxy) Serve(l net.Listener) error {
 	p.srvs = append(p.srvs, srv)
 	p.mu.Unlock()
 	p.self.Add(l.Addr())
-	return srv.Serve(l)
+	return srv.Serve(p.connectFirst(l, hdrTimeout, maxHeaderBytes(pol)))
 }
 
 // Shutdown stops accepting, closes idle client connections, waits for
@@ -168,17 +152,14 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 			s.Close()
 		}
 	}
+	p.waitPending(ctx) // CONNECTs answered before the Server (listener.go)
 	if e := p.tunnels.Drain(ctx); e != nil && err == nil {
 		err = e
 	}
 	for _, s := range srvs {
 		s.Close() // connections that did not finish in time
 	}
-	p.mu.Lock()
-	for _, t := range p.trs {
-		t.CloseIdleConnections()
-	}
-	p.mu.Unlock()
+	p.CloseIdleConnections()
 	return err
 }
 
@@ -189,8 +170,8 @@ func (p *Proxy) OpenTunnels() int {
 	return p.tunnels.Open()
 }
 
-// ServeHTTP answers one proxy request: CONNECT here, absolute-form
-// requests through goproxy, anything else with a 400 info page.
+// ServeHTTP answers one proxy request: CONNECT, absolute-form requests,
+// and anything else with a 400 info page.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.init()
 	defer func() {
@@ -218,16 +199,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // "GET / HTTP/1.1"): they are never forwarded anywhere. No decision, so
 // no id.
 func serveInfo(w http.ResponseWriter, r *http.Request) {
-	h := http.Header{}
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	failure{
-		status: http.StatusBadRequest,
-		reason: "egress bad request: not a proxy request",
-		header: h,
-		body: "egress is a forward proxy: send absolute-form requests (GET http://host/path)\n" +
-			"or CONNECT host:port, e.g. curl -x http://" + r.Host + " https://host/\n",
-	}.send(w, r)
+	plainFailure(http.StatusBadRequest, "egress bad request: not a proxy request",
+		"egress is a forward proxy: send absolute-form requests (GET http://host/path)\n"+
+			"or CONNECT host:port, e.g. curl -x http://"+r.Host+" https://host/\n").send(w, r)
 }
 
 // request is what every path knows about one proxy request.

@@ -54,6 +54,7 @@ type poller struct {
 	once sync.Once
 	err  error
 	epfd int
+	file *os.File // epfd, registered in Go's own netpoller
 
 	mu   sync.Mutex
 	next uint32
@@ -67,20 +68,40 @@ func (p *poller) init() error {
 			p.err = fmt.Errorf("epoll: %w", p.err)
 			return
 		}
+		// An epoll set is itself pollable: readable when it has events.
+		// Non-blocking, it joins Go's netpoller, and the loop waits
+		// there, parked like any goroutine reading a socket, instead of
+		// in a blocking epoll_wait that takes a thread off its P and
+		// costs a hand-off on every wake-up (issue 13: setup).
+		if err := unix.SetNonblock(p.epfd, true); err != nil {
+			p.err = fmt.Errorf("epoll: %w", err)
+			return
+		}
+		p.file = os.NewFile(uintptr(p.epfd), "tunnel-epoll")
+		rc, err := p.file.SyscallConn()
+		if err != nil {
+			p.err = fmt.Errorf("epoll: %w", err)
+			return
+		}
 		p.dirs = map[uint32]*direction{}
-		go p.loop()
+		go p.loop(rc)
 	})
 	return p.err
 }
 
-func (p *poller) loop() {
+func (p *poller) loop(rc syscall.RawConn) {
 	events := make([]unix.EpollEvent, 256)
 	for {
-		n, err := unix.EpollWait(p.epfd, events, -1)
-		if err != nil {
+		var n int
+		var err error
+		rerr := rc.Read(func(fd uintptr) bool {
+			n, err = unix.EpollWait(int(fd), events, 0)
 			if errors.Is(err, unix.EINTR) {
-				continue
+				n, err = 0, nil
 			}
+			return n > 0 || err != nil // none yet: park until the set is readable
+		})
+		if rerr != nil || err != nil {
 			return // cannot happen with a valid epfd; armed tunnels then wait for Close
 		}
 		p.mu.Lock()

@@ -1,0 +1,9 @@
+//go:build !unix
+
+package httpproxy
+
+import "net"
+
+// peerClosed cannot peek here: a reused connection the origin closed
+// fails its request (retried when idempotent).
+func peerClosed(net.Conn) bool { return false }
