@@ -17,6 +17,8 @@ import (
 
 	"github.com/miekg/dns"
 	"gopkg.in/yaml.v3"
+
+	"github.com/egress-proxy/egress/policy"
 )
 
 // helperPath is the vendorable requirements check, relative to this package.
@@ -327,6 +329,18 @@ func withUpstream(t *testing.T, path, upstream string) (string, bool) {
 	}
 	d["upstreams"] = []string{upstream}
 	doc["dns"] = d
+	// The copy includes what the config includes, where it is.
+	if inc, ok := doc["include"].([]any); ok {
+		for i, f := range inc {
+			if s, ok := f.(string); ok && !filepath.IsAbs(s) {
+				abs, err := filepath.Abs(filepath.Join(filepath.Dir(path), s))
+				if err != nil {
+					t.Fatal(err)
+				}
+				inc[i] = abs
+			}
+		}
+	}
 	out, err := yaml.Marshal(doc)
 	if err != nil {
 		t.Fatal(err)
@@ -335,7 +349,11 @@ func withUpstream(t *testing.T, path, upstream string) (string, bool) {
 	if err := os.WriteFile(copyPath, out, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return copyPath, doc["default"] == "allow" || doc["mode"] == "audit"
+	p, err := policy.LoadWith(copyPath, out, os.ReadFile)
+	if err != nil {
+		t.Fatalf("%s: %v", copyPath, err)
+	}
+	return copyPath, p.Default == policy.Allow || p.Mode == policy.Audit
 }
 
 // resolvesUnlisted reports whether the policy file leaves
@@ -346,15 +364,11 @@ func resolvesUnlisted(t *testing.T, path string) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var doc struct {
-		DNS struct {
-			ResolveUnlisted *bool `yaml:"resolve_unlisted"`
-		} `yaml:"dns"`
-	}
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	p, err := policy.LoadWith(path, data, os.ReadFile)
+	if err != nil {
 		t.Fatalf("%s: %v", path, err)
 	}
-	return doc.DNS.ResolveUnlisted == nil || *doc.DNS.ResolveUnlisted
+	return p.DNS.ResolveUnlisted
 }
 
 // TestRequirementsDNSRefusal runs the helper in raw mode inside `egress

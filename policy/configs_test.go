@@ -21,7 +21,7 @@ func TestConfigsLintClean(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			p, err := Load(f, data)
+			p, err := LoadWith(f, data, os.ReadFile)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -44,7 +44,7 @@ func TestBuiltinIsFullInternet(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := Builtin()
-	p.Source, p.hash = b.Source, b.hash
+	p.Source, p.hash, p.files = b.Source, b.hash, b.files
 	if !reflect.DeepEqual(p, b) {
 		t.Errorf("configs/full-internet.yaml differs from Builtin():\n%+v\n%+v", *p, *b)
 	}

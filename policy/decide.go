@@ -89,7 +89,7 @@ func (p *Policy) decide(r Request) Decision {
 
 	var n crule
 	if name != "" {
-		n = rs.names.match(name, r.Port, crule{})
+		n = rs.matchName(name, r.Port)
 	}
 	if !ip.IsValid() {
 		rs.stepOne(&d, name, n)
@@ -149,7 +149,7 @@ func (rs *ruleset) stepOne(d *Decision, name string, n crule) {
 // stepTwo decides on the address about to be dialled, and the name it came
 // from if any; c is what the address carries (see embedded).
 func (rs *ruleset) stepTwo(d *Decision, name string, ip netip.Addr, n crule, c carried) {
-	a := rs.addrs.match(ip, d.Port)
+	a := rs.matchAddr(ip, d.Port)
 	for i := 0; i < c.n; i++ {
 		// An IPv6 address that carries an IPv4 address reaches that
 		// host through a translator, relay or tunnel: a cidr deny rule
@@ -157,7 +157,7 @@ func (rs *ruleset) stepTwo(d *Decision, name string, ip netip.Addr, n crule, c c
 		// rule. (Allow rules on the IPv4 address lift its guard below,
 		// but do not allow the IPv6 form: that takes a rule naming it,
 		// or default: allow.)
-		if b := rs.addrs.match(c.v4[i], d.Port); b.r != nil && b.r.Action == Deny {
+		if b := rs.matchAddr(c.v4[i], d.Port); b.r != nil && b.r.Action == Deny {
 			a = b
 			break
 		}
@@ -236,6 +236,12 @@ const exactRank = 1 << 20
 func (rs *ruleset) denyByRule(d *Decision, c crule) {
 	r := c.r
 	d.Reason, d.Rule = ReasonDeniedByRule, r
+	if r.layer > 0 {
+		// Between files a deny wins: no allow of the including file can
+		// beat it.
+		d.Hint = "a deny in an included file wins over the allow rules of every other file: remove or narrow the deny rule at " + r.Location()
+		return
+	}
 	unbeatable := len(r.Ports) > 0 || d.Port == 0
 	if r.Host != "" {
 		if c.rank >= exactRank && unbeatable {

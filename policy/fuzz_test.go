@@ -25,6 +25,10 @@ func FuzzLoad(f *testing.F) {
 		"version: !!str 1\ndefault: !!binary ZGVueQ==\n",
 		"<<: {version: 1}\ndefault: deny\n",
 		"version: 1\ndefault: deny\nallow: [[[[[[[[]]]]]]]]\n",
+		"version: 1\ndefault: deny\nallow:\n\t- host: a.com\n",
+		"version: 1\ndefault: deny\nallow:\n  - host: \"https://a.com:8443/x?y\"\n  - cidr: \"http://[::1]\"\n",
+		"version: 1\ndefualt: deny\nlsiten: {amdin: x}\n",
+		"version: 1\ninclude: [inc.yaml, f.yaml, nope.yaml]\ndefault: deny\ndeny: [{host: a.com, reason: \"why: not\"}]\n",
 	} {
 		f.Add(s)
 	}
@@ -34,15 +38,22 @@ func FuzzLoad(f *testing.F) {
 		{IP: netip.MustParseAddr("::1")},
 		{Host: "metadata", Client: netip.MustParseAddr("127.0.0.1"), User: "u"},
 	}
+	// An included file, and the fuzzed file itself (a cycle).
+	read := func(text string) func(string) ([]byte, error) {
+		return memFiles(map[string]string{
+			"inc.yaml": "version: 1\ndefault: deny\ndeny: [{host: \"*.a.com\"}, {cidr: 10.0.0.0/8}]\n",
+			"f.yaml":   text,
+		})
+	}
 	f.Fuzz(func(t *testing.T, text string) {
-		p, err := Load("f.yaml", []byte(text))
+		p, err := LoadWith("f.yaml", []byte(text), read(text))
 		if err != nil {
 			var errs Errors
 			if !errors.As(err, &errs) || len(errs) == 0 {
 				t.Fatalf("error is not Errors: %v", err)
 			}
 			for _, d := range errs {
-				if d.Line < 1 || d.Column < 1 || d.File != "f.yaml" || d.Message == "" {
+				if d.Line < 1 || d.Column < 1 || d.File != "f.yaml" && d.File != "inc.yaml" || d.Message == "" {
 					t.Fatalf("bad diagnostic %+v", d)
 				}
 			}

@@ -1,8 +1,6 @@
 package policy
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -38,6 +36,7 @@ type Policy struct {
 	Reload   Reload
 
 	hash       string
+	files      []string // see Files
 	top        ruleset
 	clientSets []*ruleset // parallel to Clients
 	warns      []Diagnostic
@@ -102,14 +101,23 @@ func load(file string, data []byte, parse func(*loader)) Errors {
 	if l.budget < 0 {
 		l.errs = append(l.errs, Diagnostic{File: file, Line: 1, Column: 1, Message: "the file is too large once its aliases are expanded"})
 	}
-	if len(l.errs) == 0 {
+	if len(l.errs)+len(l.late) == 0 {
 		return nil
 	}
-	sort.SliceStable(l.errs, func(i, j int) bool {
-		a, b := l.errs[i], l.errs[j]
-		return a.Line < b.Line || a.Line == b.Line && a.Column < b.Column
+	all := make([]lateError, 0, len(l.errs)+len(l.late))
+	for _, d := range l.errs {
+		all = append(all, lateError{d: d, line: d.Line, col: d.Column})
+	}
+	all = append(all, l.late...)
+	sort.SliceStable(all, func(i, j int) bool {
+		a, b := all[i], all[j]
+		return a.line < b.line || a.line == b.line && a.col < b.col
 	})
-	return l.errs
+	errs := make(Errors, len(all))
+	for i, e := range all {
+		errs[i] = e.d
+	}
+	return errs
 }
 
 // Load parses and compiles a policy file. file names it in diagnostics and
@@ -118,25 +126,9 @@ func load(file string, data []byte, parse func(*loader)) Errors {
 // The file is strict: unknown fields, wrong types, bad cidrs, ports or host
 // patterns, a missing version: or default:, and a second YAML document are
 // all errors. Settings left out get their defaults (see the Listen, Log,
-// DNS, Timeouts, Limits and Reload types).
-func Load(file string, data []byte) (p *Policy, err error) {
-	p = &Policy{Source: file}
-	p.setDefaults()
-	var l *loader
-	if errs := load(file, data, func(ld *loader) { l = ld; ld.parse(data, p) }); errs != nil {
-		return nil, errs
-	}
-	p.top.name = "default"
-	p.compile()
-	p.warns = append(l.warns, p.lint()...)
-	sort.SliceStable(p.warns, func(i, j int) bool {
-		a, b := p.warns[i], p.warns[j]
-		return a.Line < b.Line || a.Line == b.Line && a.Column < b.Column
-	})
-	sum := sha256.Sum256(data)
-	p.hash = hex.EncodeToString(sum[:])
-	return p, nil
-}
+// DNS, Timeouts, Limits and Reload types). Load reads no other file: an
+// include: is an error (see LoadWith).
+func Load(file string, data []byte) (*Policy, error) { return LoadWith(file, data, nil) }
 
 // setDefaults fills in every setting a file may leave out.
 func (p *Policy) setDefaults() {

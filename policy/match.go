@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"sort"
 	"strings"
 )
 
@@ -16,7 +17,8 @@ type ruleset struct {
 	addrs prefixTable
 
 	// cidrAllowAll is true when some cidr allow rule has no ports;
-	// cidrAllowPorts lists the ports of the others. Step 1 uses them to
+	// cidrAllowPorts lists the ports of the others, sorted and merged.
+	// Step 1 uses them to
 	// decide whether resolving a name could lead to an allowed address.
 	cidrAllowAll   bool
 	cidrAllowPorts []PortRange
@@ -30,6 +32,62 @@ type ruleset struct {
 	// no host rule allows be resolved because a cidr rule might allow
 	// one of its addresses.
 	resolveUnlisted bool
+	// layered is true when the rules come from more than one file (see
+	// include.go): each file's rules then decide on their own, and a
+	// deny of any file wins.
+	layered bool
+}
+
+// matchName is the best name rule for name and port. With rules from
+// several files, each file's best rule is taken, and a deny among them
+// wins over the allows (see acrossFiles).
+func (rs *ruleset) matchName(name string, port uint16) crule {
+	best := rs.names.match(name, port, crule{})
+	return rs.acrossFiles(best, port, func(fn func(crule)) { rs.names.each(name, fn) })
+}
+
+// matchAddr is the best cidr rule for ip and port, as matchName.
+func (rs *ruleset) matchAddr(ip netip.Addr, port uint16) crule {
+	best := rs.addrs.match(ip, port)
+	return rs.acrossFiles(best, port, func(fn func(crule)) { rs.addrs.each(ip, fn) })
+}
+
+// acrossFiles returns best (the best matching rule of all files), unless
+// the rules come from several files and one file's best rule among those
+// each yields for port is a deny: then the most specific such deny.
+func (rs *ruleset) acrossFiles(best crule, port uint16, each func(func(crule))) crule {
+	if !rs.layered || best.r == nil {
+		return best
+	}
+	var all []crule
+	each(func(c crule) {
+		if c.r.matchesPort(port) {
+			all = append(all, c)
+		}
+	})
+	return denyOfAnyLayer(best, all)
+}
+
+// denyOfAnyLayer returns, of the rules all that match, the most specific
+// deny that is the best rule of its own file, or else best (the best rule
+// of all).
+func denyOfAnyLayer(best crule, all []crule) crule {
+	top := map[int]crule{}
+	for _, c := range all {
+		if t, ok := top[c.r.layer]; !ok || c.rank > t.rank {
+			top[c.r.layer] = c
+		}
+	}
+	var deny crule
+	for _, c := range top {
+		if c.r.Action == Deny && (deny.r == nil || c.rank > deny.rank || c.rank == deny.rank && c.r.layer < deny.r.layer) {
+			deny = c
+		}
+	}
+	if deny.r != nil {
+		return deny
+	}
+	return best
 }
 
 // rank orders matching rules: the higher rank wins. Host rules: exact over
@@ -240,6 +298,17 @@ func (t *prefixTable) match(ip netip.Addr, port uint16) crule {
 	return best
 }
 
+// each calls fn for every rule whose prefix covers ip, whatever its port.
+func (t *prefixTable) each(ip netip.Addr, fn func(crule)) {
+	f := family(ip)
+	k := keyOf(ip)
+	for _, pl := range t.fam[f] {
+		for _, c := range pl.m[k.masked(pl.bits, f)] {
+			fn(c)
+		}
+	}
+}
+
 // lifts returns an allow rule of at least minBits covering ip for port: a
 // rule that lies inside a guarded range of minBits and names ip.
 func (t *prefixTable) lifts(ip netip.Addr, port uint16, minBits int) *Rule {
@@ -263,7 +332,11 @@ func (rs *ruleset) compile() {
 	rs.names = nameNode{}
 	rs.addrs = prefixTable{}
 	rs.cidrAllowAll, rs.cidrAllowPorts, rs.metaAllows, rs.loopbackAllows = false, nil, nil, nil
+	rs.layered = false
 	for _, r := range rs.rules {
+		if r.layer != rs.rules[0].layer {
+			rs.layered = true
+		}
 		c := crule{r: r, rank: rank(r)}
 		if r.Host != "" {
 			rs.names.add(c)
@@ -285,6 +358,7 @@ func (rs *ruleset) compile() {
 			rs.loopbackAllows = append(rs.loopbackAllows, r)
 		}
 	}
+	rs.cidrAllowPorts = mergePorts(rs.cidrAllowPorts)
 }
 
 // cidrAllowCouldMatch reports whether some cidr allow rule could allow port.
@@ -292,12 +366,25 @@ func (rs *ruleset) cidrAllowCouldMatch(port uint16) bool {
 	if rs.cidrAllowAll || port == 0 && len(rs.cidrAllowPorts) > 0 {
 		return true
 	}
-	for _, pr := range rs.cidrAllowPorts {
-		if port >= pr.Lo && port <= pr.Hi {
-			return true
+	// The first range that does not end below port.
+	i := sort.Search(len(rs.cidrAllowPorts), func(i int) bool { return rs.cidrAllowPorts[i].Hi >= port })
+	return i < len(rs.cidrAllowPorts) && rs.cidrAllowPorts[i].Lo <= port
+}
+
+// mergePorts sorts port ranges and merges those that overlap or touch, for
+// a binary search: a policy may hold thousands of cidr rules, and step 1
+// asks this of every name no host rule decides.
+func mergePorts(prs []PortRange) []PortRange {
+	sort.Slice(prs, func(i, j int) bool { return prs[i].Lo < prs[j].Lo })
+	out := prs[:0]
+	for _, pr := range prs {
+		if n := len(out); n > 0 && int(pr.Lo) <= int(out[n-1].Hi)+1 {
+			out[n-1].Hi = max(out[n-1].Hi, pr.Hi)
+			continue
 		}
+		out = append(out, pr)
 	}
-	return false
+	return out
 }
 
 // metadataLiftable reports whether an allow rule naming a metadata address

@@ -113,11 +113,20 @@ type Rule struct {
 	Prefix netip.Prefix
 	// Ports the rule is limited to; empty means any port.
 	Ports []PortRange
+	// Note is the rule's reason: text, written for the people it refuses
+	// ("sales data stays in the EU: ask #netops"): one line of printable
+	// text, at most 200 bytes. Answers and log lines of the refusals the
+	// rule decides carry it.
+	Note string
 	// Where the rule was written and how, for explaining decisions.
 	File   string
 	Line   int
 	Column int
 	Text   string // the rule as one line of flow YAML: {host: api.example.com, ports: [443]}
+
+	// layer is the index of the rule's file among the policy's files (0:
+	// the policy's own file, and --allow): between files a deny wins.
+	layer int
 }
 
 // Location is FILE:LINE, what log lines and 403 bodies cite.

@@ -90,7 +90,7 @@ func (l *loader) requirements(data []byte, rs *Requirements) {
 		}},
 	})
 	if l.node(root).Kind == yaml.MappingNode && seen["requirements"] == nil {
-		l.errf(root, `requirements is required: add "requirements": [] (a list of {"host": ..., "port": ...})`)
+		l.required(root, `requirements is required: add "requirements": [] (a list of {"host": ..., "port": ...})`)
 	}
 }
 
@@ -143,12 +143,12 @@ func (l *loader) requirement(n *yaml.Node) (Requirement, bool) {
 	}
 	seen := l.mapping(n, "a requirement", fields)
 	if seen["host"] == nil {
-		l.errf(n, "a requirement needs a host")
+		l.required(n, "a requirement needs a host", "host")
 	}
 	if seen["port"] == nil {
-		l.errf(n, "a requirement needs a port (1 to 65535)")
+		l.required(n, "a requirement needs a port (1 to 65535)", "port")
 	}
-	if len(l.errs) > nerr {
+	if len(l.errs) > nerr || seen["host"] == nil || seen["port"] == nil {
 		return r, false
 	}
 	if protocol == nil {

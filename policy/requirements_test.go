@@ -63,8 +63,7 @@ func TestLoadRequirementsErrors(t *testing.T) {
 	}{
 		{"an empty file", "", []string{`1:1: the file is empty: want {"requirements": [{"host": ..., "port": ...}]}`}},
 		{"requirements missing", `{"plugin": "x"}`, []string{`1:1: requirements is required: add "requirements": [] (a list of {"host": ..., "port": ...})`}},
-		{"a misspelt field gets a suggestion", `{"requirements": [{"hots": "a.example", "port": 443, "Required": true}]}`, []string{
-			`1:19: a requirement needs a host`,
+		{"a misspelt field gets a suggestion, and no error that the field it meant is absent", `{"requirements": [{"hots": "a.example", "port": 443, "Required": true}]}`, []string{
 			`1:20: unknown field "hots" in a requirement (did you mean "host"?)`,
 			`1:54: unknown field "Required" in a requirement (did you mean "required"?)`,
 		}},
@@ -92,9 +91,9 @@ func TestLoadRequirementsErrors(t *testing.T) {
 			`5:35: port must be an integer, not the string "443"`,
 			`5:54: protocol must be tcp or tls or http or https, not "udp"`,
 			`5:73: required must be true or false, not the string "yes"`,
-			`6:5: a requirement needs a host`,
 			`6:14: port must be 1 to 65535, not 70000`,
 			`6:32: purpose must be a string, not a list`,
+			`6:5: a requirement needs a host`, // after the errors of its fields
 			`7:5: a requirement must be a mapping such as {"host": "api.example.com", "port": 443}, not the string "db.corp.example:5432"`,
 		}},
 		{"a field twice", `{"requirements": [{"host": "a.example", "port": 1, "port": 2}]}`, []string{

@@ -21,6 +21,7 @@ func (p *Policy) lint() []Diagnostic {
 				hosts[r.Host] = true
 			}
 		}
+		shadowed := map[*Rule]bool{}
 		// Rules of the same pattern share a list in the matchers: compare
 		// within each list.
 		rs.eachGroup(func(same []crule) {
@@ -40,8 +41,16 @@ func (p *Policy) lint() []Diagnostic {
 					why = "its ports cover this rule's ports"
 				}
 				warn(r, "this rule never decides: "+s.Text+" at "+s.Location()+" matches everything it does and wins ("+why+")")
+				shadowed[r] = true
 			}
 		})
+		if rs.layered {
+			for _, r := range rs.rules {
+				if d := rs.beatenAcrossFiles(r); d != nil && !shadowed[r] {
+					warn(r, "this rule never decides: the deny rule "+d.Text+" at "+d.Location()+" matches everything it does, and between a policy's files a deny wins")
+				}
+			}
+		}
 		for _, r := range rs.rules {
 			switch {
 			case r.Host == "" && r.Action == Allow && r.Prefix.Addr().Is6() && nat64LocalUse.Overlaps(r.Prefix) && r.Prefix.Bits() >= nat64LocalUse.Bits() && !p.declaresNAT64In(nat64LocalUse):
@@ -54,6 +63,58 @@ func (p *Policy) lint() []Diagnostic {
 		}
 	}
 	return out
+}
+
+// beatenAcrossFiles returns a deny rule of another file that matches
+// everything the allow rule r matches, on all its ports, and that no rule
+// of its own file overrides there (so that it wins, see acrossFiles), or
+// nil.
+func (rs *ruleset) beatenAcrossFiles(r *Rule) *Rule {
+	if r.Action != Allow {
+		return nil
+	}
+	var found *Rule
+	consider := func(c crule, same func(func(crule))) {
+		d := c.r
+		if found != nil || d.Action != Deny || d.layer == r.layer || !covers(d.Ports, r.Ports) {
+			return
+		}
+		overridden := false
+		same(func(o crule) {
+			overridden = overridden || o.r != d && o.r.layer == d.layer && o.rank > c.rank
+		})
+		if !overridden {
+			found = d
+		}
+	}
+	if r.Host != "" {
+		name := sampleName(r.Host)
+		rs.names.each(name, func(c crule) {
+			if hostCovers(c.r.Host, r.Host) {
+				consider(c, func(fn func(crule)) { rs.names.each(name, fn) })
+			}
+		})
+		return found
+	}
+	rs.addrs.each(r.Prefix.Addr(), func(c crule) {
+		if c.r.Prefix.Bits() <= r.Prefix.Bits() {
+			consider(c, func(fn func(crule)) { rs.addrs.each(r.Prefix.Addr(), fn) })
+		}
+	})
+	return found
+}
+
+// hostCovers reports whether the host pattern d matches every name the
+// pattern r does: the same pattern, "*", or a "*." suffix of r (middle
+// wildcards are left alone).
+func hostCovers(d, r string) bool {
+	switch {
+	case d == r, d == "*":
+		return true
+	case strings.HasPrefix(d, "*.") && !strings.Contains(d[2:], "*"):
+		return strings.HasSuffix(r, d[1:])
+	}
+	return false
 }
 
 // declaresNAT64In reports whether a declared NAT64 prefix lies in rng.
@@ -155,6 +216,11 @@ func (p *Policy) WithAllows(origin string, targets []string) (*Policy, error) {
 	var errs Errors
 	var rules []*Rule
 	for i, t := range targets {
+		if u, ok := parseURL(t); ok {
+			// A URL is no cidr, whatever its "/" says.
+			errs = append(errs, Diagnostic{File: origin, Line: i + 1, Column: 1, Message: strconv.Quote(t) + " is a URL: a target is HOST[:PORT]; write " + origin + " " + u.target()})
+			continue
+		}
 		r, msg := parseTarget(t)
 		if msg != "" {
 			errs = append(errs, Diagnostic{File: origin, Line: i + 1, Column: 1, Message: strconv.Quote(t) + ": " + msg})

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 	"gopkg.in/yaml.v3"
@@ -30,9 +31,15 @@ type loader struct {
 	errs   Errors
 	warns  []Diagnostic
 	budget int
-	// listens are the listener addresses set in the file, checked against
-	// allow_from once the whole file is read.
-	listens []*yaml.Node
+	// fs is what the loaders of a policy's files share (nil for a
+	// requirements manifest); layer is the file's index in it, 0 for the
+	// policy's own file.
+	fs    *fileSet
+	layer int
+	// late are errors sorted after the keys of their mapping (see
+	// required); meant the fields unknown keys were taken for.
+	late  []lateError
+	meant map[meantKey]bool
 }
 
 func (l *loader) errf(n *yaml.Node, format string, a ...any) {
@@ -58,8 +65,11 @@ func (l *loader) node(n *yaml.Node) *yaml.Node {
 
 var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
-// syntaxError turns a yaml.v3 parse error into a diagnostic.
-func (l *loader) syntaxError(err error) {
+// syntaxError turns a yaml.v3 parse error into a diagnostic. A tab where
+// YAML wants indentation is the usual cause of yaml.v3's "found character
+// that cannot start any token" (and of its tab errors, whose line can be
+// one off): those say so, at the tab.
+func (l *loader) syntaxError(err error, data []byte) {
 	msg := err.Error()
 	line := 1
 	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
@@ -68,7 +78,49 @@ func (l *loader) syntaxError(err error) {
 	} else {
 		msg = strings.TrimPrefix(msg, "yaml: ")
 	}
+	if strings.Contains(msg, "tab") || strings.Contains(msg, "cannot start any token") {
+		if tl, tc, indent := findTab(data, line); tl > 0 {
+			where := "a tab in the indentation"
+			if !indent {
+				where = "a tab where YAML does not take one"
+			}
+			l.errs = append(l.errs, Diagnostic{File: l.file, Line: tl, Column: tc,
+				Message: where + ": YAML indents with spaces only; replace the tab with spaces"})
+			return
+		}
+	}
 	l.errs = append(l.errs, Diagnostic{File: l.file, Line: line, Column: 1, Message: "yaml: " + msg})
+}
+
+// findTab finds the tab behind a yaml.v3 error reported at line: a tab in
+// the leading white space of that line or the next (yaml.v3 reports some
+// on the line before), else anywhere in that line. It returns the tab's
+// line and column (1-based; 0, 0 if none) and whether it indents.
+func findTab(data []byte, line int) (int, int, bool) {
+	lines := strings.Split(string(data), "\n")
+	indentTab := func(n int) int {
+		if n < 1 || n > len(lines) {
+			return 0
+		}
+		s := lines[n-1]
+		for i := 0; i < len(s) && (s[i] == ' ' || s[i] == '\t'); i++ {
+			if s[i] == '\t' {
+				return i + 1
+			}
+		}
+		return 0
+	}
+	for _, n := range []int{line, line + 1} {
+		if c := indentTab(n); c > 0 {
+			return n, c, true
+		}
+	}
+	if line >= 1 && line <= len(lines) {
+		if i := strings.IndexByte(lines[line-1], '\t'); i >= 0 {
+			return line, utf8.RuneCountInString(lines[line-1][:i]) + 1, false
+		}
+	}
+	return 0, 0, false
 }
 
 // field is one known key of a mapping and what to do with its value.
@@ -103,7 +155,7 @@ func (l *loader) mapping(n *yaml.Node, what string, fields []field) map[string]*
 		}
 		switch {
 		case fn == nil:
-			l.errf(k, "unknown field %q in %s%s", k.Value, what, suggest(k.Value, fields))
+			l.unknown(n, k, what, fields)
 		case seen[k.Value] != nil:
 			l.errf(k, "field %q appears twice in %s (first at line %d)", k.Value, what, seen[k.Value].Line)
 		default:
@@ -114,45 +166,163 @@ func (l *loader) mapping(n *yaml.Node, what string, fields []field) map[string]*
 	return seen
 }
 
+// unknown reports the unknown key k of the mapping m, with the field it
+// probably meant, and remembers that guess: an error about that field
+// being absent from m would only repeat it (see required).
+func (l *loader) unknown(m, k *yaml.Node, what string, fields []field) {
+	meant, text := suggest(k.Value, fields)
+	if meant == "" && what == "the policy" {
+		if sec := sectionOf(k.Value); sec != "" {
+			text = fmt.Sprintf(" (it belongs under %s: write it as %s.%s)", sec, sec, k.Value)
+		}
+	}
+	l.errf(k, "unknown field %q in %s%s", k.Value, what, text)
+	if meant != "" {
+		if l.meant == nil {
+			l.meant = map[meantKey]bool{}
+		}
+		l.meant[meantKey{m, meant}] = true
+	}
+}
+
+// meantKey is a mapping node and a field an unknown key of it probably
+// meant.
+type meantKey struct {
+	m    *yaml.Node
+	name string
+}
+
+// lateError is an error placed, among the file's sorted errors, after
+// the position at.
+type lateError struct {
+	d         Diagnostic
+	line, col int
+}
+
+// required reports, at m, that the mapping m lacks the field names, unless
+// an unknown key of m was taken for one of them (then that error says it
+// all). The error comes after those of m's keys: it is a consequence, and a
+// misspelt key explains it better.
+func (l *loader) required(m *yaml.Node, msg string, names ...string) {
+	m = l.node(m)
+	for _, name := range names {
+		if l.meant[meantKey{m, name}] {
+			return
+		}
+	}
+	n := len(l.errs)
+	l.errf(m, "%s", msg)
+	e := lateError{d: l.errs[n], line: m.Line, col: m.Column}
+	l.errs = l.errs[:n]
+	if len(m.Content) > 0 {
+		last := lastNode(m)
+		e.line, e.col = last.Line, last.Column
+	}
+	l.late = append(l.late, e)
+}
+
+// lastNode is the node of n that starts last.
+func lastNode(n *yaml.Node) *yaml.Node {
+	for i := 0; i < 100 && len(n.Content) > 0; i++ {
+		n = n.Content[len(n.Content)-1]
+	}
+	return n
+}
+
+// sectionFields are the fields of the policy's sections, for an unknown
+// top-level key that belongs in one (upstreams: for dns.upstreams). A
+// test checks them against the loader.
+var sectionFields = map[string][]string{
+	"listen":   {"http", "dns", "transparent", "admin", "proxy_protocol", "proxy_protocol_from", "refuse_at_connect"},
+	"log":      {"format", "level", "allowed", "file"},
+	"dns":      {"upstreams", "timeout", "blocked", "min_ttl", "max_ttl", "cache_size", "resolve_unlisted"},
+	"timeouts": {"dial", "header", "response", "tunnel_idle", "drain"},
+	"limits":   {"max_tunnels", "max_header_bytes"},
+	"reload":   {"revoke_open"},
+}
+
+// sectionOf is the section a top-level key belongs to, or "" (a name
+// several sections have, such as dns, is left alone).
+func sectionOf(key string) string {
+	found := ""
+	for _, sec := range []string{"listen", "log", "dns", "timeouts", "limits", "reload"} {
+		for _, f := range sectionFields[sec] {
+			if f == key {
+				if found != "" {
+					return ""
+				}
+				found = sec
+			}
+		}
+	}
+	return found
+}
+
 // suggest proposes a known field for a misspelt one: the same letters
-// (case, '-' for '_'), else a prefix ("port" for "ports").
-func suggest(name string, fields []field) string {
+// (case, '-' for '_'), a prefix ("port" for "ports"), or a name one or two
+// edits away ("defualt" for "default"). It returns the field meant ("" if
+// none) and the text to add to the error.
+func suggest(name string, fields []field) (string, string) {
 	squash := func(s string) string { return strings.ToLower(strings.NewReplacer("-", "", "_", "").Replace(s)) }
 	for _, f := range fields {
 		if squash(f.name) == squash(name) {
-			return fmt.Sprintf(" (did you mean %q?)", f.name)
+			return f.name, fmt.Sprintf(" (did you mean %q?)", f.name)
 		}
 	}
+	best, bestDist := "", 3
 	var names []string
 	for _, f := range fields {
-		if len(name) >= 3 && (strings.HasPrefix(f.name, name) || strings.HasPrefix(name, f.name) || oneTypo(squash(name), f.name)) {
-			return fmt.Sprintf(" (did you mean %q?)", f.name)
-		}
 		names = append(names, f.name)
+		if len(name) < 3 {
+			continue
+		}
+		if strings.HasPrefix(f.name, name) || strings.HasPrefix(name, f.name) {
+			return f.name, fmt.Sprintf(" (did you mean %q?)", f.name)
+		}
+		// One edit for short names, two from six letters on: "lsiten"
+		// is listen, "host" is not port.
+		limit := 1
+		if len(f.name) >= 6 {
+			limit = 2
+		}
+		if d := editDistance(squash(name), squash(f.name)); d <= limit && d < bestDist {
+			best, bestDist = f.name, d
+		}
 	}
-	return " (known: " + strings.Join(names, ", ") + ")"
+	if best != "" {
+		return best, fmt.Sprintf(" (did you mean %q?)", best)
+	}
+	return "", " (known: " + strings.Join(names, ", ") + ")"
 }
 
-// oneTypo reports whether a and b differ by one substituted, inserted,
-// deleted or transposed letter ("hots" for "host", "prot" for "port").
-func oneTypo(a, b string) bool {
-	if len(a) < len(b) {
-		a, b = b, a
+// editDistance is the optimal string alignment distance of a and b:
+// substitutions, insertions, deletions and transpositions of neighbours
+// each count one.
+func editDistance(a, b string) int {
+	if len(a) > 64 || len(b) > 64 {
+		return 99
 	}
-	if len(a)-len(b) > 1 {
-		return false
+	d := make([][]int, len(a)+1)
+	for i := range d {
+		d[i] = make([]int, len(b)+1)
+		d[i][0] = i
 	}
-	i := 0
-	for i < len(b) && a[i] == b[i] {
-		i++
+	for j := range d[0] {
+		d[0][j] = j
 	}
-	if i == len(b) {
-		return true
+	for i := 1; i <= len(a); i++ {
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
 	}
-	if len(a) > len(b) {
-		return a[i+1:] == b[i:]
-	}
-	return a[i+1:] == b[i+1:] || i+1 < len(b) && a[i] == b[i+1] && a[i+1] == b[i] && a[i+2:] == b[i+2:]
+	return d[len(a)][len(b)]
 }
 
 func kindName(n *yaml.Node) string {
@@ -280,7 +450,7 @@ func (l *loader) document(data []byte, empty, second string) *yaml.Node {
 			l.errs = append(l.errs, Diagnostic{File: l.file, Line: 1, Column: 1, Message: empty})
 			return nil
 		}
-		l.syntaxError(err)
+		l.syntaxError(err, data)
 		return nil
 	}
 	var next yaml.Node
@@ -288,7 +458,7 @@ func (l *loader) document(data []byte, empty, second string) *yaml.Node {
 	case err == nil:
 		l.errf(&next, "%s", second)
 	case !errors.Is(err, io.EOF):
-		l.syntaxError(err)
+		l.syntaxError(err, data)
 	}
 	if len(doc.Content) == 0 {
 		l.errf(&doc, "%s", empty)
@@ -306,6 +476,15 @@ func (l *loader) parse(data []byte, p *Policy) {
 	}
 	root := doc.Content[0]
 	top := &p.top
+	// Included files first: what this file says is read after them.
+	if r := l.node(root); r.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(r.Content); i += 2 {
+			if k := l.node(r.Content[i]); k.Kind == yaml.ScalarNode && k.Value == "include" {
+				l.includes(r.Content[i+1], p)
+				break
+			}
+		}
+	}
 	seen := l.mapping(root, "the policy", []field{
 		{"version", func(k, v *yaml.Node) {
 			if n, ok := l.integer(v, "version"); ok {
@@ -315,8 +494,16 @@ func (l *loader) parse(data []byte, p *Policy) {
 				p.Version = n
 			}
 		}},
-		{"default", func(k, v *yaml.Node) { top.def = l.verdict(v, "default") }},
-		{"mode", func(k, v *yaml.Node) { top.mode = l.mode(v, "mode") }},
+		{"default", func(k, v *yaml.Node) {
+			if d, ok := l.enum(v, "default", "allow", "deny"); ok && l.tighten("default", &l.fs.def, v, d, "deny") {
+				top.def = l.verdict(v, "default")
+			}
+		}},
+		{"mode", func(k, v *yaml.Node) {
+			if m, ok := l.enum(v, "mode", "enforce", "audit"); ok && l.tighten("mode", &l.fs.mode, v, m, "enforce") {
+				top.mode = l.mode(v, "mode")
+			}
+		}},
 		{"allow", func(k, v *yaml.Node) { top.rules = append(top.rules, l.rules(v, Allow, "allow")...) }},
 		{"deny", func(k, v *yaml.Node) { top.rules = append(top.rules, l.rules(v, Deny, "deny")...) }},
 		{"allow_from", func(k, v *yaml.Node) { p.AllowFrom = l.prefixes(v, "allow_from") }},
@@ -328,19 +515,17 @@ func (l *loader) parse(data []byte, p *Policy) {
 		{"timeouts", func(k, v *yaml.Node) { l.timeouts(v, &p.Timeouts) }},
 		{"limits", func(k, v *yaml.Node) { l.limits(v, &p.Limits) }},
 		{"reload", func(k, v *yaml.Node) { l.reload(v, &p.Reload) }},
+		{"include", func(k, v *yaml.Node) {}}, // read above
 	})
 	if l.node(root).Kind == yaml.MappingNode {
 		if seen["version"] == nil {
-			l.errf(root, "version is required: add version: 1")
+			l.required(root, "version is required: add version: 1", "version")
 		}
-		if seen["default"] == nil {
-			l.errf(root, "default is required: add default: allow (full internet) or default: deny (only what is listed)")
-		}
-	}
-	p.Default, p.Mode = top.def, top.mode
-	if len(p.AllowFrom) == 0 {
-		for _, n := range l.listens {
-			l.warnf(l.file, n.Line, n.Column, "%s is not a loopback address and allow_from is empty: anyone who reaches it can use egress; set allow_from", n.Value)
+		// An included file may leave default: to the file that includes
+		// it; the policy as a whole needs one (unless an included file
+		// that may set it did not load: that error says it all).
+		if seen["default"] == nil && l.layer == 0 && l.fs.def == nil && !l.fs.incomplete {
+			l.required(root, "default is required: add default: allow (full internet) or default: deny (only what is listed)", "default")
 		}
 	}
 }
@@ -370,8 +555,8 @@ func (l *loader) rule(n *yaml.Node, action Verdict, what string) *Rule {
 	}
 	// Walked by hand rather than with mapping(): a policy may hold 100,000
 	// rules, and this loop allocates nothing but the rule.
-	r := &Rule{Action: action, File: l.file, Line: n.Line, Column: n.Column}
-	var hostKey, cidrKey, portsKey *yaml.Node
+	r := &Rule{Action: action, File: l.file, Line: n.Line, Column: n.Column, layer: l.layer}
+	var hostKey, cidrKey, portsKey, reasonKey *yaml.Node
 	nerr := len(l.errs)
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := l.node(n.Content[i]), n.Content[i+1]
@@ -394,8 +579,13 @@ func (l *loader) rule(n *yaml.Node, action Verdict, what string) *Rule {
 			if dup == nil {
 				r.Ports = l.ports(v)
 			}
+		case k.Value == "reason":
+			dup, reasonKey = reasonKey, k
+			if dup == nil {
+				r.Note, _ = l.text(v, "reason")
+			}
 		default:
-			l.errf(k, "unknown field %q in %s%s rule%s", k.Value, article, what, suggest(k.Value, ruleFields))
+			l.unknown(n, k, article+what+" rule", ruleFields)
 		}
 		if dup != nil {
 			l.errf(k, "field %q appears twice in %s%s rule (first at line %d)", k.Value, article, what, dup.Line)
@@ -405,11 +595,11 @@ func (l *loader) rule(n *yaml.Node, action Verdict, what string) *Rule {
 	case hostKey != nil && cidrKey != nil:
 		l.errf(cidrKey, "a rule has either host or cidr, not both: write two rules")
 	case hostKey == nil && cidrKey == nil && portsKey != nil:
-		l.errf(n, "a rule needs host or cidr; ports alone match nothing")
+		l.required(n, "a rule needs host or cidr; ports alone match nothing", "host", "cidr")
 	case hostKey == nil && cidrKey == nil:
-		l.errf(n, "a rule needs host or cidr")
+		l.required(n, "a rule needs host or cidr", "host", "cidr")
 	}
-	if len(l.errs) > nerr {
+	if len(l.errs) > nerr || hostKey == nil && cidrKey == nil {
 		return nil
 	}
 	r.Text = ruleText(r)
@@ -417,7 +607,7 @@ func (l *loader) rule(n *yaml.Node, action Verdict, what string) *Rule {
 }
 
 // ruleFields names the fields of a rule, for suggestions.
-var ruleFields = []field{{name: "host"}, {name: "cidr"}, {name: "ports"}}
+var ruleFields = []field{{name: "host"}, {name: "cidr"}, {name: "ports"}, {name: "reason"}}
 
 // hostPattern validates a host pattern and returns it; a pattern that is
 // not in normal form is an error that gives the normal form.
@@ -427,6 +617,10 @@ func (l *loader) hostPattern(n *yaml.Node, s string) string {
 	}
 	if s == "" {
 		l.errf(n, "host is empty")
+		return ""
+	}
+	if t, ok := parseURL(s); ok {
+		l.errf(n, "%s", urlMessage("host", s, t))
 		return ""
 	}
 	if _, ip, err := NormalizeHost(s); err == nil && ip.IsValid() {
@@ -516,6 +710,10 @@ func isNormalPattern(s string) bool {
 // prefixes become IPv4 ones, the form addresses are matched in.
 func (l *loader) prefix(n *yaml.Node, s, what string) netip.Prefix {
 	var p netip.Prefix
+	if t, ok := parseURL(s); ok && what == "cidr" {
+		l.errf(n, "%s", urlMessage("cidr", s, t))
+		return netip.Prefix{}
+	}
 	if strings.Contains(s, "/") {
 		var err error
 		if p, err = netip.ParsePrefix(s); err != nil {
@@ -677,20 +875,20 @@ func parsePort(s string) (uint16, error) {
 }
 
 func (l *loader) clients(n *yaml.Node, p *Policy) {
-	names := map[string]int{}
 	for _, item := range l.seq(n, "clients") {
 		item = l.node(item)
-		c := Client{Default: p.top.def, Mode: p.top.mode}
+		// Default and mode are inherited from the top level once every
+		// file is read (see LoadWith).
+		c := Client{}
 		rs := &ruleset{}
 		seen := l.mapping(item, "a clients entry", []field{
 			{"name", func(k, v *yaml.Node) {
 				if s, ok := l.str(v, "name"); ok {
 					if s == "" || s == "default" {
 						l.errf(l.node(v), "a client's name must not be empty or %q", "default")
-					} else if line, dup := names[s]; dup {
-						l.errf(l.node(v), "client name %q is used twice (first at line %d)", s, line)
+					} else {
+						l.clientName(v, s)
 					}
-					names[s] = l.node(v).Line
 					c.Name = s
 				}
 			}},
@@ -711,10 +909,10 @@ func (l *loader) clients(n *yaml.Node, p *Policy) {
 			continue
 		}
 		if seen["name"] == nil {
-			l.errf(item, "a clients entry needs a name")
+			l.required(item, "a clients entry needs a name", "name")
 		}
 		if seen["sources"] == nil && seen["users"] == nil {
-			l.errf(item, "a clients entry needs sources or users to select its clients")
+			l.required(item, "a clients entry needs sources or users to select its clients", "sources", "users")
 		}
 		if u := seen["users"]; u != nil && seen["sources"] == nil {
 			// egress does not check proxy passwords: the user name only
@@ -724,6 +922,7 @@ func (l *loader) clients(n *yaml.Node, p *Policy) {
 		rs.name, rs.def, rs.mode = c.Name, c.Default, c.Mode
 		p.Clients = append(p.Clients, c)
 		p.clientSets = append(p.clientSets, rs)
+		l.fs.clientsSet = append(l.fs.clientsSet, [2]bool{seen["default"] != nil, seen["mode"] != nil})
 	}
 }
 
@@ -738,7 +937,7 @@ func (l *loader) addr(n *yaml.Node, what string) string {
 		return ""
 	}
 	if what != "listen.admin" && !ap.Addr().Unmap().IsLoopback() {
-		l.listens = append(l.listens, l.node(n))
+		l.fs.listens = append(l.fs.listens, listenAt{file: l.file, node: l.node(n), field: what})
 	}
 	return s
 }

@@ -1,7 +1,7 @@
 // Package reload keeps egress's current policy and replaces it when the
 // policy file changes or the process gets SIGHUP.
 //
-// A Watcher loads the file with policy.Load and holds the result in an
+// A Watcher loads the file with policy.LoadWith and holds the result in an
 // atomic pointer: data paths call Current (as their Policy hook) once per
 // connection or query, so a new policy applies to new connections while open
 // ones keep going. A file that does not load is refused: the old policy
@@ -25,7 +25,6 @@
 package reload
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -79,8 +78,11 @@ type Watcher struct {
 	file string
 	cur  atomic.Pointer[state]
 
-	mu      sync.Mutex // serialises reloads
-	lastSum [sha256.Size]byte
+	mu sync.Mutex // serialises reloads
+	// lastSum is what the last attempt read: the policy's Hash (which
+	// covers the files it includes), or for a refused one its text and
+	// errors.
+	lastSum string
 	lastErr string // the last attempt's refusal, "" after a success
 	// start is the policy loaded by New: what the listeners and the
 	// logger were built from.
@@ -103,11 +105,11 @@ func New(file string) (*Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read policy: %w", err)
 	}
-	p, err := policy.Load(file, data)
+	p, err := policy.LoadWith(file, data, os.ReadFile)
 	if err != nil {
 		return nil, fmt.Errorf("load policy: %w", err)
 	}
-	w := &Watcher{file: file, lastSum: sha256.Sum256(data), start: p}
+	w := &Watcher{file: file, lastSum: p.Hash(), start: p}
 	w.cur.Store(&state{p: p, loadedAt: time.Now()})
 	return w, nil
 }
@@ -142,13 +144,20 @@ func (w *Watcher) reload(trig Trigger, force bool) error {
 		w.refuse(trig, old, err)
 		return err
 	}
-	sum := sha256.Sum256(data)
-	same := bytes.Equal(sum[:], w.lastSum[:])
+	// Loaded whatever the event: a change may be in an included file.
+	p, err := policy.LoadWith(w.file, data, os.ReadFile)
+	sum := ""
+	if err == nil {
+		sum = p.Hash()
+	} else {
+		h := sha256.Sum256(append(data, err.Error()...))
+		sum = "refused:" + string(h[:])
+	}
+	same := sum == w.lastSum
 	if !force && same {
 		return nil
 	}
 	w.lastSum = sum
-	p, err := policy.Load(w.file, data)
 	if err != nil {
 		err = fmt.Errorf("load policy: %w", err)
 		if same && err.Error() == w.lastErr {
@@ -276,13 +285,19 @@ func (w *Watcher) Run(ctx context.Context) error {
 
 // watchDirs is the file's directory and, when the file is a symlink into
 // another directory (not Kubernetes' ..data, which lives beside it), the
-// directory of its target.
+// directory of its target; and the same for every file the policy
+// includes.
 func (w *Watcher) watchDirs() []string {
 	dir := filepath.Dir(w.file)
 	dirs := []string{dir}
-	if real, err := filepath.EvalSymlinks(w.file); err == nil {
-		if rd := filepath.Dir(real); rd != dir && !isUnder(rd, dir) {
-			dirs = append(dirs, rd)
+	for _, f := range w.Current().Files() {
+		if d := filepath.Dir(f); !contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+		if real, err := filepath.EvalSymlinks(f); err == nil {
+			if rd := filepath.Dir(real); !contains(dirs, rd) && !isUnder(rd, dir) {
+				dirs = append(dirs, rd)
+			}
 		}
 	}
 	return dirs
@@ -301,8 +316,15 @@ func (w *Watcher) relevant(name string) bool {
 	if base == filepath.Base(w.file) || strings.HasPrefix(base, "..") {
 		return true
 	}
-	real, err := filepath.EvalSymlinks(w.file)
-	return err == nil && filepath.Clean(name) == real
+	for _, f := range w.Current().Files() {
+		if filepath.Clean(name) == filepath.Clean(f) {
+			return true // an included file
+		}
+		if real, err := filepath.EvalSymlinks(f); err == nil && filepath.Clean(name) == real {
+			return true
+		}
+	}
+	return false
 }
 
 func (w *Watcher) loop(fw *fsnotify.Watcher, hup chan os.Signal, dirs []string) {

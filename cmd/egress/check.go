@@ -18,13 +18,6 @@ import (
 	"github.com/egress-proxy/egress/policy"
 )
 
-// schemePorts gives the port of a URL target without one.
-var schemePorts = map[string]uint16{
-	"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21,
-	"postgres": 5432, "postgresql": 5432, "mysql": 3306, "redis": 6379,
-	"amqp": 5672, "amqps": 5671, "mongodb": 27017, "smtp": 25, "ssh": 22,
-}
-
 // checkResolveTimeout bounds --resolve lookups.
 const checkResolveTimeout = 5 * time.Second
 
@@ -42,6 +35,7 @@ type checkResult struct {
 	Reason     string `json:"reason"`
 	Rule       string `json:"rule,omitempty"` // FILE:LINE
 	RuleText   string `json:"rule_text,omitempty"`
+	RuleReason string `json:"rule_reason,omitempty"` // the rule's reason: text
 	Hint       string `json:"hint,omitempty"`
 	Policy     string `json:"policy"`
 	Source     string `json:"source"`
@@ -74,20 +68,10 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr)
 		fs.PrintDefaults()
 	}
-	// Flags may follow targets: parse, take a target, parse the rest.
-	var targets []string
-	for rest := args; ; {
-		if err := fs.Parse(rest); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return exitOK
-			}
-			return exitUsage
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		targets = append(targets, fs.Arg(0))
-		rest = fs.Args()[1:]
+	// Flags may follow targets.
+	targets, code, ok := parseInterspersed(fs, args)
+	if !ok {
+		return code
 	}
 	for _, t := range targets {
 		// policy.yaml is a valid host name, but a file of that name here
@@ -112,7 +96,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "egress check: %v\n", err)
 			return exitUsage
 		}
-		if p, err = policy.Load(*config, data); err != nil {
+		if p, err = policy.LoadWith(*config, data, os.ReadFile); err != nil {
 			fmt.Fprintln(stderr, err)
 			return exitUsage
 		}
@@ -146,7 +130,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		jobs = append(jobs, job{t, req})
 	}
 
-	code := exitOK
+	code = exitOK
 	enc := json.NewEncoder(stdout)
 	for _, j := range jobs {
 		outs, err := c.decide(j.target, j.req)
@@ -222,7 +206,7 @@ func parseCheckTarget(t string) (policy.Request, error) {
 		if err != nil {
 			return policy.Request{}, fmt.Errorf("target %q: %w", t, err)
 		}
-		port, ok := schemePorts[strings.ToLower(u.Scheme)]
+		port, ok := policy.SchemePort(u.Scheme)
 		if p := u.Port(); p != "" {
 			n, err := strconv.ParseUint(p, 10, 16)
 			if err != nil || n == 0 {
@@ -274,6 +258,9 @@ func formatCheck(target, about string, d policy.Decision) string {
 	fmt.Fprintf(&b, "  %s", d.Reason)
 	if d.Rule != nil {
 		fmt.Fprintf(&b, "  %s %s", d.Rule.Location(), d.Rule.Text)
+		if d.Rule.Note != "" {
+			fmt.Fprintf(&b, "  why: %s", d.Rule.Note)
+		}
 	}
 	if d.Hint != "" {
 		fmt.Fprintf(&b, "  hint: %s", d.Hint)
@@ -322,7 +309,7 @@ func resultOf(target string, d policy.Decision) checkResult {
 		r.IP = d.IP.String()
 	}
 	if d.Rule != nil {
-		r.Rule, r.RuleText = d.Rule.Location(), d.Rule.Text
+		r.Rule, r.RuleText, r.RuleReason = d.Rule.Location(), d.Rule.Text, d.Rule.Note
 	}
 	return r
 }

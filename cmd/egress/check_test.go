@@ -29,6 +29,9 @@ func TestCheckGolden(t *testing.T) {
 		{"localhost allowed by an exact rule", []string{"localhost:5432", "--config", "testdata/check/localhost.yaml"}, exitOK},
 		{"public only", []string{"api.example.com:443", "https://example.net/"}, exitOK},
 		{"public only json", []string{"--json", "api.example.com:443", "203.0.114.9:443"}, exitOK},
+		{"include names the file that decided", []string{"--config", "../../configs/site.yaml", "api.example.com:443", "pypi.mirror.example.com:443", "paste.example.org:443", "www.example.org:80"}, exitDenied},
+		{"rule reason", []string{"--config", "testdata/check/reason.yaml", "crm.eu.example:443", "api.eu.example:443"}, exitDenied},
+		{"rule reason json", []string{"--json", "--config", "testdata/check/reason.yaml", "crm.eu.example:443"}, exitDenied},
 		{"public only by a wildcard", []string{"--config", "testdata/check/policy.yaml", "img.cdn.example.net:443"}, exitOK},
 
 		// --requirements: the example plugin's manifest against every ready config.

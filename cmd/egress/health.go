@@ -102,7 +102,7 @@ func adminURL(file string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	p, err := policy.Load(file, data)
+	p, err := policy.LoadWith(file, data, os.ReadFile)
 	if err != nil {
 		return "", err
 	}

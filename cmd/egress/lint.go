@@ -40,7 +40,7 @@ func cmdLint(args []string, stdout, stderr io.Writer) int {
 			code = exitDenied
 			continue
 		}
-		p, err := policy.Load(file, data)
+		p, err := policy.LoadWith(file, data, os.ReadFile)
 		var diags policy.Errors
 		switch {
 		case errors.As(err, &diags):

@@ -68,6 +68,9 @@ func TestLintGolden(t *testing.T) {
 		{"syntax", exitDenied},
 		{"two-documents", exitDenied},
 		{"empty", exitDenied},
+		{"tab", exitDenied},
+		{"typos", exitDenied},
+		{"include", exitDenied},
 	}
 	for _, c := range cases {
 		t.Run(c.file, func(t *testing.T) {

@@ -31,6 +31,7 @@ func commands() []command {
 		{"serve", "run the proxy (HTTP/CONNECT, DNS, transparent TCP)", cmdServe},
 		{"check", "explain the policy's decision for destinations", cmdCheck},
 		{"lint", "validate policy files", cmdLint},
+		{"diff", "show what a policy change allows and refuses", cmdDiff},
 		{"learn", "write a policy allowing what egress logged (audit to enforce)", cmdLearn},
 		{"run", "run a command in a network namespace whose only way out is egress", cmdRun},
 		{"health", "ask a running egress's admin listener whether it is healthy", cmdHealth},

@@ -256,7 +256,7 @@ func loadRunPolicy(file string, allows []string, stderr io.Writer) (*policy.Poli
 			fmt.Fprintf(stderr, "egress run: %v\n", err)
 			return nil, false
 		}
-		if pol, err = policy.Load(file, data); err != nil {
+		if pol, err = policy.LoadWith(file, data, os.ReadFile); err != nil {
 			printPolicyErrors(stderr, file, err)
 			return nil, false
 		}

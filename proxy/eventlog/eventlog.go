@@ -32,6 +32,7 @@ const (
 	FieldQType        = "qtype"         // DNS only
 	FieldRule         = "rule"          // FILE:LINE of the deciding rule, "" when none
 	FieldRuleText     = "rule_text"     // the deciding rule as written
+	FieldRuleReason   = "rule_reason"   // the deciding rule's reason: text, when it has one
 	FieldReason       = "reason"        // policy.Reason code
 	FieldPolicy       = "policy"        // policy file
 	FieldClientPolicy = "client_policy" // "default" or the clients: entry that applied
@@ -140,6 +141,9 @@ func Log(l zerolog.Logger, e Entry) {
 	ev = ev.Str(FieldRule, d.RuleLocation())
 	if d.Rule != nil {
 		ev = ev.Str(FieldRuleText, d.Rule.Text)
+		if d.Rule.Note != "" {
+			ev = ev.Str(FieldRuleReason, d.Rule.Note)
+		}
 	}
 	ev = ev.Str(FieldReason, string(d.Reason)).
 		Str(FieldPolicy, d.Source).

@@ -134,6 +134,10 @@ func denyReason(id, target string, d policy.Decision) string {
 			why += " (" + d.IP.String() + ")"
 		}
 	}
+	if d.Rule != nil && d.Rule.Note != "" {
+		// The rule's reason: first, where a person looks; the rule after.
+		why = d.Rule.Note + " (" + why + ")"
+	}
 	r := "egress denied " + target + ": " + why
 	if strings.HasPrefix(d.Hint, "- ") && !strings.ContainsAny(d.Hint, "\r\n") {
 		r += "; to allow: " + d.Hint
@@ -156,6 +160,9 @@ func DenyBody(id, target string, d policy.Decision) string {
 			b.WriteString(" " + d.Rule.Text)
 		}
 		b.WriteByte('\n')
+		if d.Rule.Note != "" {
+			b.WriteString("why: " + d.Rule.Note + "\n")
+		}
 	} else {
 		switch {
 		case d.Reason.IsGuard():

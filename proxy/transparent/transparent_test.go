@@ -4,6 +4,7 @@ package transparent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -116,6 +117,7 @@ allow:
     ports: [%s]
 deny:
   - host: evil.test
+    reason: "evil.test is off limits: ask #netops"
 `, f.greet.Port, portOf(f.web.URL), portOf(f.tlsWeb.URL))
 	pol, err := policy.Load("test.yaml", []byte(yaml))
 	if err != nil {
@@ -289,6 +291,12 @@ func TestTransparent(t *testing.T) {
 		e := f.rec.next(t)
 		if e.Decision.Allowed() || e.Decision.Host != "evil.test" || e.Decision.Reason != policy.ReasonDeniedByRule {
 			t.Fatalf("entry = %+v", e.Decision)
+		}
+		// The rule's reason: is on the refusal's log line.
+		var buf bytes.Buffer
+		eventlog.Log(zerolog.New(&buf), e)
+		if !strings.Contains(buf.String(), `"rule_reason":"evil.test is off limits: ask #netops"`) {
+			t.Errorf("log line %s lacks the rule's reason", buf.String())
 		}
 	})
 
