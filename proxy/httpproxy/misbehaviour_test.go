@@ -118,22 +118,7 @@ func TestEarlyAnswerFromAnOriginThatStopsReading(t *testing.T) {
 	if b, _ := io.ReadAll(resp.Body); resp.StatusCode != 413 || string(b) != "big!" {
 		t.Errorf("got %d %q, want the origin's 413 \"big!\"", resp.StatusCode, b)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var line map[string]any
-		for _, e := range f.logs.entries(t, "") {
-			if e["url"] == url+"/upload" {
-				line = e
-			}
-		}
-		if line != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the request did not end")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	f.waitEnded(t, url+"/upload", "the request did not end")
 }
 
 // heldConn gathers writes while hold is set, so that two TLS records go
