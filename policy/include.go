@@ -26,6 +26,9 @@ import (
 //     between files a deny wins: no file allows what another file denies,
 //     however specific its allow rule (a site cannot punch holes in its
 //     baseline's denies, nor a baseline in a site's);
+//   - a clients: entry gets the top-level denies of every other file,
+//     and may not set default: allow or mode: audit where another file
+//     sets default: deny or mode: enforce (see checkClients);
 //   - default: and mode: may be tightened, never loosened: default: allow
 //     after a default: deny, or mode: audit after mode: enforce, is an
 //     error;
@@ -53,9 +56,12 @@ type fileSet struct {
 	def, mode *setting
 	// clientNames maps each clients: entry's name to where it was given.
 	clientNames map[string]string
-	// clientsSet records, per clients: entry, whether it sets its own
-	// default and mode (else it inherits the final top-level ones).
-	clientsSet [][2]bool
+	// clientsSet records, per clients: entry, its file and where it sets
+	// its own default and mode (nil: it inherits the final top-level ones).
+	clientsSet []clientAt
+	// strict records, per file, where it sets the top-level default: deny
+	// or mode: enforce: a clients entry of another file may not loosen it.
+	strict map[string]map[string]string
 	// listens are the non-loopback listener addresses set, checked
 	// against the final allow_from.
 	listens []listenAt
@@ -67,6 +73,12 @@ type fileSet struct {
 type setting struct {
 	value string
 	at    string // FILE:LINE
+}
+
+type clientAt struct {
+	file      string
+	layer     int
+	def, mode *yaml.Node
 }
 
 type listenAt struct {
@@ -82,17 +94,18 @@ type listenAt struct {
 func LoadWith(file string, data []byte, read func(name string) ([]byte, error)) (*Policy, error) {
 	p := &Policy{Source: file}
 	p.setDefaults()
-	fs := &fileSet{read: read, sum: sha256.New(), clientNames: map[string]string{}}
+	fs := &fileSet{read: read, sum: sha256.New(), clientNames: map[string]string{}, strict: map[string]map[string]string{}}
 	fs.load(p, file, data)
+	fs.checkClients(p)
 	if len(fs.errs) > 0 {
 		return nil, fs.errs
 	}
 	p.Default, p.Mode = p.top.def, p.top.mode
 	for i, set := range fs.clientsSet {
-		if !set[0] {
+		if set.def == nil {
 			p.Clients[i].Default, p.clientSets[i].def = p.top.def, p.top.def
 		}
-		if !set[1] {
+		if set.mode == nil {
 			p.Clients[i].Mode, p.clientSets[i].mode = p.top.mode, p.top.mode
 		}
 	}
@@ -209,7 +222,53 @@ func (l *loader) tighten(kind string, prev **setting, v *yaml.Node, value, tight
 		return false
 	}
 	*prev = &setting{value: value, at: location(l.file, l.node(v).Line)}
+	if value == tighter {
+		if l.fs.strict[kind] == nil {
+			l.fs.strict[kind] = map[string]string{}
+		}
+		l.fs.strict[kind][l.file] = (*prev).at
+	}
 	return true
+}
+
+// checkClients holds the clients: entries of a layered policy to what the
+// other files enforce. An entry is a policy of its own (the top-level rules
+// of its file do not apply to it), but it is one file's: between files a
+// deny wins and default: and mode: are only tightened, so an entry gets
+// the top-level deny rules of every other file, and may not set default:
+// allow or mode: audit where another file sets default: deny or mode:
+// enforce. Otherwise a site's entry for 0.0.0.0/0 would undo its baseline.
+func (fs *fileSet) checkClients(p *Policy) {
+	if len(fs.files) < 2 {
+		return
+	}
+	for i, c := range fs.clientsSet {
+		for _, r := range p.top.rules {
+			if r.Action == Deny && r.layer != c.layer {
+				p.clientSets[i].rules = append(p.clientSets[i].rules, r)
+			}
+		}
+		for _, k := range []struct {
+			kind, loose string
+			n           *yaml.Node
+		}{{"default", "allow", c.def}, {"mode", "audit", c.mode}} {
+			if k.n == nil || k.n.Value != k.loose {
+				continue
+			}
+			var others []string
+			for f, at := range fs.strict[k.kind] {
+				if f != c.file {
+					others = append(others, at)
+				}
+			}
+			if len(others) == 0 {
+				continue
+			}
+			sort.Strings(others)
+			fs.errs = append(fs.errs, Diagnostic{File: c.file, Line: k.n.Line, Column: k.n.Column,
+				Message: fmt.Sprintf("%s: %s would loosen %s: %s of %s for this client: a clients entry may not loosen what another file sets", k.kind, k.loose, k.kind, map[string]string{"default": "deny", "mode": "enforce"}[k.kind], strings.Join(others, ", "))})
+		}
+	}
 }
 
 // clientName checks that a clients: entry's name is unique across the

@@ -881,6 +881,7 @@ func (l *loader) clients(n *yaml.Node, p *Policy) {
 		// file is read (see LoadWith).
 		c := Client{}
 		rs := &ruleset{}
+		var defN, modeN *yaml.Node
 		seen := l.mapping(item, "a clients entry", []field{
 			{"name", func(k, v *yaml.Node) {
 				if s, ok := l.str(v, "name"); ok {
@@ -900,8 +901,8 @@ func (l *loader) clients(n *yaml.Node, p *Policy) {
 					}
 				}
 			}},
-			{"default", func(k, v *yaml.Node) { c.Default = l.verdict(v, "default") }},
-			{"mode", func(k, v *yaml.Node) { c.Mode = l.mode(v, "mode") }},
+			{"default", func(k, v *yaml.Node) { c.Default, defN = l.verdict(v, "default"), l.node(v) }},
+			{"mode", func(k, v *yaml.Node) { c.Mode, modeN = l.mode(v, "mode"), l.node(v) }},
 			{"allow", func(k, v *yaml.Node) { rs.rules = append(rs.rules, l.rules(v, Allow, "allow")...) }},
 			{"deny", func(k, v *yaml.Node) { rs.rules = append(rs.rules, l.rules(v, Deny, "deny")...) }},
 		})
@@ -922,7 +923,7 @@ func (l *loader) clients(n *yaml.Node, p *Policy) {
 		rs.name, rs.def, rs.mode = c.Name, c.Default, c.Mode
 		p.Clients = append(p.Clients, c)
 		p.clientSets = append(p.clientSets, rs)
-		l.fs.clientsSet = append(l.fs.clientsSet, [2]bool{seen["default"] != nil, seen["mode"] != nil})
+		l.fs.clientsSet = append(l.fs.clientsSet, clientAt{file: l.file, layer: l.layer, def: defN, mode: modeN})
 	}
 }
 
