@@ -105,7 +105,7 @@ func New(file string) (*Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read policy: %w", err)
 	}
-	p, err := policy.LoadWith(file, data, os.ReadFile)
+	p, err := policy.LoadWith(file, data, ReadFile)
 	if err != nil {
 		return nil, fmt.Errorf("load policy: %w", err)
 	}
@@ -145,7 +145,7 @@ func (w *Watcher) reload(trig Trigger, force bool) error {
 		return err
 	}
 	// Loaded whatever the event: a change may be in an included file.
-	p, err := policy.LoadWith(w.file, data, os.ReadFile)
+	p, err := policy.LoadWith(w.file, data, ReadFile)
 	sum := ""
 	if err == nil {
 		sum = p.Hash()

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/reload"
 )
 
 // checkResolveTimeout bounds --resolve lookups.
@@ -96,7 +97,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "egress check: %v\n", err)
 			return exitUsage
 		}
-		if p, err = policy.LoadWith(*config, data, os.ReadFile); err != nil {
+		if p, err = policy.LoadWith(*config, data, reload.ReadFile); err != nil {
 			fmt.Fprintln(stderr, err)
 			return exitUsage
 		}

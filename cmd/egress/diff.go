@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/reload"
 )
 
 // diffExamples is how many example destinations diff prints per rule.
@@ -70,7 +71,7 @@ func cmdDiff(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "egress diff: %v\n", err)
 			return exitUsage
 		}
-		if ps[i], err = policy.LoadWith(f, data, os.ReadFile); err != nil {
+		if ps[i], err = policy.LoadWith(f, data, reload.ReadFile); err != nil {
 			fmt.Fprintln(stderr, err)
 			return exitUsage
 		}

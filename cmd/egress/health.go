@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/reload"
 )
 
 // defaultHealthURL is the admin listener's default address.
@@ -102,7 +103,7 @@ func adminURL(file string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	p, err := policy.LoadWith(file, data, os.ReadFile)
+	p, err := policy.LoadWith(file, data, reload.ReadFile)
 	if err != nil {
 		return "", err
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/reload"
 )
 
 // cmdLint validates policy files: every error at once as FILE:LINE:COL:
@@ -40,7 +41,7 @@ func cmdLint(args []string, stdout, stderr io.Writer) int {
 			code = exitDenied
 			continue
 		}
-		p, err := policy.LoadWith(file, data, os.ReadFile)
+		p, err := policy.LoadWith(file, data, reload.ReadFile)
 		var diags policy.Errors
 		switch {
 		case errors.As(err, &diags):

@@ -29,6 +29,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/names"
 	"github.com/egress-proxy/egress/proxy/resolve"
 	"github.com/egress-proxy/egress/proxy/transparent"
+	"github.com/egress-proxy/egress/reload"
 	"github.com/egress-proxy/egress/sandbox"
 )
 
@@ -256,7 +257,7 @@ func loadRunPolicy(file string, allows []string, stderr io.Writer) (*policy.Poli
 			fmt.Fprintf(stderr, "egress run: %v\n", err)
 			return nil, false
 		}
-		if pol, err = policy.LoadWith(file, data, os.ReadFile); err != nil {
+		if pol, err = policy.LoadWith(file, data, reload.ReadFile); err != nil {
 			printPolicyErrors(stderr, file, err)
 			return nil, false
 		}
