@@ -36,10 +36,11 @@ var (
 // decided by Decide (the decision egress serve makes) under both. The
 // destinations are samples drawn from both policies: every name a host rule
 // names (a name under each wildcard), addresses inside and at the edges of
-// every cidr rule, one address in each guarded range, public addresses, a
-// name no rule matches; each on 80, 443, a port no rule names, and every
+// every cidr rule, one address in each guarded range, public addresses,
+// those addresses carried under each NAT64 prefix, a name no rule matches; each on 80, 443, a port no rule names, and every
 // port (and the ports next to each range) of the rules of either policy
-// that match it; from any client, a client of each clients: entry, and
+// that match it; from any client, a client from each source and as each
+// user of every clients: entry, and
 // clients inside and outside allow_from. A name is decided as serve decides
 // a connection by name: first by name, then at an address it could resolve
 // to (a public one, a private one, one in each cidr rule: fewer for a
@@ -249,6 +250,21 @@ func diffSamples(ps ...*Policy) samples {
 	for i := 0; i < room; i++ {
 		addAddr(&s.nameAddrs, nameAddrs, cidrHosts[i*len(cidrHosts)/room])
 	}
+	// Each IPv4 sample as carried under each declared NAT64 prefix: a
+	// prefix added or dropped changes what the address is decided on.
+	var v4 []netip.Addr
+	for _, a := range append(append([]netip.Addr{diffPrivate}, cidrHosts...), diffPublic4) {
+		if a.Is4() {
+			v4 = append(v4, a)
+		}
+	}
+	for _, p := range ps {
+		for _, pf := range p.NAT64Prefixes {
+			for _, a := range v4 {
+				addAddr(&s.addrs, addrs, rfc6052Embed(pf, a))
+			}
+		}
+	}
 	for _, g := range guardRanges {
 		addAddr(&s.addrs, addrs, g.prefix.Addr().Next())
 		if g.prefix.Bits() == g.prefix.Addr().BitLen() {
@@ -342,14 +358,30 @@ func diffClients(ps []*Policy) []diffClient {
 	var from []netip.Prefix
 	for _, p := range ps {
 		for _, c := range p.Clients {
-			var dc diffClient
-			if len(c.Sources) > 0 {
-				dc.addr = c.Sources[0].Masked().Addr().Next()
+			// Every source and every user of the entry: its first
+			// may be taken by an earlier entry. A source's host is its
+			// address for a /32 or /128 (Next would leave the range).
+			var srcs []netip.Addr
+			for _, pf := range c.Sources {
+				a := pf.Masked().Addr()
+				if !pf.IsSingleIP() {
+					a = a.Next()
+				}
+				srcs = append(srcs, a)
 			}
-			if len(c.Users) > 0 {
-				dc.user = c.Users[0]
+			if len(srcs) == 0 {
+				srcs = []netip.Addr{{}}
 			}
-			add(dc)
+			users := c.Users
+			if len(users) == 0 {
+				users = []string{""}
+			}
+			for _, a := range srcs {
+				add(diffClient{addr: a, user: users[0]})
+			}
+			for _, u := range users[1:] {
+				add(diffClient{addr: srcs[0], user: u})
+			}
 		}
 		from = append(from, p.AllowFrom...)
 	}
@@ -394,4 +426,20 @@ func (c Change) Destination() string {
 		b.WriteString(" as user " + r.User)
 	}
 	return b.String()
+}
+
+// rfc6052Embed is the address that carries v4 under prefix pf (RFC 6052
+// §2.2: bits 64 to 71 are skipped), the inverse of rfc6052IPv4.
+func rfc6052Embed(pf netip.Prefix, v4 netip.Addr) netip.Addr {
+	b := pf.Masked().Addr().As16()
+	v := v4.As4()
+	j := pf.Bits() / 8
+	for i := range v {
+		if j == 8 {
+			j++
+		}
+		b[j] = v[i]
+		j++
+	}
+	return netip.AddrFrom16(b)
 }

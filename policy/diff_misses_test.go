@@ -1,0 +1,46 @@
+package policy
+
+import (
+	"net/netip"
+	"testing"
+)
+
+// Changes the sampler must see: each NEW lets through something OLD
+// refuses, and Diff must report a wider change (egress diff exits 1).
+func TestDiffSeesEveryLoosening(t *testing.T) {
+	for _, c := range []struct{ name, old, new string }{
+		{"a clients entry for one address (a /32)",
+			"version: 1\ndefault: deny\n",
+			"version: 1\ndefault: deny\nclients:\n  - {name: one, sources: [203.0.113.7/32], default: allow}\n"},
+		{"a clients entry for one IPv6 address (a /128)",
+			"version: 1\ndefault: deny\n",
+			"version: 1\ndefault: deny\nclients:\n  - {name: one, sources: [\"2001:db8::7/128\"], default: allow}\n"},
+		{"a clients entry whose first source an earlier entry takes",
+			"version: 1\ndefault: deny\nclients:\n  - {name: a, sources: [10.0.0.0/8], default: deny}\n",
+			"version: 1\ndefault: deny\nclients:\n  - {name: a, sources: [10.0.0.0/8], default: deny}\n  - {name: b, sources: [10.0.0.0/8, 172.16.0.0/12], default: allow}\n"},
+		{"a clients entry for a second user",
+			"version: 1\ndefault: deny\n",
+			"version: 1\ndefault: deny\nclients:\n  - {name: a, sources: [10.0.0.0/8], users: [x], default: deny}\n  - {name: b, sources: [10.0.0.0/8], users: [x, y], default: allow}\n"},
+		{"a NAT64 prefix dropped",
+			"version: 1\ndefault: allow\nnat64_prefixes: [\"2a00:1:64::/96\"]\n",
+			"version: 1\ndefault: allow\n"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			changes, tried := Diff(mustLoadText(t, "old.yaml", c.old), mustLoadText(t, "new.yaml", c.new))
+			if len(changes) == 0 || !changes[0].Wider() {
+				t.Errorf("Diff found no wider change in %d destinations: %+v", tried, changes)
+			}
+		})
+	}
+}
+
+func TestRFC6052EmbedRoundTrips(t *testing.T) {
+	v4 := netip.MustParseAddr("192.0.2.33")
+	for _, bits := range []int{32, 40, 48, 56, 64, 96} {
+		pf := netip.PrefixFrom(netip.MustParseAddr("2a00:1:64::"), bits)
+		a := rfc6052Embed(pf, v4)
+		if !pf.Contains(a) || rfc6052IPv4(a.As16(), bits) != v4 {
+			t.Errorf("/%d: %s carries %s; want %s inside %s", bits, a, rfc6052IPv4(a.As16(), bits), v4, pf)
+		}
+	}
+}
