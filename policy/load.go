@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Policy is a compiled policy file: rules, guards and the settings of egress
@@ -96,6 +97,11 @@ func load(file string, data []byte, parse func(*loader)) Errors {
 				l.errs = append(l.errs, Diagnostic{File: file, Line: 1, Column: 1, Message: fmt.Sprintf("yaml: cannot parse: %v", v)})
 			}
 		}()
+		if line, col, ok := invalidUTF8(data); ok {
+			// yaml.v3 says only "invalid leading UTF-8 octet", at 1:1.
+			l.errs = append(l.errs, Diagnostic{File: file, Line: line, Column: col, Message: "the file is not UTF-8 text here: write text in UTF-8"})
+			return
+		}
 		parse(l)
 	}()
 	if l.budget < 0 {
@@ -191,3 +197,22 @@ func (p *Policy) Rules() []*Rule {
 // guards refuse what no allow rule names explicitly; then an allow on either
 // side allows; then the default decides.
 func (p *Policy) Decide(r Request) Decision { return p.decide(r) }
+
+// invalidUTF8 finds the first byte of data that is not UTF-8, as a
+// line and column (in characters, as yaml.v3 counts).
+func invalidUTF8(data []byte) (line, col int, bad bool) {
+	line, col = 1, 1
+	for len(data) > 0 {
+		r, n := utf8.DecodeRune(data)
+		if r == utf8.RuneError && n <= 1 {
+			return line, col, true
+		}
+		if r == '\n' {
+			line, col = line+1, 1
+		} else {
+			col++
+		}
+		data = data[n:]
+	}
+	return 0, 0, false
+}

@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"unicode"
+
 	"gopkg.in/yaml.v3"
 )
 
@@ -174,7 +176,12 @@ func (l *loader) text(n *yaml.Node, what string) (string, bool) {
 		return "", false
 	}
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == 0x2028 || r == 0x2029 {
+		// Graphic: letters, marks, numbers, punctuation, symbols and
+		// spaces; not controls, nor format characters (bidi overrides
+		// and isolates, zero-width ones, U+FEFF) that reorder or hide
+		// what a reader of a log or a 403 sees, nor private-use or
+		// unassigned ones. U+2028 and U+2029 are line breaks.
+		if !unicode.IsGraphic(r) || r == 0x2028 || r == 0x2029 {
 			l.errf(l.node(n), "%s must be one line of printable text: it has %q", what, r)
 			return "", false
 		}
