@@ -245,7 +245,7 @@ func (fs *fileSet) checkClients(p *Policy) {
 	for i, c := range fs.clientsSet {
 		for _, r := range p.top.rules {
 			if r.Action == Deny && r.layer != c.layer {
-				p.clientSets[i].rules = append(p.clientSets[i].rules, r)
+				p.clientSets[i].inherited = append(p.clientSets[i].inherited, r)
 			}
 		}
 		for _, k := range []struct {

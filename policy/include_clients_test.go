@@ -19,6 +19,9 @@ func TestIncludeClientsEntryCannotLoosenAnotherFile(t *testing.T) {
 		if errs != nil {
 			t.Fatal(errs)
 		}
+		if n := len(p.Rules()); n != 4 {
+			t.Errorf("Rules() has %d rules; want the 4 the files hold (an entry's inherited denies are not its own)", n)
+		}
 		client := netip.MustParseAddr("192.0.2.7")
 		if d := p.Decide(Request{Client: client, Host: "evil.example.com", Port: 443}); d.Verdict != Deny {
 			t.Errorf("evil.example.com from a clients entry of the site: %v %v; want the baseline's deny", d.Verdict, d.Reason)

@@ -32,6 +32,10 @@ type ruleset struct {
 	// no host rule allows be resolved because a cidr rule might allow
 	// one of its addresses.
 	resolveUnlisted bool
+	// inherited are the rules of other files that hold in a clients:
+	// entry too: their top-level denies (see checkClients). They match
+	// as rs.rules do but are not the entry's own (Policy.Rules, lint).
+	inherited []*Rule
 	// layered is true when the rules come from more than one file (see
 	// include.go): each file's rules then decide on their own, and a
 	// deny of any file wins.
@@ -333,8 +337,9 @@ func (rs *ruleset) compile() {
 	rs.addrs = prefixTable{}
 	rs.cidrAllowAll, rs.cidrAllowPorts, rs.metaAllows, rs.loopbackAllows = false, nil, nil, nil
 	rs.layered = false
-	for _, r := range rs.rules {
-		if r.layer != rs.rules[0].layer {
+	all := append(rs.rules[:len(rs.rules):len(rs.rules)], rs.inherited...)
+	for _, r := range all {
+		if r.layer != all[0].layer {
 			rs.layered = true
 		}
 		c := crule{r: r, rank: rank(r)}

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -29,6 +30,9 @@ func (p *Policy) lint() []Diagnostic {
 				return
 			}
 			for _, c := range same {
+				if slices.Contains(rs.inherited, c.r) {
+					continue // another file's rule: warned of there
+				}
 				s := shadowedBy(c, same)
 				if s == nil {
 					continue
@@ -238,7 +242,7 @@ func (p *Policy) WithAllows(origin string, targets []string) (*Policy, error) {
 	q.top = ruleset{name: p.top.name, def: p.top.def, mode: p.top.mode, rules: append(append([]*Rule(nil), p.top.rules...), rules...)}
 	q.clientSets = nil
 	for _, rs := range p.clientSets {
-		q.clientSets = append(q.clientSets, &ruleset{name: rs.name, def: rs.def, mode: rs.mode, rules: append(append([]*Rule(nil), rs.rules...), rules...)})
+		q.clientSets = append(q.clientSets, &ruleset{name: rs.name, def: rs.def, mode: rs.mode, rules: append(append([]*Rule(nil), rs.rules...), rules...), inherited: rs.inherited})
 	}
 	q.compile()
 	q.warns = append([]Diagnostic(nil), p.warns...)
