@@ -84,6 +84,10 @@ type Watcher struct {
 	// errors.
 	lastSum string
 	lastErr string // the last attempt's refusal, "" after a success
+	// tried are the files the last attempt read or tried to read: a
+	// refused policy may include a file not written yet, in a directory
+	// not watched yet, and writing it must reload.
+	tried []string
 	// start is the policy loaded by New: what the listeners and the
 	// logger were built from.
 	start *policy.Policy
@@ -145,7 +149,12 @@ func (w *Watcher) reload(trig Trigger, force bool) error {
 		return err
 	}
 	// Loaded whatever the event: a change may be in an included file.
-	p, err := policy.LoadWith(w.file, data, ReadFile)
+	var tried []string
+	p, err := policy.LoadWith(w.file, data, func(name string) ([]byte, error) {
+		tried = append(tried, name)
+		return ReadFile(name)
+	})
+	w.tried = tried
 	sum := ""
 	if err == nil {
 		sum = p.Hash()
@@ -290,7 +299,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 func (w *Watcher) watchDirs() []string {
 	dir := filepath.Dir(w.file)
 	dirs := []string{dir}
-	for _, f := range w.Current().Files() {
+	for _, f := range w.files() {
 		if d := filepath.Dir(f); !contains(dirs, d) {
 			dirs = append(dirs, d)
 		}
@@ -301,6 +310,20 @@ func (w *Watcher) watchDirs() []string {
 		}
 	}
 	return dirs
+}
+
+// files are the current policy's files and those the last attempt
+// tried to read.
+func (w *Watcher) files() []string {
+	fs := w.Current().Files()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, f := range w.tried {
+		if !contains(fs, f) {
+			fs = append(fs, f)
+		}
+	}
+	return fs
 }
 
 func isUnder(path, dir string) bool {
@@ -316,7 +339,7 @@ func (w *Watcher) relevant(name string) bool {
 	if base == filepath.Base(w.file) || strings.HasPrefix(base, "..") {
 		return true
 	}
-	for _, f := range w.Current().Files() {
+	for _, f := range w.files() {
 		if filepath.Clean(name) == filepath.Clean(f) {
 			return true // an included file
 		}
@@ -350,6 +373,7 @@ func (w *Watcher) loop(fw *fsnotify.Watcher, hup chan os.Signal, dirs []string) 
 			return
 		case <-hup:
 			w.reload(TriggerSignal, true)
+			dirs = w.watchMore(fw, dirs)
 		case ev, ok := <-events:
 			if !ok {
 				return
@@ -366,16 +390,26 @@ func (w *Watcher) loop(fw *fsnotify.Watcher, hup chan os.Signal, dirs []string) 
 			timer.Reset(debounce)
 		case <-timer.C:
 			w.reload(TriggerFile, false)
-			// A symlinked file may now point into another directory.
-			for _, d := range w.watchDirs() {
-				if fw != nil && !contains(dirs, d) {
-					if err := fw.Add(d); err == nil {
-						dirs = append(dirs, d)
-					}
-				}
+			dirs = w.watchMore(fw, dirs)
+		}
+	}
+}
+
+// watchMore adds the directories a reload made relevant to fw: a
+// symlinked file may now point into another directory, an include name
+// one. It returns the directories watched.
+func (w *Watcher) watchMore(fw *fsnotify.Watcher, dirs []string) []string {
+	if fw == nil {
+		return dirs
+	}
+	for _, d := range w.watchDirs() {
+		if !contains(dirs, d) {
+			if err := fw.Add(d); err == nil {
+				dirs = append(dirs, d)
 			}
 		}
 	}
+	return dirs
 }
 
 func contains(ss []string, s string) bool {
