@@ -348,10 +348,14 @@ func matchedByAny(ps []*Policy, name string) bool {
 // clients: entry, one inside each allow_from range and one outside them all.
 func diffClients(ps []*Policy) []diffClient {
 	out := []diffClient{{}}
-	seen := map[diffClient]bool{{}: true}
+	// A client matters to the decisions only through the ruleset each
+	// policy picks for it and whether each policy's allow_from admits
+	// it: one client per combination is enough, however many sources
+	// and users the entries list.
+	seen := map[string]bool{clientKey(ps, diffClient{}): true}
 	add := func(c diffClient) {
-		if !seen[c] {
-			seen[c] = true
+		if k := clientKey(ps, c); !seen[k] {
+			seen[k] = true
 			out = append(out, c)
 		}
 	}
@@ -398,6 +402,19 @@ func diffClients(ps []*Policy) []diffClient {
 		}
 	}
 	return out
+}
+
+// clientKey is what the policies' decisions depend on of a client: the
+// ruleset each picks for it, and whether each admits it (allow_from).
+func clientKey(ps []*Policy, c diffClient) string {
+	var b strings.Builder
+	for _, p := range ps {
+		rs := p.rulesetFor(c.addr, c.user)
+		b.WriteString(rs.name)
+		in := len(p.AllowFrom) == 0 || !c.addr.IsValid() || containsAddr(p.AllowFrom, c.addr.Unmap().WithZone(""))
+		b.WriteString("\x00" + strconv.FormatBool(in) + "\x00")
+	}
+	return b.String()
 }
 
 // Destination is the change's destination as a person reads it:

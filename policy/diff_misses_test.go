@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 )
@@ -63,5 +64,20 @@ func TestRFC6052EmbedRoundTrips(t *testing.T) {
 		if !pf.Contains(a) || rfc6052IPv4(a.As16(), bits) != v4 {
 			t.Errorf("/%d: %s carries %s; want %s inside %s", bits, a, rfc6052IPv4(a.As16(), bits), v4, pf)
 		}
+	}
+}
+
+func TestDiffClientsOnePerCombination(t *testing.T) {
+	text := "version: 1\ndefault: deny\nclients:\n  - name: many\n    default: allow\n    sources: ["
+	for i := 0; i < 100; i++ {
+		if i > 0 {
+			text += ", "
+		}
+		text += fmt.Sprintf("10.%d.0.0/16", i)
+	}
+	text += "]\n"
+	p := mustLoadText(t, "p.yaml", text)
+	if cs := diffClients([]*Policy{p, p}); len(cs) != 2 {
+		t.Errorf("%d clients for one entry of 100 sources; want 2 (any client, one of the entry)", len(cs))
 	}
 }
