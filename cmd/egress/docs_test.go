@@ -14,8 +14,9 @@ import (
 // docs/policy.md show at a "$ " prompt and compares what they print with
 // the lines the docs show under them: users copy these, so they must be
 // what egress prints today. Only the commands that decide without the
-// network are run (lint, check without --resolve, diff, learn, and grep of
-// a file learn wrote), from the repository root, or from testdata/docs for
+// network are run (lint, check without --resolve, diff, learn, grep of a
+// file learn wrote, and run with a URL for --allow, refused before any
+// sandbox), from the repository root, or from testdata/docs for
 // the files the docs write out or describe (tab.yaml, old.yaml, ...).
 func TestDocsShowWhatEgressPrints(t *testing.T) {
 	root, err := filepath.Abs("../..")
@@ -132,6 +133,15 @@ func runDocCommand(t *testing.T, root, tmp, cmd string, written map[string]strin
 	}
 	switch args[1] {
 	case "lint", "diff", "learn":
+	case "run":
+		// Only a run whose --allow is a URL: it stops before any sandbox.
+		url := false
+		for i, a := range args[:len(args)-1] {
+			url = url || a == "--allow" && strings.Contains(args[i+1], "://")
+		}
+		if !url {
+			return "", false
+		}
 	case "check":
 		for _, a := range args {
 			if a == "--resolve" {

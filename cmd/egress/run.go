@@ -264,7 +264,16 @@ func loadRunPolicy(file string, allows []string, stderr io.Writer) (*policy.Poli
 	if len(allows) > 0 {
 		var err error
 		if pol, err = pol.WithAllows("--allow", allows); err != nil {
-			printPolicyErrors(stderr, "--allow", err)
+			// A flag has no line and column: name the flag and its value
+			// (the message quotes it).
+			var errs policy.Errors
+			if !errors.As(err, &errs) {
+				fmt.Fprintf(stderr, "egress run: --allow: %v\n", err)
+				return nil, false
+			}
+			for _, d := range errs {
+				fmt.Fprintf(stderr, "egress run: --allow %s\n", d.Message)
+			}
 			return nil, false
 		}
 	}
