@@ -344,6 +344,7 @@ type summaryRow struct {
 	count  int
 	reason policy.Reason
 	hint   string
+	why    string // the deciding rule's reason:, when it has one
 	err    string
 	procs  map[string]bool // named, at most maxRowProcs
 	more   map[string]bool // the others, counted, at most maxRowMore
@@ -526,6 +527,9 @@ func (s *runSummary) row(k summaryKey, e eventlog.Entry) *summaryRow {
 	r := s.byKey[k]
 	if r == nil {
 		r = &summaryRow{reason: e.Decision.Reason, hint: e.Decision.Hint, procs: map[string]bool{}}
+		if e.Decision.Rule != nil {
+			r.why = e.Decision.Rule.Note
+		}
 		if e.Err != nil {
 			r.err = e.Err.Error()
 		}
@@ -578,7 +582,7 @@ func (s *runSummary) write(w io.Writer) {
 		fmt.Fprintf(&b, "; %d DNS answer%s refused", counts["dns"], plural(counts["dns"]))
 	}
 	if n := counts["dnsfailed"]; n > 0 {
-		fmt.Fprintf(&b, "; %d DNS lookup%s failed", n, plural(n))
+		fmt.Fprintf(&b, "; %d DNS quer%s failed", n, map[bool]string{true: "y", false: "ies"}[n == 1])
 	}
 	if ndrops > 0 {
 		fmt.Fprintf(&b, "; %d UDP/ICMP packet%s refused", ndrops, plural(ndrops))
@@ -604,13 +608,13 @@ func (s *runSummary) write(w io.Writer) {
 			return keys[i].route < keys[j].route
 		})
 		title := map[string]string{"reached": "reached", "denied": "denied", "failed": "allowed but failed", "dns": "DNS answers refused (the names or their addresses are not allowed)",
-			"dnsfailed": "DNS lookups that failed (allowed, but no upstream answered: SERVFAIL)",
+			"dnsfailed": "DNS queries that failed (allowed, but no upstream answered: SERVFAIL)",
 			"unix":      "unix sockets refused (files outside the sandbox, reachable only with --allow-unix)"}[o]
 		fmt.Fprintf(&b, "  %s:\n", title)
 		for _, k := range keys {
 			r := s.byKey[k]
 			route := map[string]string{"proxy": "via HTTP_PROXY", "transparent": "raw socket (ignored HTTP_PROXY)",
-				"connect": "raw socket, refused at connect()", "dns": "lookups", "unix": "connect()"}[k.route]
+				"connect": "raw socket, refused at connect()", "dns": "queries", "unix": "connect()"}[k.route]
 			if o == "unix" && r.reason == sandbox.ReasonUnixDatagram {
 				route = "socket()"
 			}
@@ -629,6 +633,9 @@ func (s *runSummary) write(w io.Writer) {
 				}
 			case "denied", "dns":
 				fmt.Fprintf(&b, "        reason: %s\n", r.reason)
+				if r.why != "" {
+					fmt.Fprintf(&b, "        why: %s\n", r.why)
+				}
 				switch {
 				case o == "dns" && r.err != "":
 					fmt.Fprintf(&b, "        %s\n", r.err)
