@@ -165,7 +165,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			if p := sum.owner(e.Client); p.PID != 0 {
 				by = " from " + p.String()
 			}
-			fmt.Fprintf(stderr, "egress: denied %s %s (%s)%s\n", protoLabel(e.Proto), target(e.Decision), e.Decision.Reason, by)
+			why := string(e.Decision.Reason)
+			if r := e.Decision.Rule; r != nil && r.Note != "" {
+				why += ": " + r.Note
+			}
+			fmt.Fprintf(stderr, "egress: denied %s %s (%s)%s\n", protoLabel(e.Proto), target(e.Decision), why, by)
 		}
 	}}
 	// Connections from the sandbox come from its loopback addresses
