@@ -14,19 +14,23 @@
 # turn, the median reported, so that a change in machine load hits every
 # subject alike), then p50 latency with one query
 # outstanding (LAT_SECONDS), reported as added to the p50 of the upstream
-# asked directly (median of ROUNDS runs of LAT_SECONDS each). Targets (issue 4): egress cached QPS >= dnsmasq cached, egress
-# uncached QPS >= dnsmasq uncached, added p50 < 100 µs.
+# asked directly (median of ROUNDS runs of LAT_SECONDS each). Targets (issue 13): egress cached QPS >= 1.1x dnsmasq cached, egress
+# uncached QPS >= dnsmasq uncached, added p50 < 30 µs cached and < 100 µs uncached.
 #
 # Environment: DURATION (default 5), ROUNDS (3), LAT_SECONDS (2), NAMES (1000),
-# GOMAXPROCS (passed to egress). Needs root for apt-get when dnsperf or
-# dnsmasq is missing. Only loopback is used.
+# GOMAXPROCS (passed to egress). BASELINE: an egressdns binary built from
+# another commit (git archive COMMIT | tar -x -C DIR; cd DIR && go build
+# ./bench/dns/egressdns), measured as the subjects before-cached and
+# before-uncached in the same rounds, for a before/after comparison. Needs
+# root for apt-get when dnsperf or dnsmasq is missing. Only loopback is used.
 set -euo pipefail
 
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 LAT_SECONDS=${LAT_SECONDS:-2}
 NAMES=${NAMES:-1000}
-UP=5391 EC=5392 EU=5393 DC=5394 DU=5395
+BASELINE=${BASELINE:-}
+UP=5391 EC=5392 EU=5393 DC=5394 DU=5395 BC=5396 BU=5397
 
 need=()
 command -v dnsperf >/dev/null || need+=(dnsperf)
@@ -59,13 +63,18 @@ dnsmasq_run() { # port, extra args...
 }
 
 declare -A pid # by port
+egress_run() { # binary, port, cache size
+	"$1" -listen 127.0.0.1:"$2" -upstream 127.0.0.1:$UP -cache-size "$3" 2>"$work/egress-$2.log" &
+	pids+=($!)
+	pid[$2]=$!
+}
 dnsmasq_run $UP --address=/bench.test/93.184.216.34 --local-ttl=300 --cache-size=0
-"$work/egressdns" -listen 127.0.0.1:$EC -upstream 127.0.0.1:$UP -cache-size 10000 2>"$work/egress-$EC.log" &
-pids+=($!)
-pid[$EC]=$!
-"$work/egressdns" -listen 127.0.0.1:$EU -upstream 127.0.0.1:$UP -cache-size 0 2>"$work/egress-$EU.log" &
-pids+=($!)
-pid[$EU]=$!
+egress_run "$work/egressdns" $EC 10000
+egress_run "$work/egressdns" $EU 0
+if [ -n "$BASELINE" ]; then
+	egress_run "$BASELINE" $BC 10000
+	egress_run "$BASELINE" $BU 0
+fi
 dnsmasq_run $DC --server=127.0.0.1#$UP --cache-size=10000
 pid[$DC]=${pids[-1]}
 dnsmasq_run $DU --server=127.0.0.1#$UP --cache-size=0
@@ -74,7 +83,9 @@ pid[$DU]=${pids[-1]}
 for i in $(seq 0 $((NAMES - 1))); do echo "n$i.bench.test A"; done >"$work/queries"
 
 # Wait for every server to answer.
-for port in $UP $EC $EU $DC $DU; do
+ports=($UP $EC $EU $DC $DU)
+[ -z "$BASELINE" ] || ports+=($BC $BU)
+for port in "${ports[@]}"; do
 	for _ in $(seq 50); do
 		dig +short +tries=1 +time=1 @127.0.0.1 -p $port n0.bench.test A 2>/dev/null | grep -q 93.184.216.34 && break
 		sleep 0.1
@@ -90,6 +101,7 @@ perf() { # port, extra dnsperf args...
 # Warm the caches: every name once.
 perf $EC -n 1 >/dev/null
 perf $DC -n 1 >/dev/null
+[ -z "$BASELINE" ] || perf $BC -n 1 >/dev/null
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime
 # qps prints the queries per second and adds the subject's CPU time and
@@ -113,10 +125,23 @@ p50() { # microseconds, one query outstanding
 
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-subjects=("egress-cached:$EC" "dnsmasq-cached:$DC" "egress-uncached:$EU" "dnsmasq-uncached:$DU")
+if [ -n "$BASELINE" ]; then
+	subjects=("egress-cached:$EC" "before-cached:$BC" "dnsmasq-cached:$DC" "egress-uncached:$EU" "before-uncached:$BU" "dnsmasq-uncached:$DU")
+else
+	subjects=("egress-cached:$EC" "dnsmasq-cached:$DC" "egress-uncached:$EU" "dnsmasq-uncached:$DU")
+fi
+# rotated prints the list rotated left by its first argument: each round
+# starts with another subject, so that none is always measured right
+# after the same neighbour (load left behind, a warm or cold CPU).
+rotated() {
+	local k=$1
+	shift
+	local list=("$@")
+	for i in $(seq 0 $((${#list[@]} - 1))); do echo "${list[$(((i + k) % ${#list[@]}))]}"; done
+}
 declare -A Q L runs
 for r in $(seq "$ROUNDS"); do
-	for s in "${subjects[@]}"; do
+	for s in $(rotated "$r" "${subjects[@]}"); do
 		name=${s%%:*} port=${s##*:}
 		qps "$port" >"$work/qps"
 		runs[$name]+="$(cat "$work/qps") "
@@ -124,7 +149,7 @@ for r in $(seq "$ROUNDS"); do
 done
 declare -A lats
 for r in $(seq "$ROUNDS"); do
-	for s in "upstream:$UP" "${subjects[@]}"; do
+	for s in $(rotated "$r" "upstream:$UP" "${subjects[@]}"); do
 		name=${s%%:*} port=${s##*:}
 		lats[$name]+="$(p50 "$port") "
 	done
@@ -150,9 +175,16 @@ printf '%-18s %12s %-30s %8s\n' upstream-direct - - "${L[upstream]}"
 echo
 awk -v ec="${Q[egress-cached]}" -v dc="${Q[dnsmasq-cached]}" -v eu="${Q[egress-uncached]}" -v du="${Q[dnsmasq-uncached]}" \
 	-v cec="${C[egress-cached]}" -v cdc="${C[dnsmasq-cached]}" -v ceu="${C[egress-uncached]}" -v cdu="${C[dnsmasq-uncached]}" 'BEGIN {
-	printf "cached:   egress/dnsmasq QPS = %.2f (target >= 1.00), CPU per query %.2f\n", ec / dc, cec / cdc
+	printf "cached:   egress/dnsmasq QPS = %.2f (target >= 1.10), CPU per query %.2f\n", ec / dc, cec / cdc
 	printf "uncached: egress/dnsmasq QPS = %.2f (target >= 1.00), CPU per query %.2f\n", eu / du, ceu / cdu
 }'
+if [ -n "$BASELINE" ]; then
+	awk -v ec="${Q[egress-cached]}" -v bc="${Q[before-cached]}" -v eu="${Q[egress-uncached]}" -v bu="${Q[before-uncached]}" \
+		-v cec="${C[egress-cached]}" -v cbc="${C[before-cached]}" -v ceu="${C[egress-uncached]}" -v cbu="${C[before-uncached]}" 'BEGIN {
+	printf "cached:   egress/before QPS = %.2f, CPU per query %.2f\n", ec / bc, cec / cbc
+	printf "uncached: egress/before QPS = %.2f, CPU per query %.2f\n", eu / bu, ceu / cbu
+}'
+fi
 for port in $EC $EU; do
 	if [ -s "$work/egress-$port.log" ]; then
 		echo "egress on $port logged:" >&2

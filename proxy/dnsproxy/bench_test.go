@@ -95,3 +95,111 @@ func BenchmarkUDPCached(b *testing.B) {
 		}
 	}
 }
+
+// udpExchange asks addr for q over UDP on conn, one query at a time.
+func udpExchange(b *testing.B, conn *dns.Conn, q *dns.Msg) {
+	q.Id = dns.Id()
+	if err := conn.WriteMsg(q); err != nil {
+		b.Fatal(err)
+	}
+	r, err := conn.ReadMsg()
+	if err != nil || r.Id != q.Id || len(r.Answer) != 1 {
+		b.Fatalf("%v %v", r, err)
+	}
+}
+
+func dialUDP(b *testing.B, addr string) *dns.Conn {
+	conn, err := dns.Dial("udp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// BenchmarkUDPDirect asks the test upstream directly, one query at a
+// time: the baseline of BenchmarkUDPUncached (their difference is the
+// latency egress adds to an uncached answer).
+func BenchmarkUDPDirect(b *testing.B) {
+	e := newEnv(b, allowList)
+	conn := dialUDP(b, e.up.addr)
+	q := benchQuery("api.example.com.")
+	b.ReportAllocs()
+	for b.Loop() {
+		udpExchange(b, conn, q)
+	}
+}
+
+// BenchmarkUDPUncached is one uncached query at a time over real UDP
+// sockets: client, egress, upstream and back.
+func BenchmarkUDPUncached(b *testing.B) {
+	e := newEnv(b, allowList+"  cache_size: 0\n")
+	conn := dialUDP(b, e.addr)
+	q := benchQuery("api.example.com.")
+	b.ReportAllocs()
+	for b.Loop() {
+		udpExchange(b, conn, q)
+	}
+}
+
+// benchParallel runs 32 clients, each with one query outstanding at a
+// time on its own socket, against addr.
+func benchParallel(b *testing.B, addr string) {
+	b.SetParallelism(16) // x GOMAXPROCS clients
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		conn, err := dns.Dial("udp", addr)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer conn.Close()
+		q := benchQuery("api.example.com.")
+		for pb.Next() {
+			q.Id = dns.Id()
+			if err := conn.WriteMsg(q); err != nil {
+				b.Error(err)
+				return
+			}
+			if r, err := conn.ReadMsg(); err != nil || len(r.Answer) != 1 {
+				b.Errorf("%v %v", r, err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkUDPUncachedParallel is the uncached forward path under load:
+// many queries in flight on the upstream sockets.
+func BenchmarkUDPUncachedParallel(b *testing.B) {
+	e := newEnv(b, allowList+"  cache_size: 0\n")
+	benchParallel(b, e.addr)
+}
+
+// BenchmarkUDPCachedParallel is the cached path under load.
+func BenchmarkUDPCachedParallel(b *testing.B) {
+	e := newEnv(b, allowList)
+	e.query("udp", "api.example.com", dns.TypeA)
+	benchParallel(b, e.addr)
+}
+
+// BenchmarkTakeCached is the UDP reader's work for one cached query,
+// without the system calls: unpack, decide, the cached answer, pack.
+func BenchmarkTakeCached(b *testing.B) {
+	s := benchServer(b, "10000")
+	u := newUDPServer(s, nil)
+	pkt, _ := benchQuery("api.example.com.").Pack()
+	client := netip.MustParseAddrPort("127.0.0.1:5300")
+	out := make([]byte, 0, udpBufSize)
+	if r := s.handle(context.Background(), client, benchQuery("api.example.com."), false); len(r.Answer) != 1 {
+		b.Fatalf("answer %v", r)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		m := u.take(pkt, client)
+		if m == nil {
+			b.Fatal("no answer")
+		}
+		out, _ = m.PackBuffer(out[:cap(out)])
+	}
+}

@@ -46,9 +46,10 @@
 //     query, so a reloaded policy applies at once.
 //
 // UDP is served by one reader per socket that answers cached and refused
-// names itself, in batches (recvmmsg/sendmmsg on Linux for IPv4), and hands
-// queries for an upstream to long-lived goroutines (udp.go says why); TCP by
-// miekg/dns's Server.
+// names itself, in batches (recvmmsg/sendmmsg on Linux for IPv4), and
+// writes queries for an upstream to the upstream's socket, whose reader
+// finishes them (udp.go says why); TCP by miekg/dns's Server. Either way a
+// query's name is decided on once.
 //
 // It does not validate DNSSEC (a validating client will reject an RRset the
 // proxy shortened), does not serve DNS over TLS or HTTPS, and does not rate

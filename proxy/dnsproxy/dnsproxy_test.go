@@ -345,7 +345,8 @@ func TestRecordsOffTheChainAreDropped(t *testing.T) {
 	a, _ := dns.NewRR("api.example.com. 300 IN A 93.184.216.34")
 	up.Answer = []dns.RR{a, smuggled}
 	up.Extra = []dns.RR{glue}
-	f := e.srv.filter(e.pol.Load(), loopback, "api.example.com", m.Question[0], up, 0)
+	var f filtered
+	e.srv.filter(&f, e.pol.Load(), loopback, "api.example.com", m.Question[0], up, 0)
 	if len(f.answer) != 1 || f.answer[0] != a {
 		t.Fatalf("answer %v, want only the record on the chain", f.answer)
 	}
@@ -741,11 +742,135 @@ func TestAPanicIsAnsweredSERVFAILAndLogged(t *testing.T) {
 	}
 	n := 0
 	for _, l := range e.log.lines(t) {
-		if l["message"] == "dns query handler panicked" && l["panic"] == "boom" && strings.Contains(l["stack"].(string), "handleMode") {
+		if l["message"] == "dns query handler panicked" && l["panic"] == "boom" && strings.Contains(l["stack"].(string), "(*Server).start") {
 			n++
 		}
 	}
 	if n != 2 {
 		t.Fatalf("%d panic lines, want 2", n)
+	}
+}
+
+func TestCachedAnswersAreDecidedPerClientPolicyAndAge(t *testing.T) {
+	const perClient = `version: 1
+default: deny
+allow:
+  - host: api.example.com
+clients:
+  - name: other
+    sources: [127.0.0.2/32]
+    default: deny
+    allow:
+      - host: api.example.com
+    deny:
+      - cidr: 93.184.216.34
+dns:
+  upstreams: UPSTREAMS
+`
+	e := newEnv(t, perClient)
+	t0 := time.Now()
+	e.setClock(t0)
+	from := func(client string) *dns.Msg {
+		t.Helper()
+		c := dns.Client{Net: "udp", Timeout: 5 * time.Second,
+			Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP(client)}}}
+		m := new(dns.Msg)
+		m.SetQuestion("api.example.com.", dns.TypeA)
+		m.SetEdns0(1232, false)
+		r, _, err := c.Exchange(m, e.addr)
+		if err != nil {
+			t.Fatalf("from %s: %v", client, err)
+		}
+		return r
+	}
+	for i, c := range []struct {
+		client string
+		want   []string
+		ttl    uint32
+		step   func()
+	}{
+		{"127.0.0.1", []string{"93.184.216.34"}, 300, nil},
+		{"127.0.0.1", []string{"93.184.216.34"}, 300, nil},
+		{"127.0.0.2", nil, 0, nil}, // the same cached answer, another client's rules
+		{"127.0.0.1", []string{"93.184.216.34"}, 290, func() { e.setClock(t0.Add(10 * time.Second)) }},
+		{"127.0.0.1", nil, 0, func() {
+			denied := strings.Replace(perClient, "clients:", "deny:\n  - cidr: 93.184.216.34\nclients:", 1)
+			e.pol.Store(testPolicy(t, denied, e.up.addr))
+		}},
+	} {
+		if c.step != nil {
+			c.step()
+		}
+		r := from(c.client)
+		if got := addrs(r); !slices.Equal(got, c.want) {
+			t.Fatalf("answer %d to %s: %v, want %v", i, c.client, got, c.want)
+		}
+		if len(c.want) > 0 && r.Answer[0].Header().Ttl != c.ttl {
+			t.Fatalf("answer %d: TTL %d, want %d", i, r.Answer[0].Header().Ttl, c.ttl)
+		}
+		if len(c.want) == 0 && ede(r) == nil {
+			t.Fatalf("answer %d to %s: the address was removed without EDE", i, c.client)
+		}
+	}
+	if n := e.up.count("api.example.com.", dns.TypeA); n != 1 {
+		t.Fatalf("upstream asked %d times, want 1 (every answer from the cache)", n)
+	}
+	if n := e.told.Load(); n != 3 {
+		t.Fatalf("Names told %d times, want 3: once for each answer that gave the address", n)
+	}
+}
+
+func TestConcurrentUncachedQueriesOverUDP(t *testing.T) {
+	e := newEnv(t, allowList+"  cache_size: 0\n")
+	names := []string{"api.example.com.", "www.example.com.", "rebind.example.com.", "other.example.org."}
+	want := map[string][]string{
+		"api.example.com.":    {"93.184.216.34"},
+		"www.example.com.":    {"93.184.216.41"},
+		"rebind.example.com.": {"93.184.216.34"},
+		"other.example.org.":  nil, // denied: NXDOMAIN, never forwarded
+	}
+	errs := make(chan error, 32)
+	done := make(chan struct{})
+	for g := range 32 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			conn, err := dns.Dial("udp", e.addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close()
+			for i := range 10 {
+				name := names[(g+i)%len(names)]
+				m := new(dns.Msg)
+				m.SetQuestion(name, dns.TypeA)
+				m.SetEdns0(1232, false)
+				if err := conn.WriteMsg(m); err != nil {
+					errs <- err
+					return
+				}
+				conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+				r, err := conn.ReadMsg()
+				if err == nil && (r.Id != m.Id || r.Question[0].Name != name || !slices.Equal(addrs(r), want[name])) {
+					err = errors.New("asked " + name + ", got " + r.String())
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for range 32 {
+		<-done
+	}
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// 320 queries: 80 denied by name, 240 forwarded and answered with one
+	// allowed address each.
+	if n := e.told.Load(); n != 240 {
+		t.Fatalf("Names told %d addresses, want 240", n)
 	}
 }

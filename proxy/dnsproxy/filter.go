@@ -27,20 +27,65 @@ type filtered struct {
 	enforced int
 	changed  bool   // a record was removed or modified
 	age      uint32 // seconds the answer spent in the cache
+	// remember are the addresses of the answer section kept, for
+	// Server.Names.
+	remember []remembered
+}
+
+// remembered is an address the answer gives for a name, for ttl.
+type remembered struct {
+	host string
+	addr netip.Addr
+	ttl  time.Duration
+}
+
+// filteredFor is a filtered answer kept with the cached answer it was made
+// from (resolve.Memo), with what it depends on: the policy, the client,
+// the question's name as asked and the age. Deciding is a pure function
+// of these, so the next answer to that client under that policy within
+// the same second reuses it instead of deciding again on every name and
+// address; the addresses are still remembered for each answer.
+type filteredFor struct {
+	p      *policy.Policy
+	client netip.Addr
+	qname  string
+	age    uint32
+	f      *filtered
+}
+
+// filterCached is filter for an answer from the cache, reusing the
+// result kept in memo when it was made for the same policy, client, name
+// and age; otherwise it fills into (the caller's, so that an answer kept
+// nowhere costs no allocation for it). The result may be shared: the
+// caller must not modify it.
+func (s *Server) filterCached(into *filtered, p *policy.Policy, client netip.Addr, host string, q dns.Question, up *dns.Msg, age uint32, memo *resolve.Memo) *filtered {
+	if memo != nil {
+		if v, _ := memo.Load().(*filteredFor); v != nil && v.p == p && v.client == client && v.age == age && v.qname == q.Name {
+			return v.f
+		}
+	}
+	s.filter(into, p, client, host, q, up, age)
+	if memo != nil {
+		kept := new(filtered)
+		*kept = *into
+		memo.Store(&filteredFor{p: p, client: client, qname: q.Name, age: age, f: kept})
+	}
+	return into
 }
 
 // filter applies the policy to an upstream answer for client, whose name
 // decision was allowed for host (the question's normal form). It never
 // modifies up: up may be shared with the cache. See the package comment
 // for the rules.
-func (s *Server) filter(p *policy.Policy, client netip.Addr, host string, q dns.Question, up *dns.Msg, age uint32) (f filtered) {
-	f.chain, f.age = resolve.CNAMEChain(q.Name, up.Answer), age
+func (s *Server) filter(f *filtered, p *policy.Policy, client netip.Addr, host string, q dns.Question, up *dns.Msg, age uint32) {
+	f.age = age
+	f.chain = resolve.CNAMEChain(q.Name, up.Answer)
 	for _, name := range f.chain[1:] {
 		d := p.Decide(policy.Request{Host: name, Client: client})
 		if d.Denied() {
 			f.chainDenied = &d
 			if !d.Allowed() {
-				return f
+				return
 			}
 			break
 		}
@@ -52,24 +97,23 @@ func (s *Server) filter(p *policy.Policy, client netip.Addr, host string, q dns.
 			f.changed = true
 			continue
 		}
-		if rr = f.decide(s, p, client, host, rr, true); rr != nil {
+		if rr = f.decide(p, client, host, rr, true); rr != nil {
 			f.answer = append(f.answer, resolve.Aged(rr, f.age))
 		}
 	}
-	f.ns = f.section(s, p, client, up.Ns)
-	f.extra = f.section(s, p, client, up.Extra)
-	return f
+	f.ns = f.section(p, client, up.Ns)
+	f.extra = f.section(p, client, up.Extra)
 }
 
 // section filters the addresses of the authority or additional section,
 // each decided on with its own owner name.
-func (f *filtered) section(s *Server, p *policy.Policy, client netip.Addr, rrs []dns.RR) []dns.RR {
+func (f *filtered) section(p *policy.Policy, client netip.Addr, rrs []dns.RR) []dns.RR {
 	if len(rrs) == 0 {
 		return nil
 	}
 	out := make([]dns.RR, 0, len(rrs))
 	for _, rr := range rrs {
-		if rr = f.decide(s, p, client, rr.Header().Name, rr, false); rr != nil {
+		if rr = f.decide(p, client, rr.Header().Name, rr, false); rr != nil {
 			out = append(out, resolve.Aged(rr, f.age))
 		}
 	}
@@ -105,8 +149,8 @@ func (f *filtered) onChain(rr dns.RR) bool {
 // decide returns rr, a copy of rr without its refused address hints, or
 // nil if rr is an address the policy refuses. host is the name the
 // client will connect to. Addresses of the answer section that are kept
-// are remembered for the client.
-func (f *filtered) decide(s *Server, p *policy.Policy, client netip.Addr, host string, rr dns.RR, remember bool) dns.RR {
+// are listed in f.remember.
+func (f *filtered) decide(p *policy.Policy, client netip.Addr, host string, rr dns.RR, remember bool) dns.RR {
 	ttl := time.Duration(rr.Header().Ttl-min(rr.Header().Ttl, f.age)) * time.Second
 	keep := func(ip net.IP) bool {
 		a, ok := netip.AddrFromSlice(ip)
@@ -123,8 +167,8 @@ func (f *filtered) decide(s *Server, p *policy.Policy, client netip.Addr, host s
 			f.changed = true
 			return false
 		}
-		if remember && s.Names != nil {
-			s.Names.Remember(client, host, a, ttl)
+		if remember {
+			f.remember = append(f.remember, remembered{host, a, ttl})
 		}
 		return true
 	}

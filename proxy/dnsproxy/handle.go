@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,7 +28,13 @@ const hinfoTTL = 3789
 func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	ra := w.RemoteAddr()
 	_, tcp := ra.(*net.TCPAddr)
-	if resp, _ := s.answer(addrPortOf(ra), req, tcp, true); resp != nil {
+	client := addrPortOf(ra)
+	var resp *dns.Msg
+	func() {
+		defer s.recoverPanic(client, req, &resp)
+		resp = s.handle(context.Background(), client, req, tcp)
+	}()
+	if resp != nil {
 		_ = w.WriteMsg(resp)
 	}
 }
@@ -48,35 +55,54 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 // handle answers req from client; nil means no answer (req is a
 // response, never answered: that would make egress a reflector).
 func (s *Server) handle(ctx context.Context, client netip.AddrPort, req *dns.Msg, tcp bool) *dns.Msg {
-	m, _ := s.handleMode(ctx, client, req, tcp, true)
-	return m
+	m, qr, ok := s.start(client, req, tcp)
+	if !ok {
+		return m
+	}
+	up, age, err := s.res().Exchange(ctx, qr.p.DNS, qr.q, qr.do(), req.CheckingDisabled)
+	return s.finish(&qr, up, age, err, nil)
 }
 
-// handleMode is handle; with block false, it returns (nil, true) instead
-// of asking an upstream, having recorded nothing: the UDP reader answers
-// cached and refused names inline and hands the rest to a goroutine that
-// may wait (udp.go).
-func (s *Server) handleMode(ctx context.Context, client netip.AddrPort, req *dns.Msg, tcp, block bool) (*dns.Msg, bool) {
+// query is a query whose name the policy allowed, waiting for the
+// upstream answer: what finish needs, decided once (e.Decision).
+type query struct {
+	req   *dns.Msg
+	opt   *dns.OPT
+	tcp   bool
+	q     dns.Question
+	p     *policy.Policy // the policy that decided, and decides the answer
+	caddr netip.Addr
+	e     eventlog.Entry
+}
+
+func (qr *query) do() bool { return qr.opt != nil && qr.opt.Do() }
+
+// start checks req and decides on its name: it returns the answer when
+// that is all it takes (nil for a response: never answered, that would
+// make egress a reflector), else the query to finish with the upstream
+// answer and true. (A value, not a pointer: a cached answer then costs
+// no allocation for it.)
+func (s *Server) start(client netip.AddrPort, req *dns.Msg, tcp bool) (*dns.Msg, query, bool) {
 	if req.Response {
-		return nil, false
+		return nil, query{}, false
 	}
 	opt := req.IsEdns0()
 	switch {
 	case req.Opcode != dns.OpcodeQuery:
-		return reply(req, opt, tcp, dns.RcodeNotImplemented), false
+		return reply(req, opt, tcp, dns.RcodeNotImplemented), query{}, false
 	case len(req.Question) != 1:
-		return reply(req, opt, tcp, dns.RcodeFormatError), false
+		return reply(req, opt, tcp, dns.RcodeFormatError), query{}, false
 	case opt != nil && opt.Version() != 0:
-		return reply(req, opt, tcp, dns.RcodeBadVers), false // RFC 6891 §6.1.3
+		return reply(req, opt, tcp, dns.RcodeBadVers), query{}, false // RFC 6891 §6.1.3
 	}
 	q := req.Question[0]
 	switch {
 	case q.Qclass != dns.ClassINET:
-		return reply(req, opt, tcp, dns.RcodeRefused), false
+		return reply(req, opt, tcp, dns.RcodeRefused), query{}, false
 	case q.Qtype == dns.TypeNone || q.Qtype == dns.TypeOPT || q.Qtype >= 128 && q.Qtype != dns.TypeANY:
 		// Zone transfers (AXFR, IXFR), MAILA/MAILB, TKEY, TSIG and the
 		// other meta and question types of RFC 6895 §3.1.
-		return reply(req, opt, tcp, dns.RcodeNotImplemented), false
+		return reply(req, opt, tcp, dns.RcodeNotImplemented), query{}, false
 	}
 
 	p := s.policy()
@@ -90,7 +116,7 @@ func (s *Server) handleMode(ctx context.Context, client netip.AddrPort, req *dns
 	if !d.Allowed() {
 		e.ID = eventlog.NewID()
 		s.Events.Record(e)
-		return blocked(req, opt, tcp, p, d, e.ID, ""), false
+		return blocked(req, opt, tcp, p, d, e.ID, ""), query{}, false
 	}
 	if q.Qtype == dns.TypeANY {
 		s.record(e)
@@ -99,18 +125,23 @@ func (s *Server) handleMode(ctx context.Context, client netip.AddrPort, req *dns
 			Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeHINFO, Class: dns.ClassINET, Ttl: hinfoTTL},
 			Cpu: "RFC8482",
 		}}
-		return m, false
+		return m, query{}, false
 	}
+	return nil, query{req: req, opt: opt, tcp: tcp, q: q, p: p, caddr: caddr, e: e}, true
+}
 
-	up, age, err := s.resolve(ctx, p, q, opt, req.CheckingDisabled, block)
-	if errors.Is(err, errWouldBlock) {
-		return nil, true
-	}
+// finish answers qr with the upstream answer up (age seconds in the
+// cache; memo kept with it, if any), or the error of asking for it: it
+// decides on every name of the CNAME chain and every address, with the
+// policy that decided on the name, tells Names the addresses given, and
+// records the query's line.
+func (s *Server) finish(qr *query, up *dns.Msg, age uint32, err error, memo *resolve.Memo) *dns.Msg {
+	req, opt, tcp, p, e := qr.req, qr.opt, qr.tcp, qr.p, qr.e
 	if err != nil {
 		e.ID = eventlog.NewID()
 		e.Err = err
 		s.Events.Record(e)
-		s.warnUpstream(q, err)
+		s.warnUpstream(qr.q, err)
 		m := reply(req, opt, tcp, dns.RcodeServerFailure)
 		if opt != nil {
 			code := dns.ExtendedErrorCodeNoReachableAuthority
@@ -119,10 +150,16 @@ func (s *Server) handleMode(ctx context.Context, client netip.AddrPort, req *dns
 			}
 			setEDE(m, code, "egress: "+err.Error()+"; id "+e.ID)
 		}
-		return m, false
+		return m
 	}
 
-	f := s.filter(p, caddr, d.Host, q, up, age)
+	var fv filtered
+	f := s.filterCached(&fv, p, qr.caddr, qr.e.Decision.Host, qr.q, up, age, memo)
+	if s.Names != nil {
+		for _, r := range f.remember {
+			s.Names.Remember(qr.caddr, r.host, r.addr, r.ttl)
+		}
+	}
 	switch {
 	case f.chainDenied != nil:
 		e.ID = eventlog.NewID()
@@ -130,7 +167,7 @@ func (s *Server) handleMode(ctx context.Context, client netip.AddrPort, req *dns
 		e.Err = fmt.Errorf("cname chain %s", strings.Join(f.chain, " -> "))
 		s.Events.Record(e)
 		if !f.chainDenied.Allowed() {
-			return blocked(req, opt, tcp, p, *f.chainDenied, e.ID, strings.Join(f.chain, " -> ")), false
+			return blocked(req, opt, tcp, p, *f.chainDenied, e.ID, strings.Join(f.chain, " -> "))
 		}
 	case len(f.removed) > 0:
 		e.ID = eventlog.NewID()
@@ -143,18 +180,14 @@ func (s *Server) handleMode(ctx context.Context, client netip.AddrPort, req *dns
 
 	m := reply(req, opt, tcp, up.Rcode)
 	m.Answer, m.Ns = f.answer, f.ns
-	m.Extra = append(f.extra, m.Extra...) // m.Extra: the OPT record, if any
+	m.Extra = append(slices.Clip(f.extra), m.Extra...) // m.Extra: the OPT record, if any; f is shared
 	m.AuthenticatedData = up.AuthenticatedData && !f.changed && (req.AuthenticatedData || opt != nil && opt.Do())
 	if opt != nil && f.enforced > 0 {
 		setEDE(m, dns.ExtendedErrorCodeBlocked, "egress: "+f.removedText()+"; id "+e.ID)
 	}
 	fit(m, opt, tcp)
-	return m, false
+	return m
 }
-
-// errWouldBlock is resolve's answer, when told not to block, to a query
-// the cache cannot answer.
-var errWouldBlock = errors.New("answer needs an upstream")
 
 // record records an allowed query, with a decision id only if someone
 // will see it: crypto/rand is a visible part of a cached answer's cost.
@@ -166,21 +199,6 @@ func (s *Server) record(e eventlog.Entry) {
 		e.ID = eventlog.NewID()
 	}
 	s.Events.Record(e)
-}
-
-// resolve returns the upstream answer to q, from the cache or the
-// upstreams (proxy/resolve), and its age in the cache in seconds; with
-// block false, only from the cache (else errWouldBlock). The answer is
-// shared with the cache: the caller must not modify it.
-func (s *Server) resolve(ctx context.Context, p *policy.Policy, q dns.Question, opt *dns.OPT, cd, block bool) (*dns.Msg, uint32, error) {
-	do := opt != nil && opt.Do()
-	if !block {
-		if m, age := s.res().Cached(p.DNS, q, do, cd); m != nil {
-			return m, age, nil
-		}
-		return nil, 0, errWouldBlock
-	}
-	return s.res().Exchange(ctx, p.DNS, q, do, cd)
 }
 
 // warnUpstream logs an upstream failure, at most once a second with the

@@ -262,6 +262,7 @@ type env struct {
 	pol    atomic.Pointer[policy.Policy]
 	clock  atomic.Int64 // unix nanoseconds; 0 = real time
 	panics atomic.Int32 // the next queries that make Policy panic
+	told   atomic.Int64 // addresses Names was told
 	served chan error
 }
 
@@ -285,7 +286,7 @@ func newEnv(t testing.TB, text string) *env {
 		},
 		Events: &eventlog.Sink{Logger: lg},
 		Logger: lg,
-		Names:  e.names,
+		Names:  countingRecorder{e},
 		Now: func() time.Time {
 			if n := e.clock.Load(); n != 0 {
 				return time.Unix(0, n)
@@ -383,3 +384,11 @@ func addrs(m *dns.Msg) []string {
 }
 
 var loopback = netip.MustParseAddr("127.0.0.1")
+
+// countingRecorder tells env's names table, counting.
+type countingRecorder struct{ e *env }
+
+func (c countingRecorder) Remember(client netip.Addr, name string, addr netip.Addr, ttl time.Duration) {
+	c.e.told.Add(1)
+	c.e.names.Remember(client, name, addr, ttl)
+}

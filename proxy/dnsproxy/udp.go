@@ -1,7 +1,6 @@
 package dnsproxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -9,7 +8,6 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/miekg/dns"
 	"golang.org/x/net/ipv4"
@@ -23,39 +21,34 @@ import (
 // growing it on every query, with readers queueing on the socket's lock,
 // cost half the CPU of a cached answer (bench/dns/run.sh). The reader
 // answers what it can without waiting (cache hits, refusals, errors) and
-// hands queries for an upstream to long-lived goroutines. miekg/dns still
-// parses and packs every message, and serves TCP.
-const (
-	// maxUDPWaiters bounds the queries waiting on an upstream over UDP
-	// (each for at most dns.timeout); past it, the reader waits for one
-	// to finish, queries queue in the socket's receive buffer and the
-	// kernel drops the excess.
-	maxUDPWaiters = 4096
-	// waiterIdle is how long an idle upstream goroutine is kept.
-	waiterIdle = 10 * time.Second
-)
+// writes the other queries to an upstream (resolve.Resolver.Forward); the
+// upstream socket's reader finishes them and sends the answers. No
+// goroutine waits on a query, and each is decided on once. miekg/dns
+// still parses and packs every message, and serves TCP.
+
+// maxUDPPending bounds the queries waiting on an upstream over UDP (each
+// for at most dns.timeout); past it, the reader waits for one to finish,
+// queries queue in the socket's receive buffer and the kernel drops the
+// excess.
+const maxUDPPending = 4096
 
 type udpServer struct {
 	s  *Server
 	pc net.PacketConn
 	uc *net.UDPConn // pc, when it is one: allocation-free reads and writes
 
-	jobs    chan udpJob // to idle waiters; unbuffered
-	waiters atomic.Int32
-	wg      sync.WaitGroup // the reader and the waiters
+	pending chan struct{}  // a slot per query waiting on an upstream
+	wg      sync.WaitGroup // the reader and the queries waiting
 	closed  atomic.Bool
 	err     error
-	done    chan struct{} // closed when every goroutine has returned
+	done    chan struct{} // closed when every query is answered
 }
 
-// udpJob is a query that needs an upstream.
-type udpJob struct {
-	req  *dns.Msg
-	from netip.AddrPort
-}
+// packBufs are the buffers answers from an upstream are packed into.
+var packBufs = sync.Pool{New: func() any { b := make([]byte, 0, udpBufSize); return &b }}
 
 func newUDPServer(s *Server, pc net.PacketConn) *udpServer {
-	u := &udpServer{s: s, pc: pc, jobs: make(chan udpJob), done: make(chan struct{})}
+	u := &udpServer{s: s, pc: pc, pending: make(chan struct{}, maxUDPPending), done: make(chan struct{})}
 	u.uc, _ = pc.(*net.UDPConn)
 	return u
 }
@@ -65,7 +58,6 @@ func newUDPServer(s *Server, pc net.PacketConn) *udpServer {
 func (u *udpServer) serve() error {
 	u.wg.Add(1)
 	u.reader()
-	close(u.jobs)
 	u.wg.Wait()
 	close(u.done)
 	if u.closed.Load() {
@@ -181,54 +173,42 @@ func (u *udpServer) stopOn(err error) bool {
 }
 
 // take parses one packet and returns the answer, or nil when there is
-// none to send now: nothing for this packet, or it was handed to a waiter
-// because it needs an upstream.
-func (u *udpServer) take(pkt []byte, from netip.AddrPort) *dns.Msg {
+// none to send now: nothing for this packet, or it was sent upstream and
+// is answered when the upstream's answer comes (forward).
+func (u *udpServer) take(pkt []byte, from netip.AddrPort) (resp *dns.Msg) {
 	req := new(dns.Msg)
 	if err := req.Unpack(pkt); err != nil {
 		return formErr(pkt)
 	}
-	resp, pending := u.s.answer(from, req, false, false)
-	if !pending {
+	defer u.s.recoverPanic(from, req, &resp)
+	resp, qr, ok := u.s.start(from, req, false)
+	if !ok {
 		return resp
 	}
-	j := udpJob{req, from}
-	select {
-	case u.jobs <- j:
-	default:
-		if u.waiters.Add(1) <= maxUDPWaiters {
-			u.wg.Add(1)
-			go u.waiter(j)
-		} else {
-			u.waiters.Add(-1)
-			u.jobs <- j
-		}
+	if up, age, memo := u.s.res().CachedMemo(qr.p.DNS, qr.q, qr.do(), req.CheckingDisabled); up != nil {
+		return u.s.finish(&qr, up, age, nil, memo)
 	}
+	u.forward(qr, from)
 	return nil
 }
 
-// waiter answers queries that need an upstream, until it has been idle
-// for waiterIdle or the socket is closed.
-func (u *udpServer) waiter(j udpJob) {
-	defer u.wg.Done()
-	defer u.waiters.Add(-1)
-	out := make([]byte, 0, udpBufSize)
-	idle := time.NewTimer(waiterIdle)
-	defer idle.Stop()
-	for {
-		resp, _ := u.s.answer(j.from, j.req, false, true)
-		out = u.write(resp, j.from, out)
-		idle.Reset(waiterIdle)
-		var ok bool
-		select {
-		case j, ok = <-u.jobs:
-			if !ok {
-				return
-			}
-		case <-idle.C:
-			return
-		}
-	}
+// forward asks the upstreams for qr; the answer is finished and sent from
+// the goroutine that reads the upstream's answer.
+func (u *udpServer) forward(qr query, from netip.AddrPort) {
+	u.pending <- struct{}{}
+	u.wg.Add(1)
+	u.s.res().Forward(qr.p.DNS, qr.q, qr.do(), qr.req.CheckingDisabled, func(up *dns.Msg, err error) {
+		defer u.wg.Done()
+		defer func() { <-u.pending }()
+		var resp *dns.Msg
+		func() {
+			defer u.s.recoverPanic(from, qr.req, &resp)
+			resp = u.s.finish(&qr, up, 0, err, nil)
+		}()
+		out := packBufs.Get().(*[]byte)
+		*out = u.write(resp, from, *out)
+		packBufs.Put(out)
+	})
 }
 
 func (u *udpServer) read(buf []byte) (int, netip.AddrPort, error) {
@@ -278,18 +258,16 @@ func formErr(pkt []byte) *dns.Msg {
 	return m
 }
 
-// answer is handleMode with panic recovery: a panic is logged with its
-// stack and answered SERVFAIL.
-func (s *Server) answer(client netip.AddrPort, req *dns.Msg, tcp, block bool) (resp *dns.Msg, pending bool) {
-	defer func() {
-		if v := recover(); v != nil {
-			s.Logger.Error().Str(eventlog.FieldProto, eventlog.ProtoDNS).
-				Str(eventlog.FieldClient, client.String()).
-				Str("panic", fmt.Sprint(v)).Bytes("stack", debug.Stack()).
-				Msg("dns query handler panicked")
-			resp, pending = new(dns.Msg), false
-			resp.SetRcode(req, dns.RcodeServerFailure)
-		}
-	}()
-	return s.handleMode(context.Background(), client, req, tcp, block)
+// recoverPanic, deferred, turns a panic while answering req into a
+// SERVFAIL answer in *resp, logged with its stack.
+func (s *Server) recoverPanic(client netip.AddrPort, req *dns.Msg, resp **dns.Msg) {
+	if v := recover(); v != nil {
+		s.Logger.Error().Str(eventlog.FieldProto, eventlog.ProtoDNS).
+			Str(eventlog.FieldClient, client.String()).
+			Str("panic", fmt.Sprint(v)).Bytes("stack", debug.Stack()).
+			Msg("dns query handler panicked")
+		m := new(dns.Msg)
+		m.SetRcode(req, dns.RcodeServerFailure)
+		*resp = m
+	}
 }

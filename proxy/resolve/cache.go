@@ -30,7 +30,13 @@ type cacheEntry struct {
 	msg     *dns.Msg
 	stored  time.Time
 	expires time.Time
+	memo    Memo
 }
+
+// Memo is a slot kept with a cached answer for what a caller derives
+// from it (the DNS listener keeps the answer it last filtered for a
+// client), dropped with the answer. Safe for concurrent use.
+type Memo struct{ atomic.Value }
 
 // cache is a bounded LRU of upstream answers. The zero value holds
 // nothing until setMax gives it room.
@@ -67,24 +73,24 @@ func (c *cache) trim() {
 	}
 }
 
-// get returns the answer for k and its age in seconds, or nil. The answer
-// is shared and must not be modified: the caller lowers the TTLs of the
-// records it copies (see Aged).
-func (c *cache) get(k cacheKey, now time.Time) (*dns.Msg, uint32) {
+// get returns the answer for k, its age in seconds and its memo, or nil.
+// The answer is shared and must not be modified: the caller lowers the
+// TTLs of the records it copies (see Aged).
+func (c *cache) get(k cacheKey, now time.Time) (*dns.Msg, uint32, *Memo) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	el, ok := c.m[k]
 	if !ok {
-		return nil, 0
+		return nil, 0, nil
 	}
 	ce := el.Value.(*cacheEntry)
 	if !now.Before(ce.expires) {
 		c.lru.Remove(el)
 		delete(c.m, k)
-		return nil, 0
+		return nil, 0, nil
 	}
 	c.lru.MoveToFront(el)
-	return ce.msg, uint32(now.Sub(ce.stored) / time.Second)
+	return ce.msg, uint32(now.Sub(ce.stored) / time.Second), &ce.memo
 }
 
 // Aged returns rr with its TTL lowered by age seconds: rr itself when age

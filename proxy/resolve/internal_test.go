@@ -25,11 +25,11 @@ func TestCacheIsBounded(t *testing.T) {
 	if c.len() != 3 {
 		t.Fatalf("len %d, want 3", c.len())
 	}
-	if m, _ := c.get(keyOf(dns.Question{Name: "a.", Qtype: dns.TypeA, Qclass: dns.ClassINET}, false, false), now); m != nil {
+	if m, _, _ := c.get(keyOf(dns.Question{Name: "a.", Qtype: dns.TypeA, Qclass: dns.ClassINET}, false, false), now); m != nil {
 		t.Fatal("the least recently used entry was kept")
 	}
 	c.setMax(1)
-	if m, _ := c.get(keyOf(dns.Question{Name: "d.", Qtype: dns.TypeA, Qclass: dns.ClassINET}, false, false), now); c.len() != 1 || m == nil {
+	if m, _, _ := c.get(keyOf(dns.Question{Name: "d.", Qtype: dns.TypeA, Qclass: dns.ClassINET}, false, false), now); c.len() != 1 || m == nil {
 		t.Fatal("shrinking did not keep the newest entry")
 	}
 }

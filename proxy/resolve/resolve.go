@@ -22,6 +22,7 @@ package resolve
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -72,7 +73,7 @@ type Resolver struct {
 	builtinOnce sync.Once
 	builtin     *policy.Policy
 	cache       cache
-	conns       connPool
+	sockets     socketPool
 	self        dialer.Self
 	preferred   atomic.Pointer[string] // host:port of the upstream that answered last
 	resolvOnce  sync.Once
@@ -88,8 +89,9 @@ var _ dialer.Resolver = (*Resolver)(nil)
 // upstream (the DNS listener adds its sockets).
 func (r *Resolver) AddSelf(a net.Addr) { r.self.Add(a) }
 
-// Close closes the idle upstream sockets. The Resolver stays usable.
-func (r *Resolver) Close() { r.conns.closeAll() }
+// Close closes the upstream sockets: idle ones at once, the others when
+// their queries are done. The Resolver stays usable.
+func (r *Resolver) Close() { r.sockets.closeAll() }
 
 func (r *Resolver) policy() *policy.Policy {
 	if r.Policy != nil {
@@ -113,6 +115,12 @@ func (r *Resolver) now() time.Time {
 // DNS listener's UDP reader makes. The answer is shared with the cache:
 // the caller must not modify it.
 func (r *Resolver) Cached(cfg policy.DNS, q dns.Question, do, cd bool) (*dns.Msg, uint32) {
+	m, age, _ := r.CachedMemo(cfg, q, do, cd)
+	return m, age
+}
+
+// CachedMemo is Cached, with the memo kept with the cached answer.
+func (r *Resolver) CachedMemo(cfg policy.DNS, q dns.Question, do, cd bool) (*dns.Msg, uint32, *Memo) {
 	r.cache.setMax(cfg.CacheSize)
 	r.followUpstreams(cfg.Upstreams)
 	return r.cache.get(keyOf(q, do, cd), r.now())
@@ -142,31 +150,33 @@ func (r *Resolver) Exchange(ctx context.Context, cfg policy.DNS, q dns.Question,
 	if m, age := r.Cached(cfg, q, do, cd); m != nil {
 		return m, age, nil
 	}
-	timeout := cfg.Timeout
-	if timeout <= 0 {
-		timeout = DefaultTimeout
+	type result struct {
+		m   *dns.Msg
+		err error
 	}
-	ups, err := r.upstreams(cfg.Upstreams)
-	if err != nil {
-		return nil, 0, err
+	ch := make(chan result, 1)
+	deadline, _ := ctx.Deadline()
+	r.forward(cfg, q, do, cd, deadline, func(m *dns.Msg, err error) { ch <- result{m, err} })
+	select {
+	case res := <-ch:
+		return res.m, 0, res.err
+	case <-ctx.Done():
+		return nil, 0, fmt.Errorf("ask about %s: %w", q.Name, ctx.Err())
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	up, err := r.forward(ctx, q, do, cd, ups, timeout)
-	if err != nil {
-		return nil, 0, err
+}
+
+// configured is the list of upstreams the current policy asks: the
+// upstream sockets of any other are closed.
+func (r *Resolver) configured() []string {
+	list := r.policy().DNS.Upstreams
+	if len(list) == 0 {
+		list, _ = r.resolvConf()
 	}
-	// The upstream's OPT record (its buffer size, cookies, NSID) is
-	// between it and egress; a client gets egress's own.
-	extra := up.Extra[:0:0]
-	for _, rr := range up.Extra {
-		if rr.Header().Rrtype != dns.TypeOPT {
-			extra = append(extra, rr)
-		}
+	out := make([]string, len(list))
+	for i, u := range list {
+		out[i] = withPort(u)
 	}
-	up.Extra = extra
-	r.cache.put(keyOf(q, do, cd), up, r.now(), cfg.MinTTL, cfg.MaxTTL)
-	return up, 0, nil
+	return out
 }
 
 // LookupNetIP returns the addresses of host: its A records for network

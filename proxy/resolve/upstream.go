@@ -6,16 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/egress-proxy/egress/policy"
 )
 
 // ErrNoUpstream is returned when no upstream is configured or usable.
@@ -70,17 +73,10 @@ func ParseResolvConf(r io.Reader) ([]string, error) {
 func (r *Resolver) upstreams(configured []string) ([]string, error) {
 	list := configured
 	if len(list) == 0 {
-		r.resolvOnce.Do(func() {
-			path := r.ResolvConf
-			if path == "" {
-				path = DefaultResolvConf
-			}
-			r.resolv, r.resolvErr = ReadResolvConf(path)
-		})
-		if r.resolvErr != nil {
-			return nil, fmt.Errorf("%w: %w", ErrNoUpstream, r.resolvErr)
+		var err error
+		if list, err = r.resolvConf(); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrNoUpstream, err)
 		}
-		list = r.resolv
 	}
 	out := make([]string, 0, len(list))
 	start := 0
@@ -106,6 +102,18 @@ func (r *Resolver) upstreams(configured []string) ([]string, error) {
 		return nil, fmt.Errorf("%w: every upstream is egress itself (%s)", ErrNoUpstream, strings.Join(list, ", "))
 	}
 	return out, nil
+}
+
+// resolvConf returns the nameservers of ResolvConf, read once.
+func (r *Resolver) resolvConf() ([]string, error) {
+	r.resolvOnce.Do(func() {
+		path := r.ResolvConf
+		if path == "" {
+			path = DefaultResolvConf
+		}
+		r.resolv, r.resolvErr = ReadResolvConf(path)
+	})
+	return r.resolv, r.resolvErr
 }
 
 // withPort adds port 53 to an upstream written without one.
@@ -226,164 +234,180 @@ func (e *RcodeError) Error() string {
 	return fmt.Sprintf("%s answered %s", e.Upstream, dns.RcodeToString[e.Rcode])
 }
 
-// forward asks the upstreams in turn until one answers NOERROR or
-// NXDOMAIN. Each attempt gets an equal share of what is left of ctx's
-// deadline, so one silent upstream cannot use up the time of the others;
-// a refused connection or an error rcode moves on at once. A truncated
-// UDP answer is asked again over TCP from the same upstream.
-func (r *Resolver) forward(ctx context.Context, q dns.Question, do, cd bool, ups []string, timeout time.Duration) (*dns.Msg, error) {
+// exchange is one query on its way through the upstreams: asked of
+// each in turn (forward), until one answers NOERROR or NXDOMAIN or the
+// time is up. Its fields change hands with it: whoever takes it out of its
+// socket's pending set (the answer, the expiry sweep, a socket error) moves it on.
+type exchange struct {
+	r        *Resolver
+	q        dns.Question
+	msg      *dns.Msg // the query; its id is set per attempt
+	packed   []byte   // msg packed; the first attempt writes it
+	key      cacheKey
+	minTTL   time.Duration
+	maxTTL   time.Duration
+	ups      []string
+	attempts []Attempt
+	i        int           // the upstream asked now
+	timeout  time.Duration // dns.timeout, for the error text
+	deadline time.Time     // of the whole query
+	until    time.Time     // of this attempt
+	done     func(*dns.Msg, error)
+}
+
+// Forward asks the upstreams of cfg for q, without looking in the cache,
+// and caches the answer; done gets the answer (shared with the cache: it
+// must not be modified) or the error, as Exchange returns them. done is
+// called once, on another goroutine or, when no upstream can be asked,
+// before Forward returns; it must not block for long (it delays the
+// other answers read from the same upstream socket).
+func (r *Resolver) Forward(cfg policy.DNS, q dns.Question, do, cd bool, done func(*dns.Msg, error)) {
+	r.forward(cfg, q, do, cd, time.Time{}, done)
+}
+
+// forward is Forward within deadline too, if it is set.
+func (r *Resolver) forward(cfg policy.DNS, q dns.Question, do, cd bool, deadline time.Time, done func(*dns.Msg, error)) {
+	timeout := cfg.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	ups, err := r.upstreams(cfg.Upstreams)
+	if err != nil {
+		done(nil, err)
+		return
+	}
+	if d := time.Now().Add(timeout); deadline.IsZero() || d.Before(deadline) {
+		deadline = d
+	}
 	m := &dns.Msg{
-		MsgHdr:   dns.MsgHdr{Id: dns.Id(), Opcode: dns.OpcodeQuery, RecursionDesired: true, CheckingDisabled: cd},
+		MsgHdr:   dns.MsgHdr{Opcode: dns.OpcodeQuery, RecursionDesired: true, CheckingDisabled: cd},
 		Question: []dns.Question{q},
 	}
 	m.SetEdns0(UDPBufSize, do)
-
-	attempts := make([]Attempt, len(ups))
-	for i, u := range ups {
-		attempts[i].Upstream = u
+	packed, err := m.Pack()
+	if err != nil {
+		done(nil, fmt.Errorf("ask %s: %w", q.Name, err))
+		return
+	}
+	x := &exchange{
+		r: r, q: q, msg: m, packed: packed, key: keyOf(q, do, cd), minTTL: cfg.MinTTL, maxTTL: cfg.MaxTTL,
+		ups: ups, attempts: make([]Attempt, len(ups)), timeout: timeout, deadline: deadline, done: done,
 	}
 	for i, u := range ups {
-		deadline, _ := ctx.Deadline()
-		share := time.Until(deadline) / time.Duration(len(ups)-i)
+		x.attempts[i].Upstream = u
+	}
+	x.next()
+}
+
+// next asks the upstream x.i, or the ones after it if it cannot be
+// asked. Each attempt gets an equal share of what is left of the query's
+// time, so one silent upstream cannot use up the time of the others; a
+// refused connection or an error rcode moves on at once.
+func (x *exchange) next() {
+	for ; x.i < len(x.ups); x.i++ {
+		share := time.Until(x.deadline) / time.Duration(len(x.ups)-x.i)
 		if share <= 0 {
 			break
 		}
-		actx, cancel := context.WithTimeout(ctx, share)
-		a, err := r.exchange(actx, m, u)
-		cancel()
-		if err == nil && a.Rcode != dns.RcodeSuccess && a.Rcode != dns.RcodeNameError {
-			err = &RcodeError{Upstream: u, Rcode: a.Rcode}
-		}
-		if err != nil {
-			attempts[i].Err = err
-			continue
-		}
-		if i > 0 {
-			// Remember who answered: the next query starts there.
-			r.preferred.Store(&ups[i])
-		}
-		return a, nil
-	}
-	return nil, &UpstreamError{Timeout: timeout, Attempts: attempts}
-}
-
-// Upstream UDP sockets are kept and reused, one query at a time each (as
-// CoreDNS's forward plugin does): dialling a socket per query cost half the
-// uncached throughput. A socket is connected, so it only accepts packets
-// from its upstream; it is closed after any failure (so a late answer never
-// meets the next query), after maxConnUses queries, or when idle for
-// maxConnIdle, which keeps source ports changing.
-const (
-	maxIdleConns = 256 // per upstream
-	maxConnUses  = 500
-	maxConnIdle  = 5 * time.Second
-)
-
-type pooledConn struct {
-	*dns.Conn
-	uses int
-	idle time.Time // when it was put back
-}
-
-// connPool holds idle UDP sockets by upstream address.
-type connPool struct {
-	mu   sync.Mutex
-	idle map[string][]*pooledConn
-}
-
-func (p *connPool) get(ctx context.Context, upstream string) (*pooledConn, error) {
-	now := time.Now()
-	p.mu.Lock()
-	for {
-		list := p.idle[upstream]
-		if len(list) == 0 {
-			break
-		}
-		c := list[len(list)-1]
-		list[len(list)-1] = nil
-		p.idle[upstream] = list[:len(list)-1]
-		if now.Sub(c.idle) < maxConnIdle {
-			p.mu.Unlock()
-			return c, nil
-		}
-		c.Close()
-	}
-	p.mu.Unlock()
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "udp", upstream)
-	if err != nil {
-		return nil, err
-	}
-	return &pooledConn{Conn: &dns.Conn{Conn: nc, UDPSize: UDPBufSize}}, nil
-}
-
-// put returns a socket after a successful exchange.
-func (p *connPool) put(upstream string, c *pooledConn) {
-	c.uses++
-	if c.uses >= maxConnUses {
-		c.Close()
-		return
-	}
-	c.idle = time.Now()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.idle == nil {
-		p.idle = make(map[string][]*pooledConn)
-	}
-	if len(p.idle[upstream]) >= maxIdleConns {
-		c.Close()
-		return
-	}
-	p.idle[upstream] = append(p.idle[upstream], c)
-}
-
-// closeAll closes the idle sockets (Shutdown).
-func (p *connPool) closeAll() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, list := range p.idle {
-		for _, c := range list {
-			c.Close()
-		}
-	}
-	p.idle = nil
-}
-
-// exchange asks one upstream over UDP, then over TCP if the answer was
-// truncated, and checks that the answer is for the question asked.
-func (r *Resolver) exchange(ctx context.Context, m *dns.Msg, upstream string) (*dns.Msg, error) {
-	m.Id = dns.Id()
-	c, err := r.conns.get(ctx, upstream)
-	if err != nil {
-		return nil, fmt.Errorf("ask %s: %w", upstream, err)
-	}
-	var cl dns.Client
-	if d, ok := ctx.Deadline(); ok {
-		cl.Timeout = time.Until(d) // else miekg/dns's 2s default applies
-	}
-	a, _, err := cl.ExchangeWithConnContext(ctx, m, c.Conn)
-	if err == nil {
-		err = checkAnswer(m, a)
-	}
-	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("ask %s: %w", upstream, err)
-	}
-	r.conns.put(upstream, c)
-	if a.Truncated {
-		tc := dns.Client{Net: "tcp"}
-		if d, ok := ctx.Deadline(); ok {
-			tc.Timeout = time.Until(d)
-		}
-		a, _, err = tc.ExchangeContext(ctx, m, upstream)
+		x.until = time.Now().Add(share)
+		err := x.send()
 		if err == nil {
-			err = checkAnswer(m, a)
+			return
 		}
-		if err != nil {
-			return nil, fmt.Errorf("ask %s over tcp: %w", upstream, err)
-		}
+		x.attempts[x.i].Err = fmt.Errorf("ask %s: %w", x.ups[x.i], err)
 	}
-	return a, nil
+	x.done(nil, &UpstreamError{Timeout: x.timeout, Attempts: x.attempts})
+}
+
+// send writes the query on a socket to x's upstream. Once it is written,
+// x belongs to that socket: send returns nil and touches x no more.
+func (x *exchange) send() error {
+	pkt := x.packed
+	if x.i > 0 {
+		pkt = slices.Clone(pkt) // an earlier attempt's write may be reading x.packed
+	}
+	for range 3 {
+		s, err := x.r.sockets.socket(x.r, x.ups[x.i])
+		if err != nil {
+			return err
+		}
+		if !s.add(x, pkt) {
+			continue // retired meanwhile
+		}
+		if _, err := s.conn.Write(pkt); err != nil {
+			// An ICMP error (connection refused) reported on this write
+			// concerns every query sent to the upstream.
+			s.failAll(err)
+		}
+		return nil
+	}
+	return errSocketClosed
+}
+
+// failed moves x on to the next upstream after err from this one.
+func (x *exchange) failed(err error) {
+	x.attempts[x.i].Err = fmt.Errorf("ask %s: %w", x.ups[x.i], err)
+	x.i++
+	x.next()
+}
+
+// answered finishes x with the upstream's answer a: asked again over TCP
+// if it was truncated, else checked and returned.
+func (x *exchange) answered(a *dns.Msg) {
+	if a.Truncated {
+		go x.overTCP()
+		return
+	}
+	x.result(a)
+}
+
+// overTCP asks the upstream that sent a truncated answer again over TCP,
+// within the attempt's time.
+func (x *exchange) overTCP() {
+	u := x.ups[x.i]
+	ctx, cancel := context.WithDeadline(context.Background(), x.until)
+	defer cancel()
+	x.msg.Id = uint16(rand.Uint32())
+	tc := dns.Client{Net: "tcp", Timeout: max(time.Until(x.until), time.Millisecond)}
+	a, _, err := tc.ExchangeContext(ctx, x.msg, u)
+	if err == nil {
+		err = checkAnswer(x.msg, a)
+	}
+	if err != nil {
+		x.attempts[x.i].Err = fmt.Errorf("ask %s over tcp: %w", u, err)
+		x.i++
+		x.next()
+		return
+	}
+	x.result(a)
+}
+
+// result finishes x with a, or moves on if a is an error rcode.
+func (x *exchange) result(a *dns.Msg) {
+	u := x.ups[x.i]
+	if a.Rcode != dns.RcodeSuccess && a.Rcode != dns.RcodeNameError {
+		x.attempts[x.i].Err = &RcodeError{Upstream: u, Rcode: a.Rcode}
+		x.i++
+		x.next()
+		return
+	}
+	if x.i > 0 {
+		// Remember who answered: the next query starts there.
+		x.r.preferred.Store(&x.ups[x.i])
+	}
+	// The upstream's OPT record (its buffer size, cookies, NSID) is
+	// between it and egress; a client gets egress's own.
+	if len(a.Extra) > 0 {
+		extra := a.Extra[:0:0]
+		for _, rr := range a.Extra {
+			if rr.Header().Rrtype != dns.TypeOPT {
+				extra = append(extra, rr)
+			}
+		}
+		a.Extra = extra
+	}
+	x.r.cache.put(x.key, a, x.r.now(), x.minTTL, x.maxTTL)
+	x.done(a, nil)
 }
 
 // errMismatch is an upstream answer that does not match the query.
