@@ -9,3 +9,11 @@ func SetUpstreamIdleTimeout(d time.Duration) func() {
 	upstreamIdleTimeout = d
 	return func() { upstreamIdleTimeout = old }
 }
+
+// SetFreshIdle sets how long a pooled connection is reused without a look
+// for a test; the returned func restores it.
+func SetFreshIdle(d time.Duration) func() {
+	old := freshIdle
+	freshIdle = d
+	return func() { freshIdle = old }
+}

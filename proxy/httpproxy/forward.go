@@ -166,6 +166,18 @@ func (p *Proxy) roundTrip(w *countingWriter, r *http.Request, fw *forward, body 
 	key := poolKey{scheme: r.URL.Scheme, host: fw.req.Host, port: fw.req.Port}
 	pl := p.pool(fw.pol, fw.clientPolicy)
 	retry := body == nil && isIdempotent(r)
+	var inline []byte
+	if body != nil && !expectsContinue(r) && r.ContentLength > 0 && r.ContentLength <= inlineBody {
+		// Read whole before a connection is taken: a client slow or
+		// silent in the middle of its body holds no upstream connection
+		// with a request head that never went up.
+		bp := inlineBufs.Get().(*[]byte)
+		defer inlineBufs.Put(bp)
+		inline = (*bp)[:r.ContentLength]
+		if _, err := io.ReadFull(body, inline); err != nil {
+			return fmt.Errorf("%w: %w", errRequestBody, err)
+		}
+	}
 	for {
 		uc := pl.get(key, retry)
 		if uc == nil {
@@ -175,7 +187,7 @@ func (p *Proxy) roundTrip(w *countingWriter, r *http.Request, fw *forward, body 
 			}
 		}
 		fw.connIP = uc.ip
-		err := p.exchange(w, r, uc, body, fw.pol.Timeouts.Response)
+		err := p.exchange(w, r, uc, body, inline, fw.pol.Timeouts.Response)
 		var ic idleClosedError
 		if errors.As(err, &ic) && retry {
 			continue
@@ -196,18 +208,27 @@ func isIdempotent(r *http.Request) bool {
 	return a || b
 }
 
-// inlineBody is the largest request body written on the client
-// connection's goroutine before the response is read: it fits in the
-// socket's buffers, so an origin that answers before reading it cannot
-// block the write. A larger or chunked body goes up from a goroutine of
-// its own while the response comes down, as with net/http's Transport
-// (an origin may stream its answer while it reads).
+// inlineBody is the largest request body read whole, then written with
+// the head on the client connection's goroutine before the response is
+// read: it fits in the socket's buffers, so an origin that answers before
+// reading it cannot block the write. A larger or chunked body goes up
+// from a goroutine of its own while the response comes down, as with
+// net/http's Transport (an origin may stream its answer while it reads).
 const inlineBody = 16 << 10
+
+// inlineBufs hold request bodies of up to inlineBody bytes.
+var inlineBufs = sync.Pool{New: func() any { b := make([]byte, inlineBody); return &b }}
+
+// expectsContinue reports whether r waits for a 100 Continue before its
+// body (RFC 9110 §10.1.1).
+func expectsContinue(r *http.Request) bool {
+	return r.ContentLength != 0 && r.ProtoAtLeast(1, 1) && headerHasToken(r.Header, "Expect", "100-continue")
+}
 
 // exchange writes r on uc, reads the response and copies it to w, then
 // puts uc back into its pool if it can carry another request, or closes
-// it.
-func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *countingReader, timeout time.Duration) (err error) {
+// it. inline is r's whole body, already read, or nil.
+func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *countingReader, inline []byte, timeout time.Duration) (err error) {
 	// A client that goes away cancels the request: close the
 	// connection under whatever read or write waits on it.
 	stop := context.AfterFunc(r.Context(), func() { uc.raw.Close() })
@@ -240,13 +261,8 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 	uc.lim.got = false
 	dl := &responseDeadline{conn: uc.raw, d: timeout}
 	writeHead(uc.bw, r)
-	expect := body != nil && r.ContentLength != 0 && r.ProtoAtLeast(1, 1) && headerHasToken(r.Header, "Expect", "100-continue")
-	inline := body != nil && !expect && r.ContentLength > 0 && r.ContentLength <= inlineBody
-	if inline {
-		if err := writeBody(uc.bw, r, body); err != nil {
-			return upstreamErr(err)
-		}
-	}
+	expect := body != nil && expectsContinue(r)
+	uc.bw.Write(inline) // an error is Flush's
 	if err := uc.bw.Flush(); err != nil {
 		return upstreamErr(err)
 	}
@@ -272,7 +288,7 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 			}
 		}
 	}
-	if body != nil && !inline {
+	if body != nil && inline == nil {
 		up = startBody(uc, r, body, dl)
 	} else {
 		dl.arm()
@@ -285,6 +301,7 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 		return err
 	}
 	keep = !resp.Close && uc.br.Buffered() == 0
+	uc.mustLook = r.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
 	return nil
 }
 
@@ -321,6 +338,7 @@ func (r *responseDeadline) disarm() {
 
 // bodyWriter sends a request body on a goroutine of its own.
 type bodyWriter struct {
+	up   net.Conn // the upstream socket it writes on
 	done chan struct{}
 	err  error // read after done
 }
@@ -329,7 +347,7 @@ type bodyWriter struct {
 // cannot be read whole from the client, or written whole, closes the
 // connection, so the origin never takes part of a body for all of it.
 func startBody(uc *upConn, r *http.Request, body *countingReader, dl *responseDeadline) *bodyWriter {
-	bw := &bodyWriter{done: make(chan struct{})}
+	bw := &bodyWriter{up: uc.raw, done: make(chan struct{})}
 	go func() {
 		defer close(bw.done)
 		err := writeBody(uc.bw, r, body)
@@ -348,7 +366,9 @@ func startBody(uc *upConn, r *http.Request, body *countingReader, dl *responseDe
 
 // finish waits for the body's goroutine and reports whether the whole
 // body went up. Once the response is over, a body still being read from
-// the client is cut short: it is no use to the origin any more.
+// the client, or written to an origin that answered early and reads no
+// more of it, is cut short: it is no use to the origin any more, and the
+// connection is not reused.
 func (b *bodyWriter) finish(w http.ResponseWriter) bool {
 	select {
 	case <-b.done:
@@ -359,6 +379,7 @@ func (b *bodyWriter) finish(w http.ResponseWriter) bool {
 			t.Stop()
 		case <-t.C:
 			http.NewResponseController(w).SetReadDeadline(time.Now())
+			b.up.Close() // a write the origin does not read
 			<-b.done
 			return false
 		}
@@ -567,6 +588,11 @@ func writeBody(bw *bufio.Writer, r *http.Request, body *countingReader) error {
 	}
 	cw.Close()
 	for k, vs := range r.Trailer {
+		// Never a field that frames or routes the message (RFC 9110
+		// §6.5.1): an origin may merge trailers into the header.
+		if hopHeader(k) || !httpguts.ValidTrailerHeader(k) {
+			continue
+		}
 		for _, v := range vs {
 			if !strings.ContainsAny(v, "\r\n") {
 				bw.WriteString(k + ": " + v + "\r\n")

@@ -522,19 +522,22 @@ func TestEarlyAnswerToALargeUpload(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Fatalf("status %d, want the origin's 413", resp.StatusCode)
 	}
+	f.waitEnded(t, o.URL+"/upload", "the request did not end while the client held the rest of its body")
+}
+
+// waitEnded waits for the log line of the request for url: the request
+// has ended.
+func (f *fixture) waitEnded(t *testing.T, url, msg string) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		var line map[string]any
 		for _, e := range f.logs.entries(t, "") {
-			if e["url"] == o.URL+"/upload" {
-				line = e
+			if e["url"] == url {
+				return
 			}
 		}
-		if line != nil {
-			break
-		}
 		if time.Now().After(deadline) {
-			t.Fatal("the request did not end while the client held the rest of its body")
+			t.Fatal(msg)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

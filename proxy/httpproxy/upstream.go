@@ -49,6 +49,10 @@ type upConn struct {
 	idleSince time.Time   // under pool.mu
 	timer     *time.Timer // closes it after upstreamIdleTimeout idle
 	reused    bool        // served a request before this one
+	// mustLook: the last response was one that has no body by its method
+	// or status (HEAD, 204, 304), after which broken origins send one
+	// anyway: the connection is looked at before reuse, however fresh.
+	mustLook bool
 }
 
 // limitReader reads from a connection at most n bytes until lifted: it
@@ -107,7 +111,7 @@ type poolKey struct {
 // close), and a request that meets a close anyway is retried. Under load
 // connections come back sooner than this, and the look is one system call
 // per request.
-const freshIdle = time.Millisecond
+var freshIdle = time.Millisecond
 
 // get returns an idle connection to key, or nil. A connection whose
 // origin has closed it, or sent something unasked (which must never be
@@ -125,16 +129,32 @@ func (p *pool) get(key poolKey, retryable bool) *upConn {
 		list[len(list)-1] = nil
 		p.idle[key] = list[:len(list)-1]
 		p.n--
-		fresh := retryable && time.Since(uc.idleSince) < freshIdle
+		fresh := retryable && !uc.mustLook && time.Since(uc.idleSince) < freshIdle
 		p.mu.Unlock()
 		uc.timer.Stop()
-		if !fresh && peerClosed(uc.raw) {
+		if !fresh && (peerClosed(uc.raw) || uc.heldByTLS()) {
 			uc.conn.Close()
 			continue
 		}
 		uc.reused = true
 		return uc
 	}
+}
+
+// heldByTLS reports whether the TLS layer of uc holds what the origin
+// sent after its last answer (a record that came in the same read as the
+// answer's), or its close: peerClosed, which looks at the socket, cannot
+// see it. The read cannot block: its deadline has passed, and only
+// records already read are decrypted (a timeout is not sticky in
+// crypto/tls).
+func (uc *upConn) heldByTLS() bool {
+	if uc.conn == uc.raw {
+		return false
+	}
+	uc.conn.SetReadDeadline(time.Unix(1, 0))
+	_, err := uc.br.Peek(1)
+	uc.conn.SetReadDeadline(time.Time{})
+	return !isTimeout(err)
 }
 
 // put keeps uc for reuse, or closes it if the pool is closed or full.
