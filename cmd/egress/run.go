@@ -665,11 +665,15 @@ func (s *runSummary) write(w io.Writer) {
 		}
 	}
 	if s.raw > 0 {
-		fmt.Fprintf(&b, "  %d of %d connection%s ignored HTTP_PROXY/HTTPS_PROXY and were caught by the transparent path", s.raw, s.total, plural(s.total))
+		were, they := "were", "they"
+		if s.raw == 1 {
+			were, they = "was", "it"
+		}
+		fmt.Fprintf(&b, "  %d of %d connection%s ignored HTTP_PROXY/HTTPS_PROXY and %s caught by the transparent path", s.raw, s.total, plural(s.total), were)
 		if ps := s.rawProcs.names(); len(ps) > 0 {
 			fmt.Fprintf(&b, " (%s)", strings.Join(ps, ", "))
 		}
-		b.WriteString(": behind a plain HTTP proxy they would not get out\n")
+		fmt.Fprintf(&b, ": behind a plain HTTP proxy %s would not get out\n", they)
 	}
 	io.WriteString(w, b.String())
 }
