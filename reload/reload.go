@@ -187,8 +187,8 @@ func (w *Watcher) reload(trig Trigger, force bool) error {
 	w.lastErr = ""
 	w.cur.Store(&state{p: p, loadedAt: time.Now()})
 	ev := w.Logger.Info().Str("file", w.file).Str("trigger", string(trig)).Str("hash", p.Hash())
-	if stale := RestartSettings(w.start, p); len(stale) > 0 {
-		ev = ev.Str("warning", strings.Join(stale, ", ")+": changed; restart egress for that to apply")
+	if warn := w.RestartWarning(p); warn != "" {
+		ev = ev.Str("warning", warn)
 	}
 	// OnReload puts the policy in force (serve stores it where every data
 	// path reads it): log only after that, so that a client acting on the
@@ -198,6 +198,17 @@ func (w *Watcher) reload(trig Trigger, force bool) error {
 	}
 	ev.Msg("policy reloaded")
 	return nil
+}
+
+// RestartWarning is what a reload to p warns when it changes settings
+// read only at start ("listen, log: changed; restart egress for that to
+// apply"), "" when it changes none.
+func (w *Watcher) RestartWarning(p *policy.Policy) string {
+	stale := RestartSettings(w.start, p)
+	if len(stale) == 0 {
+		return ""
+	}
+	return strings.Join(stale, ", ") + ": changed; restart egress for that to apply"
 }
 
 // RestartSettings names the settings that differ between the policy egress

@@ -56,11 +56,15 @@ func cmdDiff(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr)
 		fs.PrintDefaults()
 	}
+	if strayConfig(args, stderr, "diff", "OLD NEW") {
+		return exitUsage
+	}
 	files, code, ok := parseInterspersed(fs, args)
 	if !ok {
 		return code
 	}
 	if len(files) != 2 {
+		fmt.Fprintf(stderr, "egress diff: two policy files, OLD and NEW (got %d)\n\n", len(files))
 		fs.Usage()
 		return exitUsage
 	}

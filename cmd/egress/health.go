@@ -12,6 +12,7 @@ import (
 	neturl "net/url"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/egress-proxy/egress/policy"
@@ -51,7 +52,8 @@ func probe(args []string, stdout, stderr io.Writer) int {
 		}
 		return exitUsage
 	}
-	if fs.NArg() > 1 || *timeout <= 0 || (fs.NArg() == 1 && *config != "") {
+	if msg := healthArgsError(fs.NArg(), *config, *timeout); msg != "" {
+		fmt.Fprintf(stderr, "egress health: %s\n\n", msg)
 		fs.Usage()
 		return exitUsage
 	}
@@ -82,7 +84,7 @@ func probe(args []string, stdout, stderr io.Writer) int {
 	client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 	resp, err := client.Do(req)
 	if err != nil {
-		fmt.Fprintf(stderr, "egress health: %v\n", err)
+		fmt.Fprintf(stderr, "egress health: %s: %s\n", url, healthFailure(err, *timeout))
 		return 1
 	}
 	defer resp.Body.Close()
@@ -137,4 +139,34 @@ func healthURL(s string) string {
 		return u.String()
 	}
 	return s
+}
+
+// healthArgsError says what is wrong with health's arguments, "" when
+// nothing is.
+func healthArgsError(nargs int, config string, timeout time.Duration) string {
+	switch {
+	case nargs > 1:
+		return "one URL at most"
+	case nargs == 1 && config != "":
+		return "--config FILE or a URL, not both"
+	case timeout <= 0:
+		return "--timeout must be more than 0"
+	}
+	return ""
+}
+
+// healthFailure says why the admin listener gave no answer, in words an
+// operator acts on rather than Go's request error.
+func healthFailure(err error, timeout time.Duration) string {
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused: nothing listens there (is egress running, with its admin listener at that address?)"
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Sprintf("no answer within %s (deadline exceeded; --timeout gives it longer)", timeout)
+	}
+	var ue *neturl.Error
+	if errors.As(err, &ue) {
+		return ue.Err.Error()
+	}
+	return err.Error()
 }

@@ -58,7 +58,10 @@ func TestHealth(t *testing.T) {
 		{"a server that never answers is unhealthy within the timeout", []string{"-timeout", "200ms", hanging.URL + "/healthz"}, 1, "deadline exceeded"},
 		{"host:port alone means its /healthz", []string{strings.TrimPrefix(ok.URL, "http://")}, 0, ""},
 		{"a URL without a path means its /healthz", []string{ok.URL}, 0, ""},
-		{"two URLs are a usage error", []string{ok.URL, ok.URL}, 2, "usage"},
+		{"two URLs are a usage error", []string{ok.URL, ok.URL}, 2, "egress health: one URL at most\n\nusage"},
+		{"--config and a URL are a usage error", []string{"--config", "policy.yaml", ok.URL}, 2, "egress health: --config FILE or a URL, not both\n\nusage"},
+		{"a closed port says nothing listens there", []string{closed}, 1, "egress health: " + closed + ": connection refused: nothing listens there"},
+		{"a silent server says how long it waited", []string{"-timeout", "200ms", hanging.URL + "/healthz"}, 1, "no answer within 200ms"},
 		{"a bad URL is a usage error", []string{"http://[::1"}, 2, "egress health"},
 	}
 	for _, tt := range tests {

@@ -23,6 +23,9 @@ func cmdLint(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "Validates policy files. Prints every error as FILE:LINE:COL: message and exits 1;")
 		fmt.Fprintln(stderr, "prints warnings (rules that never decide, common traps) and exits 0 when the files are valid.")
 	}
+	if strayConfig(args, stderr, "lint", "FILE...") {
+		return exitUsage
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK

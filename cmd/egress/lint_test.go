@@ -109,3 +109,22 @@ func TestLintConfigs(t *testing.T) {
 		t.Errorf("exit %d:\n%s", code, out)
 	}
 }
+
+// TestStrayConfig: lint and diff take the policy files themselves; a
+// --config (as check and serve take) is answered with what to write.
+func TestStrayConfig(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"lint", "--config", "a.yaml"}, "egress lint: no --config here: give the policy files themselves (egress lint FILE...)\n"},
+		{[]string{"lint", "-config=a.yaml"}, "egress lint: no --config here"},
+		{[]string{"diff", "a.yaml", "--config", "b.yaml"}, "egress diff: no --config here: give the policy files themselves (egress diff OLD NEW)\n"},
+		{[]string{"diff", "a.yaml"}, "egress diff: two policy files, OLD and NEW (got 1)\n\nusage: egress diff"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := run(tt.args, &stdout, &stderr); code != exitUsage || !strings.HasPrefix(stderr.String(), tt.want) {
+			t.Errorf("egress %s: exit %d, stderr %q; want exit %d and %q", strings.Join(tt.args, " "), code, stderr.String(), exitUsage, tt.want)
+		}
+	}
+}

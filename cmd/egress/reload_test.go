@@ -558,3 +558,37 @@ func (c *egressChild) waitLine(t *testing.T, pred func(map[string]any) bool) map
 	t.Fatalf("no matching line in the log:\n%s", c.logText())
 	return nil
 }
+
+// TestPolicyShowsRestartWarning: a reload that changes a setting read only
+// at start is applied for the rest, and /policy's last_reload names what
+// waits for a restart, as the log line does.
+func TestPolicyShowsRestartWarning(t *testing.T) {
+	dir := t.TempDir()
+	config := filepath.Join(dir, "policy.yaml")
+	replaceFile(t, config, reloadPolicy(0))
+	child := startChild(t, "serve", "--config", config)
+	admin := "http://" + child.addr(t, "admin")
+	waitPolicy(t, admin, hashOf(reloadPolicy(0)))
+
+	type lastReload struct {
+		LastReload *struct {
+			Result  string `json:"result"`
+			Warning string `json:"warning"`
+		} `json:"last_reload"`
+	}
+	for _, c := range []struct{ add, want string }{
+		{"limits:\n  max_tunnels: 100\n", ""}, // applied on reload: nothing to say
+		{"limits:\n  max_header_bytes: 32768\n", "limits.max_header_bytes: changed; restart egress for that to apply"},
+	} {
+		text := reloadPolicy(0) + c.add
+		replaceFile(t, config, text)
+		waitPolicy(t, admin, hashOf(text))
+		var info lastReload
+		if err := json.Unmarshal([]byte(adminGet(t, admin+"/policy")), &info); err != nil || info.LastReload == nil {
+			t.Fatalf("/policy after adding %q: no last_reload (%v)", c.add, err)
+		}
+		if info.LastReload.Result != "success" || info.LastReload.Warning != c.want {
+			t.Errorf("/policy after adding %q: last_reload %+v, want success with warning %q", c.add, *info.LastReload, c.want)
+		}
+	}
+}

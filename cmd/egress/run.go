@@ -166,7 +166,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			if p := sum.owner(e.Client); p.PID != 0 {
 				by = " from " + p.String()
 			}
-			fmt.Fprintf(stderr, "egress: denied %s %s (%s)%s\n", protoLabel(e.Proto), target(e.Decision), e.Decision.Reason, by)
+			why := string(e.Decision.Reason)
+			if r := e.Decision.Rule; r != nil && r.Note != "" {
+				why += ": " + r.Note
+			}
+			fmt.Fprintf(stderr, "egress: denied %s %s (%s)%s\n", protoLabel(e.Proto), target(e.Decision), why, by)
 		}
 	}}
 	// Connections from the sandbox come from its loopback addresses
@@ -265,7 +269,16 @@ func loadRunPolicy(file string, allows []string, stderr io.Writer) (*policy.Poli
 	if len(allows) > 0 {
 		var err error
 		if pol, err = pol.WithAllows("--allow", allows); err != nil {
-			printPolicyErrors(stderr, "--allow", err)
+			// A flag has no line and column: name the flag and its value
+			// (the message quotes it).
+			var errs policy.Errors
+			if !errors.As(err, &errs) {
+				fmt.Fprintf(stderr, "egress run: --allow: %v\n", err)
+				return nil, false
+			}
+			for _, d := range errs {
+				fmt.Fprintf(stderr, "egress run: --allow %s\n", d.Message)
+			}
 			return nil, false
 		}
 	}
@@ -336,6 +349,7 @@ type summaryRow struct {
 	count  int
 	reason policy.Reason
 	hint   string
+	why    string // the deciding rule's reason:, when it has one
 	err    string
 	procs  map[string]bool // named, at most maxRowProcs
 	more   map[string]bool // the others, counted, at most maxRowMore
@@ -518,6 +532,9 @@ func (s *runSummary) row(k summaryKey, e eventlog.Entry) *summaryRow {
 	r := s.byKey[k]
 	if r == nil {
 		r = &summaryRow{reason: e.Decision.Reason, hint: e.Decision.Hint, procs: map[string]bool{}}
+		if e.Decision.Rule != nil {
+			r.why = e.Decision.Rule.Note
+		}
 		if e.Err != nil {
 			r.err = e.Err.Error()
 		}
@@ -570,7 +587,7 @@ func (s *runSummary) write(w io.Writer) {
 		fmt.Fprintf(&b, "; %d DNS answer%s refused", counts["dns"], plural(counts["dns"]))
 	}
 	if n := counts["dnsfailed"]; n > 0 {
-		fmt.Fprintf(&b, "; %d DNS lookup%s failed", n, plural(n))
+		fmt.Fprintf(&b, "; %d DNS quer%s failed", n, map[bool]string{true: "y", false: "ies"}[n == 1])
 	}
 	if ndrops > 0 {
 		fmt.Fprintf(&b, "; %d UDP/ICMP packet%s refused", ndrops, plural(ndrops))
@@ -596,13 +613,13 @@ func (s *runSummary) write(w io.Writer) {
 			return keys[i].route < keys[j].route
 		})
 		title := map[string]string{"reached": "reached", "denied": "denied", "failed": "allowed but failed", "dns": "DNS answers refused (the names or their addresses are not allowed)",
-			"dnsfailed": "DNS lookups that failed (allowed, but no upstream answered: SERVFAIL)",
+			"dnsfailed": "DNS queries that failed (allowed, but no upstream answered: SERVFAIL)",
 			"unix":      "unix sockets refused (files outside the sandbox, reachable only with --allow-unix)"}[o]
 		fmt.Fprintf(&b, "  %s:\n", title)
 		for _, k := range keys {
 			r := s.byKey[k]
 			route := map[string]string{"proxy": "via HTTP_PROXY", "transparent": "raw socket (ignored HTTP_PROXY)",
-				"connect": "raw socket, refused at connect()", "dns": "lookups", "unix": "connect()"}[k.route]
+				"connect": "raw socket, refused at connect()", "dns": "queries", "unix": "connect()"}[k.route]
 			if o == "unix" && r.reason == sandbox.ReasonUnixDatagram {
 				route = "socket()"
 			}
@@ -621,6 +638,9 @@ func (s *runSummary) write(w io.Writer) {
 				}
 			case "denied", "dns":
 				fmt.Fprintf(&b, "        reason: %s\n", r.reason)
+				if r.why != "" {
+					fmt.Fprintf(&b, "        why: %s\n", r.why)
+				}
 				switch {
 				case o == "dns" && r.err != "":
 					fmt.Fprintf(&b, "        %s\n", r.err)
@@ -646,11 +666,15 @@ func (s *runSummary) write(w io.Writer) {
 		}
 	}
 	if s.raw > 0 {
-		fmt.Fprintf(&b, "  %d of %d connection%s ignored HTTP_PROXY/HTTPS_PROXY and were caught by the transparent path", s.raw, s.total, plural(s.total))
+		were, they := "were", "they"
+		if s.raw == 1 {
+			were, they = "was", "it"
+		}
+		fmt.Fprintf(&b, "  %d of %d connection%s ignored HTTP_PROXY/HTTPS_PROXY and %s caught by the transparent path", s.raw, s.total, plural(s.total), were)
 		if ps := s.rawProcs.names(); len(ps) > 0 {
 			fmt.Fprintf(&b, " (%s)", strings.Join(ps, ", "))
 		}
-		b.WriteString(": behind a plain HTTP proxy they would not get out\n")
+		fmt.Fprintf(&b, ": behind a plain HTTP proxy %s would not get out\n", they)
 	}
 	io.WriteString(w, b.String())
 }

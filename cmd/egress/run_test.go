@@ -132,7 +132,7 @@ func TestRunSummaryCountsDNSFailures(t *testing.T) {
 	}
 	// A loopback UDP port nothing listens on: the upstream refuses at once.
 	down := closedUDPPort(t)
-	config := writeConfig(t, fmt.Sprintf("version: 1\ndefault: deny\nallow:\n  - {host: svc.test, ports: [443]}\ndns:\n  upstreams: [%q]\n", down))
+	config := writeConfig(t, fmt.Sprintf("version: 1\ndefault: deny\nallow:\n  - {host: svc.test, ports: [443]}\ndeny:\n  - {host: blocked.test, reason: \"no pastebins: ask #netops\"}\n  - {cidr: 192.0.2.1, reason: \"documentation only\"}\ndns:\n  upstreams: [%q]\n", down))
 	script := `
 import socket
 try:
@@ -140,6 +140,14 @@ try:
     print("resolved")
 except Exception as e:
     print("failed:", type(e).__name__)
+try:
+    socket.getaddrinfo("blocked.test", 443, socket.AF_INET, socket.SOCK_STREAM)
+except Exception as e:
+    pass
+try:
+    socket.create_connection(("192.0.2.1", 443), timeout=5)
+except Exception as e:
+    pass
 `
 	file := filepath.Join(t.TempDir(), "lookup.py")
 	if err := os.WriteFile(file, []byte(script), 0o644); err != nil {
@@ -150,11 +158,13 @@ except Exception as e:
 		t.Fatalf("exit %d, stdout %q: want the lookup to fail", r.code, r.stdout)
 	}
 	// The resolver in the sandbox may ask more than once.
-	if !regexp.MustCompile(`egress run: 0 connections; [1-9][0-9]* DNS lookups? failed\n`).MatchString(r.stderr) {
+	if !regexp.MustCompile(`egress run: 1 connection, 1 denied; [1-9][0-9]* DNS answers? refused; [1-9][0-9]* DNS quer(y|ies) failed\n`).MatchString(r.stderr) {
 		t.Errorf("summary does not count the failed lookups:\n%s", r.stderr)
 	}
 	for _, want := range []string{
-		"DNS lookups that failed (allowed, but no upstream answered: SERVFAIL):",
+		"DNS queries that failed (allowed, but no upstream answered: SERVFAIL):",
+		"blocked.test", "reason: denied_by_rule\n        why: no pastebins: ask #netops\n",
+		"egress: denied tcp 192.0.2.1:443 (denied_by_rule: documentation only)\n",
 		"svc.test",
 		"error: no upstream answered: " + down + " refused (port unreachable: nothing listens there)",
 	} {

@@ -256,12 +256,16 @@ func newServer(pol *policy.Policy, watcher *reload.Watcher, loadedAt time.Time, 
 	// connection: a reload swaps it here and nowhere else.
 	e.cur.Store(pol)
 	// Metrics and recent denials see every entry through the sink.
-	e.adm = admin.New(admin.Options{Policy: e.current, LoadedAt: func() time.Time {
+	opts := admin.Options{Policy: e.current, LoadedAt: func() time.Time {
 		if watcher != nil {
 			return watcher.LoadedAt()
 		}
 		return loadedAt
-	}})
+	}}
+	if watcher != nil {
+		opts.RestartWarning = watcher.RestartWarning
+	}
+	e.adm = admin.New(opts)
 	e.events = &eventlog.Sink{Logger: logger, LogAllowed: pol.Log.Allowed, Observe: e.adm.Observe}
 	e.self = &dialer.Self{}
 	// One resolver (dns.upstreams, else resolv.conf's, with failover and

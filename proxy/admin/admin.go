@@ -59,8 +59,9 @@ const (
 // Admin collects metrics and recent denials and serves them. Create it
 // with New; its methods are safe for concurrent use.
 type Admin struct {
-	policyFn func() *policy.Policy
-	loadedAt func() time.Time
+	policyFn    func() *policy.Policy
+	loadedAt    func() time.Time
+	restartWarn func(*policy.Policy) string
 
 	reg        *prometheus.Registry
 	decisions  *prometheus.CounterVec
@@ -102,6 +103,10 @@ type Options struct {
 	LoadedAt func() time.Time
 	// Denials is the size of the /denials ring; 0 means DefaultDenials.
 	Denials int
+	// RestartWarning, if set, says what a reload to a policy changed that
+	// applies only after a restart (reload.Watcher.RestartWarning); /policy
+	// shows it with the last reload.
+	RestartWarning func(*policy.Policy) string
 }
 
 // New returns an Admin with its metrics registered on a fresh registry
@@ -112,12 +117,13 @@ func New(o Options) *Admin {
 		n = DefaultDenials
 	}
 	a := &Admin{
-		policyFn:  o.Policy,
-		loadedAt:  o.LoadedAt,
-		reg:       prometheus.NewRegistry(),
-		ring:      make([]Denial, n),
-		listeners: map[string]bool{},
-		tracked:   map[string]bool{},
+		policyFn:    o.Policy,
+		loadedAt:    o.LoadedAt,
+		restartWarn: o.RestartWarning,
+		reg:         prometheus.NewRegistry(),
+		ring:        make([]Denial, n),
+		listeners:   map[string]bool{},
+		tracked:     map[string]bool{},
 	}
 	a.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: MetricDecisions,
@@ -258,8 +264,11 @@ func (a *Admin) Observe(e eventlog.Entry) {
 
 // ObserveReload counts a reload attempt: err nil for a policy swapped in,
 // non-nil for a refused file. Set reload.Watcher.OnReload to it.
-func (a *Admin) ObserveReload(_ *policy.Policy, err error) {
+func (a *Admin) ObserveReload(p *policy.Policy, err error) {
 	attempt := &ReloadAttempt{Time: time.Now().UTC(), Result: "success"}
+	if err == nil && p != nil && a.restartWarn != nil {
+		attempt.Warning = a.restartWarn(p)
+	}
 	if err != nil {
 		attempt.Result = "failure"
 		var diags policy.Errors
@@ -364,6 +373,9 @@ type ReloadAttempt struct {
 	Time   time.Time `json:"time"`
 	Result string    `json:"result"`           // success or failure
 	Errors []string  `json:"errors,omitempty"` // a failure's FILE:LINE:COL: message lines
+	// Warning names the settings a successful reload changed that apply
+	// only after a restart, as the log line's warning does.
+	Warning string `json:"warning,omitempty"`
 }
 
 func (a *Admin) servePolicy(w http.ResponseWriter, r *http.Request) {
