@@ -450,13 +450,8 @@ func (c Change) Destination() string {
 func rfc6052Embed(pf netip.Prefix, v4 netip.Addr) netip.Addr {
 	b := pf.Masked().Addr().As16()
 	v := v4.As4()
-	j := pf.Bits() / 8
-	for i := range v {
-		if j == 8 {
-			j++
-		}
+	for i, j := range rfc6052Bytes(pf.Bits()) {
 		b[j] = v[i]
-		j++
 	}
 	return netip.AddrFrom16(b)
 }

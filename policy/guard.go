@@ -179,15 +179,25 @@ func embedded(ip netip.Addr, declared []netip.Prefix) (c carried) {
 // after the prefix, skipping bits 64-71 (the u-octet).
 func rfc6052IPv4(b [16]byte, bits int) netip.Addr {
 	var v [4]byte
+	for i, j := range rfc6052Bytes(bits) {
+		v[i] = b[j]
+	}
+	return netip.AddrFrom4(v)
+}
+
+// rfc6052Bytes are the bytes of an IPv6 address under a prefix of bits
+// that hold the IPv4 address's four (RFC 6052 §2.2: byte 8, bits 64 to
+// 71, is skipped).
+func rfc6052Bytes(bits int) (pos [4]int) {
 	j := bits / 8
-	for i := range v {
+	for i := range pos {
 		if j == 8 {
 			j++
 		}
-		v[i] = b[j]
+		pos[i] = j
 		j++
 	}
-	return netip.AddrFrom4(v)
+	return pos
 }
 
 // guardHit is one guard that refuses an address: the reason, the guarded
