@@ -384,7 +384,10 @@ func (w *Watcher) loop(fw *fsnotify.Watcher, hup chan os.Signal, dirs []string) 
 			return
 		case <-hup:
 			w.reload(TriggerSignal, true)
-			dirs = w.watchMore(fw, dirs)
+			var missed bool
+			if dirs, missed = w.watchMore(fw, dirs); missed {
+				timer.Reset(debounce)
+			}
 		case ev, ok := <-events:
 			if !ok {
 				return
@@ -401,26 +404,41 @@ func (w *Watcher) loop(fw *fsnotify.Watcher, hup chan os.Signal, dirs []string) 
 			timer.Reset(debounce)
 		case <-timer.C:
 			w.reload(TriggerFile, false)
-			dirs = w.watchMore(fw, dirs)
+			var missed bool
+			if dirs, missed = w.watchMore(fw, dirs); missed {
+				timer.Reset(debounce)
+			}
 		}
 	}
 }
 
 // watchMore adds the directories a reload made relevant to fw: a
 // symlinked file may now point into another directory, an include name
-// one. It returns the directories watched.
-func (w *Watcher) watchMore(fw *fsnotify.Watcher, dirs []string) []string {
+// one. It returns the directories watched, and whether a file the policy
+// reads already exists in one it just added: written between the reload
+// that named it and the watch, it made no event, so it is read again.
+func (w *Watcher) watchMore(fw *fsnotify.Watcher, dirs []string) ([]string, bool) {
 	if fw == nil {
-		return dirs
+		return dirs, false
 	}
+	var added []string
 	for _, d := range w.watchDirs() {
 		if !contains(dirs, d) {
 			if err := fw.Add(d); err == nil {
 				dirs = append(dirs, d)
+				added = append(added, d)
 			}
 		}
 	}
-	return dirs
+	missed := false
+	for _, f := range w.files() {
+		if contains(added, filepath.Dir(f)) {
+			if _, err := os.Stat(f); err == nil && !contains(w.Current().Files(), f) {
+				missed = true
+			}
+		}
+	}
+	return dirs, missed
 }
 
 func contains(ss []string, s string) bool {
