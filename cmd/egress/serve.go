@@ -328,11 +328,7 @@ func (e *server) listenHTTP(addr string) error {
 	}
 	ln, err := listenTCP(addr)
 	if err != nil {
-		le := e.listenErr("listen.http", "--listen", addr, err)
-		if flagged {
-			le.file = ""
-		}
-		return le
+		return e.listenErr("listen.http", "--listen", flagged, addr, err)
 	}
 	e.self.Add(ln.Addr())
 	hp := &httpproxy.Proxy{Policy: e.current, Dialer: e.dial, Events: e.events, Logger: e.logger, Tunnels: e.tunnels}
@@ -366,12 +362,12 @@ func (e *server) listenDNS() error {
 	}
 	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
-		return e.listenErr("listen.dns", "", addr, err)
+		return e.listenErr("listen.dns", "", false, addr, err)
 	}
 	dl, err := listenTCP(pc.LocalAddr().String())
 	if err != nil {
 		pc.Close()
-		return e.listenErr("listen.dns", "", addr+" (tcp)", err)
+		return e.listenErr("listen.dns", "", false, addr+" (tcp)", err)
 	}
 	e.self.Add(pc.LocalAddr())
 	e.self.Add(dl.Addr())
@@ -400,7 +396,7 @@ func (e *server) listenTransparent() error {
 	}
 	tl, err := listenTCP(addr)
 	if err != nil {
-		return e.listenErr("listen.transparent", "", addr, err)
+		return e.listenErr("listen.transparent", "", false, addr, err)
 	}
 	e.self.Add(tl.Addr())
 	ts := &transparent.Server{Policy: e.current, Dialer: e.dial, Names: e.dnsNames, Events: e.events, Logger: e.logger, Tunnels: e.tunnels}
@@ -438,11 +434,7 @@ func (e *server) startAdmin(addr string, flagged bool) (stop func(), err error) 
 	}
 	al, err := listenTCP(addr)
 	if err != nil {
-		le := e.listenErr("listen.admin", "--admin", addr, err)
-		if flagged {
-			le.file = "" // the address came from --admin, not the file
-		}
-		return nil, le
+		return nil, e.listenErr("listen.admin", "--admin", flagged, addr, err)
 	}
 	// The admin listener hands out the policy and recent denials: a
 	// connection to it through egress is a loop like any other listener's.
@@ -453,10 +445,10 @@ func (e *server) startAdmin(addr string, flagged bool) (stop func(), err error) 
 }
 
 // listenErr says which setting (and flag) a listener that cannot bind
-// addr comes from.
-func (e *server) listenErr(setting, flag, addr string, err error) *listenError {
+// addr comes from; flagged is an address given by flag, not the file.
+func (e *server) listenErr(setting, flag string, flagged bool, addr string, err error) *listenError {
 	le := &listenError{setting: setting, flag: flag, addr: addr, err: err}
-	if e.watcher != nil {
+	if e.watcher != nil && !flagged {
 		le.file = e.watcher.File()
 	}
 	return le
