@@ -256,7 +256,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 func loadRunPolicy(file string, allows []string, stderr io.Writer) (*policy.Policy, bool) {
 	pol := policy.Builtin()
 	if file != "" {
-		data, err := os.ReadFile(file)
+		data, err := reload.ReadFile(file) // bounded, never a FIFO: as its includes
 		if err != nil {
 			fmt.Fprintf(stderr, "egress run: %v\n", err)
 			return nil, false
