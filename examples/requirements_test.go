@@ -281,13 +281,13 @@ func TestRequirementsUnderEgressRun(t *testing.T) {
 	}
 	for _, cfg := range configs {
 		name := strings.TrimSuffix(filepath.Base(cfg), ".yaml")
-		policyFile, nameAllowed := withUpstream(t, cfg, o.dnsAddr)
+		policyFile, nameAllowed, resolvesUnlisted := withUpstream(t, cfg, o.dnsAddr)
 		for _, raw := range []bool{false, true} {
 			mode := "through the proxy"
 			if raw {
 				mode = "raw"
 			}
-			cases := o.cases(nameAllowed, raw && resolvesUnlisted(t, policyFile))
+			cases := o.cases(nameAllowed, raw && resolvesUnlisted)
 			manifest := writeManifest(t, cases)
 			for _, py := range pys {
 				t.Run(name+"/"+mode+"/"+py.name, func(t *testing.T) {
@@ -312,8 +312,9 @@ func TestRequirementsUnderEgressRun(t *testing.T) {
 
 // withUpstream copies a ready config with dns.upstreams set to the test's
 // DNS server, so that no name is ever asked of the machine's resolver. It
-// also reports whether the config lets a name no rule lists through.
-func withUpstream(t *testing.T, path, upstream string) (string, bool) {
+// also reports whether the config lets a name no rule lists through, and
+// whether it leaves dns.resolve_unlisted at its default, true.
+func withUpstream(t *testing.T, path, upstream string) (copyPath string, nameAllowed, resolvesUnlisted bool) {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -345,7 +346,7 @@ func withUpstream(t *testing.T, path, upstream string) (string, bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	copyPath := filepath.Join(t.TempDir(), filepath.Base(path))
+	copyPath = filepath.Join(t.TempDir(), filepath.Base(path))
 	if err := os.WriteFile(copyPath, out, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -353,22 +354,7 @@ func withUpstream(t *testing.T, path, upstream string) (string, bool) {
 	if err != nil {
 		t.Fatalf("%s: %v", copyPath, err)
 	}
-	return copyPath, p.Default == policy.Allow || p.Mode == policy.Audit
-}
-
-// resolvesUnlisted reports whether the policy file leaves
-// dns.resolve_unlisted at its default, true.
-func resolvesUnlisted(t *testing.T, path string) bool {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := policy.LoadWith(path, data, os.ReadFile)
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	return p.DNS.ResolveUnlisted
+	return copyPath, p.Default == policy.Allow || p.Mode == policy.Audit, p.DNS.ResolveUnlisted
 }
 
 // TestRequirementsDNSRefusal runs the helper in raw mode inside `egress
@@ -382,7 +368,7 @@ func TestRequirementsDNSRefusal(t *testing.T) {
 	egressRunAvailable(t, bin)
 	dnsAddr := testDNS(t)
 	for _, cfg := range []string{"full-internet", "handful-of-hosts", "no-network", "audit"} {
-		policyFile, nameAllowed := withUpstream(t, configPath(cfg), dnsAddr)
+		policyFile, nameAllowed, _ := withUpstream(t, configPath(cfg), dnsAddr)
 		cases := []reqCase{
 			{key: "denied name", host: blockedName, port: 443, protocol: "tcp", want: "refused", rule: "- {host: blocked.test, ports: [443]}"},
 			{key: "nonexistent name", host: nxName, port: 5432, protocol: "tcp", want: "dns_failure"},
