@@ -430,15 +430,18 @@ func (w *Watcher) watchMore(fw *fsnotify.Watcher, dirs []string) ([]string, bool
 			}
 		}
 	}
-	missed := false
+	if len(added) == 0 {
+		return dirs, false
+	}
+	loaded := w.Current().Files()
 	for _, f := range w.files() {
-		if contains(added, filepath.Dir(f)) {
-			if _, err := os.Stat(f); err == nil && !contains(w.Current().Files(), f) {
-				missed = true
+		if contains(added, filepath.Dir(f)) && !contains(loaded, f) {
+			if _, err := os.Stat(f); err == nil {
+				return dirs, true
 			}
 		}
 	}
-	return dirs, missed
+	return dirs, false
 }
 
 func contains(ss []string, s string) bool {
