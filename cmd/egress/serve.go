@@ -290,7 +290,7 @@ func (e *server) listen(httpAddr string) error {
 	if err := e.listenHTTP(httpAddr); err != nil {
 		return err
 	}
-	if err := e.installFilter(httpAddr); err != nil {
+	if err := e.installFilter(); err != nil {
 		return err
 	}
 	if err := e.listenDNS(); err != nil {
@@ -300,16 +300,18 @@ func (e *server) listen(httpAddr string) error {
 }
 
 // installFilter installs the connect filter of listen.refuse_at_connect,
+// after the HTTP proxy is bound (its port, as bound, is exempt) and
 // before the DNS proxy starts: it leases the filter its answers.
-func (e *server) installFilter(httpAddr string) error {
+func (e *server) installFilter() error {
 	if len(e.pol.Listen.RefuseAtConnect) == 0 {
 		return nil
 	}
-	if httpAddr == "" {
-		httpAddr = e.pol.Listen.HTTP
+	listens := []string{e.pol.Listen.DNS, e.pol.Listen.Transparent}
+	for _, s := range e.svcs {
+		listens = append(listens, s.addr)
 	}
 	e.dnsNames.MinTTL, e.dnsNames.Grace = leaseMinTTL, leaseGrace
-	sf, err := newServeFilter(e.pol, e.current, e.dnsNames, []string{httpAddr, defaultHTTPListen, e.pol.Listen.DNS, e.pol.Listen.Transparent}, e.logger)
+	sf, err := newServeFilter(e.pol, e.current, e.dnsNames, listens, e.logger)
 	if err != nil {
 		return err
 	}
