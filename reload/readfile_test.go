@@ -54,3 +54,25 @@ func TestIncludeOfAnIrregularOrHugeFileIsRefused(t *testing.T) {
 		})
 	}
 }
+
+// The policy file itself is read as its includes are: a FIFO in its place
+// is refused, not waited on.
+func TestPolicyFileThatIsAFIFOIsRefused(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skipf("no FIFOs here: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := New(fifo); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("New = %v; want not a regular file", err)
+		}
+	case <-time.After(10 * time.Second):
+		if w, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			w.Close()
+		}
+		t.Fatalf("New still reading the FIFO after 10s")
+	}
+}

@@ -105,7 +105,7 @@ type state struct {
 // New loads file and returns a Watcher holding it. It does not watch yet
 // (see Start). An invalid file is an error: policy.Errors, wrapped.
 func New(file string) (*Watcher, error) {
-	data, err := os.ReadFile(file)
+	data, err := ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("read policy: %w", err)
 	}
@@ -142,7 +142,7 @@ func (w *Watcher) reload(trig Trigger, force bool) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	old := w.Current()
-	data, err := os.ReadFile(w.file)
+	data, err := ReadFile(w.file)
 	if err != nil {
 		err = fmt.Errorf("read policy: %w", err)
 		w.refuse(trig, old, err)
