@@ -48,7 +48,7 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, fw *forward
 	target := targetString(fw.req.Host, fw.req.Port)
 	fail := func(dec policy.Decision, err error) {
 		entry.Decision = dec
-		if !dec.Denied() {
+		if dec.Allowed() { // audit mode too: a denial let through that then failed
 			entry.Err = err
 			entry.Duration = time.Since(fw.start)
 		}
