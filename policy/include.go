@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -185,12 +186,12 @@ func (l *loader) includes(v *yaml.Node, p *Policy) {
 			name = filepath.Join(filepath.Dir(l.file), name)
 		}
 		name = filepath.Clean(name)
-		if i := indexOf(fs.stack, name); i >= 0 {
+		if i := slices.Index(fs.stack, name); i >= 0 {
 			l.errf(item, "include %q: a cycle: %s", s, strings.Join(append(append([]string(nil), fs.stack[i:]...), name), " includes "))
 			fs.incomplete = true
 			continue
 		}
-		if indexOf(fs.files, name) >= 0 {
+		if slices.Contains(fs.files, name) {
 			continue // read already, through another include: once is enough
 		}
 		if len(fs.stack) >= maxIncludeDepth {
@@ -308,13 +309,4 @@ func (p *Policy) Files() []string {
 		return []string{p.Source}
 	}
 	return append([]string(nil), p.files...)
-}
-
-func indexOf(ss []string, s string) int {
-	for i, x := range ss {
-		if x == s {
-			return i
-		}
-	}
-	return -1
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -245,14 +246,12 @@ var sectionFields = map[string][]string{
 // several sections have, such as dns, is left alone).
 func sectionOf(key string) string {
 	found := ""
-	for _, sec := range []string{"listen", "log", "dns", "timeouts", "limits", "reload"} {
-		for _, f := range sectionFields[sec] {
-			if f == key {
-				if found != "" {
-					return ""
-				}
-				found = sec
+	for sec, fields := range sectionFields {
+		if slices.Contains(fields, key) {
+			if found != "" {
+				return "" // in several sections: no single answer, whatever the order
 			}
+			found = sec
 		}
 	}
 	return found

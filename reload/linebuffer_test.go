@@ -21,12 +21,19 @@ func readFile(t *testing.T, path string) string {
 	return string(b)
 }
 
-func TestLineBufferConcurrentWritersNeverTear(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "egress.log")
+// openLog opens a log file named name in a fresh directory.
+func openLog(t *testing.T, name string) (*reload.LogFile, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
 	f, err := reload.OpenLogFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return f, path
+}
+
+func TestLineBufferConcurrentWritersNeverTear(t *testing.T) {
+	f, path := openLog(t, "egress.log")
 	// A small buffer, so that it fills and is written many times over.
 	b := f.Buffered(time.Millisecond, 4<<10)
 	const writers, lines = 8, 2000
@@ -71,8 +78,7 @@ func TestLineBufferConcurrentWritersNeverTear(t *testing.T) {
 
 func TestLineBufferFlushes(t *testing.T) {
 	t.Run("not at once, then on the timer", func(t *testing.T) {
-		path := filepath.Join(t.TempDir(), "a.log")
-		f, _ := reload.OpenLogFile(path)
+		f, path := openLog(t, "a.log")
 		defer f.Close()
 		slow := f.Buffered(time.Hour, 0)
 		slow.Write([]byte("buffered\n"))
@@ -93,8 +99,7 @@ func TestLineBufferFlushes(t *testing.T) {
 		}
 	})
 	t.Run("when full", func(t *testing.T) {
-		path := filepath.Join(t.TempDir(), "b.log")
-		f, _ := reload.OpenLogFile(path)
+		f, path := openLog(t, "b.log")
 		defer f.Close()
 		b := f.Buffered(time.Hour, 100)
 		defer b.Close()
@@ -110,9 +115,7 @@ func TestLineBufferFlushes(t *testing.T) {
 		}
 	})
 	t.Run("on reopen, into the old file", func(t *testing.T) {
-		dir := t.TempDir()
-		path := filepath.Join(dir, "c.log")
-		f, _ := reload.OpenLogFile(path)
+		f, path := openLog(t, "c.log")
 		b := f.Buffered(time.Hour, 0)
 		b.Write([]byte("before rotation\n"))
 		if err := os.Rename(path, path+".1"); err != nil {
@@ -132,8 +135,7 @@ func TestLineBufferFlushes(t *testing.T) {
 		}
 	})
 	t.Run("on close, and straight through after", func(t *testing.T) {
-		path := filepath.Join(t.TempDir(), "d.log")
-		f, _ := reload.OpenLogFile(path)
+		f, path := openLog(t, "d.log")
 		defer f.Close()
 		b := f.Buffered(time.Hour, 0)
 		b.Write([]byte("one\n"))

@@ -43,14 +43,8 @@ func probeSandbox(t *testing.T, f *policy.ConnectFilter) (sb *Sandbox, ask func(
 	}
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
-	sb, err := Start(Config{Args: []string{"python3", "-c", connectProbe}, ExeArgs: []string{"-test.run=^$", "--"},
+	sb = startConfig(t, Config{Args: []string{"python3", "-c", connectProbe},
 		Stdin: inR, Stdout: outW, Stderr: os.Stderr, Filter: f})
-	if err != nil {
-		if strings.Contains(err.Error(), "namespace") {
-			t.Skipf("cannot create the sandbox here: %v", err)
-		}
-		t.Fatal(err)
-	}
 	t.Cleanup(func() {
 		inW.Close()
 		sb.Wait()
@@ -187,7 +181,7 @@ func TestConnectFilterOpenConnectionOutlivesLease(t *testing.T) {
 	inR, inW := io.Pipe()
 	// Connect while the lease holds, wait until it has run out, then use
 	// the connection again and try a new one.
-	sb, err := Start(Config{Args: []string{"python3", "-c", `
+	sb := startConfig(t, Config{Args: []string{"python3", "-c", `
 import errno, socket, sys
 sys.stdin.readline()
 s = socket.create_connection(("192.0.2.7", 5432), timeout=5)
@@ -200,14 +194,8 @@ try:
     print("open")
 except socket.error as e:
     print(errno.errorcode[e.errno])
-`}, ExeArgs: []string{"-test.run=^$", "--"}, Stdin: inR, Stdout: &syncWriter{w: &out}, Stderr: os.Stderr,
+`}, Stdin: inR, Stdout: &syncWriter{w: &out}, Stderr: os.Stderr,
 		Filter: &policy.ConnectFilter{RefuseRest: true}})
-	if err != nil {
-		if strings.Contains(err.Error(), "namespace") {
-			t.Skipf("cannot create the sandbox here: %v", err)
-		}
-		t.Fatal(err)
-	}
 	defer sb.Close()
 	if err := sb.Lease(netip.MustParseAddr("192.0.2.7"), []policy.PortRange{{Lo: 5432, Hi: 5432}}, false, 2*time.Second); err != nil {
 		t.Fatal(err)

@@ -27,7 +27,16 @@ func TestMain(m *testing.M) {
 
 func startSandbox(t *testing.T, stdout *bytes.Buffer, args ...string) *Sandbox {
 	t.Helper()
-	sb, err := Start(Config{Args: args, ExeArgs: []string{"-test.run=^$", "--"}, Stdout: stdout, Stderr: os.Stderr})
+	return startConfig(t, Config{Args: args, Stdout: stdout, Stderr: os.Stderr})
+}
+
+// startConfig starts a sandbox with cfg, this test binary as its setup
+// process, skipping the test where no sandbox can be created; the sandbox
+// is closed when the test ends.
+func startConfig(t *testing.T, cfg Config) *Sandbox {
+	t.Helper()
+	cfg.ExeArgs = []string{"-test.run=^$", "--"}
+	sb, err := Start(cfg)
 	if err != nil {
 		if strings.Contains(err.Error(), "namespace") {
 			t.Skipf("cannot create the sandbox here: %v", err)

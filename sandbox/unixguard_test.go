@@ -171,20 +171,14 @@ func TestUnixGuard(t *testing.T) {
 			var mu sync.Mutex
 			var refusals []UnixRefusal
 			var out bytes.Buffer
-			sb, err := Start(Config{Args: []string{py.name, probe, allowed.path, forbidden.path, linkAllowed, linkForbidden},
-				Env: env, ExeArgs: []string{"-test.run=^$", "--"}, Stdout: &out, Stderr: os.Stderr,
+			sb := startConfig(t, Config{Args: []string{py.name, probe, allowed.path, forbidden.path, linkAllowed, linkForbidden},
+				Env: env, Stdout: &out, Stderr: os.Stderr,
 				AllowUnix: []string{allowed.path},
 				UnixRefused: func(r UnixRefusal) {
 					mu.Lock()
 					refusals = append(refusals, r)
 					mu.Unlock()
 				}})
-			if err != nil {
-				if strings.Contains(err.Error(), "namespace") {
-					t.Skipf("cannot create the sandbox here: %v", err)
-				}
-				t.Fatal(err)
-			}
 			code, _ := sb.Wait()
 			sb.Close()
 			t.Logf("exit %d, output:\n%s", code, out.String())
@@ -327,16 +321,10 @@ func TestUnixGuardRaces(t *testing.T) {
 	os.WriteFile(probe, []byte(toctouProbe), 0o644)
 	var refused atomic.Int64
 	var out bytes.Buffer
-	sb, err := Start(Config{Args: []string{"python3", probe, allowed.path, forbidden.path, "3000"},
-		ExeArgs: []string{"-test.run=^$", "--"}, Stdout: &out, Stderr: os.Stderr,
+	sb := startConfig(t, Config{Args: []string{"python3", probe, allowed.path, forbidden.path, "3000"},
+		Stdout: &out, Stderr: os.Stderr,
 		AllowUnix:   []string{allowed.path},
 		UnixRefused: func(UnixRefusal) { refused.Add(1) }})
-	if err != nil {
-		if strings.Contains(err.Error(), "namespace") {
-			t.Skipf("cannot create the sandbox here: %v", err)
-		}
-		t.Fatal(err)
-	}
 	code, _ := sb.Wait()
 	sb.Close()
 	t.Logf("exit %d; %d refusals; the allowed socket accepted %d; output:\n%s", code, refused.Load(), allowed.accepts.Load(), out.String())
@@ -463,7 +451,7 @@ func TestUnixGuardCannotBeReplaced(t *testing.T) {
 		t.Skip("needs python3")
 	}
 	var out bytes.Buffer
-	sb, err := Start(Config{Args: []string{"python3", "-c", `
+	sb := startConfig(t, Config{Args: []string{"python3", "-c", `
 import ctypes, errno, socket, struct
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
@@ -479,13 +467,7 @@ try:
     print("vsock created")
 except OSError as e:
     print("vsock", errno.errorcode[e.errno])
-`}, ExeArgs: []string{"-test.run=^$", "--"}, Stdout: &out, Stderr: os.Stderr})
-	if err != nil {
-		if strings.Contains(err.Error(), "namespace") {
-			t.Skipf("cannot create the sandbox here: %v", err)
-		}
-		t.Fatal(err)
-	}
+`}, Stdout: &out, Stderr: os.Stderr})
 	sb.Wait()
 	sb.Close()
 	if runtime.GOARCH != "amd64" {
@@ -510,7 +492,7 @@ func TestUnixGuardBefore69(t *testing.T) {
 	allowed := serveUnix(t, filepath.Join(dir, "allow.sock"))
 	forbidden := serveUnix(t, filepath.Join(dir, "forbd.sock"))
 	var out bytes.Buffer
-	sb, err := Start(Config{Args: []string{"python3", "-c", `
+	sb := startConfig(t, Config{Args: []string{"python3", "-c", `
 import errno, socket, sys
 for path in sys.argv[1:]:
     s = socket.socket(socket.AF_UNIX)
@@ -524,14 +506,8 @@ try:
     print("tcp open")
 except OSError as e:
     print("tcp", errno.errorcode[e.errno])
-`, allowed.path, forbidden.path}, ExeArgs: []string{"-test.run=^$", "--"}, Stdout: &out, Stderr: os.Stderr,
+`, allowed.path, forbidden.path}, Stdout: &out, Stderr: os.Stderr,
 		AllowUnix: []string{allowed.path}})
-	if err != nil {
-		if strings.Contains(err.Error(), "namespace") {
-			t.Skipf("cannot create the sandbox here: %v", err)
-		}
-		t.Fatal(err)
-	}
 	// Nobody serves the transparent listener: the TCP connect lands in its
 	// backlog ("open"), redirected inside the namespace; nothing leaves.
 	sb.Wait()

@@ -92,7 +92,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 
 	p := policy.Builtin()
 	if *config != "" {
-		data, err := os.ReadFile(*config)
+		data, err := reload.ReadFile(*config)
 		if err != nil {
 			fmt.Fprintf(stderr, "egress check: %v\n", err)
 			return exitUsage

@@ -8,11 +8,7 @@ import (
 )
 
 func TestCheckGolden(t *testing.T) {
-	cases := []struct {
-		name string
-		args []string
-		code int
-	}{
+	runGoldenCases(t, cmdCheck, "check", []goldenCase{
 		{"allowed", []string{"--config", "testdata/check/policy.yaml", "api.example.com:443", "https://api.example.com/v1/x", "10.20.0.5:5432"}, exitOK},
 		{"denied", []string{"--config", "testdata/check/policy.yaml", "api.example.com:80", "http://api.example.com/", "10.20.0.6:5432", "tracking.cdn.example.net:443", "img.cdn.example.net:443", "db.corp.example:5432"}, exitDenied},
 		{"builtin", []string{"api.example.com:443", "http://169.254.169.254/latest/meta-data", "metadata.google.internal:80", "[::1]:8080", "2130706433:80", "0x7f.1:80", "10.0.0.1:5432", "[fe80::1%25eth0]:22"}, exitDenied},
@@ -47,16 +43,7 @@ func TestCheckGolden(t *testing.T) {
 		{"requirements missing manifest", []string{"--requirements", "testdata/check/requirements/missing.json"}, exitUsage},
 		{"requirements bad config", []string{"--requirements", "testdata/check/requirements/optional.json", "--config", "testdata/check/bad.yaml"}, exitUsage},
 		{"requirements and targets", []string{"--requirements", "testdata/check/requirements/optional.json", "api.example.com:443"}, exitUsage},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			code, out := runCommand(cmdCheck, c.args...)
-			if code != c.code {
-				t.Errorf("exit %d, want %d\n%s", code, c.code, out)
-			}
-			assertGolden(t, "check/"+strings.ReplaceAll(c.name, " ", "-")+".golden", out)
-		})
-	}
+	})
 }
 
 func TestCheckJSONFields(t *testing.T) {

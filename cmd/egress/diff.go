@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 
@@ -70,7 +69,7 @@ func cmdDiff(args []string, stdout, stderr io.Writer) int {
 	}
 	var ps [2]*policy.Policy
 	for i, f := range files {
-		data, err := os.ReadFile(f)
+		data, err := reload.ReadFile(f)
 		if err != nil {
 			fmt.Fprintf(stderr, "egress diff: %v\n", err)
 			return exitUsage

@@ -7,11 +7,7 @@ import (
 )
 
 func TestDiffGolden(t *testing.T) {
-	cases := []struct {
-		name string
-		args []string
-		code int
-	}{
+	runGoldenCases(t, cmdDiff, "diff", []goldenCase{
 		{"wider", []string{"testdata/diff/old.yaml", "testdata/diff/new.yaml"}, exitDenied},
 		{"narrower", []string{"testdata/diff/new.yaml", "testdata/diff/old.yaml", "--json"}, exitDenied},
 		{"same", []string{"testdata/diff/old.yaml", "testdata/diff/old.yaml"}, exitOK},
@@ -21,16 +17,7 @@ func TestDiffGolden(t *testing.T) {
 		{"bad file", []string{"testdata/diff/old.yaml", "testdata/check/bad.yaml"}, exitUsage},
 		{"missing file", []string{"testdata/diff/old.yaml", "testdata/diff/missing.yaml"}, exitUsage},
 		{"one file", []string{"testdata/diff/old.yaml"}, exitUsage},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			code, out := runCommand(cmdDiff, c.args...)
-			if code != c.code {
-				t.Errorf("exit %d, want %d\n%s", code, c.code, out)
-			}
-			assertGolden(t, "diff/"+strings.ReplaceAll(c.name, " ", "-")+".golden", out)
-		})
-	}
+	})
 }
 
 func TestDiffJSON(t *testing.T) {

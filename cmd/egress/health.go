@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/netip"
 	neturl "net/url"
-	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -101,7 +100,7 @@ func probe(args []string, stdout, stderr io.Writer) int {
 // names: listen.admin, with a wildcard address (0.0.0.0, [::]) asked on
 // loopback.
 func adminURL(file string) (string, error) {
-	data, err := os.ReadFile(file)
+	data, err := reload.ReadFile(file)
 	if err != nil {
 		return "", err
 	}

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/reload"
@@ -38,7 +37,7 @@ func cmdLint(args []string, stdout, stderr io.Writer) int {
 	}
 	code := exitOK
 	for _, file := range fs.Args() {
-		data, err := os.ReadFile(file)
+		data, err := reload.ReadFile(file)
 		if err != nil {
 			fmt.Fprintf(stdout, "%s: %v\n", file, errors.Unwrap(err))
 			code = exitDenied

@@ -57,6 +57,29 @@ func runCommand(cmd func([]string, io.Writer, io.Writer) int, args ...string) (i
 	return code, b.Bytes()
 }
 
+// goldenCase is one run of a subcommand, compared with
+// testdata/DIR/NAME.golden (spaces in NAME become dashes).
+type goldenCase struct {
+	name string
+	args []string
+	code int
+}
+
+// runGoldenCases runs each case of cmd as a subtest, checks its exit
+// code and compares its output with the golden file in dir.
+func runGoldenCases(t *testing.T, cmd func([]string, io.Writer, io.Writer) int, dir string, cases []goldenCase) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, out := runCommand(cmd, c.args...)
+			if code != c.code {
+				t.Errorf("exit %d, want %d\n%s", code, c.code, out)
+			}
+			assertGolden(t, dir+"/"+strings.ReplaceAll(c.name, " ", "-")+".golden", out)
+		})
+	}
+}
+
 func TestLintGolden(t *testing.T) {
 	cases := []struct {
 		file string

@@ -32,3 +32,17 @@ func ServeTCP(tb testing.TB, handle func(net.Conn)) *net.TCPAddr {
 	}()
 	return l.Addr().(*net.TCPAddr)
 }
+
+// ClosedUDP returns a 127.0.0.1 UDP address nobody listens on: the kernel
+// answers what is sent there with ICMP port unreachable (connection
+// refused).
+func ClosedUDP(tb testing.TB) string {
+	tb.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	a := pc.LocalAddr().String()
+	pc.Close()
+	return a
+}

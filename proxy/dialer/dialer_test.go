@@ -40,16 +40,19 @@ func listen(t *testing.T) (netip.AddrPort, net.Listener) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	go acceptAndClose(l)
 	return netip.MustParseAddrPort(l.Addr().String()), l
+}
+
+// acceptAndClose closes every connection l accepts, until l is closed.
+func acceptAndClose(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
+	}
 }
 
 const allowLoopback = `

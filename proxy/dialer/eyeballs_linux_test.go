@@ -112,15 +112,7 @@ func TestHappyEyeballs(t *testing.T) {
 		ls = append(ls, l6)
 	}
 	for _, l := range ls {
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
+		go acceptAndClose(l)
 	}
 	// A listener on an address the policy refuses: it must never be
 	// reached. The dialer's connection, if any, would be accepted before

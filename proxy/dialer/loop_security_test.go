@@ -44,15 +44,7 @@ allow:
 				t.Skipf("listen %s: %v", tt.listen, err)
 			}
 			defer l.Close()
-			go func() {
-				for {
-					c, err := l.Accept()
-					if err != nil {
-						return
-					}
-					c.Close()
-				}
-			}()
+			go acceptAndClose(l)
 			self := &dialer.Self{}
 			self.Add(l.Addr())
 			d := &dialer.Dialer{Policy: func() *policy.Policy { return pol }, IsSelf: self.Contains}

@@ -28,7 +28,9 @@
 //     address is removed, so that rebinding a public name to 10.x or
 //     169.254.169.254 gives nothing usable; the answer then carries EDE 15
 //     naming the removed addresses. A and AAAA records in the additional
-//     section (glue) are decided on with their own owner name.
+//     section (glue) are decided on with their own owner name. The ech key
+//     of an HTTPS or SVCB record is dropped, so that clients send the
+//     server name in clear for the transparent path and CONNECT to check.
 //   - ANY is answered as RFC 8482 §4.2 suggests: one synthesised HINFO record
 //     ("RFC8482", TTL 3789), without asking upstream, once the name is
 //     allowed. Zone transfers, meta types and class other than IN are

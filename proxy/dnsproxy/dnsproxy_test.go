@@ -13,6 +13,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/egress-proxy/egress/internal/testnet"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -580,7 +581,7 @@ func TestUpstreamFaults(t *testing.T) {
 		}
 	})
 	t.Run("every upstream down gives SERVFAIL at once", func(t *testing.T) {
-		e := newEnv(t, "version: 1\ndefault: allow\ndns:\n  upstreams: [\""+closedPort(t)+"\", \""+closedPort(t)+"\"]\n")
+		e := newEnv(t, "version: 1\ndefault: allow\ndns:\n  upstreams: [\""+testnet.ClosedUDP(t)+"\", \""+testnet.ClosedUDP(t)+"\"]\n")
 		start := time.Now()
 		r := e.query("tcp", "api.example.com", dns.TypeA)
 		if r.Rcode != dns.RcodeServerFailure || time.Since(start) > 1500*time.Millisecond {
@@ -590,7 +591,7 @@ func TestUpstreamFaults(t *testing.T) {
 	t.Run("failover to the next upstream, which is then asked first", func(t *testing.T) {
 		up := newUpstream(t)
 		e := newEnv(t, "version: 1\ndefault: allow\ndns:\n  cache_size: 0\n  timeout: 1s\n  upstreams: [\""+
-			silentUpstream(t)+"\", \""+closedPort(t)+"\", \""+up.addr+"\"]\n")
+			silentUpstream(t)+"\", \""+testnet.ClosedUDP(t)+"\", \""+up.addr+"\"]\n")
 		start := time.Now()
 		r := e.query("udp", "api.example.com", dns.TypeA)
 		if got := addrs(r); !slices.Equal(got, []string{"93.184.216.34"}) {

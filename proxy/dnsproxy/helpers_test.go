@@ -188,18 +188,6 @@ func listenPair(t testing.TB) (net.PacketConn, net.Listener) {
 	return nil, nil
 }
 
-// closedPort returns a loopback address where nothing listens.
-func closedPort(t testing.TB) string {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := pc.LocalAddr().String()
-	pc.Close()
-	return a
-}
-
 // logBuf collects log lines for assertions; safe for concurrent use.
 type logBuf struct {
 	mu sync.Mutex

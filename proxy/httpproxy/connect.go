@@ -67,7 +67,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 	answer := func(dec policy.Decision, err error) {
 		failureFor(rq.id, target, dec, err).sendConn(cc, proto, false)
 		entry.Decision = dec
-		if !dec.Denied() {
+		if dec.Allowed() { // audit mode too: a denial let through that then failed
 			entry.Err = err
 			entry.Duration = time.Since(rq.start)
 		}

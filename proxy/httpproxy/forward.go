@@ -106,7 +106,7 @@ func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
 	if !entry.Decision.IP.IsValid() {
 		entry.Decision.IP = fw.connIP
 	}
-	if entry.Decision.Denied() && !entry.Decision.Allowed() {
+	if !entry.Decision.Allowed() {
 		// Refused at the address: the decision says why; nothing was sent.
 		entry.Err = nil
 	} else {

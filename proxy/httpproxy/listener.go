@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -152,11 +151,11 @@ func (l *connectFirst) serveConn(c net.Conn) {
 	var r *http.Request
 	defer func() {
 		if v := recover(); v != nil {
-			ev := p.Logger.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).Str("client", c.RemoteAddr().String())
+			method := ""
 			if r != nil {
-				ev = ev.Str("method", r.Method)
+				method = r.Method
 			}
-			ev.Msg("panic serving request; connection closed")
+			p.logPanic(v, c.RemoteAddr().String(), method)
 			c.Close()
 		}
 	}()

@@ -179,8 +179,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if v == http.ErrAbortHandler {
 				panic(v)
 			}
-			p.Logger.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).
-				Str("client", r.RemoteAddr).Str("method", r.Method).Msg("panic serving request; connection closed")
+			p.logPanic(v, r.RemoteAddr, r.Method)
 			panic(http.ErrAbortHandler) // net/http closes this connection quietly and keeps serving
 		}
 	}()
@@ -193,6 +192,16 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.serveForward(w, r)
+}
+
+// logPanic logs a panic recovered while serving a request of client
+// (method "" when none was read yet), with its stack.
+func (p *Proxy) logPanic(v any, client, method string) {
+	ev := p.Logger.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).Str("client", client)
+	if method != "" {
+		ev = ev.Str("method", method)
+	}
+	ev.Msg("panic serving request; connection closed")
 }
 
 // serveInfo answers requests that are not proxy requests (origin-form,

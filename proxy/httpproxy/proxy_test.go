@@ -522,6 +522,23 @@ func TestAuditMode(t *testing.T) {
 	if !found {
 		t.Fatal("no audit_deny line for the open tunnel")
 	}
+	// A dial that fails after an audit denial logs its error too.
+	resp, _, _, _ = f.raw("CONNECT 127.0.0.1:" + closedPort(t) + " HTTP/1.1\r\n\r\n")
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("audit mode CONNECT to a closed port: %d, want 502", resp.StatusCode)
+	}
+	id := resp.Header.Get("X-Egress-Id")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if es := f.logs.entries(t, id); len(es) == 1 {
+			if es[0]["event"] != "audit_deny" || es[0]["error"] == nil {
+				t.Fatalf("the failed dial's line %v, want audit_deny with its error", es[0])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no line for the failed dial")
+		}
+	}
 }
 
 // The 403 body is user-visible text: compare it with a golden file.

@@ -2,8 +2,6 @@ package httpproxy
 
 import (
 	"bufio"
-	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -48,7 +46,7 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, fw *forward
 	target := targetString(fw.req.Host, fw.req.Port)
 	fail := func(dec policy.Decision, err error) {
 		entry.Decision = dec
-		if !dec.Denied() {
+		if dec.Allowed() { // audit mode too: a denial let through that then failed
 			entry.Err = err
 			entry.Duration = time.Since(fw.start)
 		}
@@ -68,23 +66,11 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, fw *forward
 	}
 	up := raw
 	if r.URL.Scheme == "https" {
-		tc := &tls.Config{}
-		if p.TLSClientConfig != nil {
-			tc = p.TLSClientConfig.Clone()
-		}
-		tc.InsecureSkipVerify = false
-		tc.ServerName = r.URL.Hostname()
-		tc.NextProtos = []string{"http/1.1"} // upgrades are HTTP/1.1's
-		tlc := tls.Client(raw, tc)
-		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-		err := tlc.HandshakeContext(ctx)
-		cancel()
-		if err != nil {
-			raw.Close()
+		// Upgrades are HTTP/1.1's: tlsConfig offers http/1.1 alone.
+		if up, err = tlsHandshake(r.Context(), raw, p.tlsConfig(), r.URL.Hostname()); err != nil {
 			fail(dec, err)
 			return
 		}
-		up = tlc
 	}
 
 	out := r.Clone(r.Context())

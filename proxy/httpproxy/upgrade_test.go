@@ -103,3 +103,20 @@ func TestUpgradeDeclined(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// An upgrade to an https:// origin goes over TLS verified for the URI's
+// name; an origin that does not switch answers as for any request.
+func TestUpgradeOverTLS(t *testing.T) {
+	f := newFixture(t, testPolicy)
+	c, br := f.dial()
+	origin := "origin.test:" + f.tlsPort()
+	fmt.Fprintf(c, "GET https://%s/ws HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", origin, origin)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodGet})
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "path=/ws") {
+		t.Fatalf("%s %q, want the origin's 200 over TLS", resp.Status, body)
+	}
+}

@@ -286,6 +286,22 @@ func (p *Proxy) tlsConfig() *tls.Config {
 	return tc
 }
 
+// tlsHandshake does the TLS handshake with an https:// origin on raw,
+// verifying its certificate for name, within tlsHandshakeTimeout; on
+// failure it closes raw.
+func tlsHandshake(ctx context.Context, raw net.Conn, base *tls.Config, name string) (net.Conn, error) {
+	tc := base.Clone()
+	tc.ServerName = name
+	tlc := tls.Client(raw, tc)
+	hctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
+	defer cancel()
+	if err := tlc.HandshakeContext(hctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return tlc, nil
+}
+
 // dialUpstream dials a new connection for fw through the checking
 // dialer, which decides on the address it dials, and for https:// does
 // the TLS handshake, verifying the origin's certificate for its name.
@@ -299,17 +315,9 @@ func (p *Proxy) dialUpstream(ctx context.Context, pl *pool, fw *forward, key poo
 	}
 	conn := raw
 	if key.scheme == "https" {
-		tc := pl.tls.Clone()
-		tc.ServerName = fw.req.Host
-		tlc := tls.Client(raw, tc)
-		hctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
-		err := tlc.HandshakeContext(hctx)
-		cancel()
-		if err != nil {
-			raw.Close()
+		if conn, err = tlsHandshake(ctx, raw, pl.tls, fw.req.Host); err != nil {
 			return nil, err
 		}
-		conn = tlc
 	}
 	ip := dec.IP
 	if ap, err := netip.ParseAddrPort(raw.RemoteAddr().String()); err == nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/egress-proxy/egress/internal/testnet"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/resolve"
 )
@@ -73,18 +74,6 @@ func newServer(t testing.TB, rcode int, records map[string]string) *server {
 	return s
 }
 
-// refusing is the address of a UDP port nobody listens on: the kernel
-// answers every query with ICMP port unreachable (connection refused).
-func refusing(t testing.TB) string {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := pc.LocalAddr().String()
-	pc.Close()
-	return a
-}
-
 // silent is the address of a UDP socket that never answers.
 func silent(t testing.TB) string {
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -115,7 +104,7 @@ func TestLookupNetIP(t *testing.T) {
 	records := map[string]string{"svc.test": "127.0.0.7"}
 	t.Run("a down first upstream fails over to the second", func(t *testing.T) {
 		up := newServer(t, dns.RcodeSuccess, records)
-		r, _ := resolver(load(t, []string{refusing(t), up.addr}, ""))
+		r, _ := resolver(load(t, []string{testnet.ClosedUDP(t), up.addr}, ""))
 		got, err := r.LookupNetIP(context.Background(), "ip", "svc.test")
 		if err != nil || !slices.Equal(got, []netip.Addr{netip.MustParseAddr("127.0.0.7")}) {
 			t.Fatalf("LookupNetIP = %v, %v; want 127.0.0.7 from %s", got, err, up.addr)
@@ -131,7 +120,7 @@ func TestLookupNetIP(t *testing.T) {
 		}
 	})
 	t.Run("every upstream down is an error within dns.timeout naming each", func(t *testing.T) {
-		down, quiet := refusing(t), silent(t)
+		down, quiet := testnet.ClosedUDP(t), silent(t)
 		r, _ := resolver(load(t, []string{down, quiet}, "  timeout: 400ms\n"))
 		start := time.Now()
 		_, err := r.LookupNetIP(context.Background(), "ip", "svc.test")
@@ -150,7 +139,7 @@ func TestLookupNetIP(t *testing.T) {
 		}
 	})
 	t.Run("an upstream refused at once is not said to have run out of time", func(t *testing.T) {
-		down := refusing(t)
+		down := testnet.ClosedUDP(t)
 		r, _ := resolver(load(t, []string{down}, "  timeout: 2s\n"))
 		_, err := r.LookupNetIP(context.Background(), "ip4", "svc.test")
 		want := "no upstream answered: " + down + " refused (port unreachable: nothing listens there)"

@@ -148,21 +148,20 @@ func (s *upSocket) isRetired() bool {
 func (s *upSocket) retire() {
 	s.mu.Lock()
 	s.retired = true
-	c := s.closeIfDone()
-	s.mu.Unlock()
-	if c {
-		s.conn.Close()
-	}
+	s.unlockClosingIfDone()
 }
 
-// closeIfDone marks s closed when it is retired and idle and reports
-// whether the caller must close it (after unlocking). s.mu is held.
-func (s *upSocket) closeIfDone() bool {
-	if s.retired && len(s.pending) == 0 && !s.closed {
+// unlockClosingIfDone releases s.mu, held by the caller, and closes s
+// (after unlocking) the first time it is found retired and idle.
+func (s *upSocket) unlockClosingIfDone() {
+	done := s.retired && len(s.pending) == 0 && !s.closed
+	if done {
 		s.closed = true
-		return true
 	}
-	return false
+	s.mu.Unlock()
+	if done {
+		s.conn.Close()
+	}
 }
 
 // add registers x as in flight on s, until x.until, with a fresh random
@@ -196,31 +195,33 @@ func (s *upSocket) remove(id uint16, x *exchange) bool {
 		return false
 	}
 	delete(s.pending, id)
-	c := s.closeIfDone()
-	s.mu.Unlock()
-	if c {
-		s.conn.Close()
-	}
+	s.unlockClosingIfDone()
 	return true
 }
 
 // expire fails the queries in flight on s whose time is up.
 func (s *upSocket) expire(now time.Time) {
+	s.fail(func(x *exchange) bool { return !now.Before(x.until) }, false, errTimedOut)
+}
+
+// fail takes out of flight on s the queries that pick selects (all of
+// them when pick is nil), retires s first if retire is set, and fails
+// them with err.
+func (s *upSocket) fail(pick func(*exchange) bool, retire bool, err error) {
 	var xs []*exchange
 	s.mu.Lock()
 	for id, x := range s.pending {
-		if !now.Before(x.until) {
+		if pick == nil || pick(x) {
 			delete(s.pending, id)
 			xs = append(xs, x)
 		}
 	}
-	c := s.closeIfDone()
-	s.mu.Unlock()
-	if c {
-		s.conn.Close()
+	if retire {
+		s.retired = true
 	}
+	s.unlockClosingIfDone()
 	for _, x := range xs {
-		x.failed(errTimedOut)
+		x.failed(err)
 	}
 }
 
@@ -259,35 +260,19 @@ func (s *upSocket) failAll(err error) bool {
 	if stop {
 		err = errSocketClosed
 	}
-	s.mu.Lock()
-	var xs []*exchange
-	for id, x := range s.pending {
-		delete(s.pending, id)
-		xs = append(xs, x)
-	}
-	if !stop {
-		// A socket that failed is not used again.
-		s.retired = true
-	}
-	c := s.closeIfDone()
-	s.mu.Unlock()
-	if c {
-		s.conn.Close()
-	}
-	for _, x := range xs {
-		x.failed(err)
-	}
+	// A socket that failed is not used again.
+	s.fail(nil, !stop, err)
 	return stop
 }
 
 // take matches one packet to the query in flight it answers, and
 // finishes that query; packets that match none are dropped.
 func (s *upSocket) take(pkt []byte) {
-	m := new(dns.Msg)
-	uerr := m.Unpack(pkt)
 	if len(pkt) < 12 {
 		return
 	}
+	m := new(dns.Msg)
+	uerr := m.Unpack(pkt)
 	id := uint16(pkt[0])<<8 | uint16(pkt[1])
 	s.mu.Lock()
 	x := s.pending[id]
@@ -296,11 +281,7 @@ func (s *upSocket) take(pkt []byte) {
 		return // late, or forged: the real answer may still come
 	}
 	delete(s.pending, id)
-	c := s.closeIfDone()
-	s.mu.Unlock()
-	if c {
-		s.conn.Close()
-	}
+	s.unlockClosingIfDone()
 	if uerr != nil && !m.Truncated {
 		x.failed(uerr)
 		return

@@ -36,19 +36,9 @@ func copyConn(dst, src net.Conn) (int64, error) {
 		var eof bool
 		var serr error
 		err := rc.Read(func(fd uintptr) bool {
-			var b [1]byte
-			n, _, e := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			switch {
-			case errors.Is(e, unix.EAGAIN) || errors.Is(e, unix.EINTR):
-				return false // wait for readability, then ask again
-			case e != nil:
-				serr = e
-			case n == 0:
-				eof = true
-			default:
-				queued, serr = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-			}
-			return true
+			var again bool
+			queued, eof, again, serr = peekQueued(int(fd))
+			return !again // wait for readability, then ask again
 		})
 		switch {
 		case err != nil:
@@ -57,9 +47,6 @@ func copyConn(dst, src net.Conn) (int64, error) {
 			return total, serr
 		case eof:
 			return total, nil
-		}
-		if queued < 1 {
-			queued = 1
 		}
 		n, err := d.ReadFrom(&io.LimitedReader{R: s, N: int64(queued)})
 		total += n
@@ -70,4 +57,24 @@ func copyConn(dst, src net.Conn) (int64, error) {
 			return total, nil // EOF raced with the peek
 		}
 	}
+}
+
+// peekQueued reports, without blocking, how many bytes (at least 1) the
+// socket fd has queued, or that it reached EOF, or (again) that nothing
+// has arrived yet.
+func peekQueued(fd int) (queued int, eof, again bool, err error) {
+	var b [1]byte
+	n, _, e := unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	switch {
+	case errors.Is(e, unix.EAGAIN) || errors.Is(e, unix.EINTR):
+		again = true
+	case e != nil:
+		err = e
+	case n == 0:
+		eof = true
+	default:
+		queued, err = unix.IoctlGetInt(fd, unix.SIOCINQ)
+		queued = max(queued, 1)
+	}
+	return queued, eof, again, err
 }

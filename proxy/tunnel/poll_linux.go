@@ -236,18 +236,7 @@ const burstGrace = 100 * time.Millisecond
 func (d *direction) peek() (queued int, eof bool, err error) {
 	var serr error
 	cerr := d.rc.Read(func(fd uintptr) bool {
-		var b [1]byte
-		n, _, e := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		switch {
-		case errors.Is(e, unix.EAGAIN) || errors.Is(e, unix.EINTR):
-		case e != nil:
-			serr = e
-		case n == 0:
-			eof = true
-		default:
-			queued, serr = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-			queued = max(queued, 1)
-		}
+		queued, eof, _, serr = peekQueued(int(fd))
 		return true // never wait here: waiting is the poller's job
 	})
 	if cerr != nil {
