@@ -86,8 +86,13 @@ func CopyResponse(w http.ResponseWriter, resp *http.Response, via bool) error {
 	w.WriteHeader(resp.StatusCode)
 	rc := http.NewResponseController(w)
 	var flush func()
-	if streams(resp) {
+	if streams(resp) || announced > 0 {
+		// The head goes now, as ReverseProxy sends it: a stream's
+		// client learns of it before its first event, and net/http's
+		// server neither sniffs a Content-Type nor counts a length the
+		// origin did not send (trailers need chunking).
 		flush = func() { rc.Flush() }
+		flush()
 	}
 	err := copyBody(w, resp.Body, flush)
 	if err != nil {
