@@ -268,7 +268,13 @@ func WriteHead(bw *bufio.Writer, r *http.Request, o Request) {
 	bw.WriteString(r.Method)
 	bw.WriteByte(' ')
 	bw.WriteString(uri)
-	bw.WriteString(" HTTP/1.1\r\n")
+	if o.Transparent && r.ProtoMajor == 1 && r.ProtoMinor == 0 {
+		// The client's version: an HTTP/1.0 request (no Host, say)
+		// must not become an HTTP/1.1 one the origin refuses.
+		bw.WriteString(" HTTP/1.0\r\n")
+	} else {
+		bw.WriteString(" HTTP/1.1\r\n")
+	}
 	if host != "" {
 		bw.WriteString("Host: ")
 		bw.WriteString(host)

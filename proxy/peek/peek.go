@@ -16,9 +16,16 @@ import (
 
 // What the first bytes of a connection said about its destination's name.
 const (
-	SourceNone = ""     // no name: the client said nothing in time, or no TLS/HTTP
-	SourceSNI  = "sni"  // TLS ClientHello server_name (RFC 6066 §3)
-	SourceHost = "host" // HTTP/1.x Host header (RFC 9112 §3.2)
+	SourceNone = ""    // no name: the client said nothing in time, or no TLS/HTTP
+	SourceSNI  = "sni" // TLS ClientHello server_name (RFC 6066 §3)
+	// SourceHTTP: the bytes start an HTTP/1 request line (or could still
+	// be one when the time ran out): the caller reads the request with
+	// net/http's reader, the one origins use, and refuses it when that
+	// cannot; peek names no host for it.
+	SourceHTTP = "http"
+	// SourceHTTP2: the HTTP/2 connection preface (RFC 9113 §3.4, h2c with
+	// prior knowledge), which no HTTP/1 reader reads.
+	SourceHTTP2 = "h2"
 )
 
 // maxPeek bounds the bytes read before the decision: a ClientHello with a
@@ -65,11 +72,17 @@ func More(c net.Conn, buf []byte, timeout time.Duration) (name, source string, _
 		if rerr != nil {
 			var ne net.Error
 			if errors.As(rerr, &ne) && ne.Timeout() {
+				if source == SourceHTTP {
+					// An unfinished request line: the caller's reader
+					// finishes it, or refuses the connection.
+					return "", SourceHTTP, buf, nil
+				}
 				return "", SourceNone, buf, nil
 			}
 			// EOF or reset before a name: nothing to forward but what
-			// was read; let the caller decide on the address.
-			return "", SourceNone, buf, rerr
+			// was read; let the caller decide on the address (an HTTP
+			// request line cut short is the caller's to refuse).
+			return "", source, buf, rerr
 		}
 	}
 }
@@ -92,7 +105,7 @@ func From(b []byte) (name, source string, done bool) {
 		return "", SourceNone, done
 	}
 	if isTokenByte(b[0]) {
-		return hostFromHTTP(b)
+		return httpStart(b)
 	}
 	return "", SourceNone, true
 }
@@ -245,63 +258,35 @@ func (r *reader) skipVec(lenBytes int) bool {
 	return ok
 }
 
-// hostFromHTTP finds the Host of an HTTP/1.x request head in b: the Host
-// header, or the authority of an absolute-form target. done is true when
-// it is found, the head is complete without one, or b is not HTTP.
-func hostFromHTTP(b []byte) (name, source string, done bool) {
-	eol := bytes.Index(b, []byte("\r\n"))
-	if eol < 0 {
-		// Not even a request line yet: keep reading only while it could
-		// still be one ("METHOD SP").
-		if sp := bytes.IndexByte(b, ' '); sp >= 0 {
-			if sp == 0 || !allToken(b[:sp]) {
-				return "", SourceNone, true
-			}
-		} else if !allToken(b) || len(b) > 32 {
-			return "", SourceNone, true
-		}
-		return "", SourceNone, false
+// httpStart tells whether b, which starts with a token byte, is the start
+// of an HTTP/1 request as net/http's server reads one (RFC 9112 §3: method
+// SP request-target SP HTTP-version, the line ending in LF with or
+// without CR). done is false while the first line could still become one.
+func httpStart(b []byte) (name, source string, done bool) {
+	line, complete := b, false
+	if eol := bytes.IndexByte(b, '\n'); eol >= 0 {
+		line, complete = bytes.TrimSuffix(b[:eol], []byte("\r")), true
 	}
-	line := string(b[:eol])
-	method, rest, ok1 := strings.Cut(line, " ")
-	target, proto, ok2 := strings.Cut(rest, " ")
-	if !ok1 || !ok2 || !allToken([]byte(method)) || !strings.HasPrefix(proto, "HTTP/1.") {
-		return "", SourceNone, true // HTTP/2 preface ("PRI * HTTP/2.0") included
+	method, rest, ok1 := bytes.Cut(line, []byte(" "))
+	if !allToken(method) || len(method) == 0 && ok1 {
+		return "", SourceNone, true
 	}
-	absHost := ""
-	if i := strings.Index(target, "://"); i > 0 {
-		auth := target[i+3:]
-		if j := strings.IndexAny(auth, "/?#"); j >= 0 {
-			auth = auth[:j]
+	if !complete {
+		if !ok1 && len(line) > 32 {
+			return "", SourceNone, true // no method is this long
 		}
-		if k := strings.LastIndexByte(auth, '@'); k >= 0 {
-			auth = auth[k+1:]
-		}
-		absHost = auth
+		return "", SourceHTTP, false
 	}
-	rest = string(b[eol+2:])
-	for {
-		eol := strings.Index(rest, "\r\n")
-		if eol < 0 {
-			return "", SourceNone, false
-		}
-		h := rest[:eol]
-		rest = rest[eol+2:]
-		if h == "" {
-			if absHost != "" {
-				return StripPort(absHost), SourceHost, true
-			}
-			return "", SourceNone, true
-		}
-		k, v, ok := strings.Cut(h, ":")
-		if ok && strings.EqualFold(k, "host") {
-			if absHost != "" {
-				// RFC 9112 §3.2.2: an absolute-form target wins.
-				return StripPort(absHost), SourceHost, true
-			}
-			return StripPort(strings.TrimSpace(v)), SourceHost, true
-		}
+	target, proto, ok2 := bytes.Cut(rest, []byte(" "))
+	switch {
+	case !ok1 || !ok2:
+		return "", SourceNone, true
+	case string(method) == "PRI" && string(target) == "*" && string(proto) == "HTTP/2.0":
+		return "", SourceHTTP2, true
+	case bytes.HasPrefix(proto, []byte("HTTP/")):
+		return "", SourceHTTP, true
 	}
+	return "", SourceNone, true
 }
 
 // stripPort removes a ":port" from a Host value, and the brackets of an

@@ -4,12 +4,14 @@ package transparent
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/egress-proxy/egress/proxy/peek"
 )
 
 // Every request of a kept-alive plain-HTTP connection is decided on its
@@ -80,7 +82,7 @@ func TestSecurityEveryRequestDecided(t *testing.T) {
 		if _, err := http.ReadResponse(br, nil); err == nil {
 			t.Fatal("the unreadable request was answered")
 		}
-		if e := f.rec.next(t); e.Err == nil || !strings.Contains(e.Err.Error(), "cannot be read") {
+		if e := f.rec.next(t); !errors.Is(e.Err, peek.ErrUnreadableRequest) {
 			t.Fatalf("entry error %v, want the unreadable request", e.Err)
 		}
 	})

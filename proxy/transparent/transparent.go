@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"runtime/debug"
 	"slices"
@@ -36,6 +37,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/names"
+	"github.com/egress-proxy/egress/proxy/origin"
 	"github.com/egress-proxy/egress/proxy/peek"
 	"github.com/egress-proxy/egress/proxy/tunnel"
 )
@@ -45,6 +47,15 @@ const (
 	// ReasonNameMismatch: the TLS SNI or HTTP Host names a host the
 	// original destination address does not belong to.
 	ReasonNameMismatch policy.Reason = "name_mismatch"
+	// ReasonHTTPUnreadable: the connection started as HTTP/1, and a
+	// request on it could not be read by net/http's reader (or within
+	// timeouts.header and limits.max_header_bytes): egress decides on
+	// nothing it cannot read.
+	ReasonHTTPUnreadable policy.Reason = "http_unreadable"
+	// ReasonHTTP2Preface: the connection started with the HTTP/2 preface
+	// (h2c with prior knowledge) to an address the policy does not allow
+	// by itself.
+	ReasonHTTP2Preface policy.Reason = "http2_prior_knowledge"
 	// ReasonNotRedirected: the connection reached the listener directly
 	// (its original destination is the listener itself), so there is
 	// nowhere to forward it.
@@ -267,6 +278,32 @@ func (s *Server) handle(cc *net.TCPConn) {
 	// check does) is not a reason to stop: the upstream sees the same open
 	// and close, and the copy ends at once.
 	name, source, head, _ := peek.Read(cc, peekTimeout)
+	var requests *peek.RequestReader
+	var first *http.Request
+	switch source {
+	case peek.SourceHTTP:
+		// HTTP/1: every request of the connection, this one included,
+		// is read by net/http's reader and decided on what it names;
+		// one that cannot be read is refused.
+		requests = peek.NewRequestReader(head, cc, pol.Limits.MaxHeaderBytes)
+		cc.SetReadDeadline(time.Now().Add(headerTimeout(pol)))
+		first, err = requests.Read()
+		cc.SetReadDeadline(time.Time{})
+		if err != nil {
+			c.deny(unreadable(pol, dst, err))
+			return
+		}
+		name, head = peek.RequestHost(first), nil
+	case peek.SourceHTTP2:
+		// h2c with prior knowledge: its requests are HTTP/2 frames no
+		// HTTP/1 reader reads, so it goes through only where the
+		// address itself is allowed, whatever it names.
+		if d := pol.Decide(policy.Request{IP: dst.Addr(), Port: dst.Port(), Client: c.entry.Client.Addr()}); !d.Allowed() {
+			c.deny(policy.Decision{Reason: ReasonHTTP2Preface, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
+				Hint: "HTTP/2 with prior knowledge (h2c) names its host in frames egress does not read: allow the address (cidr:) or use HTTP/1.1 or TLS"})
+			return
+		}
+	}
 	if _, err := netip.ParseAddr(name); err == nil {
 		// An IP literal in Host (SNI may not carry one, RFC 6066 §3)
 		// names nothing more than the address does.
@@ -295,31 +332,16 @@ func (s *Server) handle(cc *net.TCPConn) {
 	}
 	c.entry.Decision = dec
 	var client net.Conn = cc
-	if source == peek.SourceHost && name != "" {
-		// Plain HTTP: every later request on the connection is decided
-		// on its own Host, as the forward proxy does; the gate replays
-		// the head.
-		client = newRequestGate(cc, head, func(host string) bool {
-			host = peek.StripPort(host)
-			h, _, err := policy.NormalizeHost(host)
-			if err == nil && h == req.Host {
-				return true
-			}
-			// Allowed only if the name itself is, on this address: not
-			// through the address's other names.
-			r, d, ok := s.decide(s.Policy(), host, dst, c.entry.Client.Addr())
-			if ok && err == nil && (r.Host == host || r.Host == h) {
-				return true
-			}
-			if d.Allowed() {
-				d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, ReasonNameMismatch
-				d.Host, d.IP = h, dst.Addr()
-				d.Hint = fmt.Sprintf("a request on a connection to %s names %s, which is not an address of it", dst.Addr(), h)
-			}
-			t.Refuse(d)
-			return false
-		}, t.Fail)
-		head = nil
+	if requests != nil {
+		// Plain HTTP: gated for the connection's whole life, whatever
+		// its first request said; every later request is decided on its
+		// own Host, as the forward proxy does, and the gate is left only
+		// when the origin switched protocols.
+		g := origin.NewGate(cc, up, origin.GateConfig{
+			Requests: requests, First: first, Fail: t.Fail,
+			Allow: func(r *http.Request) bool { return s.allowRequest(t, name, r, dst, c.entry.Client.Addr()) },
+		})
+		client, up = g.Client, g.Upstream
 	}
 	if len(head) > 0 {
 		if _, err := up.Write(head); err != nil {
@@ -332,6 +354,59 @@ func (s *Server) handle(cc *net.TCPConn) {
 	t.Request = req
 	t.Request.IP = ddec.IP
 	t.Start(client, up)
+}
+
+// allowRequest decides a later request r of a plain-HTTP connection to
+// dst, whose first request named first ("" for none, or an address):
+// the same name passes, another one only if the policy allows that name
+// itself on this address (not through the address's other names); a
+// refusal closes the tunnel with its decision.
+func (s *Server) allowRequest(t *tunnel.Tunnel, first string, r *http.Request, dst netip.AddrPort, client netip.Addr) bool {
+	host := peek.RequestHost(r)
+	if _, err := netip.ParseAddr(host); err == nil {
+		host = ""
+	}
+	norm := func(n string) (string, error) {
+		if n == "" {
+			return "", nil
+		}
+		h, _, err := policy.NormalizeHost(n)
+		return h, err
+	}
+	h, err := norm(host)
+	if f, ferr := norm(first); err == nil && ferr == nil && h == f {
+		return true
+	}
+	rq, d, ok := s.decide(s.Policy(), host, dst, client)
+	if ok && err == nil && (rq.Host == host || rq.Host == h) {
+		return true
+	}
+	if d.Allowed() {
+		d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, ReasonNameMismatch
+		d.Host, d.IP = h, dst.Addr()
+		d.Hint = fmt.Sprintf("a request on a connection to %s names %s, which is not an address of it", dst.Addr(), h)
+		if h == "" {
+			d.Hint = fmt.Sprintf("a request on a connection to %s names no host, and the address alone is not allowed", dst.Addr())
+		}
+	}
+	t.Refuse(d)
+	return false
+}
+
+// unreadable is the refusal of a connection whose first bytes started an
+// HTTP/1 request that net/http's reader could not read.
+func unreadable(pol *policy.Policy, dst netip.AddrPort, err error) policy.Decision {
+	return policy.Decision{Reason: ReasonHTTPUnreadable, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
+		Hint: fmt.Sprintf("egress decides only on requests it can read, and could not read this one: %v", err)}
+}
+
+// headerTimeout is timeouts.header: the time a client has to send a
+// whole request head.
+func headerTimeout(pol *policy.Policy) time.Duration {
+	if pol.Timeouts.Header > 0 {
+		return pol.Timeouts.Header
+	}
+	return 10 * time.Second
 }
 
 // decide picks the request to dial, or the denial.

@@ -88,6 +88,7 @@ type fixture struct {
 	web    *httptest.Server // plain HTTP
 	tlsWeb *httptest.Server
 	pol    atomic.Pointer[policy.Policy]
+	seen   chan string // the r.Host of each request web served
 }
 
 func portOf(u string) string {
@@ -97,8 +98,12 @@ func portOf(u string) string {
 
 func newFixture(t *testing.T) *fixture {
 	ns := newTestNetns(t)
-	f := &fixture{ns: ns, names: &names.Table{}, greet: greeter(t)}
+	f := &fixture{ns: ns, names: &names.Table{}, greet: greeter(t), seen: make(chan string, 100)}
 	f.web = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case f.seen <- r.Host:
+		default:
+		}
 		fmt.Fprintf(w, "hello %s", r.Host)
 	}))
 	t.Cleanup(f.web.Close)

@@ -1,0 +1,128 @@
+package peek
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// ErrUnreadableRequest is wrapped by every error of RequestReader.Read
+// but io.EOF: bytes that started as HTTP/1 and that net/http's reader, or
+// the checks net/http's server makes before serving a request, refuse. A
+// gate refuses the connection: egress decides on nothing it cannot read.
+var ErrUnreadableRequest = errors.New("unreadable HTTP/1 request")
+
+// RequestReader reads the HTTP/1 requests a client sends on a raw
+// connection (the transparent listener's, a CONNECT tunnel's) with
+// net/http's reader, the one egress's and Go's servers use, each head
+// bounded. Each request is then decided on its Host and sent on
+// re-serialised, so the origin sees what egress decided on.
+type RequestReader struct {
+	lim *headLimit
+	br  *bufio.Reader
+	max int64
+}
+
+// NewRequestReader reads from head (bytes already read from c, as by
+// Read), then c; max bounds each request head (limits.max_header_bytes).
+func NewRequestReader(head []byte, c io.Reader, max int) *RequestReader {
+	var r io.Reader = c
+	if len(head) > 0 {
+		r = io.MultiReader(bytes.NewReader(head), c)
+	}
+	lim := &headLimit{r: r, n: -1}
+	return &RequestReader{lim: lim, br: bufio.NewReaderSize(lim, 4<<10), max: int64(max)}
+}
+
+// Buffered is what the reader holds past the last request read: the
+// first bytes of another protocol after a switch (101, CONNECT's 200).
+func (rr *RequestReader) Buffered() *bufio.Reader { return rr.br }
+
+// Read reads the next request head; its Body reads the body from the
+// connection and must be read to its end before the next Read. It returns
+// io.EOF when the client closed between requests; any other error wraps
+// ErrUnreadableRequest (a head over the bound included).
+func (rr *RequestReader) Read() (*http.Request, error) {
+	if _, err := rr.br.Peek(1); err == io.EOF {
+		return nil, io.EOF
+	}
+	rr.lim.n = rr.max
+	req, err := http.ReadRequest(rr.br)
+	rr.lim.n = -1
+	if err != nil {
+		if errors.Is(err, errHeadTooLarge) {
+			err = errHeadTooLarge
+		}
+		return nil, fmt.Errorf("%w: %w", ErrUnreadableRequest, err)
+	}
+	if err := serverChecks(req); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnreadableRequest, err)
+	}
+	return req, nil
+}
+
+// serverChecks refuses what net/http's server refuses after reading a
+// request (server.go, readRequest): egress must not decide on a request
+// an origin would read otherwise, and Go's own is what the differential
+// tests hold it to.
+func serverChecks(req *http.Request) error {
+	if req.ProtoMajor != 1 {
+		return fmt.Errorf("protocol %s", req.Proto)
+	}
+	hosts := req.Header["Host"]
+	switch {
+	case len(hosts) > 1:
+		return errors.New("more than one Host header")
+	case len(hosts) == 1 && !httpguts.ValidHostHeader(hosts[0]):
+		return fmt.Errorf("malformed Host header %q", hosts[0])
+	case !httpguts.ValidHostHeader(req.Host):
+		return fmt.Errorf("malformed host %q", req.Host)
+	}
+	for k, vs := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return fmt.Errorf("invalid header name %q", k)
+		}
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Errorf("invalid value of header %q", k)
+			}
+		}
+	}
+	return nil
+}
+
+// RequestHost is the name req is for, as net/http's server takes it
+// (r.Host: an absolute-form target's authority, else the Host header),
+// without its port and an IPv6 literal's brackets; "" when there is none.
+func RequestHost(req *http.Request) string {
+	return strings.ToLower(StripPort(req.Host))
+}
+
+var errHeadTooLarge = errors.New("request head larger than limits.max_header_bytes")
+
+// headLimit reads at most n bytes until lifted (n < 0): it bounds a
+// request head, not its body.
+type headLimit struct {
+	r io.Reader
+	n int64
+}
+
+func (l *headLimit) Read(b []byte) (int, error) {
+	if l.n == 0 {
+		return 0, errHeadTooLarge
+	}
+	if l.n > 0 && int64(len(b)) > l.n {
+		b = b[:l.n]
+	}
+	n, err := l.r.Read(b)
+	if l.n > 0 {
+		l.n -= int64(n)
+	}
+	return n, err
+}
