@@ -2,14 +2,17 @@ package httpproxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/origin"
 	"github.com/egress-proxy/egress/proxy/peek"
 	"github.com/egress-proxy/egress/proxy/tunnel"
 )
@@ -101,12 +104,86 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		return
 	}
 	check := sniCheck(pol, rq.req, dec)
-	if len(early) > 0 {
-		// The head arrived with the CONNECT: checked here, whole, before
-		// a byte of it goes up.
-		head := early
+	head := early
+	if len(head) == 0 {
+		// Whoever speaks first: the client's first bytes are inspected
+		// before any goes up (a ClientHello, an HTTP/1 request); an
+		// origin that speaks first (SMTP, SSH) is not delayed.
+		t.Entry = entry
+		t.RecordAudit() // when it opens, not when the first byte comes
+		var down []byte
+		head, down, err = firstMove(p.tunnels.Context(), cc, up, pol.Timeouts.TunnelIdle)
+		if len(down) > 0 {
+			m, werr := cc.Write(down)
+			t.Down = int64(m)
+			if werr != nil {
+				p.endSetup(cc, up, entry, rq.start, 0, fmt.Errorf("write first bytes: %w", werr))
+				return
+			}
+		}
+		if err != nil { // idle, or the drain
+			p.endSetup(cc, up, entry, rq.start, 0, err)
+			return
+		}
+	} else {
+		head = append([]byte(nil), early...)
+	}
+	var gate *origin.Gate
+	_, source, _ := peek.From(head)
+	switch {
+	case len(head) == 0:
+	case source == peek.SourceHTTP:
+		// Plaintext HTTP in the tunnel (a CONNECT to port 80): every
+		// request, this first one included, is read with net/http's
+		// reader and decided on its Host at the address dialled, as on
+		// the transparent path; the first within the inspection time.
+		requests := peek.NewRequestReader(head, cc, maxHeaderBytes(pol))
+		cc.SetReadDeadline(time.Now().Add(tunnel.DefaultInspectTimeout))
+		first, err := requests.Read()
+		cc.SetReadDeadline(time.Time{})
+		var refused *policy.Decision
+		if err != nil {
+			d := dec
+			d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, peek.ReasonHTTPUnreadable
+			d.Hint = fmt.Sprintf("egress decides only on requests it can read, and could not read this one: %v", err)
+			refused = &d
+		} else {
+			refused = hostCheck(pol, rq.req, dec, peek.RequestHost(first))
+		}
+		if refused != nil {
+			entry.Decision = *refused
+			cc.Close()
+			up.Close()
+			entry.Duration = time.Since(rq.start)
+			p.Events.Record(entry)
+			return
+		}
+		gate = origin.NewGate(cc, up, origin.GateConfig{
+			Requests: requests, First: first, Fail: t.Fail,
+			Allow: func(r *http.Request) bool {
+				if d := hostCheck(p.Policy(), rq.req, dec, peek.RequestHost(r)); d != nil {
+					t.Refuse(*d)
+					return false
+				}
+				return true
+			},
+		})
+	case source == peek.SourceHTTP2 && !pol.Decide(policy.Request{IP: dec.IP, Port: rq.req.Port, Client: rq.req.Client, User: rq.req.User}).Allowed():
+		// h2c with prior knowledge names its hosts in frames egress
+		// does not read: only where the address itself is allowed.
+		d := dec
+		d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, peek.ReasonHTTP2Preface
+		d.Hint = fmt.Sprintf("the tunnel to %s carries HTTP/2 with prior knowledge, whose hosts egress does not read: allow the address (cidr:) or use HTTP/1.1 or TLS", target)
+		entry.Decision = d
+		cc.Close()
+		up.Close()
+		entry.Duration = time.Since(rq.start)
+		p.Events.Record(entry)
+		return
+	default:
+		// Checked here, whole, before a byte of it goes up.
 		if peek.TLS(head) {
-			_, _, head, _ = peek.More(cc, append([]byte(nil), early...), tunnel.DefaultInspectTimeout)
+			_, _, head, _ = peek.More(cc, head, tunnel.DefaultInspectTimeout)
 		}
 		if d := check(head); d != nil {
 			entry.Decision = *d
@@ -122,15 +199,104 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 			p.endSetup(cc, up, entry, rq.start, t.Up, fmt.Errorf("write early data: %w", err))
 			return
 		}
-	} else {
-		t.Inspect = check
+	}
+	client, upstream := cc, up
+	if gate != nil {
+		client, upstream = gate.Client, gate.Upstream
 	}
 	t.Entry, t.Began, t.Idle = entry, rq.start, pol.Timeouts.TunnelIdle
 	t.Request = rq.req
 	t.Request.IP = dec.IP
 	// This goroutine returns, and its stack goes away; an idle tunnel
 	// waits on the poller.
-	t.Start(cc, up)
+	t.Start(client, upstream)
+	if gate != nil {
+		gate.Start() // after the tunnel: a refusal closes it
+	}
+}
+
+// ReasonHostMismatch: a plaintext HTTP request inside a CONNECT tunnel
+// names a host the policy refuses at the address dialled (domain
+// fronting over plain HTTP).
+const ReasonHostMismatch policy.Reason = "host_mismatch"
+
+// hostCheck decides a plaintext HTTP request inside a tunnel opened for
+// req and allowed by dec: a host other than the tunnel's must be one the
+// policy allows on the address dialled, or the request (and the tunnel)
+// is refused. A request that names no host, or an address, is the
+// tunnel's.
+func hostCheck(pol *policy.Policy, req policy.Request, dec policy.Decision, host string) *policy.Decision {
+	if host == "" {
+		return nil
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	n, _, err := policy.NormalizeHost(host)
+	if err == nil && (n == dec.Host || n == req.Host) {
+		return nil
+	}
+	d := pol.Decide(policy.Request{Host: host, IP: dec.IP, Port: req.Port, Client: req.Client, User: req.User})
+	if d.Allowed() && err == nil {
+		return nil
+	}
+	why := d.Reason
+	d.Verdict, d.Audit, d.Reason = policy.Deny, false, ReasonHostMismatch
+	d.Hint = fmt.Sprintf("the tunnel to %s carries an HTTP request for %s, which the policy refuses there (%s)", targetString(req.Host, req.Port), host, why)
+	return &d
+}
+
+// errFirstMoveIdle: neither side of a tunnel said anything for
+// timeouts.tunnel_idle.
+var errFirstMoveIdle = errors.New("no bytes either way (timeouts.tunnel_idle)")
+
+// firstMove waits for the first bytes of a new tunnel from either side:
+// the client's (head) or the origin's (down), and takes what the other
+// side sent meanwhile too. It gives up after idle (zero: never) or when
+// ctx ends (the drain). An EOF or error of either side ends the wait;
+// the copy that follows sees it again.
+func firstMove(ctx context.Context, cc, up net.Conn, idle time.Duration) (head, down []byte, err error) {
+	type read struct {
+		b   []byte
+		err error
+	}
+	reader := func(c net.Conn, ch chan<- read) {
+		b := make([]byte, 2048)
+		n, err := c.Read(b)
+		ch <- read{b[:n], err}
+	}
+	cch, uch := make(chan read, 1), make(chan read, 1)
+	go reader(cc, cch)
+	go reader(up, uch)
+	var timeout <-chan time.Time
+	if idle > 0 {
+		tm := time.NewTimer(idle)
+		defer tm.Stop()
+		timeout = tm.C
+	}
+	stop := func(c net.Conn, ch <-chan read) read {
+		c.SetReadDeadline(time.Unix(1, 0))
+		r := <-ch
+		c.SetReadDeadline(time.Time{})
+		if isTimeout(r.err) {
+			r.err = nil
+		}
+		return r
+	}
+	select {
+	case r := <-cch:
+		u := stop(up, uch)
+		return r.b, u.b, nil
+	case u := <-uch:
+		r := stop(cc, cch)
+		return r.b, u.b, nil
+	case <-timeout:
+		err = errFirstMoveIdle
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	r, u := stop(cc, cch), stop(up, uch)
+	return r.b, u.b, err
 }
 
 // ReasonSNIMismatch: the TLS ClientHello inside a CONNECT tunnel names a

@@ -29,6 +29,7 @@ import (
 type Gate struct {
 	Client   net.Conn // the client's side: reads give the checked requests
 	Upstream net.Conn // the origin's side: reads give the checked responses
+	g        *gate
 }
 
 // GateConfig is what a gate needs besides the two connections.
@@ -51,19 +52,25 @@ var errRefused = errors.New("a request on the connection was refused")
 // maxPipelined bounds the requests sent up whose answers have not come.
 const maxPipelined = 16
 
-// NewGate starts relaying between client and up; from here on the
-// returned ends own both connections.
+// NewGate makes a gate between client and up; from here on the returned
+// ends own both connections. Start it once whatever Allow and Fail act on
+// is ready (the tunnel started).
 func NewGate(client, up net.Conn, cfg GateConfig) *Gate {
 	reqR, reqW := io.Pipe()
 	respR, respW := io.Pipe()
 	g := &gate{cfg: cfg, client: client, up: up, oc: NewConn(up), reqW: reqW, respW: respW,
 		pending: make(chan exchange, maxPipelined), done: make(chan struct{})}
-	go g.requests()
-	go g.responses()
 	return &Gate{
 		Client:   &gateEnd{Conn: client, r: reqR},
 		Upstream: &gateEnd{Conn: up, r: respR},
+		g:        g,
 	}
+}
+
+// Start starts relaying.
+func (g *Gate) Start() {
+	go g.g.requests()
+	go g.g.responses()
 }
 
 type gate struct {

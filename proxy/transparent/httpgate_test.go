@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/egress-proxy/egress/proxy/peek"
 )
 
 // Issue 18's reproductions and the differential test of the HTTP/1 gate:
@@ -126,11 +128,11 @@ func TestHTTPGateRefusesWhatItCannotRead(t *testing.T) {
 		name, raw string
 		want      string
 	}{
-		{"the h2c preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", string(ReasonHTTP2Preface)},
-		{"a malformed header line", "GET / HTTP/1.1\r\nHost web.test\r\n\r\n", string(ReasonHTTPUnreadable)},
-		{"two Host headers", "GET / HTTP/1.1\r\nHost: web.test\r\nHost: evil.test\r\n\r\n", string(ReasonHTTPUnreadable)},
-		{"an HTTP version net/http does not read", "GET / HTTP/1.1x\r\nHost: web.test\r\n\r\n", string(ReasonHTTPUnreadable)},
-		{"a request line cut short by the client", "GET / HTT", string(ReasonHTTPUnreadable)},
+		{"the h2c preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", string(peek.ReasonHTTP2Preface)},
+		{"a malformed header line", "GET / HTTP/1.1\r\nHost web.test\r\n\r\n", string(peek.ReasonHTTPUnreadable)},
+		{"two Host headers", "GET / HTTP/1.1\r\nHost: web.test\r\nHost: evil.test\r\n\r\n", string(peek.ReasonHTTPUnreadable)},
+		{"an HTTP version net/http does not read", "GET / HTTP/1.1x\r\nHost: web.test\r\n\r\n", string(peek.ReasonHTTPUnreadable)},
+		{"a request line cut short by the client", "GET / HTT", string(peek.ReasonHTTPUnreadable)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := f.ns.Dial(t, "127.0.0.1:"+port)

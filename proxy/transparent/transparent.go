@@ -47,15 +47,6 @@ const (
 	// ReasonNameMismatch: the TLS SNI or HTTP Host names a host the
 	// original destination address does not belong to.
 	ReasonNameMismatch policy.Reason = "name_mismatch"
-	// ReasonHTTPUnreadable: the connection started as HTTP/1, and a
-	// request on it could not be read by net/http's reader (or within
-	// timeouts.header and limits.max_header_bytes): egress decides on
-	// nothing it cannot read.
-	ReasonHTTPUnreadable policy.Reason = "http_unreadable"
-	// ReasonHTTP2Preface: the connection started with the HTTP/2 preface
-	// (h2c with prior knowledge) to an address the policy does not allow
-	// by itself.
-	ReasonHTTP2Preface policy.Reason = "http2_prior_knowledge"
 	// ReasonNotRedirected: the connection reached the listener directly
 	// (its original destination is the listener itself), so there is
 	// nowhere to forward it.
@@ -299,7 +290,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 		// HTTP/1 reader reads, so it goes through only where the
 		// address itself is allowed, whatever it names.
 		if d := pol.Decide(policy.Request{IP: dst.Addr(), Port: dst.Port(), Client: c.entry.Client.Addr()}); !d.Allowed() {
-			c.deny(policy.Decision{Reason: ReasonHTTP2Preface, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
+			c.deny(policy.Decision{Reason: peek.ReasonHTTP2Preface, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
 				Hint: "HTTP/2 with prior knowledge (h2c) names its host in frames egress does not read: allow the address (cidr:) or use HTTP/1.1 or TLS"})
 			return
 		}
@@ -332,16 +323,17 @@ func (s *Server) handle(cc *net.TCPConn) {
 	}
 	c.entry.Decision = dec
 	var client net.Conn = cc
+	var gate *origin.Gate
 	if requests != nil {
 		// Plain HTTP: gated for the connection's whole life, whatever
 		// its first request said; every later request is decided on its
 		// own Host, as the forward proxy does, and the gate is left only
 		// when the origin switched protocols.
-		g := origin.NewGate(cc, up, origin.GateConfig{
+		gate = origin.NewGate(cc, up, origin.GateConfig{
 			Requests: requests, First: first, Fail: t.Fail,
 			Allow: func(r *http.Request) bool { return s.allowRequest(t, name, r, dst, c.entry.Client.Addr()) },
 		})
-		client, up = g.Client, g.Upstream
+		client, up = gate.Client, gate.Upstream
 	}
 	if len(head) > 0 {
 		if _, err := up.Write(head); err != nil {
@@ -354,6 +346,9 @@ func (s *Server) handle(cc *net.TCPConn) {
 	t.Request = req
 	t.Request.IP = ddec.IP
 	t.Start(client, up)
+	if gate != nil {
+		gate.Start() // after the tunnel: a refusal closes it
+	}
 }
 
 // allowRequest decides a later request r of a plain-HTTP connection to
@@ -396,7 +391,7 @@ func (s *Server) allowRequest(t *tunnel.Tunnel, first string, r *http.Request, d
 // unreadable is the refusal of a connection whose first bytes started an
 // HTTP/1 request that net/http's reader could not read.
 func unreadable(pol *policy.Policy, dst netip.AddrPort, err error) policy.Decision {
-	return policy.Decision{Reason: ReasonHTTPUnreadable, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
+	return policy.Decision{Reason: peek.ReasonHTTPUnreadable, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
 		Hint: fmt.Sprintf("egress decides only on requests it can read, and could not read this one: %v", err)}
 }
 

@@ -317,6 +317,17 @@ type Tunnel struct {
 	refused   *policy.Decision // Inspect's refusal, set before it closes the tunnel
 }
 
+// RecordAudit records now the line of a tunnel that mode: audit let
+// through a denial, for a caller that waits before Start (a CONNECT
+// waiting for its first bytes): Start does not record it again. Set Entry
+// first.
+func (t *Tunnel) RecordAudit() {
+	if t.Entry.Decision.Denied() && !t.logged {
+		t.g.Events.Record(t.Entry)
+		t.logged = true
+	}
+}
+
 // Release gives the slot back when setup failed before Start; after
 // Start it does nothing.
 func (t *Tunnel) Release() {
@@ -340,7 +351,7 @@ func (t *Tunnel) Start(client, upstream net.Conn) {
 	// that the copy can then use the socket itself.
 	cs, us := t.unwrap(client, upstream, &t.Up), t.unwrap(upstream, client, &t.Down)
 	t.idleA, t.idleB = socketOf(client), socketOf(upstream)
-	if t.Entry.Decision.Denied() {
+	if t.Entry.Decision.Denied() && !t.logged {
 		// mode: audit let a denial through: log it now, not when the
 		// tunnel closes, which for a database connection may be days.
 		t.g.Events.Record(t.Entry)
