@@ -129,7 +129,23 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		head = append([]byte(nil), early...)
 	}
 	var gate *origin.Gate
-	_, source, _ := peek.From(head)
+	var client net.Conn = cc
+	_, source, lineDone := peek.From(head)
+	if source == peek.SourceHTTP && !lineDone && len(head) < 16<<10 {
+		// What may become an HTTP request line but has not yet: sent
+		// on, and watched until that line ends (peek.GuardFirstLine).
+		_, _, head, _ = peek.More(cc, head, requestLineWait)
+		_, source, lineDone = peek.From(head)
+		if source == peek.SourceHTTP && !lineDone {
+			client = peek.GuardFirstLine(cc, head, func(err error) {
+				d := dec
+				d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, peek.ReasonHTTPUnreadable
+				d.Hint = fmt.Sprintf("egress decides only on requests it can read: %v", err)
+				t.Refuse(d)
+			})
+			source = peek.SourceNone
+		}
+	}
 	switch {
 	case len(head) == 0:
 	case source == peek.SourceHTTP:
@@ -183,7 +199,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 	default:
 		// Checked here, whole, before a byte of it goes up.
 		if peek.TLS(head) {
-			_, _, head, _ = peek.More(cc, head, tunnel.DefaultInspectTimeout)
+			_, _, head, _ = peek.More(cc, head, requestLineWait)
 		}
 		if d := check(head); d != nil {
 			entry.Decision = *d
@@ -200,7 +216,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 			return
 		}
 	}
-	client, upstream := cc, up
+	upstream := up
 	if gate != nil {
 		client, upstream = gate.Client, gate.Upstream
 	}
@@ -245,6 +261,12 @@ func hostCheck(pol *policy.Policy, req policy.Request, dec policy.Decision, host
 	d.Hint = fmt.Sprintf("the tunnel to %s carries an HTTP request for %s, which the policy refuses there (%s)", targetString(req.Host, req.Port), host, why)
 	return &d
 }
+
+// requestLineWait is how long the rest of a first line that may become an
+// HTTP request line is waited for before the tunnel goes on guarded
+// (peek.GuardFirstLine): a request line split across segments comes
+// within it; a protocol that sends a word and waits pays it once.
+const requestLineWait = 500 * time.Millisecond
 
 // errFirstMoveIdle: neither side of a tunnel said anything for
 // timeouts.tunnel_idle.

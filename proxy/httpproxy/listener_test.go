@@ -38,9 +38,9 @@ func TestFirstRequestOfAConnection(t *testing.T) {
 		if err != nil || resp.StatusCode != 200 {
 			t.Fatalf("%v %v, want 200", resp, err)
 		}
-		io.WriteString(c, "ping\n")
-		b := make([]byte, 5)
-		if _, err := io.ReadFull(br, b); err != nil || string(b) != "ping\n" {
+		io.WriteString(c, "ping")
+		b := make([]byte, 4)
+		if _, err := io.ReadFull(br, b); err != nil || string(b) != "ping" {
 			t.Fatalf("through the tunnel: %q %v", b, err)
 		}
 	})
@@ -65,9 +65,9 @@ func TestFirstRequestOfAConnection(t *testing.T) {
 		if resp, _ := do(t, c, br, "CONNECT "+echo+" HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 {
 			t.Fatalf("CONNECT: %d", resp.StatusCode)
 		}
-		io.WriteString(c, "pong\n")
-		b := make([]byte, 5)
-		if _, err := io.ReadFull(br, b); err != nil || string(b) != "pong\n" {
+		io.WriteString(c, "pong")
+		b := make([]byte, 4)
+		if _, err := io.ReadFull(br, b); err != nil || string(b) != "pong" {
 			t.Fatalf("through the tunnel: %q %v", b, err)
 		}
 	})

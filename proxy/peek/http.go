@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
+	"sync"
 
 	"golang.org/x/net/http/httpguts"
 
@@ -63,6 +65,18 @@ func (rr *RequestReader) Buffered() *bufio.Reader { return rr.br }
 // io.EOF when the client closed between requests; any other error wraps
 // ErrUnreadableRequest (a head over the bound included).
 func (rr *RequestReader) Read() (*http.Request, error) {
+	// Empty lines before a request line are ignored (RFC 9112 §2.2: a
+	// client may send a CRLF after a POST body); a few, not forever.
+	for range 4 {
+		b, err := rr.br.Peek(1)
+		if err == io.EOF {
+			return nil, io.EOF
+		}
+		if err != nil || b[0] != '\r' && b[0] != '\n' {
+			break
+		}
+		rr.br.ReadByte()
+	}
 	if _, err := rr.br.Peek(1); err == io.EOF {
 		return nil, io.EOF
 	}
@@ -139,4 +153,67 @@ func (l *headLimit) Read(b []byte) (int, error) {
 		l.n -= int64(n)
 	}
 	return n, err
+}
+
+// maxFirstLine bounds how long a first line that could still become an
+// HTTP/1 request line is watched: net/http's server reads a request line
+// of up to 1 MiB (its default MaxHeaderBytes).
+const maxFirstLine = 1<<20 + 4096
+
+// GuardFirstLine wraps the client's side of a connection whose first
+// bytes (head, already sent on) could still become an HTTP/1 request
+// line when the time to read one ran out ("GET" then a pause, or a
+// protocol of its own that sends a word and waits): its bytes flow as
+// they come, but the moment that first line turns out to be an HTTP
+// request line, the read fails (ErrUnreadableRequest) and trip is told,
+// before a byte of the rest goes on. No origin can act on a request whose
+// request line it has not all received, so an HTTP request slipped in
+// slowly is refused, while a protocol whose first line is not HTTP is
+// unaffected once that line ends (or a byte no request line holds comes).
+func GuardFirstLine(c net.Conn, head []byte, trip func(error)) net.Conn {
+	return &lineGuard{Conn: c, line: append([]byte(nil), head...), trip: trip}
+}
+
+type lineGuard struct {
+	net.Conn
+	mu   sync.Mutex
+	line []byte // the first line so far; nil once decided
+	done bool
+	trip func(error)
+}
+
+func (g *lineGuard) Read(b []byte) (int, error) {
+	n, err := g.Conn.Read(b)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.done || n == 0 {
+		return n, err
+	}
+	g.line = append(g.line, b[:n]...)
+	_, source, done := httpStart(g.line)
+	switch {
+	case done && source == SourceNone:
+		g.done, g.line = true, nil
+		return n, err
+	case done, len(g.line) > maxFirstLine:
+		g.done, g.line = true, nil
+		e := fmt.Errorf("%w: an HTTP/1 request line sent after the time to read it", ErrUnreadableRequest)
+		if g.trip != nil {
+			g.trip(e)
+		}
+		return 0, e
+	}
+	return n, err
+}
+
+// NetConn is the socket, for TCP_INFO (idle timeouts); reads go through
+// the guard.
+func (g *lineGuard) NetConn() net.Conn { return g.Conn }
+
+// CloseWrite half-closes the socket, as a tunnel does on EOF.
+func (g *lineGuard) CloseWrite() error {
+	if cw, ok := g.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return g.Conn.Close()
 }

@@ -104,7 +104,7 @@ func From(b []byte) (name, source string, done bool) {
 		}
 		return "", SourceNone, done
 	}
-	if isTokenByte(b[0]) {
+	if isTokenByte(b[0]) || b[0] == '\r' || b[0] == '\n' {
 		return httpStart(b)
 	}
 	return "", SourceNone, true
@@ -263,6 +263,12 @@ func (r *reader) skipVec(lenBytes int) bool {
 // SP request-target SP HTTP-version, the line ending in LF with or
 // without CR). done is false while the first line could still become one.
 func httpStart(b []byte) (name, source string, done bool) {
+	// Empty lines before a request line are skipped (RFC 9112 §2.2;
+	// nginx does), so they may come before one.
+	b = bytes.TrimLeft(b, "\r\n")
+	if len(b) == 0 {
+		return "", SourceHTTP, false
+	}
 	line, complete := b, false
 	if eol := bytes.IndexByte(b, '\n'); eol >= 0 {
 		line, complete = bytes.TrimSuffix(b[:eol], []byte("\r")), true

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -133,4 +134,49 @@ func FuzzNameFrom(f *testing.F) {
 			t.Fatalf("name longer than input")
 		}
 	})
+}
+
+// A first line that could still become an HTTP request line when the
+// time to read one ran out flows on, but fails the moment it completes as
+// one: a request slipped in slowly is refused before its head is whole.
+func TestGuardFirstLine(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		head   string
+		writes []string
+		passed string // what reads give before the failure, or all
+		trips  bool
+	}{
+		{"a request line completed late trips", "GET", []string{" / HTTP/1.1\r\nHost: evil.example\r\n\r\n"}, "", true},
+		{"the h2c preface completed late trips", "PRI", []string{" * HTTP/2.0\r\n\r\nSM\r\n\r\n"}, "", true},
+		{"a word and a wait, then a line that is not HTTP, flows", "ping", []string{"pong", " more\n", "GET / HTTP/1.1\r\n\r\n"}, "pong more\nGET / HTTP/1.1\r\n\r\n", false},
+		{"a byte no request line holds ends the watch", "a", []string{"\x00", "GET / HTTP/1.1\r\n"}, "\x00GET / HTTP/1.1\r\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := net.Pipe()
+			defer a.Close()
+			var tripped error
+			g := GuardFirstLine(b, []byte(tc.head), func(err error) { tripped = err })
+			go func() {
+				for _, w := range tc.writes {
+					a.Write([]byte(w))
+				}
+				a.Close()
+			}()
+			var got []byte
+			buf := make([]byte, 256)
+			var err error
+			for err == nil {
+				var n int
+				n, err = g.Read(buf)
+				got = append(got, buf[:n]...)
+			}
+			if tc.trips != errors.Is(err, ErrUnreadableRequest) || tc.trips != (tripped != nil) {
+				t.Fatalf("err %v, tripped %v; want a trip: %v", err, tripped, tc.trips)
+			}
+			if string(got) != tc.passed {
+				t.Errorf("passed %q, want %q", got, tc.passed)
+			}
+		})
+	}
 }

@@ -38,7 +38,9 @@ func TestTunnelThroughProxyProtocol(t *testing.T) {
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		// Header, CONNECT and the first tunnel bytes in one write.
 		b := proxyproto.AppendV2(nil, src, dst)
-		b = append(b, "CONNECT "+echo.String()+" HTTP/1.1\r\nHost: x\r\n\r\nhello"...)
+		// A line ("hello\n", not an HTTP request line): the tunnel is not
+		// gated or guarded, and can be spliced and polled.
+		b = append(b, "CONNECT "+echo.String()+" HTTP/1.1\r\nHost: x\r\n\r\nhello\n"...)
 		if _, err := c.Write(b); err != nil {
 			t.Fatal(err)
 		}
@@ -47,8 +49,8 @@ func TestTunnelThroughProxyProtocol(t *testing.T) {
 		if err != nil || resp.StatusCode != 200 {
 			t.Fatalf("CONNECT: %v %v", resp, err)
 		}
-		got := make([]byte, 5)
-		if _, err := io.ReadFull(br, got); err != nil || string(got) != "hello" {
+		got := make([]byte, 6)
+		if _, err := io.ReadFull(br, got); err != nil || string(got) != "hello\n" {
 			t.Fatalf("echo of the bytes sent with the header: %q %v", got, err)
 		}
 		return c, br

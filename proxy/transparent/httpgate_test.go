@@ -132,7 +132,6 @@ func TestHTTPGateRefusesWhatItCannotRead(t *testing.T) {
 		{"a malformed header line", "GET / HTTP/1.1\r\nHost web.test\r\n\r\n", string(peek.ReasonHTTPUnreadable)},
 		{"two Host headers", "GET / HTTP/1.1\r\nHost: web.test\r\nHost: evil.test\r\n\r\n", string(peek.ReasonHTTPUnreadable)},
 		{"an HTTP version net/http does not read", "GET / HTTP/1.1x\r\nHost: web.test\r\n\r\n", string(peek.ReasonHTTPUnreadable)},
-		{"a request line cut short by the client", "GET / HTT", string(peek.ReasonHTTPUnreadable)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := f.ns.Dial(t, "127.0.0.1:"+port)

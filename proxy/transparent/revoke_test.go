@@ -65,7 +65,7 @@ func TestReloadRevokesTransparentConnections(t *testing.T) {
 		}
 		t.Cleanup(func() { c.Close() })
 		c.SetDeadline(time.Now().Add(5 * time.Second))
-		io.WriteString(c, "\x00") // no HTTP request starts so: not gated
+		io.WriteString(c, "x")
 		if _, err := c.Read(make([]byte, 1)); err != nil {
 			t.Fatalf("connection to %v: %v", dst, err)
 		}

@@ -72,7 +72,7 @@ func TestMaxTunnelsIsSharedAcrossPaths(t *testing.T) {
 			return false, nil
 		}
 		c.SetDeadline(time.Now().Add(5 * time.Second))
-		io.WriteString(c, "\x00") // no HTTP request starts so: not gated
+		io.WriteString(c, "x")
 		_, err = c.Read(make([]byte, 1))
 		return err == nil, c
 	}

@@ -271,8 +271,14 @@ func (s *Server) handle(cc *net.TCPConn) {
 	name, source, head, _ := peek.Read(cc, peekTimeout)
 	var requests *peek.RequestReader
 	var first *http.Request
-	switch source {
-	case peek.SourceHTTP:
+	_, _, lineDone := peek.From(head)
+	guard := source == peek.SourceHTTP && !lineDone && len(head) < 16<<10
+	switch {
+	case guard:
+		// The first line could still become an HTTP request line, but
+		// did not in time: decided on the address, and watched until
+		// that line ends (peek.GuardFirstLine).
+	case source == peek.SourceHTTP:
 		// HTTP/1: every request of the connection, this one included,
 		// is read by net/http's reader and decided on what it names;
 		// one that cannot be read is refused.
@@ -285,7 +291,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 			return
 		}
 		name, head = peek.RequestHost(first), nil
-	case peek.SourceHTTP2:
+	case source == peek.SourceHTTP2:
 		// h2c with prior knowledge: its requests are HTTP/2 frames no
 		// HTTP/1 reader reads, so it goes through only where the
 		// address itself is allowed, whatever it names.
@@ -334,6 +340,9 @@ func (s *Server) handle(cc *net.TCPConn) {
 			Allow: func(r *http.Request) bool { return s.allowRequest(t, name, r, dst, c.entry.Client.Addr()) },
 		})
 		client, up = gate.Client, gate.Upstream
+	}
+	if guard {
+		client = peek.GuardFirstLine(cc, head, func(err error) { t.Refuse(unreadable(pol, dst, err)) })
 	}
 	if len(head) > 0 {
 		if _, err := up.Write(head); err != nil {
