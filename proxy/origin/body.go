@@ -165,7 +165,11 @@ func WriteResponse(bw *bufio.Writer, req *http.Request, resp *http.Response) (cl
 	} else {
 		text = http.StatusText(resp.StatusCode)
 	}
-	bw.WriteString("HTTP/1.1 " + strconv.Itoa(resp.StatusCode) + " " + text + "\r\n")
+	proto := "HTTP/1.1 "
+	if resp.ProtoMajor == 1 && resp.ProtoMinor == 0 {
+		proto = "HTTP/1.0 " // the origin's: the client talks to it, not to a proxy
+	}
+	bw.WriteString(proto + strconv.Itoa(resp.StatusCode) + " " + text + "\r\n")
 	for k, vs := range resp.Header {
 		if k == "Content-Length" || k == "Transfer-Encoding" || k == "Trailer" {
 			continue
@@ -184,7 +188,7 @@ func WriteResponse(bw *bufio.Writer, req *http.Request, resp *http.Response) (cl
 		}
 	case resp.ContentLength >= 0:
 		writeField(bw, "Content-Length", []string{strconv.FormatInt(resp.ContentLength, 10)})
-	case req.ProtoAtLeast(1, 1):
+	case req.ProtoAtLeast(1, 1) && resp.ProtoAtLeast(1, 1):
 		chunked = true
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 		if len(resp.Trailer) > 0 {

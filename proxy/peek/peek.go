@@ -1,6 +1,7 @@
 // Package peek reads the first bytes of a client's connection for the
-// name it is going to: a TLS ClientHello's server_name (SNI) or an HTTP
-// request's Host. The transparent listener decides on it; CONNECT
+// name it is going to: a TLS ClientHello's server_name (SNI), or whether
+// they are HTTP/1, whose requests RequestReader then reads with net/http's
+// reader. The transparent listener decides on it; CONNECT
 // tunnels check it against the name they were opened for. It parses and
 // nothing more: no decision, no TLS termination.
 package peek

@@ -98,6 +98,9 @@ func TestHTTPGateHTTP10WithoutHostThenRefused(t *testing.T) {
 		t.Fatalf("first request: %v", err)
 	}
 	body, _ := io.ReadAll(resp.Body)
+	if resp.Proto != "HTTP/1.0" {
+		t.Errorf("answer %s, want the origin's HTTP/1.0", resp.Proto)
+	}
 	select {
 	case h := <-f.seen:
 		if h != "" {
