@@ -1,7 +1,7 @@
 //go:build linux
 
 // Package nftexpr builds the nftables expressions egress's rules are made
-// of (sandbox's redirect rules, connfilter's connect filter): matches on
+// of (sandbox's redirect rules, firewall's connect filter): matches on
 // protocol, port, address and conntrack state, and verdicts. Each function
 // returns expressions that use register 1 only, so they chain in one rule.
 package nftexpr

@@ -1,13 +1,13 @@
 //go:build !linux
 
-package connfilter
+package firewall
 
 import (
 	"errors"
 	"net/netip"
 	"time"
 
-	"github.com/egress-proxy/egress/internal/nflog"
+	"github.com/egress-proxy/egress/firewall/nflog"
 	"github.com/egress-proxy/egress/policy"
 )
 

@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/egress-proxy/egress/internal/nfnetlink"
+	"github.com/egress-proxy/egress/firewall/nfnetlink"
 )
 
 // nfnetlink_log constants (linux/netfilter/nfnetlink_log.h).

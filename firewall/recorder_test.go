@@ -1,4 +1,4 @@
-package connfilter
+package firewall
 
 import (
 	"errors"
@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/egress-proxy/egress/internal/nflog"
+	"github.com/egress-proxy/egress/firewall/nflog"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/names"
 )

@@ -1,4 +1,4 @@
-package connfilter
+package firewall
 
 import (
 	"errors"
@@ -12,7 +12,7 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 
-	"github.com/egress-proxy/egress/internal/nflog"
+	"github.com/egress-proxy/egress/firewall/nflog"
 	"github.com/egress-proxy/egress/policy"
 )
 

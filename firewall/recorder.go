@@ -1,4 +1,4 @@
-package connfilter
+package firewall
 
 import (
 	"fmt"
@@ -7,7 +7,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/egress-proxy/egress/internal/nflog"
+	"github.com/egress-proxy/egress/firewall/nflog"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/names"

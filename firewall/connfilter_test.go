@@ -1,6 +1,6 @@
 //go:build linux
 
-package connfilter
+package firewall
 
 import (
 	"errors"

@@ -1,6 +1,6 @@
 //go:build linux
 
-package connfilter
+package firewall
 
 import (
 	"encoding/binary"
@@ -16,8 +16,8 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
-	"github.com/egress-proxy/egress/internal/nfnetlink"
-	"github.com/egress-proxy/egress/internal/nftexpr"
+	"github.com/egress-proxy/egress/firewall/nfnetlink"
+	"github.com/egress-proxy/egress/firewall/nftexpr"
 	"github.com/egress-proxy/egress/policy"
 )
 

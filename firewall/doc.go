@@ -1,4 +1,4 @@
-// Package connfilter refuses, at connect() time, the new TCP connections
+// Package firewall refuses, at connect() time, the new TCP connections
 // the policy refuses: nftables rules in front of the transparent listener
 // answer their SYN with a TCP reset (ECONNREFUSED for the client), as a
 // firewall would, instead of letting the kernel accept a connection the
@@ -7,4 +7,4 @@
 // egress's DNS returned for names that could be allowed), and, for a
 // host, installs and updates its own table (see Host). It decides
 // nothing: what it refuses, the policy refused.
-package connfilter
+package firewall
