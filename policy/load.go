@@ -35,6 +35,7 @@ type Policy struct {
 	Timeouts Timeouts
 	Limits   Limits
 	Reload   Reload
+	TLS      TLS
 
 	hash       string
 	files      []string // see Files
