@@ -25,9 +25,9 @@ import (
 // naming methods over one that does not), and deny wins a tie. The request
 // rules in play are the deciding allow rule's (an allow rule without http:
 // stands for "every request") and those of every deny rule with http:
-// that would have won over that allow rule at the connection level (as
-// specific or more, or in another file, or on the other side: a name or
-// an address). A deny rule with http: does not refuse the connection; it
+// whose pattern is as specific as the allow rule's or more (ports aside),
+// or that is in another file, or on the other side (a name or an
+// address). A deny rule with http: does not refuse the connection; it
 // makes egress intercept it, even where the allow rule would tunnel.
 
 // TLS is the tls: section: egress's interception CA and the roots it
@@ -420,8 +420,12 @@ func (rs *ruleset) requestDenies(d *Decision, name string, ip netip.Addr) []crul
 		if !c.r.matchesPort(d.Port) || c.r.Action != Deny {
 			return
 		}
-		if a := d.Rule; a != nil && (a.Host != "") == (c.r.Host != "") && a.layer == c.r.layer && c.rank < rank(a) {
-			return // the allow rule is more specific: it wins, as for connections
+		// An allow rule for a more specific pattern wins, as for
+		// connections; ports do not count here (rank's two low bits):
+		// "deny POST /admin/** on this host" holds over "allow this host
+		// on 443".
+		if a := d.Rule; a != nil && (a.Host != "") == (c.r.Host != "") && a.layer == c.r.layer && c.rank>>2 < rank(a)>>2 {
+			return
 		}
 		out = append(out, c)
 	}
