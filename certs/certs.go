@@ -31,6 +31,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -341,6 +342,7 @@ func ConstraintNames(patterns []string) ([]string, error) {
 			out = append(out, n)
 		}
 	}
+	sort.Strings(out)
 	return out, nil
 }
 

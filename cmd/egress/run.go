@@ -261,8 +261,13 @@ func loadRunPolicy(file string, allows []string, stderr io.Writer) (*policy.Poli
 			fmt.Fprintf(stderr, "egress run: %v\n", err)
 			return nil, false
 		}
-		if pol, err = policy.LoadWith(file, data, reload.ReadFile); err != nil {
+		if pol, err = reload.Load(file, data, reload.ReadFile); err != nil {
 			printPolicyErrors(stderr, file, err)
+			return nil, false
+		}
+		if pol.Intercepts() {
+			// egress run will make its own CA for the run (issue 20).
+			fmt.Fprintf(stderr, "egress run: %s: %v\n", file, errNotEnforced)
 			return nil, false
 		}
 	}
