@@ -705,7 +705,7 @@ func (p *Policy) lintHTTP() []Diagnostic {
 		for _, in := range r.Inject {
 			switch {
 			case r.Host == "":
-				warn(in.File, in.Line, in.Column, "inject: under a cidr rule sends the "+in.Header+" value to every address of "+r.Prefix.String()+" that a client names; prefer a host rule naming the API")
+				warn(in.File, in.Line, in.Column, "inject: under a cidr rule sends the "+in.Header+" value to any server at "+r.Prefix.String()+", whatever name a client asked for; prefer a host rule naming the API")
 			case strings.Contains(r.Host, "*"):
 				warn(in.File, in.Line, in.Column, "inject: under a wildcard rule sends the "+in.Header+" value to every name "+r.Host+" matches; name the host exactly")
 			}

@@ -377,7 +377,7 @@ allow:
 		"p.yaml:6:9: this request rule allows every method and path",
 		"p.yaml:6:9: http: request rules need tls.ca_cert and tls.ca_key",
 		"p.yaml:9:19: inject: under a wildcard rule sends the X-Key value to every name *.vendor.example matches",
-		"p.yaml:16:19: inject: under a cidr rule sends the X-Key value to every address of 192.0.2.0/24",
+		"p.yaml:16:19: inject: under a cidr rule sends the X-Key value to any server at 192.0.2.0/24",
 	}
 	if len(got) != len(want) {
 		t.Fatalf("warnings:\n%s", strings.Join(got, "\n"))
