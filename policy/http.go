@@ -667,24 +667,6 @@ func checkSecret(v string) string {
 	return ""
 }
 
-// SameSecrets reports whether a and b inject the same headers with the
-// same values: a reload whose policy text is unchanged still takes a
-// changed secret.
-func SameSecrets(a, b *Policy) bool {
-	ai, bi := a.Injects(), b.Injects()
-	if len(ai) != len(bi) {
-		return false
-	}
-	for i := range ai {
-		av, aok := ai[i].Value()
-		bv, bok := bi[i].Value()
-		if aok != bok || av != bv || ai[i].Header != bi[i].Header {
-			return false
-		}
-	}
-	return true
-}
-
 // lintHTTP warns of request rules and injections that do less, or more,
 // than they seem to.
 func (p *Policy) lintHTTP() []Diagnostic {

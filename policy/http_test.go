@@ -341,15 +341,6 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	}
 }
 
-func TestSameSecrets(t *testing.T) {
-	a, b := loadHTTP(t, vendorPolicy), loadHTTP(t, vendorPolicy)
-	_ = a.ResolveSecrets(secretSource(map[string]string{"/run/secrets/vendor-token": "one"}, nil))
-	_ = b.ResolveSecrets(secretSource(map[string]string{"/run/secrets/vendor-token": "two"}, nil))
-	if SameSecrets(a, b) || !SameSecrets(a, a) {
-		t.Fatal("SameSecrets does not tell a changed secret")
-	}
-}
-
 func TestHTTPLintWarnings(t *testing.T) {
 	p := loadHTTP(t, `version: 1
 default: deny
