@@ -2,6 +2,8 @@ package policy
 
 import (
 	"errors"
+	"net/url"
+	"path"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -142,6 +144,13 @@ func FuzzNormalizePath(f *testing.F) {
 		}
 		if !utf8.ValidString(out) {
 			t.Fatalf("NormalizePath(%q) = %q is not UTF-8", in, out)
+		}
+		// The meaning is kept: a server that decodes and then cleans
+		// the path (Go's, most frameworks) reads the same path in both.
+		a, errA := url.PathUnescape(in)
+		b, errB := url.PathUnescape(out)
+		if errA != nil || errB != nil || path.Clean(a) != path.Clean(b) {
+			t.Fatalf("NormalizePath(%q) = %q: decoded and cleaned, %q and %q (%v, %v)", in, out, path.Clean(a), path.Clean(b), errA, errB)
 		}
 	})
 }
