@@ -139,7 +139,7 @@ func Load(file string, data []byte) (*Policy, error) { return LoadWith(file, dat
 
 // setDefaults fills in every setting a file may leave out.
 func (p *Policy) setDefaults() {
-	p.Listen = Listen{HTTP: "127.0.0.1:3128", Admin: "127.0.0.1:9090"}
+	p.Listen = Listen{HTTP: "127.0.0.1:3128", Admin: "127.0.0.1:9090", Via: true}
 	p.Log = Log{Format: "json", Level: "info"}
 	p.DNS = DNS{Timeout: 2 * time.Second, Blocked: "nxdomain", MaxTTL: time.Hour, CacheSize: 10000, ResolveUnlisted: true}
 	p.Timeouts = Timeouts{Dial: 10 * time.Second, Header: 10 * time.Second, Response: 60 * time.Second, Drain: 30 * time.Second}

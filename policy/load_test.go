@@ -126,6 +126,7 @@ listen:
   admin: ""
   proxy_protocol: true
   proxy_protocol_from: [10.0.0.0/8]
+  via: false
 log:
   format: console
   level: debug

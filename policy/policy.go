@@ -231,6 +231,11 @@ type Listen struct {
 	// headers are believed; required when ProxyProtocol is set, since a
 	// header says which client to decide for.
 	ProxyProtocolFrom []netip.Prefix
+	// Via adds egress's Via entry (RFC 9110 §7.6.3) to the requests and
+	// responses the HTTP proxy forwards; default true. Off for origins
+	// that treat a proxied request differently (nginx's default
+	// gzip_proxied off does not compress an answer to a request with Via).
+	Via bool
 }
 
 // Log holds the logging settings of egress serve.

@@ -965,6 +965,7 @@ func (l *loader) listen(n *yaml.Node, ls *Listen) {
 		{"proxy_protocol", func(k, v *yaml.Node) { ls.ProxyProtocol = l.boolean(v, "listen.proxy_protocol"); ppKey = k }},
 		{"proxy_protocol_from", func(k, v *yaml.Node) { ls.ProxyProtocolFrom = l.prefixes(v, "listen.proxy_protocol_from") }},
 		{"refuse_at_connect", func(k, v *yaml.Node) { ls.RefuseAtConnect = l.users(v, "listen.refuse_at_connect"); racKey = k }},
+		{"via", func(k, v *yaml.Node) { ls.Via = l.boolean(v, "listen.via") }},
 	})
 	if len(ls.RefuseAtConnect) > 0 && ls.Transparent == "" {
 		l.errf(racKey, "listen.refuse_at_connect needs listen.transparent: the filter passes what the transparent listener may allow")
