@@ -37,6 +37,12 @@ type TLS struct {
 	CACert     string // tls.ca_cert: the CA's certificate (PEM)
 	CAKey      string // tls.ca_key: its private key (PEM), readable by egress alone
 	UpstreamCA string // tls.upstream_ca: extra roots for origins (PEM); optional
+	// ECHPass (tls.ech: pass) lets a ClientHello carrying
+	// encrypted_client_hello through, decided on its outer name: a known
+	// hole, since an ECH server routes on the inner name, which egress
+	// cannot read. Default false (tls.ech: refuse): refused, reason
+	// tls_ech (proxy/peek).
+	ECHPass bool
 }
 
 // RequestRule is one entry of a rule's http: list.
@@ -165,6 +171,11 @@ func (l *loader) tls(n *yaml.Node, t *TLS) {
 		{"ca_cert", func(k, v *yaml.Node) { certKey = k; path(&t.CACert, "tls.ca_cert")(k, v) }},
 		{"ca_key", func(k, v *yaml.Node) { keyKey = k; path(&t.CAKey, "tls.ca_key")(k, v) }},
 		{"upstream_ca", path(&t.UpstreamCA, "tls.upstream_ca")},
+		{"ech", func(k, v *yaml.Node) {
+			if s, ok := l.enum(v, "tls.ech", "refuse", "pass"); ok {
+				t.ECHPass = s == "pass"
+			}
+		}},
 	})
 	switch {
 	case seen["ca_cert"] != nil && seen["ca_key"] == nil:

@@ -240,7 +240,7 @@ var sectionFields = map[string][]string{
 	"timeouts": {"dial", "header", "response", "tunnel_idle", "drain"},
 	"limits":   {"max_tunnels", "max_header_bytes"},
 	"reload":   {"revoke_open"},
-	"tls":      {"ca_cert", "ca_key", "upstream_ca"},
+	"tls":      {"ca_cert", "ca_key", "upstream_ca", "ech"},
 }
 
 // sectionOf is the section a top-level key belongs to, or "" (a name
