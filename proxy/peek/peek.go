@@ -1,8 +1,10 @@
 // Package peek reads the first bytes of a client's connection for the
 // name it is going to: a TLS ClientHello's server_name (SNI) or an HTTP
 // request's Host. The transparent listener decides on it; CONNECT
-// tunnels check it against the name they were opened for. It parses and
-// nothing more: no decision, no TLS termination.
+// tunnels check it against the name they were opened for. TLS has one
+// reader, hello.go's (ReadFirst, ReadHello), which reads a ClientHello
+// whole or says why it cannot, for the callers to refuse (issue 18). It
+// parses and nothing more: no decision, no TLS termination.
 package peek
 
 import (
@@ -21,10 +23,9 @@ const (
 	SourceHost = "host" // HTTP/1.x Host header (RFC 9112 §3.2)
 )
 
-// maxPeek bounds the bytes read before the decision: a ClientHello with a
-// post-quantum key share is about 1.8 KB, one TLS record is at most 16 KB
-// plus its header, and an HTTP request head that has not named its Host in
-// 16 KB is not worth waiting for.
+// maxPeek bounds the bytes of an HTTP request head read before the
+// decision: one that has not named its Host in 16 KB is not worth waiting
+// for. (A ClientHello has its own bound, MaxHello.)
 const maxPeek = 16<<10 + 5
 
 // Read reads the first bytes of c until they name the destination
