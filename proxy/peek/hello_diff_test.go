@@ -338,18 +338,20 @@ func goServerSaw(t testing.TB, wire []byte) (name string, ok bool, why string) {
 }
 
 // opensslServer starts testdata/opensslsni.py and returns its address,
-// or skips.
+// or "" when python3 is missing (the OpenSSL half is then skipped).
 func opensslServer(t *testing.T) string {
 	py, err := exec.LookPath("python3")
 	if err != nil {
-		t.Skip("python3 not found: the OpenSSL half of the differential test needs it")
+		t.Log("python3 not found: the OpenSSL half of the differential test is skipped")
+		return ""
 	}
 	script, _ := filepath.Abs("testdata/opensslsni.py")
 	cmd := exec.Command(py, script)
 	cmd.Stderr = os.Stderr
 	out, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
-		t.Skipf("python3: %v", err)
+		t.Logf("python3: %v: the OpenSSL half of the differential test is skipped", err)
+		return ""
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	line, err := bufio.NewReader(out).ReadString('\n')
@@ -389,7 +391,10 @@ func TestHelloDifferential(t *testing.T) {
 				t.Parallel()
 				eg := egressRead(t, wire)
 				gname, gok, gwhy := goServerSaw(t, wire)
-				oname, ook, owhy := opensslSaw(t, ossl, wire)
+				oname, ook, owhy := "", false, "skipped: no python3"
+				if ossl != "" {
+					oname, ook, owhy = opensslSaw(t, ossl, wire)
+				}
 				t.Logf("egress %+v; go %v %q (%s); openssl %v %q (%s)", eg, gok, gname, gwhy, ook, oname, owhy)
 				for _, s := range []struct {
 					server string

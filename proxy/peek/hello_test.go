@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/egress-proxy/egress/policy"
 )
 
 func TestReadHello(t *testing.T) {
@@ -102,6 +104,32 @@ func TestParseHello(t *testing.T) {
 			h, err := ParseHello(tt.wire)
 			if h.Name != tt.wantName || h.ECH != tt.wantECH || (err != nil) != tt.wantErr {
 				t.Fatalf("got %+v, %v", h, err)
+			}
+		})
+	}
+}
+
+func TestRefusal(t *testing.T) {
+	msg := splitMsg(t, goHelloMsg(t, "a.example")).with(func(es []ext) []ext { return append(es, ext{extensionECH, []byte{0}}) }).bytes()
+	ech := First{TLS: true, Bytes: cut(0x0301, fixed(1<<14))(msg)}
+	ech.Hello, ech.Err = ParseHello(ech.Bytes)
+	refuse, _ := policy.Load("p.yaml", []byte("version: 1\ndefault: allow\n"))
+	pass, _ := policy.Load("p.yaml", []byte("version: 1\ndefault: allow\ntls:\n  ech: pass\n"))
+	for _, tt := range []struct {
+		name string
+		f    First
+		pol  *policy.Policy
+		want policy.Reason
+	}{
+		{"ECH is refused by default", ech, refuse, ReasonTLSECH},
+		{"ECH passes with tls.ech: pass", ech, pass, ""},
+		{"unreadable TLS is refused whatever the policy", First{TLS: true, Err: &UnreadableError{Why: "test"}}, pass, ReasonTLSUnreadable},
+		{"bytes that are not TLS are not refused here", First{Bytes: []byte("GET /")}, refuse, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := tt.f.Refusal(tt.pol, policy.Decision{})
+			if (d == nil) != (tt.want == "") || (d != nil && (d.Reason != tt.want || !d.Denied())) {
+				t.Fatalf("got %+v, want %q", d, tt.want)
 			}
 		})
 	}
