@@ -87,11 +87,22 @@ func (e *UnreadableError) Error() string {
 // OpenSSL in framing (empty records), so the bytes an OpenSSL upstream
 // takes would be "unreadable" to it, and it costs a tls.Conn, a
 // handshake state and a full parse of every extension per connection
-// (BenchmarkHelloCryptoTLS: an order of magnitude more time and
-// allocations than BenchmarkHello). This reader follows the same rules
-// (crypto/tls's handshake_messages.go, OpenSSL 3's ssl3_get_record and
-// tls_parse_ctos_server_name) and the differential tests hold it to both
-// servers.
+// (on an ordinary 1.5 KB hello, BenchmarkHelloCryptoTLS: ~5.5 µs, 8.8 KB
+// and 41 allocations; BenchmarkHello: ~0.25 µs, 48 B, 2 allocations).
+// This reader follows the same rules (crypto/tls's handshake_messages.go
+// and conn.go, OpenSSL 3's record layer and tls_parse_ctos_server_name)
+// and the differential tests hold it to both servers.
+//
+// What the servers take as a first flight, found with the differential
+// test (Go 1.26, OpenSSL 3.0.19): Go takes any record version below
+// 0x1000 and up to 16 warning alerts first, but no empty record; OpenSSL
+// takes only versions 0x03xx and up to 32 empty handshake records, but
+// no alert first; neither takes a change_cipher_spec, application data,
+// a fatal alert or close_notify first, nor a second server_name or
+// host_name; Go takes records up to 18432 bytes, OpenSSL 16384; Go takes
+// a name with a NUL byte or a name type other than host_name before it,
+// OpenSSL neither. The reader takes the union of the framings and
+// refuses the dubious names.
 
 // helloScan is the incremental state of reading a ClientHello from the
 // bytes a client sent so far: records already taken apart are not read
