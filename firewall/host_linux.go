@@ -55,7 +55,7 @@ func InstallHost(cfg HostConfig) (*Host, error) {
 	if len(cfg.UIDs) == 0 {
 		return nil, errors.New("connect filter: no users to filter")
 	}
-	c, err := nftables.New()
+	c, err := NewConn()
 	if err != nil {
 		return nil, fmt.Errorf("connect filter: nftables: %w", err)
 	}
@@ -107,7 +107,7 @@ func InstallHost(cfg HostConfig) (*Host, error) {
 func (h *Host) Update(f policy.ConnectFilter) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	c, err := nftables.New()
+	c, err := NewConn()
 	if err != nil {
 		return fmt.Errorf("connect filter: nftables: %w", err)
 	}
@@ -147,7 +147,7 @@ func (h *Host) Close() error {
 }
 
 func (h *Host) remove() error {
-	c, err := nftables.New()
+	c, err := NewConn()
 	if err != nil {
 		return err
 	}

@@ -95,7 +95,7 @@ func ipv6Disabled(err error) bool {
 }
 
 func configureNftables(r Redirect) error {
-	c, err := nftables.New()
+	c, err := firewall.NewConn()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
