@@ -91,6 +91,11 @@ type Server struct {
 	// one with the other data paths of the process. Nil means a set of
 	// this Server's own.
 	Tunnels *tunnel.Set
+	// Held, when set, holds the upstreams Prepare dialled while their
+	// client's SYN was held (egress run's connect fidelity, issue 21);
+	// a connection that finds one uses it (see held.go). Nil: every
+	// connection is dialled after its name is read.
+	Held *Held
 
 	initOnce sync.Once
 	dial     *dialer.Dialer
@@ -266,7 +271,13 @@ func (s *Server) handle(cc *net.TCPConn) {
 	// A read error (the client closed or reset while we peeked, as a port
 	// check does) is not a reason to stop: the upstream sees the same open
 	// and close, and the copy ends at once.
+	held := s.takeHeld(c.entry.Client, dst)
+	stopPeek := func() {}
+	if held != nil {
+		stopPeek = stopPeekWhenUpstreamSpeaks(cc, held)
+	}
 	name, source, head, _ := peek.Read(cc, peekTimeout)
+	stopPeek()
 	if _, err := netip.ParseAddr(name); err == nil {
 		// An IP literal in Host (SNI may not carry one, RFC 6066 §3)
 		// names nothing more than the address does.
@@ -275,11 +286,19 @@ func (s *Server) handle(cc *net.TCPConn) {
 
 	req, dec, ok := s.decide(pol, name, dst, c.entry.Client.Addr())
 	if !ok {
+		if held != nil {
+			held.Close()
+		}
 		c.deny(dec)
 		return
 	}
-	// The dial gives up when the drain deadline passes.
-	up, ddec, err := s.dial.Dial(s.tunnels.Context(), "tcp", req)
+	var ddec policy.Decision
+	if held != nil {
+		up, ddec, err = s.useHeld(pol, req, held)
+	} else {
+		// The dial gives up when the drain deadline passes.
+		up, ddec, err = s.dial.Dial(s.tunnels.Context(), "tcp", req)
+	}
 	if err != nil {
 		var de *dialer.DeniedError
 		if errors.As(err, &de) {
