@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net/netip"
+	"os"
 	"sync"
 
 	"github.com/rs/zerolog"
@@ -56,7 +58,7 @@ func holdConnects(ctx context.Context, q *nfqueue.Queue, tp *transparent.Server,
 			}
 		}()
 	})
-	if err != nil && ctx.Err() == nil {
+	if err != nil && ctx.Err() == nil && !errors.Is(err, os.ErrClosed) {
 		logger.Debug().Err(err).Msg("run: connect hold stopped")
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
+	"github.com/egress-proxy/egress/proxy/eventlog"
 )
 
 // Held keeps the upstream connections dialled while their client's SYN
@@ -107,9 +108,20 @@ func (s *Server) Prepare(ctx context.Context, client, dst netip.AddrPort) Outcom
 	if !ok || !d.Allowed() {
 		return Pass
 	}
-	up, _, err := s.dial.Dial(ctx, "tcp", req)
+	start := time.Now()
+	up, dd, err := s.dial.Dial(ctx, "tcp", req)
 	if err != nil {
-		return outcome(err)
+		o := outcome(err)
+		if o != Pass {
+			// The client sees the destination's answer at connect();
+			// the log line says it was egress's dial that got it.
+			e := eventlog.Entry{ID: eventlog.NewID(), Proto: eventlog.ProtoTCP, Client: client, Decision: dd, Err: err, Duration: time.Since(start)}
+			if !e.Decision.Allowed() {
+				e.Decision = d
+			}
+			s.Events.Record(e)
+		}
+		return o
 	}
 	s.Held.put(client, dst, up)
 	return Connected
