@@ -50,7 +50,7 @@ for dst in sys.argv[1:]:
     except (socket.timeout, socket.error) as e:
         r = "open, then %r" % e
     s.close()
-    out[dst] = {"r": r, "ms": took * 1000}
+    out[dst] = {"r": r, "ms": took * 1000, "first_byte_ms": (time.time() - t) * 1000}
 print(json.dumps(out))
 `
 
@@ -136,11 +136,18 @@ allow:
 				t.Fatalf("%s: exit %d", py.name, r.code)
 			}
 			var res map[string]struct {
-				R  string  `json:"r"`
-				MS float64 `json:"ms"`
+				R         string  `json:"r"`
+				MS        float64 `json:"ms"`
+				FirstByte float64 `json:"first_byte_ms"`
 			}
 			if err := json.Unmarshal([]byte(strings.TrimSpace(r.stdout)), &res); err != nil {
 				t.Fatalf("script output: %v", err)
+			}
+			// The upstream was connected before the client's connect()
+			// returned: its greeting comes without the wait for the
+			// client's first bytes (300 ms).
+			if got := res[accepting]; got.FirstByte > 200 {
+				t.Errorf("%s: the greeting of a server that speaks first took %.0f ms", py.name, got.FirstByte)
 			}
 			for _, tt := range []struct {
 				dst, want        string

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/rs/zerolog"
 
@@ -25,6 +26,7 @@ func holdConnects(ctx context.Context, q *nfqueue.Queue, tp *transparent.Server,
 	type key struct{ src, dst netip.AddrPort }
 	var mu sync.Mutex
 	waiting := map[key][]uint32{} // a dial in flight, and the SYNs held for it
+	var inFlight atomic.Int64
 	err := q.Read(func(p nfqueue.Packet) {
 		if !p.Dst.IsValid() {
 			q.Verdict(p.ID, nfqueue.Verdict{Accept: true})
@@ -38,7 +40,19 @@ func holdConnects(ctx context.Context, q *nfqueue.Queue, tp *transparent.Server,
 		if busy {
 			return // a retransmitted SYN: answered with the first
 		}
+		if inFlight.Add(1) > maxHeld {
+			// Past the bound, connections go on at once, as without the
+			// hold: a burst of connects to a silent destination ties up
+			// no more than maxHeld dials.
+			inFlight.Add(-1)
+			mu.Lock()
+			delete(waiting, k)
+			mu.Unlock()
+			q.Verdict(p.ID, nfqueue.Verdict{Accept: true})
+			return
+		}
 		go func() {
+			defer inFlight.Add(-1)
 			o := tp.Prepare(ctx, p.Src, p.Dst)
 			mu.Lock()
 			ids := waiting[k]
@@ -62,6 +76,9 @@ func holdConnects(ctx context.Context, q *nfqueue.Queue, tp *transparent.Server,
 		logger.Debug().Err(err).Msg("run: connect hold stopped")
 	}
 }
+
+// maxHeld bounds the connections being prepared at once.
+const maxHeld = 1024
 
 // verdictFor is the answer to a held SYN for each outcome.
 func verdictFor(o transparent.Outcome) nfqueue.Verdict {
