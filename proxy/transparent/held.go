@@ -146,9 +146,8 @@ func outcome(err error) Outcome {
 	return Pass
 }
 
-// takeHeld returns the upstream Prepare dialled for this connection, if
-// it is still allowed on the name the listener read (req), and the
-// decision; nil when there is none, for the listener to dial as usual.
+// takeHeld returns the upstream Prepare dialled for this connection, or
+// nil, for the listener to dial as usual (see useHeld).
 func (s *Server) takeHeld(client, dst netip.AddrPort) net.Conn {
 	return s.Held.take(client, dst, nil)
 }
