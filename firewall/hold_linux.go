@@ -12,21 +12,6 @@ import (
 	"github.com/egress-proxy/egress/firewall/nftexpr"
 )
 
-// Marks a held SYN is accepted with (see nfqueue.Verdict) for the answer
-// chain AddHold makes: the connection then ends as it would have ended
-// without egress in between (issue 21).
-const (
-	// MarkRefused: the destination refused; the SYN is answered with a
-	// TCP reset (ECONNREFUSED).
-	MarkRefused uint32 = 0x6563_0001
-	// MarkHostUnreach: egress got EHOSTUNREACH; ICMP host unreachable.
-	MarkHostUnreach uint32 = 0x6563_0002
-	// MarkNetUnreach: egress got ENETUNREACH, or cannot reach the
-	// destination's family (IPv6 without a route): ICMP no route, so a
-	// client falls back to another address at once.
-	MarkNetUnreach uint32 = 0x6563_0003
-)
-
 // Chain priorities of AddHold: after the connect filter's (-150 in the
 // sandbox, -160 on a host), before NAT (-100).
 const (
@@ -35,11 +20,12 @@ const (
 )
 
 // AddHold adds to table t two output chains: one sends the SYN of every
-// new TCP connection to queue num (with bypass: accepted as before when
-// egress does not listen), except those to loopback ports in exempt and to
-// port 53; the other answers a SYN accepted with one of the marks above.
-// Whatever the connect filter refused never reaches them.
-func AddHold(c *nftables.Conn, t *nftables.Table, num uint16, exempt []uint16) {
+// new TCP connection of the users owners (everyone's when nil) to queue
+// num (with bypass: accepted as before when egress does not listen),
+// except those to loopback ports in exempt and to port 53; the other
+// answers a SYN accepted with one of the marks above. Whatever the connect
+// filter refused never reaches them.
+func AddHold(c *nftables.Conn, t *nftables.Table, num uint16, exempt []uint16, owners []uint32) {
 	hold := c.AddChain(&nftables.Chain{
 		Name: "hold", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityRef(holdPriority),
@@ -52,7 +38,16 @@ func AddHold(c *nftables.Conn, t *nftables.Table, num uint16, exempt []uint16) {
 		}
 	}
 	c.AddRule(&nftables.Rule{Table: t, Chain: hold, Exprs: nftexpr.Concat(newTCP, nftexpr.DPort(53), accept)})
-	c.AddRule(&nftables.Rule{Table: t, Chain: hold, Exprs: nftexpr.Concat(newTCP, synOnly(), []expr.Any{nfqueue.Target(num, true)})})
+	queue := nftexpr.Concat(newTCP, synOnly(), []expr.Any{nfqueue.Target(num, true)})
+	if owners == nil {
+		c.AddRule(&nftables.Rule{Table: t, Chain: hold, Exprs: queue})
+	}
+	for _, uid := range owners {
+		c.AddRule(&nftables.Rule{Table: t, Chain: hold, Exprs: nftexpr.Concat([]expr.Any{
+			&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(uid)},
+		}, queue)})
+	}
 
 	answer := c.AddChain(&nftables.Chain{
 		Name: "answer", Table: t, Type: nftables.ChainTypeFilter,

@@ -41,7 +41,7 @@ func TestHold(t *testing.T) {
 		t.Fatal(err)
 	}
 	tbl := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: testTable})
-	AddHold(c, tbl, 7, nil)
+	AddHold(c, tbl, 7, nil, nil)
 	if err := c.Flush(); err != nil {
 		t.Skipf("the NFQUEUE target is not available here: %v", err)
 	}
@@ -113,5 +113,51 @@ func TestHold(t *testing.T) {
 		if took < hold {
 			t.Errorf("%s: connect ended after %v, before the verdict", tt.name, took)
 		}
+	}
+}
+
+// TestHostHold: a Host with Hold holds its users' SYNs (here the test's
+// own uid) in HostQueue, in a namespace of the test's own.
+func TestHostHold(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	runtime.LockOSThread() // the thread dies with the test goroutine
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		t.Skipf("network namespaces unavailable: %v", err)
+	}
+	lo, _ := netlink.LinkByName("lo")
+	if err := netlink.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	h, err := InstallHost(HostConfig{UIDs: []uint32{uint32(os.Geteuid())}, Hold: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if h.Queue() == nil {
+		t.Skipf("the NFQUEUE target is not available here: %s", h.HoldError)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	held := make(chan nfqueue.Packet, 10)
+	go h.Queue().Read(func(p nfqueue.Packet) {
+		held <- p
+		h.Queue().Verdict(p.ID, nfqueue.Verdict{Accept: true, Mark: MarkRefused})
+	})
+	_, err = net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("connect to a listening port whose SYN egress answered as refused: %v, want ECONNREFUSED", err)
+	}
+	select {
+	case p := <-held:
+		if p.Dst.String() != ln.Addr().String() {
+			t.Errorf("held a SYN to %v", p.Dst)
+		}
+	default:
+		t.Error("the SYN was not held")
 	}
 }
