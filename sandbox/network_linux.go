@@ -176,7 +176,7 @@ func configureHold(exempt []uint16) (*os.File, error) {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
-	firewall.AddHold(c, t, holdQueue, exempt)
+	firewall.AddHold(c, t, holdQueue, exempt, nil)
 	if err := c.Flush(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("install the NFQUEUE rules (needs nft_compat and xt_NFQUEUE): %w", err)

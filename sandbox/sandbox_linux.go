@@ -151,15 +151,17 @@ type Sandbox struct {
 // from the caller's shell does not send a proxy-aware client around the
 // proxy (it would reach the transparent listener anyway, less well
 // identified). EGRESS_RUN=1 tells code that checks its own requirements
-// (examples/plugin-python/egress_requirements.py) that a raw connection
-// refused at connect() was refused by egress's policy, not by the
-// destination.
+// (examples/plugin-python/egress_requirements.py) that it runs under egress
+// run, and EGRESS_PROXY, which survives unsetting the proxy variables,
+// where to ask whether a connect() refused under it was refused by
+// egress's policy or by the destination (both are ECONNREFUSED, since
+// egress run holds the SYN until the destination answered: issue 21).
 func ProxyEnv(proxyURL string) []string {
 	return []string{
 		"HTTP_PROXY=" + proxyURL, "HTTPS_PROXY=" + proxyURL,
 		"http_proxy=" + proxyURL, "https_proxy=" + proxyURL,
 		"NO_PROXY=", "no_proxy=",
-		"EGRESS_RUN=1",
+		"EGRESS_RUN=1", "EGRESS_PROXY=" + proxyURL,
 	}
 }
 

@@ -272,11 +272,12 @@ func (s *Server) handle(cc *net.TCPConn) {
 	// check does) is not a reason to stop: the upstream sees the same open
 	// and close, and the copy ends at once.
 	held := s.takeHeld(c.entry.Client, dst)
+	var first net.Conn = cc
 	stopPeek := func() {}
 	if held != nil {
-		stopPeek = stopPeekWhenUpstreamSpeaks(cc, held)
+		first, stopPeek = whileUpstreamSilent(cc, held)
 	}
-	name, source, head, _ := peek.Read(cc, peekTimeout)
+	name, source, head, _ := peek.Read(first, peekTimeout)
 	stopPeek()
 	if _, err := netip.ParseAddr(name); err == nil {
 		// An IP literal in Host (SNI may not carry one, RFC 6066 §3)
