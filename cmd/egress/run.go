@@ -72,7 +72,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	logFile := fs.String("log", "", "write the JSON log of every connection and query to `FILE`")
 	peek := fs.Duration("peek-timeout", transparent.DefaultPeekTimeout, "how long to wait for a raw connection's first bytes (TLS SNI, HTTP Host) before deciding on its address")
 	quiet := fs.Bool("quiet", false, "print no live denials and no summary")
-	acceptFirst := fs.Bool("refuse-after-accept", false, "let every TCP connection open and refuse denied ones afterwards with a reset (default: a denied connect() fails at once with ECONNREFUSED)")
+	acceptFirst := fs.Bool("refuse-after-accept", false, "let every TCP connection open at once and refuse denied ones afterwards with a reset (default: a denied connect() fails at once with ECONNREFUSED, an allowed one ends as the destination answers)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: egress run [--config FILE] [--allow HOST[:PORT]]... [--allow-unix PATH]... [--log FILE] [--refuse-after-accept] [--quiet] -- CMD [ARGS...]")
 		fmt.Fprintln(stderr)
@@ -152,7 +152,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	sb, err := sandbox.Start(sandbox.Config{Args: cmdArgs, ExeArgs: runExeArgs, Stdout: stdout, Stderr: stderr, Filter: filter,
-		AllowUnix: allowUnix, UnixRefused: unixRefused})
+		AllowUnix: allowUnix, UnixRefused: unixRefused, Hold: !*acceptFirst})
 	if err != nil {
 		fmt.Fprintf(stderr, "egress run: %v\n", err)
 		return sandbox.ExitSetupFailed
@@ -184,6 +184,18 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	defer res.Close()
 	dial := &dialer.Dialer{Policy: current, Resolver: res}
 	tp := &transparent.Server{Policy: current, Dialer: dial, Names: loopbackNames{table}, PeekTimeout: *peek, Events: events, Logger: logger}
+	holdCtx, stopHold := context.WithCancel(context.Background())
+	defer stopHold()
+	if q := sb.Queue(); q != nil {
+		tp.Held = &transparent.Held{}
+		go holdConnects(holdCtx, q, tp, logger)
+	} else if sb.HoldError != "" {
+		// Connections are then accepted at once and dialled after their
+		// first bytes, as before: a refusing or silent destination shows
+		// as a reset or a read timeout after connect() succeeded.
+		logger.Info().Str("reason", sb.HoldError).
+			Msg("run: connect() cannot wait for the destination here (no NFQUEUE); connections are accepted before egress dials")
+	}
 	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger}
 	var recorder names.Recorder = table
 	if filter != nil {
