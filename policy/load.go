@@ -35,6 +35,7 @@ type Policy struct {
 	Timeouts Timeouts
 	Limits   Limits
 	Reload   Reload
+	TLS      TLS
 
 	hash       string
 	files      []string // see Files
@@ -132,7 +133,7 @@ func load(file string, data []byte, parse func(*loader)) Errors {
 // The file is strict: unknown fields, wrong types, bad cidrs, ports or host
 // patterns, a missing version: or default:, and a second YAML document are
 // all errors. Settings left out get their defaults (see the Listen, Log,
-// DNS, Timeouts, Limits and Reload types). Load reads no other file: an
+// DNS, Timeouts, Limits, Reload and TLS types). Load reads no other file: an
 // include: is an error (see LoadWith).
 func Load(file string, data []byte) (*Policy, error) { return LoadWith(file, data, nil) }
 

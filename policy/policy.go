@@ -97,6 +97,11 @@ type Request struct {
 	Client netip.Addr
 	// User is the proxy user name (Proxy-Authorization), if any.
 	User string
+	// Method and Path, when set, ask for a decision on one HTTP request
+	// to the destination (Path as sent, without the query: Decide
+	// normalises it, see NormalizePath). Empty: a connection decision.
+	Method string
+	Path   string
 }
 
 // PortRange is an inclusive range of ports; a single port has Lo == Hi.
@@ -123,6 +128,13 @@ type Rule struct {
 	Line   int
 	Column int
 	Text   string // the rule as one line of flow YAML: {host: api.example.com, ports: [443]}
+	// HTTP are the rule's request rules (http:): with any, egress
+	// terminates TLS to the destination and decides each request (see
+	// http.go). Empty: a tunnel.
+	HTTP []*RequestRule
+	// Inject are the headers set on every request the rule allows over
+	// TLS (inject:); their values never appear in any output.
+	Inject []*Inject
 
 	// layer is the index of the rule's file among the policy's files (0:
 	// the policy's own file, and --allow): between files a deny wins.
@@ -159,6 +171,21 @@ type Decision struct {
 	Host string
 	IP   netip.Addr
 	Port uint16
+
+	// Intercept is true when the destination is allowed and its requests
+	// are decided one by one: the deciding rule has http:, or a deny
+	// rule with http: matches it (then it is intercepted even where the
+	// allow rule alone would tunnel).
+	Intercept bool
+	// For a request decision (Request.Method set): the method, the path
+	// in normal form (as given when it was refused), the request rule
+	// that decided (nil when none did), and the headers to set on an
+	// allowed request, over TLS only (nil in audit mode and for a
+	// denial). Only the deciding rule's inject: applies.
+	Method      string
+	Path        string
+	RequestRule *RequestRule
+	Inject      []*Inject
 }
 
 // Allowed reports whether the caller may go ahead (true for audit passes).

@@ -4,15 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/egress-proxy/egress/internal/nftexpr"
+	"github.com/egress-proxy/egress/firewall"
+	"github.com/egress-proxy/egress/firewall/nfqueue"
+	"github.com/egress-proxy/egress/firewall/nftexpr"
 	"github.com/egress-proxy/egress/policy"
-	"github.com/egress-proxy/egress/proxy/connfilter"
 )
 
 // TableName is the nftables table (family inet) Configure installs.
@@ -29,7 +31,7 @@ type Redirect struct {
 	// OpenDropLog); 0 logs nothing.
 	LogGroup uint16
 	// Filter, when set, refuses at connect() time the new TCP connections
-	// it refuses (see connfilter.AddRules); nil sends every TCP connection
+	// it refuses (see firewall.AddRules); nil sends every TCP connection
 	// to TCP.
 	Filter *policy.ConnectFilter
 }
@@ -95,7 +97,7 @@ func ipv6Disabled(err error) bool {
 }
 
 func configureNftables(r Redirect) error {
-	c, err := nftables.New()
+	c, err := firewall.NewConn()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
@@ -136,7 +138,7 @@ func configureNftables(r Redirect) error {
 		c.AddRule(&nftables.Rule{Table: t, Chain: filter, Exprs: nftexpr.Concat(append(e, nftexpr.Verdict(expr.VerdictAccept))...)})
 	}
 	if r.Filter != nil {
-		if err := connfilter.AddRules(c, t, filter, r.Filter, r.Exempt, r.LogGroup); err != nil {
+		if err := firewall.AddRules(c, t, filter, r.Filter, r.Exempt, r.LogGroup); err != nil {
 			return err
 		}
 	}
@@ -155,4 +157,29 @@ func configureNftables(r Redirect) error {
 		return fmt.Errorf("install nftables rules: %w", err)
 	}
 	return nil
+}
+
+// configureHold adds the chains that hold each new connection's SYN in
+// queue holdQueue to the table Configure made, and opens the queue. It
+// fails where the kernel has no NFQUEUE target (nft_compat and
+// xt_NFQUEUE) or nfnetlink_queue; nothing is then held.
+func configureHold(exempt []uint16) (*os.File, error) {
+	// The socket is bound first: a SYN sent between the rules and the
+	// bind would be accepted unheld (bypass), not lost.
+	f, err := nfqueue.Open(holdQueue)
+	if err != nil {
+		return nil, err
+	}
+	c, err := firewall.NewConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+	firewall.AddHold(c, t, holdQueue, exempt, nil)
+	if err := c.Flush(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("install the NFQUEUE rules (needs nft_compat and xt_NFQUEUE): %w", err)
+	}
+	return f, nil
 }

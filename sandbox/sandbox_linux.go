@@ -31,9 +31,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/egress-proxy/egress/internal/nflog"
+	"github.com/egress-proxy/egress/firewall"
+	"github.com/egress-proxy/egress/firewall/nflog"
+	"github.com/egress-proxy/egress/firewall/nfqueue"
 	"github.com/egress-proxy/egress/policy"
-	"github.com/egress-proxy/egress/proxy/connfilter"
 )
 
 // childEnv marks the re-executed egress as the sandbox's setup process;
@@ -47,6 +48,12 @@ const filterEnv = "_EGRESS_SANDBOX_FILTER"
 // noGuardEnv, set by tests only (Config.noUnixGuard), makes the setup
 // process leave the unix socket guard out.
 const noGuardEnv = "_EGRESS_SANDBOX_NO_UNIX_GUARD"
+
+// holdEnv, when set (Config.Hold), makes the setup process hold each new
+// connection's SYN in queue holdQueue (see firewall.AddHold).
+const holdEnv = "_EGRESS_SANDBOX_HOLD"
+
+const holdQueue = 0x6567
 
 // logGroup is the NFLOG group of refused packets inside the namespace
 // (each namespace has its own groups).
@@ -95,6 +102,12 @@ type Config struct {
 	// UnixRefused, when set, is called for each refusal, from another
 	// goroutine, until Close.
 	UnixRefused func(UnixRefusal)
+	// Hold, when set, holds the SYN of each new TCP connection that the
+	// filter passes until Queue's reader answers it (issue 21: the
+	// connect() ends as the destination answers). Where the kernel has
+	// no NFQUEUE target, HoldError says why, and connections go on at
+	// once, as without Hold.
+	Hold bool
 
 	noUnixGuard bool // tests: measure without the guard
 }
@@ -120,11 +133,14 @@ type Sandbox struct {
 
 	cmd    *exec.Cmd
 	nflog  *os.File
-	leases *connfilter.Leaser // nil without Config.Filter
-	guard  *unixGuard
-	drops  *nflog.Reader
-	netns  string // "net:[inode]" of the namespace
-	closed bool
+	leases *firewall.Leaser // nil without Config.Filter
+	queue  *nfqueue.Queue   // nil without Config.Hold or where it failed
+	// HoldError says why Config.Hold could not be done ("" when it was).
+	HoldError string
+	guard     *unixGuard
+	drops     *nflog.Reader
+	netns     string // "net:[inode]" of the namespace
+	closed    bool
 
 	ownerMu sync.Mutex
 	pids    []int // processes in the namespace, as last listed by Owner
@@ -135,15 +151,17 @@ type Sandbox struct {
 // from the caller's shell does not send a proxy-aware client around the
 // proxy (it would reach the transparent listener anyway, less well
 // identified). EGRESS_RUN=1 tells code that checks its own requirements
-// (examples/plugin-python/egress_requirements.py) that a raw connection
-// refused at connect() was refused by egress's policy, not by the
-// destination.
+// (examples/plugin-python/egress_requirements.py) that it runs under egress
+// run, and EGRESS_PROXY, which survives unsetting the proxy variables,
+// where to ask whether a connect() refused under it was refused by
+// egress's policy or by the destination (both are ECONNREFUSED, since
+// egress run holds the SYN until the destination answered: issue 21).
 func ProxyEnv(proxyURL string) []string {
 	return []string{
 		"HTTP_PROXY=" + proxyURL, "HTTPS_PROXY=" + proxyURL,
 		"http_proxy=" + proxyURL, "https_proxy=" + proxyURL,
 		"NO_PROXY=", "no_proxy=",
-		"EGRESS_RUN=1",
+		"EGRESS_RUN=1", "EGRESS_PROXY=" + proxyURL,
 	}
 }
 
@@ -154,7 +172,9 @@ type message struct {
 	DropLog  bool   `json:"drop_log"`
 	Leases   bool   `json:"leases"` // the nftables socket follows the drop log's
 	Guard    bool   `json:"guard"`  // the seccomp listener follows, then a sock_diag socket
-	NetNS    string `json:"netns"`  // readlink /proc/self/ns/net
+	Queue    bool   `json:"queue"`  // the NFQUEUE socket follows the guard's
+	HoldErr  string `json:"hold_error,omitempty"`
+	NetNS    string `json:"netns"` // readlink /proc/self/ns/net
 }
 
 // Start creates the namespace, its listeners and rules, and starts the
@@ -185,9 +205,12 @@ func Start(cfg Config) (*Sandbox, error) {
 	if env == nil {
 		env = os.Environ()
 	}
-	env = append(withoutVar(withoutVar(withoutVar(env, childEnv), filterEnv), noGuardEnv), childEnv+"=3")
+	env = append(withoutVar(withoutVar(withoutVar(withoutVar(env, childEnv), filterEnv), noGuardEnv), holdEnv), childEnv+"=3")
 	if cfg.noUnixGuard {
 		env = append(env, noGuardEnv+"=1")
+	}
+	if cfg.Hold {
+		env = append(env, holdEnv+"=1")
 	}
 	extra := []*os.File{childEnd}
 	if cfg.Filter != nil {
@@ -283,7 +306,7 @@ func Start(cfg Config) (*Sandbox, error) {
 		sb.nflog, rest = rest[0], rest[1:]
 	}
 	if msg.Leases && len(rest) > 0 {
-		sb.leases, rest = connfilter.NewLeaser(rest[0], TableName), rest[1:]
+		sb.leases, rest = firewall.NewLeaser(rest[0], TableName), rest[1:]
 	}
 	if msg.Guard && len(rest) > 1 {
 		if sb.guard, err = newUnixGuard(rest[0], rest[1], cfg.AllowUnix, cfg.UnixRefused); err != nil {
@@ -295,6 +318,10 @@ func Start(cfg Config) (*Sandbox, error) {
 		}
 		rest = rest[2:]
 	}
+	if msg.Queue && len(rest) > 0 {
+		sb.queue, rest = nfqueue.New(rest[0], holdQueue), rest[1:]
+	}
+	sb.HoldError = msg.HoldErr
 	for _, f := range rest {
 		f.Close()
 	}
@@ -389,11 +416,21 @@ func (sb *Sandbox) Close() error {
 	if sb.leases != nil {
 		sb.leases.Close()
 	}
+	if sb.queue != nil {
+		// The held SYNs are accepted (the target's bypass): they meet
+		// the closed listener's reset.
+		sb.queue.Close()
+	}
 	if sb.guard != nil {
 		sb.guard.close()
 	}
 	return nil
 }
+
+// Queue is where the SYNs Config.Hold holds wait for a verdict (see
+// firewall.AddHold for the marks); nil without Config.Hold, or where the
+// kernel could not hold them (see HoldError).
+func (sb *Sandbox) Queue() *nfqueue.Queue { return sb.queue }
 
 // Lease lets new connections to addr on ports (on every port when all)
 // through the connect filter for d, and returns once the kernel has it:
@@ -567,12 +604,20 @@ func child(sock *os.File, args []string, stderr io.Writer) int {
 	}
 	var leases *os.File
 	if filter != nil {
-		if leases, err = connfilter.OpenSocket(); err != nil {
+		if leases, err = firewall.OpenSocket(); err != nil {
 			return fail(err)
 		}
 	}
 	if err := Configure(r); err != nil {
 		return fail(err)
+	}
+	var queue *os.File
+	var holdErr string
+	if _, ok := os.LookupEnv(holdEnv); ok {
+		os.Unsetenv(holdEnv)
+		if queue, err = configureHold(r.Exempt); err != nil {
+			holdErr = err.Error()
+		}
 	}
 	// The guard's filter is installed on the thread that executes the
 	// command, before the listener is handed over: the command starts
@@ -592,7 +637,7 @@ func child(sock *os.File, args []string, stderr io.Writer) int {
 		}
 	}
 	os.Unsetenv(noGuardEnv)
-	msg := message{HTTPPort: ports[1], DropLog: nflogf != nil, Leases: leases != nil, Guard: guard != nil}
+	msg := message{HTTPPort: ports[1], DropLog: nflogf != nil, Leases: leases != nil, Guard: guard != nil, Queue: queue != nil, HoldErr: holdErr}
 	msg.NetNS, _ = os.Readlink("/proc/self/ns/net")
 	if nflogf != nil {
 		files = append(files, nflogf)
@@ -602,6 +647,9 @@ func child(sock *os.File, args []string, stderr io.Writer) int {
 	}
 	if guard != nil {
 		files = append(files, guard, diag)
+	}
+	if queue != nil {
+		files = append(files, queue)
 	}
 	fds := make([]int, len(files))
 	for i, f := range files {

@@ -20,8 +20,8 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/egress-proxy/egress/firewall"
 	"github.com/egress-proxy/egress/policy"
-	"github.com/egress-proxy/egress/proxy/connfilter"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/dnsproxy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
@@ -72,7 +72,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	logFile := fs.String("log", "", "write the JSON log of every connection and query to `FILE`")
 	peek := fs.Duration("peek-timeout", transparent.DefaultPeekTimeout, "how long to wait for a raw connection's first bytes (TLS SNI, HTTP Host) before deciding on its address")
 	quiet := fs.Bool("quiet", false, "print no live denials and no summary")
-	acceptFirst := fs.Bool("refuse-after-accept", false, "let every TCP connection open and refuse denied ones afterwards with a reset (default: a denied connect() fails at once with ECONNREFUSED)")
+	acceptFirst := fs.Bool("refuse-after-accept", false, "let every TCP connection open at once and refuse denied ones afterwards with a reset (default: a denied connect() fails at once with ECONNREFUSED, an allowed one ends as the destination answers)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: egress run [--config FILE] [--allow HOST[:PORT]]... [--allow-unix PATH]... [--log FILE] [--refuse-after-accept] [--quiet] -- CMD [ARGS...]")
 		fmt.Fprintln(stderr)
@@ -126,7 +126,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	var filter *policy.ConnectFilter
 	if !*acceptFirst {
 		f := pol.ConnectFilter()
-		if err := connfilter.Check(&f); err != nil {
+		if err := firewall.Check(&f); err != nil {
 			fmt.Fprintf(stderr, "egress run: %v: denied connections are refused after they open, as with --refuse-after-accept\n", err)
 		} else {
 			filter = &f
@@ -152,7 +152,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	sb, err := sandbox.Start(sandbox.Config{Args: cmdArgs, ExeArgs: runExeArgs, Stdout: stdout, Stderr: stderr, Filter: filter,
-		AllowUnix: allowUnix, UnixRefused: unixRefused})
+		AllowUnix: allowUnix, UnixRefused: unixRefused, Hold: !*acceptFirst})
 	if err != nil {
 		fmt.Fprintf(stderr, "egress run: %v\n", err)
 		return sandbox.ExitSetupFailed
@@ -184,10 +184,22 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	defer res.Close()
 	dial := &dialer.Dialer{Policy: current, Resolver: res}
 	tp := &transparent.Server{Policy: current, Dialer: dial, Names: loopbackNames{table}, PeekTimeout: *peek, Events: events, Logger: logger}
+	holdCtx, stopHold := context.WithCancel(context.Background())
+	defer stopHold()
+	if q := sb.Queue(); q != nil {
+		tp.Held = &transparent.Held{}
+		go holdConnects(holdCtx, q, tp, logger)
+	} else if sb.HoldError != "" {
+		// Connections are then accepted at once and dialled after their
+		// first bytes, as before: a refusing or silent destination shows
+		// as a reset or a read timeout after connect() succeeded.
+		logger.Info().Str("reason", sb.HoldError).
+			Msg("run: connect() cannot wait for the destination here (no NFQUEUE); connections are accepted before egress dials")
+	}
 	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger}
 	var recorder names.Recorder = table
 	if filter != nil {
-		recorder = &connfilter.Recorder{Names: table, Leases: sb, Policy: current,
+		recorder = &firewall.Recorder{Names: table, Leases: sb, Policy: current,
 			Filter: func() *policy.ConnectFilter { return filter }, Logger: logger}
 	}
 	dp := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: recorder, Resolver: res}
@@ -196,7 +208,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		if d.Proto == "tcp" {
 			// A connect() the filter refused: the same decision, log line
 			// and summary row as a refusal by the transparent listener.
-			e := connfilter.Refusal(d, tp.DecideConnect)
+			e := firewall.Refusal(d, tp.DecideConnect)
 			sum.refusedAtConnect(e)
 			events.Record(e)
 			return
@@ -261,8 +273,13 @@ func loadRunPolicy(file string, allows []string, stderr io.Writer) (*policy.Poli
 			fmt.Fprintf(stderr, "egress run: %v\n", err)
 			return nil, false
 		}
-		if pol, err = policy.LoadWith(file, data, reload.ReadFile); err != nil {
+		if pol, err = reload.Load(file, data, reload.ReadFile); err != nil {
 			printPolicyErrors(stderr, file, err)
+			return nil, false
+		}
+		if pol.Intercepts() {
+			// egress run will make its own CA for the run (issue 20).
+			fmt.Fprintf(stderr, "egress run: %s: %v\n", file, errNotEnforced)
 			return nil, false
 		}
 	}

@@ -218,6 +218,12 @@ func loadServePolicy(config string, stderr io.Writer) (pol *policy.Policy, watch
 		}
 		return nil, nil, time.Time{}, false
 	}
+	if err := checkInterception(w.Current()); err != nil {
+		fmt.Fprintf(stderr, "egress serve: %s: %v\n", config, err)
+		return nil, nil, time.Time{}, false
+	}
+	// A reload to a policy serve cannot put in force is refused too.
+	w.Check = checkInterception
 	return w.Current(), w, w.LoadedAt(), true
 }
 
@@ -406,6 +412,11 @@ func (e *server) listenTransparent() error {
 	e.adm.TrackTunnels(eventlog.ProtoTCP, ts.Open)
 	if e.filter != nil {
 		e.filter.logRefusals(e.events, ts.DecideConnect)
+		if q := e.filter.host.Queue(); q != nil {
+			// Until the filter closes its queue at shutdown.
+			ts.Held = &transparent.Held{}
+			go holdConnects(context.Background(), q, ts, e.logger)
+		}
 	}
 	e.svcs = append(e.svcs, service{name: "transparent", addr: tl.Addr().String(), serve: func() error {
 		if err := ts.Serve(tl); !errors.Is(err, transparent.ErrServerClosed) {

@@ -21,7 +21,8 @@ Each requirement gets exactly one outcome:
   ok           reached (tcp: connected; tls/https: TLS handshake verified;
                http: the origin answered)
   refused      egress's policy refused it: a 403 from the proxy, a refused
-               connect() under `egress run` (EGRESS_RUN=1), or NXDOMAIN with
+               connect() under `egress run` (EGRESS_RUN=1) that egress's
+               proxy (EGRESS_PROXY) also refuses, or NXDOMAIN with
                egress's RFC 8914 Extended DNS Error; comes with the rule an
                administrator must add under allow:
   dns_failure  the name does not resolve for a reason that is not the policy
@@ -468,14 +469,37 @@ def _connect(req, addrs, deadline, refused_is_policy):
             err = e
             sock.close()
     code = getattr(err, "errno", None)
-    if code == errno.ECONNREFUSED and refused_is_policy:
-        # egress run refuses a denied connection at connect(); anything it
-        # allowed is accepted, and cut later if the destination fails.
+    if code == errno.ECONNREFUSED and refused_is_policy and \
+            not _destination_refused(req, deadline):
+        # egress run refuses a denied connection at connect(); an allowed
+        # one is refused at connect() too when the destination refuses it
+        # (egress holds the SYN until the destination answered).
         raise _Failed(REFUSED, "egress run refused the connection to %s: "
                       "the egress policy does not allow it" % req.target(),
                       rule=rule_for(req.host, req.port))
     raise _Failed(UNREACHABLE, "cannot connect to %s (%s)"
                   % (req.target(), _errtext(err)))
+
+
+def _destination_refused(req, deadline):
+    """Under egress run: whether egress's proxy (EGRESS_PROXY) allows a
+    tunnel to req, so that a refused connect() was the destination's."""
+    proxy = os.environ.get("EGRESS_PROXY", "")
+    if not proxy:
+        return False
+    u = urlsplit(proxy)
+    try:
+        sock = socket.create_connection((u.hostname, u.port or 80),
+                                        max(0.1, _left(deadline)))
+    except (socket.error, ValueError):
+        return False
+    try:
+        _connect_tunnel(req, sock, deadline, proxy)
+        return True  # it connected now: the refusal was not the policy's
+    except _Failed as f:
+        return f.outcome != REFUSED
+    finally:
+        sock.close()
 
 
 def _settle(req, sock, deadline):

@@ -93,6 +93,11 @@ type Server struct {
 	// one with the other data paths of the process. Nil means a set of
 	// this Server's own.
 	Tunnels *tunnel.Set
+	// Held, when set, holds the upstreams Prepare dialled while their
+	// client's SYN was held (egress run's connect fidelity, issue 21);
+	// a connection that finds one uses it (see held.go). Nil: every
+	// connection is dialled after its name is read.
+	Held *Held
 
 	initOnce sync.Once
 	dial     *dialer.Dialer
@@ -265,12 +270,40 @@ func (s *Server) handle(cc *net.TCPConn) {
 	if peekTimeout <= 0 {
 		peekTimeout = DefaultPeekTimeout
 	}
-	// A read error (the client closed or reset while we peeked, as a port
-	// check does) is not a reason to stop: the upstream sees the same open
-	// and close, and the copy ends at once.
-	name, source, head, _ := peek.Read(cc, peekTimeout)
+	// The client's first bytes, waited for PeekTimeout, or until an
+	// upstream already connected for it (a held SYN) speaks first. A read
+	// error (the client closed or reset while we peeked, as a port check
+	// does) is not a reason to stop: the upstream sees the same open and
+	// close, and the copy ends at once. A TLS ClientHello is then read
+	// whole (issue 18), within tunnel.DefaultInspectTimeout from its
+	// first byte, or refused; a client that sent nothing yet is decided
+	// on the address, and its first bytes when they come (lateInspect).
+	held := s.takeHeld(c.entry.Client, dst)
+	var waitOn net.Conn = cc
+	stopWait := func() {}
+	if held != nil {
+		waitOn, stopWait = whileUpstreamSilent(cc, held)
+	}
+	firstBytes := readFirstBytes(waitOn, peekTimeout)
+	stopWait()
+	var first peek.First
+	name, source := "", peek.SourceNone
+	if peek.TLS(firstBytes) {
+		first = peek.ReadFirst(cc, firstBytes, tunnel.DefaultInspectTimeout)
+		name, source = first.Hello.Name, peek.SourceSNI
+		if d := first.Refusal(pol, policy.Decision{IP: dst.Addr(), Port: dst.Port(), Source: pol.Source}); d != nil {
+			if held != nil {
+				held.Close()
+			}
+			c.deny(*d)
+			return
+		}
+	} else if len(firstBytes) > 0 {
+		name, source, first.Bytes, _ = peek.More(cc, firstBytes, peekTimeout)
+	}
+	head := first.Bytes
 	var requests *peek.RequestReader
-	var first *http.Request
+	var firstReq *http.Request
 	_, _, lineDone := peek.From(head)
 	guard := source == peek.SourceHTTP && !lineDone && len(head) < 16<<10
 	switch {
@@ -284,18 +317,24 @@ func (s *Server) handle(cc *net.TCPConn) {
 		// one that cannot be read is refused.
 		requests = peek.NewRequestReader(head, cc, pol.Limits.MaxHeaderBytes)
 		cc.SetReadDeadline(time.Now().Add(headerTimeout(pol)))
-		first, err = requests.Read()
+		firstReq, err = requests.Read()
 		cc.SetReadDeadline(time.Time{})
 		if err != nil {
+			if held != nil {
+				held.Close()
+			}
 			c.deny(unreadable(pol, dst, err))
 			return
 		}
-		name, head = peek.RequestHost(first), nil
+		name, head = peek.RequestHost(firstReq), nil
 	case source == peek.SourceHTTP2:
 		// h2c with prior knowledge: its requests are HTTP/2 frames no
 		// HTTP/1 reader reads, so it goes through only where the
 		// address itself is allowed, whatever it names.
 		if d := pol.Decide(policy.Request{IP: dst.Addr(), Port: dst.Port(), Client: c.entry.Client.Addr()}); !d.Allowed() {
+			if held != nil {
+				held.Close()
+			}
 			c.deny(policy.Decision{Reason: peek.ReasonHTTP2Preface, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
 				Hint: "HTTP/2 with prior knowledge (h2c) names its host in frames egress does not read: allow the address (cidr:) or use HTTP/1.1 or TLS"})
 			return
@@ -309,11 +348,19 @@ func (s *Server) handle(cc *net.TCPConn) {
 
 	req, dec, ok := s.decide(pol, name, dst, c.entry.Client.Addr())
 	if !ok {
+		if held != nil {
+			held.Close()
+		}
 		c.deny(dec)
 		return
 	}
-	// The dial gives up when the drain deadline passes.
-	up, ddec, err := s.dial.Dial(s.tunnels.Context(), "tcp", req)
+	var ddec policy.Decision
+	if held != nil {
+		up, ddec, err = s.useHeld(pol, req, held)
+	} else {
+		// The dial gives up when the drain deadline passes.
+		up, ddec, err = s.dial.Dial(s.tunnels.Context(), "tcp", req)
+	}
 	if err != nil {
 		var de *dialer.DeniedError
 		if errors.As(err, &de) {
@@ -336,7 +383,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 		// own Host, as the forward proxy does, and the gate is left only
 		// when the origin switched protocols.
 		gate = origin.NewGate(cc, up, origin.GateConfig{
-			Requests: requests, First: first, Fail: t.Fail,
+			Requests: requests, First: firstReq, Fail: t.Fail,
 			Allow: func(r *http.Request) bool { return s.allowRequest(t, name, r, dst, c.entry.Client.Addr()) },
 		})
 		client, up = gate.Client, gate.Upstream
@@ -350,6 +397,9 @@ func (s *Server) handle(cc *net.TCPConn) {
 			c.fail(dec, fmt.Errorf("replay first bytes: %w", err))
 			return
 		}
+	}
+	if len(head) == 0 && requests == nil {
+		t.Inspect = s.lateInspect(dst, c.entry.Client.Addr())
 	}
 	t.Entry, t.Began, t.Idle, t.Up = c.entry, c.start, pol.Timeouts.TunnelIdle, int64(len(head))
 	t.Request = req
@@ -411,6 +461,50 @@ func headerTimeout(pol *policy.Policy) time.Duration {
 		return pol.Timeouts.Header
 	}
 	return 10 * time.Second
+}
+
+// readFirstBytes returns what the client sent within timeout: nothing
+// from a client that waits for the server to speak first.
+func readFirstBytes(cc net.Conn, timeout time.Duration) []byte {
+	if cc.SetReadDeadline(time.Now().Add(timeout)) != nil {
+		return nil
+	}
+	defer cc.SetReadDeadline(time.Time{})
+	b := make([]byte, 2048)
+	n, _ := cc.Read(b)
+	return b[:n]
+}
+
+// lateInspect decides on the first bytes of a client that sent nothing
+// within PeekTimeout and whose connection was let through on its address
+// (dst): whenever they come, before any goes up, a TLS ClientHello is
+// read whole and its name decided on as if it had come in time (an HTTP
+// request's Host too); a late client gets no more than a prompt one.
+func (s *Server) lateInspect(dst netip.AddrPort, client netip.Addr) func(peek.First) *policy.Decision {
+	return func(f peek.First) *policy.Decision {
+		pol := s.Policy()
+		if d := f.Refusal(pol, policy.Decision{IP: dst.Addr(), Port: dst.Port(), Source: pol.Source}); d != nil {
+			return d
+		}
+		name := f.Hello.Name
+		if !f.TLS {
+			// Plain HTTP is gated only from a connection's first byte:
+			// a request line that comes after the wait is refused, the
+			// origin would read a Host egress never decided on.
+			if _, source, done := peek.From(f.Bytes); done && (source == peek.SourceHTTP || source == peek.SourceHTTP2) {
+				d := unreadable(pol, dst, errors.New("an HTTP request came after the first-bytes wait (--peek-timeout); plain HTTP is gated only from the first byte"))
+				return &d
+			}
+			name = ""
+		}
+		if _, err := netip.ParseAddr(name); err == nil || name == "" {
+			return nil
+		}
+		if _, d, ok := s.decide(pol, name, dst, client); !ok {
+			return &d
+		}
+		return nil
+	}
 }
 
 // decide picks the request to dial, or the denial.
