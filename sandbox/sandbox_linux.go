@@ -123,7 +123,8 @@ type Sandbox struct {
 	leases *firewall.Leaser // nil without Config.Filter
 	guard  *unixGuard
 	drops  *nflog.Reader
-	netns  string // "net:[inode]" of the namespace
+	netns  string   // "net:[inode]" of the namespace
+	tty    *os.File // the terminal the command has the foreground of, or nil
 	closed bool
 
 	ownerMu sync.Mutex
@@ -232,6 +233,7 @@ func Start(cfg Config) (*Sandbox, error) {
 		attr.GidMappingsEnableSetgroups = false
 		attr.AmbientCaps = []uintptr{unix.CAP_NET_ADMIN}
 	}
+	sb.tty = ownGroup(cmd, attr)
 	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		childEnd.Close()
@@ -317,6 +319,9 @@ func Start(cfg Config) (*Sandbox, error) {
 	}
 	sb.ProxyURL = "http://127.0.0.1:" + strconv.Itoa(int(msg.HTTPPort))
 	sb.netns = msg.NetNS
+	if sb.tty != nil {
+		go sb.followStops()
+	}
 	return sb, nil
 }
 
@@ -345,7 +350,8 @@ func (sb *Sandbox) Pid() int { return sb.cmd.Process.Pid }
 // ("net:[4026532...]"), "" when unknown.
 func (sb *Sandbox) NetNS() string { return sb.netns }
 
-// Signal sends sig to the command.
+// Signal sends sig to the command (not to its process group: as a
+// terminal's signal, a forwarded one reaches the command once).
 func (sb *Sandbox) Signal(sig os.Signal) error { return sb.cmd.Process.Signal(sig) }
 
 // ReadDrops calls fn, from another goroutine, for every packet the
@@ -360,6 +366,9 @@ func (sb *Sandbox) ReadDrops(fn func(Drop)) {
 // or 128 plus the signal that killed it.
 func (sb *Sandbox) Wait() (int, error) {
 	err := sb.cmd.Wait()
+	if sb.tty != nil {
+		setForeground(sb.tty, unix.Getpgrp()) // the terminal back to egress's group
+	}
 	st := sb.cmd.ProcessState
 	if st == nil {
 		return ExitSetupFailed, err
