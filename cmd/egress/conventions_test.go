@@ -232,3 +232,30 @@ func TestCompletionZshFish(t *testing.T) {
 		})
 	}
 }
+
+// TestNoGoWording: what users read counts in words ("1 line") and names
+// file types in words, not as Go prints them ("1 lines", "d---------").
+func TestNoGoWording(t *testing.T) {
+	dir := t.TempDir()
+	t.Run("a directory given to lint is called a directory", func(t *testing.T) {
+		var stdout, stderr bytes.Buffer
+		run([]string{"lint", dir}, &stdout, &stderr)
+		if got := stdout.String(); !strings.Contains(got, "not a regular file but a directory") || strings.Contains(got, "---") {
+			t.Errorf("lint DIR prints %q", got)
+		}
+	})
+	t.Run("learn counts one line as a line", func(t *testing.T) {
+		log := filepath.Join(dir, "one.log")
+		os.WriteFile(log, []byte(`{"level":"info","event":"allow","proto":"connect","host":"cdn.example","port":443,"ip":"93.184.216.11","reason":"default_allow","policy":"p.yaml","time":"2026-11-25T10:03:00Z"}`+"\n"), 0o644)
+		var stdout, stderr bytes.Buffer
+		if code := run([]string{"learn", log}, &stdout, &stderr); code != exitOK {
+			t.Fatalf("exit %d: %s", code, stderr.String())
+		}
+		if want := "egress learn: 1 line, 1 decision, 1 destination learned, 0 lines skipped\n"; !strings.Contains(stderr.String(), want) {
+			t.Errorf("learn prints %q, want %q", stderr.String(), want)
+		}
+		if !strings.Contains(stdout.String(), "(1 decision)") {
+			t.Errorf("the learned policy's comment:\n%s", stdout.String())
+		}
+	})
+}

@@ -345,8 +345,14 @@ func dialError(ctx context.Context, req policy.Request, dec policy.Decision, fai
 		b.WriteString(")")
 		detail = b.String()
 	}
-	if ctx.Err() != nil {
-		return fmt.Errorf("%s: %w", target, ctx.Err())
+	if err := ctx.Err(); err != nil {
+		// Words for Go's "context canceled": %.0w keeps ctx's error for
+		// errors.Is and prints none of it.
+		why := "given up: the client went away or egress is stopping"
+		if errors.Is(err, context.DeadlineExceeded) {
+			why = "no connection within the time the caller gave"
+		}
+		return fmt.Errorf("%s: %s%.0w", target, why, err)
 	}
 	for _, a := range failed {
 		if !isTimeout(a.err) {
