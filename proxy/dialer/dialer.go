@@ -345,7 +345,13 @@ func dialError(ctx context.Context, req policy.Request, dec policy.Decision, fai
 		b.WriteString(")")
 		detail = b.String()
 	}
-	if err := ctx.Err(); err != nil {
+	err := ctx.Err()
+	if dl, ok := ctx.Deadline(); ok && err == nil && !time.Now().Before(dl) {
+		// The connect's own poller can report the caller's deadline
+		// before ctx's timer has marked ctx done.
+		err = context.DeadlineExceeded
+	}
+	if err != nil {
 		// Words for Go's "context canceled": %.0w keeps ctx's error for
 		// errors.Is and prints none of it.
 		why := "given up: the client went away or egress is stopping"

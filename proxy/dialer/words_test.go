@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egress-proxy/egress/internal/testnet"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
 )
@@ -15,7 +16,7 @@ import (
 // in words, not Go's "context canceled" or "context deadline exceeded",
 // and still matches the context's error.
 func TestDialStoppedByCallerSaysSoInWords(t *testing.T) {
-	ap := FullBacklog(t)
+	ap := testnet.FullBacklog(t)
 	d := &dialer.Dialer{Policy: load(t, allowLoopback), Timeout: 10 * time.Second}
 	canceled, cancel := context.WithCancel(context.Background())
 	cancel()
