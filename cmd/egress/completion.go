@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"sort"
 	"strings"
 )
 
@@ -50,29 +51,40 @@ func cmdCompletion(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-var usageFlag = regexp.MustCompile(`(?m)^  -([a-z][a-z0-9-]*)`)
+// usageFlag finds a flag in what -h prints: a line of flag.PrintDefaults
+// ("  -config FILE") or an option of the usage line ("[--config POLICY]").
+var usageFlag = regexp.MustCompile(`(?m)^  -([a-z][a-z0-9-]*)|\[--?([a-z][a-z0-9-]*)`)
 
-// commandFlags is every flag name a command's -h lists, as --name.
+// commandFlags is every flag name a command's -h lists, as --name (-o for
+// a one-letter one), sorted.
 func commandFlags(c command) []string {
 	var out bytes.Buffer
 	c.run([]string{"-h"}, io.Discard, &out)
+	seen := map[string]bool{}
 	var flags []string
 	for _, m := range usageFlag.FindAllStringSubmatch(out.String(), -1) {
+		name := m[1] + m[2]
 		dash := "--"
-		if len(m[1]) == 1 {
+		if len(name) == 1 {
 			dash = "-" // learn -o
 		}
-		flags = append(flags, dash+m[1])
+		if !seen[name] {
+			seen[name] = true
+			flags = append(flags, dash+name)
+		}
 	}
+	sort.Strings(flags)
 	return flags
 }
 
-// completed is what completes after the command: its flags, or (help,
-// completion) a list of words.
+// completed is what completes after the command: its flags, and the
+// words its first argument may be (completion's shells, ca's init).
 func completed(c command) (flags []string, words []string) {
 	switch c.name {
 	case "completion":
 		return nil, []string{"bash", "zsh", "fish"}
+	case "ca":
+		return commandFlags(c), []string{"init"}
 	}
 	return commandFlags(c), nil
 }
@@ -102,8 +114,8 @@ _egress() {
 		fmt.Fprintf(&b, "\t%s) flags=%q words=%q ;;\n", c.name, strings.Join(flags, " "), strings.Join(words, " "))
 	}
 	b.WriteString(`	esac
-	if [ -n "$words" ]; then
-		[ "$COMP_CWORD" -eq 2 ] && COMPREPLY=($(compgen -W "$words" -- "$cur"))
+	if [ -n "$words" ] && [ "$COMP_CWORD" -eq 2 ]; then
+		COMPREPLY=($(compgen -W "$words" -- "$cur"))
 	elif [[ $cur == -* ]]; then
 		COMPREPLY=($(compgen -W "$flags" -- "$cur"))
 	else
@@ -140,8 +152,8 @@ _egress() {
 		fmt.Fprintf(&b, "\t%s) flags=(%s) words=(%s) ;;\n", c.name, strings.Join(flags, " "), strings.Join(words, " "))
 	}
 	b.WriteString(`	esac
-	if (( ${#words} )); then
-		(( CURRENT == 3 )) && compadd -- $words
+	if (( ${#words} && CURRENT == 3 )); then
+		compadd -- $words
 	elif [[ $PREFIX == -* ]]; then
 		compadd -- $flags
 	else

@@ -182,12 +182,14 @@ func TestCompletionBash(t *testing.T) {
 		want string // what the completions hold, space-separated
 	}{
 		{"egress ser", "serve"},
-		{"egress c", "check completion"},
+		{"egress c", "check ca completion"},
 		{"egress check --con", "--config"},
 		{"egress learn -", "--include-denied --lift-guards --mode -o"},
 		{"egress help li", "lint"},
 		{"egress completion f", "fish"},
 		{"egress lint --j", "--json"},
+		{"egress ca i", "init"},
+		{"egress ca init --con", "--config"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.line, func(t *testing.T) {
