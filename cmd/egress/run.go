@@ -15,7 +15,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -36,9 +35,6 @@ import (
 // runDrain bounds how long connections the command left open may finish
 // once it has exited (its background children may still use them).
 const runDrain = time.Second
-
-// forwardedSignals are the signals egress run passes on to CMD.
-var forwardedSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
 
 // How long a DNS answer keeps its address open in the connect filter and
 // known to the transparent path: its TTL, raised to leaseMinTTL (0:
