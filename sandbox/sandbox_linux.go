@@ -124,7 +124,7 @@ type Sandbox struct {
 	guard  *unixGuard
 	drops  *nflog.Reader
 	netns  string   // "net:[inode]" of the namespace
-	tty    *os.File // the terminal the command has the foreground of, or nil
+	tty    *os.File // egress's controlling terminal among the command's streams, or nil
 	closed bool
 
 	ownerMu sync.Mutex
@@ -367,7 +367,7 @@ func (sb *Sandbox) ReadDrops(fn func(Drop)) {
 func (sb *Sandbox) Wait() (int, error) {
 	err := sb.cmd.Wait()
 	if sb.tty != nil {
-		setForeground(sb.tty, unix.Getpgrp()) // the terminal back to egress's group
+		sb.giveBack()
 	}
 	st := sb.cmd.ProcessState
 	if st == nil {

@@ -15,38 +15,50 @@ import (
 // group (a shell's job, timeout(1)) reaches egress alone, which forwards
 // it. When egress is the foreground of the terminal on its standard input,
 // output or error, the command's group becomes the foreground instead: a
-// ^C, ^\ or ^Z typed there reaches the command alone, once, and egress
-// takes the terminal back when the command stops or ends.
+// ^C, ^\ or ^Z typed there reaches the command alone, once. Job control
+// follows the command: when it stops (^Z, or reading the terminal from the
+// background) egress's job stops too, so that the shell regains the
+// terminal, and fg or bg resumes both.
 
 // controlTerminal returns which of the command's standard streams (0, 1,
-// 2) is the terminal whose foreground is egress's process group, and that
-// file; false when none is.
-func controlTerminal(cmd *exec.Cmd) (int, *os.File, bool) {
+// 2) is egress's controlling terminal, that file, and whether egress's
+// process group is its foreground; false when none is.
+func controlTerminal(cmd *exec.Cmd) (fd int, tty *os.File, foreground, ok bool) {
 	for i, s := range []any{cmd.Stdin, cmd.Stdout, cmd.Stderr} {
-		f, ok := s.(*os.File)
-		if !ok || f == nil {
+		f, isFile := s.(*os.File)
+		if !isFile || f == nil {
 			continue
 		}
-		pg, err := unix.IoctlGetInt(int(f.Fd()), unix.TIOCGPGRP)
-		if err == nil && pg == unix.Getpgrp() {
-			return i, f, true
+		// ENOTTY for a file, a pipe or a terminal that is not ours.
+		if pg, err := unix.IoctlGetInt(int(f.Fd()), unix.TIOCGPGRP); err == nil {
+			return i, f, pg == unix.Getpgrp(), true
 		}
 	}
-	return 0, nil, false
+	return 0, nil, false, false
 }
 
 // ownGroup sets attr to start the command in a process group of its own,
-// in the terminal's foreground when egress holds it; it returns that
-// terminal, or nil.
+// in the terminal's foreground when egress holds it; it returns egress's
+// controlling terminal, or nil.
 func ownGroup(cmd *exec.Cmd, attr *syscall.SysProcAttr) *os.File {
 	attr.Setpgid = true
-	fd, tty, ok := controlTerminal(cmd)
+	fd, tty, foreground, ok := controlTerminal(cmd)
 	if !ok {
 		return nil
 	}
-	attr.Foreground = true
-	attr.Ctty = fd
+	if foreground {
+		attr.Foreground = true
+		attr.Ctty = fd
+	}
 	return tty
+}
+
+func foregroundOf(tty *os.File) int {
+	pg, err := unix.IoctlGetInt(int(tty.Fd()), unix.TIOCGPGRP)
+	if err != nil {
+		return -1
+	}
+	return pg
 }
 
 // setForeground makes pgrp the foreground of tty. From a background group
@@ -57,13 +69,23 @@ func setForeground(tty *os.File, pgrp int) {
 	unix.IoctlSetPointerInt(int(tty.Fd()), unix.TIOCSPGRP, pgrp)
 }
 
+// giveBack returns the terminal to egress's group when the command's group
+// holds it (the command ended or stopped): never from a shell that has it.
+func (sb *Sandbox) giveBack() {
+	if foregroundOf(sb.tty) == sb.cmd.Process.Pid {
+		setForeground(sb.tty, unix.Getpgrp())
+	}
+}
+
 const cldStopped = 5 // si_code of a SIGCHLD for a stop (<asm-generic/siginfo.h>)
 
-// followStops stops egress's group when the command is stopped from the
-// terminal (^Z, or a read from it while in the background), so that the
-// shell gets the terminal back and can resume the job; when egress is
-// continued (fg, bg), so is the command, in the foreground if egress got
-// the terminal back. It returns when the command has ended.
+// followStops answers the command's stops by the terminal (SIGTSTP,
+// SIGTTIN, SIGTTOU) until it ends. When egress's group holds the terminal
+// (fg brought egress back while the command was in the background), the
+// command gets it and goes on. Otherwise egress's job stops the same way,
+// the terminal back with egress's group first, so that the shell regains
+// it; once continued, the command is too, in the terminal's foreground if
+// egress got it back (fg), else in the background (bg).
 func (sb *Sandbox) followStops() {
 	pid := sb.cmd.Process.Pid
 	for {
@@ -73,10 +95,7 @@ func (sb *Sandbox) followStops() {
 		if err == unix.EINTR {
 			continue
 		}
-		if err != nil {
-			return
-		}
-		if info.Code != cldStopped {
+		if err != nil || info.Code != cldStopped {
 			return
 		}
 		sig := stopSignal(&info)
@@ -86,9 +105,11 @@ func (sb *Sandbox) followStops() {
 			continue // a SIGSTOP someone sent: theirs to continue
 		}
 		own := unix.Getpgrp()
-		setForeground(sb.tty, own)
-		unix.Kill(-own, sig) // as the terminal would have; returns once continued
-		if pg, err := unix.IoctlGetInt(int(sb.tty.Fd()), unix.TIOCGPGRP); err == nil && pg == own {
+		if foregroundOf(sb.tty) != own {
+			sb.giveBack()
+			unix.Kill(-own, sig) // as the terminal would have; returns once continued
+		}
+		if foregroundOf(sb.tty) == own {
 			setForeground(sb.tty, pid)
 		}
 		unix.Kill(-pid, unix.SIGCONT)

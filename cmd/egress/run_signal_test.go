@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -194,4 +195,137 @@ func TestRunTerminalSignalsReachCommandOnce(t *testing.T) {
 	if code != 0 {
 		t.Errorf("egress run exited %d, want the command's 0", code)
 	}
+}
+
+// shellSession is an interactive bash on a pseudo-terminal, with job
+// control, as a user's terminal runs egress run.
+type shellSession struct {
+	ptm    *os.File
+	mu     sync.Mutex
+	screen bytes.Buffer
+}
+
+func (s *shellSession) text() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.screen.String()
+}
+
+func (s *shellSession) typeIn(b string) { s.ptm.Write([]byte(b)) }
+
+// command types line and Enter once the shell shows its prompt, again if
+// the shell did not echo it (a shell taking the terminal back may flush
+// what was typed meanwhile).
+func (s *shellSession) command(t *testing.T, line string) {
+	t.Helper()
+	for attempt := 0; attempt < 5; attempt++ {
+		from := len(s.text())
+		testnet.WaitFor(t, 10*time.Second, "the prompt", func() bool { return strings.HasSuffix(strings.TrimRight(stripCSI(s.text()), " "), "$") })
+		s.typeIn(line + "\n")
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if strings.Contains(stripCSI(s.text()[from:]), line) {
+				return
+			}
+		}
+	}
+	t.Fatalf("the shell does not take %q; screen:\n%s", line, s.text())
+}
+
+// stripCSI drops bash's bracketed-paste switches from the screen text.
+func stripCSI(s string) string {
+	return strings.NewReplacer("\x1b[?2004h", "", "\x1b[?2004l", "").Replace(s)
+}
+
+// startShell starts bash -i on a new pseudo-terminal with env added; $E in
+// it runs "egress run" with EGRESS_RUN_ARGS.
+func startShell(t *testing.T, env ...string) *shellSession {
+	t.Helper()
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("bash is not installed")
+	}
+	ptm, pts := openPTY(t)
+	s := &shellSession{ptm: ptm}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := ptm.Read(buf)
+			s.mu.Lock()
+			s.screen.Write(buf[:n])
+			s.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	cmd := exec.Command(bash, "--norc", "--noprofile", "-i")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = pts, pts, pts
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	cmd.Env = append(os.Environ(), append(env, "EGRESS_RUN_HELPER=1", "PS1=$ ",
+		"E="+os.Args[0]+" -test.run=^TestRunHelperProcess$")...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return s
+}
+
+// TestRunJobControl: in an interactive shell, egress run behaves as the
+// command it runs would: ^Z stops the job and fg resumes it with the
+// terminal, ^C then reaches the command once; started in the background,
+// the command stops when it reads the terminal and fg gives it the
+// terminal.
+func TestRunJobControl(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 is not installed")
+	}
+	requireSandbox(t)
+	t.Run("^Z, fg, ^C", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "signals")
+		s := startShell(t, "EGRESS_RUN_ARGS="+strings.Join([]string{"run", "--quiet", "--", python, recorderScript(t), out, "stay"}, "\n"))
+		s.command(t, "$E")
+		testnet.WaitFor(t, 20*time.Second, "the command to start", func() bool { return len(recorded(out)) > 0 })
+		s.typeIn("\x1a") // ^Z
+		testnet.WaitFor(t, 10*time.Second, "the shell to say the job stopped", func() bool { return strings.Contains(s.text(), "Stopped") })
+		s.command(t, "fg")
+		// The command is in the foreground again once ^C reaches it.
+		for deadline := time.Now().Add(10 * time.Second); len(recorded(out)) < 2; time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("^C after fg did not reach the command; screen:\n%s", s.text())
+			}
+			s.typeIn("\x03")
+		}
+		s.typeIn("quit\n")
+		testnet.WaitFor(t, 10*time.Second, "the command to end", func() bool { return strings.Contains(strings.Join(recorded(out), " "), "quit") })
+		if got := strings.Join(recorded(out), " "); got != "ready SIGINT quit" {
+			t.Errorf("the command recorded %q, want one SIGINT; screen:\n%s", got, s.text())
+		}
+	})
+	t.Run("started in the background, fg", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "read")
+		script := filepath.Join(t.TempDir(), "read.py")
+		os.WriteFile(script, []byte("import sys\nline = sys.stdin.readline()\nopen(sys.argv[1], 'w').write('READ:' + line)\n"), 0o644)
+		s := startShell(t, "EGRESS_RUN_ARGS="+strings.Join([]string{"run", "--quiet", "--", python, script, out}, "\n"))
+		s.command(t, "$E &")
+		for deadline := time.Now().Add(20 * time.Second); !strings.Contains(s.text(), "Stopped"); time.Sleep(200 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the job did not stop reading the terminal; screen:\n%s", s.text())
+			}
+			s.command(t, "jobs")
+		}
+		s.command(t, "fg")
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			if b, _ := os.ReadFile(out); strings.TrimSpace(string(b)) == "READ:hello" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the command did not read the line after fg; screen:\n%s", s.text())
+			}
+			s.typeIn("hello\n")
+		}
+	})
 }
