@@ -139,7 +139,8 @@ type Sandbox struct {
 	HoldError string
 	guard     *unixGuard
 	drops     *nflog.Reader
-	netns     string // "net:[inode]" of the namespace
+	netns     string   // "net:[inode]" of the namespace
+	tty       *os.File // egress's controlling terminal among the command's streams, or nil
 	closed    bool
 
 	ownerMu sync.Mutex
@@ -255,6 +256,7 @@ func Start(cfg Config) (*Sandbox, error) {
 		attr.GidMappingsEnableSetgroups = false
 		attr.AmbientCaps = []uintptr{unix.CAP_NET_ADMIN}
 	}
+	sb.tty = ownGroup(cmd, attr)
 	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		childEnd.Close()
@@ -344,6 +346,9 @@ func Start(cfg Config) (*Sandbox, error) {
 	}
 	sb.ProxyURL = "http://127.0.0.1:" + strconv.Itoa(int(msg.HTTPPort))
 	sb.netns = msg.NetNS
+	if sb.tty != nil {
+		go sb.followStops()
+	}
 	return sb, nil
 }
 
@@ -372,7 +377,8 @@ func (sb *Sandbox) Pid() int { return sb.cmd.Process.Pid }
 // ("net:[4026532...]"), "" when unknown.
 func (sb *Sandbox) NetNS() string { return sb.netns }
 
-// Signal sends sig to the command.
+// Signal sends sig to the command (not to its process group: as a
+// terminal's signal, a forwarded one reaches the command once).
 func (sb *Sandbox) Signal(sig os.Signal) error { return sb.cmd.Process.Signal(sig) }
 
 // ReadDrops calls fn, from another goroutine, for every packet the
@@ -387,6 +393,9 @@ func (sb *Sandbox) ReadDrops(fn func(Drop)) {
 // or 128 plus the signal that killed it.
 func (sb *Sandbox) Wait() (int, error) {
 	err := sb.cmd.Wait()
+	if sb.tty != nil {
+		sb.giveBack()
+	}
 	st := sb.cmd.ProcessState
 	if st == nil {
 		return ExitSetupFailed, err

@@ -15,7 +15,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -225,16 +224,16 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	wg.Go(func() { hp.Serve(sum.identify(sb.HTTP)) })
 	wg.Go(func() { dp.Serve(sb.DNS, sb.DNSTCP) })
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	// Signals sent to egress go to CMD, as timeout(1) and sudo forward
+	// them; CMD ends as it sees fit, and egress when CMD has. CMD runs in
+	// a process group of its own (in the terminal's foreground, when
+	// egress had it), so a ^C reaches it once, from the terminal.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, forwardedSignals...)
 	defer signal.Stop(sigs)
 	go func() {
 		for sig := range sigs {
-			// A terminal's ^C or ^\ reaches the command itself (same
-			// process group); forward the rest.
-			if sig != syscall.SIGINT && sig != syscall.SIGQUIT {
-				sb.Signal(sig)
-			}
+			sb.Signal(sig)
 		}
 	}()
 

@@ -560,7 +560,7 @@ func (e *server) drain() {
 	if drain <= 0 {
 		drain = defaultDrain
 	}
-	e.logger.Info().Dur("drain", drain).Int("open_tunnels", e.tunnels.Open()).Msg("shutting down: no new connections; draining open tunnels")
+	e.logger.Info().Str("drain", drain.String()).Int("open_tunnels", e.tunnels.Open()).Msg("shutting down: no new connections; draining open tunnels")
 	sctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	var wg sync.WaitGroup

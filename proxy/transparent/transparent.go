@@ -10,8 +10,9 @@
 // DNS returned that address for it to this client, or resolving it now
 // yields it. Otherwise a client could name an allowed host while connecting
 // to a denied address (SNI spoofing). With no name (a server-speaks-first
-// protocol such as PostgreSQL) the decision is on the address, and on the
-// names egress's DNS returned it for.
+// protocol such as MySQL or SMTP, or a client-first one whose first bytes
+// are neither TLS nor HTTP, such as PostgreSQL's SSLRequest) the decision
+// is on the address, and on the names egress's DNS returned it for.
 //
 // It does not set up the redirect (see sandbox and docs/transparent.md),
 // terminate TLS, or speak any protocol: denied connections are reset.

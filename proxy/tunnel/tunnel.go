@@ -253,7 +253,9 @@ func (g *Group) Drain(ctx context.Context) error {
 	for g.n.Load() > 0 {
 		select {
 		case <-ctx.Done():
-			err := fmt.Errorf("closed on shutdown: %w", ctx.Err())
+			// Words for Go's "context deadline exceeded": %.0w keeps
+			// ctx's error for errors.Is and prints none of it.
+			err := fmt.Errorf("closed on shutdown: still open when the drain time (timeouts.drain) ran out%.0w", ctx.Err())
 			g.mu.Lock()
 			g.closed = err
 			g.mu.Unlock()
