@@ -237,6 +237,11 @@ type Timeouts struct {
 	Header     time.Duration // reading a client's request header; default 10s
 	Response   time.Duration // plain HTTP: waiting for the upstream's response header; default 60s
 	TunnelIdle time.Duration // close a tunnel idle this long; 0 (default) = never
+	// HalfClose bounds a half-closed tunnel: once one side has ended its
+	// direction, the other may stay silent this long, then the tunnel is
+	// closed (a client gone while its origin never answers would hold its
+	// slot forever otherwise); default 30s
+	HalfClose time.Duration
 	Drain      time.Duration // on SIGTERM, how long open tunnels may finish; default 30s
 }
 

@@ -125,7 +125,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 	} else {
 		t.Inspect = check
 	}
-	t.Entry, t.Began, t.Idle = entry, rq.start, pol.Timeouts.TunnelIdle
+	t.Entry, t.Began, t.Idle, t.HalfClose = entry, rq.start, pol.Timeouts.TunnelIdle, pol.Timeouts.HalfClose
 	t.Request = rq.req
 	t.Request.IP = dec.IP
 	// This goroutine returns, and its stack goes away; an idle tunnel

@@ -328,7 +328,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 			return
 		}
 	}
-	t.Entry, t.Began, t.Idle, t.Up = c.entry, c.start, pol.Timeouts.TunnelIdle, int64(len(head))
+	t.Entry, t.Began, t.Idle, t.HalfClose, t.Up = c.entry, c.start, pol.Timeouts.TunnelIdle, pol.Timeouts.HalfClose, int64(len(head))
 	t.Request = req
 	t.Request.IP = ddec.IP
 	t.Start(client, up)

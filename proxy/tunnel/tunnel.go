@@ -7,8 +7,13 @@
 //     the slot taken before dialling, so connections being set up count;
 //   - the idle timeout (timeouts.tunnel_idle), read from the kernel's
 //     TCP_INFO (proxy/tcpinfo) so the copy stays in splice(2);
+//   - the half-close bound (timeouts.half_close): once one side has ended
+//     its direction, the other may stay silent only so long, so a client
+//     gone while its origin never answers does not hold a slot forever;
 //   - drain on shutdown: a Group waits for its tunnels, closes the rest at
-//     the deadline, and closes at once any tunnel set up after it;
+//     the deadline, and closes at once any tunnel set up after it; it
+//     does not wait for a tunnel whose client has ended its side and
+//     whose upstream is silent;
 //   - revocation: a reloaded policy re-decides every open tunnel and
 //     closes those it refuses (ReasonRevoked);
 //   - byte counts, one close for both ends, and the canonical log line,
@@ -51,6 +56,15 @@ import (
 // reloaded policy refuses the destination it was opened to. The line
 // carries the new decision's rule and hint.
 const ReasonRevoked policy.Reason = "revoked"
+
+// DefaultHalfClose is Tunnel.HalfClose when the caller sets none: the
+// default of timeouts.half_close.
+const DefaultHalfClose = 30 * time.Second
+
+// drainHalfClose is the silence after which Drain closes a tunnel whose
+// client has ended its side: the client is most likely gone, and one
+// still waiting for an answer that flows keeps its tunnel.
+const drainHalfClose = time.Second
 
 // DefaultMaxTunnels is the limit when the policy sets none.
 const DefaultMaxTunnels = 10000
@@ -190,6 +204,7 @@ type Group struct {
 	initOnce sync.Once
 	set      *Set
 	n        atomic.Int64 // slots of this group
+	draining atomic.Bool  // Drain has begun
 	ctx      context.Context
 	cancel   context.CancelFunc
 
@@ -248,6 +263,14 @@ func (g *Group) release() {
 // moment for their lines, and returns ctx's error.
 func (g *Group) Drain(ctx context.Context) error {
 	g.init()
+	// Tunnels whose client has ended its side are not waited for once
+	// their upstream is silent (drainHalfClose).
+	g.draining.Store(true)
+	for _, t := range g.set.snapshot() {
+		if t.g == g {
+			t.recheckHalf()
+		}
+	}
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for g.n.Load() > 0 {
@@ -291,6 +314,11 @@ type Tunnel struct {
 	// Idle is timeouts.tunnel_idle: the tunnel is closed after this long
 	// without data either way. Zero: never.
 	Idle time.Duration
+	// HalfClose is timeouts.half_close: once one direction has ended
+	// (its source sent EOF, which was passed on as a half-close), the
+	// tunnel is closed after this long without data the other way.
+	// Zero: DefaultHalfClose.
+	HalfClose time.Duration
 	// Up and Down count the bytes the caller relayed before Start (early
 	// data behind a CONNECT, the peeked head of a transparent connection).
 	Up, Down int64
@@ -310,8 +338,12 @@ type Tunnel struct {
 	dirs             [2]*direction // up, down when on the poller; written before the tunnel joins the set
 	left             atomic.Int32  // directions still running
 	logged           bool          // an audit denial, recorded at Start
+	measured         bool          // TCP_INFO tells idleA's and idleB's idle time
+	lastRead         atomic.Int64  // unix nanoseconds of the last read, when not measured
+	half             halfState
 
 	closeOnce sync.Once
+	isClosed  atomic.Bool      // set inside closeOnce
 	closeErr  error            // why it was closed, set inside closeOnce
 	revokedBy *policy.Decision // the refusing decision, when revoked
 	refused   *policy.Decision // Inspect's refusal, set before it closes the tunnel
@@ -340,6 +372,9 @@ func (t *Tunnel) Start(client, upstream net.Conn) {
 	// that the copy can then use the socket itself.
 	cs, us := t.unwrap(client, upstream, &t.Up), t.unwrap(upstream, client, &t.Down)
 	t.idleA, t.idleB = socketOf(client), socketOf(upstream)
+	if _, t.measured = tcpinfo.Idle(t.idleA, t.idleB); !t.measured {
+		t.lastRead.Store(time.Now().UnixNano())
+	}
 	if t.Entry.Decision.Denied() {
 		// mode: audit let a denial through: log it now, not when the
 		// tunnel closes, which for a database connection may be days.
@@ -413,6 +448,7 @@ func (t *Tunnel) close(err error, revokedBy *policy.Decision) bool {
 	t.closeOnce.Do(func() {
 		first = true
 		t.closeErr, t.revokedBy = err, revokedBy
+		t.isClosed.Store(true)
 		t.client.Close()
 		t.upstream.Close()
 	})
@@ -436,12 +472,13 @@ func (t *Tunnel) pipe(dst, src net.Conn, n *int64) {
 		if v := recover(); v != nil {
 			t.panicked(v)
 		}
-		if t.left.Add(-1) == 0 {
-			t.finish()
-		}
+		t.directionEnded(n == &t.Up)
 	}()
 	if n == &t.Up && !t.inspectHead(dst, src) {
 		return
+	}
+	if !t.measured {
+		src = stampedConn{src, &t.lastRead}
 	}
 	m, err := copyConn(dst, src)
 	*n += m
@@ -523,6 +560,12 @@ func (t *Tunnel) panicked(v any) {
 // finish runs once both directions are done: the tunnel's one line.
 func (t *Tunnel) finish() {
 	t.closeBoth() // and, through closeOnce, see closeErr
+	t.half.mu.Lock()
+	t.half.finished = true
+	if t.half.timer != nil {
+		t.half.timer.Stop()
+	}
+	t.half.mu.Unlock()
 	e := t.Entry
 	if t.closeErr != nil && e.Err == nil {
 		e.Err = t.closeErr
@@ -558,4 +601,104 @@ func revoked(was, d policy.Decision) policy.Decision {
 		d.Port = was.Port
 	}
 	return d
+}
+
+// halfState is a tunnel's half-close watch: from when its first direction
+// ended, one timer (not a goroutine) checks the other's silence.
+type halfState struct {
+	mu       sync.Mutex
+	at       time.Time   // when the first direction ended; zero: both run
+	upDone   bool        // that direction was the client's
+	timer    *time.Timer // runs checkHalf
+	finished bool        // the tunnel's line is written: no more timers
+}
+
+// directionEnded is called once by each direction when it ends: the
+// first to end starts the half-close watch, the last writes the line.
+func (t *Tunnel) directionEnded(up bool) {
+	if t.left.Add(-1) == 0 {
+		t.finish()
+		return
+	}
+	if t.isClosed.Load() {
+		return // an error or a close ended it: the other direction ends too
+	}
+	t.half.mu.Lock()
+	defer t.half.mu.Unlock()
+	if t.half.finished || !t.half.at.IsZero() {
+		return
+	}
+	t.half.at, t.half.upDone = time.Now(), up
+	t.half.timer = time.AfterFunc(t.halfLimit(), t.checkHalf)
+}
+
+// halfLimit is the silence a half-closed tunnel is allowed now; the
+// caller holds t.half.mu.
+func (t *Tunnel) halfLimit() time.Duration {
+	limit := t.HalfClose
+	if limit <= 0 {
+		limit = DefaultHalfClose
+	}
+	if t.half.upDone && t.g.draining.Load() {
+		limit = min(limit, drainHalfClose)
+	}
+	return limit
+}
+
+// checkHalf closes a half-closed tunnel silent for its limit, or checks
+// again when it could be.
+func (t *Tunnel) checkHalf() {
+	t.half.mu.Lock()
+	if t.half.finished {
+		t.half.mu.Unlock()
+		return
+	}
+	limit := t.halfLimit()
+	silent := time.Since(t.half.at)
+	if t.measured {
+		if d, ok := tcpinfo.Idle(t.idleA, t.idleB); ok {
+			silent = min(silent, d)
+		}
+	} else {
+		silent = min(silent, time.Since(time.Unix(0, t.lastRead.Load())))
+	}
+	if silent < limit {
+		t.half.timer.Reset(limit - silent)
+		t.half.mu.Unlock()
+		return
+	}
+	draining := t.half.upDone && t.g.draining.Load()
+	t.half.mu.Unlock()
+	if draining {
+		t.close(fmt.Errorf("closed on shutdown: the client ended its side and the upstream was silent for %s", limit), nil)
+		return
+	}
+	t.close(fmt.Errorf("half-closed and silent for %s (timeouts.half_close)", limit.Round(time.Millisecond)), nil)
+}
+
+// recheckHalf checks a half-closed tunnel's silence at once (its limit
+// may have shrunk: Drain began).
+func (t *Tunnel) recheckHalf() {
+	t.half.mu.Lock()
+	if !t.half.finished && t.half.timer != nil {
+		t.half.timer.Reset(0)
+	}
+	t.half.mu.Unlock()
+}
+
+// stampedConn notes the time of each read that returned data, for the
+// half-close watch of a tunnel whose sockets TCP_INFO cannot see. It
+// hides the connection's ReaderFrom and WriterTo, so it is only used
+// where the copy could not splice anyway.
+type stampedConn struct {
+	net.Conn
+	at *atomic.Int64
+}
+
+func (c stampedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.at.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
