@@ -242,7 +242,7 @@ type Timeouts struct {
 	// closed (a client gone while its origin never answers would hold its
 	// slot forever otherwise); default 30s
 	HalfClose time.Duration
-	Drain      time.Duration // on SIGTERM, how long open tunnels may finish; default 30s
+	Drain     time.Duration // on SIGTERM, how long open tunnels may finish; default 30s
 }
 
 // Limits of egress serve.
