@@ -15,6 +15,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/egress-proxy/egress/internal/testnet"
+	"github.com/egress-proxy/egress/internal/testwait"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
@@ -684,5 +687,27 @@ func TestProxyUserSelectsClientPolicy(t *testing.T) {
 	resp, _, _, _ = f.raw("CONNECT origin.test:" + p + " HTTP/1.1\r\nProxy-Authorization: Basic dmVuZG9yLWE6c2VjcmV0\r\n\r\n")
 	if resp.StatusCode != 403 {
 		t.Fatalf("CONNECT as vendor-a: %d, want 403", resp.StatusCode)
+	}
+}
+
+// Issue 19: a CONNECT whose client has gone while the origin stays
+// silent (and open) was kept forever, counted against
+// limits.max_tunnels. timeouts.half_close of the policy frees it.
+func TestConnectClientGoneOriginSilent(t *testing.T) {
+	f := newFixture(t, testPolicy+"timeouts:\n  half_close: 300ms\nlimits:\n  max_tunnels: 1\n")
+	end := make(chan struct{})
+	t.Cleanup(func() { close(end) })
+	// The origin reads the client's half-close, then neither answers nor
+	// closes until the test ends.
+	silent := testnet.ServeTCP(t, func(c net.Conn) { io.Copy(io.Discard, c); <-end }).String()
+	resp, _, c, _ := f.raw("CONNECT " + silent + " HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	c.Close()
+	testwait.Until(t, testwait.Timeout, "the tunnel's slot freed", func() bool { return f.proxy.OpenTunnels() == 0 })
+	resp, _, _, _ = f.raw("CONNECT " + silent + " HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp.StatusCode != 200 {
+		t.Errorf("the next CONNECT at max_tunnels 1: status %d, want 200", resp.StatusCode)
 	}
 }
