@@ -43,13 +43,11 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 // client's connection, r being the request read from it and early the
 // bytes read behind it; ctx bounds the dial.
 //
-// CONNECT is handled here rather than by goproxy's handleHttps because
-// goproxy cannot give the answers egress must give: its refusals are a bare
-// "502 Bad Gateway" written on the hijacked connection (no 403, no
-// X-Egress-* headers, no body), it cannot tell 502 from 503 from 504, it
-// dials through ConnectDial (which follows HTTPS_PROXY by default), and its
-// copy loop neither counts bytes nor lets Shutdown drain open tunnels. Once
-// dialled, the tunnel is proxy/tunnel's, like every other path's.
+// Every refusal is an answer the client can read (403 with X-Egress-*
+// headers and a body; 502, 503 and 504 told apart), the dial is the
+// policy's (proxy/dialer, never a proxy from the environment), and once
+// dialled the tunnel is proxy/tunnel's, like every other path's: counted,
+// drained on shutdown, logged with its bytes.
 //
 // Every answer but the 200 is written with the explanation in its status
 // line (failure.sendConn), then the connection is closed after the client has

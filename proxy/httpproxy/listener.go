@@ -21,7 +21,7 @@ import (
 // on l itself and reads the start of each connection's first request on
 // a goroutine of its own: a CONNECT is answered there (connect.go), and
 // never enters the Server; every other connection is handed to the Server
-// with the bytes read so far, and goes on as before (plain HTTP, goproxy,
+// with the bytes read so far, and goes on as before (plain HTTP,
 // upgrades, later CONNECTs on a kept-alive connection).
 //
 // A CONNECT through net/http's Server costs the Server's per-connection
@@ -34,7 +34,6 @@ type connectFirst struct {
 	hdrTimeout time.Duration // timeouts.header: the whole CONNECT head within it
 	maxHeader  int           // limits.max_header_bytes
 
-	once   sync.Once
 	conns  chan net.Conn
 	errc   chan error
 	closed chan struct{}
