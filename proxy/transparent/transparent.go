@@ -26,13 +26,12 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/accept"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/names"
@@ -98,7 +97,7 @@ type Server struct {
 	// accepted counts the connections being accepted, or accepted and
 	// not yet holding a tunnel slot: Shutdown waits for them too, or a
 	// connection made just before it would be served after it returned.
-	accepted atomic.Int64
+	accepted accept.InFlight
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -139,39 +138,22 @@ func (s *Server) Serve(l net.Listener) error {
 		delete(s.listeners, l)
 		s.mu.Unlock()
 	}()
-	var backoff time.Duration
-	for {
-		// Counted before Accept returns it: Shutdown, which closes l,
-		// then waits for the count, cannot miss a connection in between.
-		s.accepted.Add(1)
-		c, err := l.Accept()
-		if err != nil {
-			s.accepted.Add(-1)
-			s.mu.Lock()
-			down := s.shutdown
-			s.mu.Unlock()
-			if down {
-				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				// Out of descriptors: back off as net/http does.
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.Logger.Warn().Err(err).Dur("retry_in", backoff).Msg("transparent: accept failed")
-				time.Sleep(backoff)
-				continue
-			}
-			return err
-		}
-		backoff = 0
+	err := accept.Loop(l, &s.accepted, s.Logger, "transparent", func(c net.Conn) {
 		tc, ok := c.(*net.TCPConn)
 		if !ok {
-			s.accepted.Add(-1)
+			s.accepted.Done()
 			c.Close()
-			continue
+			return
 		}
-		go s.handle(tc)
+		s.handle(tc)
+	})
+	s.mu.Lock()
+	down := s.shutdown
+	s.mu.Unlock()
+	if down {
+		return ErrServerClosed
 	}
+	return err
 }
 
 // Shutdown stops accepting and waits for open connections to finish until
@@ -185,9 +167,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		l.Close()
 	}
 	s.mu.Unlock()
-	for s.accepted.Load() > 0 && ctx.Err() == nil {
-		time.Sleep(time.Millisecond)
-	}
+	s.accepted.Wait(ctx)
 	return s.tunnels.Drain(ctx)
 }
 
@@ -229,7 +209,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 	pol := s.Policy()
 	n := tunnel.MaxTunnels(pol)
 	t, err := s.tunnels.Acquire(n)
-	s.accepted.Add(-1)
+	s.accepted.Done()
 	if err != nil {
 		s.Logger.Warn().Str(eventlog.FieldClient, c.entry.Client.String()).Int("max_tunnels", n).Err(err).
 			Msg("transparent: connection reset")

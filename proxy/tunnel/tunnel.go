@@ -47,6 +47,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/accept"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/peek"
 	"github.com/egress-proxy/egress/proxy/tcpinfo"
@@ -203,8 +204,8 @@ type Group struct {
 
 	initOnce sync.Once
 	set      *Set
-	n        atomic.Int64 // slots of this group
-	draining atomic.Bool  // Drain has begun
+	n        accept.InFlight // slots of this group: what Drain waits for
+	draining atomic.Bool     // Drain has begun
 	ctx      context.Context
 	cancel   context.CancelFunc
 
@@ -223,7 +224,7 @@ func (g *Group) init() {
 }
 
 // Open is the number of the group's tunnels, open or being set up.
-func (g *Group) Open() int { return int(g.n.Load()) }
+func (g *Group) Open() int { return g.n.N() }
 
 // Context is done once the group's drain deadline has passed: set-up
 // work (dialling) that should stop then uses it.
@@ -253,8 +254,8 @@ func (g *Group) Acquire(limit int) (*Tunnel, error) {
 }
 
 func (g *Group) release() {
-	g.n.Add(-1)
 	g.set.n.Add(-1)
+	g.n.Done()
 }
 
 // Drain waits until the group's tunnels, those being set up included,
@@ -271,30 +272,25 @@ func (g *Group) Drain(ctx context.Context) error {
 			t.recheckHalf()
 		}
 	}
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for g.n.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			err := fmt.Errorf("closed on shutdown: %w", ctx.Err())
-			g.mu.Lock()
-			g.closed = err
-			g.mu.Unlock()
-			g.cancel()
-			for _, t := range g.set.snapshot() {
-				if t.g == g {
-					t.close(err, nil)
-				}
-			}
-			deadline := time.Now().Add(time.Second)
-			for g.n.Load() > 0 && time.Now().Before(deadline) {
-				time.Sleep(5 * time.Millisecond)
-			}
-			return ctx.Err()
-		case <-tick.C:
+	if g.n.Wait(ctx) == nil {
+		return nil
+	}
+	err := fmt.Errorf("closed on shutdown: %w", ctx.Err())
+	g.mu.Lock()
+	g.closed = err
+	g.mu.Unlock()
+	g.cancel()
+	for _, t := range g.set.snapshot() {
+		if t.g == g {
+			t.close(err, nil)
 		}
 	}
-	return nil
+	// A moment for their lines: each is written before its slot is
+	// given back.
+	lines, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	g.n.Wait(lines)
+	return ctx.Err()
 }
 
 // Tunnel is one tunnel, from Acquire to its log line. The exported fields
