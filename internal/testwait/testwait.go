@@ -10,6 +10,9 @@
 package testwait
 
 import (
+	"bytes"
+	"fmt"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -54,6 +57,36 @@ func Poll(timeout time.Duration, cond func() error) error {
 		time.Sleep(pause)
 		pause = min(2*pause, 50*time.Millisecond)
 	}
+}
+
+// UntilBlockedIn waits until a goroutine is parked (not running) inside
+// the function fn, named as in a stack trace
+// ("github.com/egress-proxy/egress/proxy/proxyproto.(*Listener).Accept"):
+// a test of "Close unblocks Accept" must know Accept was blocked when it
+// closed, or it passes by calling Accept after Close.
+func UntilBlockedIn(tb testing.TB, timeout time.Duration, fn string) {
+	tb.Helper()
+	UntilNil(tb, timeout, func() error {
+		if blockedIn(fn) {
+			return nil
+		}
+		return fmt.Errorf("for a goroutine blocked in %s", fn)
+	})
+}
+
+func blockedIn(fn string) bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range bytes.Split(buf, []byte("\n\n")) {
+		head, _, _ := bytes.Cut(g, []byte("\n"))
+		if bytes.Contains(head, []byte("[running]")) || bytes.Contains(head, []byte("[runnable]")) {
+			continue
+		}
+		if bytes.Contains(g, []byte("\n"+fn+"(")) {
+			return true
+		}
+	}
+	return false
 }
 
 type errNotYet string

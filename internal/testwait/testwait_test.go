@@ -30,3 +30,15 @@ func TestPoll(t *testing.T) {
 		}
 	})
 }
+
+func TestUntilBlockedIn(t *testing.T) {
+	ch := make(chan struct{})
+	go parkHere(ch)
+	UntilBlockedIn(t, Timeout, "github.com/egress-proxy/egress/internal/testwait.parkHere")
+	close(ch)
+	if blockedIn("github.com/egress-proxy/egress/internal/testwait.neverCalled") {
+		t.Error("blocked in a function nobody called")
+	}
+}
+
+func parkHere(ch chan struct{}) { <-ch }
