@@ -382,7 +382,7 @@ func TestTunnelIdleTimeout(t *testing.T) {
 		if _, err := br.ReadByte(); err != nil {
 			t.Fatalf("tunnel closed while active (round %d): %v", i, err)
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond) // activity spread past tunnel_idle: the pacing is the test
 	}
 	// ...idleness closes it.
 	start := time.Now()
