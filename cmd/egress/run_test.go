@@ -473,6 +473,7 @@ except socket.error as e:
 		env  []string
 	}{{"python3", nil}, {"python2.7", []string{"PYENV_VERSION=2.7.18"}}} {
 		t.Run(py.name, func(t *testing.T) {
+			t.Parallel() // each mostly sleeps out the lease: both at once
 			check := exec.Command(py.name, "-c", "import socket")
 			check.Env = append(os.Environ(), py.env...)
 			if err := check.Run(); err != nil {
