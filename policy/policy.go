@@ -76,6 +76,42 @@ const (
 	ReasonGuardSpecial   Reason = "guard_special"    // other IANA special-purpose, not globally reachable
 )
 
+// Reasons of refusals and closes that Decide does not make itself: a data
+// path or egress run decides them from what it sees on the wire or in
+// the system. They live here, beside the decision reasons, so that every
+// code an operator can find in the log is in one list.
+const (
+	// ReasonRevoked: a tunnel closed because a reloaded policy refuses
+	// the destination it was opened to; the line carries the new
+	// decision's rule and hint.
+	ReasonRevoked Reason = "revoked"
+	// ReasonSNIMismatch: the TLS ClientHello inside a CONNECT tunnel
+	// names a server the policy refuses, other than the one the tunnel
+	// was opened for (domain fronting).
+	ReasonSNIMismatch Reason = "sni_mismatch"
+	// ReasonNameMismatch: on the transparent path, the TLS SNI or HTTP
+	// Host names a host the original destination address does not
+	// belong to.
+	ReasonNameMismatch Reason = "name_mismatch"
+	// ReasonNotRedirected: the connection reached the transparent
+	// listener directly (its original destination is the listener
+	// itself), so there is nowhere to forward it.
+	ReasonNotRedirected Reason = "not_redirected"
+	// ReasonLoop: a connection to one of egress's own listeners, which
+	// would make the proxy talk to itself.
+	ReasonLoop Reason = "loop"
+	// ReasonConnectFilter: the connect filter refused a connection the
+	// transparent listener would have let through (the two disagree: a
+	// bug to report).
+	ReasonConnectFilter Reason = "connect_filter"
+	// ReasonUnixSocket: egress run refused a connect() to a socket file
+	// outside run.allow_unix.
+	ReasonUnixSocket Reason = "unix_socket_refused"
+	// ReasonUnixDatagram: egress run did not let the command create a
+	// unix datagram socket, which could send to any socket file.
+	ReasonUnixDatagram Reason = "unix_dgram_refused"
+)
+
 // IsGuard reports whether r is one of the guard reasons.
 func (r Reason) IsGuard() bool { return len(r) > 6 && r[:6] == "guard_" }
 

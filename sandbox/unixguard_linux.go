@@ -48,6 +48,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/egress-proxy/egress/policy"
 )
 
 // archSyscalls are the numbers of the syscalls the filter watches on one
@@ -444,7 +446,7 @@ func (g *unixGuard) decide(n *seccompNotif) (int64, syscall.Errno) {
 		// A unix datagram socket (the filter lets every other through):
 		// its arguments are values, not pointers, nothing to re-check.
 		if g.valid(n.ID) {
-			g.report(UnixRefusal{Reason: ReasonUnixDatagram}, tid)
+			g.report(UnixRefusal{Reason: policy.ReasonUnixDatagram}, tid)
 		}
 		return 0, unix.EACCES
 	}
@@ -553,7 +555,7 @@ func (g *unixGuard) connectPath(n *seccompNotif, tid, fd int, addr []byte) (int6
 		if !g.valid(n.ID) {
 			return 0, unix.ENOENT
 		}
-		g.report(UnixRefusal{Path: path, Socket: resolved, Reason: ReasonUnixSocket}, tid)
+		g.report(UnixRefusal{Path: path, Socket: resolved, Reason: policy.ReasonUnixSocket}, tid)
 		// EACCES, not ECONNREFUSED: the kernel's own answer to a socket
 		// one may not write to. Clients say "permission denied" instead of
 		// "is the daemon running?", and do not retry.

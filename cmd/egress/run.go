@@ -416,7 +416,7 @@ func (s *runSummary) unixRefused(r sandbox.UnixRefusal, hint string) {
 // process asked for when it could not be resolved.
 func unixTarget(r sandbox.UnixRefusal) string {
 	switch {
-	case r.Reason == sandbox.ReasonUnixDatagram:
+	case r.Reason == policy.ReasonUnixDatagram:
 		return "(datagram socket)"
 	case r.Socket != "":
 		return r.Socket
@@ -426,7 +426,7 @@ func unixTarget(r sandbox.UnixRefusal) string {
 
 // unixHint says how to allow a refused unix socket, if it can be.
 func unixHint(r sandbox.UnixRefusal) string {
-	if r.Reason == sandbox.ReasonUnixDatagram {
+	if r.Reason == policy.ReasonUnixDatagram {
 		return "a unix datagram socket can send to any socket file: use SOCK_STREAM or SOCK_SEQPACKET"
 	}
 	return "egress run --allow-unix " + unixTarget(r)
@@ -620,7 +620,7 @@ func (s *runSummary) write(w io.Writer) {
 			r := s.byKey[k]
 			route := map[string]string{"proxy": "via HTTP_PROXY", "transparent": "raw socket (ignored HTTP_PROXY)",
 				"connect": "raw socket, refused at connect()", "dns": "queries", "unix": "connect()"}[k.route]
-			if o == "unix" && r.reason == sandbox.ReasonUnixDatagram {
+			if o == "unix" && r.reason == policy.ReasonUnixDatagram {
 				route = "socket()"
 			}
 			fmt.Fprintf(&b, "    %-28s %4dx  %s", k.target, r.count, route)

@@ -131,10 +131,9 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 	t.Start(cc, up)
 }
 
-// ReasonSNIMismatch: the TLS ClientHello inside a CONNECT tunnel names a
-// server the policy refuses, other than the one the tunnel was opened
-// for (domain fronting).
-const ReasonSNIMismatch policy.Reason = "sni_mismatch"
+// ReasonSNIMismatch is policy.ReasonSNIMismatch, under the name the
+// other branches still use while they merge; new code uses policy's.
+const ReasonSNIMismatch = policy.ReasonSNIMismatch
 
 // sniCheck returns the check of a CONNECT tunnel's first bytes, opened
 // for req and allowed by dec: a TLS ClientHello whose server name is not

@@ -39,17 +39,6 @@ import (
 	"github.com/egress-proxy/egress/proxy/tunnel"
 )
 
-// Reasons of decisions only the transparent path makes.
-const (
-	// ReasonNameMismatch: the TLS SNI or HTTP Host names a host the
-	// original destination address does not belong to.
-	ReasonNameMismatch policy.Reason = "name_mismatch"
-	// ReasonNotRedirected: the connection reached the listener directly
-	// (its original destination is the listener itself), so there is
-	// nowhere to forward it.
-	ReasonNotRedirected policy.Reason = "not_redirected"
-)
-
 // Defaults used when neither the Server nor the policy sets a value.
 const (
 	DefaultPeekTimeout = 300 * time.Millisecond
@@ -65,7 +54,7 @@ type Server struct {
 	// Dialer dials the original destinations. Nil means a Dialer with
 	// Policy, Resolver and no loop guard (the redirect rules must exempt
 	// egress's own traffic; a connection straight to the listener is
-	// refused with ReasonNotRedirected).
+	// refused with policy.ReasonNotRedirected).
 	Dialer *dialer.Dialer
 	// Resolver checks that a name from SNI or Host resolves to the
 	// original address when Names does not know it. Nil means the Dialer's,
@@ -233,7 +222,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	if dst == local {
 		c.deny(policy.Decision{
-			Reason: ReasonNotRedirected, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
+			Reason: policy.ReasonNotRedirected, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
 			Hint: "connect to the real destination; this port only serves connections redirected to it",
 		})
 		return
@@ -292,7 +281,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 				return true
 			}
 			if d.Allowed() {
-				d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, ReasonNameMismatch
+				d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonNameMismatch
 				d.Host, d.IP = h, dst.Addr()
 				d.Hint = fmt.Sprintf("a request on a connection to %s names %s, which is not an address of it", dst.Addr(), h)
 			}
@@ -338,7 +327,7 @@ func (s *Server) decide(pol *policy.Policy, name string, dst netip.AddrPort, cli
 			return req, policy.Decision{}, true
 		}
 		d.Verdict, d.Audit, d.Rule = policy.Deny, false, nil
-		d.Reason = ReasonNameMismatch
+		d.Reason = policy.ReasonNameMismatch
 		d.IP = dst.Addr()
 		d.Hint = fmt.Sprintf("the connection names %s (TLS SNI or HTTP Host) but goes to %s, which is not an address of %s", d.Host, dst.Addr(), d.Host)
 		if pol.Mode == policy.Audit {

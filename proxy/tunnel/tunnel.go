@@ -15,7 +15,7 @@
 //     does not wait for a tunnel whose client has ended its side and
 //     whose upstream is silent;
 //   - revocation: a reloaded policy re-decides every open tunnel and
-//     closes those it refuses (ReasonRevoked);
+//     closes those it refuses (policy.ReasonRevoked);
 //   - byte counts, one close for both ends, and the canonical log line,
 //     written once when the tunnel ends;
 //   - a recovered panic closes its tunnel, is logged with a stack, and the
@@ -52,11 +52,6 @@ import (
 	"github.com/egress-proxy/egress/proxy/peek"
 	"github.com/egress-proxy/egress/proxy/tcpinfo"
 )
-
-// ReasonRevoked is the reason of the line of a tunnel closed because a
-// reloaded policy refuses the destination it was opened to. The line
-// carries the new decision's rule and hint.
-const ReasonRevoked policy.Reason = "revoked"
 
 // DefaultHalfClose is Tunnel.HalfClose when the caller sets none: the
 // default of timeouts.half_close.
@@ -140,7 +135,7 @@ func (s *Set) snapshot() []*Tunnel {
 
 // Revoke decides every open tunnel again with pol, on the request it was
 // decided on (client, user, name, address, port), and closes each one pol
-// refuses; its line then says ReasonRevoked with pol's rule and hint. It
+// refuses; its line then says policy.ReasonRevoked with pol's rule and hint. It
 // returns how many it closed. An audit pass (mode: audit) is not refused.
 func (s *Set) Revoke(pol *policy.Policy) int {
 	n := 0
@@ -586,7 +581,7 @@ func (t *Tunnel) finish() {
 // revoked is the decision logged for a tunnel that d, the reloaded
 // policy's, refused; was is the one it was opened on.
 func revoked(was, d policy.Decision) policy.Decision {
-	d.Verdict, d.Audit, d.Reason = policy.Deny, false, ReasonRevoked
+	d.Verdict, d.Audit, d.Reason = policy.Deny, false, policy.ReasonRevoked
 	if d.Host == "" {
 		d.Host = was.Host
 	}

@@ -258,7 +258,7 @@ func TestTunnel(t *testing.T) {
 		u.Close()
 		e := l.next(t)
 		d := e.Decision
-		if d.Reason != ReasonRevoked || d.Verdict != policy.Deny || d.RuleLocation() != "test.yaml:6" || d.Hint == "" {
+		if d.Reason != policy.ReasonRevoked || d.Verdict != policy.Deny || d.RuleLocation() != "test.yaml:6" || d.Hint == "" {
 			t.Errorf("line: %s %s rule %q hint %q; want deny revoked test.yaml:6 with a hint", d.Verdict, d.Reason, d.RuleLocation(), d.Hint)
 		}
 		echoOnce(t, kc, ku) // the allowed one stays
