@@ -110,6 +110,10 @@ const (
 	// ReasonUnixDatagram: egress run did not let the command create a
 	// unix datagram socket, which could send to any socket file.
 	ReasonUnixDatagram Reason = "unix_dgram_refused"
+	// ReasonSandboxRefused: egress run's sandbox refused a packet of a
+	// protocol that does not go through egress (UDP other than DNS,
+	// ICMP): only TCP and DNS do.
+	ReasonSandboxRefused Reason = "sandbox_refused"
 )
 
 // IsGuard reports whether r is one of the guard reasons.

@@ -143,10 +143,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	unixRefused := func(r sandbox.UnixRefusal) {
 		hint := unixHint(r)
 		sum.unixRefused(r, hint)
-		logger.Warn().Str(eventlog.FieldEvent, "deny").Str(eventlog.FieldProto, eventlog.ProtoUnix).
-			Str("path", r.Path).Str("socket", r.Socket).Int("pid", r.Process.PID).Str("process", r.Process.Comm).
-			Str(eventlog.FieldReason, string(r.Reason)).Str(eventlog.FieldHint, hint).
-			Msg("unix socket refused in the sandbox")
+		// The canonical line, not through the Sink: the summary counts
+		// the refusal itself (above), as a unix row.
+		eventlog.Log(logger, eventlog.Entry{ID: eventlog.NewID(), Proto: eventlog.ProtoUnix,
+			Decision: policy.Decision{Verdict: policy.Deny, Reason: r.Reason, Hint: hint, Source: pol.Source},
+			Path:     r.Path, Socket: r.Socket, PID: r.Process.PID, Process: r.Process.Comm})
 		if !*quiet {
 			fmt.Fprintf(stderr, "egress: denied unix %s (%s) from %s\n", unixTarget(r), r.Reason, r.Process)
 		}
@@ -203,9 +204,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 		d.Src = netip.AddrPort{}
 		sum.drop(d)
-		logger.Warn().Str(eventlog.FieldEvent, "deny").Str(eventlog.FieldProto, d.Proto).
-			Str("dst", d.String()).Str(eventlog.FieldReason, "sandbox_refused").
-			Msg("packet refused in the sandbox: only TCP and DNS go through egress")
+		// The canonical line, not through the Sink: the summary counts
+		// the drop itself (above).
+		eventlog.Log(logger, eventlog.Entry{ID: eventlog.NewID(), Proto: d.Proto,
+			Decision: policy.Decision{Verdict: policy.Deny, Reason: policy.ReasonSandboxRefused,
+				IP: d.Dst.Addr(), Port: d.Dst.Port(), Source: pol.Source}})
 	})
 
 	var wg sync.WaitGroup
