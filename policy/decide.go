@@ -103,6 +103,7 @@ func (p *Policy) decide(r Request) Decision {
 	if d.Verdict == Deny && rs.mode == Audit && !d.Reason.IsGuard() {
 		d.Verdict, d.Audit = Allow, true
 	}
+	rs.intercept(&d, r, name, ip)
 	return d
 }
 

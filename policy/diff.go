@@ -424,6 +424,9 @@ func clientKey(ps []*Policy, c diffClient) string {
 // policies tell clients apart.
 func (c Change) Destination() string {
 	r := c.Request
+	if r.Method != "" {
+		return requestDestination(r)
+	}
 	var b strings.Builder
 	host := r.Host
 	if host == "" {

@@ -118,7 +118,7 @@ func LoadWith(file string, data []byte, read func(name string) ([]byte, error)) 
 	for i, f := range fs.files {
 		order[f] = i
 	}
-	p.warns = append(fs.warns, p.lint()...)
+	p.warns = append(append(fs.warns, p.lint()...), p.lintHTTP()...)
 	sort.SliceStable(p.warns, func(i, j int) bool {
 		a, b := p.warns[i], p.warns[j]
 		if order[a.File] != order[b.File] {

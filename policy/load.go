@@ -35,6 +35,7 @@ type Policy struct {
 	Timeouts Timeouts
 	Limits   Limits
 	Reload   Reload
+	TLS      TLS
 
 	hash       string
 	files      []string // see Files
@@ -132,13 +133,13 @@ func load(file string, data []byte, parse func(*loader)) Errors {
 // The file is strict: unknown fields, wrong types, bad cidrs, ports or host
 // patterns, a missing version: or default:, and a second YAML document are
 // all errors. Settings left out get their defaults (see the Listen, Log,
-// DNS, Timeouts, Limits and Reload types). Load reads no other file: an
+// DNS, Timeouts, Limits, Reload and TLS types). Load reads no other file: an
 // include: is an error (see LoadWith).
 func Load(file string, data []byte) (*Policy, error) { return LoadWith(file, data, nil) }
 
 // setDefaults fills in every setting a file may leave out.
 func (p *Policy) setDefaults() {
-	p.Listen = Listen{HTTP: "127.0.0.1:3128", Admin: "127.0.0.1:9090"}
+	p.Listen = Listen{HTTP: "127.0.0.1:3128", Admin: "127.0.0.1:9090", Via: true}
 	p.Log = Log{Format: "json", Level: "info"}
 	p.DNS = DNS{Timeout: 2 * time.Second, Blocked: "nxdomain", MaxTTL: time.Hour, CacheSize: 10000, ResolveUnlisted: true}
 	p.Timeouts = Timeouts{Dial: 10 * time.Second, Header: 10 * time.Second, Response: 60 * time.Second, HalfClose: 30 * time.Second, Drain: 30 * time.Second}

@@ -67,6 +67,9 @@ func TestLoadErrors(t *testing.T) {
 		{"reload.revoke_open is a boolean", "version: 1\ndefault: deny\nreload:\n  revoke_open: never\n", []string{"4:16: reload.revoke_open must be true or false"}},
 		{"reload takes no other field", "version: 1\ndefault: deny\nreload:\n  revoke: false\n", []string{"4:3: unknown field \"revoke\" in reload"}},
 		{"reload is a mapping", "version: 1\ndefault: deny\nreload: false\n", []string{"3:9: reload must be"}},
+		{"tls.ech is refuse or pass", "version: 1\ndefault: deny\ntls:\n  ech: allow\n", []string{"4:8: tls.ech must be refuse or pass"}},
+		{"tls takes no other field", "version: 1\ndefault: deny\ntls:\n  esni: pass\n", []string{`4:3: unknown field "esni" in tls`}},
+		{"tls is a mapping", "version: 1\ndefault: deny\ntls: pass\n", []string{"3:6: tls must be"}},
 		{"an unknown listen field", "version: 1\ndefault: deny\nlisten:\n  https: 127.0.0.1:1\n", []string{`4:3: unknown field "https" in listen`}},
 		{"a client without name or selector", "version: 1\ndefault: deny\nclients:\n  - default: deny\n", []string{"4:5: a clients entry needs a name", "4:5: a clients entry needs sources or users"}},
 		{"a client name used twice", "version: 1\ndefault: deny\nclients:\n  - {name: a, users: [x]}\n  - {name: a, users: [y]}\n", []string{`5:12: client name "a" is used twice`}},
@@ -126,6 +129,7 @@ listen:
   admin: ""
   proxy_protocol: true
   proxy_protocol_from: [10.0.0.0/8]
+  via: false
 log:
   format: console
   level: debug
@@ -150,6 +154,8 @@ limits:
   max_header_bytes: 8192
 reload:
   revoke_open: false
+tls:
+  ech: pass
 `)
 	if p.Default != Deny || p.Mode != Audit || p.Version != 1 || p.Source != "full.yaml" {
 		t.Errorf("header: %+v", p)
@@ -173,6 +179,9 @@ reload:
 	}
 	if p.Reload.RevokeOpen {
 		t.Errorf("reload %+v", p.Reload)
+	}
+	if !p.TLS.ECHPass {
+		t.Errorf("tls %+v", p.TLS)
 	}
 	if !reflect.DeepEqual(p.AllowFrom, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("10.1.0.0/16")}) {
 		t.Errorf("allow_from %v", p.AllowFrom)

@@ -40,6 +40,11 @@ type ruleset struct {
 	// include.go): each file's rules then decide on their own, and a
 	// deny of any file wins.
 	layered bool
+	// reqNames and reqAddrs hold the deny rules with http: (request
+	// denies): they refuse requests, not connections (see http.go).
+	reqNames     nameNode
+	reqAddrs     prefixTable
+	hasReqDenies bool
 }
 
 // matchName is the best name rule for name and port. With rules from
@@ -337,12 +342,16 @@ func (rs *ruleset) compile() {
 	rs.addrs = prefixTable{}
 	rs.cidrAllowAll, rs.cidrAllowPorts, rs.metaAllows, rs.loopbackAllows = false, nil, nil, nil
 	rs.layered = false
+	rs.reqNames, rs.reqAddrs, rs.hasReqDenies = nameNode{}, prefixTable{}, false
 	all := append(rs.rules[:len(rs.rules):len(rs.rules)], rs.inherited...)
 	for _, r := range all {
 		if r.layer != all[0].layer {
 			rs.layered = true
 		}
 		c := crule{r: r, rank: rank(r)}
+		if rs.addRequestDeny(c) {
+			continue
+		}
 		if r.Host != "" {
 			rs.names.add(c)
 			continue

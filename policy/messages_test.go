@@ -47,7 +47,7 @@ func TestLoadMessages(t *testing.T) {
 		{"a misspelt version is reported, and not its absence", "verison: 1\ndefault: deny\n", []string{
 			`1:1: unknown field "verison" in the policy (did you mean "version"?)`}},
 		{"an unknown key comes before the absence it does not explain", "version: 1\nverdict: deny\n", []string{
-			`2:1: unknown field "verdict" in the policy (known: version, default, mode, allow, deny, allow_from, nat64_prefixes, clients, listen, log, dns, timeouts, limits, reload, include)`,
+			`2:1: unknown field "verdict" in the policy (known: version, default, mode, allow, deny, allow_from, nat64_prefixes, clients, listen, log, dns, timeouts, limits, reload, tls, include)`,
 			`1:1: default is required: add default: allow (full internet) or default: deny (only what is listed)`}},
 		{"a section's key at the top level says where it belongs", "version: 1\ndefault: deny\nupstreams: [192.0.2.53]\n", []string{
 			`3:1: unknown field "upstreams" in the policy (it belongs under dns: write it as dns.upstreams)`}},

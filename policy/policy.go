@@ -137,6 +137,11 @@ type Request struct {
 	Client netip.Addr
 	// User is the proxy user name (Proxy-Authorization), if any.
 	User string
+	// Method and Path, when set, ask for a decision on one HTTP request
+	// to the destination (Path as sent, without the query: Decide
+	// normalises it, see NormalizePath). Empty: a connection decision.
+	Method string
+	Path   string
 }
 
 // PortRange is an inclusive range of ports; a single port has Lo == Hi.
@@ -163,6 +168,13 @@ type Rule struct {
 	Line   int
 	Column int
 	Text   string // the rule as one line of flow YAML: {host: api.example.com, ports: [443]}
+	// HTTP are the rule's request rules (http:): with any, egress
+	// terminates TLS to the destination and decides each request (see
+	// http.go). Empty: a tunnel.
+	HTTP []*RequestRule
+	// Inject are the headers set on every request the rule allows over
+	// TLS (inject:); their values never appear in any output.
+	Inject []*Inject
 
 	// layer is the index of the rule's file among the policy's files (0:
 	// the policy's own file, and --allow): between files a deny wins.
@@ -199,6 +211,21 @@ type Decision struct {
 	Host string
 	IP   netip.Addr
 	Port uint16
+
+	// Intercept is true when the destination is allowed and its requests
+	// are decided one by one: the deciding rule has http:, or a deny
+	// rule with http: matches it (then it is intercepted even where the
+	// allow rule alone would tunnel).
+	Intercept bool
+	// For a request decision (Request.Method set): the method, the path
+	// in normal form (as given when it was refused), the request rule
+	// that decided (nil when none did), and the headers to set on an
+	// allowed request, over TLS only (nil in audit mode and for a
+	// denial). Only the deciding rule's inject: applies.
+	Method      string
+	Path        string
+	RequestRule *RequestRule
+	Inject      []*Inject
 }
 
 // Allowed reports whether the caller may go ahead (true for audit passes).
@@ -244,6 +271,11 @@ type Listen struct {
 	// headers are believed; required when ProxyProtocol is set, since a
 	// header says which client to decide for.
 	ProxyProtocolFrom []netip.Prefix
+	// Via adds egress's Via entry (RFC 9110 §7.6.3) to the requests and
+	// responses the HTTP proxy forwards; default true. Off for origins
+	// that treat a proxied request differently (nginx's default
+	// gzip_proxied off does not compress an answer to a request with Via).
+	Via bool
 }
 
 // Log holds the logging settings of egress serve.

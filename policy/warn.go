@@ -59,7 +59,7 @@ func (p *Policy) lint() []Diagnostic {
 			switch {
 			case r.Host == "" && r.Action == Allow && r.Prefix.Addr().Is6() && nat64LocalUse.Overlaps(r.Prefix) && r.Prefix.Bits() >= nat64LocalUse.Bits() && !p.declaresNAT64In(nat64LocalUse):
 				warn(r, "this rule lifts the guard on the local-use NAT64 prefix 64:ff9b:1::/48, whose addresses egress reads with the RFC 6052 /48 layout; if your NAT64 prefix there is longer, declare it in nat64_prefixes so that the guards and cidr rules see the right IPv4 address")
-			case r.Host == "*" && r.Action == Deny:
+			case r.Host == "*" && r.Action == Deny && len(r.HTTP) == 0:
 				warn(r, `deny of "*" matches every name: a connection by name is never allowed by a cidr rule, and every name not allowed by a host rule is denied; write default: deny instead`)
 			case r.Action == Allow && strings.HasPrefix(r.Host, "*.") && !strings.Contains(r.Host[2:], "*") && !hosts[r.Host[2:]]:
 				warn(r, r.Host+" does not match "+r.Host[2:]+" itself; add - {host: "+r.Host[2:]+"} if that is wanted too")

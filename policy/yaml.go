@@ -240,6 +240,7 @@ var sectionFields = map[string][]string{
 	"timeouts": {"dial", "header", "response", "tunnel_idle", "half_close", "drain"},
 	"limits":   {"max_tunnels", "max_header_bytes"},
 	"reload":   {"revoke_open"},
+	"tls":      {"ca_cert", "ca_key", "upstream_ca", "ech"},
 }
 
 // sectionOf is the section a top-level key belongs to, or "" (a name
@@ -514,6 +515,7 @@ func (l *loader) parse(data []byte, p *Policy) {
 		{"timeouts", func(k, v *yaml.Node) { l.timeouts(v, &p.Timeouts) }},
 		{"limits", func(k, v *yaml.Node) { l.limits(v, &p.Limits) }},
 		{"reload", func(k, v *yaml.Node) { l.reload(v, &p.Reload) }},
+		{"tls", func(k, v *yaml.Node) { l.tls(v, &p.TLS) }},
 		{"include", func(k, v *yaml.Node) {}}, // read above
 	})
 	if l.node(root).Kind == yaml.MappingNode {
@@ -555,7 +557,7 @@ func (l *loader) rule(n *yaml.Node, action Verdict, what string) *Rule {
 	// Walked by hand rather than with mapping(): a policy may hold 100,000
 	// rules, and this loop allocates nothing but the rule.
 	r := &Rule{Action: action, File: l.file, Line: n.Line, Column: n.Column, layer: l.layer}
-	var hostKey, cidrKey, portsKey, reasonKey *yaml.Node
+	var hostKey, cidrKey, portsKey, reasonKey, httpKey, injectKey *yaml.Node
 	nerr := len(l.errs)
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := l.node(n.Content[i]), n.Content[i+1]
@@ -583,6 +585,16 @@ func (l *loader) rule(n *yaml.Node, action Verdict, what string) *Rule {
 			if dup == nil {
 				r.Note, _ = l.text(v, "reason")
 			}
+		case k.Value == "http":
+			dup, httpKey = httpKey, k
+			if dup == nil {
+				r.HTTP = l.requestRules(v, r)
+			}
+		case k.Value == "inject":
+			dup, injectKey = injectKey, k
+			if dup == nil {
+				r.Inject = l.injects(v)
+			}
 		default:
 			l.unknown(n, k, article+what+" rule", ruleFields)
 		}
@@ -598,6 +610,7 @@ func (l *loader) rule(n *yaml.Node, action Verdict, what string) *Rule {
 	case hostKey == nil && cidrKey == nil:
 		l.required(n, "a rule needs host or cidr", "host", "cidr")
 	}
+	l.checkHTTP(r, httpKey, injectKey)
 	if len(l.errs) > nerr || hostKey == nil && cidrKey == nil {
 		return nil
 	}
@@ -606,7 +619,7 @@ func (l *loader) rule(n *yaml.Node, action Verdict, what string) *Rule {
 }
 
 // ruleFields names the fields of a rule, for suggestions.
-var ruleFields = []field{{name: "host"}, {name: "cidr"}, {name: "ports"}, {name: "reason"}}
+var ruleFields = []field{{name: "host"}, {name: "cidr"}, {name: "ports"}, {name: "reason"}, {name: "http"}, {name: "inject"}}
 
 // hostPattern validates a host pattern and returns it; a pattern that is
 // not in normal form is an error that gives the normal form.
@@ -952,6 +965,7 @@ func (l *loader) listen(n *yaml.Node, ls *Listen) {
 		{"proxy_protocol", func(k, v *yaml.Node) { ls.ProxyProtocol = l.boolean(v, "listen.proxy_protocol"); ppKey = k }},
 		{"proxy_protocol_from", func(k, v *yaml.Node) { ls.ProxyProtocolFrom = l.prefixes(v, "listen.proxy_protocol_from") }},
 		{"refuse_at_connect", func(k, v *yaml.Node) { ls.RefuseAtConnect = l.users(v, "listen.refuse_at_connect"); racKey = k }},
+		{"via", func(k, v *yaml.Node) { ls.Via = l.boolean(v, "listen.via") }},
 	})
 	if len(ls.RefuseAtConnect) > 0 && ls.Transparent == "" {
 		l.errf(racKey, "listen.refuse_at_connect needs listen.transparent: the filter passes what the transparent listener may allow")

@@ -74,6 +74,10 @@ type Watcher struct {
 	// Debounce is the quiet time after a file event before reading;
 	// 0 means DefaultDebounce.
 	Debounce time.Duration
+	// Check, if set, may refuse a policy that loaded (one serve cannot
+	// put in force): the reload is then refused as an invalid file is.
+	// Set it before Start.
+	Check func(p *policy.Policy) error
 
 	file string
 	cur  atomic.Pointer[state]
@@ -109,11 +113,15 @@ func New(file string) (*Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read policy: %w", err)
 	}
-	p, err := policy.LoadWith(file, data, ReadFile)
+	var tried []string
+	p, err := Load(file, data, func(name string) ([]byte, error) {
+		tried = append(tried, name)
+		return ReadFile(name)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("load policy: %w", err)
 	}
-	w := &Watcher{file: file, lastSum: p.Hash(), start: p}
+	w := &Watcher{file: file, lastSum: loadSum(p), start: p, tried: tried}
 	w.cur.Store(&state{p: p, loadedAt: time.Now()})
 	return w, nil
 }
@@ -150,14 +158,18 @@ func (w *Watcher) reload(trig Trigger, force bool) error {
 	}
 	// Loaded whatever the event: a change may be in an included file.
 	var tried []string
-	p, err := policy.LoadWith(w.file, data, func(name string) ([]byte, error) {
+	// The files inject: names are read with it too, and so watched.
+	p, err := Load(w.file, data, func(name string) ([]byte, error) {
 		tried = append(tried, name)
 		return ReadFile(name)
 	})
+	if err == nil && w.Check != nil {
+		err = w.Check(p)
+	}
 	w.tried = tried
 	sum := ""
 	if err == nil {
-		sum = p.Hash()
+		sum = loadSum(p)
 	} else {
 		h := sha256.Sum256(append(data, err.Error()...))
 		sum = "refused:" + string(h[:])
@@ -179,7 +191,7 @@ func (w *Watcher) reload(trig Trigger, force bool) error {
 		w.refuse(trig, old, err)
 		return err
 	}
-	if same && w.lastErr == "" && p.Hash() == old.Hash() {
+	if same && w.lastErr == "" && loadSum(p) == loadSum(old) {
 		w.Logger.Info().Str("file", w.file).Str("trigger", string(trig)).Str("hash", p.Hash()).
 			Msg("policy unchanged since the last reload; nothing to do")
 		return nil

@@ -10,9 +10,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/egress-proxy/egress/internal/nftexpr"
+	"github.com/egress-proxy/egress/firewall"
+	"github.com/egress-proxy/egress/firewall/nftexpr"
 	"github.com/egress-proxy/egress/policy"
-	"github.com/egress-proxy/egress/proxy/connfilter"
 )
 
 // TableName is the nftables table (family inet) Configure installs.
@@ -29,7 +29,7 @@ type Redirect struct {
 	// OpenDropLog); 0 logs nothing.
 	LogGroup uint16
 	// Filter, when set, refuses at connect() time the new TCP connections
-	// it refuses (see connfilter.AddRules); nil sends every TCP connection
+	// it refuses (see firewall.AddRules); nil sends every TCP connection
 	// to TCP.
 	Filter *policy.ConnectFilter
 }
@@ -136,7 +136,7 @@ func configureNftables(r Redirect) error {
 		c.AddRule(&nftables.Rule{Table: t, Chain: filter, Exprs: nftexpr.Concat(append(e, nftexpr.Verdict(expr.VerdictAccept))...)})
 	}
 	if r.Filter != nil {
-		if err := connfilter.AddRules(c, t, filter, r.Filter, r.Exempt, r.LogGroup); err != nil {
+		if err := firewall.AddRules(c, t, filter, r.Filter, r.Exempt, r.LogGroup); err != nil {
 			return err
 		}
 	}

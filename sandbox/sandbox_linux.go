@@ -31,9 +31,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/egress-proxy/egress/internal/nflog"
+	"github.com/egress-proxy/egress/firewall"
+	"github.com/egress-proxy/egress/firewall/nflog"
 	"github.com/egress-proxy/egress/policy"
-	"github.com/egress-proxy/egress/proxy/connfilter"
 )
 
 // childEnv marks the re-executed egress as the sandbox's setup process;
@@ -120,7 +120,7 @@ type Sandbox struct {
 
 	cmd    *exec.Cmd
 	nflog  *os.File
-	leases *connfilter.Leaser // nil without Config.Filter
+	leases *firewall.Leaser // nil without Config.Filter
 	guard  *unixGuard
 	drops  *nflog.Reader
 	netns  string // "net:[inode]" of the namespace
@@ -283,7 +283,7 @@ func Start(cfg Config) (*Sandbox, error) {
 		sb.nflog, rest = rest[0], rest[1:]
 	}
 	if msg.Leases && len(rest) > 0 {
-		sb.leases, rest = connfilter.NewLeaser(rest[0], TableName), rest[1:]
+		sb.leases, rest = firewall.NewLeaser(rest[0], TableName), rest[1:]
 	}
 	if msg.Guard && len(rest) > 1 {
 		if sb.guard, err = newUnixGuard(rest[0], rest[1], cfg.AllowUnix, cfg.UnixRefused); err != nil {
@@ -567,7 +567,7 @@ func child(sock *os.File, args []string, stderr io.Writer) int {
 	}
 	var leases *os.File
 	if filter != nil {
-		if leases, err = connfilter.OpenSocket(); err != nil {
+		if leases, err = firewall.OpenSocket(); err != nil {
 			return fail(err)
 		}
 	}

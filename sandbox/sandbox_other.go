@@ -14,7 +14,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/egress-proxy/egress/internal/nflog"
+	"github.com/egress-proxy/egress/firewall/nflog"
 	"github.com/egress-proxy/egress/policy"
 )
 

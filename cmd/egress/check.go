@@ -44,6 +44,15 @@ type checkResult struct {
 	Purpose  string `json:"purpose,omitempty"`
 	Protocol string `json:"protocol,omitempty"`
 	Required *bool  `json:"required,omitempty"`
+	// Request rules (issue 20): whether the destination is intercepted,
+	// the request decided, the request rule that decided, and the names
+	// of the headers egress would inject (never their values).
+	Intercept       bool     `json:"intercept,omitempty"`
+	Method          string   `json:"method,omitempty"`
+	Path            string   `json:"path,omitempty"`
+	RequestRule     string   `json:"request_rule,omitempty"` // FILE:LINE
+	RequestRuleText string   `json:"request_rule_text,omitempty"`
+	Inject          []string `json:"inject,omitempty"`
 }
 
 // cmdCheck explains the policy's decision for each target, or each
@@ -58,14 +67,16 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	resolve := fs.Bool("resolve", false, "resolve names and check every address (guards included)")
 	asJSON := fs.Bool("json", false, "one JSON object per line")
 	manifest := fs.String("requirements", "", "check every requirement of a plugin's requirements `FILE` (JSON) instead of targets")
+	method := fs.String("method", "", "the `METHOD` of URL targets to hosts with http: request rules (default GET)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: egress check [--config FILE] [--resolve] [--json] TARGET...")
+		fmt.Fprintln(stderr, "usage: egress check [--config FILE] [--resolve] [--json] [--method M] TARGET...")
 		fmt.Fprintln(stderr, "       egress check --requirements FILE [--config FILE] [--resolve] [--json]")
 		fmt.Fprintln(stderr)
 		fmt.Fprintln(stderr, "TARGET is host:port, IP:port, [IPv6]:port or a URL (the scheme gives the port);")
-		fmt.Fprintln(stderr, "a host alone means any port. Exit 0: all allowed (with --requirements: every")
-		fmt.Fprintln(stderr, "required one); 1: any denied or depending on its addresses; 2: bad config,")
-		fmt.Fprintln(stderr, "target or requirements file.")
+		fmt.Fprintln(stderr, "a host alone means any port. A URL to a host with http: request rules is a")
+		fmt.Fprintln(stderr, "request, decided on its method (--method, default GET) and path. Exit 0: all")
+		fmt.Fprintln(stderr, "allowed (with --requirements: every required one); 1: any denied or depending")
+		fmt.Fprintln(stderr, "on its addresses; 2: bad config, target or requirements file.")
 		fmt.Fprintln(stderr)
 		fs.PrintDefaults()
 	}
@@ -128,6 +139,10 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "egress check: %v\n", err)
 			return exitUsage
 		}
+		if !withRequest(t, &req, *method) && *method != "" {
+			fmt.Fprintf(stderr, "egress check: --method needs URL targets (http:// or https://), not %q\n", t)
+			return exitUsage
+		}
 		jobs = append(jobs, job{t, req})
 	}
 
@@ -143,11 +158,12 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 			if refused(o.d) {
 				code = exitDenied // "depends" is no proof of an allow: a CI gate must not pass on it
 			}
+			label := requestLabel(o.label, o.d, *method)
 			if *asJSON {
-				_ = enc.Encode(resultOf(o.label, o.d))
+				_ = enc.Encode(resultOf(label, o.d))
 				continue
 			}
-			fmt.Fprintln(stdout, formatCheck(o.label, "", o.d))
+			fmt.Fprintln(stdout, formatCheck(label, "", o.d))
 		}
 	}
 	return code
@@ -263,6 +279,7 @@ func formatCheck(target, about string, d policy.Decision) string {
 			fmt.Fprintf(&b, "  why: %s", d.Rule.Note)
 		}
 	}
+	b.WriteString(formatRequest(d))
 	if d.Hint != "" {
 		fmt.Fprintf(&b, "  hint: %s", d.Hint)
 	}
@@ -311,6 +328,18 @@ func resultOf(target string, d policy.Decision) checkResult {
 	}
 	if d.Rule != nil {
 		r.Rule, r.RuleText, r.RuleReason = d.Rule.Location(), d.Rule.Text, d.Rule.Note
+	}
+	if d.Intercept {
+		r.Intercept, r.Method, r.Path = true, d.Method, d.Path
+	}
+	if rr := d.RequestRule; rr != nil {
+		r.RequestRule, r.RequestRuleText = rr.Location(), rr.Text()
+		if rr.Note != "" {
+			r.RuleReason = rr.Note
+		}
+	}
+	for _, in := range d.Inject {
+		r.Inject = append(r.Inject, in.Header)
 	}
 	return r
 }

@@ -10,9 +10,9 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/egress-proxy/egress/internal/nflog"
+	"github.com/egress-proxy/egress/firewall"
+	"github.com/egress-proxy/egress/firewall/nflog"
 	"github.com/egress-proxy/egress/policy"
-	"github.com/egress-proxy/egress/proxy/connfilter"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/names"
 )
@@ -20,9 +20,9 @@ import (
 // serveFilter is egress serve's connect filter (listen.refuse_at_connect):
 // the host's nftables table, the DNS answers leased into it, reloads.
 type serveFilter struct {
-	host     *connfilter.Host
+	host     *firewall.Host
 	filter   atomic.Pointer[policy.ConnectFilter]
-	recorder *connfilter.Recorder
+	recorder *firewall.Recorder
 	logger   zerolog.Logger
 }
 
@@ -47,16 +47,16 @@ func newServeFilter(pol *policy.Policy, current func() *policy.Policy, table *na
 		}
 	}
 	f := pol.ConnectFilter()
-	if err := connfilter.Check(&f); err != nil {
+	if err := firewall.Check(&f); err != nil {
 		return nil, fmt.Errorf("listen.refuse_at_connect: %w", err)
 	}
-	h, err := connfilter.InstallHost(connfilter.HostConfig{UIDs: uids, Exempt: exempt, Filter: f})
+	h, err := firewall.InstallHost(firewall.HostConfig{UIDs: uids, Exempt: exempt, Filter: f})
 	if err != nil {
 		return nil, fmt.Errorf("listen.refuse_at_connect: %w (egress needs CAP_NET_ADMIN for it)", err)
 	}
 	sf := &serveFilter{host: h, logger: logger}
 	sf.filter.Store(&f)
-	sf.recorder = &connfilter.Recorder{Names: table, Leases: h, Policy: current, Filter: sf.filter.Load, Logger: logger}
+	sf.recorder = &firewall.Recorder{Names: table, Leases: h, Policy: current, Filter: sf.filter.Load, Logger: logger}
 	return sf, nil
 }
 
@@ -65,7 +65,7 @@ func newServeFilter(pol *policy.Policy, current func() *policy.Policy, table *na
 func (sf *serveFilter) logRefusals(events *eventlog.Sink, decide func(client netip.Addr, dst netip.AddrPort) policy.Decision) {
 	sf.host.ReadRefusals(func(p nflog.Packet) {
 		if p.Proto == "tcp" {
-			events.Record(connfilter.Refusal(p, decide))
+			events.Record(firewall.Refusal(p, decide))
 		}
 	})
 }

@@ -34,6 +34,8 @@ type diffResult struct {
 	Port        uint16   `json:"port"`
 	Client      string   `json:"client,omitempty"`
 	User        string   `json:"user,omitempty"`
+	Method      string   `json:"method,omitempty"` // a request to an intercepted destination
+	Path        string   `json:"path,omitempty"`
 	Old         diffSide `json:"old"`
 	New         diffSide `json:"new"`
 }
@@ -80,6 +82,10 @@ func cmdDiff(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	changes, tried := policy.Diff(ps[0], ps[1])
+	// Requests to intercepted destinations (http: rules), wider first.
+	reqs, reqTried := policy.DiffRequests(ps[0], ps[1])
+	changes, tried = append(changes, reqs...), tried+reqTried
+	sort.SliceStable(changes, func(i, j int) bool { return changes[i].Wider() && !changes[j].Wider() })
 	code = exitOK
 	if len(changes) > 0 && changes[0].Wider() {
 		code = exitDenied
@@ -190,6 +196,16 @@ func decidedBy(d policy.Decision) string {
 			s += " why: " + d.Rule.Note
 		}
 	}
+	if rr := d.RequestRule; rr != nil {
+		s += " request rule " + rr.Location() + " " + rr.Text()
+		if rr.Note != "" {
+			s += " why: " + rr.Note
+		}
+	} else if d.Method != "" && !d.Intercept && d.Allowed() {
+		s += " (a tunnel: every request)"
+	} else if d.Method != "" && d.Denied() {
+		s += " " + string(d.Reason)
+	}
 	if d.Audit {
 		s += " [audit: let through]"
 	}
@@ -214,5 +230,6 @@ func diffResultOf(c policy.Change) diffResult {
 	if c.Request.Client.IsValid() {
 		r.Client = c.Request.Client.String()
 	}
+	r.Method, r.Path = c.Request.Method, c.Request.Path
 	return r
 }

@@ -94,6 +94,7 @@ func TestLintGolden(t *testing.T) {
 		{"tab", exitDenied},
 		{"typos", exitDenied},
 		{"include", exitDenied},
+		{"requests", exitOK}, // http: and inject: warnings (issue 20)
 	}
 	for _, c := range cases {
 		t.Run(c.file, func(t *testing.T) {

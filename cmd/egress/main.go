@@ -35,6 +35,7 @@ func commands() []command {
 		{"learn", "write a policy allowing what egress logged (audit to enforce)", cmdLearn},
 		{"run", "run a command in a network namespace whose only way out is egress", cmdRun},
 		{"health", "ask a running egress's admin listener whether it is healthy", cmdHealth},
+		{"ca", "make an interception CA for hosts with http: request rules", cmdCA},
 		{"version", "print the version", cmdVersion},
 	}
 }

@@ -20,8 +20,8 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/egress-proxy/egress/firewall"
 	"github.com/egress-proxy/egress/policy"
-	"github.com/egress-proxy/egress/proxy/connfilter"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/dnsproxy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
@@ -126,7 +126,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	var filter *policy.ConnectFilter
 	if !*acceptFirst {
 		f := pol.ConnectFilter()
-		if err := connfilter.Check(&f); err != nil {
+		if err := firewall.Check(&f); err != nil {
 			fmt.Fprintf(stderr, "egress run: %v: denied connections are refused after they open, as with --refuse-after-accept\n", err)
 		} else {
 			filter = &f
@@ -188,7 +188,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger}
 	var recorder names.Recorder = table
 	if filter != nil {
-		recorder = &connfilter.Recorder{Names: table, Leases: sb, Policy: current,
+		recorder = &firewall.Recorder{Names: table, Leases: sb, Policy: current,
 			Filter: func() *policy.ConnectFilter { return filter }, Logger: logger}
 	}
 	dp := &dnsproxy.Server{Policy: current, Events: events, Logger: logger, Names: recorder, Resolver: res}
@@ -197,7 +197,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		if d.Proto == "tcp" {
 			// A connect() the filter refused: the same decision, log line
 			// and summary row as a refusal by the transparent listener.
-			e := connfilter.Refusal(d, tp.DecideConnect)
+			e := firewall.Refusal(d, tp.DecideConnect)
 			sum.refusedAtConnect(e)
 			events.Record(e)
 			return
@@ -264,8 +264,13 @@ func loadRunPolicy(file string, allows []string, stderr io.Writer) (*policy.Poli
 			fmt.Fprintf(stderr, "egress run: %v\n", err)
 			return nil, false
 		}
-		if pol, err = policy.LoadWith(file, data, reload.ReadFile); err != nil {
+		if pol, err = reload.Load(file, data, reload.ReadFile); err != nil {
 			printPolicyErrors(stderr, file, err)
+			return nil, false
+		}
+		if pol.Intercepts() {
+			// egress run will make its own CA for the run (issue 20).
+			fmt.Fprintf(stderr, "egress run: %s: %v\n", file, errNotEnforced)
 			return nil, false
 		}
 	}

@@ -218,6 +218,12 @@ func loadServePolicy(config string, stderr io.Writer) (pol *policy.Policy, watch
 		}
 		return nil, nil, time.Time{}, false
 	}
+	if err := checkInterception(w.Current()); err != nil {
+		fmt.Fprintf(stderr, "egress serve: %s: %v\n", config, err)
+		return nil, nil, time.Time{}, false
+	}
+	// A reload to a policy serve cannot put in force is refused too.
+	w.Check = checkInterception
 	return w.Current(), w, w.LoadedAt(), true
 }
 

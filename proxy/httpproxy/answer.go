@@ -17,6 +17,7 @@ import (
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
+	"github.com/egress-proxy/egress/proxy/origin"
 )
 
 // Headers on every answer egress itself writes.
@@ -78,7 +79,7 @@ func failureFor(id, target string, dec policy.Decision, err error) failure {
 		status = http.StatusBadRequest
 		b.WriteString("egress: bad request: " + err.Error() + "\n")
 		reason = "egress bad request: " + err.Error()
-	case errors.Is(err, errResponseHeaderTooLarge), errors.Is(err, errTooMany1xx), errors.Is(err, errUnasked101):
+	case errors.Is(err, origin.ErrBadResponse):
 		b.WriteString("egress: bad response from " + target + ": " + err.Error() + "\n")
 		reason = "egress got a bad response from " + target + ": " + err.Error()
 	case errors.Is(err, errTooManyTunnels):

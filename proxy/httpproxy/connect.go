@@ -102,11 +102,9 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 	if len(early) > 0 {
 		// The head arrived with the CONNECT: checked here, whole, before
 		// a byte of it goes up.
-		head := early
-		if peek.TLS(head) {
-			_, _, head, _ = peek.More(cc, append([]byte(nil), early...), tunnel.DefaultInspectTimeout)
-		}
-		if d := check(head); d != nil {
+		f := peek.ReadFirst(cc, early, tunnel.DefaultInspectTimeout)
+		head := f.Bytes
+		if d := check(f); d != nil {
 			entry.Decision = *d
 			cc.Close()
 			up.Close()
@@ -136,14 +134,21 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 const ReasonSNIMismatch = policy.ReasonSNIMismatch
 
 // sniCheck returns the check of a CONNECT tunnel's first bytes, opened
-// for req and allowed by dec: a TLS ClientHello whose server name is not
-// the tunnel's must be a name the policy allows on the address dialled
-// too, or the tunnel is refused (ReasonSNIMismatch). Anything else (no
-// TLS, no server name, another protocol) passes.
-func sniCheck(pol *policy.Policy, req policy.Request, dec policy.Decision) func([]byte) *policy.Decision {
-	return func(head []byte) *policy.Decision {
-		name, source, _ := peek.From(head)
-		if source != peek.SourceSNI || name == "" {
+// for req and allowed by dec: a TLS handshake must give a ClientHello
+// egress can read (peek.ReasonTLSUnreadable) without ECH unless the
+// policy lets it through (peek.ReasonTLSECH), and a server name that is
+// not the tunnel's must be a name the policy allows on the address
+// dialled too, or the tunnel is refused (ReasonSNIMismatch; a name that
+// is no host name included). A hello without a server name, and
+// protocols that are not TLS, pass.
+func sniCheck(pol *policy.Policy, req policy.Request, dec policy.Decision) func(peek.First) *policy.Decision {
+	return func(f peek.First) *policy.Decision {
+		if d := f.Refusal(pol, dec); d != nil {
+			d.Hint = fmt.Sprintf("the tunnel to %s: %s", targetString(req.Host, req.Port), d.Hint)
+			return d
+		}
+		name := f.Hello.Name
+		if !f.TLS || name == "" {
 			return nil
 		}
 		n, _, err := policy.NormalizeHost(name)
@@ -151,11 +156,14 @@ func sniCheck(pol *policy.Policy, req policy.Request, dec policy.Decision) func(
 			return nil
 		}
 		d := pol.Decide(policy.Request{Host: name, IP: dec.IP, Port: req.Port, Client: req.Client, User: req.User})
-		if d.Allowed() {
+		if d.Allowed() && err == nil {
 			return nil
 		}
 		why := d.Reason
 		d.Verdict, d.Audit, d.Reason = policy.Deny, false, ReasonSNIMismatch
+		if d.Host == "" {
+			d.Host = name
+		}
 		d.Hint = fmt.Sprintf("the tunnel to %s carries a TLS ClientHello for %s, which the policy refuses there (%s)", targetString(req.Host, req.Port), name, why)
 		return &d
 	}

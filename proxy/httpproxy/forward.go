@@ -1,18 +1,14 @@
 package httpproxy
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/netip"
-	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -20,15 +16,13 @@ import (
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/origin"
 )
 
 // expectContinueTimeout is how long a request with "Expect: 100-continue"
 // waits for the origin's 100 (or final answer) before its body goes up
 // anyway (RFC 9110 §10.1.1).
 const expectContinueTimeout = time.Second
-
-// max1xx bounds the informational answers read before the final one.
-const max1xx = 5
 
 // forward is the state of one absolute-form request.
 type forward struct {
@@ -138,17 +132,7 @@ func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, target string, err 
 // failureFor.
 var (
 	errRequestBody = errors.New("request body")
-	errTooMany1xx  = fmt.Errorf("more than %d informational responses", max1xx)
-	errUnasked101  = errors.New("101 Switching Protocols to a request that did not ask to switch")
 )
-
-// responseTimeoutError is timeouts.response running out: connected, the
-// request sent, and no response header in time (a 504).
-type responseTimeoutError struct{}
-
-func (responseTimeoutError) Error() string   { return "timeout awaiting response headers" }
-func (responseTimeoutError) Timeout() bool   { return true }
-func (responseTimeoutError) Temporary() bool { return true }
 
 // idleClosedError is a reused connection that failed before a byte of the
 // response came: the origin had closed it while it was idle.
@@ -187,7 +171,7 @@ func (p *Proxy) roundTrip(w *countingWriter, r *http.Request, fw *forward, body 
 			}
 		}
 		fw.connIP = uc.ip
-		err := p.exchange(w, r, uc, body, inline, fw.pol.Timeouts.Response)
+		err := p.exchange(w, r, uc, body, inline, fw.pol.Timeouts.Response, fw.pol.Listen.Via)
 		var ic idleClosedError
 		if errors.As(err, &ic) && retry {
 			continue
@@ -228,7 +212,7 @@ func expectsContinue(r *http.Request) bool {
 // exchange writes r on uc, reads the response and copies it to w, then
 // puts uc back into its pool if it can carry another request, or closes
 // it. inline is r's whole body, already read, or nil.
-func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *countingReader, inline []byte, timeout time.Duration) (err error) {
+func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *countingReader, inline []byte, timeout time.Duration, via bool) (err error) {
 	// A client that goes away cancels the request: close the
 	// connection under whatever read or write waits on it.
 	stop := context.AfterFunc(r.Context(), func() { uc.raw.Close() })
@@ -252,15 +236,15 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 		if body != nil && body.err != nil {
 			return fmt.Errorf("%w: %w", errRequestBody, body.err)
 		}
-		if uc.reused && uc.br.Buffered() == 0 && (body == nil || body.n == 0) && !uc.lim.got {
+		if uc.reused && uc.br.Buffered() == 0 && (body == nil || body.n == 0) && !uc.oc.Got() {
 			return idleClosedError{err}
 		}
 		return err
 	}
 
-	uc.lim.got = false
+	uc.oc.ResetGot()
 	dl := &responseDeadline{conn: uc.raw, d: timeout}
-	writeHead(uc.bw, r)
+	origin.WriteHead(uc.bw, r, origin.Request{Via: via})
 	expect := body != nil && expectsContinue(r)
 	uc.bw.Write(inline) // an error is Flush's
 	if err := uc.bw.Flush(); err != nil {
@@ -284,7 +268,7 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 			if resp != nil {
 				// A final answer: the body stays with the client, and
 				// the origin's connection cannot be reused.
-				return copyResponse(w, resp, uc)
+				return copyResponse(w, resp, uc, via)
 			}
 		}
 	}
@@ -297,7 +281,7 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 	if err != nil {
 		return upstreamErr(err)
 	}
-	if err := copyResponse(w, resp, uc); err != nil {
+	if err := copyResponse(w, resp, uc, via); err != nil {
 		return err
 	}
 	keep = !resp.Close && uc.br.Buffered() == 0
@@ -350,7 +334,7 @@ func startBody(uc *upConn, r *http.Request, body *countingReader, dl *responseDe
 	bw := &bodyWriter{up: uc.raw, done: make(chan struct{})}
 	go func() {
 		defer close(bw.done)
-		err := writeBody(uc.bw, r, body)
+		err := origin.WriteBody(uc.bw, r, body)
 		if err == nil {
 			err = uc.bw.Flush()
 		}
@@ -387,232 +371,37 @@ func (b *bodyWriter) finish(w http.ResponseWriter) bool {
 	return b.err == nil
 }
 
-// readHead reads the final response head for r, forwarding informational
-// answers (103 Early Hints...) to w. 100 Continue is not forwarded:
+// readHead reads the final response head for r with the origin client,
+// forwarding informational answers (103 Early Hints...) to w for an
+// HTTP/1.1 client (RFC 9110 §15.2). 100 Continue is not forwarded:
 // net/http's server sends its own when it reads the body. With
 // continueOnly, a 100 returns nil, nil: the body may go up.
 func readHead(w *countingWriter, r *http.Request, uc *upConn, dl *responseDeadline, continueOnly bool) (*http.Response, error) {
 	if !continueOnly {
 		defer dl.disarm()
 	}
-	for n := 0; ; n++ {
-		if n > max1xx {
-			return nil, errTooMany1xx
+	return uc.oc.ReadResponse(r, func(code int, hdr http.Header) error {
+		if code == http.StatusContinue || !r.ProtoAtLeast(1, 1) {
+			return nil
 		}
-		uc.lim.n = maxResponseHeaderBytes
-		resp, err := http.ReadResponse(uc.br, r)
-		uc.lim.n = -1
-		switch {
-		case errors.Is(err, errResponseHeaderTooLarge):
-			return nil, errResponseHeaderTooLarge
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			return nil, responseTimeoutError{}
-		case err != nil:
-			return nil, err
-		}
-		code := resp.StatusCode
-		switch {
-		case code == http.StatusSwitchingProtocols:
-			return nil, errUnasked101 // upgrades are serveUpgrade's
-		case code == http.StatusContinue && continueOnly:
-			return nil, nil
-		case code == http.StatusContinue:
-		case code >= 100 && code < 200 && !r.ProtoAtLeast(1, 1):
-			// Not for an HTTP/1.0 client (RFC 9110 §15.2).
-		case code >= 100 && code < 200:
-			h := w.Header()
-			copyHeader(h, resp.Header)
-			w.WriteHeader(code)
-			clear(h) // net/http keeps them for the final answer otherwise
-		default:
-			return resp, nil
-		}
-	}
+		h := w.Header()
+		origin.CopyHeader(h, hdr)
+		w.WriteHeader(code)
+		clear(h) // net/http keeps them for the final answer otherwise
+		return nil
+	}, continueOnly)
 }
 
-// copyResponse sends resp's head and body to w. A body that ends early
-// (the origin reset) or a client that went away is an error; the
-// response's end is then the connection's end.
-func copyResponse(w *countingWriter, resp *http.Response, uc *upConn) error {
-	h := w.Header()
-	copyHeader(h, resp.Header)
-	announced := len(resp.Trailer)
-	if announced > 0 {
-		keys := make([]string, 0, announced)
-		for k := range resp.Trailer {
-			keys = append(keys, k)
-		}
-		h.Set("Trailer", strings.Join(keys, ", "))
-	}
-	w.WriteHeader(resp.StatusCode)
-	// A body of unknown length (chunked, or until the origin closes) is
-	// passed on as it comes: a stream of events must not wait in a buffer.
-	flush := resp.ContentLength < 0 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
-	err := copyBody(w, resp.Body, flush)
+// copyResponse sends resp to w with the origin client's copier. A body
+// that ends early (the origin reset) or a client that went away is an
+// error; the response's end is then the connection's end.
+func copyResponse(w *countingWriter, resp *http.Response, uc *upConn, via bool) error {
+	err := origin.CopyResponse(w, resp, via)
 	if err != nil {
 		uc.conn.Close() // or Close would read the rest
 	}
 	resp.Body.Close()
-	if err != nil {
-		return err
-	}
-	if len(resp.Trailer) > 0 {
-		http.NewResponseController(w).Flush() // chunked, so trailers can follow
-		if len(resp.Trailer) == announced {
-			copyHeader(h, resp.Trailer)
-		} else {
-			for k, vs := range resp.Trailer {
-				h[http.TrailerPrefix+k] = vs
-			}
-		}
-	}
-	return nil
-}
-
-// copyBufs are the buffers response bodies are copied through.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-// copyBody copies an origin's body to the client, flushing each piece when
-// flush is set.
-func copyBody(w *countingWriter, body io.Reader, flush bool) error {
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	buf := *bp
-	for {
-		n, rerr := body.Read(buf)
-		if n > 0 {
-			if _, err := w.Write(buf[:n]); err != nil {
-				return fmt.Errorf("write response to client: %w", err)
-			}
-			if flush {
-				w.Flush()
-			}
-		}
-		if rerr == io.EOF {
-			return nil
-		}
-		if rerr != nil {
-			return fmt.Errorf("read response body: %w", rerr)
-		}
-	}
-}
-
-// hopHeader reports the headers that belong to one connection, not the
-// message (RFC 9110 §7.6.1), and Proxy-* meant for egress: they are not
-// passed on in either direction. Content-Length is set by egress from the
-// body it sends.
-func hopHeader(k string) bool {
-	switch k {
-	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-		"Te", "Trailer", "Transfer-Encoding", "Upgrade":
-		return true
-	}
-	return false
-}
-
-// copyHeader copies src into dst but for hop-by-hop headers and those
-// src's Connection header names.
-func copyHeader(dst, src http.Header) {
-	for k, vs := range src {
-		if !hopHeader(k) {
-			dst[k] = vs
-		}
-	}
-	for _, v := range src["Connection"] {
-		for tok := range strings.SplitSeq(v, ",") {
-			if tok = strings.TrimSpace(tok); tok != "" {
-				delete(dst, http.CanonicalHeaderKey(tok))
-			}
-		}
-	}
-}
-
-// writeHead writes r's request line and header for the origin: origin
-// form, Host from the URI (RFC 9112 §3.2.2), hop-by-hop headers dropped,
-// the body's framing egress's own.
-func writeHead(bw *bufio.Writer, r *http.Request) {
-	bw.WriteString(r.Method)
-	bw.WriteByte(' ')
-	bw.WriteString(r.URL.RequestURI())
-	bw.WriteString(" HTTP/1.1\r\nHost: ")
-	bw.WriteString(r.URL.Host)
-	bw.WriteString("\r\n")
-	var named map[string]bool // headers the client's Connection names
-	for _, v := range r.Header["Connection"] {
-		for tok := range strings.SplitSeq(v, ",") {
-			if tok = strings.TrimSpace(tok); tok != "" {
-				if named == nil {
-					named = map[string]bool{}
-				}
-				named[http.CanonicalHeaderKey(tok)] = true
-			}
-		}
-	}
-	for k, vs := range r.Header {
-		if hopHeader(k) || k == "Content-Length" || k == "Host" || named[k] {
-			continue
-		}
-		for _, v := range vs {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			if strings.ContainsAny(v, "\r\n") {
-				v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
-			}
-			bw.WriteString(v)
-			bw.WriteString("\r\n")
-		}
-	}
-	switch {
-	case r.ContentLength > 0:
-		bw.WriteString("Content-Length: ")
-		bw.WriteString(strconv.FormatInt(r.ContentLength, 10))
-		bw.WriteString("\r\n")
-	case r.ContentLength < 0:
-		bw.WriteString("Transfer-Encoding: chunked\r\n")
-	case r.Header["Content-Length"] != nil || r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch:
-		bw.WriteString("Content-Length: 0\r\n")
-	}
-	bw.WriteString("\r\n")
-}
-
-// writeBody writes r's body as framed by writeHead: as is, or chunked and
-// flushed chunk by chunk, so that a request body streams.
-func writeBody(bw *bufio.Writer, r *http.Request, body *countingReader) error {
-	if r.ContentLength >= 0 {
-		_, err := io.Copy(bw, body)
-		return err
-	}
-	cw := httputil.NewChunkedWriter(flushWriter{bw})
-	if _, err := io.Copy(cw, body); err != nil {
-		return err
-	}
-	cw.Close()
-	for k, vs := range r.Trailer {
-		// Never a field that frames or routes the message (RFC 9110
-		// §6.5.1): an origin may merge trailers into the header.
-		if hopHeader(k) || !httpguts.ValidTrailerHeader(k) {
-			continue
-		}
-		for _, v := range vs {
-			if !strings.ContainsAny(v, "\r\n") {
-				bw.WriteString(k + ": " + v + "\r\n")
-			}
-		}
-	}
-	_, err := bw.WriteString("\r\n")
 	return err
-}
-
-// flushWriter flushes each write: a chunk of a streamed request body goes
-// up as it comes.
-type flushWriter struct{ bw *bufio.Writer }
-
-func (f flushWriter) Write(b []byte) (int, error) {
-	n, err := f.bw.Write(b)
-	if err == nil {
-		err = f.bw.Flush()
-	}
-	return n, err
 }
 
 // countingWriter counts the body bytes written to the client and

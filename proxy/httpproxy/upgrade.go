@@ -1,7 +1,6 @@
 package httpproxy
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,38 +9,26 @@ import (
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/origin"
 	"github.com/egress-proxy/egress/proxy/tunnel"
 )
 
 // isUpgrade reports whether r asks to switch protocols (RFC 9110 §7.8),
 // as a WebSocket handshake does.
-func isUpgrade(r *http.Request) bool {
-	return r.Header.Get("Upgrade") != "" && headerHasToken(r.Header, "Connection", "upgrade")
-}
+func isUpgrade(r *http.Request) bool { return origin.IsUpgrade(r) }
 
 func headerHasToken(h http.Header, name, token string) bool {
-	for _, v := range h.Values(name) {
-		for s := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(s), token) {
-				return true
-			}
-		}
-	}
-	return false
+	return origin.HeaderHasToken(h, name, token)
 }
-
-// hopHeaders are dropped from a forwarded upgrade request: they are
-// about the client's connection to egress (RFC 9110 §7.6.1), or, for
-// Proxy-*, meant for egress. Connection and Upgrade are set again.
-var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authorization",
-	"Proxy-Authenticate", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
 // serveUpgrade forwards a request that asks to switch protocols and, when
 // the origin answers 101, makes the connection a tunnel (proxy/tunnel):
 // it counts toward limits.max_tunnels, drains on shutdown, closes on
-// timeouts.tunnel_idle, is revoked on reload and logs its bytes. goproxy
-// would hijack it itself and copy on two goroutines outside all of that.
-// The name was decided by serveForward; the dial decides on the address.
+// timeouts.tunnel_idle, is revoked on reload and logs its bytes. The
+// exchange is the origin client's (proxy/origin), as for every other
+// request: the same header cap, 1xx loop, status checks and hop-by-hop
+// rule. The name was decided by serveForward; the dial decides on the
+// address.
 func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, fw *forward, entry eventlog.Entry, pol *policy.Policy) {
 	target := targetString(fw.req.Host, fw.req.Port)
 	fail := func(dec policy.Decision, err error) {
@@ -73,22 +60,33 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, fw *forward
 		}
 	}
 
-	out := r.Clone(r.Context())
-	out.RequestURI, out.Host = "", r.URL.Host // origin-form, the URI's host (RFC 9112 §3.2.2)
-	upgrade := r.Header.Values("Upgrade")
-	for _, h := range hopHeaders {
-		out.Header.Del(h)
+	via := pol.Listen.Via
+	oc := origin.NewConn(up)
+	if d := pol.Timeouts.Response; d > 0 {
+		raw.SetDeadline(time.Now().Add(d))
 	}
-	out.Header["Upgrade"] = upgrade
-	out.Header.Set("Connection", "Upgrade")
-	respTimeout := pol.Timeouts.Response
-	if respTimeout > 0 {
-		raw.SetDeadline(time.Now().Add(respTimeout))
+	origin.WriteHead(oc.BW, r, origin.Request{Via: via})
+	if r.Body != nil && r.Body != http.NoBody {
+		err = origin.WriteBody(oc.BW, r, r.Body)
 	}
-	br := bufio.NewReader(up)
+	if err == nil {
+		err = oc.BW.Flush()
+	}
+	cw := &countingWriter{ResponseWriter: w}
 	var resp *http.Response
-	if err = out.Write(up); err == nil {
-		resp, err = http.ReadResponse(br, out)
+	if err == nil {
+		resp, err = oc.ReadResponse(r, func(code int, hdr http.Header) error {
+			// 103 Early Hints and the like go to an HTTP/1.1 client
+			// before the 101 (RFC 9110 §15.2); never a 100, which
+			// net/http's server sends itself.
+			if code == http.StatusContinue || !r.ProtoAtLeast(1, 1) {
+				return nil
+			}
+			origin.CopyHeader(w.Header(), hdr)
+			w.WriteHeader(code)
+			clear(w.Header())
+			return nil
+		}, false)
 	}
 	if err != nil {
 		up.Close()
@@ -99,19 +97,16 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, fw *forward
 	entry.Decision = dec
 
 	if resp.StatusCode != http.StatusSwitchingProtocols {
-		// The origin declined to switch: its answer is an ordinary one.
-		for _, h := range hopHeaders {
-			resp.Header.Del(h)
-		}
-		for k, vs := range resp.Header {
-			w.Header()[k] = vs
-		}
-		w.WriteHeader(resp.StatusCode)
-		n, err := io.Copy(w, resp.Body)
+		// The origin declined to switch: its answer is an ordinary one,
+		// copied as every other (hop-by-hop rule, flushing, trailers).
+		err := origin.CopyResponse(cw, resp, via)
 		resp.Body.Close()
 		up.Close()
-		entry.BytesDown, entry.Err, entry.Duration = n, err, time.Since(fw.start)
+		entry.BytesDown, entry.Err, entry.Duration = cw.n, err, time.Since(fw.start)
 		p.Events.Record(entry)
+		if err != nil && cw.wroteHeader {
+			panic(http.ErrAbortHandler) // a truncated answer, not a complete one
+		}
 		return
 	}
 
@@ -123,9 +118,16 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, fw *forward
 		return
 	}
 	cc.SetDeadline(time.Time{})
+	h := http.Header{}
+	origin.CopyHeader(h, resp.Header)
+	h["Upgrade"] = resp.Header.Values("Upgrade")
+	h.Set("Connection", "Upgrade")
+	if via {
+		h.Add("Via", origin.Via(resp.ProtoMajor, resp.ProtoMinor))
+	}
 	var head strings.Builder
 	head.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
-	resp.Header.Write(&head)
+	h.Write(&head)
 	head.WriteString("\r\n")
 	// Bytes either side sent right behind the handshake are in the
 	// readers' buffers: they go first.
@@ -133,8 +135,8 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, fw *forward
 	if n := cbr.Reader.Buffered(); n > 0 {
 		early, _ = cbr.Reader.Peek(n)
 	}
-	if n := br.Buffered(); n > 0 {
-		late, _ = br.Peek(n)
+	if n := oc.BR.Buffered(); n > 0 {
+		late, _ = oc.BR.Peek(n)
 	}
 	if _, err := io.WriteString(cc, head.String()+string(late)); err != nil {
 		p.endSetup(cc, up, entry, fw.start, 0, fmt.Errorf("write 101: %w", err))

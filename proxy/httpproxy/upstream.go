@@ -4,15 +4,13 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
-	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/origin"
 )
 
 // Limits of the upstream connection pools, those net/http.Transport had
@@ -22,9 +20,6 @@ const (
 	// for reuse, per origin and per pool (one policy and clients: entry).
 	maxIdlePerHost = 100
 	maxIdlePerPool = 1000
-	// maxResponseHeaderBytes caps a response's status line and header;
-	// a larger one is a 502.
-	maxResponseHeaderBytes = 1 << 20
 	// tlsHandshakeTimeout bounds the handshake with an https:// origin.
 	tlsHandshakeTimeout = 10 * time.Second
 )
@@ -37,12 +32,12 @@ var upstreamIdleTimeout = 90 * time.Second
 // for one pool, used by one request at a time on the client connection's
 // own goroutine, then kept for the next request to the same origin.
 type upConn struct {
-	conn net.Conn     // what requests are written on: raw, or TLS over raw
-	raw  net.Conn     // the dialled socket
-	lim  *limitReader // under br: caps a response header
-	br   *bufio.Reader
-	bw   *bufio.Writer
-	ip   netip.Addr // the address dialled (and decided on)
+	conn net.Conn      // what requests are written on: raw, or TLS over raw
+	raw  net.Conn      // the dialled socket
+	oc   *origin.Conn  // exchanges on conn: the one origin client
+	br   *bufio.Reader // oc.BR
+	bw   *bufio.Writer // oc.BW
+	ip   netip.Addr    // the address dialled (and decided on)
 	key  poolKey
 	pool *pool
 
@@ -53,32 +48,6 @@ type upConn struct {
 	// or status (HEAD, 204, 304), after which broken origins send one
 	// anyway: the connection is looked at before reuse, however fresh.
 	mustLook bool
-}
-
-// limitReader reads from a connection at most n bytes until lifted: it
-// caps what bufio and net/http's header parser may read of a response
-// header.
-type limitReader struct {
-	r   io.Reader
-	n   int64 // < 0: no limit
-	got bool  // read something since the request went up
-}
-
-var errResponseHeaderTooLarge = fmt.Errorf("response header larger than %d KiB", maxResponseHeaderBytes>>10)
-
-func (l *limitReader) Read(b []byte) (int, error) {
-	if l.n == 0 {
-		return 0, errResponseHeaderTooLarge
-	}
-	if l.n > 0 && int64(len(b)) > l.n {
-		b = b[:l.n]
-	}
-	n, err := l.r.Read(b)
-	l.got = l.got || n > 0
-	if l.n > 0 {
-		l.n -= int64(n)
-	}
-	return n, err
 }
 
 // pool is the set of idle upstream connections of one policy and one
@@ -323,12 +292,6 @@ func (p *Proxy) dialUpstream(ctx context.Context, pl *pool, fw *forward, key poo
 	if ap, err := netip.ParseAddrPort(raw.RemoteAddr().String()); err == nil {
 		ip = ap.Addr().Unmap()
 	}
-	lim := &limitReader{r: conn, n: -1}
-	return &upConn{conn: conn, raw: raw, lim: lim, br: bufio.NewReaderSize(lim, 4<<10),
-		bw: bufio.NewWriterSize(conn, 4<<10), ip: ip, key: key, pool: pl}, nil
+	oc := origin.NewConn(conn)
+	return &upConn{conn: conn, raw: raw, oc: oc, br: oc.BR, bw: oc.BW, ip: ip, key: key, pool: pl}, nil
 }
-
-// errIdleClosed is a reused connection that the origin closed before
-// answering: the request can be sent again on a new connection if it is
-// idempotent and nothing of its body was read.
-var errIdleClosed = errors.New("origin closed the kept-alive connection")

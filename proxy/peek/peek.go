@@ -1,8 +1,10 @@
 // Package peek reads the first bytes of a client's connection for the
 // name it is going to: a TLS ClientHello's server_name (SNI) or an HTTP
 // request's Host. The transparent listener decides on it; CONNECT
-// tunnels check it against the name they were opened for. It parses and
-// nothing more: no decision, no TLS termination.
+// tunnels check it against the name they were opened for. TLS has one
+// reader, hello.go's (ReadFirst, ReadHello), which reads a ClientHello
+// whole or says why it cannot, for the callers to refuse (issue 18). It
+// parses and nothing more: no decision, no TLS termination.
 package peek
 
 import (
@@ -21,10 +23,9 @@ const (
 	SourceHost = "host" // HTTP/1.x Host header (RFC 9112 §3.2)
 )
 
-// maxPeek bounds the bytes read before the decision: a ClientHello with a
-// post-quantum key share is about 1.8 KB, one TLS record is at most 16 KB
-// plus its header, and an HTTP request head that has not named its Host in
-// 16 KB is not worth waiting for.
+// maxPeek bounds the bytes of an HTTP request head read before the
+// decision: one that has not named its Host in 16 KB is not worth waiting
+// for. (A ClientHello has its own bound, MaxHello.)
 const maxPeek = 16<<10 + 5
 
 // Read reads the first bytes of c until they name the destination
@@ -74,22 +75,20 @@ func More(c net.Conn, buf []byte, timeout time.Duration) (name, source string, _
 	}
 }
 
-// TLS reports whether b starts like a TLS handshake record (a
-// ClientHello): only then is it worth waiting for more.
-func TLS(b []byte) bool { return len(b) > 0 && b[0] == recordTypeHandshake }
-
 // From looks at the bytes read so far. done is true when more bytes
 // cannot change the answer.
 func From(b []byte) (name, source string, done bool) {
 	if len(b) == 0 {
 		return "", SourceNone, false
 	}
-	if b[0] == recordTypeHandshake {
-		name, ok, done := sniFromRecords(b)
-		if ok {
-			return name, SourceSNI, true
+	if TLS(b) {
+		// The ClientHello reader (hello.go): a name only from a complete
+		// hello; the callers that decide refuse what it cannot read.
+		h, err := ParseHello(b)
+		if err == nil && h.Name != "" {
+			return h.Name, SourceSNI, true
 		}
-		return "", SourceNone, done
+		return "", SourceNone, err != errIncomplete
 	}
 	if isTokenByte(b[0]) {
 		return hostFromHTTP(b)
@@ -105,103 +104,6 @@ const (
 )
 
 var errBadHello = errors.New("malformed ClientHello")
-
-// sniFromRecords reassembles the handshake message carried by the TLS
-// records in b (a ClientHello may span records, RFC 8446 §5.1) and returns
-// the server_name of the ClientHello. ok is false when there is none (or
-// not yet); done is true when waiting cannot help: the bytes are not a
-// ClientHello, are malformed, or the ClientHello is complete without SNI.
-func sniFromRecords(b []byte) (name string, ok, done bool) {
-	var msg []byte
-	for len(b) > 0 {
-		if len(b) < 5 {
-			break
-		}
-		if b[0] != recordTypeHandshake || b[1] != 3 {
-			return "", false, true
-		}
-		n := int(binary.BigEndian.Uint16(b[3:5]))
-		if n == 0 || n > 1<<14+256 {
-			return "", false, true
-		}
-		if len(b) < 5+n {
-			msg = append(msg, b[5:]...)
-			break
-		}
-		msg = append(msg, b[5:5+n]...)
-		b = b[5+n:]
-	}
-	if len(msg) >= 1 && msg[0] != handshakeTypeClientHello {
-		return "", false, true
-	}
-	if len(msg) < 4 {
-		return "", false, false
-	}
-	hlen := int(msg[1])<<16 | int(msg[2])<<8 | int(msg[3])
-	if hlen > maxPeek {
-		return "", false, true
-	}
-	if len(msg) < 4+hlen {
-		return "", false, false
-	}
-	name, err := parseClientHello(msg[4 : 4+hlen])
-	if err != nil || name == "" {
-		return "", false, true
-	}
-	return name, true, true
-}
-
-// parseClientHello returns the host_name of the server_name extension of
-// a ClientHello body (RFC 8446 §4.1.2), "" when it has none.
-func parseClientHello(b []byte) (string, error) {
-	r := reader(b)
-	if !r.skip(2+32) || // legacy_version, random
-		!r.skipVec(1) || // legacy_session_id
-		!r.skipVec(2) || // cipher_suites
-		!r.skipVec(1) { // legacy_compression_methods
-		return "", errBadHello
-	}
-	if len(r) == 0 {
-		return "", nil // no extensions at all (TLS 1.0 style)
-	}
-	exts, ok := r.vec(2)
-	if !ok {
-		return "", errBadHello
-	}
-	for len(exts) > 0 {
-		typ, ok1 := exts.u16()
-		data, ok2 := exts.vec(2)
-		if !ok1 || !ok2 {
-			return "", errBadHello
-		}
-		if typ != extensionServerName {
-			continue
-		}
-		list, ok := data.vec(2)
-		if !ok {
-			return "", errBadHello
-		}
-		for len(list) > 0 {
-			if len(list) < 1 {
-				return "", errBadHello
-			}
-			nt := list[0]
-			list = list[1:]
-			host, ok := list.vec(2)
-			if !ok {
-				return "", errBadHello
-			}
-			if nt == nameTypeHostName {
-				if len(host) == 0 || bytes.IndexByte(host, 0) >= 0 {
-					return "", errBadHello
-				}
-				return string(host), nil
-			}
-		}
-		return "", nil
-	}
-	return "", nil
-}
 
 // reader consumes big-endian TLS wire structures.
 type reader []byte

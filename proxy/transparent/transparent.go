@@ -232,10 +232,26 @@ func (s *Server) handle(cc *net.TCPConn) {
 	if peekTimeout <= 0 {
 		peekTimeout = DefaultPeekTimeout
 	}
-	// A read error (the client closed or reset while we peeked, as a port
-	// check does) is not a reason to stop: the upstream sees the same open
-	// and close, and the copy ends at once.
-	name, source, head, _ := peek.Read(cc, peekTimeout)
+	// The client's first bytes, waited for PeekTimeout. A read error
+	// (the client closed or reset while we peeked, as a port check does)
+	// is not a reason to stop: the upstream sees the same open and
+	// close, and the copy ends at once. A TLS ClientHello is then read
+	// whole (issue 18), within tunnel.DefaultInspectTimeout from its
+	// first byte, or refused; a client that sent nothing yet is decided
+	// on the address, and its first bytes when they come (lateInspect).
+	var first peek.First
+	name, source := "", peek.SourceNone
+	if head := readFirstBytes(cc, peekTimeout); peek.TLS(head) {
+		first = peek.ReadFirst(cc, head, tunnel.DefaultInspectTimeout)
+		name, source = first.Hello.Name, peek.SourceSNI
+		if d := first.Refusal(pol, policy.Decision{IP: dst.Addr(), Port: dst.Port(), Source: pol.Source}); d != nil {
+			c.deny(*d)
+			return
+		}
+	} else if len(head) > 0 {
+		name, source, first.Bytes, _ = peek.More(cc, head, peekTimeout)
+	}
+	head := first.Bytes
 	if _, err := netip.ParseAddr(name); err == nil {
 		// An IP literal in Host (SNI may not carry one, RFC 6066 §3)
 		// names nothing more than the address does.
@@ -297,10 +313,51 @@ func (s *Server) handle(cc *net.TCPConn) {
 			return
 		}
 	}
+	if len(head) == 0 {
+		t.Inspect = s.lateInspect(dst, c.entry.Client.Addr())
+	}
 	t.Entry, t.Began, t.Idle, t.HalfClose, t.Up = c.entry, c.start, pol.Timeouts.TunnelIdle, pol.Timeouts.HalfClose, int64(len(head))
 	t.Request = req
 	t.Request.IP = ddec.IP
 	t.Start(client, up)
+}
+
+// readFirstBytes returns what the client sent within timeout: nothing
+// from a client that waits for the server to speak first.
+func readFirstBytes(cc net.Conn, timeout time.Duration) []byte {
+	if cc.SetReadDeadline(time.Now().Add(timeout)) != nil {
+		return nil
+	}
+	defer cc.SetReadDeadline(time.Time{})
+	b := make([]byte, 2048)
+	n, _ := cc.Read(b)
+	return b[:n]
+}
+
+// lateInspect decides on the first bytes of a client that sent nothing
+// within PeekTimeout and whose connection was let through on its address
+// (dst): whenever they come, before any goes up, a TLS ClientHello is
+// read whole and its name decided on as if it had come in time (an HTTP
+// request's Host too); a late client gets no more than a prompt one.
+func (s *Server) lateInspect(dst netip.AddrPort, client netip.Addr) func(peek.First) *policy.Decision {
+	return func(f peek.First) *policy.Decision {
+		pol := s.Policy()
+		if d := f.Refusal(pol, policy.Decision{IP: dst.Addr(), Port: dst.Port(), Source: pol.Source}); d != nil {
+			return d
+		}
+		name := f.Hello.Name
+		if !f.TLS {
+			name, _, _ = peek.From(f.Bytes)
+			name = peek.StripPort(name)
+		}
+		if _, err := netip.ParseAddr(name); err == nil || name == "" {
+			return nil
+		}
+		if _, d, ok := s.decide(pol, name, dst, client); !ok {
+			return &d
+		}
+		return nil
+	}
 }
 
 // decide picks the request to dial, or the denial.

@@ -314,12 +314,13 @@ type Tunnel struct {
 	// data behind a CONNECT, the peeked head of a transparent connection).
 	Up, Down int64
 	// Inspect, if set, sees the client's first bytes before any of them
-	// goes upstream: a whole TLS ClientHello or HTTP request head (see
-	// peek.Read), or what came within InspectTimeout. A non-nil decision
-	// refuses the tunnel: it is closed and its line is that decision.
-	// Nothing waits for it while the client is silent: the upstream's
-	// bytes flow meanwhile (a server that speaks first is not delayed).
-	Inspect        func(head []byte) *policy.Decision
+	// goes upstream, whenever they come: a whole TLS ClientHello (or
+	// why none could be read, see peek.ReadFirst), or the first read
+	// of anything else. A non-nil decision refuses the tunnel: it is
+	// closed and its line is that decision. Nothing waits for it while
+	// the client is silent: the upstream's bytes flow meanwhile (a
+	// server that speaks first is not delayed).
+	Inspect        func(first peek.First) *policy.Decision
 	InspectTimeout time.Duration // zero: DefaultInspectTimeout
 
 	g                *Group
@@ -494,8 +495,9 @@ func (t *Tunnel) Refuse(d policy.Decision) {
 // carried could not be read, say).
 func (t *Tunnel) Fail(err error) { t.close(err, nil) }
 
-// DefaultInspectTimeout bounds the wait for the rest of a client's first
-// bytes once they started to arrive.
+// DefaultInspectTimeout bounds the wait for the rest of a client's TLS
+// ClientHello once its first byte came (issue 18: a hello not complete
+// by then is refused, never passed).
 const DefaultInspectTimeout = 2 * time.Second
 
 // inspectHead, for a tunnel with Inspect, reads the client's first bytes
@@ -512,19 +514,17 @@ func (t *Tunnel) inspectHead(dst, src net.Conn) bool {
 	}
 	// The first bytes, however long the client takes to send them (no
 	// deadline: a client that waits for the server to speak first must
-	// not get past the check by waiting), then the rest of the head
-	// within timeout. An error (EOF, a reset) after what was read: the
+	// not get past the check by waiting), then the rest of a ClientHello
+	// within timeout, counted from the first byte. An error (EOF, a reset) after what was read: the
 	// copy that follows sees it again.
 	first := make([]byte, 2048)
 	n, _ := src.Read(first)
 	if n == 0 {
 		return true
 	}
-	head := first[:n]
-	if peek.TLS(head) {
-		_, _, head, _ = peek.More(src, head, timeout)
-	}
-	if d := t.Inspect(head); d != nil {
+	f := peek.ReadFirst(src, first[:n], timeout)
+	head := f.Bytes
+	if d := t.Inspect(f); d != nil {
 		t.refused = d
 		t.close(errRefused, nil)
 		return false
