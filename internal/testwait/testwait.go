@@ -66,27 +66,43 @@ func Poll(timeout time.Duration, cond func() error) error {
 // closed, or it passes by calling Accept after Close.
 func UntilBlockedIn(tb testing.TB, timeout time.Duration, fn string) {
 	tb.Helper()
+	UntilNBlockedIn(tb, timeout, 1, fn)
+}
+
+// UntilNBlockedIn waits until at least n goroutines are parked in fn (in
+// a syscall, on a channel, a lock): n callers of a bounded resource, say.
+func UntilNBlockedIn(tb testing.TB, timeout time.Duration, n int, fn string) {
+	tb.Helper()
 	UntilNil(tb, timeout, func() error {
-		if blockedIn(fn) {
-			return nil
+		if k := blockedIn(fn); k < n {
+			return fmt.Errorf("for %d goroutines blocked in %s (%d are)", n, fn, k)
 		}
-		return fmt.Errorf("for a goroutine blocked in %s", fn)
+		return nil
 	})
 }
 
-func blockedIn(fn string) bool {
+// blockedIn counts the goroutines parked in fn.
+func blockedIn(fn string) int {
 	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	k := 0
 	for _, g := range bytes.Split(buf, []byte("\n\n")) {
 		head, _, _ := bytes.Cut(g, []byte("\n"))
 		if bytes.Contains(head, []byte("[running]")) || bytes.Contains(head, []byte("[runnable]")) {
 			continue
 		}
 		if bytes.Contains(g, []byte("\n"+fn+"(")) {
-			return true
+			k++
 		}
 	}
-	return false
+	return k
 }
 
 type errNotYet string

@@ -36,7 +36,7 @@ func TestUntilBlockedIn(t *testing.T) {
 	go parkHere(ch)
 	UntilBlockedIn(t, Timeout, "github.com/egress-proxy/egress/internal/testwait.parkHere")
 	close(ch)
-	if blockedIn("github.com/egress-proxy/egress/internal/testwait.neverCalled") {
+	if blockedIn("github.com/egress-proxy/egress/internal/testwait.neverCalled") != 0 {
 		t.Error("blocked in a function nobody called")
 	}
 }
