@@ -26,6 +26,11 @@
 # Not part of go test ./... or CI: figures depend on the machine.
 set -euo pipefail
 
+# Every step names itself in $step: a command that fails ends the script
+# (set -e, pipefail) with a line saying which step it was, not silently.
+step="start"
+trap 'rc=$?; echo "bench: failed (exit $rc) in step: $step; its own output, if any, is above" >&2' ERR
+
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 RUNS=${RUNS:-5}
@@ -45,6 +50,7 @@ command -v dnsperf >/dev/null || need+=(dnsperf)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq)
 command -v dig >/dev/null || need+=(dnsutils)
 if [ ${#need[@]} -gt 0 ]; then
+	step="install ${need[*]} from Debian (apt-get)"
 	echo "installing ${need[*]} from Debian" >&2
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 "${need[@]}" >/dev/null
@@ -57,13 +63,23 @@ TINYPROXY=$(command -v tinyproxy || echo /usr/bin/tinyproxy)
 # Raise the soft limit to the hard one (root can raise the hard one too,
 # unless, as in some containers, it lacks CAP_SYS_RESOURCE); bench/compare
 # opens as many tunnels as fit and says so.
+# The hard limit is only ever raised: lowering it to $want could not be
+# undone, and would refuse what the floor below asks.
+step="raise the open files limit (ulimit -n)"
 want=$((2 * TUNNELS + 1000))
-ulimit -Hn "$want" 2>/dev/null || true
 hard=$(ulimit -Hn)
-if [ "$hard" = unlimited ] || [ "$hard" -gt "$want" ]; then hard=$want; fi
-ulimit -n "$hard"
-if [ "$(ulimit -n)" -lt 12000 ]; then
-	echo "bench: need at least 12000 open files (ulimit -n); have $(ulimit -n)" >&2
+if [ "$hard" != unlimited ] && [ "$hard" -lt "$want" ]; then
+	ulimit -Hn "$want" 2>/dev/null || true
+	hard=$(ulimit -Hn)
+fi
+if [ "$hard" = unlimited ] || [ "$hard" -gt "$want" ]; then soft=$want; else soft=$hard; fi
+ulimit -Sn "$soft" # -S: plain ulimit -n sets the hard limit too
+# Fewer than 12000 (or than TUNNELS need, when that is less) leaves too
+# few tunnels to measure.
+floor=$((want < 12000 ? want : 12000))
+echo "bench: open files: $(ulimit -n) (hard limit $(ulimit -Hn)) for $TUNNELS tunnels" >&2
+if [ "$(ulimit -n)" -lt "$floor" ]; then
+	echo "bench: need at least $floor open files (ulimit -n); have $(ulimit -n): raise the hard limit (root, or ulimit -Hn in the shell that starts bench/run.sh)" >&2
 	exit 1
 fi
 if [ "$(ulimit -n)" -lt "$want" ]; then
@@ -75,8 +91,10 @@ trap 'rm -rf "$work"' EXIT
 # smokescreen v0.1.0 from the Go module proxy, built into the temporary
 # directory: go install pkg@version ignores the current module, so
 # go.mod and go.sum stay as they are.
-echo "== go install github.com/stripe/smokescreen@v0.1.0" >&2
+step="go install github.com/stripe/smokescreen@v0.1.0"
+echo "== $step" >&2
 (cd "$work" && GOBIN="$work" go install github.com/stripe/smokescreen@v0.1.0)
+step="build egress, bench/compare and minproxy (go build)"
 go build -o "$work/egress" ./cmd/egress
 go build -o "$work/compare" ./bench/compare
 go build -o "$work/minproxy" ./bench/compare/minproxy
@@ -85,18 +103,21 @@ echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 args=()
 if [ "${SKIP_POLICY:-}" != 1 ]; then
-	echo "== policy decisions (go test -bench ./policy)" >&2
+	step="policy decisions (go test -bench ./policy)"
+	echo "== $step" >&2
 	go test -run '^$' -bench 'Decide100k|BaselineMapLookup' -benchtime 1s -count 3 ./policy | tee "$work/policy.txt" >&2
 	args+=(-policy "$work/policy.txt")
 fi
 
 if [ "${SKIP_DNS:-}" != 1 ]; then
-	echo "== DNS (bench/dns/run.sh)" >&2
+	step="DNS (bench/dns/run.sh)"
+	echo "== $step" >&2
 	bash bench/dns/run.sh | tee "$work/dns.txt" >&2
 	args+=(-dns "$work/dns.txt")
 fi
 
-echo "== HTTP and CONNECT (bench/compare)" >&2
+step="HTTP and CONNECT (bench/compare)"
+echo "== $step" >&2
 "$work/compare" -egress "$work/egress" -squid "$SQUID" -tinyproxy "$TINYPROXY" -smokescreen "$work/smokescreen" -minproxy "$work/minproxy" \
 	-peers bench/peers -notes bench/compare/notes.md \
 	-runs "$RUNS" -duration "$DURATION" -bytes "$BYTES" -conns "$CONNS" -tunnels "$TUNNELS" -rules "$RULES" \

@@ -353,7 +353,8 @@ func closedPort(t *testing.T) int {
 
 // connectProxy is a minimal HTTP CONNECT proxy on loopback standing for
 // egress where egress itself is not under test. With refuse set it answers
-// 403 to every CONNECT, as egress does for a denied destination.
+// 403 to every CONNECT, with egress's headers, as egress does for a denied
+// destination.
 type connectProxy struct {
 	url     string
 	mu      sync.Mutex
@@ -397,7 +398,11 @@ func startConnectProxy(t *testing.T, refuse bool) *connectProxy {
 				p.targets = append(p.targets, req.Method+" "+req.Host)
 				p.mu.Unlock()
 				if req.Method != http.MethodConnect || refuse {
-					io.WriteString(c, "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+					// egress's 403 carries its headers: a 403 without
+					// them is another proxy's, which the helper does
+					// not blame on egress's policy.
+					io.WriteString(c, "HTTP/1.1 403 Forbidden\r\nX-Egress-Decision: deny\r\nX-Egress-Reason: no_rule_matched\r\n"+
+						"X-Egress-Id: 0123456789abcdef\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 					return
 				}
 				up, err := net.DialTimeout("tcp", req.Host, 2*time.Second)

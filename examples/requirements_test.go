@@ -63,6 +63,16 @@ type reqCase struct {
 	protocol string
 	want     string // outcome
 	rule     string // for refused: the rule the helper must give
+	via      string // the manifest's via: "direct", "proxy" or ""
+}
+
+// via returns cases with every requirement's via set to v.
+func via(cases []reqCase, v string) []reqCase {
+	out := append([]reqCase(nil), cases...)
+	for i := range out {
+		out[i].via = v
+	}
+	return out
 }
 
 // origins are the loopback destinations every outcome is made from.
@@ -145,13 +155,14 @@ func writeManifest(t *testing.T, cases []reqCase) string {
 		Protocol string `json:"protocol"`
 		Purpose  string `json:"purpose"`
 		Required bool   `json:"required"`
+		Via      string `json:"via,omitempty"`
 	}
 	m := struct {
 		Plugin       string `json:"plugin"`
 		Requirements []req  `json:"requirements"`
 	}{Plugin: "requirements-test"}
 	for _, c := range cases {
-		m.Requirements = append(m.Requirements, req{c.host, c.port, c.protocol, c.key, true})
+		m.Requirements = append(m.Requirements, req{c.host, c.port, c.protocol, c.key, true, c.via})
 	}
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
@@ -245,7 +256,8 @@ func TestRequirementsThroughEgressServe(t *testing.T) {
 	}
 	e := startServe(t, bin, "version: 1\ndefault: deny\nallow:\n  - "+strings.Join(rules, "\n  - ")+
 		"\ndns:\n  upstreams: [\""+o.dnsAddr+"\"]\nlisten:\n  admin: 127.0.0.1:0\n")
-	cases := o.cases(false, false)
+	// via: proxy, or the IP literals would be checked directly.
+	cases := via(o.cases(false, false), "proxy")
 	manifest := writeManifest(t, cases)
 	env := []string{"HTTPS_PROXY=" + e.proxyURL, "HTTP_PROXY=" + e.proxyURL}
 	for _, py := range pys {
@@ -301,6 +313,9 @@ func TestRequirementsUnderEgressRun(t *testing.T) {
 				mode = "raw"
 			}
 			cases := o.cases(nameAllowed, raw && resolvesUnlisted)
+			if !raw {
+				cases = via(cases, "proxy") // IP literals default to direct
+			}
 			manifest := writeManifest(t, cases)
 			for _, py := range pys {
 				args := []string{"run", "--config", policyFile}

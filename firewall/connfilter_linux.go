@@ -46,7 +46,8 @@ const MaxRules = 4096
 // AddRules adds to chain, before anything accepts TCP, the rules of
 // the connect filter f: a new TCP connection (conntrack state new, so an
 // established connection outlives its lease) to a leased or allowed
-// destination goes on to the NAT redirect, one that f refuses is copied to
+// destination goes on to the NAT redirect (in the order of
+// policy.ConnectFilter), one that f refuses is copied to
 // NFLOG group logGroup (prefix "tcp"; 0 logs nothing) and answered with a TCP reset, which connect()
 // reports as ECONNREFUSED. Egress's own listeners on loopback (exempt) and
 // DNS over TCP always go on.
@@ -107,6 +108,39 @@ func addRules(c *nftables.Conn, t *nftables.Table, chain *nftables.Chain, f *pol
 		}
 	}
 	refuse := nftexpr.Concat([]expr.Any{&expr.Counter{}}, nftexpr.Log(logGroup, "tcp"), []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})
+	// The IPv6 forms of refused IPv4 ranges, then what is left of the
+	// ranges that carry IPv4 addresses, before the guards that cover
+	// those ranges (policy.ConnectFilter's order).
+	// They are many (every refused IPv4 range under five translations):
+	// those on every port go in one interval set per family, one lookup
+	// instead of a rule each, which would also overflow the socket with
+	// the kernel's echo of each rule (ENOBUFS).
+	var whole []netip.Prefix
+	for _, d := range f.RefuseCarried {
+		if len(d.Ports) == 0 {
+			whole = append(whole, d.Prefix)
+			continue
+		}
+		for _, m := range destMatches(d) {
+			add(newTCP, m, refuse)
+		}
+	}
+	for _, fam := range []byte{unix.NFPROTO_IPV4, unix.NFPROTO_IPV6} {
+		set, elems := intervalSet(t, fam, whole)
+		if set == nil {
+			continue
+		}
+		if err := c.AddSet(set, elems); err != nil {
+			return fmt.Errorf("add set of refused translations: %w", err)
+		}
+		add(newTCP, nftexpr.Family(fam), nftexpr.DAddr(fam, unix.NFT_REG_1),
+			[]expr.Any{&expr.Lookup{SourceRegister: unix.NFT_REG_1, SetName: set.Name, SetID: set.ID}}, refuse)
+	}
+	for _, d := range f.Carriers {
+		for _, m := range destMatches(d) {
+			add(newTCP, m, accept)
+		}
+	}
 	if f.RefuseRest {
 		add(newTCP, refuse)
 	} else {
@@ -123,6 +157,53 @@ func addRules(c *nftables.Conn, t *nftables.Table, chain *nftables.Chain, f *pol
 		c.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: e})
 	}
 	return nil
+}
+
+// intervalSet returns an anonymous interval set of the prefixes of family
+// fam in ps and its elements, or nil when there are none. A prefix inside
+// another is left out: the kernel refuses overlapping intervals.
+func intervalSet(t *nftables.Table, fam byte, ps []netip.Prefix) (*nftables.Set, []nftables.SetElement) {
+	var in []netip.Prefix
+	for _, p := range ps {
+		if p.Addr().Is4() == (fam == unix.NFPROTO_IPV4) {
+			in = append(in, p.Masked())
+		}
+	}
+	in = slices.DeleteFunc(in, func(p netip.Prefix) bool {
+		for _, q := range in {
+			if q != p && q.Bits() <= p.Bits() && q.Contains(p.Addr()) {
+				return true
+			}
+		}
+		return false
+	})
+	if len(in) == 0 {
+		return nil, nil
+	}
+	slices.SortFunc(in, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	in = slices.Compact(in)
+	var elems []nftables.SetElement
+	for _, p := range in {
+		elems = append(elems, nftables.SetElement{Key: p.Addr().AsSlice()})
+		if end := lastAddr(p).Next(); end.IsValid() {
+			elems = append(elems, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
+		}
+	}
+	key := nftables.TypeIPAddr
+	if fam == unix.NFPROTO_IPV6 {
+		key = nftables.TypeIP6Addr
+	}
+	return &nftables.Set{Table: t, Anonymous: true, Constant: true, Interval: true, KeyType: key}, elems
+}
+
+// lastAddr is the last address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }
 
 // destMatches returns the matches of d, one per port range (a rule holds

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/egress-proxy/egress/firewall/nflog"
+	"github.com/egress-proxy/egress/firewall/nfqueue"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -18,13 +19,14 @@ const HostTable = "egress_connect"
 const MaxRules = 4096
 
 // Host is the connect filter of egress serve; it needs Linux (nftables).
-type Host struct{}
+type Host struct{ HoldError string }
 
 // HostConfig says whose connections to filter.
 type HostConfig struct {
 	UIDs   []uint32
 	Exempt []uint16
 	Filter policy.ConnectFilter
+	Hold   bool
 }
 
 // InstallHost fails: the connect filter needs Linux (nftables).
@@ -38,3 +40,4 @@ func (h *Host) Lease(netip.Addr, []policy.PortRange, bool, time.Duration) error 
 }
 func (h *Host) ReadRefusals(func(nflog.Packet)) {}
 func (h *Host) Close() error                    { return nil }
+func (h *Host) Queue() *nfqueue.Queue           { return nil }

@@ -30,7 +30,7 @@ func inNewNetns(t *testing.T) *nftables.Conn {
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 		t.Skipf("network namespaces unavailable: %v", err)
 	}
-	c, err := nftables.New()
+	c, err := NewConn()
 	if err != nil {
 		t.Fatal(err)
 	}

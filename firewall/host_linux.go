@@ -13,6 +13,7 @@ import (
 	"github.com/google/nftables/expr"
 
 	"github.com/egress-proxy/egress/firewall/nflog"
+	"github.com/egress-proxy/egress/firewall/nfqueue"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -30,7 +31,14 @@ type Host struct {
 	leases *Leaser
 	log    *os.File
 	reader *nflog.Reader
+	queue  *nfqueue.Queue // nil without HostConfig.Hold, or where it failed
+	// HoldError says why HostConfig.Hold could not be done ("" when it
+	// was, or was not asked for).
+	HoldError string
 }
+
+// HostQueue is the NFQUEUE queue the Host holds SYNs in ("ec").
+const HostQueue = 0x6563
 
 // HostTable is the nftables table (family inet) a Host owns; Install
 // replaces one left behind.
@@ -48,6 +56,11 @@ type HostConfig struct {
 	// transparent, DNS): a filtered user reaches them.
 	Exempt []uint16
 	Filter policy.ConnectFilter
+	// Hold, when set, holds the SYN of the users' new TCP connections
+	// that the filter passes in queue HostQueue until Queue's reader
+	// answers it (see AddHold). Where the kernel has no NFQUEUE target,
+	// HoldError says why and nothing is held.
+	Hold bool
 }
 
 // InstallHost installs the Host's table in the current network namespace.
@@ -55,7 +68,7 @@ func InstallHost(cfg HostConfig) (*Host, error) {
 	if len(cfg.UIDs) == 0 {
 		return nil, errors.New("connect filter: no users to filter")
 	}
-	c, err := nftables.New()
+	c, err := NewConn()
 	if err != nil {
 		return nil, fmt.Errorf("connect filter: nftables: %w", err)
 	}
@@ -99,15 +112,45 @@ func InstallHost(cfg HostConfig) (*Host, error) {
 		h.remove()
 		return nil, fmt.Errorf("connect filter: refusal log: %w", err)
 	}
+	if cfg.Hold {
+		if err := h.installHold(cfg); err != nil {
+			h.HoldError = err.Error()
+		}
+	}
 	return h, nil
 }
+
+// installHold binds queue HostQueue, then adds AddHold's chains to the
+// table (a batch of its own: the filter stands without them).
+func (h *Host) installHold(cfg HostConfig) error {
+	f, err := nfqueue.Open(HostQueue)
+	if err != nil {
+		return err
+	}
+	c, err := NewConn()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("nftables: %w", err)
+	}
+	AddHold(c, h.table, HostQueue, cfg.Exempt, cfg.UIDs)
+	if err := c.Flush(); err != nil {
+		f.Close()
+		return fmt.Errorf("install the NFQUEUE rules (needs nft_compat and xt_NFQUEUE): %w", err)
+	}
+	h.queue = nfqueue.New(f, HostQueue)
+	return nil
+}
+
+// Queue is where the SYNs HostConfig.Hold holds wait for a verdict; nil
+// when nothing is held.
+func (h *Host) Queue() *nfqueue.Queue { return h.queue }
 
 // Update replaces the filter's rules with those of f (after a reload);
 // the leases stay.
 func (h *Host) Update(f policy.ConnectFilter) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	c, err := nftables.New()
+	c, err := NewConn()
 	if err != nil {
 		return fmt.Errorf("connect filter: nftables: %w", err)
 	}
@@ -138,6 +181,9 @@ func (h *Host) ReadRefusals(fn func(nflog.Packet)) {
 // the transparent listener alone.
 func (h *Host) Close() error {
 	h.leases.Close()
+	if h.queue != nil {
+		h.queue.Close()
+	}
 	if h.reader != nil {
 		h.reader.Close()
 	} else if h.log != nil {
@@ -147,7 +193,7 @@ func (h *Host) Close() error {
 }
 
 func (h *Host) remove() error {
-	c, err := nftables.New()
+	c, err := NewConn()
 	if err != nil {
 		return err
 	}

@@ -173,6 +173,40 @@ func embedded(ip netip.Addr, declared []netip.Prefix) (c carried) {
 	return c
 }
 
+// carrierPrefixes returns the prefixes of the IPv6 addresses that carry an
+// address of p, an IPv4 range, and are decided on it (see embedded's
+// translated forms): under NAT64's well-known prefix, SIIT's,
+// IPv4-compatible, 6to4's and each declared NAT64 prefix (RFC 6052 §2.2,
+// the u-octet left zero: the prefix stops after p's last bit). An IPv6
+// range carries nothing.
+func carrierPrefixes(p netip.Prefix, declared []netip.Prefix) []netip.Prefix {
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	if !p.Addr().Is4() {
+		return nil
+	}
+	p = p.Masked()
+	v4, n := p.Addr().As4(), p.Bits()
+	under := func(base netip.Prefix) netip.Prefix {
+		b := base.Masked().Addr().As16()
+		pos := rfc6052Bytes(base.Bits())
+		for i := 0; i < (n+7)/8; i++ {
+			b[pos[i]] = v4[i]
+		}
+		end := base.Bits()
+		if n > 0 {
+			end = pos[(n-1)/8]*8 + (n-1)%8 + 1
+		}
+		return netip.PrefixFrom(netip.AddrFrom16(b), end)
+	}
+	out := []netip.Prefix{under(nat64), under(siit), under(ipv4Compat), under(sixToFour)}
+	for _, d := range declared {
+		out = append(out, under(d))
+	}
+	return out
+}
+
 // rfc6052IPv4 extracts the IPv4 address from an address under a NAT64
 // prefix of bits (32, 40, 48, 56, 64 or 96): RFC 6052 §2.2 puts it right
 // after the prefix, skipping bits 64-71 (the u-octet).

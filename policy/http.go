@@ -709,3 +709,21 @@ func (p *Policy) lintHTTP() []Diagnostic {
 	}
 	return out
 }
+
+// DecidesOnNames reports whether any host rule, of the top level or of a
+// clients: entry, can make a name matter to a decision. Where none does,
+// every connection is decided on its address alone, and a name egress
+// cannot read (an encrypted_client_hello's inner name) changes nothing.
+// Called only for the rare hello that carries ECH: no need to precompute.
+func (p *Policy) DecidesOnNames() bool {
+	for _, rs := range append([]*ruleset{&p.top}, p.clientSets...) {
+		for _, rules := range [][]*Rule{rs.rules, rs.inherited} {
+			for _, r := range rules {
+				if r.Host != "" {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}

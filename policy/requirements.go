@@ -14,7 +14,8 @@ import (
 //	{
 //	  "plugin": "example-dbms",
 //	  "requirements": [
-//	    {"host": "api.example.com", "port": 443, "protocol": "https", "purpose": "DBMS REST API", "required": true}
+//	    {"host": "api.example.com", "port": 443, "protocol": "https", "purpose": "DBMS REST API", "required": true},
+//	    {"host": "db.corp.example", "port": 5432, "protocol": "tcp", "via": "direct"}
 //	  ]
 //	}
 
@@ -38,6 +39,12 @@ type Requirement struct {
 	// Required is false for a requirement the plugin can do without
 	// (telemetry, say); true unless the manifest says otherwise.
 	Required bool
+	// Via is the path the plugin's client takes: "direct" (a raw connect:
+	// egress run's transparent path, a host's redirect), "proxy"
+	// (HTTPS_PROXY), or "" when the manifest leaves it out (the Python
+	// helper then checks an IP literal directly, a name through the
+	// environment's proxy if any). The policy decides both paths alike.
+	Via string
 	// Where the requirement was written.
 	Line, Column int
 }
@@ -97,7 +104,7 @@ func (l *loader) requirements(data []byte, rs *Requirements) {
 }
 
 // requirementFields names the fields of a requirement, for suggestions.
-var requirementFields = []field{{name: "host"}, {name: "port"}, {name: "protocol"}, {name: "purpose"}, {name: "required"}}
+var requirementFields = []field{{name: "host"}, {name: "port"}, {name: "protocol"}, {name: "purpose"}, {name: "required"}, {name: "via"}}
 
 func (l *loader) requirement(n *yaml.Node) (Requirement, bool) {
 	n = l.node(n)
@@ -137,6 +144,7 @@ func (l *loader) requirement(n *yaml.Node) (Requirement, bool) {
 		},
 		"purpose":  func(v *yaml.Node) { r.Purpose, _ = l.text(v, "purpose") },
 		"required": func(v *yaml.Node) { r.Required = l.boolean(v, "required") },
+		"via":      func(v *yaml.Node) { r.Via, _ = l.enum(v, "via", "direct", "proxy") },
 	}
 	fields := make([]field, len(requirementFields))
 	for i, f := range requirementFields {

@@ -71,7 +71,7 @@ func TestLoadRequirementsErrors(t *testing.T) {
 			`1:52: unknown field "proto" in a requirement (did you mean "protocol"?)`,
 		}},
 		{"a field like no other lists the known ones", `{"requirements": [{"host": "a.example", "port": 1, "url": "x"}]}`, []string{
-			`1:52: unknown field "url" in a requirement (known: host, port, protocol, purpose, required)`,
+			`1:52: unknown field "url" in a requirement (known: host, port, protocol, purpose, required, via)`,
 		}},
 		{"an unknown top-level field", `{"plugins": "x", "requirements": []}`, []string{
 			`1:2: unknown field "plugins" in the requirements file (did you mean "plugin"?)`,

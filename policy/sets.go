@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -21,17 +22,30 @@ type Dest struct {
 // It errs on the side of passing: every destination the transparent path
 // could allow passes (it then decides exactly, on the name the connection
 // carries), and only destinations it always refuses are refused. A filter
-// applies it in this order:
+// applies it in this order, the first that matches deciding:
 //
 //  1. a destination an address lease covers passes (see NamePorts: the
 //     addresses egress's DNS returned for names that could be allowed);
 //  2. a destination in Allow passes;
-//  3. with RefuseRest, everything else is refused; without it, a
+//  3. a destination in RefuseCarried is refused;
+//  4. a destination in Carriers passes;
+//  5. with RefuseRest, everything else is refused; without it, a
 //     destination in Refuse is refused and the rest passes.
 type ConnectFilter struct {
 	RefuseRest bool
 	Allow      []Dest
-	Refuse     []Dest
+	// RefuseCarried are the IPv6 forms (NAT64 under the well-known and
+	// the declared prefixes, SIIT, IPv4-compatible, 6to4) of the IPv4
+	// ranges in Refuse: the same hosts, reached through a translator
+	// (issue 18). IPv4-mapped addresses need none: they are IPv4 on the
+	// wire.
+	RefuseCarried []Dest
+	// Carriers are the IPv6 ranges decided on the IPv4 address they
+	// carry that lie in a guarded range (::/3, or wherever an operator's
+	// NAT64 prefix is): what RefuseCarried leaves of them passes, and the
+	// transparent path decides on the IPv4 address.
+	Carriers []Dest
+	Refuse   []Dest
 }
 
 // ConnectFilter returns the policy's connect filter, for every client
@@ -53,17 +67,18 @@ func (p *Policy) ConnectFilter() ConnectFilter {
 	if f.RefuseRest {
 		return f
 	}
+	// A cidr allow rule on an IPv4 range lifts its guard for the IPv6
+	// forms that carry it too, and the rest passes by default: they come
+	// before the refusals of those forms.
+	for _, d := range f.Allow {
+		f.Allow = append(f.Allow, carriedDests(d, p.NAT64Prefixes)...)
+	}
 	// The guards hold for every client policy. A guard lifted by a cidr
 	// rule is in Allow, checked first; one lifted by an exact host rule
 	// is covered by the leases of that name's addresses.
 	for _, g := range guardRanges {
 		f.Refuse = append(f.Refuse, Dest{Prefix: g.prefix})
 	}
-	// The IPv6 forms that stand for the IPv4 address they carry lie in
-	// guarded ranges (::/3, or wherever an operator's NAT64 prefix is)
-	// but are decided on that address: they pass, and the transparent
-	// path refuses those whose IPv4 address is guarded or denied.
-	f.Allow = append(f.Allow, translatedDests(p.NAT64Prefixes)...)
 	// A cidr deny rule refuses for sure only when every client policy
 	// enforces it: with one policy, when that policy is enforced.
 	if len(sets) == 1 && p.top.mode == Enforce {
@@ -73,7 +88,21 @@ func (p *Policy) ConnectFilter() ConnectFilter {
 			}
 		}
 	}
+	for _, d := range f.Refuse {
+		f.RefuseCarried = append(f.RefuseCarried, carriedDests(d, p.NAT64Prefixes)...)
+	}
+	f.Carriers = translatedDests(p.NAT64Prefixes)
 	return f
+}
+
+// carriedDests returns the IPv6 forms of d, on d's ports, when d is an
+// IPv4 range (see carrierPrefixes); nothing otherwise.
+func carriedDests(d Dest, declared []netip.Prefix) []Dest {
+	var out []Dest
+	for _, p := range carrierPrefixes(d.Prefix, declared) {
+		out = append(out, Dest{Prefix: p, Ports: d.Ports})
+	}
+	return out
 }
 
 // translatedDests are the IPv6 ranges decided on the IPv4 address they
@@ -162,7 +191,7 @@ func (f *ConnectFilter) Refuses(addr netip.Addr) bool {
 		return true
 	}
 	addr = addr.Unmap()
-	for _, d := range f.Refuse {
+	for _, d := range slices.Concat(f.Refuse, f.RefuseCarried) {
 		if d.Prefix.Contains(addr) {
 			return true
 		}

@@ -28,7 +28,7 @@ func ReadFile(name string) ([]byte, error) {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, &os.PathError{Op: "read", Path: name, Err: fmt.Errorf("not a regular file (%s)", fi.Mode().Type())}
+		return nil, &os.PathError{Op: "read", Path: name, Err: fmt.Errorf("not a regular file but %s", fileKind(fi.Mode()))}
 	}
 	if fi.Size() > MaxFileSize {
 		return nil, &os.PathError{Op: "read", Path: name, Err: fmt.Errorf("larger than %d MiB", MaxFileSize>>20)}
@@ -41,4 +41,24 @@ func ReadFile(name string) ([]byte, error) {
 		return nil, &os.PathError{Op: "read", Path: name, Err: fmt.Errorf("larger than %d MiB", MaxFileSize>>20)}
 	}
 	return data, nil
+}
+
+// fileKind names what a mode's type is, in words ("a directory"), where
+// Go's FileMode prints "d---------".
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	case m&os.ModeSymlink != 0:
+		return "a symbolic link"
+	}
+	return "not a regular file"
 }

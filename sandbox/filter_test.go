@@ -171,6 +171,33 @@ func TestConnectFilter(t *testing.T) {
 			}
 		}
 	})
+
+	t.Run("default allow refuses the IPv6 forms of guarded IPv4 at connect (issue 18)", func(t *testing.T) {
+		p, err := policy.Load("p.yaml", []byte("version: 1\ndefault: allow\nnat64_prefixes: [\"2001:db8:64::/96\"]\nallow:\n  - {cidr: 10.1.2.3, ports: [5432]}\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := p.ConnectFilter()
+		_, ask := probeSandbox(t, &f)
+		for _, tt := range []struct{ dst, want string }{
+			{"[64:ff9b::169.254.169.254]:80", "ECONNREFUSED"}, // NAT64, well-known prefix
+			{"[2001:db8:64::10.0.0.1]:443", "ECONNREFUSED"},   // NAT64, a declared prefix
+			{"[::ffff:0:192.168.1.1]:443", "ECONNREFUSED"},    // SIIT
+			{"[::10.0.0.1]:443", "ECONNREFUSED"},              // IPv4-compatible
+			{"[2002:a9fe:a9fe::1]:80", "ECONNREFUSED"},        // 6to4 of 169.254.169.254
+			{"[::ffff:127.0.0.1]:443", "ECONNREFUSED"},        // mapped: IPv4 on the wire
+			{"[64:ff9b::10.1.2.3]:5432", "open"},              // the cidr rule lifts the guard
+			{"[64:ff9b::10.1.2.3]:443", "ECONNREFUSED"},
+			{"[64:ff9b::93.184.216.34]:443", "open"},
+			{"[2001:db8:64::93.184.216.34]:443", "open"},
+			{"[2002:5db8:d822::1]:443", "open"},
+			{"[::93.184.216.34]:443", "open"},
+		} {
+			if got := ask(tt.dst); !strings.HasPrefix(got, tt.want) {
+				t.Errorf("connect %s: %s, want %s", tt.dst, got, tt.want)
+			}
+		}
+	})
 }
 
 func TestConnectFilterOpenConnectionOutlivesLease(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -11,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/egress-proxy/egress/firewall"
+	"github.com/egress-proxy/egress/firewall/nfqueue"
 	"github.com/egress-proxy/egress/firewall/nftexpr"
 	"github.com/egress-proxy/egress/policy"
 )
@@ -95,7 +97,7 @@ func ipv6Disabled(err error) bool {
 }
 
 func configureNftables(r Redirect) error {
-	c, err := nftables.New()
+	c, err := firewall.NewConn()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
@@ -155,4 +157,29 @@ func configureNftables(r Redirect) error {
 		return fmt.Errorf("install nftables rules: %w", err)
 	}
 	return nil
+}
+
+// configureHold adds the chains that hold each new connection's SYN in
+// queue holdQueue to the table Configure made, and opens the queue. It
+// fails where the kernel has no NFQUEUE target (nft_compat and
+// xt_NFQUEUE) or nfnetlink_queue; nothing is then held.
+func configureHold(exempt []uint16) (*os.File, error) {
+	// The socket is bound first: a SYN sent between the rules and the
+	// bind would be accepted unheld (bypass), not lost.
+	f, err := nfqueue.Open(holdQueue)
+	if err != nil {
+		return nil, err
+	}
+	c, err := firewall.NewConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+	firewall.AddHold(c, t, holdQueue, exempt, nil)
+	if err := c.Flush(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("install the NFQUEUE rules (needs nft_compat and xt_NFQUEUE): %w", err)
+	}
+	return f, nil
 }

@@ -33,6 +33,7 @@ import (
 
 	"github.com/egress-proxy/egress/firewall"
 	"github.com/egress-proxy/egress/firewall/nflog"
+	"github.com/egress-proxy/egress/firewall/nfqueue"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -47,6 +48,12 @@ const filterEnv = "_EGRESS_SANDBOX_FILTER"
 // noGuardEnv, set by tests only (Config.noUnixGuard), makes the setup
 // process leave the unix socket guard out.
 const noGuardEnv = "_EGRESS_SANDBOX_NO_UNIX_GUARD"
+
+// holdEnv, when set (Config.Hold), makes the setup process hold each new
+// connection's SYN in queue holdQueue (see firewall.AddHold).
+const holdEnv = "_EGRESS_SANDBOX_HOLD"
+
+const holdQueue = 0x6567
 
 // logGroup is the NFLOG group of refused packets inside the namespace
 // (each namespace has its own groups).
@@ -95,6 +102,12 @@ type Config struct {
 	// UnixRefused, when set, is called for each refusal, from another
 	// goroutine, until Close.
 	UnixRefused func(UnixRefusal)
+	// Hold, when set, holds the SYN of each new TCP connection that the
+	// filter passes until Queue's reader answers it (issue 21: the
+	// connect() ends as the destination answers). Where the kernel has
+	// no NFQUEUE target, HoldError says why, and connections go on at
+	// once, as without Hold.
+	Hold bool
 
 	noUnixGuard bool // tests: measure without the guard
 }
@@ -121,10 +134,14 @@ type Sandbox struct {
 	cmd    *exec.Cmd
 	nflog  *os.File
 	leases *firewall.Leaser // nil without Config.Filter
-	guard  *unixGuard
-	drops  *nflog.Reader
-	netns  string // "net:[inode]" of the namespace
-	closed bool
+	queue  *nfqueue.Queue   // nil without Config.Hold or where it failed
+	// HoldError says why Config.Hold could not be done ("" when it was).
+	HoldError string
+	guard     *unixGuard
+	drops     *nflog.Reader
+	netns     string   // "net:[inode]" of the namespace
+	tty       *os.File // egress's controlling terminal among the command's streams, or nil
+	closed    bool
 
 	ownerMu sync.Mutex
 	pids    []int // processes in the namespace, as last listed by Owner
@@ -135,15 +152,17 @@ type Sandbox struct {
 // from the caller's shell does not send a proxy-aware client around the
 // proxy (it would reach the transparent listener anyway, less well
 // identified). EGRESS_RUN=1 tells code that checks its own requirements
-// (examples/plugin-python/egress_requirements.py) that a raw connection
-// refused at connect() was refused by egress's policy, not by the
-// destination.
+// (examples/plugin-python/egress_requirements.py) that it runs under egress
+// run, and EGRESS_PROXY, which survives unsetting the proxy variables,
+// where to ask whether a connect() refused under it was refused by
+// egress's policy or by the destination (both are ECONNREFUSED, since
+// egress run holds the SYN until the destination answered: issue 21).
 func ProxyEnv(proxyURL string) []string {
 	return []string{
 		"HTTP_PROXY=" + proxyURL, "HTTPS_PROXY=" + proxyURL,
 		"http_proxy=" + proxyURL, "https_proxy=" + proxyURL,
 		"NO_PROXY=", "no_proxy=",
-		"EGRESS_RUN=1",
+		"EGRESS_RUN=1", "EGRESS_PROXY=" + proxyURL,
 	}
 }
 
@@ -154,7 +173,9 @@ type message struct {
 	DropLog  bool   `json:"drop_log"`
 	Leases   bool   `json:"leases"` // the nftables socket follows the drop log's
 	Guard    bool   `json:"guard"`  // the seccomp listener follows, then a sock_diag socket
-	NetNS    string `json:"netns"`  // readlink /proc/self/ns/net
+	Queue    bool   `json:"queue"`  // the NFQUEUE socket follows the guard's
+	HoldErr  string `json:"hold_error,omitempty"`
+	NetNS    string `json:"netns"` // readlink /proc/self/ns/net
 }
 
 // Start creates the namespace, its listeners and rules, and starts the
@@ -185,9 +206,12 @@ func Start(cfg Config) (*Sandbox, error) {
 	if env == nil {
 		env = os.Environ()
 	}
-	env = append(withoutVar(withoutVar(withoutVar(env, childEnv), filterEnv), noGuardEnv), childEnv+"=3")
+	env = append(withoutVar(withoutVar(withoutVar(withoutVar(env, childEnv), filterEnv), noGuardEnv), holdEnv), childEnv+"=3")
 	if cfg.noUnixGuard {
 		env = append(env, noGuardEnv+"=1")
+	}
+	if cfg.Hold {
+		env = append(env, holdEnv+"=1")
 	}
 	extra := []*os.File{childEnd}
 	if cfg.Filter != nil {
@@ -232,6 +256,7 @@ func Start(cfg Config) (*Sandbox, error) {
 		attr.GidMappingsEnableSetgroups = false
 		attr.AmbientCaps = []uintptr{unix.CAP_NET_ADMIN}
 	}
+	sb.tty = ownGroup(cmd, attr)
 	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		childEnd.Close()
@@ -295,6 +320,10 @@ func Start(cfg Config) (*Sandbox, error) {
 		}
 		rest = rest[2:]
 	}
+	if msg.Queue && len(rest) > 0 {
+		sb.queue, rest = nfqueue.New(rest[0], holdQueue), rest[1:]
+	}
+	sb.HoldError = msg.HoldErr
 	for _, f := range rest {
 		f.Close()
 	}
@@ -317,6 +346,9 @@ func Start(cfg Config) (*Sandbox, error) {
 	}
 	sb.ProxyURL = "http://127.0.0.1:" + strconv.Itoa(int(msg.HTTPPort))
 	sb.netns = msg.NetNS
+	if sb.tty != nil {
+		go sb.followStops()
+	}
 	return sb, nil
 }
 
@@ -345,7 +377,8 @@ func (sb *Sandbox) Pid() int { return sb.cmd.Process.Pid }
 // ("net:[4026532...]"), "" when unknown.
 func (sb *Sandbox) NetNS() string { return sb.netns }
 
-// Signal sends sig to the command.
+// Signal sends sig to the command (not to its process group: as a
+// terminal's signal, a forwarded one reaches the command once).
 func (sb *Sandbox) Signal(sig os.Signal) error { return sb.cmd.Process.Signal(sig) }
 
 // ReadDrops calls fn, from another goroutine, for every packet the
@@ -360,6 +393,9 @@ func (sb *Sandbox) ReadDrops(fn func(Drop)) {
 // or 128 plus the signal that killed it.
 func (sb *Sandbox) Wait() (int, error) {
 	err := sb.cmd.Wait()
+	if sb.tty != nil {
+		sb.giveBack()
+	}
 	st := sb.cmd.ProcessState
 	if st == nil {
 		return ExitSetupFailed, err
@@ -389,11 +425,21 @@ func (sb *Sandbox) Close() error {
 	if sb.leases != nil {
 		sb.leases.Close()
 	}
+	if sb.queue != nil {
+		// The held SYNs are accepted (the target's bypass): they meet
+		// the closed listener's reset.
+		sb.queue.Close()
+	}
 	if sb.guard != nil {
 		sb.guard.close()
 	}
 	return nil
 }
+
+// Queue is where the SYNs Config.Hold holds wait for a verdict (see
+// firewall.AddHold for the marks); nil without Config.Hold, or where the
+// kernel could not hold them (see HoldError).
+func (sb *Sandbox) Queue() *nfqueue.Queue { return sb.queue }
 
 // Lease lets new connections to addr on ports (on every port when all)
 // through the connect filter for d, and returns once the kernel has it:
@@ -574,6 +620,14 @@ func child(sock *os.File, args []string, stderr io.Writer) int {
 	if err := Configure(r); err != nil {
 		return fail(err)
 	}
+	var queue *os.File
+	var holdErr string
+	if _, ok := os.LookupEnv(holdEnv); ok {
+		os.Unsetenv(holdEnv)
+		if queue, err = configureHold(r.Exempt); err != nil {
+			holdErr = err.Error()
+		}
+	}
 	// The guard's filter is installed on the thread that executes the
 	// command, before the listener is handed over: the command starts
 	// under it.
@@ -592,7 +646,7 @@ func child(sock *os.File, args []string, stderr io.Writer) int {
 		}
 	}
 	os.Unsetenv(noGuardEnv)
-	msg := message{HTTPPort: ports[1], DropLog: nflogf != nil, Leases: leases != nil, Guard: guard != nil}
+	msg := message{HTTPPort: ports[1], DropLog: nflogf != nil, Leases: leases != nil, Guard: guard != nil, Queue: queue != nil, HoldErr: holdErr}
 	msg.NetNS, _ = os.Readlink("/proc/self/ns/net")
 	if nflogf != nil {
 		files = append(files, nflogf)
@@ -602,6 +656,9 @@ func child(sock *os.File, args []string, stderr io.Writer) int {
 	}
 	if guard != nil {
 		files = append(files, guard, diag)
+	}
+	if queue != nil {
+		files = append(files, queue)
 	}
 	fds := make([]int, len(files))
 	for i, f := range files {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/egress-proxy/egress/firewall/nflog"
+	"github.com/egress-proxy/egress/firewall/nfqueue"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -36,6 +37,7 @@ type Config struct {
 	Filter         *policy.ConnectFilter
 	AllowUnix      []string
 	UnixRefused    func(UnixRefusal)
+	Hold           bool
 }
 
 // Sandbox is a running command and the listeners of its namespace.
@@ -44,6 +46,7 @@ type Sandbox struct {
 	DNS                       net.PacketConn
 	ProxyURL                  string
 	Rootless                  bool
+	HoldError                 string
 }
 
 // Drop is one packet the namespace's rules refused.
@@ -72,6 +75,7 @@ func (sb *Sandbox) Wait() (int, error)                   { return ExitSetupFaile
 func (sb *Sandbox) Close() error                         { return nil }
 func (sb *Sandbox) Owner(netip.AddrPort) (Process, bool) { return Process{}, false }
 func (sb *Sandbox) Settle(context.Context)               {}
+func (sb *Sandbox) Queue() *nfqueue.Queue                { return nil }
 func (sb *Sandbox) Lease(netip.Addr, []policy.PortRange, bool, time.Duration) error {
 	return errUnsupported
 }

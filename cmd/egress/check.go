@@ -214,6 +214,27 @@ func refused(d policy.Decision) bool { return d.Denied() || pending(d) }
 
 // parseCheckTarget turns host:port, IP:port, [IPv6]:port, a bare host or
 // address (any port) or a URL into a request.
+// ambiguousIPv6 refuses "::1:80", an IPv6 address that also reads as
+// ::1 with port 80, saying how to write each.
+func ambiguousIPv6(t string) error {
+	i := strings.LastIndexByte(t, ':')
+	if i < 0 || strings.HasPrefix(t, "[") {
+		return nil
+	}
+	if _, err := netip.ParseAddr(t); err != nil {
+		return nil
+	}
+	addr, port := t[:i], t[i+1:]
+	if _, err := netip.ParseAddr(addr); err != nil {
+		return nil
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 || port[0] == '0' {
+		return nil
+	}
+	return fmt.Errorf("target %q: an IPv6 address with a port is written in brackets: did you mean [%s]:%s? (the address %s on any port is [%s])",
+		t, addr, port, t, t)
+}
+
 func parseCheckTarget(t string) (policy.Request, error) {
 	if t == "" {
 		return policy.Request{}, errors.New("empty target")
@@ -242,6 +263,9 @@ func parseCheckTarget(t string) (policy.Request, error) {
 	bare := t
 	if strings.HasPrefix(t, "[") && strings.HasSuffix(t, "]") {
 		bare = t[1 : len(t)-1]
+	}
+	if err := ambiguousIPv6(t); err != nil {
+		return policy.Request{}, err
 	}
 	if a, err := netip.ParseAddr(bare); err == nil && !strings.ContainsAny(bare, "[]") {
 		return policy.Request{Host: a.String()}, nil // a bare address: any port

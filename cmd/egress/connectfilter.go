@@ -50,9 +50,15 @@ func newServeFilter(pol *policy.Policy, current func() *policy.Policy, table *na
 	if err := firewall.Check(&f); err != nil {
 		return nil, fmt.Errorf("listen.refuse_at_connect: %w", err)
 	}
-	h, err := firewall.InstallHost(firewall.HostConfig{UIDs: uids, Exempt: exempt, Filter: f})
+	// The SYNs are held (connect() ends as the destination answers)
+	// only where a transparent listener takes the connections.
+	h, err := firewall.InstallHost(firewall.HostConfig{UIDs: uids, Exempt: exempt, Filter: f, Hold: pol.Listen.Transparent != ""})
 	if err != nil {
 		return nil, fmt.Errorf("listen.refuse_at_connect: %w (egress needs CAP_NET_ADMIN for it)", err)
+	}
+	if h.HoldError != "" {
+		logger.Info().Str("reason", h.HoldError).
+			Msg("listen.refuse_at_connect: connect() cannot wait for the destination here (no NFQUEUE); allowed connections are accepted before egress dials")
 	}
 	sf := &serveFilter{host: h, logger: logger}
 	sf.filter.Store(&f)

@@ -167,10 +167,10 @@ func printDiff(w io.Writer, changes []policy.Change, tried int) {
 		}
 	}
 	if len(changes) == 0 {
-		fmt.Fprintf(w, "no difference in the %d destinations tried\n", tried)
+		fmt.Fprintf(w, "no difference in the %s tried\n", count(tried, "destination"))
 		return
 	}
-	fmt.Fprintf(w, "\nNEW allows %s OLD refused, and refuses %d OLD allowed (of %d destinations tried)\n", count(wider, "destination"), len(changes)-wider, tried)
+	fmt.Fprintf(w, "\nNEW allows %s OLD refused, and refuses %d OLD allowed (of %s tried)\n", count(wider, "destination"), len(changes)-wider, count(tried, "destination"))
 }
 
 // examples picks up to diffExamples of changes (sorted, plain ones first)

@@ -69,8 +69,8 @@ func cmdLearn(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if l.decisions == 0 {
-		fmt.Fprintf(stderr, "egress learn: no egress decisions in %s (%d lines read; is log.format json?)\n",
-			strings.Join(fs.Args(), ", "), l.lines)
+		fmt.Fprintf(stderr, "egress learn: no egress decisions in %s (%s read; is log.format json?)\n",
+			strings.Join(fs.Args(), ", "), count(l.lines, "line"))
 		return exitUsage
 	}
 	text := l.policy(fs.Args(), *mode)
@@ -80,8 +80,8 @@ func cmdLearn(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "egress learn: %v\n", err)
 		return exitUsage
 	}
-	fmt.Fprintf(stderr, "egress learn: %d lines, %d decisions, %d destinations learned, %d lines skipped\n",
-		l.lines, l.decisions, l.learned(), l.skipped)
+	fmt.Fprintf(stderr, "egress learn: %s, %s, %s learned, %s skipped\n",
+		count(l.lines, "line"), count(l.decisions, "decision"), count(l.learned(), "destination"), count(l.skipped, "line"))
 	if n := l.heldBack(); n > 0 {
 		fmt.Fprintf(stderr, "egress learn: held back %d destination%s whose rule would lift a guard (written commented out; --lift-guards writes them)\n", n, plural(n))
 	}
@@ -379,7 +379,7 @@ func (l *learner) sorted() []*dest {
 func (l *learner) policy(files []string, mode string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Learned by egress learn from %s\n", strings.Join(files, ", "))
-	fmt.Fprintf(&b, "# (%d decisions). It allows exactly the destinations observed, on the ports\n", l.decisions)
+	fmt.Fprintf(&b, "# (%s). It allows exactly the destinations observed, on the ports\n", count(l.decisions, "decision"))
 	b.WriteString("# observed, and nothing else. Review it, then: egress lint FILE\n")
 	b.WriteString("version: 1\ndefault: deny\n")
 	fmt.Fprintf(&b, "mode: %s\n", mode)

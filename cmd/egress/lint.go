@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,26 +18,30 @@ func cmdLint(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("lint", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: egress lint FILE...")
+		fmt.Fprintln(stderr, "usage: egress lint [--json] FILE...")
 		fmt.Fprintln(stderr)
 		fmt.Fprintln(stderr, "Validates policy files. Prints every error as FILE:LINE:COL: message and exits 1;")
 		fmt.Fprintln(stderr, "prints warnings (rules that never decide, common traps) and exits 0 when the files are valid.")
+		fmt.Fprintln(stderr)
+		fs.PrintDefaults()
 	}
+	asJSON := fs.Bool("json", false, "one JSON object per FILE: {file, ok, rules, errors, warnings}")
 	if strayConfig(args, stderr, "lint", "FILE...") {
 		return exitUsage
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	files, code, ok := parseInterspersed(fs, args) // lint FILE --json too
+	if !ok {
+		return code
 	}
-	if fs.NArg() == 0 {
+	if len(files) == 0 {
 		fs.Usage()
 		return exitUsage
 	}
-	code := exitOK
-	for _, file := range fs.Args() {
+	if *asJSON {
+		return lintJSON(files, stdout)
+	}
+	code = exitOK
+	for _, file := range files {
 		data, err := reload.ReadFile(file)
 		if err != nil {
 			fmt.Fprintf(stdout, "%s: %v\n", file, errors.Unwrap(err))
@@ -62,6 +67,58 @@ func cmdLint(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "%s:%d:%d: warning: %s\n", w.File, w.Line, w.Column, w.Message)
 		}
 		fmt.Fprintf(stdout, "%s: ok (%s, %s)\n", file, count(len(p.Rules()), "rule"), count(len(warns), "warning"))
+	}
+	return code
+}
+
+// lintResult is one line of lint --json: one file's verdict.
+type lintResult struct {
+	File     string           `json:"file"`
+	OK       bool             `json:"ok"`
+	Rules    int              `json:"rules"`
+	Errors   []lintDiagnostic `json:"errors"`
+	Warnings []lintDiagnostic `json:"warnings"`
+}
+
+type lintDiagnostic struct {
+	File    string `json:"file"`
+	Line    int    `json:"line,omitempty"`
+	Column  int    `json:"column,omitempty"`
+	Message string `json:"message"`
+}
+
+// lintJSON is lint --json: the same checks and exit code, one lintResult
+// per file and line.
+func lintJSON(files []string, stdout io.Writer) int {
+	code := exitOK
+	enc := json.NewEncoder(stdout)
+	for _, file := range files {
+		r := lintResult{File: file, Errors: []lintDiagnostic{}, Warnings: []lintDiagnostic{}}
+		data, err := reload.ReadFile(file)
+		var p *policy.Policy
+		if err == nil {
+			p, err = policy.LoadWith(file, data, reload.ReadFile)
+		} else if u := errors.Unwrap(err); u != nil {
+			err = u
+		}
+		var diags policy.Errors
+		switch {
+		case errors.As(err, &diags):
+			for _, d := range diags {
+				r.Errors = append(r.Errors, lintDiagnostic{d.File, d.Line, d.Column, d.Message})
+			}
+		case err != nil:
+			r.Errors = append(r.Errors, lintDiagnostic{File: file, Message: err.Error()})
+		default:
+			r.OK, r.Rules = true, len(p.Rules())
+			for _, w := range p.Warnings() {
+				r.Warnings = append(r.Warnings, lintDiagnostic{w.File, w.Line, w.Column, w.Message})
+			}
+		}
+		if !r.OK {
+			code = exitDenied
+		}
+		enc.Encode(r)
 	}
 	return code
 }

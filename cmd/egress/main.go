@@ -11,6 +11,8 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/egress-proxy/egress/policy"
 )
 
 // Exit codes shared by every subcommand.
@@ -36,7 +38,8 @@ func commands() []command {
 		{"run", "run a command in a network namespace whose only way out is egress", cmdRun},
 		{"health", "ask a running egress's admin listener whether it is healthy", cmdHealth},
 		{"ca", "make an interception CA for hosts with http: request rules", cmdCA},
-		{"version", "print the version", cmdVersion},
+		{"completion", "print a shell completion script (bash, zsh or fish)", cmdCompletion},
+		{"version", "print the version and the commit it was built from", cmdVersion},
 	}
 }
 
@@ -45,21 +48,66 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
 		usage(stderr)
-		if len(args) == 0 {
-			return exitUsage
-		}
+		return exitUsage
+	}
+	switch args[0] {
+	case "-h", "-help", "--help":
+		usage(stderr)
 		return exitOK
+	case "-version", "--version":
+		return cmdVersion(nil, stdout, stderr)
+	case "help":
+		return cmdHelp(args[1:], stdout, stderr)
 	}
-	for _, c := range commands() {
-		if c.name == args[0] {
-			return c.run(args[1:], stdout, stderr)
-		}
+	if c, ok := lookup(args[0]); ok {
+		return c.run(args[1:], stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "egress: unknown command %q\n\n", args[0])
+	fmt.Fprintf(stderr, "egress: unknown command %q%s\n\n", args[0], didYouMean(args[0]))
 	usage(stderr)
 	return exitUsage
+}
+
+// cmdHelp prints the general usage, or with a COMMAND that command's own
+// (what 'egress COMMAND -h' prints).
+func cmdHelp(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "help" {
+		usage(stderr)
+		return exitOK
+	}
+	c, ok := lookup(args[0])
+	if !ok {
+		fmt.Fprintf(stderr, "egress help: unknown command %q%s\n\n", args[0], didYouMean(args[0]))
+		usage(stderr)
+		return exitUsage
+	}
+	// Every command prints its usage for -h and exits 0.
+	return c.run([]string{"-h"}, stdout, stderr)
+}
+
+func lookup(name string) (command, bool) {
+	for _, c := range commands() {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return command{}, false
+}
+
+// didYouMean is " (did you mean \"serve\"?)" for "serv", or "".
+func didYouMean(name string) string {
+	var names []string
+	for _, c := range commands() {
+		names = append(names, c.name)
+	}
+	if strings.HasPrefix(name, "-") {
+		return ""
+	}
+	if best := policy.Closest(name, append(names, "help")); best != "" {
+		return fmt.Sprintf(" (did you mean %q?)", best)
+	}
+	return ""
 }
 
 func usage(w io.Writer) {
@@ -67,10 +115,11 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "commands:")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-11s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Run 'egress COMMAND -h' for a command's flags.")
+	fmt.Fprintln(w, "Run 'egress help COMMAND' (or 'egress COMMAND -h') for a command's flags,")
+	fmt.Fprintln(w, "'egress --version' for the version.")
 }
 
 // configHint is what to add to "unexpected argument ARG" when ARG looks

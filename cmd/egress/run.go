@@ -15,7 +15,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -72,7 +71,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	logFile := fs.String("log", "", "write the JSON log of every connection and query to `FILE`")
 	peek := fs.Duration("peek-timeout", transparent.DefaultPeekTimeout, "how long to wait for a raw connection's first bytes (TLS SNI, HTTP Host) before deciding on its address")
 	quiet := fs.Bool("quiet", false, "print no live denials and no summary")
-	acceptFirst := fs.Bool("refuse-after-accept", false, "let every TCP connection open and refuse denied ones afterwards with a reset (default: a denied connect() fails at once with ECONNREFUSED)")
+	acceptFirst := fs.Bool("refuse-after-accept", false, "let every TCP connection open at once and refuse denied ones afterwards with a reset (default: a denied connect() fails at once with ECONNREFUSED, an allowed one ends as the destination answers)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: egress run [--config FILE] [--allow HOST[:PORT]]... [--allow-unix PATH]... [--log FILE] [--refuse-after-accept] [--quiet] -- CMD [ARGS...]")
 		fmt.Fprintln(stderr)
@@ -153,7 +152,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	sb, err := sandbox.Start(sandbox.Config{Args: cmdArgs, ExeArgs: runExeArgs, Stdout: stdout, Stderr: stderr, Filter: filter,
-		AllowUnix: allowUnix, UnixRefused: unixRefused})
+		AllowUnix: allowUnix, UnixRefused: unixRefused, Hold: !*acceptFirst})
 	if err != nil {
 		fmt.Fprintf(stderr, "egress run: %v\n", err)
 		return sandbox.ExitSetupFailed
@@ -185,6 +184,18 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	defer res.Close()
 	dial := &dialer.Dialer{Policy: current, Resolver: res}
 	tp := &transparent.Server{Policy: current, Dialer: dial, Names: loopbackNames{table}, PeekTimeout: *peek, Events: events, Logger: logger}
+	holdCtx, stopHold := context.WithCancel(context.Background())
+	defer stopHold()
+	if q := sb.Queue(); q != nil {
+		tp.Held = &transparent.Held{}
+		go holdConnects(holdCtx, q, tp, logger)
+	} else if sb.HoldError != "" {
+		// Connections are then accepted at once and dialled after their
+		// first bytes, as before: a refusing or silent destination shows
+		// as a reset or a read timeout after connect() succeeded.
+		logger.Info().Str("reason", sb.HoldError).
+			Msg("run: connect() cannot wait for the destination here (no NFQUEUE); connections are accepted before egress dials")
+	}
 	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger}
 	var recorder names.Recorder = table
 	if filter != nil {
@@ -216,16 +227,16 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	wg.Go(func() { hp.Serve(sum.identify(sb.HTTP)) })
 	wg.Go(func() { dp.Serve(sb.DNS, sb.DNSTCP) })
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	// Signals sent to egress go to CMD, as timeout(1) and sudo forward
+	// them; CMD ends as it sees fit, and egress when CMD has. CMD runs in
+	// a process group of its own (in the terminal's foreground, when
+	// egress had it), so a ^C reaches it once, from the terminal.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, forwardedSignals...)
 	defer signal.Stop(sigs)
 	go func() {
 		for sig := range sigs {
-			// A terminal's ^C or ^\ reaches the command itself (same
-			// process group); forward the rest.
-			if sig != syscall.SIGINT && sig != syscall.SIGQUIT {
-				sb.Signal(sig)
-			}
+			sb.Signal(sig)
 		}
 	}()
 

@@ -412,6 +412,11 @@ func (e *server) listenTransparent() error {
 	e.adm.TrackTunnels(eventlog.ProtoTCP, ts.Open)
 	if e.filter != nil {
 		e.filter.logRefusals(e.events, ts.DecideConnect)
+		if q := e.filter.host.Queue(); q != nil {
+			// Until the filter closes its queue at shutdown.
+			ts.Held = &transparent.Held{}
+			go holdConnects(context.Background(), q, ts, e.logger)
+		}
 	}
 	e.svcs = append(e.svcs, service{name: "transparent", addr: tl.Addr().String(), serve: func() error {
 		if err := ts.Serve(tl); !errors.Is(err, transparent.ErrServerClosed) {
@@ -555,7 +560,7 @@ func (e *server) drain() {
 	if drain <= 0 {
 		drain = defaultDrain
 	}
-	e.logger.Info().Dur("drain", drain).Int("open_tunnels", e.tunnels.Open()).Msg("shutting down: no new connections; draining open tunnels")
+	e.logger.Info().Str("drain", drain.String()).Int("open_tunnels", e.tunnels.Open()).Msg("shutting down: no new connections; draining open tunnels")
 	sctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	var wg sync.WaitGroup

@@ -207,9 +207,14 @@ func TestServeSIGTERMDrainsTunnels(t *testing.T) {
 		t.Fatalf("tunnel after SIGTERM: %q %v", b, err)
 	}
 	c.Close()
+	shutdown := make(chan string, 1)
 	go func() {
 		for sc.Scan() {
+			if strings.Contains(sc.Text(), "shutting down") {
+				shutdown <- sc.Text()
+			}
 		}
+		close(shutdown)
 	}()
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -220,6 +225,10 @@ func TestServeSIGTERMDrainsTunnels(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("egress did not exit after its last tunnel closed")
+	}
+	// The drain time with its unit, not zerolog's bare milliseconds.
+	if line := <-shutdown; !strings.Contains(line, `"drain":"10s"`) { // loopbackPolicy's timeouts.drain
+		t.Errorf("the shutdown line says %q, want \"drain\":\"10s\"", line)
 	}
 }
 

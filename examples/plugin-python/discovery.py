@@ -141,13 +141,22 @@ def requirements(config):
     """The plugin's network requirements for config (requirements.json
     lists them for the defaults)."""
     u = urlsplit(config["api_url"])
+    # The database is checked on the path its driver takes: through
+    # --db-proxy's CONNECT when given, else a direct connect (which egress
+    # run's transparent path, or a host's redirect, sees), never through
+    # HTTPS_PROXY, which the driver ignores.
+    db_proxy = config.get("db_proxy") or None
     return [
         egress_requirements.Requirement(
-            config["db_host"], int(config["db_port"]), "tcp", "PostgreSQL"),
+            config["db_host"], int(config["db_port"]), "tcp", "PostgreSQL",
+            via=None if db_proxy else egress_requirements.DIRECT,
+            proxy=db_proxy),
+        # The API client is urllib's: the environment's proxy, if any,
+        # for an IP-literal URL too.
         egress_requirements.Requirement(
             u.hostname or "", u.port or (443 if u.scheme == "https" else 80),
             u.scheme if u.scheme in ("http", "https") else "https",
-            "DBMS REST API"),
+            "DBMS REST API", via=egress_requirements.ENV),
     ]
 
 

@@ -11,17 +11,24 @@ The manifest is the file egress reads with `egress check --requirements`:
     {"plugin": "example-dbms",
      "requirements": [
        {"host": "api.example.com", "port": 443, "protocol": "https",
-        "purpose": "DBMS REST API", "required": true}]}
+        "purpose": "DBMS REST API", "required": true},
+       {"host": "10.1.2.3", "port": 5432, "via": "direct"}]}
 
 protocol is tcp, tls, http or https (default: https for 443, http for 80,
-tcp otherwise); purpose is optional; required defaults to true.
+tcp otherwise); purpose is optional; required defaults to true. via says
+which path the plugin's own client takes, and so which one is checked:
+direct (a raw connect, as database drivers and httplib.HTTPConnection(ip,
+5432) do; under `egress run` or a host's redirect that is the transparent
+path) or proxy (HTTPS_PROXY, or HTTP_PROXY for http). An IP-literal host
+defaults to direct; a name to the proxy when the environment names one.
 
 Each requirement gets exactly one outcome:
 
   ok           reached (tcp: connected; tls/https: TLS handshake verified;
                http: the origin answered)
   refused      egress's policy refused it: a 403 from the proxy, a refused
-               connect() under `egress run` (EGRESS_RUN=1), or NXDOMAIN with
+               connect() under `egress run` (EGRESS_RUN=1) that egress's
+               proxy (EGRESS_PROXY) also refuses, or NXDOMAIN with
                egress's RFC 8914 Extended DNS Error; comes with the rule an
                administrator must add under allow:
   dns_failure  the name does not resolve for a reason that is not the policy
@@ -29,14 +36,22 @@ Each requirement gets exactly one outcome:
   unreachable  allowed, but the destination refused, reset or did not answer
                (a 502/504 from the proxy, a refused connect elsewhere)
   tls_failure  the TLS handshake or certificate verification failed
+  proxy_failure
+               the proxy itself failed: it is down, wants credentials or
+               refused them (407), or refused by its own rules (a 403
+               without egress's X-Egress-* headers): not egress's policy
 
 A policy rule is given only for `refused`: telling a customer to add a rule
 that already exists, when the database is down, wastes everybody's day.
 
 Proxies are taken from the environment as urllib does: HTTPS_PROXY for tcp,
 tls and https requirements (a CONNECT tunnel, then TLS through it), HTTP_PROXY
-for http (an absolute-form request), NO_PROXY to go direct. The whole check
-is bounded by one timeout: every socket operation gets what is left of it.
+for http (an absolute-form request), NO_PROXY to go direct; credentials in
+the proxy's URL (http://USER:PASSWORD@HOST:PORT) are sent to it, and never
+printed. The whole check is bounded by one timeout: every socket operation
+gets what is left of it. When it runs out while a proxy is still connecting
+(egress tries for timeouts.dial, 10s by default), the destination is the
+one that is silent, and the outcome says so.
 
 CLI: python egress_requirements.py [--timeout S] [--ca-file F] FILE
 prints one line per requirement; exit 0 when every required one is ok, 3
@@ -70,6 +85,7 @@ except NameError:
     string_types = (str,)
 
 __all__ = ["OK", "REFUSED", "DNS_FAILURE", "UNREACHABLE", "TLS_FAILURE",
+           "PROXY_FAILURE", "DIRECT", "PROXY", "ENV",
            "Requirement", "Result", "NetworkRequirementsError", "load",
            "check", "require", "raise_unmet", "main"]
 
@@ -78,6 +94,14 @@ REFUSED = "refused"
 DNS_FAILURE = "dns_failure"
 UNREACHABLE = "unreachable"
 TLS_FAILURE = "tls_failure"
+PROXY_FAILURE = "proxy_failure"
+
+# The paths a requirement may say the plugin takes (its "via"). ENV, for
+# the Python API only, is urllib's choice for any host, IP literals too:
+# the environment's proxy unless NO_PROXY exempts the host, else direct.
+DIRECT = "direct"
+PROXY = "proxy"
+ENV = "env"
 
 PROTOCOLS = ("tcp", "tls", "http", "https")
 DEFAULT_TIMEOUT = 10.0
@@ -94,19 +118,36 @@ _now = getattr(time, "monotonic", time.time)
 class Requirement(object):
     """One destination the plugin needs."""
 
-    def __init__(self, host, port, protocol=None, purpose="", required=True):
+    def __init__(self, host, port, protocol=None, purpose="", required=True,
+                 via=None, proxy=None):
+        """via: DIRECT, PROXY, ENV (as urllib: the environment's proxy, if
+        any) or None (an IP literal: DIRECT; a name: ENV). proxy: the proxy
+        URL to check through (a driver's own proxy setting) instead of the
+        environment's; it implies via PROXY."""
         self.host = host
         self.port = port
         self.protocol = protocol or default_protocol(port)
         self.purpose = purpose or ""
         self.required = required
+        if via not in (None, DIRECT, PROXY, ENV):
+            raise ValueError("via must be %r, %r or %r" % (DIRECT, PROXY, ENV))
+        if proxy and via == DIRECT:
+            raise ValueError("a proxy with via %r" % DIRECT)
+        self.via = PROXY if proxy else via
+        self.proxy = proxy or ""
+
+    def path(self):
+        """DIRECT, PROXY, or ENV: the proxy if the environment names one."""
+        if self.via is None:
+            return DIRECT if _is_ip(self.host) else ENV
+        return self.via
 
     @classmethod
     def from_dict(cls, d, where="requirement"):
         if not isinstance(d, dict):
             raise ValueError("%s: not an object" % where)
         unknown = sorted(set(d) - set(("host", "port", "protocol", "purpose",
-                                       "required")))
+                                       "required", "via")))
         if unknown:
             raise ValueError("%s: unknown field %s" % (where, unknown[0]))
         host, port = d.get("host"), d.get("port")
@@ -126,14 +167,18 @@ class Requirement(object):
         required = d.get("required", True)
         if not isinstance(required, bool):
             raise ValueError("%s: required must be true or false" % where)
-        return cls(host.strip(), port, protocol, purpose, required)
+        via = d.get("via")
+        if via is not None and via not in (DIRECT, PROXY):
+            raise ValueError("%s: via must be %s or %s" % (where, DIRECT,
+                                                           PROXY))
+        return cls(host.strip(), port, protocol, purpose, required, via)
 
     def target(self):
         return _hostport(self.host, self.port)
 
     def __repr__(self):
-        return "Requirement(%r, %d, %r)" % (self.host, self.port,
-                                            self.protocol)
+        return "Requirement(%r, %d, %r, via=%r)" % (self.host, self.port,
+                                                    self.protocol, self.via)
 
 
 def default_protocol(port):
@@ -149,12 +194,14 @@ class Result(object):
     """
 
     def __init__(self, requirement, outcome, detail, rule=None,
-                 egress_id=None):
+                 egress_id=None, proxy_used=""):
         self.requirement = requirement
         self.outcome = outcome
         self.detail = detail
         self.rule = rule
         self.egress_id = egress_id
+        # The proxy checked through (credentials hidden), "" for direct.
+        self.proxy_used = proxy_used
 
     @property
     def ok(self):
@@ -236,7 +283,7 @@ def check(requirements, timeout=DEFAULT_TIMEOUT, ca_file=None):
     """
     reqs = _requirements(requirements)
     deadline = _now() + float(timeout)
-    env = _Env(ca_file)
+    env = _Env(ca_file, timeout)
     slots = [{"stage": "starting"} for _ in reqs]
     threads = []
     for req, slot in zip(reqs, slots):
@@ -305,6 +352,11 @@ _ADVICE = {
                  "port are right; this is not an egress policy matter",
     TLS_FAILURE: "check the certificate of %s: if a proxy intercepts TLS, "
                  "pass its CA file (ca_file or SSL_CERT_FILE)",
+    PROXY_FAILURE: "check the proxy %s: that it runs at that address, and "
+                   "its credentials (in its URL: http://USER:PASSWORD@HOST:"
+                   "PORT); a refusal by a proxy that is not egress is for "
+                   "whoever runs it to lift; this is not an egress policy "
+                   "matter",
 }
 
 
@@ -318,11 +370,16 @@ def _action(failed):
         parts.append("ask the administrator to add under allow: in the "
                      "egress policy:\n" +
                      "\n".join("  " + rule for rule in rules))
-    for outcome in (DNS_FAILURE, UNREACHABLE, TLS_FAILURE):
+    for outcome in (PROXY_FAILURE, DNS_FAILURE, UNREACHABLE, TLS_FAILURE):
         these = [r.requirement for r in failed if r.outcome == outcome]
         if not these:
             continue
-        if outcome == DNS_FAILURE:
+        if outcome == PROXY_FAILURE:
+            proxies = _unique(r.proxy_used for r in failed
+                              if r.outcome == outcome and r.proxy_used)
+            parts.append(_ADVICE[outcome] % (", ".join(proxies) or
+                                             "the proxy"))
+        elif outcome == DNS_FAILURE:
             names = ", ".join(sorted(set(r.host for r in these)))
             one = len(set(r.host for r in these)) == 1
             parts.append(_ADVICE[outcome] % (names, "s" if one else ""))
@@ -348,16 +405,30 @@ def _unique(items):
 class _Env(object):
     """What the environment says: proxies, CA file, whether in egress run."""
 
-    def __init__(self, ca_file):
+    def __init__(self, ca_file, timeout=DEFAULT_TIMEOUT):
         self.proxies = getproxies_environment()
         self.ca_file = ca_file or os.environ.get("SSL_CERT_FILE") or None
         self.egress_run = os.environ.get("EGRESS_RUN") == "1"
+        self.timeout = float(timeout)
 
     def proxy_for(self, req):
+        """The proxy URL req is checked through, "" for a direct check."""
+        path = req.path()
+        if path == DIRECT:
+            return ""
+        if req.proxy:
+            return req.proxy
         scheme = "http" if req.protocol == "http" else "https"
         proxy = self.proxies.get(scheme, "")
         if not proxy:
+            if path == PROXY:
+                raise _Failed(PROXY_FAILURE, "the plugin reaches %s through "
+                              "a proxy (via: proxy), but %s is not set"
+                              % (req.target(), "HTTP_PROXY" if scheme ==
+                                 "http" else "HTTPS_PROXY"))
             return ""
+        if path == PROXY:
+            return proxy  # the plugin's client uses it, NO_PROXY or not
         try:
             bypass = proxy_bypass_environment(req.host, self.proxies)
         except TypeError:  # Python 2.7 before 2.7.13: no proxies argument
@@ -373,15 +444,18 @@ class _Failed(Exception):
 
 
 def _run_one(req, deadline, env, slot):
+    shown = ""
     try:
         proxy = env.proxy_for(req)
+        shown = _redact(proxy)
         if proxy:
             detail = _via_proxy(req, proxy, deadline, env, slot)
         else:
             detail = _direct(req, deadline, env, slot)
-        slot["result"] = Result(req, OK, detail)
+        slot["result"] = Result(req, OK, detail, proxy_used=shown)
     except _Failed as f:
-        slot["result"] = Result(req, f.outcome, f.detail, f.rule, f.egress_id)
+        slot["result"] = Result(req, f.outcome, f.detail, f.rule, f.egress_id,
+                                proxy_used=shown)
     except Exception as e:  # a bug here must not hide the other results
         slot["result"] = Result(req, UNREACHABLE, "check failed: %s"
                                 % _errtext(e))
@@ -468,14 +542,37 @@ def _connect(req, addrs, deadline, refused_is_policy):
             err = e
             sock.close()
     code = getattr(err, "errno", None)
-    if code == errno.ECONNREFUSED and refused_is_policy:
-        # egress run refuses a denied connection at connect(); anything it
-        # allowed is accepted, and cut later if the destination fails.
+    if code == errno.ECONNREFUSED and refused_is_policy and \
+            not _destination_refused(req, deadline):
+        # egress run refuses a denied connection at connect(); an allowed
+        # one is refused at connect() too when the destination refuses it
+        # (egress holds the SYN until the destination answered).
         raise _Failed(REFUSED, "egress run refused the connection to %s: "
                       "the egress policy does not allow it" % req.target(),
                       rule=rule_for(req.host, req.port))
     raise _Failed(UNREACHABLE, "cannot connect to %s (%s)"
                   % (req.target(), _errtext(err)))
+
+
+def _destination_refused(req, deadline):
+    """Under egress run: whether egress's proxy (EGRESS_PROXY) allows a
+    tunnel to req, so that a refused connect() was the destination's."""
+    proxy = os.environ.get("EGRESS_PROXY", "")
+    if not proxy:
+        return False
+    u = urlsplit(proxy)
+    try:
+        sock = socket.create_connection((u.hostname, u.port or 80),
+                                        max(0.1, _left(deadline)))
+    except (socket.error, ValueError):
+        return False
+    try:
+        _connect_tunnel(req, sock, deadline, proxy)
+        return True  # it connected now: the refusal was not the policy's
+    except _Failed as f:
+        return f.outcome != REFUSED
+    finally:
+        sock.close()
 
 
 def _settle(req, sock, deadline):
@@ -500,26 +597,31 @@ def _settle(req, sock, deadline):
 
 # --- through a proxy --------------------------------------------------------
 
-def _via_proxy(req, proxy, deadline, env, slot):
-    u = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+def _via_proxy(req, proxy_url, deadline, env, slot):
+    u = urlsplit(proxy_url if "://" in proxy_url else "http://" + proxy_url)
     phost, pport = u.hostname or "", u.port or 80
+    proxy = _redact(proxy_url)  # what is printed: never the password
+    auth = _proxy_auth(u)
     preq = Requirement(phost, pport, "tcp")
     slot["stage"] = "connecting to the proxy %s" % proxy
     try:
         # A proxy that refuses is down, not the policy.
         sock = _connect(preq, _resolve_proxy(preq, deadline), deadline, False)
     except _Failed as f:
-        raise _Failed(UNREACHABLE, "cannot reach the proxy %s: %s"
+        raise _Failed(PROXY_FAILURE, "cannot reach the proxy %s: %s; is it "
+                      "running, and is its address right?"
                       % (proxy, f.detail))
     try:
         if req.protocol == "http":
-            slot["stage"] = "waiting for the proxy %s" % proxy
+            slot["stage"] = "waiting for the proxy %s to reach %s" % (
+                proxy, req.target())
             status = _http_head(req, sock, deadline, absolute=True,
-                                proxy=proxy)
+                                proxy=proxy, auth=auth, env=env)
             return "%s answered %s through the proxy %s" % (
                 req.target(), status, proxy)
-        slot["stage"] = "waiting for the proxy %s to open a tunnel" % proxy
-        _connect_tunnel(req, sock, deadline, proxy)
+        slot["stage"] = "waiting for the proxy %s to reach %s" % (
+            proxy, req.target())
+        _connect_tunnel(req, sock, deadline, proxy, auth, env)
         if req.protocol in ("tls", "https"):
             slot["stage"] = "in the TLS handshake with %s through %s" % (
                 req.target(), proxy)
@@ -529,6 +631,45 @@ def _via_proxy(req, proxy, deadline, env, slot):
         return "tunnel to %s opened by the proxy %s" % (req.target(), proxy)
     finally:
         sock.close()
+
+
+def _redact(proxy_url):
+    """proxy_url with its password, if any, shown as ***."""
+    if not proxy_url or "@" not in proxy_url:
+        return proxy_url
+    u = urlsplit(proxy_url if "://" in proxy_url else "http://" + proxy_url)
+    if u.password is None:
+        return proxy_url
+    netloc = u.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    shown = "%s://%s:***@%s" % (u.scheme, user, netloc[1])
+    return shown + (u.path if u.path not in ("", "/") else "")
+
+
+def _proxy_auth(u):
+    """The Proxy-Authorization header line for a URL's credentials, or ""."""
+    if u.username is None:
+        return ""
+    try:
+        from urllib.parse import unquote
+    except ImportError:  # Python 2.7
+        from urllib import unquote
+    import base64
+    cred = "%s:%s" % (unquote(u.username), unquote(u.password or ""))
+    token = base64.b64encode(cred.encode("utf-8")).decode("ascii")
+    return "Proxy-Authorization: Basic %s\r\n" % token
+
+
+def _still_connecting(req, proxy, env, what):
+    """The proxy took the request and had not answered when the check's
+    time ran out: the destination is the silent one (the proxy would have
+    answered at once had it refused, or were it down)."""
+    return _Failed(UNREACHABLE, "the proxy %s was still trying to reach %s "
+                   "when this check's %s ran out (%s; egress tries for "
+                   "timeouts.dial, 10s by default): %s does not answer, "
+                   "as a host that is down or a firewall dropping its "
+                   "packets does" % (proxy, req.target(), _secs(env.timeout),
+                                     what, req.target()))
 
 
 def _resolve_proxy(preq, deadline):
@@ -541,54 +682,66 @@ def _resolve_proxy(preq, deadline):
                       % (preq.host, _errtext(e)))
 
 
-def _connect_tunnel(req, sock, deadline, proxy):
+def _connect_tunnel(req, sock, deadline, proxy, auth="", env=None):
     target = req.target()
     try:
         _timeout_for(sock, deadline)
-        sock.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n"
+        sock.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s"
                       "User-Agent: egress_requirements\r\n\r\n"
-                      % (target, target)).encode("ascii"))
+                      % (target, target, auth)).encode("ascii"))
         status, reason, headers, body = _read_response(sock, deadline,
                                                        stop_at_200=True)
     except _Failed:
         raise
     except Exception as e:
-        raise _Failed(UNREACHABLE, "the proxy %s did not answer CONNECT %s "
-                      "(%s)" % (proxy, target, _errtext(e)))
+        if _is_timeout(e) and env is not None:
+            raise _still_connecting(req, proxy, env, "no answer to CONNECT")
+        raise _Failed(PROXY_FAILURE, "the proxy %s did not answer CONNECT "
+                      "%s (%s)" % (proxy, target, _errtext(e)))
     if status == 200:
         return
-    _proxy_failure(req, proxy, status, reason, headers, body, True)
+    _proxy_failure(req, proxy, status, reason, headers, body, True,
+                   bool(auth))
 
 
-def _http_head(req, sock, deadline, absolute, proxy=""):
+def _http_head(req, sock, deadline, absolute, proxy="", auth="", env=None):
     """HEAD / (absolute-form through a proxy); the origin's status line."""
     target = req.target()
     path = "http://%s/" % target if absolute else "/"
     try:
         _timeout_for(sock, deadline)
-        sock.sendall(("HEAD %s HTTP/1.1\r\nHost: %s\r\n"
+        sock.sendall(("HEAD %s HTTP/1.1\r\nHost: %s\r\n%s"
                       "User-Agent: egress_requirements\r\n"
-                      "Connection: close\r\n\r\n" % (path, target))
+                      "Connection: close\r\n\r\n" % (path, target, auth))
                      .encode("ascii"))
         status, reason, headers, body = _read_response(sock, deadline,
                                                        head=True)
     except _Failed:
         raise
     except Exception as e:
+        if proxy and _is_timeout(e) and env is not None:
+            raise _still_connecting(req, proxy, env, "no answer to HEAD")
         who = "the proxy %s" % proxy if proxy else target
-        raise _Failed(UNREACHABLE, "%s did not answer HEAD %s (%s)"
+        raise _Failed(PROXY_FAILURE if proxy else UNREACHABLE,
+                      "%s did not answer HEAD %s (%s)"
                       % (who, path, _errtext(e)))
     if proxy and _from_egress(status, reason, headers, body) or \
-            proxy and status in (502, 504):
-        _proxy_failure(req, proxy, status, reason, headers, body, False)
+            proxy and status in (407, 502, 504):
+        _proxy_failure(req, proxy, status, reason, headers, body, False,
+                       bool(auth))
     return ("%d %s" % (status, reason)).strip()
 
 
 def _from_egress(status, reason, headers, body):
     if status not in (403, 502, 504):
         return False
-    return ("x-egress-id" in headers or reason.startswith("egress") or
-            body.startswith("egress:"))
+    return _egress_answered(headers)
+
+
+def _egress_answered(headers):
+    """Whether an answer carries egress's headers: its 403, 502 and 504
+    always do. A 403 without them is another proxy's, by its own rules."""
+    return "x-egress-id" in headers or "x-egress-decision" in headers
 
 
 # Answers from egress (proxy/httpproxy/answer.go), in the reason phrase:
@@ -603,12 +756,25 @@ _ID_RE = re.compile(r"\(id ([0-9a-f]+)\)|^id: ([0-9a-f]+)$|; id ([0-9a-f]+)",
                     re.M)
 
 
-def _proxy_failure(req, proxy, status, reason, headers, body, connect):
+def _proxy_failure(req, proxy, status, reason, headers, body, connect,
+                   sent_credentials=False):
     egress_id = headers.get("x-egress-id") or _first(_ID_RE, reason + "\n" +
                                                      body)
     said = ("%d %s" % (status, reason)).strip()
     if body.startswith("egress: "):
         said += ": " + body.splitlines()[0][len("egress: "):]
+    if status == 407:
+        if sent_credentials:
+            raise _Failed(PROXY_FAILURE, "the proxy %s refused the "
+                          "credentials in its URL (%s)" % (proxy, said))
+        raise _Failed(PROXY_FAILURE, "the proxy %s wants credentials (%s): "
+                      "put them in its URL, http://USER:PASSWORD@HOST:PORT"
+                      % (proxy, said))
+    if status == 403 and not _egress_answered(headers):
+        raise _Failed(PROXY_FAILURE, "the proxy %s refused %s by its own "
+                      "rules (%s): it is not egress (no X-Egress-* headers), "
+                      "so no egress rule lifts this; ask whoever runs that "
+                      "proxy" % (proxy, req.target(), said))
     if status == 403:
         rule = _rule_from_body(body) or _first(_RULE_RE, reason) or \
             rule_for(req.host, req.port)
@@ -631,9 +797,6 @@ def _proxy_failure(req, proxy, status, reason, headers, body, connect):
         raise _Failed(DNS_FAILURE, "the proxy %s could not resolve %s: %s "
                       "(%s)" % (proxy, req.host, what, said),
                       egress_id=egress_id)
-    if connect and status == 407:
-        raise _Failed(UNREACHABLE, "the proxy %s wants credentials (%s)"
-                      % (proxy, said))
     raise _Failed(UNREACHABLE, "the proxy %s could not reach %s (%s)"
                   % (proxy, req.target(), said), egress_id=egress_id)
 

@@ -341,8 +341,20 @@ func dialError(ctx context.Context, req policy.Request, dec policy.Decision, fai
 		b.WriteString(")")
 		detail = b.String()
 	}
-	if ctx.Err() != nil {
-		return fmt.Errorf("%s: %w", target, ctx.Err())
+	err := ctx.Err()
+	if dl, ok := ctx.Deadline(); ok && err == nil && !time.Now().Before(dl) {
+		// The connect's own poller can report the caller's deadline
+		// before ctx's timer has marked ctx done.
+		err = context.DeadlineExceeded
+	}
+	if err != nil {
+		// Words for Go's "context canceled": %.0w keeps ctx's error for
+		// errors.Is and prints none of it.
+		why := "given up: the client went away or egress is stopping"
+		if errors.Is(err, context.DeadlineExceeded) {
+			why = "no connection within the time the caller gave"
+		}
+		return fmt.Errorf("%s: %s%.0w", target, why, err)
 	}
 	for _, a := range failed {
 		if !isTimeout(a.err) {

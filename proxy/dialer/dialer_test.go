@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egress-proxy/egress/internal/testnet"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
 )
@@ -156,7 +157,7 @@ func TestDialErrors(t *testing.T) {
 		}
 	})
 	t.Run("a listener with a full backlog times out", func(t *testing.T) {
-		ap := FullBacklog(t)
+		ap := testnet.FullBacklog(t)
 		d := &dialer.Dialer{Policy: load(t, allowLoopback), Timeout: 200 * time.Millisecond}
 		start := time.Now()
 		_, _, err := d.Dial(context.Background(), "tcp", policy.Request{Host: "127.0.0.1", Port: ap.Port()})

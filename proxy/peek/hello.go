@@ -403,7 +403,7 @@ func (f First) Refusal(pol *policy.Policy, d policy.Decision) *policy.Decision {
 	case f.Err != nil:
 		d.Reason = ReasonTLSUnreadable
 		d.Hint = "the connection starts a TLS handshake, but egress could not read its ClientHello (" + f.Err.Error() + "): a server might read a name from it that egress did not see"
-	case f.Hello.ECH && !pol.TLS.ECHPass:
+	case f.Hello.ECH && !pol.TLS.ECHPass && pol.DecidesOnNames():
 		d.Reason = ReasonTLSECH
 		if f.Hello.Name != "" {
 			d.Host = f.Hello.Name

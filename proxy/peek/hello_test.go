@@ -113,15 +113,19 @@ func TestRefusal(t *testing.T) {
 	msg := splitMsg(t, goHelloMsg(t, "a.example")).with(func(es []ext) []ext { return append(es, ext{extensionECH, []byte{0}}) }).bytes()
 	ech := First{TLS: true, Bytes: cut(0x0301, fixed(1<<14))(msg)}
 	ech.Hello, ech.Err = ParseHello(ech.Bytes)
-	refuse, _ := policy.Load("p.yaml", []byte("version: 1\ndefault: allow\n"))
-	pass, _ := policy.Load("p.yaml", []byte("version: 1\ndefault: allow\ntls:\n  ech: pass\n"))
+	refuse, _ := policy.Load("p.yaml", []byte("version: 1\ndefault: allow\ndeny:\n  - host: paste.example\n"))
+	pass, _ := policy.Load("p.yaml", []byte("version: 1\ndefault: allow\ndeny:\n  - host: paste.example\ntls:\n  ech: pass\n"))
+	addressOnly, _ := policy.Load("p.yaml", []byte("version: 1\ndefault: allow\ndeny:\n  - cidr: 192.0.2.0/24\n"))
+	clientHost, _ := policy.Load("p.yaml", []byte("version: 1\ndefault: allow\nclients:\n  - name: plugins\n    sources: [10.0.0.0/8]\n    default: deny\n    allow:\n      - host: api.example\n"))
 	for _, tt := range []struct {
 		name string
 		f    First
 		pol  *policy.Policy
 		want policy.Reason
 	}{
-		{"ECH is refused by default", ech, refuse, ReasonTLSECH},
+		{"ECH is refused by default where a host rule decides on names", ech, refuse, ReasonTLSECH},
+		{"ECH is refused where only a clients: entry has a host rule", ech, clientHost, ReasonTLSECH},
+		{"ECH changes nothing where every decision is on the address", ech, addressOnly, ""},
 		{"ECH passes with tls.ech: pass", ech, pass, ""},
 		{"unreadable TLS is refused whatever the policy", First{TLS: true, Err: &UnreadableError{Why: "test"}}, pass, ReasonTLSUnreadable},
 		{"bytes that are not TLS are not refused here", First{Bytes: []byte("GET /")}, refuse, ""},

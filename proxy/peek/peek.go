@@ -33,7 +33,7 @@ const maxPeek = 16<<10 + 5
 // will, maxPeek bytes have arrived, or timeout passes. It returns the
 // name (empty when none), where it came from, and every byte read, which
 // the caller must replay to the upstream. A timeout is not an error: a
-// client waiting for the server to speak first (PostgreSQL, MySQL, SMTP)
+// client waiting for the server to speak first (MySQL, SMTP, FTP)
 // sends nothing.
 func Read(c net.Conn, timeout time.Duration) (name, source string, buf []byte, err error) {
 	return More(c, nil, timeout)

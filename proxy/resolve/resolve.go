@@ -161,7 +161,13 @@ func (r *Resolver) Exchange(ctx context.Context, cfg policy.DNS, q dns.Question,
 	case res := <-ch:
 		return res.m, 0, res.err
 	case <-ctx.Done():
-		return nil, 0, fmt.Errorf("ask about %s: %w", q.Name, ctx.Err())
+		// Words for Go's "context deadline exceeded": %.0w keeps ctx's
+		// error for errors.Is and prints none of it.
+		why := "no answer in time"
+		if errors.Is(ctx.Err(), context.Canceled) {
+			why = "given up: the client went away or egress is stopping"
+		}
+		return nil, 0, fmt.Errorf("ask about %s: %s%.0w", q.Name, why, ctx.Err())
 	}
 }
 

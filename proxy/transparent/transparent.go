@@ -10,8 +10,9 @@
 // DNS returned that address for it to this client, or resolving it now
 // yields it. Otherwise a client could name an allowed host while connecting
 // to a denied address (SNI spoofing). With no name (a server-speaks-first
-// protocol such as PostgreSQL) the decision is on the address, and on the
-// names egress's DNS returned it for.
+// protocol such as MySQL or SMTP, or a client-first one whose first bytes
+// are neither TLS nor HTTP, such as PostgreSQL's SSLRequest) the decision
+// is on the address, and on the names egress's DNS returned it for.
 //
 // It does not set up the redirect (see sandbox and docs/transparent.md),
 // terminate TLS, or speak any protocol: denied connections are reset.
@@ -79,6 +80,11 @@ type Server struct {
 	// one with the other data paths of the process. Nil means a set of
 	// this Server's own.
 	Tunnels *tunnel.Set
+	// Held, when set, holds the upstreams Prepare dialled while their
+	// client's SYN was held (egress run's connect fidelity, issue 21);
+	// a connection that finds one uses it (see held.go). Nil: every
+	// connection is dialled after its name is read.
+	Held *Held
 
 	initOnce sync.Once
 	dial     *dialer.Dialer
@@ -232,24 +238,36 @@ func (s *Server) handle(cc *net.TCPConn) {
 	if peekTimeout <= 0 {
 		peekTimeout = DefaultPeekTimeout
 	}
-	// The client's first bytes, waited for PeekTimeout. A read error
-	// (the client closed or reset while we peeked, as a port check does)
-	// is not a reason to stop: the upstream sees the same open and
+	// The client's first bytes, waited for PeekTimeout, or until an
+	// upstream already connected for it (a held SYN) speaks first. A read
+	// error (the client closed or reset while we peeked, as a port check
+	// does) is not a reason to stop: the upstream sees the same open and
 	// close, and the copy ends at once. A TLS ClientHello is then read
 	// whole (issue 18), within tunnel.DefaultInspectTimeout from its
 	// first byte, or refused; a client that sent nothing yet is decided
 	// on the address, and its first bytes when they come (lateInspect).
+	held := s.takeHeld(c.entry.Client, dst)
+	var waitOn net.Conn = cc
+	stopWait := func() {}
+	if held != nil {
+		waitOn, stopWait = whileUpstreamSilent(cc, held)
+	}
+	firstBytes := readFirstBytes(waitOn, peekTimeout)
+	stopWait()
 	var first peek.First
 	name, source := "", peek.SourceNone
-	if head := readFirstBytes(cc, peekTimeout); peek.TLS(head) {
-		first = peek.ReadFirst(cc, head, tunnel.DefaultInspectTimeout)
+	if peek.TLS(firstBytes) {
+		first = peek.ReadFirst(cc, firstBytes, tunnel.DefaultInspectTimeout)
 		name, source = first.Hello.Name, peek.SourceSNI
 		if d := first.Refusal(pol, policy.Decision{IP: dst.Addr(), Port: dst.Port(), Source: pol.Source}); d != nil {
+			if held != nil {
+				held.Close()
+			}
 			c.deny(*d)
 			return
 		}
-	} else if len(head) > 0 {
-		name, source, first.Bytes, _ = peek.More(cc, head, peekTimeout)
+	} else if len(firstBytes) > 0 {
+		name, source, first.Bytes, _ = peek.More(cc, firstBytes, peekTimeout)
 	}
 	head := first.Bytes
 	if _, err := netip.ParseAddr(name); err == nil {
@@ -260,11 +278,19 @@ func (s *Server) handle(cc *net.TCPConn) {
 
 	req, dec, ok := s.decide(pol, name, dst, c.entry.Client.Addr())
 	if !ok {
+		if held != nil {
+			held.Close()
+		}
 		c.deny(dec)
 		return
 	}
-	// The dial gives up when the drain deadline passes.
-	up, ddec, err := s.dial.Dial(s.tunnels.Context(), "tcp", req)
+	var ddec policy.Decision
+	if held != nil {
+		up, ddec, err = s.useHeld(pol, req, held)
+	} else {
+		// The dial gives up when the drain deadline passes.
+		up, ddec, err = s.dial.Dial(s.tunnels.Context(), "tcp", req)
+	}
 	if err != nil {
 		var de *dialer.DeniedError
 		if errors.As(err, &de) {

@@ -69,7 +69,7 @@ func (r *recorder) next(t *testing.T) eventlog.Entry {
 	return eventlog.Entry{}
 }
 
-// greeter is a server-speaks-first origin (like PostgreSQL or SMTP): it
+// greeter is a server-speaks-first origin (like MySQL or SMTP): it
 // writes a greeting, then echoes.
 func greeter(t *testing.T) *net.TCPAddr {
 	t.Helper()

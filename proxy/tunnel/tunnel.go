@@ -270,7 +270,9 @@ func (g *Group) Drain(ctx context.Context) error {
 	if g.n.Wait(ctx) == nil {
 		return nil
 	}
-	err := fmt.Errorf("closed on shutdown: %w", ctx.Err())
+	// Words for Go's "context deadline exceeded": %.0w keeps ctx's
+	// error for errors.Is and prints none of it.
+	err := fmt.Errorf("closed on shutdown: still open when the drain time (timeouts.drain) ran out%.0w", ctx.Err())
 	g.mu.Lock()
 	g.closed = err
 	g.mu.Unlock()

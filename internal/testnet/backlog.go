@@ -1,4 +1,4 @@
-package dialer_test
+package testnet
 
 import (
 	"net"
@@ -12,7 +12,7 @@ import (
 // accepts and whose accept queue is full, so that a further connect hangs
 // until it times out: a dial timeout without sending traffic anywhere but
 // loopback.
-func FullBacklog(t *testing.T) netip.AddrPort {
+func FullBacklog(t testing.TB) netip.AddrPort {
 	t.Helper()
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0) // SOCK_CLOEXEC is Linux-only
 	if err != nil {
