@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"math/big"
@@ -26,6 +27,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -104,11 +106,23 @@ type result struct {
 	stdout  string
 	stderr  string
 	elapsed time.Duration
+	log     string // the command, its exit, time and output, for the test's log
 }
 
 // run runs name args with env added to cleanEnv, killing it after limit.
 func run(t *testing.T, limit time.Duration, env []string, name string, args ...string) result {
 	t.Helper()
+	r, err := runCmd(limit, env, name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(r.log)
+	return r
+}
+
+// runCmd is run without a test, for runs started on other goroutines: it
+// returns as an error what run fails the test for.
+func runCmd(limit time.Duration, env []string, name string, args ...string) (result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
@@ -120,7 +134,7 @@ func run(t *testing.T, limit time.Duration, env []string, name string, args ...s
 	err := cmd.Run()
 	r := result{stdout: stdout.String(), stderr: stderr.String(), elapsed: time.Since(start)}
 	if ctx.Err() != nil {
-		t.Fatalf("%s %s did not finish within %v (it must never hang)\nstdout:\n%s\nstderr:\n%s",
+		return r, fmt.Errorf("%s %s did not finish within %v (it must never hang)\nstdout:\n%s\nstderr:\n%s",
 			name, strings.Join(args, " "), limit, r.stdout, r.stderr)
 	}
 	var exit *exec.ExitError
@@ -128,11 +142,11 @@ func run(t *testing.T, limit time.Duration, env []string, name string, args ...s
 	case errors.As(err, &exit):
 		r.code = exit.ExitCode()
 	case err != nil:
-		t.Fatalf("run %s: %v", name, err)
+		return r, fmt.Errorf("run %s: %w", name, err)
 	}
-	t.Logf("%s %s: exit %d in %v\nstdout:\n%s\nstderr:\n%s",
+	r.log = fmt.Sprintf("%s %s: exit %d in %v\nstdout:\n%s\nstderr:\n%s",
 		filepath.Base(name), strings.Join(args, " "), r.code, r.elapsed.Round(time.Millisecond), r.stdout, r.stderr)
-	return r
+	return r, nil
 }
 
 // pluginArgs are the arguments that point plugin.py at the given targets.
@@ -315,15 +329,26 @@ func testCertificates(t *testing.T) (caPEM []byte, cert tls.Certificate) {
 }
 
 // closedPort returns a loopback port nothing listens on.
+//
+// The port stays bound, without a listener, until the test ends: the
+// kernel refuses connections to it, and no other socket (an egress run
+// started meanwhile, another test) can take the number and answer.
 func closedPort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0) // SOCK_CLOEXEC is Linux-only
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	return port
+	syscall.CloseOnExec(fd)
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sa.(*syscall.SockaddrInet4).Port
 }
 
 // connectProxy is a minimal HTTP CONNECT proxy on loopback standing for

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -291,6 +292,18 @@ func TestRequirementsUnderEgressRun(t *testing.T) {
 	if err != nil || len(configs) == 0 {
 		t.Fatalf("no ready configs: %v", err)
 	}
+	// Each run mostly waits (the silent origin takes the helper's whole
+	// time bound): they run runsAtOnce at a time, each in its own
+	// network namespace, and each is then checked in a subtest of its own.
+	type job struct {
+		name  string
+		env   []string
+		args  []string
+		cases []reqCase
+		r     result
+		err   error
+	}
+	var jobs []*job
 	for _, cfg := range configs {
 		name := strings.TrimSuffix(filepath.Base(cfg), ".yaml")
 		policyFile, nameAllowed, resolvesUnlisted := withUpstream(t, cfg, o.dnsAddr)
@@ -305,23 +318,40 @@ func TestRequirementsUnderEgressRun(t *testing.T) {
 			}
 			manifest := writeManifest(t, cases)
 			for _, py := range pys {
-				t.Run(name+"/"+mode+"/"+py.name, func(t *testing.T) {
-					args := []string{"run", "--config", policyFile}
-					for _, a := range o.allowed() {
-						args = append(args, "--allow", a)
-					}
-					args = append(args, "--")
-					if raw {
-						args = append(args, "env", "-u", "HTTP_PROXY", "-u", "HTTPS_PROXY", "-u", "http_proxy", "-u", "https_proxy")
-					}
-					args = append(args, helperArgs(py, manifest, o.tls.caFile)...)
-					r := run(t, 60*time.Second, py.env, bin, args...)
-					checkOutcomes(t, r, cases)
-					// egress run's own start and summary on top.
-					assertBounded(t, r, 3*time.Second)
-				})
+				args := []string{"run", "--config", policyFile}
+				for _, a := range o.allowed() {
+					args = append(args, "--allow", a)
+				}
+				args = append(args, "--")
+				if raw {
+					args = append(args, "env", "-u", "HTTP_PROXY", "-u", "HTTPS_PROXY", "-u", "http_proxy", "-u", "https_proxy")
+				}
+				args = append(args, helperArgs(py, manifest, o.tls.caFile)...)
+				jobs = append(jobs, &job{name: name + "/" + mode + "/" + py.name, env: py.env, args: args, cases: cases})
 			}
 		}
+	}
+	const runsAtOnce = 6
+	sem := make(chan struct{}, runsAtOnce)
+	var wg sync.WaitGroup
+	for _, j := range jobs {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			j.r, j.err = runCmd(60*time.Second, j.env, bin, j.args...)
+		})
+	}
+	wg.Wait()
+	for _, j := range jobs {
+		t.Run(j.name, func(t *testing.T) {
+			if j.err != nil {
+				t.Fatal(j.err)
+			}
+			t.Log(j.r.log)
+			checkOutcomes(t, j.r, j.cases)
+			// egress run's own start and summary on top.
+			assertBounded(t, j.r, 3*time.Second)
+		})
 	}
 }
 

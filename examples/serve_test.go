@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/egress-proxy/egress/internal/testwait"
 )
 
 // egressServe is a running `egress serve`; its JSON log lines are kept.
@@ -163,26 +165,18 @@ func TestPluginThroughEgressServe(t *testing.T) {
 					id = want.FindStringSubmatch(line)[1]
 				}
 				wantOutcome(t, r.stderr, "DBMS REST API", "ok")
-				// The denial is logged once the response is written; give
-				// the log a moment to reach us.
-				deadline := time.Now().Add(5 * time.Second)
-				for {
-					var denied bool
-					for _, l := range e.logLines() {
+				// The denial is logged once the response is written; wait
+				// for the log to reach us.
+				testwait.UntilNil(t, testwait.Timeout, func() error {
+					lines := e.logLines()
+					for _, l := range lines {
 						if l["event"] == "deny" && l["port"] == float64(db.port) && l["id"] == id && l["hint"] != "" &&
 							strings.Contains(allowHint("127.0.0.1", db.port), fmt.Sprint(l["hint"])) {
-							denied = true
+							return nil
 						}
 					}
-					if denied {
-						break
-					}
-					if time.Now().After(deadline) {
-						t.Errorf("egress logged no denial with a hint for port %d: %v", db.port, e.logLines())
-						break
-					}
-					time.Sleep(20 * time.Millisecond)
-				}
+					return fmt.Errorf("egress logged no denial with a hint for port %d: %v", db.port, lines)
+				})
 			})
 		})
 	}

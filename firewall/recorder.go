@@ -51,11 +51,6 @@ func (r *Recorder) Remember(client netip.Addr, name string, addr netip.Addr, ttl
 	}
 }
 
-// ReasonConnectFilter is the reason of a connection the filter refused
-// although the transparent listener would have let it through (the two
-// disagree: a bug to report).
-const ReasonConnectFilter policy.Reason = "connect_filter"
-
 // Refusal is the log entry of a connection the filter refused, seen as
 // the packet it logged: decided by decide (the transparent listener's
 // DecideConnect), so that its line and summary row say why, like any
@@ -63,7 +58,7 @@ const ReasonConnectFilter policy.Reason = "connect_filter"
 func Refusal(p nflog.Packet, decide func(client netip.Addr, dst netip.AddrPort) policy.Decision) eventlog.Entry {
 	e := eventlog.Entry{ID: eventlog.NewID(), Proto: eventlog.ProtoTCP, Client: p.Src, Decision: decide(p.Src.Addr(), p.Dst)}
 	if e.Decision.Allowed() {
-		e.Decision.Verdict, e.Decision.Audit, e.Decision.Reason = policy.Deny, false, ReasonConnectFilter
+		e.Decision.Verdict, e.Decision.Audit, e.Decision.Reason = policy.Deny, false, policy.ReasonConnectFilter
 		e.Decision.Hint = "the connect filter refused what the transparent listener allows; please report this"
 	}
 	return e

@@ -86,7 +86,7 @@ func TestRefusal(t *testing.T) {
 	if e := Refusal(p, deny); e.Decision.Reason != policy.ReasonNoRuleMatched || e.Client != p.Src || e.Proto != "tcp" || e.ID == "" {
 		t.Errorf("a refusal the listener agrees with: %+v", e)
 	}
-	if e := Refusal(p, allow); e.Decision.Allowed() || e.Decision.Reason != ReasonConnectFilter {
+	if e := Refusal(p, allow); e.Decision.Allowed() || e.Decision.Reason != policy.ReasonConnectFilter {
 		t.Errorf("a refusal the listener disagrees with is logged as %+v, want a denial saying connect_filter", e.Decision)
 	}
 }

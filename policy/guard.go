@@ -101,7 +101,6 @@ var (
 	teredo        = mustPrefix("2001::/32")       // RFC 4380
 	globalUnicast = mustPrefix("2000::/3")        // RFC 4291 §2.4
 	uniqueLocal   = mustPrefix("fc00::/7")        // RFC 4193
-	ipv4MappedPfx = mustPrefix("::ffff:0:0/96")   // RFC 4291 §2.5.5.2
 	metaNames     = map[string]bool{
 		"metadata":                     true, // GCP short name
 		"metadata.google.internal":     true,

@@ -142,7 +142,7 @@ func (p *Policy) setDefaults() {
 	p.Listen = Listen{HTTP: "127.0.0.1:3128", Admin: "127.0.0.1:9090", Via: true}
 	p.Log = Log{Format: "json", Level: "info"}
 	p.DNS = DNS{Timeout: 2 * time.Second, Blocked: "nxdomain", MaxTTL: time.Hour, CacheSize: 10000, ResolveUnlisted: true}
-	p.Timeouts = Timeouts{Dial: 10 * time.Second, Header: 10 * time.Second, Response: 60 * time.Second, Drain: 30 * time.Second}
+	p.Timeouts = Timeouts{Dial: 10 * time.Second, Header: 10 * time.Second, Response: 60 * time.Second, HalfClose: 30 * time.Second, Drain: 30 * time.Second}
 	p.Limits = Limits{MaxTunnels: 10000, MaxHeaderBytes: 65536}
 	p.Reload = Reload{RevokeOpen: true}
 }

@@ -147,6 +147,7 @@ timeouts:
   dial: 5s
   header: 7s
   tunnel_idle: 5m
+  half_close: 45s
   drain: 1m
 limits:
   max_tunnels: 20
@@ -170,7 +171,7 @@ tls:
 	if !reflect.DeepEqual(p.DNS, wantDNS) {
 		t.Errorf("dns %+v", p.DNS)
 	}
-	if (p.Timeouts != Timeouts{Dial: 5 * time.Second, Header: 7 * time.Second, Response: 60 * time.Second, TunnelIdle: 5 * time.Minute, Drain: time.Minute}) {
+	if (p.Timeouts != Timeouts{Dial: 5 * time.Second, Header: 7 * time.Second, Response: 60 * time.Second, TunnelIdle: 5 * time.Minute, HalfClose: 45 * time.Second, Drain: time.Minute}) {
 		t.Errorf("timeouts %+v", p.Timeouts)
 	}
 	if (p.Limits != Limits{MaxTunnels: 20, MaxHeaderBytes: 8192}) {

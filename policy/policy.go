@@ -76,6 +76,66 @@ const (
 	ReasonGuardSpecial   Reason = "guard_special"    // other IANA special-purpose, not globally reachable
 )
 
+// Reasons of refusals and closes that Decide does not make itself: a data
+// path or egress run decides them from what it sees on the wire or in
+// the system. They live here, beside the decision reasons, so that every
+// code an operator can find in the log is in one list.
+const (
+	// ReasonRevoked: a tunnel closed because a reloaded policy refuses
+	// the destination it was opened to; the line carries the new
+	// decision's rule and hint.
+	ReasonRevoked Reason = "revoked"
+	// ReasonSNIMismatch: the TLS ClientHello inside a CONNECT tunnel
+	// names a server the policy refuses, other than the one the tunnel
+	// was opened for (domain fronting).
+	ReasonSNIMismatch Reason = "sni_mismatch"
+	// ReasonNameMismatch: on the transparent path, the TLS SNI or HTTP
+	// Host names a host the original destination address does not
+	// belong to.
+	ReasonNameMismatch Reason = "name_mismatch"
+	// ReasonNotRedirected: the connection reached the transparent
+	// listener directly (its original destination is the listener
+	// itself), so there is nowhere to forward it.
+	ReasonNotRedirected Reason = "not_redirected"
+	// ReasonLoop: a connection to one of egress's own listeners, which
+	// would make the proxy talk to itself.
+	ReasonLoop Reason = "loop"
+	// ReasonConnectFilter: the connect filter refused a connection the
+	// transparent listener would have let through (the two disagree: a
+	// bug to report).
+	ReasonConnectFilter Reason = "connect_filter"
+	// ReasonUnixSocket: egress run refused a connect() to a socket file
+	// outside run.allow_unix.
+	ReasonUnixSocket Reason = "unix_socket_refused"
+	// ReasonUnixDatagram: egress run did not let the command create a
+	// unix datagram socket, which could send to any socket file.
+	ReasonUnixDatagram Reason = "unix_dgram_refused"
+	// ReasonSandboxRefused: egress run's sandbox refused a packet of a
+	// protocol that does not go through egress (UDP other than DNS,
+	// ICMP): only TCP and DNS do.
+	ReasonSandboxRefused Reason = "sandbox_refused"
+	// ReasonTLSUnreadable: the client's first bytes are the start of a
+	// TLS handshake, but no complete ClientHello egress can read came
+	// within its bound and the inspection time (issue 18). A server might
+	// read a name from them that egress never saw: refused (proxy/peek).
+	ReasonTLSUnreadable Reason = "tls_unreadable"
+	// ReasonTLSECH: the ClientHello carries encrypted_client_hello; the
+	// name an ECH server routes on is the encrypted inner one, which
+	// egress cannot read. Policy tls.ech: pass lets it through.
+	ReasonTLSECH Reason = "tls_ech"
+	// ReasonHTTPUnreadable: the bytes started as an HTTP/1 request that
+	// net/http's reader could not read, whole, within its bound and time.
+	ReasonHTTPUnreadable Reason = "http_unreadable"
+	// ReasonHTTP2Preface: HTTP/2 with prior knowledge (h2c), whose
+	// requests name their hosts in frames egress does not read, to an
+	// address the policy does not allow by itself.
+	ReasonHTTP2Preface Reason = "http2_prior_knowledge"
+	// ReasonHostMismatch: a plaintext HTTP request inside a CONNECT
+	// tunnel names a host the policy refuses at the address dialled
+	// (domain fronting over plain HTTP).
+	ReasonHostMismatch Reason = "host_mismatch"
+)
+
 // IsGuard reports whether r is one of the guard reasons.
 func (r Reason) IsGuard() bool { return len(r) > 6 && r[:6] == "guard_" }
 
@@ -269,7 +329,12 @@ type Timeouts struct {
 	Header     time.Duration // reading a client's request header; default 10s
 	Response   time.Duration // plain HTTP: waiting for the upstream's response header; default 60s
 	TunnelIdle time.Duration // close a tunnel idle this long; 0 (default) = never
-	Drain      time.Duration // on SIGTERM, how long open tunnels may finish; default 30s
+	// HalfClose bounds a half-closed tunnel: once one side has ended its
+	// direction, the other may stay silent this long, then the tunnel is
+	// closed (a client gone while its origin never answers would hold its
+	// slot forever otherwise); default 30s
+	HalfClose time.Duration
+	Drain     time.Duration // on SIGTERM, how long open tunnels may finish; default 30s
 }
 
 // Limits of egress serve.

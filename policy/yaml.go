@@ -237,7 +237,7 @@ var sectionFields = map[string][]string{
 	"listen":   {"http", "dns", "transparent", "admin", "proxy_protocol", "proxy_protocol_from", "refuse_at_connect"},
 	"log":      {"format", "level", "allowed", "file"},
 	"dns":      {"upstreams", "timeout", "blocked", "min_ttl", "max_ttl", "cache_size", "resolve_unlisted"},
-	"timeouts": {"dial", "header", "response", "tunnel_idle", "drain"},
+	"timeouts": {"dial", "header", "response", "tunnel_idle", "half_close", "drain"},
 	"limits":   {"max_tunnels", "max_header_bytes"},
 	"reload":   {"revoke_open"},
 	"tls":      {"ca_cert", "ca_key", "upstream_ca", "ech"},
@@ -1093,6 +1093,7 @@ func (l *loader) timeouts(n *yaml.Node, t *Timeouts) {
 		{"header", positive(&t.Header, "timeouts.header")},
 		{"response", positive(&t.Response, "timeouts.response")},
 		{"tunnel_idle", func(k, v *yaml.Node) { t.TunnelIdle, _ = l.duration(v, "timeouts.tunnel_idle") }},
+		{"half_close", positive(&t.HalfClose, "timeouts.half_close")},
 		{"drain", func(k, v *yaml.Node) { t.Drain, _ = l.duration(v, "timeouts.drain") }},
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/reload"
 )
 
@@ -89,11 +90,7 @@ func TestLineBufferFlushes(t *testing.T) {
 		fast := reload.NewLineBuffer(f, 50*time.Millisecond, 0)
 		defer fast.Close()
 		fast.Write([]byte("timed\n"))
-		for deadline := time.Now().Add(5 * time.Second); !strings.Contains(readFile(t, path), "timed\n"); time.Sleep(10 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatal("the timer did not flush the line")
-			}
-		}
+		testwait.Until(t, testwait.Timeout, "the timer to flush the line", func() bool { return strings.Contains(readFile(t, path), "timed\n") })
 		if got := readFile(t, path); got != "buffered\ntimed\n" {
 			t.Errorf("file %q", got)
 		}

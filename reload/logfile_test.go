@@ -5,7 +5,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
+
+	"github.com/egress-proxy/egress/internal/testwait"
 )
 
 func TestLogFileReopensOnSIGUSR1(t *testing.T) {
@@ -23,16 +24,10 @@ func TestLogFileReopensOnSIGUSR1(t *testing.T) {
 	must(t, os.Rename(path, rotated))
 	must(t, syscall.Kill(os.Getpid(), syscall.SIGUSR1))
 
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("log file not recreated within 5s of SIGUSR1")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testwait.Until(t, testwait.Timeout, "the log file recreated after SIGUSR1", func() bool {
+		_, err := os.Stat(path)
+		return err == nil
+	})
 	if _, err := l.Write([]byte("after\n")); err != nil {
 		t.Fatal(err)
 	}

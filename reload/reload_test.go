@@ -2,6 +2,7 @@ package reload
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -325,22 +327,21 @@ func TestOneEditIsOneReload(t *testing.T) {
 	}
 	before := strings.Count(logs.String(), "policy reload refused")
 	must(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
-	for deadline := time.Now().Add(5 * time.Second); strings.Count(logs.String(), "policy reload refused") == before; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("SIGHUP on the broken file logged nothing")
-		}
-	}
+	testwait.Until(t, testwait.Timeout, "SIGHUP on the broken file to log a refusal", func() bool {
+		return strings.Count(logs.String(), "policy reload refused") != before
+	})
 	quiet(t, ch)
 }
 
 // waitLog waits until the log holds text.
 func waitLog(t *testing.T, logs *syncBuffer, text string) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(logs.String(), text); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in the log within 5s:\n%s", text, logs.String())
+	testwait.UntilNil(t, testwait.Timeout, func() error {
+		if s := logs.String(); !strings.Contains(s, text) {
+			return fmt.Errorf("no %q in the log:\n%s", text, s)
 		}
-	}
+		return nil
+	})
 }
 
 func TestReloadIsAtomicForReaders(t *testing.T) {

@@ -48,6 +48,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/egress-proxy/egress/policy"
 )
 
 // archSyscalls are the numbers of the syscalls the filter watches on one
@@ -296,15 +298,19 @@ type unixGuard struct {
 	refused func(UnixRefusal)
 
 	busy chan struct{} // a slot per notification being answered: at most maxAnswering
+	done chan struct{} // closed by close
 
 	mu     sync.Mutex
 	closed bool
 }
 
 // maxAnswering bounds the notifications answered at once (each may block
-// in a connect, and the command chooses how many it makes): past it, a
-// connect() fails with EAGAIN rather than cost egress a thread.
-const maxAnswering = 256
+// in a connect, and the command chooses how many it makes). At the bound
+// egress stops receiving notifications until one is answered: the kernel
+// keeps the next callers waiting in their syscall, as a blocking
+// connect() waits, instead of failing them with EAGAIN, which blocking
+// clients do not expect (issue 19).
+var maxAnswering = 256 // a variable for a test of the bound
 
 // newUnixGuard serves the listener f until close.
 func newUnixGuard(f, diag *os.File, allow []string, refused func(UnixRefusal)) (*unixGuard, error) {
@@ -327,7 +333,7 @@ func newUnixGuard(f, diag *os.File, allow []string, refused func(UnixRefusal)) (
 		pf.Close()
 		return nil, fmt.Errorf("unix socket filter: %w", err)
 	}
-	g := &unixGuard{f: pf, rc: rc, diag: diag, allow: allow, refused: refused, busy: make(chan struct{}, maxAnswering)}
+	g := &unixGuard{f: pf, rc: rc, diag: diag, allow: allow, refused: refused, busy: make(chan struct{}, maxAnswering), done: make(chan struct{})}
 	go g.serve()
 	return g, nil
 }
@@ -337,7 +343,10 @@ func newUnixGuard(f, diag *os.File, allow []string, refused func(UnixRefusal)) (
 // once it returns.
 func (g *unixGuard) close() {
 	g.mu.Lock()
-	g.closed = true
+	if !g.closed {
+		g.closed = true
+		close(g.done)
+	}
 	g.mu.Unlock()
 	g.f.Close()
 	if g.diag != nil {
@@ -349,6 +358,13 @@ func (g *unixGuard) close() {
 
 func (g *unixGuard) serve() {
 	for {
+		// A slot before the next notification, not after: at the bound
+		// the callers wait in the kernel.
+		select {
+		case g.busy <- struct{}{}:
+		case <-g.done:
+			return
+		}
 		var n seccompNotif
 		var rerr syscall.Errno
 		hup := false
@@ -375,19 +391,15 @@ func (g *unixGuard) serve() {
 		case err != nil || hup:
 			return // closed, or no process left
 		case rerr == unix.ENOENT || rerr == unix.EINTR:
+			<-g.busy
 			continue // the caller was killed before we read its notification
 		case rerr != 0:
 			return
 		}
-		select {
-		case g.busy <- struct{}{}:
-			go func() {
-				defer func() { <-g.busy }()
-				g.answer(n)
-			}()
-		default:
-			g.send(seccompResp{ID: n.ID, Error: -int32(unix.EAGAIN)})
-		}
+		go func() {
+			defer func() { <-g.busy }()
+			g.answer(n)
+		}()
 	}
 }
 
@@ -444,7 +456,7 @@ func (g *unixGuard) decide(n *seccompNotif) (int64, syscall.Errno) {
 		// A unix datagram socket (the filter lets every other through):
 		// its arguments are values, not pointers, nothing to re-check.
 		if g.valid(n.ID) {
-			g.report(UnixRefusal{Reason: ReasonUnixDatagram}, tid)
+			g.report(UnixRefusal{Reason: policy.ReasonUnixDatagram}, tid)
 		}
 		return 0, unix.EACCES
 	}
@@ -522,13 +534,18 @@ func (g *unixGuard) connectPath(n *seccompNotif, tid, fd int, addr []byte) (int6
 	}
 	// Resolve as the caller would: a relative path from its working
 	// directory, an absolute one inside its root (a chroot). Magic links
-	// (/proc/self/...) are not followed: they would be egress's.
+	// (/proc/self/..., /proc/PID/cwd) are not followed, in either kind of
+	// path: egress would follow its own, not the caller's, so the answer
+	// is ELOOP rather than a socket the caller did not name (issue 19).
+	// An absolute symlink met on a relative path resolves from egress's
+	// root, not the caller's: a CMD that chroots should connect by
+	// absolute paths (README: the unix socket guard).
 	proc := "/proc/" + strconv.Itoa(tid) + "/"
-	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC}
+	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_MAGICLINKS}
 	dir := proc + "cwd"
 	if filepath.IsAbs(path) {
 		dir = proc + "root"
-		how.Resolve = unix.RESOLVE_IN_ROOT
+		how.Resolve |= unix.RESOLVE_IN_ROOT
 	}
 	dirfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -553,7 +570,7 @@ func (g *unixGuard) connectPath(n *seccompNotif, tid, fd int, addr []byte) (int6
 		if !g.valid(n.ID) {
 			return 0, unix.ENOENT
 		}
-		g.report(UnixRefusal{Path: path, Socket: resolved, Reason: ReasonUnixSocket}, tid)
+		g.report(UnixRefusal{Path: path, Socket: resolved, Reason: policy.ReasonUnixSocket}, tid)
 		// EACCES, not ECONNREFUSED: the kernel's own answer to a socket
 		// one may not write to. Clients say "permission denied" instead of
 		// "is the daemon running?", and do not retry.

@@ -141,6 +141,7 @@ attempt("allowed", connect(allowed))
 attempt("forbidden", connect(forbidden))
 os.chdir(os.path.dirname(forbidden))
 attempt("relative", connect(os.path.basename(forbidden)))
+attempt("relative_magic", connect(os.path.join("magic", os.path.basename(forbidden))))
 attempt("link_allowed", connect(link_allowed))
 attempt("link_forbidden", connect(link_forbidden))
 attempt("missing", connect(forbidden + ".missing"))
@@ -161,6 +162,9 @@ func TestUnixGuard(t *testing.T) {
 	linkAllowed, linkForbidden := filepath.Join(dir, "link-allow"), filepath.Join(dir, "link-forbd")
 	os.Symlink(allowed.path, linkAllowed)
 	os.Symlink(forbidden.path, linkForbidden)
+	// A relative path through a magic link: resolved by egress, /proc/self
+	// would be egress and its cwd egress's (issue 19).
+	os.Symlink("/proc/self/cwd", filepath.Join(dir, "magic"))
 	probe := filepath.Join(dir, "probe.py")
 	os.WriteFile(probe, []byte(guardProbe), 0o644)
 
@@ -191,6 +195,7 @@ func TestUnixGuard(t *testing.T) {
 				"allowed":        "ok pong",
 				"forbidden":      "EACCES",
 				"relative":       "EACCES",
+				"relative_magic": "ELOOP",   // never egress's own /proc/self
 				"link_allowed":   "ok pong", // the socket reached decides, not the name
 				"link_forbidden": "EACCES",
 				"missing":        "ENOENT", // what the kernel says; nothing refused

@@ -2,15 +2,6 @@ package sandbox
 
 import "github.com/egress-proxy/egress/policy"
 
-// Reasons of a UnixRefusal.
-const (
-	// ReasonUnixSocket: connect() to a socket file outside AllowUnix.
-	ReasonUnixSocket policy.Reason = "unix_socket_refused"
-	// ReasonUnixDatagram: a unix datagram socket, which could send to any
-	// socket file, was not created.
-	ReasonUnixDatagram policy.Reason = "unix_dgram_refused"
-)
-
 // UnixRefusal is a unix socket the sandbox refused a process.
 type UnixRefusal struct {
 	// Path is the address as the process gave it (relative perhaps), ""

@@ -16,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -34,20 +35,21 @@ func (l *lockedLog) Write(p []byte) (int, error) {
 // waitLine waits for a JSON line that pred accepts.
 func (l *lockedLog) waitLine(t *testing.T, pred func(map[string]any) bool) map[string]any {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+	var found map[string]any
+	testwait.UntilNil(t, testwait.Timeout, func() error {
 		l.mu.Lock()
 		text := l.b.String()
 		l.mu.Unlock()
 		for _, line := range strings.Split(text, "\n") {
 			var m map[string]any
 			if json.Unmarshal([]byte(line), &m) == nil && pred(m) {
-				return m
+				found = m
+				return nil
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no matching log line in:\n%s", text)
-		}
-	}
+		return fmt.Errorf("no matching log line in:\n%s", text)
+	})
+	return found
 }
 
 // TestAdminListenerIsALoop: with a policy that allows loopback, the admin

@@ -72,7 +72,8 @@ func holdConnects(ctx context.Context, q *nfqueue.Queue, tp *transparent.Server,
 			}
 		}()
 	})
-	if err != nil && ctx.Err() == nil && !errors.Is(err, os.ErrClosed) {
+	// Read returns only on an error (staticcheck SA4023: never nil).
+	if ctx.Err() == nil && !errors.Is(err, os.ErrClosed) {
 		logger.Debug().Err(err).Msg("run: connect hold stopped")
 	}
 }

@@ -142,10 +142,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	unixRefused := func(r sandbox.UnixRefusal) {
 		hint := unixHint(r)
 		sum.unixRefused(r, hint)
-		logger.Warn().Str(eventlog.FieldEvent, "deny").Str(eventlog.FieldProto, eventlog.ProtoUnix).
-			Str("path", r.Path).Str("socket", r.Socket).Int("pid", r.Process.PID).Str("process", r.Process.Comm).
-			Str(eventlog.FieldReason, string(r.Reason)).Str(eventlog.FieldHint, hint).
-			Msg("unix socket refused in the sandbox")
+		// The canonical line, not through the Sink: the summary counts
+		// the refusal itself (above), as a unix row.
+		eventlog.Log(logger, eventlog.Entry{ID: eventlog.NewID(), Proto: eventlog.ProtoUnix,
+			Decision: policy.Decision{Verdict: policy.Deny, Reason: r.Reason, Hint: hint, Source: pol.Source},
+			Path:     r.Path, Socket: r.Socket, PID: r.Process.PID, Process: r.Process.Comm})
 		if !*quiet {
 			fmt.Fprintf(stderr, "egress: denied unix %s (%s) from %s\n", unixTarget(r), r.Reason, r.Process)
 		}
@@ -214,9 +215,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 		d.Src = netip.AddrPort{}
 		sum.drop(d)
-		logger.Warn().Str(eventlog.FieldEvent, "deny").Str(eventlog.FieldProto, d.Proto).
-			Str("dst", d.String()).Str(eventlog.FieldReason, "sandbox_refused").
-			Msg("packet refused in the sandbox: only TCP and DNS go through egress")
+		// The canonical line, not through the Sink: the summary counts
+		// the drop itself (above).
+		eventlog.Log(logger, eventlog.Entry{ID: eventlog.NewID(), Proto: d.Proto,
+			Decision: policy.Decision{Verdict: policy.Deny, Reason: policy.ReasonSandboxRefused,
+				IP: d.Dst.Addr(), Port: d.Dst.Port(), Source: pol.Source}})
 	})
 
 	var wg sync.WaitGroup
@@ -432,7 +435,7 @@ func (s *runSummary) unixRefused(r sandbox.UnixRefusal, hint string) {
 // process asked for when it could not be resolved.
 func unixTarget(r sandbox.UnixRefusal) string {
 	switch {
-	case r.Reason == sandbox.ReasonUnixDatagram:
+	case r.Reason == policy.ReasonUnixDatagram:
 		return "(datagram socket)"
 	case r.Socket != "":
 		return r.Socket
@@ -442,7 +445,7 @@ func unixTarget(r sandbox.UnixRefusal) string {
 
 // unixHint says how to allow a refused unix socket, if it can be.
 func unixHint(r sandbox.UnixRefusal) string {
-	if r.Reason == sandbox.ReasonUnixDatagram {
+	if r.Reason == policy.ReasonUnixDatagram {
 		return "a unix datagram socket can send to any socket file: use SOCK_STREAM or SOCK_SEQPACKET"
 	}
 	return "egress run --allow-unix " + unixTarget(r)
@@ -636,7 +639,7 @@ func (s *runSummary) write(w io.Writer) {
 			r := s.byKey[k]
 			route := map[string]string{"proxy": "via HTTP_PROXY", "transparent": "raw socket (ignored HTTP_PROXY)",
 				"connect": "raw socket, refused at connect()", "dns": "queries", "unix": "connect()"}[k.route]
-			if o == "unix" && r.reason == sandbox.ReasonUnixDatagram {
+			if o == "unix" && r.reason == policy.ReasonUnixDatagram {
 				route = "socket()"
 			}
 			fmt.Fprintf(&b, "    %-28s %4dx  %s", k.target, r.count, route)

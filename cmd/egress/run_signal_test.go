@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/egress-proxy/egress/internal/testnet"
+	"github.com/egress-proxy/egress/internal/testwait"
 )
 
 // signalRecorder is a CMD that writes "ready", then the name of every
@@ -111,7 +111,7 @@ func TestRunForwardsSignals(t *testing.T) {
 			var stderr bytes.Buffer
 			cmd := &exec.Cmd{Stderr: &stderr}
 			startEgressCmd(t, cmd, "run", "--quiet", "--", python, recorderScript(t), out)
-			testnet.WaitFor(t, 20*time.Second, "the command to start", func() bool {
+			testwait.Until(t, 20*time.Second, "the command to start", func() bool {
 				return len(recorded(out)) > 0 || cmd.ProcessState != nil
 			})
 			if err := cmd.Process.Signal(sig); err != nil {
@@ -181,10 +181,10 @@ func TestRunTerminalSignalsReachCommandOnce(t *testing.T) {
 	cmd := &exec.Cmd{Stdin: pts, Stdout: pts, Stderr: pts,
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}}
 	startEgressCmd(t, cmd, "run", "--quiet", "--", python, recorderScript(t), out, "stay")
-	testnet.WaitFor(t, 20*time.Second, "the command to start", func() bool { return len(recorded(out)) > 0 })
+	testwait.Until(t, 20*time.Second, "the command to start", func() bool { return len(recorded(out)) > 0 })
 
 	ptm.Write([]byte{0x03}) // ^C
-	testnet.WaitFor(t, 10*time.Second, "the command to get the ^C", func() bool { return len(recorded(out)) > 1 })
+	testwait.Until(t, 10*time.Second, "the command to get the ^C", func() bool { return len(recorded(out)) > 1 })
 	ptm.Write([]byte{0x1a}) // ^Z: stops the command; egress must resume it
 	ptm.Write([]byte("quit\n"))
 	code := waitExit(t, cmd)
@@ -220,7 +220,7 @@ func (s *shellSession) command(t *testing.T, line string) {
 	t.Helper()
 	for attempt := 0; attempt < 5; attempt++ {
 		from := len(s.text())
-		testnet.WaitFor(t, 10*time.Second, "the prompt", func() bool { return strings.HasSuffix(strings.TrimRight(stripCSI(s.text()), " "), "$") })
+		testwait.Until(t, 10*time.Second, "the prompt", func() bool { return strings.HasSuffix(strings.TrimRight(stripCSI(s.text()), " "), "$") })
 		s.typeIn(line + "\n")
 		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 			if strings.Contains(stripCSI(s.text()[from:]), line) {
@@ -288,9 +288,9 @@ func TestRunJobControl(t *testing.T) {
 		out := filepath.Join(t.TempDir(), "signals")
 		s := startShell(t, "EGRESS_RUN_ARGS="+strings.Join([]string{"run", "--quiet", "--", python, recorderScript(t), out, "stay"}, "\n"))
 		s.command(t, "$E")
-		testnet.WaitFor(t, 20*time.Second, "the command to start", func() bool { return len(recorded(out)) > 0 })
+		testwait.Until(t, 20*time.Second, "the command to start", func() bool { return len(recorded(out)) > 0 })
 		s.typeIn("\x1a") // ^Z
-		testnet.WaitFor(t, 10*time.Second, "the shell to say the job stopped", func() bool { return strings.Contains(s.text(), "Stopped") })
+		testwait.Until(t, 10*time.Second, "the shell to say the job stopped", func() bool { return strings.Contains(s.text(), "Stopped") })
 		s.command(t, "fg")
 		// The command is in the foreground again once ^C reaches it.
 		for deadline := time.Now().Add(10 * time.Second); len(recorded(out)) < 2; time.Sleep(100 * time.Millisecond) {
@@ -300,7 +300,7 @@ func TestRunJobControl(t *testing.T) {
 			s.typeIn("\x03")
 		}
 		s.typeIn("quit\n")
-		testnet.WaitFor(t, 10*time.Second, "the command to end", func() bool { return strings.Contains(strings.Join(recorded(out), " "), "quit") })
+		testwait.Until(t, 10*time.Second, "the command to end", func() bool { return strings.Contains(strings.Join(recorded(out), " "), "quit") })
 		if got := strings.Join(recorded(out), " "); got != "ready SIGINT quit" {
 			t.Errorf("the command recorded %q, want one SIGINT; screen:\n%s", got, s.text())
 		}

@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/egress-proxy/egress/internal/testnet"
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/sandbox"
@@ -472,6 +473,7 @@ except socket.error as e:
 		env  []string
 	}{{"python3", nil}, {"python2.7", []string{"PYENV_VERSION=2.7.18"}}} {
 		t.Run(py.name, func(t *testing.T) {
+			t.Parallel() // each mostly sleeps out the lease: both at once
 			check := exec.Command(py.name, "-c", "import socket")
 			check.Env = append(os.Environ(), py.env...)
 			if err := check.Run(); err != nil {
@@ -820,18 +822,12 @@ out = errno.errorcode.get(ctypes.get_errno(), "?") if r < 0 else "installed"
 open(sys.argv[1], "w").write(out)
 `), 0o644)
 	runEgress(t, nil, "run", "--quiet", "--", "python3", script, result)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, err := os.ReadFile(result)
-		if err == nil && len(b) > 0 {
-			if string(b) != "EBUSY" {
-				t.Fatalf("after killing egress, the command's own seccomp listener: %q, want EBUSY", b)
-			}
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the probe wrote no result")
-		}
-		time.Sleep(50 * time.Millisecond)
+	var b []byte
+	testwait.Until(t, 10*time.Second, "the probe's result", func() bool {
+		b, _ = os.ReadFile(result)
+		return len(b) > 0
+	})
+	if string(b) != "EBUSY" {
+		t.Fatalf("after killing egress, the command's own seccomp listener: %q, want EBUSY", b)
 	}
 }

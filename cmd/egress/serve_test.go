@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/egress-proxy/egress/internal/testwait"
 )
 
 // TestServeHelperProcess is not a test: it is egress itself, run as a
@@ -192,18 +194,13 @@ func TestServeSIGTERMDrainsTunnels(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Wait for the listener to close, then show the tunnel still works.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testwait.Until(t, 10*time.Second, "egress to stop accepting after SIGTERM", func() bool {
 		nc, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			break
+		if err == nil {
+			nc.Close()
 		}
-		nc.Close()
-		if time.Now().After(deadline) {
-			t.Fatal("egress still accepts after SIGTERM")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err != nil
+	})
 	io.WriteString(c, "draining")
 	b := make([]byte, 8)
 	if _, err := io.ReadFull(br, b); err != nil || string(b) != "draining" {

@@ -33,10 +33,6 @@ type Resolver interface {
 
 var _ Resolver = (*net.Resolver)(nil)
 
-// ReasonLoop is the Reason of a decision refusing a connection to one of
-// egress's own listeners, which would make the proxy talk to itself.
-const ReasonLoop policy.Reason = "loop"
-
 // Defaults used when neither the Dialer nor the policy sets a value.
 const (
 	DefaultTimeout   = 10 * time.Second
@@ -57,7 +53,7 @@ type Dialer struct {
 	// policy's timeouts.dial, or DefaultTimeout when that is zero too.
 	Timeout time.Duration
 	// IsSelf reports whether an address is one of egress's own listeners;
-	// a connection to one is refused with ReasonLoop. Nil means none.
+	// a connection to one is refused with policy.ReasonLoop. Nil means none.
 	IsSelf func(netip.AddrPort) bool
 }
 
@@ -390,7 +386,7 @@ func isTimeout(err error) bool {
 func loopDecision(d policy.Decision) policy.Decision {
 	d.Verdict = policy.Deny
 	d.Audit = false // a loop is never let through, audit or not
-	d.Reason = ReasonLoop
+	d.Reason = policy.ReasonLoop
 	d.Rule = nil
 	d.Hint = "the destination is egress itself; point the client at the real destination"
 	return d

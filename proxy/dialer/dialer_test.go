@@ -125,7 +125,7 @@ func TestDialLoopIsDenied(t *testing.T) {
 	}
 	_, dec, err := d.Dial(context.Background(), "tcp", policy.Request{Host: "127.0.0.1", Port: ap.Port()})
 	var de *dialer.DeniedError
-	if !errors.As(err, &de) || dec.Reason != dialer.ReasonLoop {
+	if !errors.As(err, &de) || dec.Reason != policy.ReasonLoop {
 		t.Fatalf("Dial = %v, reason %q; want a loop denial", err, dec.Reason)
 	}
 }

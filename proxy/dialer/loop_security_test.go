@@ -54,7 +54,7 @@ allow:
 				c.Close()
 			}
 			var de *dialer.DeniedError
-			if !errors.As(err, &de) || dec.Reason != dialer.ReasonLoop {
+			if !errors.As(err, &de) || dec.Reason != policy.ReasonLoop {
 				t.Fatalf("dial %s port %d: err %v, reason %q; want a loop denial", tt.host, port, err, dec.Reason)
 			}
 		})

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/rs/zerolog"
 
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/names"
@@ -308,16 +310,12 @@ func (e *env) start() {
 		m := new(dns.Msg)
 		m.SetQuestion("ready.invalid.", dns.TypeA)
 		m.Opcode = dns.OpcodeStatus
-		var err error
-		for range 50 {
-			if _, _, err = c.Exchange(m, e.addr); err == nil {
-				break
+		testwait.UntilNil(t, testwait.Timeout, func() error {
+			if _, _, err := c.Exchange(m, e.addr); err != nil {
+				return fmt.Errorf("server not answering on %s: %w", n, err)
 			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		if err != nil {
-			t.Fatalf("server not answering on %s: %v", n, err)
-		}
+			return nil
+		})
 	}
 }
 

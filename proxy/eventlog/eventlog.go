@@ -41,6 +41,10 @@ const (
 	FieldBytesDown    = "bytes_down"    // destination to client
 	FieldDurationMS   = "duration_ms"   // connection lifetime
 	FieldError        = "error"         // what went wrong after the decision (dial, resolve)
+	FieldPath         = "path"          // unix only: the socket address as the process gave it
+	FieldSocket       = "socket"        // unix only: the socket file it named, resolved
+	FieldPID          = "pid"           // egress run: the process, when known
+	FieldProcess      = "process"       // egress run: its command name
 )
 
 // Proto values.
@@ -49,7 +53,9 @@ const (
 	ProtoConnect = "connect"
 	ProtoTCP     = "tcp"
 	ProtoDNS     = "dns"
-	ProtoUnix    = "unix" // a unix socket egress run's sandbox refused (no Entry: one line of its own)
+	ProtoUnix    = "unix" // a unix socket egress run's sandbox refused
+	// Other protocols of packets egress run's sandbox refused are named
+	// as the kernel names them: "udp", "icmp", "ipv6-icmp".
 )
 
 // Entry is one connection, request or query, with its decision.
@@ -62,6 +68,10 @@ type Entry struct {
 	URL      string // plain HTTP
 	QName    string // DNS
 	QType    string // DNS
+	Path     string // unix
+	Socket   string // unix
+	PID      int    // egress run: the process, when known
+	Process  string // egress run: its command name
 
 	// Set on the line logged when an allowed connection closes.
 	BytesUp   int64
@@ -137,6 +147,12 @@ func Log(l zerolog.Logger, e Entry) {
 	}
 	if e.QName != "" {
 		ev = ev.Str(FieldQName, e.QName).Str(FieldQType, e.QType)
+	}
+	if e.Proto == ProtoUnix {
+		ev = ev.Str(FieldPath, e.Path).Str(FieldSocket, e.Socket)
+	}
+	if e.PID != 0 {
+		ev = ev.Int(FieldPID, e.PID).Str(FieldProcess, e.Process)
 	}
 	ev = ev.Str(FieldRule, d.RuleLocation())
 	if d.Rule != nil {

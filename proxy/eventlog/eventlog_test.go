@@ -148,3 +148,26 @@ func BenchmarkLog(b *testing.B) {
 		eventlog.Log(l, e)
 	}
 }
+
+// egress run's refusals of what never reached a listener (a unix socket,
+// a UDP packet) are canonical lines too, with the fields of their kind.
+func TestSandboxRefusalLines(t *testing.T) {
+	var buf bytes.Buffer
+	l := zerolog.New(&buf)
+	eventlog.Log(l, eventlog.Entry{ID: "u", Proto: eventlog.ProtoUnix, PID: 42, Process: "python3",
+		Decision: policy.Decision{Verdict: policy.Deny, Reason: policy.ReasonUnixDatagram, Hint: "use SOCK_STREAM"}})
+	eventlog.Log(l, eventlog.Entry{ID: "p", Proto: "udp",
+		Decision: policy.Decision{Verdict: policy.Deny, Reason: policy.ReasonSandboxRefused, IP: netip.MustParseAddr("192.0.2.1"), Port: 123}})
+	ls := lines(t, &buf)
+	if len(ls) != 2 {
+		t.Fatalf("%d lines, want 2", len(ls))
+	}
+	u, p := ls[0], ls[1]
+	if u["event"] != "deny" || u["proto"] != "unix" || u["path"] != "" || u["socket"] != "" || u["pid"] != 42.0 ||
+		u["process"] != "python3" || u["reason"] != "unix_dgram_refused" || u["hint"] != "use SOCK_STREAM" || u["level"] != "warn" {
+		t.Errorf("unix line %v", u)
+	}
+	if p["event"] != "deny" || p["proto"] != "udp" || p["ip"] != "192.0.2.1" || p["port"] != 123.0 || p["reason"] != "sandbox_refused" || p["path"] != nil {
+		t.Errorf("packet line %v", p)
+	}
+}

@@ -46,13 +46,11 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 // client's connection, r being the request read from it and early the
 // bytes read behind it; ctx bounds the dial.
 //
-// CONNECT is handled here rather than by goproxy's handleHttps because
-// goproxy cannot give the answers egress must give: its refusals are a bare
-// "502 Bad Gateway" written on the hijacked connection (no 403, no
-// X-Egress-* headers, no body), it cannot tell 502 from 503 from 504, it
-// dials through ConnectDial (which follows HTTPS_PROXY by default), and its
-// copy loop neither counts bytes nor lets Shutdown drain open tunnels. Once
-// dialled, the tunnel is proxy/tunnel's, like every other path's.
+// Every refusal is an answer the client can read (403 with X-Egress-*
+// headers and a body; 502, 503 and 504 told apart), the dial is the
+// policy's (proxy/dialer, never a proxy from the environment), and once
+// dialled the tunnel is proxy/tunnel's, like every other path's: counted,
+// drained on shutdown, logged with its bytes.
 //
 // Every answer but the 200 is written with the explanation in its status
 // line (failure.sendConn), then the connection is closed after the client has
@@ -139,7 +137,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		if source == peek.SourceHTTP && !lineDone {
 			client = peek.GuardFirstLine(cc, head, func(err error) {
 				d := dec
-				d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, peek.ReasonHTTPUnreadable
+				d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonHTTPUnreadable
 				d.Hint = fmt.Sprintf("egress decides only on requests it can read: %v", err)
 				t.Refuse(d)
 			})
@@ -160,7 +158,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		var refused *policy.Decision
 		if err != nil {
 			d := dec
-			d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, peek.ReasonHTTPUnreadable
+			d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonHTTPUnreadable
 			d.Hint = fmt.Sprintf("egress decides only on requests it can read, and could not read this one: %v", err)
 			refused = &d
 		} else {
@@ -188,7 +186,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		// h2c with prior knowledge names its hosts in frames egress
 		// does not read: only where the address itself is allowed.
 		d := dec
-		d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, peek.ReasonHTTP2Preface
+		d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonHTTP2Preface
 		d.Hint = fmt.Sprintf("the tunnel to %s carries HTTP/2 with prior knowledge, whose hosts egress does not read: allow the address (cidr:) or use HTTP/1.1 or TLS", target)
 		entry.Decision = d
 		cc.Close()
@@ -220,7 +218,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 	if gate != nil {
 		client, upstream = gate.Client, gate.Upstream
 	}
-	t.Entry, t.Began, t.Idle = entry, rq.start, pol.Timeouts.TunnelIdle
+	t.Entry, t.Began, t.Idle, t.HalfClose = entry, rq.start, pol.Timeouts.TunnelIdle, pol.Timeouts.HalfClose
 	t.Request = rq.req
 	t.Request.IP = dec.IP
 	// This goroutine returns, and its stack goes away; an idle tunnel
@@ -230,11 +228,6 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		gate.Start() // after the tunnel: a refusal closes it
 	}
 }
-
-// ReasonHostMismatch: a plaintext HTTP request inside a CONNECT tunnel
-// names a host the policy refuses at the address dialled (domain
-// fronting over plain HTTP).
-const ReasonHostMismatch policy.Reason = "host_mismatch"
 
 // hostCheck decides a plaintext HTTP request inside a tunnel opened for
 // req and allowed by dec: a host other than the tunnel's must be one the
@@ -257,7 +250,7 @@ func hostCheck(pol *policy.Policy, req policy.Request, dec policy.Decision, host
 		return nil
 	}
 	why := d.Reason
-	d.Verdict, d.Audit, d.Reason = policy.Deny, false, ReasonHostMismatch
+	d.Verdict, d.Audit, d.Reason = policy.Deny, false, policy.ReasonHostMismatch
 	d.Hint = fmt.Sprintf("the tunnel to %s carries an HTTP request for %s, which the policy refuses there (%s)", targetString(req.Host, req.Port), host, why)
 	return &d
 }
@@ -321,15 +314,14 @@ func firstMove(ctx context.Context, cc, up net.Conn, idle time.Duration) (head, 
 	return r.b, u.b, err
 }
 
-// ReasonSNIMismatch: the TLS ClientHello inside a CONNECT tunnel names a
-// server the policy refuses, other than the one the tunnel was opened
-// for (domain fronting).
-const ReasonSNIMismatch policy.Reason = "sni_mismatch"
+// ReasonSNIMismatch is policy.ReasonSNIMismatch, under the name the
+// other branches still use while they merge; new code uses policy's.
+const ReasonSNIMismatch = policy.ReasonSNIMismatch
 
 // sniCheck returns the check of a CONNECT tunnel's first bytes, opened
 // for req and allowed by dec: a TLS handshake must give a ClientHello
-// egress can read (peek.ReasonTLSUnreadable) without ECH unless the
-// policy lets it through (peek.ReasonTLSECH), and a server name that is
+// egress can read (policy.ReasonTLSUnreadable) without ECH unless the
+// policy lets it through (policy.ReasonTLSECH), and a server name that is
 // not the tunnel's must be a name the policy allows on the address
 // dialled too, or the tunnel is refused (ReasonSNIMismatch; a name that
 // is no host name included). A hello without a server name, and

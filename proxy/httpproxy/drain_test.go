@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/egress-proxy/egress/internal/testwait"
 )
 
 // gateResolver holds every lookup of gate.test until open is closed (or
@@ -58,12 +60,10 @@ func TestShutdownLeavesNoTunnelSetUpDuringTheDrain(t *testing.T) {
 	<-gate.entered
 
 	done := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		defer cancel()
-		done <- f.proxy.Shutdown(ctx)
-	}()
-	time.Sleep(300 * time.Millisecond) // past the deadline: Shutdown is closing what is open
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	go func() { done <- f.proxy.Shutdown(ctx) }()
+	<-ctx.Done() // past the deadline: Shutdown is closing what is open
 	close(gate.open)
 	select {
 	case <-done:
@@ -97,7 +97,14 @@ func TestShutdownAlongsideConnects(t *testing.T) {
 		defer cancel()
 		done := make(chan error, 1)
 		go func() { done <- f.proxy.Shutdown(ctx) }()
-		time.Sleep(20 * time.Millisecond)
+		// Shutdown has begun once its listener refuses connections.
+		testwait.Until(t, testwait.Timeout, "Shutdown to close the listener", func() bool {
+			c, err := net.Dial("tcp", f.addr)
+			if err == nil {
+				c.Close()
+			}
+			return err != nil
+		})
 		// Let the lookups go one by one and pass the drain deadline
 		// halfway: tunnels are being set up while the drain closes them.
 		for i := range n {
@@ -108,7 +115,7 @@ func TestShutdownAlongsideConnects(t *testing.T) {
 			case gate.open <- struct{}{}:
 			case <-time.After(20 * time.Millisecond): // the lookup gave up: its request ended
 			}
-			time.Sleep(100 * time.Microsecond)
+			time.Sleep(100 * time.Microsecond) // spreads the setups over the deadline: the pacing is the test
 		}
 		<-done
 		var wg sync.WaitGroup

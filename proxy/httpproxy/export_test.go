@@ -17,3 +17,8 @@ func SetFreshIdle(d time.Duration) func() {
 	freshIdle = d
 	return func() { freshIdle = old }
 }
+
+// Pending is the number of connections accepted and not yet handed to
+// the Server or set up as a tunnel, and of the Accept in progress (a
+// connection is counted from before Accept returns it).
+func (p *Proxy) Pending() int { return p.pending.N() }

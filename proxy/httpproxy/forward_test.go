@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/egress-proxy/egress/internal/testnet"
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/httpproxy"
 )
@@ -385,17 +386,8 @@ func TestStreaming(t *testing.T) {
 		if err != nil || n != size {
 			t.Fatalf("echoed %d bytes (%v), want %d", n, err, size)
 		}
-		var line map[string]any
-		deadline := time.Now().Add(5 * time.Second)
-		for line == nil && time.Now().Before(deadline) {
-			for _, e := range f.logs.entries(t, "") {
-				if e["method"] == "PUT" {
-					line = e
-				}
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		if line == nil || line["bytes_up"] != float64(size) || line["bytes_down"] != float64(size) {
+		line := f.logs.waitLine(t, "PUT", func(e map[string]any) bool { return e["method"] == "PUT" })
+		if line["bytes_up"] != float64(size) || line["bytes_down"] != float64(size) {
 			t.Errorf("log line %v, want bytes_up and bytes_down %d", line, size)
 		}
 	})
@@ -529,16 +521,12 @@ func TestEarlyAnswerToALargeUpload(t *testing.T) {
 // has ended.
 func (f *fixture) waitEnded(t *testing.T, url, msg string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testwait.Until(t, testwait.Timeout, msg, func() bool {
 		for _, e := range f.logs.entries(t, "") {
 			if e["url"] == url {
-				return
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatal(msg)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return false
+	})
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/egress-proxy/egress/internal/testnet"
+	"github.com/egress-proxy/egress/internal/testwait"
 )
 
 // Domain fronting through CONNECT: a tunnel opened for an allowed name
@@ -37,17 +38,7 @@ func TestSecurityConnectSNIMismatch(t *testing.T) {
 	}
 	sniLine := func(f *fixture) map[string]any {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for time.Now().Before(deadline) {
-			for _, e := range f.logs.entries(t, "") {
-				if e["reason"] == "sni_mismatch" {
-					return e
-				}
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		t.Fatalf("no sni_mismatch line; log:\n%s", f.logs.b.String())
-		return nil
+		return f.logs.waitLine(t, "sni_mismatch", func(e map[string]any) bool { return e["reason"] == "sni_mismatch" })
 	}
 
 	t.Run("a ClientHello for a denied name is refused before it goes up", func(t *testing.T) {
@@ -105,13 +96,7 @@ func TestSecurityConnectSNIMismatch(t *testing.T) {
 		before := hellos.Load()
 		_, _, c, _ := f.raw("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n")
 		handshake(c, "other.test") // the upstream is no TLS server: it only counts
-		deadline := time.Now().Add(5 * time.Second)
-		for hellos.Load() == before && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if hellos.Load() == before {
-			t.Error("the ClientHello for an allowed name did not reach the upstream")
-		}
+		testwait.Until(t, testwait.Timeout, "the ClientHello for an allowed name to reach the upstream", func() bool { return hellos.Load() != before })
 	})
 
 	t.Run("a server that speaks first is not held up", func(t *testing.T) {

@@ -31,6 +31,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/egress-proxy/egress/internal/testnet"
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
@@ -115,19 +116,36 @@ func (l *logBuffer) entries(t *testing.T, id string) []map[string]any {
 // waitEntry waits for the line with id to be written (tunnels log at close).
 func (l *logBuffer) waitEntry(t *testing.T, id string) map[string]any {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if es := l.entries(t, id); len(es) > 0 {
-			if len(es) > 1 {
-				t.Errorf("%d log lines for id %s, want one", len(es), id)
-			}
-			return es[0]
+	var es []map[string]any
+	testwait.UntilNil(t, testwait.Timeout, func() error {
+		if es = l.entries(t, id); len(es) == 0 {
+			return fmt.Errorf("no log line with id %q; log:\n%s", id, l.String())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line with id %q; log:\n%s", id, l.b.String())
-		}
-		time.Sleep(10 * time.Millisecond)
+		return nil
+	})
+	if len(es) > 1 {
+		t.Errorf("%d log lines for id %s, want one", len(es), id)
 	}
+	return es[0]
+}
+
+// waitLine waits for a line that match accepts (what says which) and
+// returns the last such line.
+func (l *logBuffer) waitLine(t *testing.T, what string, match func(map[string]any) bool) map[string]any {
+	t.Helper()
+	var line map[string]any
+	testwait.UntilNil(t, testwait.Timeout, func() error {
+		for _, e := range l.entries(t, "") {
+			if match(e) {
+				line = e
+			}
+		}
+		if line == nil {
+			return fmt.Errorf("no %s line; log:\n%s", what, l.String())
+		}
+		return nil
+	})
+	return line
 }
 
 type fixture struct {

@@ -3,7 +3,6 @@ package httpproxy
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/accept"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 )
 
@@ -21,7 +21,7 @@ import (
 // on l itself and reads the start of each connection's first request on
 // a goroutine of its own: a CONNECT is answered there (connect.go), and
 // never enters the Server; every other connection is handed to the Server
-// with the bytes read so far, and goes on as before (plain HTTP, goproxy,
+// with the bytes read so far, and goes on as before (plain HTTP,
 // upgrades, later CONNECTs on a kept-alive connection).
 //
 // A CONNECT through net/http's Server costs the Server's per-connection
@@ -34,7 +34,6 @@ type connectFirst struct {
 	hdrTimeout time.Duration // timeouts.header: the whole CONNECT head within it
 	maxHeader  int           // limits.max_header_bytes
 
-	once   sync.Once
 	conns  chan net.Conn
 	errc   chan error
 	closed chan struct{}
@@ -55,36 +54,17 @@ func (p *Proxy) connectFirst(l net.Listener, hdrTimeout time.Duration, maxHeader
 }
 
 func (l *connectFirst) acceptLoop() {
-	var tempDelay time.Duration
-	for {
-		// Counted before Accept returns it: Shutdown, which closes l and
-		// then waits for the count, cannot miss a connection in between.
-		l.p.pending.Add(1)
-		c, err := l.Listener.Accept()
-		if err != nil {
-			l.p.pending.Add(-1)
-			var te interface{ Temporary() bool }
-			if errors.As(err, &te) && te.Temporary() {
-				// Back off like net/http on a transient accept error
-				// (EMFILE): retrying at once would spin.
-				tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
-				l.p.Logger.Warn().Err(err).Dur("retry_in", tempDelay).Msg("httpproxy: accept failed")
-				time.Sleep(tempDelay)
-				continue
-			}
-			select {
-			case l.errc <- err:
-			case <-l.closed:
-			}
-			return
-		}
-		tempDelay = 0
+	err := accept.Loop(l.Listener, &l.p.pending, l.p.Logger, "httpproxy", func(c net.Conn) {
 		if !l.track(c) {
 			c.Close()
-			l.p.pending.Add(-1)
-			continue
+			l.p.pending.Done()
+			return
 		}
-		go l.serveConn(c)
+		l.serveConn(c)
+	})
+	select {
+	case l.errc <- err:
+	case <-l.closed:
 	}
 }
 
@@ -147,7 +127,7 @@ var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 409
 // answered here; anything else goes to the Server with what was read.
 func (l *connectFirst) serveConn(c net.Conn) {
 	p := l.p
-	defer p.pending.Add(-1)
+	defer p.pending.Done()
 	var r *http.Request
 	defer func() {
 		if v := recover(); v != nil {
@@ -309,13 +289,4 @@ func (c *replayConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return errors.New("httpproxy: CloseWrite: not a TCP connection")
-}
-
-// waitPending waits, until ctx is done, for the connections accepted and
-// not yet handed to the Server or set up as a tunnel: a CONNECT whose head
-// was read when Shutdown began takes its tunnel slot after this.
-func (p *Proxy) waitPending(ctx context.Context) {
-	for p.pending.Load() > 0 && ctx.Err() == nil {
-		time.Sleep(time.Millisecond)
-	}
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/egress-proxy/egress/internal/testwait"
 )
 
 // writeSlowly sends s a few bytes at a time, so the proxy reads a
@@ -19,7 +21,8 @@ func writeSlowly(t *testing.T, w io.Writer, s string, n int) {
 			t.Fatal(err)
 		}
 		s = s[k:]
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond) // the pieces are what is under test: no wait for a result
+
 	}
 }
 
@@ -124,7 +127,9 @@ func TestConnectHeadTimeout(t *testing.T) {
 func TestShutdownClosesASilentConnection(t *testing.T) {
 	f := newFixture(t, testPolicy)
 	c, br := f.dial()
-	time.Sleep(50 * time.Millisecond) // accepted, waiting for its first bytes
+	// Accepted, waiting for its first bytes: counted with the next
+	// Accept, which is counted from before it returns.
+	testwait.Until(t, testwait.Timeout, "the connection accepted, waiting for its first bytes", func() bool { return f.proxy.Pending() == 2 })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	start := time.Now()

@@ -29,12 +29,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/accept"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/tunnel"
@@ -83,7 +83,7 @@ type Proxy struct {
 	poolPolicy *policy.Policy
 	pools      map[string]*pool // upstream connections by client policy name, for poolPolicy
 
-	pending atomic.Int64 // connections accepted, not yet the Server's or a tunnel's (listener.go)
+	pending accept.InFlight // connections accepted, not yet the Server's or a tunnel's (listener.go)
 }
 
 func (p *Proxy) init() {
@@ -152,7 +152,10 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 			s.Close()
 		}
 	}
-	p.waitPending(ctx) // CONNECTs answered before the Server (listener.go)
+	// Connections accepted and not yet handed to the Server or set up as
+	// a tunnel (listener.go): a CONNECT whose head was read when Shutdown
+	// began takes its tunnel slot after this.
+	p.pending.Wait(ctx)
 	if e := p.tunnels.Drain(ctx); e != nil && err == nil {
 		err = e
 	}

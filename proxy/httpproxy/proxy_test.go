@@ -15,6 +15,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/egress-proxy/egress/internal/testnet"
+	"github.com/egress-proxy/egress/internal/testwait"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
@@ -164,19 +167,7 @@ func TestConnectHalfClose(t *testing.T) {
 	}
 	id := resp.Header.Get("X-Egress-Id")
 	_ = id // the 200 carries no headers; find the line by proto instead
-	var line map[string]any
-	deadline := time.Now().Add(5 * time.Second)
-	for line == nil && time.Now().Before(deadline) {
-		for _, e := range f.logs.entries(t, "") {
-			if e["proto"] == "connect" && e["event"] == "allow" {
-				line = e
-			}
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if line == nil {
-		t.Fatal("no allow line for the tunnel")
-	}
+	line := f.logs.waitLine(t, "tunnel's allow", func(e map[string]any) bool { return e["proto"] == "connect" && e["event"] == "allow" })
 	if line["bytes_up"] != float64(1000) || line["bytes_down"] != float64(len("got 1000 bytes")) {
 		t.Errorf("bytes_up %v bytes_down %v, want 1000 and 14", line["bytes_up"], line["bytes_down"])
 	}
@@ -356,10 +347,7 @@ func TestTooManyTunnelsIs503(t *testing.T) {
 		t.Fatalf("second tunnel: %d, want 503: %s", resp.StatusCode, body)
 	}
 	c.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for f.proxy.OpenTunnels() != 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testwait.Until(t, testwait.Timeout, "the closed tunnel's slot freed", func() bool { return f.proxy.OpenTunnels() == 0 })
 	resp, _, _, _ = f.raw("CONNECT " + echo + " HTTP/1.1\r\nHost: x\r\n\r\n")
 	if resp.StatusCode != 200 {
 		t.Fatalf("after the first closed: %d, want 200", resp.StatusCode)
@@ -394,7 +382,7 @@ func TestTunnelIdleTimeout(t *testing.T) {
 		if _, err := br.ReadByte(); err != nil {
 			t.Fatalf("tunnel closed while active (round %d): %v", i, err)
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond) // activity spread past tunnel_idle: the pacing is the test
 	}
 	// ...idleness closes it.
 	start := time.Now()
@@ -511,33 +499,15 @@ func TestAuditMode(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("audit mode CONNECT: %d", resp.StatusCode)
 	}
-	found = false
-	deadline := time.Now().Add(5 * time.Second)
-	for !found && time.Now().Before(deadline) {
-		for _, e := range f.logs.entries(t, "") {
-			found = found || (e["event"] == "audit_deny" && e["proto"] == "connect")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if !found {
-		t.Fatal("no audit_deny line for the open tunnel")
-	}
+	f.logs.waitLine(t, "open tunnel's audit_deny", func(e map[string]any) bool { return e["event"] == "audit_deny" && e["proto"] == "connect" })
 	// A dial that fails after an audit denial logs its error too.
 	resp, _, _, _ = f.raw("CONNECT 127.0.0.1:" + closedPort(t) + " HTTP/1.1\r\n\r\n")
 	if resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("audit mode CONNECT to a closed port: %d, want 502", resp.StatusCode)
 	}
 	id := resp.Header.Get("X-Egress-Id")
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if es := f.logs.entries(t, id); len(es) == 1 {
-			if es[0]["event"] != "audit_deny" || es[0]["error"] == nil {
-				t.Fatalf("the failed dial's line %v, want audit_deny with its error", es[0])
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no line for the failed dial")
-		}
+	if e := f.logs.waitEntry(t, id); e["event"] != "audit_deny" || e["error"] == nil {
+		t.Fatalf("the failed dial's line %v, want audit_deny with its error", e)
 	}
 }
 
@@ -611,19 +581,13 @@ func TestShutdown(t *testing.T) {
 			defer cancel()
 			done <- f.proxy.Shutdown(ctx)
 		}()
-		// Wait until the listener is closed.
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		testwait.Until(t, testwait.Timeout, "Shutdown to close the listener", func() bool {
 			nc, err := net.DialTimeout("tcp", f.addr, time.Second)
-			if err != nil {
-				break
+			if err == nil {
+				nc.Close()
 			}
-			nc.Close()
-			if time.Now().After(deadline) {
-				t.Fatal("still accepting after Shutdown")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return err != nil
+		})
 		// The tunnel still works while draining.
 		io.WriteString(c, "still here")
 		b := make([]byte, 10)
@@ -684,5 +648,27 @@ func TestProxyUserSelectsClientPolicy(t *testing.T) {
 	resp, _, _, _ = f.raw("CONNECT origin.test:" + p + " HTTP/1.1\r\nProxy-Authorization: Basic dmVuZG9yLWE6c2VjcmV0\r\n\r\n")
 	if resp.StatusCode != 403 {
 		t.Fatalf("CONNECT as vendor-a: %d, want 403", resp.StatusCode)
+	}
+}
+
+// Issue 19: a CONNECT whose client has gone while the origin stays
+// silent (and open) was kept forever, counted against
+// limits.max_tunnels. timeouts.half_close of the policy frees it.
+func TestConnectClientGoneOriginSilent(t *testing.T) {
+	f := newFixture(t, testPolicy+"timeouts:\n  half_close: 300ms\nlimits:\n  max_tunnels: 1\n")
+	end := make(chan struct{})
+	t.Cleanup(func() { close(end) })
+	// The origin reads the client's half-close, then neither answers nor
+	// closes until the test ends.
+	silent := testnet.ServeTCP(t, func(c net.Conn) { io.Copy(io.Discard, c); <-end }).String()
+	resp, _, c, _ := f.raw("CONNECT " + silent + " HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	c.Close()
+	testwait.Until(t, testwait.Timeout, "the tunnel's slot freed", func() bool { return f.proxy.OpenTunnels() == 0 })
+	resp, _, _, _ = f.raw("CONNECT " + silent + " HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp.StatusCode != 200 {
+		t.Errorf("the next CONNECT at max_tunnels 1: status %d, want 200", resp.StatusCode)
 	}
 }

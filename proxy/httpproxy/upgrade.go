@@ -151,7 +151,7 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, fw *forward
 			return
 		}
 	}
-	t.Entry, t.Began, t.Idle = entry, fw.start, pol.Timeouts.TunnelIdle
+	t.Entry, t.Began, t.Idle, t.HalfClose = entry, fw.start, pol.Timeouts.TunnelIdle, pol.Timeouts.HalfClose
 	t.Request = fw.req
 	t.Request.IP = dec.IP
 	t.Start(cc, up)

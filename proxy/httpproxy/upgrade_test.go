@@ -76,19 +76,7 @@ func TestUpgradeIsATunnel(t *testing.T) {
 	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Fatalf("idle upgraded connection: %v, want EOF (timeouts.tunnel_idle)", err)
 	}
-	var line map[string]any
-	deadline := time.Now().Add(5 * time.Second)
-	for line == nil && time.Now().Before(deadline) {
-		for _, e := range f.logs.entries(t, "") {
-			if e["url"] == "http://"+origin+"/ws" {
-				line = e
-			}
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if line == nil {
-		t.Fatal("no line for the upgraded connection")
-	}
+	line := f.logs.waitLine(t, "upgraded connection's", func(e map[string]any) bool { return e["url"] == "http://"+origin+"/ws" })
 	if line["bytes_up"] != 4.0 || line["bytes_down"] != 6.0 || !strings.Contains(fmt.Sprint(line["error"]), "tunnel_idle") {
 		t.Errorf("line: up %v down %v error %v; want 4, 6, idle", line["bytes_up"], line["bytes_down"], line["error"])
 	}

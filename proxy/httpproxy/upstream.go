@@ -187,13 +187,6 @@ func (p *pool) close() {
 	}
 }
 
-// idleConns is the number of idle connections (tests).
-func (p *pool) idleConns() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.n
-}
-
 // pool returns the pool of one client policy of pol, for the requests pol
 // decided: a new policy closes the idle connections of the previous one's
 // pools, so that no connection is reused past a reload that might have

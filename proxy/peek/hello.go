@@ -12,19 +12,6 @@ import (
 	"github.com/egress-proxy/egress/policy"
 )
 
-// Reasons a connection is refused on its ClientHello alone.
-const (
-	// ReasonTLSUnreadable: the client's first bytes are the start of a
-	// TLS handshake, but no complete ClientHello egress can read came
-	// within MaxHello bytes and the inspection time (issue 18). A server
-	// might read a name from them that egress never saw: refused.
-	ReasonTLSUnreadable policy.Reason = "tls_unreadable"
-	// ReasonTLSECH: the ClientHello carries encrypted_client_hello; the
-	// name an ECH server routes on is the encrypted inner one, which
-	// egress cannot read. Policy tls.ech: pass lets it through.
-	ReasonTLSECH policy.Reason = "tls_ech"
-)
-
 // The bounds of the ClientHello reader.
 //
 // MaxHello bounds the ClientHello handshake message (its 4-byte header
@@ -68,7 +55,7 @@ type Hello struct {
 
 // UnreadableError says why the start of a TLS handshake could not be
 // read as one ClientHello: the connection is refused
-// (ReasonTLSUnreadable), never passed.
+// (policy.ReasonTLSUnreadable), never passed.
 type UnreadableError struct {
 	Bytes   int    // bytes read from the client
 	Records int    // complete TLS records among them
@@ -259,7 +246,7 @@ func (s *helloScan) result(st int, why string, n int) error {
 // from the call: the caller calls it when the first byte came). It
 // returns every byte read, which the caller replays upstream once it
 // has decided. Anything but a complete hello is an *UnreadableError: the
-// caller refuses the connection (ReasonTLSUnreadable).
+// caller refuses the connection (policy.ReasonTLSUnreadable).
 func ReadHello(c net.Conn, buf []byte, timeout time.Duration) (Hello, []byte, error) {
 	var s helloScan
 	h, st, why := s.next(buf)
@@ -390,8 +377,8 @@ func ReadFirst(c net.Conn, b []byte, timeout time.Duration) First {
 
 // Refusal is the refusal of a connection on its TLS alone, whatever
 // name the hello carries, or nil: a handshake that could not be read
-// (ReasonTLSUnreadable) or one carrying ECH that pol does not let
-// through (ReasonTLSECH). d is the connection's decision so far (its
+// (policy.ReasonTLSUnreadable) or one carrying ECH that pol does not let
+// through (policy.ReasonTLSECH). d is the connection's decision so far (its
 // address, port, client), which the refusal fills in. The name a
 // complete hello carries is the caller's to decide on.
 func (f First) Refusal(pol *policy.Policy, d policy.Decision) *policy.Decision {
@@ -401,10 +388,10 @@ func (f First) Refusal(pol *policy.Policy, d policy.Decision) *policy.Decision {
 	d.Verdict, d.Audit, d.Rule = policy.Deny, false, nil
 	switch {
 	case f.Err != nil:
-		d.Reason = ReasonTLSUnreadable
+		d.Reason = policy.ReasonTLSUnreadable
 		d.Hint = "the connection starts a TLS handshake, but egress could not read its ClientHello (" + f.Err.Error() + "): a server might read a name from it that egress did not see"
 	case f.Hello.ECH && !pol.TLS.ECHPass && pol.DecidesOnNames():
-		d.Reason = ReasonTLSECH
+		d.Reason = policy.ReasonTLSECH
 		if f.Hello.Name != "" {
 			d.Host = f.Hello.Name
 		}

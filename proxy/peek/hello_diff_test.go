@@ -416,7 +416,7 @@ func TestHelloDifferential(t *testing.T) {
 					// Completeness: within the bound, a hello a server reads
 					// for a host name (or none) egress reads too (no false
 					// tls_unreadable).
-					if (s.name == "" || err == nil) && len(v.msg) <= MaxHello && len(wire) <= maxHelloWire && strings.HasPrefix(eg.refused, string(ReasonTLSUnreadable)) {
+					if (s.name == "" || err == nil) && len(v.msg) <= MaxHello && len(wire) <= maxHelloWire && strings.HasPrefix(eg.refused, string(policy.ReasonTLSUnreadable)) {
 						t.Errorf("%s read the hello (name %q), egress refused it as unreadable: %s", s.server, s.name, eg.refused)
 					}
 				}

@@ -123,11 +123,11 @@ func TestRefusal(t *testing.T) {
 		pol  *policy.Policy
 		want policy.Reason
 	}{
-		{"ECH is refused by default where a host rule decides on names", ech, refuse, ReasonTLSECH},
-		{"ECH is refused where only a clients: entry has a host rule", ech, clientHost, ReasonTLSECH},
+		{"ECH is refused by default where a host rule decides on names", ech, refuse, policy.ReasonTLSECH},
+		{"ECH is refused where only a clients: entry has a host rule", ech, clientHost, policy.ReasonTLSECH},
 		{"ECH changes nothing where every decision is on the address", ech, addressOnly, ""},
 		{"ECH passes with tls.ech: pass", ech, pass, ""},
-		{"unreadable TLS is refused whatever the policy", First{TLS: true, Err: &UnreadableError{Why: "test"}}, pass, ReasonTLSUnreadable},
+		{"unreadable TLS is refused whatever the policy", First{TLS: true, Err: &UnreadableError{Why: "test"}}, pass, policy.ReasonTLSUnreadable},
 		{"bytes that are not TLS are not refused here", First{Bytes: []byte("GET /")}, refuse, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

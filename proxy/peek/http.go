@@ -12,20 +12,6 @@ import (
 	"sync"
 
 	"golang.org/x/net/http/httpguts"
-
-	"github.com/egress-proxy/egress/policy"
-)
-
-// Reasons of refusals for what the HTTP/1 reader cannot read, on every
-// path that gates plain HTTP (transparent, CONNECT tunnels).
-const (
-	// ReasonHTTPUnreadable: the bytes started as an HTTP/1 request that
-	// net/http's reader could not read, whole, within its bound and time.
-	ReasonHTTPUnreadable policy.Reason = "http_unreadable"
-	// ReasonHTTP2Preface: HTTP/2 with prior knowledge (h2c), whose
-	// requests name their hosts in frames egress does not read, to an
-	// address the policy does not allow by itself.
-	ReasonHTTP2Preface policy.Reason = "http2_prior_knowledge"
 )
 
 // ErrUnreadableRequest is wrapped by every error of RequestReader.Read

@@ -37,6 +37,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/egress-proxy/egress/proxy/accept"
 )
 
 // DefaultHeaderTimeout bounds the wait for the header of one connection.
@@ -100,26 +102,10 @@ func (l *Listener) init() {
 // acceptLoop accepts raw connections and reads each one's header in its
 // own goroutine, so that a slow or silent client cannot hold up others.
 func (l *Listener) acceptLoop() {
-	var tempDelay time.Duration
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			var te interface{ Temporary() bool }
-			if errors.As(err, &te) && te.Temporary() {
-				// Back off like net/http on a transient accept error
-				// (EMFILE): retrying at once would spin.
-				tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
-				time.Sleep(tempDelay)
-				continue
-			}
-			select {
-			case l.errc <- err:
-			case <-l.closed:
-			}
-			return
-		}
-		tempDelay = 0
-		go l.handshake(c)
+	err := accept.Loop(l.Listener, nil, l.Logger, "proxy protocol", l.handshake)
+	select {
+	case l.errc <- err:
+	case <-l.closed:
 	}
 }
 

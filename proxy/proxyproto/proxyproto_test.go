@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/egress-proxy/egress/internal/testwait"
 )
 
 type syncBuffer struct {
@@ -149,13 +152,12 @@ func TestBadOrMissingHeaderClosesTheConnection(t *testing.T) {
 			if err == nil {
 				t.Fatalf("request answered (%q), want the connection closed", got)
 			}
-			deadline := time.Now().Add(2 * time.Second)
-			for !strings.Contains(logs.String(), tt.reason) {
-				if time.Now().After(deadline) {
-					t.Fatalf("log does not give the reason %q:\n%s", tt.reason, logs.String())
+			testwait.UntilNil(t, testwait.Timeout, func() error {
+				if !strings.Contains(logs.String(), tt.reason) {
+					return fmt.Errorf("log does not give the reason %q:\n%s", tt.reason, logs.String())
 				}
-				time.Sleep(5 * time.Millisecond)
-			}
+				return nil
+			})
 			if !strings.Contains(logs.String(), "proxy protocol: connection closed") {
 				t.Errorf("log does not say the connection was closed:\n%s", logs.String())
 			}
@@ -194,11 +196,7 @@ func TestUntrustedPeerIsRefused(t *testing.T) {
 	if got, err := roundTrip(t, addr, AppendV1(nil, src, src)); err == nil {
 		t.Fatalf("untrusted peer served: %q", got)
 	}
-	for deadline := time.Now().Add(2 * time.Second); !strings.Contains(logs.String(), "not trusted"); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("log does not say why:\n%s", logs.String())
-		}
-	}
+	testwait.Until(t, testwait.Timeout, "the log to say the peer is not trusted", func() bool { return strings.Contains(logs.String(), "not trusted") })
 }
 
 func TestCloseUnblocksAccept(t *testing.T) {
@@ -212,7 +210,7 @@ func TestCloseUnblocksAccept(t *testing.T) {
 		_, err := l.Accept()
 		errc <- err
 	}()
-	time.Sleep(20 * time.Millisecond)
+	testwait.UntilBlockedIn(t, testwait.Timeout, "github.com/egress-proxy/egress/proxy/proxyproto.(*Listener).Accept")
 	l.Close()
 	select {
 	case err := <-errc:

@@ -5,6 +5,7 @@ package proxyproto_test
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/egress-proxy/egress/internal/testnet"
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/proxy/proxyproto"
 )
 
@@ -64,10 +66,13 @@ func TestTunnelThroughProxyProtocol(t *testing.T) {
 	for range 20 {
 		open()
 	}
-	time.Sleep(300 * time.Millisecond) // past the poller's burst grace
-	if n := runtime.NumGoroutine() - before; n > 30 {
-		t.Errorf("20 idle tunnels added %d goroutines: not on the poller", n)
-	}
+	// Past the poller's burst grace, the copies hand their sockets back.
+	testwait.UntilNil(t, testwait.Timeout, func() error {
+		if n := runtime.NumGoroutine() - before; n > 30 {
+			return fmt.Errorf("20 idle tunnels added %d goroutines: not on the poller", n)
+		}
+		return nil
+	})
 
 	start := time.Now()
 	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {

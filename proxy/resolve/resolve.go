@@ -222,7 +222,6 @@ func (r *Resolver) LookupNetIP(ctx context.Context, network, host string) ([]net
 	cfg := r.policy().DNS
 	type result struct {
 		addrs []netip.Addr
-		from  string // the upstream that answered, if any
 		err   error
 		nx    bool
 	}

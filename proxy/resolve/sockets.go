@@ -186,19 +186,6 @@ func (s *upSocket) add(x *exchange, pkt []byte) bool {
 	return true
 }
 
-// remove takes x out of flight; false means it was not in flight (it was
-// answered, or expired, or failed already): the caller then leaves x alone.
-func (s *upSocket) remove(id uint16, x *exchange) bool {
-	s.mu.Lock()
-	if s.pending[id] != x {
-		s.mu.Unlock()
-		return false
-	}
-	delete(s.pending, id)
-	s.unlockClosingIfDone()
-	return true
-}
-
 // expire fails the queries in flight on s whose time is up.
 func (s *upSocket) expire(now time.Time) {
 	s.fail(func(x *exchange) bool { return !now.Before(x.until) }, false, errTimedOut)

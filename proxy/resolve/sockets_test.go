@@ -13,6 +13,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -237,28 +238,24 @@ func TestUpstreamSockets(t *testing.T) {
 		if len(open) != 1 {
 			t.Fatalf("%d sockets open after one query, want 1", len(open))
 		}
-		deadline := time.Now().Add(2 * time.Second)
-		for !isClosed(open[0]) && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		if !isClosed(open[0]) || len(r.sockets.open(up.addr)) != 0 {
-			t.Fatal("an idle socket was not closed")
-		}
+		testwait.Until(t, testwait.Timeout, "the idle socket closed", func() bool {
+			return isClosed(open[0]) && len(r.sockets.open(up.addr)) == 0
+		})
 		// Past maxSocketAge a busy socket is retired too.
 		r.sockets.idle, r.sockets.age = time.Hour, 50*time.Millisecond
 		if _, err := ask(t, r, "b.test."); err != nil {
 			t.Fatal(err)
 		}
 		first := r.sockets.open(up.addr)
-		for time.Now().Before(deadline) && !isClosed(first[0]) {
-			if _, err := ask(t, r, "c.test."); err != nil {
-				t.Fatal(err)
+		testwait.UntilNil(t, testwait.Timeout, func() error {
+			if isClosed(first[0]) {
+				return nil
 			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		if !isClosed(first[0]) {
-			t.Fatal("a socket older than its age was not closed")
-		}
+			if _, err := ask(t, r, "c.test."); err != nil { // busy meanwhile
+				return fmt.Errorf("ask: %w", err)
+			}
+			return errors.New("a socket older than its age was not closed")
+		})
 	})
 	t.Run("the sockets of an upstream a reload removed are closed", func(t *testing.T) {
 		a, b := newPortUpstream(t), newPortUpstream(t)
@@ -271,10 +268,7 @@ func TestUpstreamSockets(t *testing.T) {
 		}
 		old := r.sockets.open(a.addr)
 		cur.Store(loadPolicy(t, b.addr))
-		deadline := time.Now().Add(2 * time.Second)
-		for len(r.sockets.open(a.addr)) > 0 && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
+		testwait.Until(t, testwait.Timeout, "no socket open to the removed upstream", func() bool { return len(r.sockets.open(a.addr)) == 0 })
 		for _, s := range old {
 			if !isClosed(s) {
 				t.Fatalf("a socket to %s, no longer an upstream, is open", a.addr)

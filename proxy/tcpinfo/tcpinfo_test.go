@@ -25,10 +25,24 @@ func TestIdleCountsFromTheLastDataReceived(t *testing.T) {
 	}
 	defer server.Close()
 
+	// Data both ways, then silence: the silence is what is measured, so
+	// this test sleeps for it. Bounded on both sides, so that a value
+	// counted from elsewhere (the connection's start, boot) fails.
+	for _, w := range []net.Conn{client, server} {
+		if _, err := w.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range []net.Conn{client, server} {
+		if _, err := r.Read(make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lastData := time.Now()
 	time.Sleep(300 * time.Millisecond)
 	d, ok := Idle(client, server)
-	if !ok || d < 200*time.Millisecond {
-		t.Fatalf("Idle after 300ms of silence = %v, %v; want ≥ 200ms, true", d, ok)
+	if since := time.Since(lastData); !ok || d < 200*time.Millisecond || d > since+20*time.Millisecond {
+		t.Fatalf("Idle after 300ms of silence = %v, %v; want between 200ms and %v, true", d, ok, since)
 	}
 	if _, err := client.Write([]byte("x")); err != nil {
 		t.Fatal(err)

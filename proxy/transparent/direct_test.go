@@ -43,7 +43,7 @@ func TestDirectConnectionWithoutNATIsNotRedirected(t *testing.T) {
 	}
 	select {
 	case e := <-got:
-		if e.Decision.Reason != ReasonNotRedirected || e.Decision.Allowed() || e.ID == "" || e.Err == nil {
+		if e.Decision.Reason != policy.ReasonNotRedirected || e.Decision.Allowed() || e.ID == "" || e.Err == nil {
 			t.Errorf("entry = %+v (err %v), want a not_redirected denial with an id and the error", e.Decision, e.Err)
 		}
 	case <-time.After(5 * time.Second):

@@ -19,7 +19,6 @@ import (
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/names"
-	"github.com/egress-proxy/egress/proxy/peek"
 )
 
 // Issue 18 on the transparent path (serve's transparent listener and
@@ -89,7 +88,7 @@ deny:
 			io.Copy(io.Discard, c) // the greeting, if it was let through, then the reset
 			e := rec.next(t)
 			switch e.Decision.Reason {
-			case peek.ReasonTLSUnreadable, peek.ReasonTLSECH, policy.ReasonDeniedByRule:
+			case policy.ReasonTLSUnreadable, policy.ReasonTLSECH, policy.ReasonDeniedByRule:
 			default:
 				t.Fatalf("decision %+v, want a refusal on the hello", e.Decision)
 			}

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/egress-proxy/egress/proxy/peek"
+	"github.com/egress-proxy/egress/policy"
 )
 
 // Issue 18's reproductions and the differential test of the HTTP/1 gate:
@@ -131,10 +131,10 @@ func TestHTTPGateRefusesWhatItCannotRead(t *testing.T) {
 		name, raw string
 		want      string
 	}{
-		{"the h2c preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", string(peek.ReasonHTTP2Preface)},
-		{"a malformed header line", "GET / HTTP/1.1\r\nHost web.test\r\n\r\n", string(peek.ReasonHTTPUnreadable)},
-		{"two Host headers", "GET / HTTP/1.1\r\nHost: web.test\r\nHost: evil.test\r\n\r\n", string(peek.ReasonHTTPUnreadable)},
-		{"an HTTP version net/http does not read", "GET / HTTP/1.1x\r\nHost: web.test\r\n\r\n", string(peek.ReasonHTTPUnreadable)},
+		{"the h2c preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", string(policy.ReasonHTTP2Preface)},
+		{"a malformed header line", "GET / HTTP/1.1\r\nHost web.test\r\n\r\n", string(policy.ReasonHTTPUnreadable)},
+		{"two Host headers", "GET / HTTP/1.1\r\nHost: web.test\r\nHost: evil.test\r\n\r\n", string(policy.ReasonHTTPUnreadable)},
+		{"an HTTP version net/http does not read", "GET / HTTP/1.1x\r\nHost: web.test\r\n\r\n", string(policy.ReasonHTTPUnreadable)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := f.ns.Dial(t, "127.0.0.1:"+port)

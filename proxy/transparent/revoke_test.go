@@ -83,7 +83,7 @@ func TestReloadRevokesTransparentConnections(t *testing.T) {
 	}
 	select {
 	case e := <-lines:
-		if e.Proto != eventlog.ProtoTCP || e.Decision.Reason != tunnel.ReasonRevoked || e.Decision.RuleLocation() != "test.yaml:6" || e.Decision.Port != gone.Port() {
+		if e.Proto != eventlog.ProtoTCP || e.Decision.Reason != policy.ReasonRevoked || e.Decision.RuleLocation() != "test.yaml:6" || e.Decision.Port != gone.Port() {
 			t.Errorf("line: %s %s rule %q port %d", e.Proto, e.Decision.Reason, e.Decision.RuleLocation(), e.Decision.Port)
 		}
 	case <-time.After(5 * time.Second):

@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/egress-proxy/egress/internal/testnet"
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/httpproxy"
 	"github.com/egress-proxy/egress/proxy/transparent"
@@ -77,12 +78,7 @@ func TestMaxTunnelsIsSharedAcrossPaths(t *testing.T) {
 		return err == nil, c
 	}
 	waitFree := func() {
-		for deadline := time.Now().Add(5 * time.Second); set.Open() != 0; {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d tunnels still counted", set.Open())
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		testwait.Until(t, testwait.Timeout, "every tunnel's slot freed", func() bool { return set.Open() == 0 })
 	}
 
 	code, c := connect()

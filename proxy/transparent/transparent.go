@@ -28,30 +28,18 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/accept"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/names"
 	"github.com/egress-proxy/egress/proxy/origin"
 	"github.com/egress-proxy/egress/proxy/peek"
 	"github.com/egress-proxy/egress/proxy/tunnel"
-)
-
-// Reasons of decisions only the transparent path makes.
-const (
-	// ReasonNameMismatch: the TLS SNI or HTTP Host names a host the
-	// original destination address does not belong to.
-	ReasonNameMismatch policy.Reason = "name_mismatch"
-	// ReasonNotRedirected: the connection reached the listener directly
-	// (its original destination is the listener itself), so there is
-	// nowhere to forward it.
-	ReasonNotRedirected policy.Reason = "not_redirected"
 )
 
 // Defaults used when neither the Server nor the policy sets a value.
@@ -69,7 +57,7 @@ type Server struct {
 	// Dialer dials the original destinations. Nil means a Dialer with
 	// Policy, Resolver and no loop guard (the redirect rules must exempt
 	// egress's own traffic; a connection straight to the listener is
-	// refused with ReasonNotRedirected).
+	// refused with policy.ReasonNotRedirected).
 	Dialer *dialer.Dialer
 	// Resolver checks that a name from SNI or Host resolves to the
 	// original address when Names does not know it. Nil means the Dialer's,
@@ -106,7 +94,7 @@ type Server struct {
 	// accepted counts the connections being accepted, or accepted and
 	// not yet holding a tunnel slot: Shutdown waits for them too, or a
 	// connection made just before it would be served after it returned.
-	accepted atomic.Int64
+	accepted accept.InFlight
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -147,39 +135,22 @@ func (s *Server) Serve(l net.Listener) error {
 		delete(s.listeners, l)
 		s.mu.Unlock()
 	}()
-	var backoff time.Duration
-	for {
-		// Counted before Accept returns it: Shutdown, which closes l,
-		// then waits for the count, cannot miss a connection in between.
-		s.accepted.Add(1)
-		c, err := l.Accept()
-		if err != nil {
-			s.accepted.Add(-1)
-			s.mu.Lock()
-			down := s.shutdown
-			s.mu.Unlock()
-			if down {
-				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				// Out of descriptors: back off as net/http does.
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.Logger.Warn().Err(err).Dur("retry_in", backoff).Msg("transparent: accept failed")
-				time.Sleep(backoff)
-				continue
-			}
-			return err
-		}
-		backoff = 0
+	err := accept.Loop(l, &s.accepted, s.Logger, "transparent", func(c net.Conn) {
 		tc, ok := c.(*net.TCPConn)
 		if !ok {
-			s.accepted.Add(-1)
+			s.accepted.Done()
 			c.Close()
-			continue
+			return
 		}
-		go s.handle(tc)
+		s.handle(tc)
+	})
+	s.mu.Lock()
+	down := s.shutdown
+	s.mu.Unlock()
+	if down {
+		return ErrServerClosed
 	}
+	return err
 }
 
 // Shutdown stops accepting and waits for open connections to finish until
@@ -193,9 +164,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		l.Close()
 	}
 	s.mu.Unlock()
-	for s.accepted.Load() > 0 && ctx.Err() == nil {
-		time.Sleep(time.Millisecond)
-	}
+	s.accepted.Wait(ctx)
 	return s.tunnels.Drain(ctx)
 }
 
@@ -237,7 +206,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 	pol := s.Policy()
 	n := tunnel.MaxTunnels(pol)
 	t, err := s.tunnels.Acquire(n)
-	s.accepted.Add(-1)
+	s.accepted.Done()
 	if err != nil {
 		s.Logger.Warn().Str(eventlog.FieldClient, c.entry.Client.String()).Int("max_tunnels", n).Err(err).
 			Msg("transparent: connection reset")
@@ -261,7 +230,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	if dst == local {
 		c.deny(policy.Decision{
-			Reason: ReasonNotRedirected, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
+			Reason: policy.ReasonNotRedirected, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
 			Hint: "connect to the real destination; this port only serves connections redirected to it",
 		})
 		return
@@ -336,7 +305,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 			if held != nil {
 				held.Close()
 			}
-			c.deny(policy.Decision{Reason: peek.ReasonHTTP2Preface, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
+			c.deny(policy.Decision{Reason: policy.ReasonHTTP2Preface, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
 				Hint: "HTTP/2 with prior knowledge (h2c) names its host in frames egress does not read: allow the address (cidr:) or use HTTP/1.1 or TLS"})
 			return
 		}
@@ -402,7 +371,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 	if len(head) == 0 && requests == nil {
 		t.Inspect = s.lateInspect(dst, c.entry.Client.Addr())
 	}
-	t.Entry, t.Began, t.Idle, t.Up = c.entry, c.start, pol.Timeouts.TunnelIdle, int64(len(head))
+	t.Entry, t.Began, t.Idle, t.HalfClose, t.Up = c.entry, c.start, pol.Timeouts.TunnelIdle, pol.Timeouts.HalfClose, int64(len(head))
 	t.Request = req
 	t.Request.IP = ddec.IP
 	t.Start(client, up)
@@ -437,7 +406,7 @@ func (s *Server) allowRequest(t *tunnel.Tunnel, first string, r *http.Request, d
 		return true
 	}
 	if d.Allowed() {
-		d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, ReasonNameMismatch
+		d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonNameMismatch
 		d.Host, d.IP = h, dst.Addr()
 		d.Hint = fmt.Sprintf("a request on a connection to %s names %s, which is not an address of it", dst.Addr(), h)
 		if h == "" {
@@ -451,7 +420,7 @@ func (s *Server) allowRequest(t *tunnel.Tunnel, first string, r *http.Request, d
 // unreadable is the refusal of a connection whose first bytes started an
 // HTTP/1 request that net/http's reader could not read.
 func unreadable(pol *policy.Policy, dst netip.AddrPort, err error) policy.Decision {
-	return policy.Decision{Reason: peek.ReasonHTTPUnreadable, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
+	return policy.Decision{Reason: policy.ReasonHTTPUnreadable, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
 		Hint: fmt.Sprintf("egress decides only on requests it can read, and could not read this one: %v", err)}
 }
 
@@ -532,7 +501,7 @@ func (s *Server) decide(pol *policy.Policy, name string, dst netip.AddrPort, cli
 			return req, policy.Decision{}, true
 		}
 		d.Verdict, d.Audit, d.Rule = policy.Deny, false, nil
-		d.Reason = ReasonNameMismatch
+		d.Reason = policy.ReasonNameMismatch
 		d.IP = dst.Addr()
 		d.Hint = fmt.Sprintf("the connection names %s (TLS SNI or HTTP Host) but goes to %s, which is not an address of %s", d.Host, dst.Addr(), d.Host)
 		if pol.Mode == policy.Audit {

@@ -257,7 +257,7 @@ func TestTransparent(t *testing.T) {
 			t.Fatal("handshake through a spoofed SNI succeeded")
 		}
 		e := f.rec.next(t)
-		if e.Decision.Allowed() || e.Decision.Reason != ReasonNameMismatch || e.Decision.Host != "tls.test" || e.Decision.IP != netip.MustParseAddr("127.0.0.2") {
+		if e.Decision.Allowed() || e.Decision.Reason != policy.ReasonNameMismatch || e.Decision.Host != "tls.test" || e.Decision.IP != netip.MustParseAddr("127.0.0.2") {
 			t.Fatalf("entry = %+v", e.Decision)
 		}
 	})
@@ -269,7 +269,7 @@ func TestTransparent(t *testing.T) {
 		if _, err := c.Read(make([]byte, 1)); !isReset(err) {
 			t.Fatalf("read = %v, want a reset", err)
 		}
-		if e := f.rec.next(t); e.Decision.Reason != ReasonNameMismatch {
+		if e := f.rec.next(t); e.Decision.Reason != policy.ReasonNameMismatch {
 			t.Fatalf("entry = %+v", e.Decision)
 		}
 	})
@@ -381,7 +381,7 @@ func TestTransparent(t *testing.T) {
 		if !isReset(err) {
 			t.Fatalf("got %v, want a reset", err)
 		}
-		if e := f.rec.next(t); e.Decision.Reason != ReasonNotRedirected {
+		if e := f.rec.next(t); e.Decision.Reason != policy.ReasonNotRedirected {
 			t.Fatalf("entry = %+v", e.Decision)
 		}
 	})

@@ -290,7 +290,5 @@ func (d *direction) closed() {
 
 func (d *direction) finish() {
 	thePoller.remove(d)
-	if d.t.left.Add(-1) == 0 {
-		d.t.finish()
-	}
+	d.t.directionEnded(d.n == &d.t.Up)
 }

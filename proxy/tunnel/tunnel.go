@@ -7,10 +7,15 @@
 //     the slot taken before dialling, so connections being set up count;
 //   - the idle timeout (timeouts.tunnel_idle), read from the kernel's
 //     TCP_INFO (proxy/tcpinfo) so the copy stays in splice(2);
+//   - the half-close bound (timeouts.half_close): once one side has ended
+//     its direction, the other may stay silent only so long, so a client
+//     gone while its origin never answers does not hold a slot forever;
 //   - drain on shutdown: a Group waits for its tunnels, closes the rest at
-//     the deadline, and closes at once any tunnel set up after it;
+//     the deadline, and closes at once any tunnel set up after it; it
+//     does not wait for a tunnel whose client has ended its side and
+//     whose upstream is silent;
 //   - revocation: a reloaded policy re-decides every open tunnel and
-//     closes those it refuses (ReasonRevoked);
+//     closes those it refuses (policy.ReasonRevoked);
 //   - byte counts, one close for both ends, and the canonical log line,
 //     written once when the tunnel ends;
 //   - a recovered panic closes its tunnel, is logged with a stack, and the
@@ -42,15 +47,20 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/accept"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/peek"
 	"github.com/egress-proxy/egress/proxy/tcpinfo"
 )
 
-// ReasonRevoked is the reason of the line of a tunnel closed because a
-// reloaded policy refuses the destination it was opened to. The line
-// carries the new decision's rule and hint.
-const ReasonRevoked policy.Reason = "revoked"
+// DefaultHalfClose is Tunnel.HalfClose when the caller sets none: the
+// default of timeouts.half_close.
+const DefaultHalfClose = 30 * time.Second
+
+// drainHalfClose is the silence after which Drain closes a tunnel whose
+// client has ended its side: the client is most likely gone, and one
+// still waiting for an answer that flows keeps its tunnel.
+const drainHalfClose = time.Second
 
 // DefaultMaxTunnels is the limit when the policy sets none.
 const DefaultMaxTunnels = 10000
@@ -125,7 +135,7 @@ func (s *Set) snapshot() []*Tunnel {
 
 // Revoke decides every open tunnel again with pol, on the request it was
 // decided on (client, user, name, address, port), and closes each one pol
-// refuses; its line then says ReasonRevoked with pol's rule and hint. It
+// refuses; its line then says policy.ReasonRevoked with pol's rule and hint. It
 // returns how many it closed. An audit pass (mode: audit) is not refused.
 func (s *Set) Revoke(pol *policy.Policy) int {
 	n := 0
@@ -189,7 +199,8 @@ type Group struct {
 
 	initOnce sync.Once
 	set      *Set
-	n        atomic.Int64 // slots of this group
+	n        accept.InFlight // slots of this group: what Drain waits for
+	draining atomic.Bool     // Drain has begun
 	ctx      context.Context
 	cancel   context.CancelFunc
 
@@ -208,7 +219,7 @@ func (g *Group) init() {
 }
 
 // Open is the number of the group's tunnels, open or being set up.
-func (g *Group) Open() int { return int(g.n.Load()) }
+func (g *Group) Open() int { return g.n.N() }
 
 // Context is done once the group's drain deadline has passed: set-up
 // work (dialling) that should stop then uses it.
@@ -238,8 +249,8 @@ func (g *Group) Acquire(limit int) (*Tunnel, error) {
 }
 
 func (g *Group) release() {
-	g.n.Add(-1)
 	g.set.n.Add(-1)
+	g.n.Done()
 }
 
 // Drain waits until the group's tunnels, those being set up included,
@@ -248,32 +259,35 @@ func (g *Group) release() {
 // moment for their lines, and returns ctx's error.
 func (g *Group) Drain(ctx context.Context) error {
 	g.init()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for g.n.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			// Words for Go's "context deadline exceeded": %.0w keeps
-			// ctx's error for errors.Is and prints none of it.
-			err := fmt.Errorf("closed on shutdown: still open when the drain time (timeouts.drain) ran out%.0w", ctx.Err())
-			g.mu.Lock()
-			g.closed = err
-			g.mu.Unlock()
-			g.cancel()
-			for _, t := range g.set.snapshot() {
-				if t.g == g {
-					t.close(err, nil)
-				}
-			}
-			deadline := time.Now().Add(time.Second)
-			for g.n.Load() > 0 && time.Now().Before(deadline) {
-				time.Sleep(5 * time.Millisecond)
-			}
-			return ctx.Err()
-		case <-tick.C:
+	// Tunnels whose client has ended its side are not waited for once
+	// their upstream is silent (drainHalfClose).
+	g.draining.Store(true)
+	for _, t := range g.set.snapshot() {
+		if t.g == g {
+			t.recheckHalf()
 		}
 	}
-	return nil
+	if g.n.Wait(ctx) == nil {
+		return nil
+	}
+	// Words for Go's "context deadline exceeded": %.0w keeps ctx's
+	// error for errors.Is and prints none of it.
+	err := fmt.Errorf("closed on shutdown: still open when the drain time (timeouts.drain) ran out%.0w", ctx.Err())
+	g.mu.Lock()
+	g.closed = err
+	g.mu.Unlock()
+	g.cancel()
+	for _, t := range g.set.snapshot() {
+		if t.g == g {
+			t.close(err, nil)
+		}
+	}
+	// A moment for their lines: each is written before its slot is
+	// given back.
+	lines, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	g.n.Wait(lines)
+	return ctx.Err()
 }
 
 // Tunnel is one tunnel, from Acquire to its log line. The exported fields
@@ -293,6 +307,11 @@ type Tunnel struct {
 	// Idle is timeouts.tunnel_idle: the tunnel is closed after this long
 	// without data either way. Zero: never.
 	Idle time.Duration
+	// HalfClose is timeouts.half_close: once one direction has ended
+	// (its source sent EOF, which was passed on as a half-close), the
+	// tunnel is closed after this long without data the other way.
+	// Zero: DefaultHalfClose.
+	HalfClose time.Duration
 	// Up and Down count the bytes the caller relayed before Start (early
 	// data behind a CONNECT, the peeked head of a transparent connection).
 	Up, Down int64
@@ -313,8 +332,12 @@ type Tunnel struct {
 	dirs             [2]*direction // up, down when on the poller; written before the tunnel joins the set
 	left             atomic.Int32  // directions still running
 	logged           bool          // an audit denial, recorded at Start
+	measured         bool          // TCP_INFO tells idleA's and idleB's idle time
+	lastRead         atomic.Int64  // unix nanoseconds of the last read, when not measured
+	half             halfState
 
 	closeOnce sync.Once
+	isClosed  atomic.Bool      // set inside closeOnce
 	closeErr  error            // why it was closed, set inside closeOnce
 	revokedBy *policy.Decision // the refusing decision, when revoked
 	refused   *policy.Decision // Inspect's refusal, set before it closes the tunnel
@@ -354,6 +377,9 @@ func (t *Tunnel) Start(client, upstream net.Conn) {
 	// that the copy can then use the socket itself.
 	cs, us := t.unwrap(client, upstream, &t.Up), t.unwrap(upstream, client, &t.Down)
 	t.idleA, t.idleB = socketOf(client), socketOf(upstream)
+	if _, t.measured = tcpinfo.Idle(t.idleA, t.idleB); !t.measured {
+		t.lastRead.Store(time.Now().UnixNano())
+	}
 	if t.Entry.Decision.Denied() && !t.logged {
 		// mode: audit let a denial through: log it now, not when the
 		// tunnel closes, which for a database connection may be days.
@@ -427,6 +453,7 @@ func (t *Tunnel) close(err error, revokedBy *policy.Decision) bool {
 	t.closeOnce.Do(func() {
 		first = true
 		t.closeErr, t.revokedBy = err, revokedBy
+		t.isClosed.Store(true)
 		t.client.Close()
 		t.upstream.Close()
 	})
@@ -450,12 +477,13 @@ func (t *Tunnel) pipe(dst, src net.Conn, n *int64) {
 		if v := recover(); v != nil {
 			t.panicked(v)
 		}
-		if t.left.Add(-1) == 0 {
-			t.finish()
-		}
+		t.directionEnded(n == &t.Up)
 	}()
 	if n == &t.Up && !t.inspectHead(dst, src) {
 		return
+	}
+	if !t.measured {
+		src = stampedConn{src, &t.lastRead}
 	}
 	m, err := copyConn(dst, src)
 	*n += m
@@ -536,6 +564,12 @@ func (t *Tunnel) panicked(v any) {
 // finish runs once both directions are done: the tunnel's one line.
 func (t *Tunnel) finish() {
 	t.closeBoth() // and, through closeOnce, see closeErr
+	t.half.mu.Lock()
+	t.half.finished = true
+	if t.half.timer != nil {
+		t.half.timer.Stop()
+	}
+	t.half.mu.Unlock()
 	e := t.Entry
 	if t.closeErr != nil && e.Err == nil {
 		e.Err = t.closeErr
@@ -560,7 +594,7 @@ func (t *Tunnel) finish() {
 // revoked is the decision logged for a tunnel that d, the reloaded
 // policy's, refused; was is the one it was opened on.
 func revoked(was, d policy.Decision) policy.Decision {
-	d.Verdict, d.Audit, d.Reason = policy.Deny, false, ReasonRevoked
+	d.Verdict, d.Audit, d.Reason = policy.Deny, false, policy.ReasonRevoked
 	if d.Host == "" {
 		d.Host = was.Host
 	}
@@ -571,4 +605,104 @@ func revoked(was, d policy.Decision) policy.Decision {
 		d.Port = was.Port
 	}
 	return d
+}
+
+// halfState is a tunnel's half-close watch: from when its first direction
+// ended, one timer (not a goroutine) checks the other's silence.
+type halfState struct {
+	mu       sync.Mutex
+	at       time.Time   // when the first direction ended; zero: both run
+	upDone   bool        // that direction was the client's
+	timer    *time.Timer // runs checkHalf
+	finished bool        // the tunnel's line is written: no more timers
+}
+
+// directionEnded is called once by each direction when it ends: the
+// first to end starts the half-close watch, the last writes the line.
+func (t *Tunnel) directionEnded(up bool) {
+	if t.left.Add(-1) == 0 {
+		t.finish()
+		return
+	}
+	if t.isClosed.Load() {
+		return // an error or a close ended it: the other direction ends too
+	}
+	t.half.mu.Lock()
+	defer t.half.mu.Unlock()
+	if t.half.finished || !t.half.at.IsZero() {
+		return
+	}
+	t.half.at, t.half.upDone = time.Now(), up
+	t.half.timer = time.AfterFunc(t.halfLimit(), t.checkHalf)
+}
+
+// halfLimit is the silence a half-closed tunnel is allowed now; the
+// caller holds t.half.mu.
+func (t *Tunnel) halfLimit() time.Duration {
+	limit := t.HalfClose
+	if limit <= 0 {
+		limit = DefaultHalfClose
+	}
+	if t.half.upDone && t.g.draining.Load() {
+		limit = min(limit, drainHalfClose)
+	}
+	return limit
+}
+
+// checkHalf closes a half-closed tunnel silent for its limit, or checks
+// again when it could be.
+func (t *Tunnel) checkHalf() {
+	t.half.mu.Lock()
+	if t.half.finished {
+		t.half.mu.Unlock()
+		return
+	}
+	limit := t.halfLimit()
+	silent := time.Since(t.half.at)
+	if t.measured {
+		if d, ok := tcpinfo.Idle(t.idleA, t.idleB); ok {
+			silent = min(silent, d)
+		}
+	} else {
+		silent = min(silent, time.Since(time.Unix(0, t.lastRead.Load())))
+	}
+	if silent < limit {
+		t.half.timer.Reset(limit - silent)
+		t.half.mu.Unlock()
+		return
+	}
+	draining := t.half.upDone && t.g.draining.Load()
+	t.half.mu.Unlock()
+	if draining {
+		t.close(fmt.Errorf("closed on shutdown: the client ended its side and the upstream was silent for %s", limit), nil)
+		return
+	}
+	t.close(fmt.Errorf("half-closed and silent for %s (timeouts.half_close)", limit.Round(time.Millisecond)), nil)
+}
+
+// recheckHalf checks a half-closed tunnel's silence at once (its limit
+// may have shrunk: Drain began).
+func (t *Tunnel) recheckHalf() {
+	t.half.mu.Lock()
+	if !t.half.finished && t.half.timer != nil {
+		t.half.timer.Reset(0)
+	}
+	t.half.mu.Unlock()
+}
+
+// stampedConn notes the time of each read that returned data, for the
+// half-close watch of a tunnel whose sockets TCP_INFO cannot see. It
+// hides the connection's ReaderFrom and WriterTo, so it is only used
+// where the copy could not splice anyway.
+type stampedConn struct {
+	net.Conn
+	at *atomic.Int64
+}
+
+func (c stampedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.at.Store(time.Now().UnixNano())
+	}
+	return n, err
 }

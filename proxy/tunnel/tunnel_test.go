@@ -6,12 +6,14 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 )
@@ -193,7 +195,14 @@ func TestTunnel(t *testing.T) {
 		cancel()
 		drained := make(chan error, 1)
 		go func() { drained <- g.Drain(ctx) }()
-		time.Sleep(50 * time.Millisecond)
+		// Past the deadline once Acquire refuses.
+		testwait.Until(t, testwait.Timeout, "Drain to pass its deadline", func() bool {
+			other, err := g.Acquire(10)
+			if err == nil {
+				other.Release()
+			}
+			return errors.Is(err, ErrClosed)
+		})
 		tn.Start(cc, up)
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
@@ -204,9 +213,6 @@ func TestTunnel(t *testing.T) {
 		}
 		if e := l.next(t); e.Err == nil {
 			t.Error("the line does not say it was closed on shutdown")
-		}
-		if _, err := g.Acquire(10); !errors.Is(err, ErrClosed) {
-			t.Errorf("Acquire after the deadline: %v, want ErrClosed", err)
 		}
 	})
 	t.Run("the idle timeout closes a quiet tunnel", func(t *testing.T) {
@@ -252,9 +258,122 @@ func TestTunnel(t *testing.T) {
 		u.Close()
 		e := l.next(t)
 		d := e.Decision
-		if d.Reason != ReasonRevoked || d.Verdict != policy.Deny || d.RuleLocation() != "test.yaml:6" || d.Hint == "" {
+		if d.Reason != policy.ReasonRevoked || d.Verdict != policy.Deny || d.RuleLocation() != "test.yaml:6" || d.Hint == "" {
 			t.Errorf("line: %s %s rule %q hint %q; want deny revoked test.yaml:6 with a hint", d.Verdict, d.Reason, d.RuleLocation(), d.Hint)
 		}
 		echoOnce(t, kc, ku) // the allowed one stays
 	})
+}
+
+// notTCP hides a connection's socket, as a TLS connection does not: the
+// tunnel copies it on goroutines and cannot read its idle time from
+// TCP_INFO. It can half-close, as a *tls.Conn can.
+type notTCP struct{ net.Conn }
+
+func (c notTCP) CloseWrite() error { return c.Conn.(*net.TCPConn).CloseWrite() }
+
+// Issue 19: a tunnel whose client has gone while its origin stays silent
+// was kept forever (the proxy's end in CLOSE-WAIT, the slot counted
+// against limits.max_tunnels). Once one side has ended its direction, the
+// other gets timeouts.half_close of silence.
+func TestHalfClosedTunnel(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	for _, path := range []struct {
+		name string
+		wrap func(net.Conn) net.Conn
+	}{
+		{"spliced on the poller", func(c net.Conn) net.Conn { return c }},
+		{"copied on goroutines", func(c net.Conn) net.Conn { return notTCP{c} }},
+	} {
+		t.Run(path.name, func(t *testing.T) {
+			t.Run("a client gone while its origin stays silent frees the tunnel after half_close", func(t *testing.T) {
+				set := &Set{}
+				g, l := newGroup(t, set)
+				c, cc := tcpPair(t)
+				up, u := tcpPair(t)
+				tn, err := g.Acquire(10)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fill(tn, policy.Request{IP: lo, Port: 1})
+				tn.HalfClose = 300 * time.Millisecond
+				began := time.Now()
+				tn.Start(path.wrap(cc), path.wrap(up))
+				echoOnce(t, c, u)
+				c.Close() // gone; the origin neither answers nor closes
+				e := l.next(t)
+				if el := time.Since(began); el < 300*time.Millisecond {
+					t.Errorf("closed after %v, before half_close", el)
+				}
+				if e.BytesUp != 4 || e.BytesDown != 4 || e.Err == nil || !strings.Contains(e.Err.Error(), "half_close") {
+					t.Errorf("line: up %d down %d err %v; want 4, 4, an error naming half_close", e.BytesUp, e.BytesDown, e.Err)
+				}
+				testwait.Until(t, testwait.Timeout, "its max_tunnels slot freed", func() bool { return set.Open() == 0 })
+				u.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := u.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+					t.Errorf("origin read %v, want EOF: the tunnel's end is closed", err)
+				}
+			})
+			t.Run("an answer still flowing to a half-closed client keeps the tunnel", func(t *testing.T) {
+				g, l := newGroup(t, nil)
+				c, cc := tcpPair(t)
+				up, u := tcpPair(t)
+				tn, err := g.Acquire(10)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fill(tn, policy.Request{IP: lo, Port: 1})
+				tn.HalfClose = 300 * time.Millisecond
+				tn.Start(path.wrap(cc), path.wrap(up))
+				if err := c.CloseWrite(); err != nil { // request sent, answer awaited
+					t.Fatal(err)
+				}
+				u.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := u.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+					t.Fatalf("origin read %v, want EOF (the client's half-close)", err)
+				}
+				// The origin answers slowly: a chunk every 100 ms for
+				// 800 ms, longer than half_close. The pacing is what is
+				// under test, not a wait for a result.
+				go func() {
+					for range 8 {
+						if _, err := u.Write([]byte("x")); err != nil {
+							return
+						}
+						time.Sleep(100 * time.Millisecond)
+					}
+				}()
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				got, err := io.ReadAll(c)
+				if len(got) != 8 || err != nil {
+					t.Errorf("client read %d bytes, %v; want all 8, then EOF once the origin fell silent", len(got), err)
+				}
+				if e := l.next(t); e.BytesDown != 8 || e.Err == nil {
+					t.Errorf("line: down %d err %v; want 8 and half_close", e.BytesDown, e.Err)
+				}
+			})
+			t.Run("drain does not wait for a tunnel whose client has gone", func(t *testing.T) {
+				g, l := newGroup(t, nil)
+				c, cc := tcpPair(t)
+				up, _ := tcpPair(t)
+				tn, err := g.Acquire(10)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fill(tn, policy.Request{IP: lo, Port: 1})
+				tn.HalfClose = time.Hour
+				tn.Start(path.wrap(cc), path.wrap(up))
+				c.Close()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				began := time.Now()
+				if err := g.Drain(ctx); err != nil {
+					t.Fatalf("Drain = %v after %v, want nil: it waited for a client that has gone", err, time.Since(began))
+				}
+				if e := l.next(t); e.Err == nil {
+					t.Error("the line does not say why it closed")
+				}
+			})
+		})
+	}
 }
