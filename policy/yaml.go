@@ -525,8 +525,14 @@ func (l *loader) parse(data []byte, p *Policy) {
 		// An included file may leave default: to the file that includes
 		// it; the policy as a whole needs one (unless an included file
 		// that may set it did not load: that error says it all).
-		if seen["default"] == nil && l.layer == 0 && l.fs.def == nil && !l.fs.incomplete {
+		if seen["default"] == nil && l.layer == 0 && (l.fs.def == nil || l.fs.def.implicit) && !l.fs.incomplete {
 			l.required(root, "default is required: add default: allow (full internet) or default: deny (only what is listed)", "default")
+		}
+		if seen["default"] == nil {
+			l.implicit("default", &l.fs.def, "deny")
+		}
+		if seen["mode"] == nil {
+			l.implicit("mode", &l.fs.mode, "enforce")
 		}
 	}
 }
