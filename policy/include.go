@@ -315,16 +315,22 @@ func (l *loader) clientName(v *yaml.Node, s string) {
 	l.fs.clientNames[s] = at
 }
 
-// warnListens warns of the listeners in force that are not on loopback
-// when allow_from is empty.
+// warnListens warns of the listeners in force that are not on loopback:
+// a proxy listener when allow_from is empty, the admin listener always
+// (allow_from does not apply to it, and it has no authentication).
 func (fs *fileSet) warnListens(p *Policy) {
-	if len(p.AllowFrom) > 0 {
-		return
-	}
-	final := map[string]string{"listen.http": p.Listen.HTTP, "listen.dns": p.Listen.DNS, "listen.transparent": p.Listen.Transparent}
+	final := map[string]string{"listen.http": p.Listen.HTTP, "listen.dns": p.Listen.DNS, "listen.transparent": p.Listen.Transparent, "listen.admin": p.Listen.Admin}
 	for _, la := range fs.listens {
 		if final[la.field] != la.node.Value {
 			continue // overridden by a file read later
+		}
+		if la.field == "listen.admin" {
+			fs.warns = append(fs.warns, Diagnostic{File: la.file, Line: la.node.Line, Column: la.node.Column, Warning: true,
+				Message: la.node.Value + " is not a loopback address: the admin listener serves /policy (the policy's text) and /denials (who was refused where) without authentication to anyone who reaches it; keep it on 127.0.0.1, or let a firewall or NetworkPolicy decide who reaches it"})
+			continue
+		}
+		if len(p.AllowFrom) > 0 {
+			continue
 		}
 		fs.warns = append(fs.warns, Diagnostic{File: la.file, Line: la.node.Line, Column: la.node.Column, Warning: true,
 			Message: la.node.Value + " is not a loopback address and allow_from is empty: anyone who reaches it can use egress; set allow_from"})

@@ -955,7 +955,7 @@ func (l *loader) addr(n *yaml.Node, what string) string {
 		l.errf(l.node(n), "%s %q: want IP:PORT such as 127.0.0.1:3128 or [::1]:3128 (or \"\" for off)", what, s)
 		return ""
 	}
-	if what != "listen.admin" && !ap.Addr().Unmap().IsLoopback() {
+	if !ap.Addr().Unmap().IsLoopback() {
 		l.fs.listens = append(l.fs.listens, listenAt{file: l.file, node: l.node(n), field: what})
 	}
 	return s

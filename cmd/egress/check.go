@@ -38,6 +38,7 @@ type checkResult struct {
 	RuleText   string `json:"rule_text,omitempty"`
 	RuleReason string `json:"rule_reason,omitempty"` // the rule's reason: text
 	Hint       string `json:"hint,omitempty"`
+	HintLifts  string `json:"hint_lifts,omitempty"` // what the hint opens when it lifts a guard
 	Policy     string `json:"policy"`
 	Source     string `json:"source"`
 	// With --requirements: the requirement's fields.
@@ -306,6 +307,10 @@ func formatCheck(target, about string, d policy.Decision) string {
 	b.WriteString(formatRequest(d))
 	if d.Hint != "" {
 		fmt.Fprintf(&b, "  hint: %s", d.Hint)
+		if l := d.HintLifts(); l != "" {
+			// A YAML comment: the hint stays one line to paste.
+			fmt.Fprintf(&b, "  # %s", l)
+		}
 	}
 	if d.Reason == policy.ReasonPerAddress {
 		b.WriteString("  (run with --resolve to decide on its addresses)")
@@ -345,7 +350,7 @@ func verdictOf(d policy.Decision) string {
 func resultOf(target string, d policy.Decision) checkResult {
 	r := checkResult{
 		Verdict: verdictOf(d), Target: target, Host: d.Host, Port: d.Port, PublicOnly: publicOnly(d),
-		Reason: string(d.Reason), Hint: d.Hint, Policy: d.Policy, Source: d.Source,
+		Reason: string(d.Reason), Hint: d.Hint, HintLifts: d.HintLifts(), Policy: d.Policy, Source: d.Source,
 	}
 	if d.IP.IsValid() {
 		r.IP = d.IP.String()

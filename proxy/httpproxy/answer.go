@@ -189,6 +189,9 @@ func DenyBody(id, target string, d policy.Decision) string {
 			where = d.Source
 		}
 		b.WriteString("to allow it, add under allow: in " + where + ":\n  " + d.Hint + "\n")
+		if l := d.HintLifts(); l != "" {
+			b.WriteString("which " + l + "\n")
+		}
 	case d.Hint != "":
 		b.WriteString("hint: " + d.Hint + "\n")
 	}
