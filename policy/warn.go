@@ -65,7 +65,9 @@ func (p *Policy) lint() []Diagnostic {
 			case r.Host == "*" && r.Action == Deny && len(r.HTTP) == 0:
 				warn(r, `deny of "*" matches every name: a connection by name is never allowed by a cidr rule, and every name not allowed by a host rule is denied; write default: deny instead`)
 			case r.Action == Allow && strings.HasPrefix(r.Host, "*.") && !strings.Contains(r.Host[2:], "*") && !hosts[r.Host[2:]]:
-				warn(r, r.Host+" does not match "+r.Host[2:]+" itself; add - {host: "+r.Host[2:]+"} if that is wanted too")
+				// The apex on the wildcard's own ports: a hint never allows
+				// more than the rule it completes (no ports is every port).
+				warn(r, r.Host+" does not match "+r.Host[2:]+" itself; add - "+ruleText(&Rule{Host: r.Host[2:], Ports: r.Ports})+" if that is wanted too")
 			}
 		}
 	}

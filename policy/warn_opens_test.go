@@ -70,3 +70,21 @@ func TestHintLiftsAGuardSaysSo(t *testing.T) {
 		t.Errorf("an ordinary refusal's hint lifts %q", d.HintLifts())
 	}
 }
+
+// Issue 21: the apex a wildcard leaves out is suggested on the wildcard's
+// own ports, never on every port.
+func TestLintApexSuggestionKeepsThePorts(t *testing.T) {
+	for _, c := range []struct{ rule, want string }{
+		{`{host: "*.example.com", ports: [443]}`, "add - {host: example.com, ports: [443]} if that is wanted too"},
+		{`{host: "*.example.com", ports: [80, "8000-8999"]}`, `add - {host: example.com, ports: [80, "8000-8999"]} if that is wanted too`},
+		{`{host: "*.example.com"}`, "add - {host: example.com} if that is wanted too"},
+	} {
+		p, err := Load("p.yaml", []byte("version: 1\ndefault: deny\nallow:\n  - "+c.rule+"\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w := p.Warnings(); len(w) != 1 || !strings.HasSuffix(w[0].Message, c.want) {
+			t.Errorf("%s: warnings %v; want one ending %q", c.rule, w, c.want)
+		}
+	}
+}
