@@ -68,6 +68,9 @@ type fileSet struct {
 	// listens are the non-loopback listener addresses set, checked
 	// against the final allow_from.
 	listens []listenAt
+	// sources maps each setting set (default, listen.http, ...) to the
+	// FILE:LINE of the file read last that sets it (see Settings).
+	sources map[string]string
 	// incomplete is true when an included file could not be read or had
 	// errors: what it would have set (default:) is unknown.
 	incomplete bool
@@ -117,7 +120,7 @@ func LoadWith(file string, data []byte, read func(name string) ([]byte, error)) 
 		}
 	}
 	fs.warnListens(p)
-	p.files = fs.files
+	p.files, p.sources = fs.files, fs.sources
 	p.top.name = "default"
 	p.compile()
 	order := map[string]int{}

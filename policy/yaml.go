@@ -161,6 +161,7 @@ func (l *loader) mapping(n *yaml.Node, what string, fields []field) map[string]*
 			l.errf(k, "field %q appears twice in %s (first at line %d)", k.Value, what, seen[k.Value].Line)
 		default:
 			seen[k.Value] = k
+			l.recordSource(what, k)
 			fn(k, v)
 		}
 	}
