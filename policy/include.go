@@ -329,7 +329,7 @@ func (fs *fileSet) warnListens(p *Policy) {
 		}
 		if la.field == "listen.admin" {
 			fs.warns = append(fs.warns, Diagnostic{File: la.file, Line: la.node.Line, Column: la.node.Column, Warning: true,
-				Message: la.node.Value + " is not a loopback address: the admin listener serves /policy (the policy's text) and /denials (who was refused where) without authentication to anyone who reaches it; keep it on 127.0.0.1, or let a firewall or NetworkPolicy decide who reaches it"})
+				Message: la.node.Value + " is not a loopback address: the admin listener serves /policy (the policy file, its mode and reload errors) and /denials (who was refused where) without authentication to anyone who reaches it; keep it on 127.0.0.1, or let a firewall or NetworkPolicy decide who reaches it"})
 			continue
 		}
 		if len(p.AllowFrom) > 0 {

@@ -18,7 +18,7 @@ func TestLintWarnsWhatARuleOpens(t *testing.T) {
 		{"every IPv4 address under default deny", "default: deny\nallow:\n  - {cidr: 0.0.0.0/0}\n", "allows every IPv4 address, and every name that resolves to one, on every port: under default: deny this is default: allow"},
 		{"every IPv6 address under default deny", "default: deny\nallow:\n  - {cidr: \"::/0\", ports: [443]}\n", "allows every IPv6 address"},
 		{"every name under default deny", "default: deny\nallow:\n  - {host: \"*\"}\n", "allows every name on every port: under default: deny this is default: allow"},
-		{"the admin listener on every interface", "default: deny\nlisten:\n  admin: 0.0.0.0:9099\n", "the admin listener serves /policy (the policy's text) and /denials"},
+		{"the admin listener on every interface", "default: deny\nlisten:\n  admin: 0.0.0.0:9099\n", "the admin listener serves /policy (the policy file, its mode and reload errors) and /denials"},
 		{"the admin listener despite allow_from", "default: deny\nallow_from: [10.0.0.0/8]\nlisten:\n  admin: 10.1.2.3:9090\n", "without authentication"},
 		{"a private range is an ordinary rule", "default: deny\nallow:\n  - {cidr: 10.0.0.0/8}\n", ""},
 		{"link-local around the metadata address lifts no metadata guard", "default: deny\nallow:\n  - {cidr: 169.254.0.0/16, ports: [5353]}\n", ""},
