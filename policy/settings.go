@@ -18,9 +18,9 @@ type Setting struct {
 	// no file does and egress's default holds.
 	Source string
 	// Secret marks a value egress must never print (such as a credential
-	// a later inject: setting would carry): a caller shows it redacted.
-	// No setting of version 1 is secret; a new one that is says so here,
-	// in its settingKeys entry.
+	// an inject: value is): a caller shows it redacted. No setting is
+	// secret today (inject: values belong to rules: see Inject); a new one
+	// that is says so in its settingKeys entry.
 	Secret bool
 }
 
@@ -43,6 +43,7 @@ var settingKeys = []struct {
 	{key: "listen.proxy_protocol", value: func(p *Policy) string { return strconv.FormatBool(p.Listen.ProxyProtocol) }},
 	{key: "listen.proxy_protocol_from", value: func(p *Policy) string { return prefixesYAML(p.Listen.ProxyProtocolFrom) }},
 	{key: "listen.refuse_at_connect", value: func(p *Policy) string { return stringsYAML(p.Listen.RefuseAtConnect) }},
+	{key: "listen.via", value: func(p *Policy) string { return strconv.FormatBool(p.Listen.Via) }},
 	{key: "log.format", value: func(p *Policy) string { return yamlScalar(p.Log.Format) }},
 	{key: "log.level", value: func(p *Policy) string { return yamlScalar(p.Log.Level) }},
 	{key: "log.allowed", value: func(p *Policy) string { return strconv.FormatBool(p.Log.Allowed) }},
@@ -62,6 +63,11 @@ var settingKeys = []struct {
 	{key: "limits.max_tunnels", value: func(p *Policy) string { return strconv.Itoa(p.Limits.MaxTunnels) }},
 	{key: "limits.max_header_bytes", value: func(p *Policy) string { return strconv.Itoa(p.Limits.MaxHeaderBytes) }},
 	{key: "reload.revoke_open", value: func(p *Policy) string { return strconv.FormatBool(p.Reload.RevokeOpen) }},
+	// The paths of the CA's files, not their contents: a path is no
+	// secret (the key file's mode is checked where it is read).
+	{key: "tls.ca_cert", value: func(p *Policy) string { return yamlScalar(p.TLS.CACert) }},
+	{key: "tls.ca_key", value: func(p *Policy) string { return yamlScalar(p.TLS.CAKey) }},
+	{key: "tls.upstream_ca", value: func(p *Policy) string { return yamlScalar(p.TLS.UpstreamCA) }},
 }
 
 // Settings returns every setting of the policy in force, with where it

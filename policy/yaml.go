@@ -235,7 +235,7 @@ func lastNode(n *yaml.Node) *yaml.Node {
 // top-level key that belongs in one (upstreams: for dns.upstreams). A
 // test checks them against the loader.
 var sectionFields = map[string][]string{
-	"listen":   {"http", "dns", "transparent", "admin", "proxy_protocol", "proxy_protocol_from", "refuse_at_connect"},
+	"listen":   {"http", "dns", "transparent", "admin", "proxy_protocol", "proxy_protocol_from", "refuse_at_connect", "via"},
 	"log":      {"format", "level", "allowed", "file"},
 	"dns":      {"upstreams", "timeout", "blocked", "min_ttl", "max_ttl", "cache_size", "resolve_unlisted"},
 	"timeouts": {"dial", "header", "response", "tunnel_idle", "drain"},

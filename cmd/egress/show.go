@@ -156,7 +156,7 @@ func rulesLines(indent string, rules, inherited []*policy.Rule) []showLine {
 				out = append(out, showLine{text: indent + action.String() + ":"})
 				first = false
 			}
-			out = append(out, showLine{indent + "  - " + ruleYAML(r), r.Location()})
+			out = append(out, ruleLines(indent+"  ", r)...)
 		}
 	}
 	if len(inherited) > 0 {
@@ -167,6 +167,59 @@ func rulesLines(indent string, rules, inherited []*policy.Rule) []showLine {
 	}
 	return out
 }
+
+// ruleLines is one rule as a list item: one line of flow YAML, or, with
+// http: or inject:, a block whose entries each name their FILE:LINE. An
+// inject: entry names its header and where the value comes from, never
+// the value: egress show does not resolve secrets, and prints
+// [redacted] in the value's place.
+func ruleLines(indent string, r *policy.Rule) []showLine {
+	if len(r.HTTP) == 0 && len(r.Inject) == 0 {
+		return []showLine{{indent + "- " + ruleYAML(r), r.Location()}}
+	}
+	first, ports, _ := strings.Cut(strings.TrimSuffix(strings.TrimPrefix(r.Text, "{"), "}"), ", ports: ")
+	out := []showLine{{indent + "- " + first, r.Location()}}
+	if ports != "" {
+		out = append(out, showLine{text: indent + "  ports: " + ports})
+	}
+	if r.Note != "" {
+		out = append(out, showLine{text: indent + "  reason: " + strconv.Quote(r.Note)})
+	}
+	if len(r.HTTP) > 0 {
+		out = append(out, showLine{text: indent + "  http:"})
+		for _, rr := range r.HTTP {
+			t := rr.Text()
+			if rr.Note != "" {
+				t = t[:len(t)-1] + ", reason: " + strconv.Quote(rr.Note) + "}"
+			}
+			out = append(out, showLine{indent + "    - " + t, rr.Location()})
+		}
+	}
+	if len(r.Inject) > 0 {
+		out = append(out, showLine{text: indent + "  inject:"})
+		for _, in := range r.Inject {
+			out = append(out, showLine{indent + "    - " + injectYAML(in), location(in.File, in.Line) + ", value " + redacted})
+		}
+	}
+	return out
+}
+
+// injectYAML is an inject: entry as written: its header, where the value
+// comes from and its prefix, never the value.
+func injectYAML(in *policy.Inject) string {
+	t := "{header: " + policy.YAMLScalar(in.Header)
+	if in.FromEnv != "" {
+		t += ", from_env: " + in.FromEnv
+	} else {
+		t += ", from_file: " + strconv.Quote(in.FromFile)
+	}
+	if in.Prefix != "" {
+		t += ", prefix: " + strconv.Quote(in.Prefix)
+	}
+	return t + "}"
+}
+
+func location(file string, line int) string { return file + ":" + strconv.Itoa(line) }
 
 // ruleYAML is a rule as one line of flow YAML, its reason: included. The
 // text is rebuilt from the fields that match (policy.Rule.Text), never the

@@ -74,3 +74,38 @@ func TestShowRedactsSecrets(t *testing.T) {
 		t.Errorf("plain setting printed as %q", got)
 	}
 }
+
+// TestShowInjectIsRedacted: an inject: entry is shown with its header and
+// where its value comes from, never the value, whether it comes from a
+// file or the environment.
+func TestShowInjectIsRedacted(t *testing.T) {
+	dir := t.TempDir()
+	const fileSecret, envSecret = "file-s3cret-9f1c", "env-s3cret-77ab"
+	if err := os.WriteFile(filepath.Join(dir, "token"), []byte(fileSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("VENDOR_TOKEN", envSecret)
+	cfg := filepath.Join(dir, "policy.yaml")
+	text := "version: 1\ndefault: deny\nallow:\n  - host: api.vendor.example\n    ports: [443]\n    http:\n      - {methods: [GET], paths: [\"/v1/**\"]}\n    inject:\n      - {header: Authorization, from_file: token, prefix: \"Bearer \"}\n      - {header: X-Key, from_env: VENDOR_TOKEN}\n"
+	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out := runCommand(cmdShow, "--config", cfg)
+	if code != exitOK {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+	for _, secret := range []string{fileSecret, envSecret} {
+		if strings.Contains(string(out), secret) {
+			t.Errorf("egress show prints a secret:\n%s", out)
+		}
+	}
+	for _, want := range []string{
+		"  - host: api.vendor.example", "    ports: [443]\n    http:\n      - {methods: [GET], paths: [\"/v1/**\"]}",
+		"      - {header: Authorization, from_file: \"" + filepath.Join(dir, "token") + "\", prefix: \"Bearer \"}", cfg + ":9, value [redacted]\n",
+		"      - {header: X-Key, from_env: VENDOR_TOKEN}", cfg + ":10, value [redacted]\n",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
