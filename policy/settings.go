@@ -68,6 +68,12 @@ var settingKeys = []struct {
 	{key: "tls.ca_cert", value: func(p *Policy) string { return yamlScalar(p.TLS.CACert) }},
 	{key: "tls.ca_key", value: func(p *Policy) string { return yamlScalar(p.TLS.CAKey) }},
 	{key: "tls.upstream_ca", value: func(p *Policy) string { return yamlScalar(p.TLS.UpstreamCA) }},
+	{key: "tls.ech", value: func(p *Policy) string {
+		if p.TLS.ECHPass {
+			return "pass"
+		}
+		return "refuse"
+	}},
 }
 
 // Settings returns every setting of the policy in force, with where it
