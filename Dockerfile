@@ -18,6 +18,9 @@
 # The HEALTHCHECK asks the admin listener that the policy names
 # (listen.admin): if you run serve with another --config, or with --admin,
 # override it (docker run --health-cmd, compose's healthcheck:) to match.
+# It exits 0 or 1 only (Docker reserves 2), and a policy file broken by an
+# edit since egress started is read leniently for listen.admin, so the
+# check answers for the egress that runs on its last good policy.
 
 # ---- build: a static binary, no cgo ----
 FROM golang:1.26-alpine AS build

@@ -200,6 +200,8 @@ func checkOutcomes(t *testing.T, r result, cases []reqCase) {
 			}
 			hasRule := strings.Contains(m[5], "to allow: ")
 			switch {
+			case strings.Count(m[5], "to allow: ") > 1:
+				t.Errorf("two rules on one line: %s", m[0])
 			case c.want == "refused" && !strings.HasSuffix(m[5], "; to allow: "+c.rule):
 				t.Errorf("a refusal without the rule %q: %s", c.rule, m[0])
 			case c.want != "refused" && hasRule:

@@ -44,7 +44,7 @@ func TestBuiltinIsFullInternet(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := Builtin()
-	p.Source, p.hash, p.files = b.Source, b.hash, b.files
+	p.Source, p.hash, p.files, p.sources = b.Source, b.hash, b.files, b.sources // where each setting is written differs
 	if !reflect.DeepEqual(p, b) {
 		t.Errorf("configs/full-internet.yaml differs from Builtin():\n%+v\n%+v", *p, *b)
 	}

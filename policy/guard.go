@@ -274,6 +274,30 @@ func guardOf(ip netip.Addr) (reason Reason, rng netip.Prefix, ok bool) {
 	return "", netip.Prefix{}, false
 }
 
+// guardOpens says what lifting a guard opens to a client, for the hints
+// and lint warnings that would lift one: an operator pasting a rule must
+// see that it is not an ordinary allow.
+var guardOpens = map[Reason]string{
+	ReasonGuardMetadata:  "opens the cloud's metadata service and its credentials",
+	ReasonGuardLoopback:  "opens this host's own services",
+	ReasonGuardPrivate:   "opens your internal network",
+	ReasonGuardLinkLocal: "opens hosts on the local link",
+	ReasonGuardCGNAT:     "opens the carrier's or cloud's shared address space",
+	ReasonGuardMulticast: "opens a multicast group",
+	ReasonGuardSpecial:   "opens an address that is not on the public internet",
+}
+
+// HintLifts says what the hint of a guard's refusal opens when pasted:
+// "lifts guard_loopback: opens this host's own services". "" for a
+// decision whose hint lifts no guard. An operator pasting a hint must see
+// that it is not an ordinary allow (issue 21).
+func (d Decision) HintLifts() string {
+	if d.Hint == "" || !d.Reason.IsGuard() || guardOpens[d.Reason] == "" {
+		return ""
+	}
+	return "lifts " + string(d.Reason) + ": " + guardOpens[d.Reason]
+}
+
 // isLoopbackName reports whether name (normal form) is localhost or a name
 // under .localhost, which RFC 6761 §6.3 reserves for loopback: whatever a
 // resolver says, such a name means this host.

@@ -32,7 +32,9 @@ import (
 //     sets default: deny or mode: enforce (see checkClients);
 //   - default: and mode: may be tightened, never loosened: default: allow
 //     after a default: deny, or mode: audit after mode: enforce, is an
-//     error;
+//     error; a file that leaves one out, where no file read before it set
+//     it, counts as deny or enforce against a file that would loosen it
+//     (see implicit), so a silent baseline is not loosened by its site;
 //   - every other setting (listen, log, dns, timeouts, limits, reload,
 //     allow_from, nat64_prefixes) is taken field by field from the file
 //     read last that sets it: the including file overrides what it
@@ -66,6 +68,9 @@ type fileSet struct {
 	// listens are the non-loopback listener addresses set, checked
 	// against the final allow_from.
 	listens []listenAt
+	// sources maps each setting set (default, listen.http, ...) to the
+	// FILE:LINE of the file read last that sets it (see Settings).
+	sources map[string]string
 	// incomplete is true when an included file could not be read or had
 	// errors: what it would have set (default:) is unknown.
 	incomplete bool
@@ -73,7 +78,11 @@ type fileSet struct {
 
 type setting struct {
 	value string
-	at    string // FILE:LINE
+	at    string // FILE:LINE, or FILE alone for an implicit value
+	// implicit: the file leaves the setting out, and no file read before
+	// it set one; it counts as the tighter value (enforce, deny) against
+	// a file that would loosen it, never loosening anything by itself.
+	implicit bool
 }
 
 type clientAt struct {
@@ -111,7 +120,7 @@ func LoadWith(file string, data []byte, read func(name string) ([]byte, error)) 
 		}
 	}
 	fs.warnListens(p)
-	p.files = fs.files
+	p.files, p.sources = fs.files, fs.sources
 	p.top.name = "default"
 	p.compile()
 	order := map[string]int{}
@@ -219,6 +228,10 @@ func (l *loader) tighten(kind string, prev **setting, v *yaml.Node, value, tight
 		return true
 	}
 	if s := *prev; s != nil && s.value == tighter && value != tighter {
+		if s.implicit {
+			l.errf(l.node(v), "%s: %s would loosen the %s of %s, which leaves %s: out (counted as %s: %s where another file would loosen it): a file may tighten the %s of the files it includes, never loosen it; write %s: %s in %s if that is meant", kind, value, kind, s.at, kind, kind, tighter, kind, kind, value, s.at)
+			return false
+		}
 		l.errf(l.node(v), "%s: %s would loosen %s: %s of %s: a file may tighten the %s of the files it includes, never loosen it", kind, value, kind, s.value, s.at, kind)
 		return false
 	}
@@ -230,6 +243,25 @@ func (l *loader) tighten(kind string, prev **setting, v *yaml.Node, value, tight
 		l.fs.strict[kind][l.file] = (*prev).at
 	}
 	return true
+}
+
+// implicit records that a file leaves default: or mode: (kind) out. Where
+// no file read before it set the setting, the file counts as setting the
+// tighter value, against a file read later and a clients: entry of another
+// file that would loosen it: a baseline that says nothing of mode: is
+// enforcing, and a site may not turn it to audit. It never loosens: a
+// silent site over an audit baseline stays audit.
+func (l *loader) implicit(kind string, prev **setting, tighter string) {
+	if l.fs == nil || *prev != nil && !(*prev).implicit {
+		return
+	}
+	if *prev == nil {
+		*prev = &setting{value: tighter, at: l.file, implicit: true}
+	}
+	if l.fs.strict[kind] == nil {
+		l.fs.strict[kind] = map[string]string{}
+	}
+	l.fs.strict[kind][l.file] = l.file + fmt.Sprintf(" (which leaves %s: out)", kind)
 }
 
 // checkClients holds the clients: entries of a layered policy to what the
@@ -286,16 +318,22 @@ func (l *loader) clientName(v *yaml.Node, s string) {
 	l.fs.clientNames[s] = at
 }
 
-// warnListens warns of the listeners in force that are not on loopback
-// when allow_from is empty.
+// warnListens warns of the listeners in force that are not on loopback:
+// a proxy listener when allow_from is empty, the admin listener always
+// (allow_from does not apply to it, and it has no authentication).
 func (fs *fileSet) warnListens(p *Policy) {
-	if len(p.AllowFrom) > 0 {
-		return
-	}
-	final := map[string]string{"listen.http": p.Listen.HTTP, "listen.dns": p.Listen.DNS, "listen.transparent": p.Listen.Transparent}
+	final := map[string]string{"listen.http": p.Listen.HTTP, "listen.dns": p.Listen.DNS, "listen.transparent": p.Listen.Transparent, "listen.admin": p.Listen.Admin}
 	for _, la := range fs.listens {
 		if final[la.field] != la.node.Value {
 			continue // overridden by a file read later
+		}
+		if la.field == "listen.admin" {
+			fs.warns = append(fs.warns, Diagnostic{File: la.file, Line: la.node.Line, Column: la.node.Column, Warning: true,
+				Message: la.node.Value + " is not a loopback address: the admin listener serves /policy (the policy file, its mode and reload errors) and /denials (who was refused where) without authentication to anyone who reaches it; keep it on 127.0.0.1, or let a firewall or NetworkPolicy decide who reaches it"})
+			continue
+		}
+		if len(p.AllowFrom) > 0 {
+			continue
 		}
 		fs.warns = append(fs.warns, Diagnostic{File: la.file, Line: la.node.Line, Column: la.node.Column, Warning: true,
 			Message: la.node.Value + " is not a loopback address and allow_from is empty: anyone who reaches it can use egress; set allow_from"})

@@ -38,7 +38,8 @@ type Policy struct {
 	TLS      TLS
 
 	hash       string
-	files      []string // see Files
+	files      []string          // see Files
+	sources    map[string]string // see Settings
 	top        ruleset
 	clientSets []*ruleset // parallel to Clients
 	warns      []Diagnostic

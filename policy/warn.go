@@ -56,17 +56,73 @@ func (p *Policy) lint() []Diagnostic {
 			}
 		}
 		for _, r := range rs.rules {
+			if msg := opens(r, rs.def); msg != "" {
+				warn(r, msg)
+			}
 			switch {
 			case r.Host == "" && r.Action == Allow && r.Prefix.Addr().Is6() && nat64LocalUse.Overlaps(r.Prefix) && r.Prefix.Bits() >= nat64LocalUse.Bits() && !p.declaresNAT64In(nat64LocalUse):
 				warn(r, "this rule lifts the guard on the local-use NAT64 prefix 64:ff9b:1::/48, whose addresses egress reads with the RFC 6052 /48 layout; if your NAT64 prefix there is longer, declare it in nat64_prefixes so that the guards and cidr rules see the right IPv4 address")
 			case r.Host == "*" && r.Action == Deny && len(r.HTTP) == 0:
 				warn(r, `deny of "*" matches every name: a connection by name is never allowed by a cidr rule, and every name not allowed by a host rule is denied; write default: deny instead`)
 			case r.Action == Allow && strings.HasPrefix(r.Host, "*.") && !strings.Contains(r.Host[2:], "*") && !hosts[r.Host[2:]]:
-				warn(r, r.Host+" does not match "+r.Host[2:]+" itself; add - {host: "+r.Host[2:]+"} if that is wanted too")
+				// The apex on the wildcard's own ports: a hint never allows
+				// more than the rule it completes (no ports is every port).
+				warn(r, r.Host+" does not match "+r.Host[2:]+" itself; add - "+ruleText(&Rule{Host: r.Host[2:], Ports: r.Ports})+" if that is wanted too")
 			}
 		}
 	}
 	return out
+}
+
+// opens warns of an allow rule that opens more than an operator may
+// think (issue 21), saying what: one that lifts the metadata or loopback
+// guard, and one that allows every address or every name where def is
+// deny. "" when r is none of these.
+func opens(r *Rule, def Verdict) string {
+	if r.Action != Allow {
+		return ""
+	}
+	on := "on every port"
+	if len(r.Ports) > 0 {
+		var ps []string
+		for _, pr := range r.Ports {
+			p := strconv.Itoa(int(pr.Lo))
+			if pr.Hi != pr.Lo {
+				p += "-" + strconv.Itoa(int(pr.Hi))
+			}
+			ps = append(ps, p)
+		}
+		on = "on port " + strings.Join(ps, ", ")
+		if len(ps) > 1 || len(r.Ports) == 1 && r.Ports[0].Hi != r.Ports[0].Lo {
+			on = "on ports " + strings.Join(ps, ", ")
+		}
+	}
+	switch {
+	case r.Host == "*" && def == Deny:
+		return `{host: "*"} allows every name ` + on + `: under default: deny this is default: allow for every connection by name; list the names the clients need instead`
+	case r.Host == "*":
+		return `{host: "*"} allows every name ` + on + `, as default: allow does already; a deny rule of another file still wins over it`
+	case r.Host != "" || !r.Prefix.IsValid():
+		return ""
+	case r.Prefix.Bits() == 0 && def == Deny:
+		fam := "IPv4"
+		if r.Prefix.Addr().Is6() {
+			fam = "IPv6"
+		}
+		return r.Text + " allows every " + fam + " address, and every name that resolves to one, " + on + ": under default: deny this is default: allow (the guards aside); list the destinations the clients need instead"
+	}
+	// The most specific guard whose range holds the whole rule: the one
+	// the rule lifts (see ruleset.addrs.lifts).
+	for _, g := range guardsByFamily[family(r.Prefix.Addr())] {
+		if g.prefix.Bits() > r.Prefix.Bits() || !g.prefix.Contains(r.Prefix.Addr()) {
+			continue
+		}
+		if g.reason == ReasonGuardMetadata || g.reason == ReasonGuardLoopback {
+			return r.Text + " lifts " + string(g.reason) + " " + on + ": it " + guardOpens[g.reason] + " to the client; if that is meant, allow it only for the clients that need it (clients:)"
+		}
+		break
+	}
+	return ""
 }
 
 // beatenAcrossFiles returns a deny rule of another file that matches

@@ -161,6 +161,7 @@ func (l *loader) mapping(n *yaml.Node, what string, fields []field) map[string]*
 			l.errf(k, "field %q appears twice in %s (first at line %d)", k.Value, what, seen[k.Value].Line)
 		default:
 			seen[k.Value] = k
+			l.recordSource(what, k)
 			fn(k, v)
 		}
 	}
@@ -234,7 +235,7 @@ func lastNode(n *yaml.Node) *yaml.Node {
 // top-level key that belongs in one (upstreams: for dns.upstreams). A
 // test checks them against the loader.
 var sectionFields = map[string][]string{
-	"listen":   {"http", "dns", "transparent", "admin", "proxy_protocol", "proxy_protocol_from", "refuse_at_connect"},
+	"listen":   {"http", "dns", "transparent", "admin", "proxy_protocol", "proxy_protocol_from", "refuse_at_connect", "via"},
 	"log":      {"format", "level", "allowed", "file"},
 	"dns":      {"upstreams", "timeout", "blocked", "min_ttl", "max_ttl", "cache_size", "resolve_unlisted"},
 	"timeouts": {"dial", "header", "response", "tunnel_idle", "half_close", "drain"},
@@ -525,8 +526,14 @@ func (l *loader) parse(data []byte, p *Policy) {
 		// An included file may leave default: to the file that includes
 		// it; the policy as a whole needs one (unless an included file
 		// that may set it did not load: that error says it all).
-		if seen["default"] == nil && l.layer == 0 && l.fs.def == nil && !l.fs.incomplete {
+		if seen["default"] == nil && l.layer == 0 && (l.fs.def == nil || l.fs.def.implicit) && !l.fs.incomplete {
 			l.required(root, "default is required: add default: allow (full internet) or default: deny (only what is listed)", "default")
+		}
+		if seen["default"] == nil {
+			l.implicit("default", &l.fs.def, "deny")
+		}
+		if seen["mode"] == nil {
+			l.implicit("mode", &l.fs.mode, "enforce")
 		}
 	}
 }
@@ -949,7 +956,7 @@ func (l *loader) addr(n *yaml.Node, what string) string {
 		l.errf(l.node(n), "%s %q: want IP:PORT such as 127.0.0.1:3128 or [::1]:3128 (or \"\" for off)", what, s)
 		return ""
 	}
-	if what != "listen.admin" && !ap.Addr().Unmap().IsLoopback() {
+	if !ap.Addr().Unmap().IsLoopback() {
 		l.fs.listens = append(l.fs.listens, listenAt{file: l.file, node: l.node(n), field: what})
 	}
 	return s

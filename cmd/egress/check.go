@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/reload"
 )
 
@@ -38,6 +39,8 @@ type checkResult struct {
 	RuleText   string `json:"rule_text,omitempty"`
 	RuleReason string `json:"rule_reason,omitempty"` // the rule's reason: text
 	Hint       string `json:"hint,omitempty"`
+	HintLifts  string `json:"hint_lifts,omitempty"` // what the hint opens when it lifts a guard
+	Error      string `json:"error,omitempty"`      // verdict unresolved: why the name did not resolve
 	Policy     string `json:"policy"`
 	Source     string `json:"source"`
 	// With --requirements: the requirement's fields.
@@ -61,6 +64,12 @@ type checkResult struct {
 // included: check shows what the rules say) or depends on its addresses, 2
 // on a bad config, target or manifest.
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	return cmdCheckWith(args, stdout, stderr, nil)
+}
+
+// cmdCheckWith is cmdCheck with the resolver of --resolve (nil:
+// net.DefaultResolver); tests pass one that asks no DNS server.
+func cmdCheckWith(args []string, stdout, stderr io.Writer, resolver dialer.Resolver) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	config := fs.String("config", "", "policy `FILE` (default: the built-in full-internet policy)")
@@ -76,7 +85,8 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "a host alone means any port. A URL to a host with http: request rules is a")
 		fmt.Fprintln(stderr, "request, decided on its method (--method, default GET) and path. Exit 0: all")
 		fmt.Fprintln(stderr, "allowed (with --requirements: every required one); 1: any denied or depending")
-		fmt.Fprintln(stderr, "on its addresses; 2: bad config, target or requirements file.")
+		fmt.Fprintln(stderr, "on its addresses; 2: bad config, target or requirements file, or (--resolve)")
+		fmt.Fprintln(stderr, "a name that did not resolve, once every target is reported.")
 		fmt.Fprintln(stderr)
 		fs.PrintDefaults()
 	}
@@ -113,7 +123,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 			return exitUsage
 		}
 	}
-	c := checker{p: p, config: *config, resolve: *resolve, asJSON: *asJSON, stdout: stdout, stderr: stderr}
+	c := checker{p: p, config: *config, resolve: *resolve, asJSON: *asJSON, stdout: stdout, stderr: stderr, resolver: resolver}
 	if *manifest != "" {
 		data, err := os.ReadFile(*manifest)
 		if err != nil {
@@ -148,13 +158,20 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 
 	code = exitOK
 	enc := json.NewEncoder(stdout)
+	unresolved := false
 	for _, j := range jobs {
-		outs, err := c.decide(j.target, j.req)
-		if err != nil {
-			fmt.Fprintf(stderr, "egress check: %v\n", err)
-			return exitUsage
-		}
-		for _, o := range outs {
+		for _, o := range c.decide(j.target, j.req) {
+			if o.err != nil {
+				// One name that does not resolve is that target's
+				// answer; the others are still checked (issue 21).
+				unresolved = true
+				if *asJSON {
+					_ = enc.Encode(unresolvedResult(o, j.req.Port))
+					continue
+				}
+				fmt.Fprintln(stdout, formatUnresolved(o, ""))
+				continue
+			}
 			if refused(o.d) {
 				code = exitDenied // "depends" is no proof of an allow: a CI gate must not pass on it
 			}
@@ -165,6 +182,9 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 			}
 			fmt.Fprintln(stdout, formatCheck(label, "", o.d))
 		}
+	}
+	if unresolved {
+		return exitUsage // a failed lookup decides nothing: not a pass, not a denial
 	}
 	return code
 }
@@ -177,35 +197,80 @@ type checker struct {
 	asJSON  bool
 	stdout  io.Writer
 	stderr  io.Writer
+	// resolver looks names up for --resolve; nil is net.DefaultResolver.
+	resolver dialer.Resolver
 }
 
-// outcome is one decision and the label check prints it under.
+// outcome is one decision and the label check prints it under, or the
+// lookup of the name that failed (err; d is then the name's decision).
 type outcome struct {
 	label string
 	d     policy.Decision
+	err   error
 }
 
 // decide decides req with the decision code serve uses; with --resolve, a
 // name step 1 lets through is resolved and every address decided (labelled
-// "LABEL (IP)"), as serve would before dialling.
-func (c *checker) decide(label string, req policy.Request) ([]outcome, error) {
+// "LABEL (IP)"), as serve would before dialling. A lookup that fails is
+// one outcome with err set.
+func (c *checker) decide(label string, req policy.Request) []outcome {
 	d := c.p.Decide(req)
 	if !c.resolve || d.Denied() || d.IP.IsValid() {
-		return []outcome{{label, d}}, nil
+		return []outcome{{label: label, d: d}}
+	}
+	var r dialer.Resolver = net.DefaultResolver
+	if c.resolver != nil {
+		r = c.resolver
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), checkResolveTimeout)
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", d.Host)
+	ips, err := r.LookupNetIP(ctx, "ip", d.Host)
 	cancel()
+	if err == nil && len(ips) == 0 {
+		err = errors.New("no addresses")
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: resolve %s: %w", label, d.Host, err)
+		return []outcome{{label: label, d: d, err: lookupFailure(d.Host, err)}}
 	}
 	var outs []outcome
 	for _, ip := range ips {
 		r := req
 		r.IP = ip
-		outs = append(outs, outcome{label + " (" + ip.Unmap().String() + ")", c.p.Decide(r)})
+		outs = append(outs, outcome{label: label + " (" + ip.Unmap().String() + ")", d: c.p.Decide(r)})
 	}
-	return outs, nil
+	return outs
+}
+
+// lookupFailure says why name did not resolve, in an operator's words
+// rather than Go's ("context deadline exceeded").
+func lookupFailure(name string, err error) error {
+	var de *net.DNSError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &de) && de.IsTimeout:
+		return fmt.Errorf("resolve %s: no answer within %s", name, checkResolveTimeout)
+	case errors.As(err, &de) && de.IsNotFound:
+		return fmt.Errorf("resolve %s: no such host", name)
+	case errors.As(err, &de):
+		return fmt.Errorf("resolve %s: %s", name, de.Err)
+	}
+	return fmt.Errorf("resolve %s: %w", name, err)
+}
+
+// formatUnresolved is the line of a target whose name did not resolve:
+// egress serve would answer it with a 502.
+func formatUnresolved(o outcome, about string) string {
+	s := fmt.Sprintf("%-10s %s", "unresolved", o.label)
+	if about != "" {
+		s += "  " + about
+	}
+	return s + "  " + o.err.Error()
+}
+
+// unresolvedResult is the JSON of a target whose name did not resolve.
+func unresolvedResult(o outcome, port uint16) checkResult {
+	r := resultOf(o.label, o.d)
+	r.Verdict, r.Reason, r.Hint, r.HintLifts, r.PublicOnly, r.Error = "unresolved", "", "", "", false, o.err.Error()
+	r.Port = port
+	return r
 }
 
 // refused reports a decision that is no proof of an allow: denied (audit
@@ -306,6 +371,10 @@ func formatCheck(target, about string, d policy.Decision) string {
 	b.WriteString(formatRequest(d))
 	if d.Hint != "" {
 		fmt.Fprintf(&b, "  hint: %s", d.Hint)
+		if l := d.HintLifts(); l != "" {
+			// A YAML comment: the hint stays one line to paste.
+			fmt.Fprintf(&b, "  # %s", l)
+		}
 	}
 	if d.Reason == policy.ReasonPerAddress {
 		b.WriteString("  (run with --resolve to decide on its addresses)")
@@ -345,7 +414,7 @@ func verdictOf(d policy.Decision) string {
 func resultOf(target string, d policy.Decision) checkResult {
 	r := checkResult{
 		Verdict: verdictOf(d), Target: target, Host: d.Host, Port: d.Port, PublicOnly: publicOnly(d),
-		Reason: string(d.Reason), Hint: d.Hint, Policy: d.Policy, Source: d.Source,
+		Reason: string(d.Reason), Hint: d.Hint, HintLifts: d.HintLifts(), Policy: d.Policy, Source: d.Source,
 	}
 	if d.IP.IsValid() {
 		r.IP = d.IP.String()

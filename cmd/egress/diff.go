@@ -48,8 +48,9 @@ func cmdDiff(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("diff", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	asJSON := fs.Bool("json", false, "one JSON object per destination decided differently")
+	summary := fs.Bool("summary", false, "counts per file and rule instead of examples, for large policies")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: egress diff [--json] OLD NEW")
+		fmt.Fprintln(stderr, "usage: egress diff [--json | --summary] OLD NEW")
 		fmt.Fprintln(stderr)
 		fmt.Fprintln(stderr, "Shows what NEW allows that OLD refused and what NEW refuses that OLD allowed, by")
 		fmt.Fprintln(stderr, "rule, with example destinations decided as egress serve decides them (guards")
@@ -63,6 +64,11 @@ func cmdDiff(args []string, stdout, stderr io.Writer) int {
 	files, code, ok := parseInterspersed(fs, args)
 	if !ok {
 		return code
+	}
+	if *asJSON && *summary {
+		fmt.Fprintf(stderr, "egress diff: --json or --summary, not both\n\n")
+		fs.Usage()
+		return exitUsage
 	}
 	if len(files) != 2 {
 		fmt.Fprintf(stderr, "egress diff: two policy files, OLD and NEW (got %d)\n\n", len(files))
@@ -97,8 +103,105 @@ func cmdDiff(args []string, stdout, stderr io.Writer) int {
 		}
 		return code
 	}
+	if *summary {
+		printDiffSummary(stdout, changes, tried)
+		return code
+	}
 	printDiff(stdout, changes, tried)
 	return code
+}
+
+// diffSummaryRules is how many rules diff --summary names in each
+// direction, those deciding the most destinations first.
+const diffSummaryRules = 10
+
+// printDiffSummary prints, in each direction, how many destinations NEW
+// decides differently per file (of the rule that decides in NEW; a
+// default or a guard by its reason code) and for the rules that decide
+// the most, the others counted on one line: a few dozen lines however
+// large the policies (issue 21: a 100,000-rule diff printed 400,011).
+func printDiffSummary(w io.Writer, changes []policy.Change, tried int) {
+	type tally struct {
+		key string
+		n   int
+	}
+	add := func(m map[string]*tally, order *[]*tally, key string) {
+		t := m[key]
+		if t == nil {
+			t = &tally{key: key}
+			m[key] = t
+			*order = append(*order, t)
+		}
+		t.n++
+	}
+	wider := 0
+	for _, dir := range []bool{true, false} {
+		byFile, byRule := map[string]*tally{}, map[string]*tally{}
+		var files, rules []*tally
+		n := 0
+		for _, c := range changes {
+			if c.Wider() != dir {
+				continue
+			}
+			n++
+			file := string(c.New.Reason)
+			if c.New.Rule != nil {
+				file = c.New.Rule.File
+			}
+			head := decidedBy(c.New)
+			if c.New.Policy != "" && c.New.Policy != "default" {
+				file = "client " + c.New.Policy + ": " + file
+				head = "client " + c.New.Policy + ": " + head
+			}
+			add(byFile, &files, file)
+			add(byRule, &rules, head)
+		}
+		if dir {
+			wider = n
+		}
+		if n == 0 {
+			continue
+		}
+		if dir {
+			fmt.Fprintf(w, "NEW allows %s OLD refused:\n", count(n, "destination"))
+		} else {
+			fmt.Fprintf(w, "NEW refuses %s OLD allowed:\n", count(n, "destination"))
+		}
+		most := func(ts []*tally) {
+			sort.SliceStable(ts, func(i, j int) bool { return ts[i].n > ts[j].n })
+		}
+		most(files)
+		most(rules)
+		width := 0
+		for _, t := range files {
+			width = max(width, len(t.key))
+		}
+		fmt.Fprintf(w, "  by file (of the rule deciding in NEW, or the reason):\n")
+		for _, t := range files {
+			fmt.Fprintf(w, "    %-*s  %d\n", width, t.key, t.n)
+		}
+		shown := rules[:min(len(rules), diffSummaryRules)]
+		width = 0
+		for _, t := range shown {
+			width = max(width, len(t.key))
+		}
+		fmt.Fprintln(w, "  by rule (or reason), the most first:")
+		for _, t := range shown {
+			fmt.Fprintf(w, "    %-*s  %d\n", width, t.key, t.n)
+		}
+		if rest := rules[len(shown):]; len(rest) > 0 {
+			m := 0
+			for _, t := range rest {
+				m += t.n
+			}
+			fmt.Fprintf(w, "    and %d more rule%s, %s (--json lists every destination)\n", len(rest), plural(len(rest)), count(m, "destination"))
+		}
+	}
+	if len(changes) == 0 {
+		fmt.Fprintf(w, "no difference in the %d destinations tried\n", tried)
+		return
+	}
+	fmt.Fprintf(w, "\nNEW allows %s OLD refused, and refuses %d OLD allowed (of %d destinations tried)\n", count(wider, "destination"), len(changes)-wider, tried)
 }
 
 // printDiff prints the changes grouped by what decides them in NEW, with a

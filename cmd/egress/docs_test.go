@@ -132,7 +132,7 @@ func runDocCommand(t *testing.T, root, tmp, cmd string, written map[string]strin
 		return "", false
 	}
 	switch args[1] {
-	case "lint", "diff", "learn":
+	case "lint", "diff", "learn", "show":
 	case "run":
 		// Only a run whose --allow is a URL: it stops before any sandbox.
 		url := false

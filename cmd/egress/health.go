@@ -10,25 +10,34 @@ import (
 	"net/http"
 	"net/netip"
 	neturl "net/url"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/reload"
+	"gopkg.in/yaml.v3"
 )
 
 // defaultHealthURL is the admin listener's default address.
 const defaultHealthURL = "http://" + defaultAdminListen + "/healthz"
 
 // cmdHealth asks a running egress whether it is healthy: a GET of its admin
-// /healthz (or /readyz), exit 0 on a 2xx answer, 1 otherwise, within a
-// bounded time. It is the container image's HEALTHCHECK: the image has no
-// shell and no curl. With --config it asks the admin listener the policy
-// names (listen.admin), so that the check follows the policy.
+// /healthz (or /readyz), exit 0 on a 2xx answer, 1 otherwise (a usage
+// error too: Docker reserves exit 2 of a HEALTHCHECK), within a bounded
+// time. It is the container image's HEALTHCHECK: the image has no shell
+// and no curl. With --config it asks the admin listener the policy names
+// (listen.admin), so that the check follows the policy; a policy file
+// broken since egress started (egress serves on its last good policy) is
+// read leniently for listen.admin, or the default asked, and it says so.
 func cmdHealth(args []string, stdout, stderr io.Writer) int {
 	return probe(args, stdout, stderr)
 }
+
+// exitUnhealthy is health's one failing exit status, whatever failed:
+// Docker reads a HEALTHCHECK's 1 as unhealthy and reserves 2.
+const exitUnhealthy = 1
 
 func probe(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("egress health", flag.ContinueOnError)
@@ -39,9 +48,11 @@ func probe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: egress health [--timeout 2s] [--config FILE | URL]")
 		fmt.Fprintln(stderr)
 		fmt.Fprintln(stderr, "Asks a running egress's admin listener whether it is healthy: exit 0 on a 2xx answer")
-		fmt.Fprintln(stderr, "(one line on standard output), 1 otherwise. URL is the admin listener's /healthz or")
-		fmt.Fprintln(stderr, "/readyz; HOST:PORT alone means its /healthz. Default URL: "+defaultHealthURL+",")
-		fmt.Fprintln(stderr, "or with --config the listen.admin of that policy.")
+		fmt.Fprintln(stderr, "(one line on standard output), 1 otherwise, a usage error included (Docker reserves 2).")
+		fmt.Fprintln(stderr, "URL is the admin listener's /healthz or /readyz; HOST:PORT alone means its /healthz.")
+		fmt.Fprintln(stderr, "Default URL: "+defaultHealthURL+", or with --config the listen.admin of that policy;")
+		fmt.Fprintln(stderr, "a policy that does not load (egress keeps serving its last good one) is read leniently")
+		fmt.Fprintln(stderr, "for listen.admin, or the default asked, with a line on standard error saying so.")
 		fmt.Fprintln(stderr)
 		fs.PrintDefaults()
 	}
@@ -49,26 +60,29 @@ func probe(args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
 		}
-		return exitUsage
+		return exitUnhealthy
 	}
 	if msg := healthArgsError(fs.NArg(), *config, *timeout); msg != "" {
 		fmt.Fprintf(stderr, "egress health: %s\n\n", msg)
 		fs.Usage()
-		return exitUsage
+		return exitUnhealthy
 	}
 	url := defaultHealthURL
 	switch {
 	case fs.NArg() == 1:
 		if hint := configHint(fs.Arg(0), ""); hint != "" {
 			fmt.Fprintf(stderr, "egress health: %q is not a URL%s\n", fs.Arg(0), hint)
-			return exitUsage
+			return exitUnhealthy
 		}
 		url = healthURL(fs.Arg(0))
 	case *config != "":
-		u, err := adminURL(*config)
+		u, note, err := adminURL(*config)
+		if note != "" {
+			fmt.Fprintf(stderr, "egress health: %s\n", note)
+		}
 		if err != nil {
 			fmt.Fprintf(stderr, "egress health: %v\n", err)
-			return exitUsage
+			return exitUnhealthy
 		}
 		url = u
 	}
@@ -77,20 +91,20 @@ func probe(args []string, stdout, stderr io.Writer) int {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "egress health: %v\n", err)
-		return exitUsage
+		return exitUnhealthy
 	}
 	// Proxy nil: the probe asks egress itself, whatever HTTP_PROXY says.
 	client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 	resp, err := client.Do(req)
 	if err != nil {
 		fmt.Fprintf(stderr, "egress health: %s: %s\n", url, healthFailure(err, *timeout))
-		return 1
+		return exitUnhealthy
 	}
 	defer resp.Body.Close()
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		fmt.Fprintf(stderr, "egress health: %s answered %s\n", url, resp.Status)
-		return 1
+		return exitUnhealthy
 	}
 	fmt.Fprintf(stdout, "egress health: %s answered %s\n", url, resp.Status)
 	return 0
@@ -98,23 +112,34 @@ func probe(args []string, stdout, stderr io.Writer) int {
 
 // adminURL is the /healthz of the admin listener that the policy file
 // names: listen.admin, with a wildcard address (0.0.0.0, [::]) asked on
-// loopback.
-func adminURL(file string) (string, error) {
+// loopback. A file that does not load is what an operator's edit leaves
+// while egress goes on serving its last good policy: health must still
+// answer for that egress, so listen.admin is then read leniently (see
+// lenientAdmin), or the default taken, and note says which.
+func adminURL(file string) (url, note string, err error) {
+	addr := defaultAdminListen
 	data, err := reload.ReadFile(file)
-	if err != nil {
-		return "", err
+	if err == nil {
+		var p *policy.Policy
+		if p, err = policy.LoadWith(file, data, reload.ReadFile); err == nil {
+			addr = p.Listen.Admin
+		}
 	}
-	p, err := policy.LoadWith(file, data, reload.ReadFile)
 	if err != nil {
-		return "", err
+		first, _, _ := strings.Cut(err.Error(), "\n")
+		if a, ok := lenientAdmin(file, 0, map[string]bool{}); ok {
+			addr = a
+			note = fmt.Sprintf("%s does not load (%s; a running egress keeps its last good policy): asking the listen.admin the file writes, %q", file, first, a)
+		} else {
+			note = fmt.Sprintf("%s does not load (%s; a running egress keeps its last good policy): the file names no listen.admin that can be read, asking the default %s", file, first, defaultAdminListen)
+		}
 	}
-	addr := p.Listen.Admin
 	if addr == "" {
-		return "", fmt.Errorf("%s: listen.admin is off: no admin listener to ask", file)
+		return "", note, fmt.Errorf("%s: listen.admin is off: no admin listener to ask", file)
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "", fmt.Errorf("%s: listen.admin %q: %w", file, addr, err)
+		return "", note, fmt.Errorf("%s: listen.admin %q: %w", file, addr, err)
 	}
 	switch ip, err := netip.ParseAddr(host); {
 	case host == "":
@@ -124,7 +149,58 @@ func adminURL(file string) (string, error) {
 	case err == nil && ip.IsUnspecified():
 		host = "::1"
 	}
-	return "http://" + net.JoinHostPort(host, port) + "/healthz", nil
+	return "http://" + net.JoinHostPort(host, port) + "/healthz", note, nil
+}
+
+// lenientAdmin reads listen.admin from a policy file that does not load,
+// as the loader would combine it (docs/policy.md, "Layering"): the file's
+// own value, else the last of its includes' (depth first) that sets one.
+// It asks only that the file is YAML with a string at listen.admin; ok is
+// false when no file read says one.
+func lenientAdmin(file string, depth int, seen map[string]bool) (addr string, ok bool) {
+	if depth > 16 || seen[file] {
+		return "", false
+	}
+	seen[file] = true
+	data, err := reload.ReadFile(file)
+	if err != nil {
+		return "", false
+	}
+	var doc struct {
+		Include any `yaml:"include"`
+		Listen  struct {
+			Admin *string `yaml:"admin"`
+		} `yaml:"listen"`
+	}
+	// A *yaml.TypeError (a field of another shape) still decodes the
+	// rest; a file that is not YAML at all says nothing.
+	var te *yaml.TypeError
+	if err := yaml.Unmarshal(data, &doc); err != nil && !errors.As(err, &te) {
+		return "", false
+	}
+	var incs []string
+	switch v := doc.Include.(type) {
+	case string:
+		incs = []string{v}
+	case []any:
+		for _, i := range v {
+			if s, ok := i.(string); ok {
+				incs = append(incs, s)
+			}
+		}
+	}
+	for _, inc := range incs {
+		if !filepath.IsAbs(inc) {
+			inc = filepath.Join(filepath.Dir(file), inc)
+		}
+		if a, found := lenientAdmin(filepath.Clean(inc), depth+1, seen); found {
+			addr, ok = a, true
+		}
+	}
+	if doc.Listen.Admin != nil {
+		return *doc.Listen.Admin, true
+	}
+	return addr, ok
 }
 
 // healthURL completes what a person types: 127.0.0.1:9090 or

@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -58,11 +60,12 @@ func TestHealth(t *testing.T) {
 		{"a server that never answers is unhealthy within the timeout", []string{"-timeout", "200ms", hanging.URL + "/healthz"}, 1, "deadline exceeded"},
 		{"host:port alone means its /healthz", []string{strings.TrimPrefix(ok.URL, "http://")}, 0, ""},
 		{"a URL without a path means its /healthz", []string{ok.URL}, 0, ""},
-		{"two URLs are a usage error", []string{ok.URL, ok.URL}, 2, "egress health: one URL at most\n\nusage"},
-		{"--config and a URL are a usage error", []string{"--config", "policy.yaml", ok.URL}, 2, "egress health: --config FILE or a URL, not both\n\nusage"},
+		{"two URLs are a usage error", []string{ok.URL, ok.URL}, 1, "egress health: one URL at most\n\nusage"},
+		{"--config and a URL are a usage error", []string{"--config", "policy.yaml", ok.URL}, 1, "egress health: --config FILE or a URL, not both\n\nusage"},
 		{"a closed port says nothing listens there", []string{closed}, 1, "egress health: " + closed + ": connection refused: nothing listens there"},
 		{"a silent server says how long it waited", []string{"-timeout", "200ms", hanging.URL + "/healthz"}, 1, "no answer within 200ms"},
-		{"a bad URL is a usage error", []string{"http://[::1"}, 2, "egress health"},
+		{"a bad URL is a usage error", []string{"http://[::1"}, 1, "egress health"},
+		{"a bad flag exits 1, not Docker's reserved 2", []string{"--nope"}, 1, "flag provided but not defined"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -109,7 +112,7 @@ func TestHealthConfig(t *testing.T) {
 	}{
 		{"listen.admin on loopback is asked there", "127.0.0.1:" + port, 0, "http://127.0.0.1:" + port + "/healthz answered 200 OK"},
 		{"listen.admin on every address is asked on loopback", "0.0.0.0:" + port, 0, "http://127.0.0.1:" + port + "/healthz answered 200 OK"},
-		{"listen.admin off is a usage error", `""`, 2, "listen.admin is off"},
+		{"listen.admin off is an error", `""`, 1, "listen.admin is off"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -120,6 +123,52 @@ func TestHealthConfig(t *testing.T) {
 			}
 			if got := stdout.String() + stderr.String(); !strings.Contains(got, tt.out) {
 				t.Errorf("output %q lacks %q", got, tt.out)
+			}
+		})
+	}
+}
+
+// TestHealthConfigBroken (issue 21): a policy file broken since egress
+// started (egress serves its last good policy) must not make a healthy
+// egress unhealthy: listen.admin is read leniently, or the default asked,
+// and a line says so; the exit is 0 or 1, never Docker's reserved 2.
+func TestHealthConfigBroken(t *testing.T) {
+	ok := healthzServer(t)
+	admin := strings.TrimPrefix(ok.URL, "http://")
+	tests := []struct {
+		name  string
+		files map[string]string
+		want  int
+		note  string
+	}{
+		{"a policy with an error still names its admin listener", map[string]string{
+			"policy.yaml": "version: 1\ndefault: deny\nallow:\n  - hots: a.example.com\nlisten:\n  admin: " + admin + "\n"},
+			0, "policy.yaml:4:5: unknown field \"hots\""},
+		{"listen of another shape elsewhere still yields listen.admin", map[string]string{
+			"policy.yaml": "version: 1\ndefault: maybe\nlog: [x]\nlisten: {admin: " + admin + ", http: 3128}\n"},
+			0, "asking the listen.admin the file writes, \"" + admin + "\""},
+		{"an included file's listen.admin counts", map[string]string{
+			"policy.yaml": "version: 1\ninclude: [base.yaml]\ndefault: sometimes\n",
+			"base.yaml":   "version: 1\nlisten:\n  admin: " + admin + "\n"},
+			0, "asking the listen.admin the file writes"},
+		{"a file that is not YAML asks the default", map[string]string{"policy.yaml": "version: [1\n"},
+			-1, "asking the default 127.0.0.1:9090"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for name, text := range tt.files {
+				if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var stdout, stderr bytes.Buffer
+			code := probe([]string{"--timeout", "500ms", "--config", filepath.Join(dir, "policy.yaml")}, &stdout, &stderr)
+			if tt.want >= 0 && code != tt.want || code != 0 && code != 1 {
+				t.Errorf("exit %d, want %d (stderr %q)", code, tt.want, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), "does not load") || !strings.Contains(stderr.String(), tt.note) {
+				t.Errorf("stderr %q: want it to say the file does not load, and %q", stderr.String(), tt.note)
 			}
 		})
 	}

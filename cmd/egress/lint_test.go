@@ -87,6 +87,7 @@ func TestLintGolden(t *testing.T) {
 	}{
 		{"valid", exitOK},
 		{"warnings", exitOK},
+		{"opens", exitOK},
 		{"errors", exitDenied},
 		{"syntax", exitDenied},
 		{"two-documents", exitDenied},

@@ -32,6 +32,7 @@ func commands() []command {
 	return []command{
 		{"serve", "run the proxy (HTTP/CONNECT, DNS, transparent TCP)", cmdServe},
 		{"check", "explain the policy's decision for destinations", cmdCheck},
+		{"show", "print the policy in force after include:, with where each rule and setting comes from", cmdShow},
 		{"lint", "validate policy files", cmdLint},
 		{"diff", "show what a policy change allows and refuses", cmdDiff},
 		{"learn", "write a policy allowing what egress logged (audit to enforce)", cmdLearn},

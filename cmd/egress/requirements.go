@@ -20,17 +20,24 @@ func (c *checker) requirements(rs *policy.Requirements) int {
 	enc := json.NewEncoder(c.stdout)
 	var add, publicOnlyAdd ruleList
 	var advice []string
-	refusedN, requiredN := 0, 0
+	refusedN, requiredN, unresolvedN := 0, 0, 0
 	for _, r := range rs.List {
 		label := net.JoinHostPort(strings.TrimSuffix(strings.TrimPrefix(r.Host, "["), "]"), strconv.Itoa(int(r.Port)))
-		outs, err := c.decide(label, r.Request())
-		if err != nil {
-			fmt.Fprintf(c.stderr, "egress check: %v\n", err)
-			return exitUsage
-		}
 		isRefused := false
-		for _, o := range outs {
+		for _, o := range c.decide(label, r.Request()) {
 			d := o.d
+			if o.err != nil {
+				// Reported, and the other requirements checked on.
+				unresolvedN++
+				if c.asJSON {
+					res := unresolvedResult(o, r.Port)
+					res.Purpose, res.Protocol, res.Required = r.Purpose, r.Protocol, &r.Required
+					_ = enc.Encode(res)
+				} else {
+					fmt.Fprintln(c.stdout, formatUnresolved(o, about(r)))
+				}
+				continue
+			}
 			if c.asJSON {
 				res := resultOf(o.label, d)
 				res.Purpose, res.Protocol, res.Required = r.Purpose, r.Protocol, &r.Required
@@ -63,6 +70,9 @@ func (c *checker) requirements(rs *policy.Requirements) int {
 			}
 		}
 	}
+	if unresolvedN > 0 {
+		code = exitUsage // a failed lookup decides nothing
+	}
 	if c.asJSON {
 		return code
 	}
@@ -77,6 +87,8 @@ func (c *checker) requirements(rs *policy.Requirements) int {
 	}
 	fmt.Fprintln(c.stdout)
 	switch {
+	case refusedN == 0 && unresolvedN > 0:
+		fmt.Fprintf(c.stdout, "%s: no requirement refused, %s did not resolve\n", name, count(unresolvedN, "name"))
 	case refusedN == 0:
 		fmt.Fprintf(c.stdout, "%s: all %d requirements allowed\n", name, len(rs.List))
 	default:
@@ -88,6 +100,9 @@ func (c *checker) requirements(rs *policy.Requirements) int {
 	}
 	for _, a := range dedupe(advice) {
 		fmt.Fprintf(c.stdout, "and: %s\n", a)
+	}
+	if unresolvedN > 0 {
+		fmt.Fprintf(c.stdout, "and: %s did not resolve: egress would answer 502 for %s; check the name\n", count(unresolvedN, "name"), map[bool]string{true: "it", false: "them"}[unresolvedN == 1])
 	}
 	if len(publicOnlyAdd) > 0 {
 		fmt.Fprintf(c.stdout, "allowed for public addresses only; if one of these names resolves to a private or loopback address, add under allow: %s:\n", where)

@@ -752,6 +752,8 @@ def _egress_answered(headers):
 # and in the body: "to allow it, add under allow: in FILE:" then the rule,
 # "egress: cannot resolve HOST: ...", "id: ID".
 _RULE_RE = re.compile(r"to allow: (- \{[^}]*\})")
+# The hint in an EDE text: "; to allow: RULE[ (PORT: ...)]" up to "; id".
+_EDE_HINT_RE = re.compile(r"; to allow: .*?(?=; id [0-9a-f]+$|$)")
 _ID_RE = re.compile(r"\(id ([0-9a-f]+)\)|^id: ([0-9a-f]+)$|; id ([0-9a-f]+)",
                     re.M)
 
@@ -961,12 +963,19 @@ def _dns_why(req, deadline):
     for code, text in edes:
         if code == 15 and text.startswith("egress:"):
             rule = _first(_RULE_RE, text)
-            if rule and "ports:" not in rule and rule.endswith("}"):
-                # egress's DNS allows the name on any port; the tighter rule
-                # allows it, and so the lookup, for what the plugin needs.
-                rule = rule[:-1] + ", ports: [%d]}" % req.port
+            if rule:
+                # A lookup names no port: egress's hint leaves PORT to fill
+                # in (an older egress gave no ports, every port). The rule
+                # for the port the plugin needs allows the name, and so
+                # the lookup, and no more.
+                rule = rule.replace("ports: [PORT]", "ports: [%d]" % req.port)
+                if "ports:" not in rule and rule.endswith("}"):
+                    rule = rule[:-1] + ", ports: [%d]}" % req.port
+            # The line gives the one rule above: the EDE text's own hint
+            # left in would put two different rules on one line.
+            said = _EDE_HINT_RE.sub("", text)
             return _Failed(REFUSED, "egress's DNS refused %s (%s)"
-                           % (req.host, text),
+                           % (req.host, said),
                            rule=rule or rule_for(req.host, req.port),
                            egress_id=_first(_ID_RE, text))
     extra = "".join("; EDE %d %s" % (c, t) for c, t in edes)

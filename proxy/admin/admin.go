@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"sort"
@@ -85,6 +86,7 @@ type Admin struct {
 	lastReload *ReloadAttempt
 
 	mux *http.ServeMux
+	eps []endpoint // what mux serves, listed by GET /
 
 	srvMu  sync.Mutex
 	srv    *http.Server
@@ -180,12 +182,42 @@ func New(o Options) *Admin {
 	}
 
 	a.mux = http.NewServeMux()
-	a.mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{ErrorLog: nil}))
-	a.mux.HandleFunc("GET /healthz", a.serveHealthz)
-	a.mux.HandleFunc("GET /readyz", a.serveReadyz)
-	a.mux.HandleFunc("GET /policy", a.servePolicy)
-	a.mux.HandleFunc("GET /denials", a.serveDenials)
+	a.eps = a.endpoints()
+	for _, e := range a.eps {
+		a.mux.Handle("GET "+e.path, e.h)
+	}
+	// GET / lists the endpoints: an operator who opens the admin address
+	// in a browser or curl learns what it serves, not a bare 404.
+	a.mux.HandleFunc("GET /{$}", a.serveIndex)
 	return a
+}
+
+// endpoint is one path of the admin listener and what it serves.
+type endpoint struct {
+	path, about string
+	h           http.Handler
+}
+
+// endpoints are the admin listener's paths, in the order GET / lists them.
+func (a *Admin) endpoints() []endpoint {
+	return []endpoint{
+		{"/metrics", "Prometheus metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{ErrorLog: nil})},
+		{"/healthz", "200 while the process serves", http.HandlerFunc(a.serveHealthz)},
+		{"/readyz", "200 once the policy is loaded and every listener is up; 503 while draining", http.HandlerFunc(a.serveReadyz)},
+		{"/policy", "the policy in force: source, hash, load time, default, mode, last reload (JSON)", http.HandlerFunc(a.servePolicy)},
+		{"/denials", "the last denials, newest last (JSON; ?limit=N)", http.HandlerFunc(a.serveDenials)},
+	}
+}
+
+// serveIndex lists the endpoints, one per line.
+func (a *Admin) serveIndex(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	var b strings.Builder
+	b.WriteString("egress admin: GET one of\n")
+	for _, e := range a.eps {
+		fmt.Fprintf(&b, "  %-9s %s\n", e.path, e.about)
+	}
+	io.WriteString(w, b.String())
 }
 
 // Registry is the registry /metrics serves, for callers that add their

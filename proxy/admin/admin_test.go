@@ -294,3 +294,27 @@ func BenchmarkRecord(b *testing.B) {
 		})
 	}
 }
+
+// TestIndexListsEndpoints (issue 21): GET / lists the endpoints instead of
+// a bare 404, and each one it lists is served.
+func TestIndexListsEndpoints(t *testing.T) {
+	p := loadPolicy(t, "version: 1\ndefault: deny\n")
+	a := New(Options{Policy: func() *policy.Policy { return p }})
+	srv := httptest.NewServer(a)
+	defer srv.Close()
+	code, body := get(t, srv.URL+"/")
+	if code != http.StatusOK {
+		t.Fatalf("GET / = %d %q", code, body)
+	}
+	for _, path := range []string{"/metrics", "/healthz", "/readyz", "/policy", "/denials"} {
+		if !strings.Contains(body, "\n  "+path+" ") {
+			t.Errorf("GET / lacks %s:\n%s", path, body)
+		}
+		if code, _ := get(t, srv.URL+path); code == http.StatusNotFound {
+			t.Errorf("%s is listed but not served", path)
+		}
+	}
+	if code, _ := get(t, srv.URL+"/nope"); code != http.StatusNotFound {
+		t.Errorf("GET /nope = %d; want 404", code)
+	}
+}

@@ -94,7 +94,9 @@ var errNoAddresses = errors.New("no addresses")
 //
 // A name whose answer mixes allowed and denied addresses is dialled on the
 // allowed ones only; it is denied (with the first denied address's
-// decision) only when no address is allowed. Either way no denied address
+// decision) only when no address is allowed. A name one of whose allowed
+// addresses is egress's own listener (IsSelf) is refused whole with
+// ReasonLoop, whatever its other addresses. Either way no denied address
 // is ever dialled. The allowed addresses are raced Happy Eyeballs style
 // (RFC 8305): families interleaved, a new attempt every
 // ConnectionAttemptDelay or as soon as one fails, each with its own
@@ -167,7 +169,13 @@ func (d *Dialer) Dial(ctx context.Context, network string, req policy.Request) (
 		r.IP = ip.Unmap()
 		dec := p.Decide(r)
 		if dec.Allowed() && d.IsSelf != nil && d.IsSelf(netip.AddrPortFrom(r.IP, req.Port)) {
+			// One allowed address of the name is egress itself: the name
+			// is refused whole, as a loop. Dialling the others instead
+			// (localhost: 127.0.0.1, where egress listens, and ::1) would
+			// answer a client that pointed egress at itself with whatever
+			// else holds the port, or a 502 (issue 18).
 			dec = loopDecision(dec)
+			return nil, dec, &DeniedError{Decision: dec}
 		}
 		if !dec.Allowed() {
 			if denied == nil {

@@ -149,3 +149,58 @@ func TestSecurityRebindingNeverReachesTheGuardedAnswer(t *testing.T) {
 		t.Fatalf("allowed %d, denied %d, guarded listener reached %d times", allowed, denied, reached)
 	}
 }
+
+// TestSecurityLoopNameWithSeveralAddresses (issue 18): localhost is
+// 127.0.0.1 and ::1; with egress listening on 127.0.0.1 only, a CONNECT to
+// localhost:PORT is egress pointed at itself, refused as a loop, not
+// dialled on ::1 (a 502, or whatever else holds that port there).
+func TestSecurityLoopNameWithSeveralAddresses(t *testing.T) {
+	pol, err := policy.Load("open.yaml", []byte("version: 1\ndefault: allow\nallow:\n  - cidr: 127.0.0.0/8\n  - cidr: \"::1/128\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go acceptAndClose(l)
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	// Something else on ::1 at the same port, when the host has IPv6: the
+	// dialer must not reach it either.
+	var other atomic.Int64
+	if l6, err := net.Listen("tcp", net.JoinHostPort("::1", strconv.Itoa(int(port)))); err == nil {
+		defer l6.Close()
+		go func() {
+			for {
+				c, err := l6.Accept()
+				if err != nil {
+					return
+				}
+				other.Add(1)
+				c.Close()
+			}
+		}()
+	}
+	self := &dialer.Self{}
+	self.Add(l.Addr())
+	for _, order := range [][]netip.Addr{
+		{netip.MustParseAddr("::1"), netip.MustParseAddr("127.0.0.1")},
+		{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")},
+	} {
+		t.Run("answer "+order[0].String()+" first", func(t *testing.T) {
+			d := &dialer.Dialer{Policy: func() *policy.Policy { return pol }, Resolver: mapResolver{"localhost": order}, IsSelf: self.Contains}
+			c, dec, err := d.Dial(context.Background(), "tcp", policy.Request{Host: "localhost", Port: port, Client: netip.MustParseAddr("127.0.0.1")})
+			if err == nil {
+				c.Close()
+			}
+			var de *dialer.DeniedError
+			if !errors.As(err, &de) || dec.Reason != policy.ReasonLoop {
+				t.Fatalf("dial localhost port %d: err %v, reason %q; want a loop denial", port, err, dec.Reason)
+			}
+		})
+	}
+	if n := other.Load(); n != 0 {
+		t.Errorf("the listener on ::1 was reached %d times", n)
+	}
+}

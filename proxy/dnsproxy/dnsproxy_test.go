@@ -100,7 +100,9 @@ func TestDeniedNames(t *testing.T) {
 		{
 			name: "a name no rule allows gets NXDOMAIN saying no rule matched", qname: "other.example.org",
 			rcode: dns.RcodeNameError, ede: dns.ExtendedErrorCodeBlocked,
-			text:   []string{"other.example.org", "no rule matched", "no_rule_matched", "- {host: other.example.org}"},
+			// The hint names no more than the lookup asked: a port to
+			// fill in, not every port (issue 21).
+			text:   []string{"other.example.org", "no rule matched", "no_rule_matched", "to allow: - {host: other.example.org, ports: [PORT]} (PORT: the port the client connects to; a lookup names none)"},
 			reason: "no_rule_matched",
 		},
 		{
@@ -134,12 +136,12 @@ func TestDeniedNames(t *testing.T) {
 			// names up; the policy refuses them by name, so none is
 			// forwarded.
 			name: "localhost is refused by name as loopback, never forwarded", qname: "localhost",
-			rcode: dns.RcodeNameError, ede: dns.ExtendedErrorCodeBlocked, text: []string{"guard_loopback", "- {host: localhost}"},
+			rcode: dns.RcodeNameError, ede: dns.ExtendedErrorCodeBlocked, text: []string{"guard_loopback", "- {host: localhost, ports: [PORT]}"},
 			reason: "guard_loopback",
 		},
 		{
 			name: "a name under .localhost too", qname: "db.localhost",
-			rcode: dns.RcodeNameError, ede: dns.ExtendedErrorCodeBlocked, text: []string{"guard_loopback", "- {host: db.localhost}"},
+			rcode: dns.RcodeNameError, ede: dns.ExtendedErrorCodeBlocked, text: []string{"guard_loopback", "- {host: db.localhost, ports: [PORT]}"},
 			reason: "guard_loopback",
 		},
 	} {

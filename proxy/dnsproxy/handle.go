@@ -317,9 +317,21 @@ func explain(d policy.Decision, id, chain string) string {
 	}
 	if d.Hint != "" {
 		b.WriteString("; to allow: ")
-		b.WriteString(d.Hint)
+		b.WriteString(lookupHint(d.Hint))
 	}
 	b.WriteString("; id ")
 	b.WriteString(id)
 	return b.String()
+}
+
+// lookupHint narrows the hint of a lookup's refusal to what the lookup
+// asked: a query names no port, and the policy's hint for port 0, a rule
+// without ports, would allow every port (issue 21). The rule is given
+// with a PORT for the operator to fill in.
+func lookupHint(h string) string {
+	i := strings.LastIndexByte(h, '}')
+	if !strings.HasPrefix(h, "- {") || i < 0 || strings.Contains(h, "ports:") {
+		return h
+	}
+	return h[:i] + ", ports: [PORT]}" + h[i+1:] + " (PORT: the port the client connects to; a lookup names none)"
 }

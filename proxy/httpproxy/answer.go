@@ -142,6 +142,11 @@ func denyReason(id, target string, d policy.Decision) string {
 	r := "egress denied " + target + ": " + why
 	if strings.HasPrefix(d.Hint, "- ") && !strings.ContainsAny(d.Hint, "\r\n") {
 		r += "; to allow: " + d.Hint
+		if d.Reason.IsGuard() && d.HintLifts() != "" {
+			// The status line is all many clients show: it says the
+			// hint lifts a guard too (the body says what that opens).
+			r += " (lifts " + string(d.Reason) + ")"
+		}
 	}
 	return reasonPhrase(r, id)
 }
@@ -189,6 +194,9 @@ func DenyBody(id, target string, d policy.Decision) string {
 			where = d.Source
 		}
 		b.WriteString("to allow it, add under allow: in " + where + ":\n  " + d.Hint + "\n")
+		if l := d.HintLifts(); l != "" {
+			b.WriteString("which " + l + "\n")
+		}
 	case d.Hint != "":
 		b.WriteString("hint: " + d.Hint + "\n")
 	}

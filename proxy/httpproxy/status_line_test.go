@@ -136,7 +136,7 @@ func TestStatusLine(t *testing.T) {
 		{"an exact deny rule has no one-line fix", deny, "CONNECT db.internal:5432 HTTP/1.1\r\n\r\n",
 			"HTTP/1.1 403 egress denied db.internal:5432: test.yaml:4 {host: db.internal, ports: [5432]} (id ID)"},
 		{"a guarded address names the guard and the address", f, "GET http://rebind.test:" + p + "/ HTTP/1.1\r\nHost: rebind.test\r\n\r\n",
-			"HTTP/1.1 403 egress denied rebind.test:" + p + ": guard_loopback (127.0.0.2); to allow: - {cidr: 127.0.0.2/32, ports: [" + p + "]} (id ID)"},
+			"HTTP/1.1 403 egress denied rebind.test:" + p + ": guard_loopback (127.0.0.2); to allow: - {cidr: 127.0.0.2/32, ports: [" + p + "]} (lifts guard_loopback) (id ID)"},
 		{"a refused CONNECT says connection refused", f, "CONNECT 127.0.0.1:" + refused + " HTTP/1.1\r\n\r\n",
 			"HTTP/1.1 502 egress could not reach 127.0.0.1:" + refused + ": connection refused (id ID)"},
 		{"a refused plain request says connection refused", f, "GET http://127.0.0.1:" + refused + "/ HTTP/1.1\r\nHost: x\r\n\r\n",
