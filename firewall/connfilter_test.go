@@ -104,9 +104,9 @@ func TestLeaser(t *testing.T) {
 		if err := l.Lease(b, []policy.PortRange{{Lo: 80, Hi: 80}}, false, time.Second); err != nil {
 			t.Fatal(err)
 		}
-		bkey := string(append(b.AsSlice(), 0, 80, 0, 0))
+		bkey := append(b.AsSlice(), 0, 80, 0, 0)
 		deadline := time.Now().Add(10 * time.Second)
-		for timeouts(t, c, setLease4)[bkey] != 0 {
+		for timeouts(t, c, setLease4)[string(bkey)] != 0 {
 			if time.Now().After(deadline) {
 				t.Fatal("the element never expired")
 			}
@@ -115,7 +115,7 @@ func TestLeaser(t *testing.T) {
 		if err := l.Lease(b, []policy.PortRange{{Lo: 80, Hi: 80}}, false, time.Minute); err != nil {
 			t.Fatalf("renewing an expired lease: %v", err)
 		}
-		if got := timeouts(t, c, setLease4)[bkey]; got != 65*time.Second {
+		if got := timeouts(t, c, setLease4)[string(bkey)]; got != 65*time.Second {
 			t.Errorf("timeout %v, want 65s", got)
 		}
 	})

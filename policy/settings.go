@@ -59,6 +59,7 @@ var settingKeys = []struct {
 	{key: "timeouts.header", value: func(p *Policy) string { return durationYAML(p.Timeouts.Header) }},
 	{key: "timeouts.response", value: func(p *Policy) string { return durationYAML(p.Timeouts.Response) }},
 	{key: "timeouts.tunnel_idle", value: func(p *Policy) string { return durationYAML(p.Timeouts.TunnelIdle) }},
+	{key: "timeouts.half_close", value: func(p *Policy) string { return durationYAML(p.Timeouts.HalfClose) }},
 	{key: "timeouts.drain", value: func(p *Policy) string { return durationYAML(p.Timeouts.Drain) }},
 	{key: "limits.max_tunnels", value: func(p *Policy) string { return strconv.Itoa(p.Limits.MaxTunnels) }},
 	{key: "limits.max_header_bytes", value: func(p *Policy) string { return strconv.Itoa(p.Limits.MaxHeaderBytes) }},
