@@ -1,7 +1,6 @@
 package httpproxy
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -10,21 +9,21 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/answer"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/origin"
 )
 
 // Headers on every answer egress itself writes.
 const (
-	HeaderDecision = "X-Egress-Decision" // "deny" on a 403
-	HeaderReason   = "X-Egress-Reason"   // the policy.Reason code
-	HeaderID       = "X-Egress-Id"       // the decision id, also in the log line
+	HeaderDecision = answer.HeaderDecision // "deny" on a 403
+	HeaderReason   = answer.HeaderReason   // the policy.Reason code
+	HeaderID       = answer.HeaderID       // the decision id, also in the log line
 )
 
 var (
@@ -106,140 +105,22 @@ func failureFor(id, target string, dec policy.Decision, err error) failure {
 	return failure{status: status, reason: reasonPhrase(reason, id), header: h, body: b.String()}
 }
 
-// denied is the 403 answer: headers a program can act on, and a body a
-// person can read, naming the target, the rule, the reason and the fix.
+// denied is the 403 answer, built by proxy/answer (the one home of
+// refusal text, shared with interception).
 func denied(id, target string, d policy.Decision) failure {
-	h := http.Header{}
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set(HeaderDecision, "deny")
-	h.Set(HeaderReason, string(d.Reason))
-	h.Set(HeaderID, id)
-	return failure{status: http.StatusForbidden, reason: denyReason(id, target, d), header: h, body: DenyBody(id, target, d)}
+	a := answer.Denied(id, target, d)
+	return failure{status: a.Status, reason: a.Reason, header: a.Header, body: a.Body}
 }
 
-// denyReason is the 403's reason phrase: "egress denied HOST:PORT: WHY;
-// to allow: HINT (id ID)", WHY being the body's rule: line (or the guard
-// and the address it refused), HINT only when it is one line of YAML.
-func denyReason(id, target string, d policy.Decision) string {
-	why := "no rule matched"
-	switch {
-	case d.Rule != nil:
-		why = d.Rule.Location()
-		if d.Rule.Text != "" {
-			why += " " + d.Rule.Text
-		}
-	case d.Reason != policy.ReasonNoRuleMatched && d.Reason != "":
-		why = string(d.Reason)
-		if d.IP.IsValid() && !strings.Contains(target, d.IP.String()) {
-			why += " (" + d.IP.String() + ")"
-		}
-	}
-	if d.Rule != nil && d.Rule.Note != "" {
-		// The rule's reason: first, where a person looks; the rule after.
-		why = d.Rule.Note + " (" + why + ")"
-	}
-	r := "egress denied " + target + ": " + why
-	if strings.HasPrefix(d.Hint, "- ") && !strings.ContainsAny(d.Hint, "\r\n") {
-		r += "; to allow: " + d.Hint
-		if d.Reason.IsGuard() && d.HintLifts() != "" {
-			// The status line is all many clients show: it says the
-			// hint lifts a guard too (the body says what that opens).
-			r += " (lifts " + string(d.Reason) + ")"
-		}
-	}
-	return reasonPhrase(r, id)
-}
-
-// DenyBody is the text of a 403: what was denied, by which rule (or that
-// none matched), why, and how to allow it.
-func DenyBody(id, target string, d policy.Decision) string {
-	var b strings.Builder
-	b.WriteString("egress: access to " + target)
-	if d.IP.IsValid() && !strings.Contains(target, d.IP.String()) {
-		b.WriteString(" (" + d.IP.String() + ")")
-	}
-	b.WriteString(" denied by policy\n")
-	if d.Rule != nil {
-		b.WriteString("rule: " + d.Rule.Location())
-		if d.Rule.Text != "" {
-			b.WriteString(" " + d.Rule.Text)
-		}
-		b.WriteByte('\n')
-		if d.Rule.Note != "" {
-			b.WriteString("why: " + d.Rule.Note + "\n")
-		}
-	} else {
-		switch {
-		case d.Reason.IsGuard():
-			b.WriteString("rule: none names this guarded address\n")
-		case d.Reason == policy.ReasonNoRuleMatched:
-			b.WriteString("rule: no rule matched\n")
-		default:
-			b.WriteString("rule: none\n")
-		}
-	}
-	b.WriteString("reason: " + string(d.Reason) + "\n")
-	if d.Source != "" {
-		b.WriteString("policy: " + d.Source)
-		if d.Policy != "" && d.Policy != "default" {
-			b.WriteString(" (client " + d.Policy + ")")
-		}
-		b.WriteByte('\n')
-	}
-	switch {
-	case strings.HasPrefix(d.Hint, "- "):
-		where := "the policy file"
-		if d.Source != "" && d.Source != policy.BuiltinSource {
-			where = d.Source
-		}
-		b.WriteString("to allow it, add under allow: in " + where + ":\n  " + d.Hint + "\n")
-		if l := d.HintLifts(); l != "" {
-			b.WriteString("which " + l + "\n")
-		}
-	case d.Hint != "":
-		b.WriteString("hint: " + d.Hint + "\n")
-	}
-	b.WriteString("id: " + id + "\n")
-	return b.String()
-}
-
-// maxReason bounds a reason phrase; what is longer loses its middle, never
-// the id.
-const maxReason = 300
+// DenyBody is the text of a 403: see answer.DenyBody.
+func DenyBody(id, target string, d policy.Decision) string { return answer.DenyBody(id, target, d) }
 
 // lingerTimeout is how long a connection closed after an answer keeps
-// reading what the client still sends (net/http's rstAvoidanceDelay).
-const lingerTimeout = 500 * time.Millisecond
+// reading what the client still sends.
+const lingerTimeout = answer.LingerTimeout
 
-// reasonPhrase makes text and the id a status line's reason phrase: one
-// line of printable ASCII (RFC 9112 §4 allows no CR or LF; anything from
-// a client's request, such as a host name, is replaced byte by byte), at
-// most maxReason bytes.
-func reasonPhrase(text, id string) string {
-	tail := ""
-	if id != "" {
-		tail = " (id " + id + ")"
-	}
-	b := make([]byte, 0, len(text)+len(tail))
-	for _, s := range []string{text, tail} {
-		for i := 0; i < len(s); i++ {
-			c := s[i]
-			switch {
-			case c == '\t' || c == '\r' || c == '\n':
-				c = ' '
-			case c < 0x20 || c > 0x7e:
-				c = '?'
-			}
-			b = append(b, c)
-		}
-	}
-	if len(b) > maxReason {
-		keep := maxReason - len(tail) - len("...")
-		b = slices.Concat(b[:keep], []byte("..."), b[len(b)-len(tail):])
-	}
-	return string(b)
-}
+// reasonPhrase is answer.ReasonPhrase.
+func reasonPhrase(text, id string) string { return answer.ReasonPhrase(text, id) }
 
 // rootCause is the innermost error of err's chain, what a person acts on
 // ("connection refused"), without wrappers such as "dial tcp ADDR:" that
@@ -301,38 +182,13 @@ func answerProto(r *http.Request) string {
 	return "HTTP/1.1"
 }
 
-// raw is f as bytes on the wire: status line, headers (sorted, as
-// net/http writes them, with its Date), body unless head.
+// raw is f as bytes on the wire (answer.Answer.Raw).
 func (f failure) raw(proto string, head bool) []byte {
-	reason := f.reason
-	if reason == "" {
-		reason = http.StatusText(f.status)
-	}
-	h := f.header.Clone()
-	h.Set("Connection", "close")
-	h.Set("Content-Length", strconv.Itoa(len(f.body)))
-	h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
-	var b bytes.Buffer
-	b.WriteString(proto + " " + strconv.Itoa(f.status) + " " + reason + "\r\n")
-	h.Write(&b)
-	b.WriteString("\r\n")
-	if !head {
-		b.WriteString(f.body)
-	}
-	return b.Bytes()
+	return answer.Answer{Status: f.status, Reason: f.reason, Header: f.header, Body: f.body}.Raw(proto, head)
 }
 
-// closeAfterAnswer closes a connection whose client may still be sending
-// (a request body, pipelined requests). Closing a socket with unread data
-// sends a RST, which can destroy the answer before the client reads it;
-// like net/http's closeWriteAndWait, half-close, read for a moment, close.
-func closeAfterAnswer(c net.Conn) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-		c.SetReadDeadline(time.Now().Add(lingerTimeout))
-		io.CopyN(io.Discard, c, 1<<20)
-	}
-	c.Close()
-}
+// closeAfterAnswer is answer.CloseAfter.
+func closeAfterAnswer(c net.Conn) { answer.CloseAfter(c) }
 
 // write sends f through a ResponseWriter with the standard reason phrase:
 // the fallback of send.

@@ -1,4 +1,4 @@
-package httpproxy
+package answer
 
 import (
 	"strings"
@@ -12,7 +12,7 @@ func FuzzReasonPhrase(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, text string) {
-		r := reasonPhrase(text, "0123456789abcdef")
+		r := ReasonPhrase(text, "0123456789abcdef")
 		if len(r) > maxReason || !strings.HasSuffix(r, " (id 0123456789abcdef)") {
 			t.Fatalf("%d bytes, or no id: %q", len(r), r)
 		}
