@@ -26,8 +26,10 @@ const (
 	FieldHost         = "host"          // normalised name asked for ("" for an IP literal)
 	FieldPort         = "port"          // destination port
 	FieldIP           = "ip"            // address decided on or dialled, when known
-	FieldMethod       = "method"        // plain HTTP only
-	FieldURL          = "url"           // plain HTTP only
+	FieldMethod       = "method"        // plain HTTP, and intercepted requests
+	FieldURL          = "url"           // plain HTTP, and intercepted requests (without the query)
+	FieldRequestRule  = "request_rule"  // FILE:LINE of the deciding request rule (http:), when one decided
+	FieldInjected     = "injected"      // names of the headers egress set (inject:), never their values
 	FieldQName        = "qname"         // DNS only
 	FieldQType        = "qtype"         // DNS only
 	FieldRule         = "rule"          // FILE:LINE of the deciding rule, "" when none
@@ -53,7 +55,8 @@ const (
 	ProtoConnect = "connect"
 	ProtoTCP     = "tcp"
 	ProtoDNS     = "dns"
-	ProtoUnix    = "unix" // a unix socket egress run's sandbox refused
+	ProtoHTTPS   = "https" // one request inside an intercepted TLS connection (proxy/intercept)
+	ProtoUnix    = "unix"  // a unix socket egress run's sandbox refused
 	// Other protocols of packets egress run's sandbox refused are named
 	// as the kernel names them: "udp", "icmp", "ipv6-icmp".
 )
@@ -65,7 +68,10 @@ type Entry struct {
 	Client   netip.AddrPort
 	Decision policy.Decision
 	Method   string // plain HTTP
-	URL      string // plain HTTP
+	URL      string // plain HTTP, intercepted requests
+	// Injected names the headers egress set on the request (inject:):
+	// names only, the values are never logged.
+	Injected []string
 	QName    string // DNS
 	QType    string // DNS
 	Path     string // unix
@@ -155,6 +161,12 @@ func Log(l zerolog.Logger, e Entry) {
 		ev = ev.Int(FieldPID, e.PID).Str(FieldProcess, e.Process)
 	}
 	ev = ev.Str(FieldRule, d.RuleLocation())
+	if d.RequestRule != nil {
+		ev = ev.Str(FieldRequestRule, d.RequestRule.Location())
+	}
+	if len(e.Injected) > 0 {
+		ev = ev.Strs(FieldInjected, e.Injected)
+	}
 	if d.Rule != nil {
 		ev = ev.Str(FieldRuleText, d.Rule.Text)
 		if d.Rule.Note != "" {

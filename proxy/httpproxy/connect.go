@@ -12,6 +12,7 @@ import (
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/intercept"
 	"github.com/egress-proxy/egress/proxy/origin"
 	"github.com/egress-proxy/egress/proxy/peek"
 	"github.com/egress-proxy/egress/proxy/tunnel"
@@ -99,6 +100,12 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 	cc.SetDeadline(time.Time{}) // the header deadline must not cut the tunnel
 	if _, err := io.WriteString(cc, proto+" 200 Connection established\r\n\r\n"); err != nil {
 		p.endSetup(cc, up, entry, rq.start, 0, fmt.Errorf("write 200: %w", err))
+		return
+	}
+	if dec.Intercept {
+		// Request rules (issue 20): TLS is terminated and each request
+		// decided; the tunnel slot is held until the connection ends.
+		p.intercept.Serve(ctx, intercept.Conn{Client: cc, Early: early, Upstream: up, Request: rq.req, Decision: dec, ID: rq.id, ClientAddr: rq.client})
 		return
 	}
 	check := sniCheck(pol, rq.req, dec)

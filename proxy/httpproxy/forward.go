@@ -16,6 +16,7 @@ import (
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/intercept"
 	"github.com/egress-proxy/egress/proxy/origin"
 )
 
@@ -80,6 +81,23 @@ func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
 		p.Events.Record(entry)
 		denied(fw.id, target, dec).send(w, r)
 		return
+	}
+	if dec.Intercept {
+		// Request rules (issue 20): decided per request on plain HTTP
+		// too, the normal path forwarded; inject: never applies here.
+		name := dec.Host
+		if name == "" {
+			name = host
+		}
+		rd := intercept.Decide(pol, fw.req, dec, name, r)
+		if !rd.Allowed() {
+			entry.Decision = rd
+			p.Events.Record(entry)
+			denied(fw.id, r.Method+" "+intercept.URL("http", name, port, rd.Path), rd).send(w, r)
+			return
+		}
+		r.URL.Opaque, r.URL.Path, r.URL.RawPath = rd.Path, "", ""
+		dec = rd
 	}
 	fw.dec = dec
 	fw.pol, fw.clientPolicy = pol, dec.Policy

@@ -37,6 +37,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/accept"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/intercept"
 	"github.com/egress-proxy/egress/proxy/tunnel"
 )
 
@@ -66,16 +67,21 @@ type Proxy struct {
 	// TLSClientConfig verifies origins of absolute-form https:// requests.
 	// Nil means the system roots. Verification is never skipped.
 	TLSClientConfig *tls.Config
+	// Intercept serves the destinations whose rules have http: request
+	// rules (Decision.Intercept), CONNECT and plain http:// alike. Nil
+	// means a Server without a CA, which refuses them (fail closed).
+	Intercept *intercept.Server
 	// Tunnels is the set CONNECT tunnels and upgraded connections join:
 	// share one with the other data paths of the process, so that
 	// limits.max_tunnels holds for all of them and a reload can revoke
 	// them all. Nil means a set of this Proxy's own.
 	Tunnels *tunnel.Set
 
-	initOnce sync.Once
-	dial     *dialer.Dialer
-	self     dialer.Self
-	tunnels  *tunnel.Group
+	initOnce  sync.Once
+	dial      *dialer.Dialer
+	self      dialer.Self
+	tunnels   *tunnel.Group
+	intercept *intercept.Server
 
 	mu         sync.Mutex
 	srvs       []*http.Server
@@ -92,6 +98,10 @@ func (p *Proxy) init() {
 		p.dial = p.Dialer
 		if p.dial == nil {
 			p.dial = &dialer.Dialer{Policy: p.Policy, IsSelf: p.self.Contains}
+		}
+		p.intercept = p.Intercept
+		if p.intercept == nil {
+			p.intercept = &intercept.Server{Policy: p.Policy, Dialer: p.dial, Events: p.Events, Logger: p.Logger}
 		}
 	})
 }

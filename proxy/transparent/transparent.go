@@ -36,6 +36,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/accept"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/intercept"
 	"github.com/egress-proxy/egress/proxy/names"
 	"github.com/egress-proxy/egress/proxy/origin"
 	"github.com/egress-proxy/egress/proxy/peek"
@@ -77,6 +78,10 @@ type Server struct {
 	Events *eventlog.Sink
 	// Logger receives what is not a canonical line: panics, accept errors.
 	Logger zerolog.Logger
+	// Intercept serves the destinations whose rules have http: request
+	// rules, over TLS. Nil means a Server without a CA, which refuses
+	// them (fail closed).
+	Intercept *intercept.Server
 	// Tunnels is the set the connections join, from accept on (a
 	// connection being decided holds a slot of limits.max_tunnels): share
 	// one with the other data paths of the process. Nil means a set of
@@ -345,6 +350,11 @@ func (s *Server) handle(cc *net.TCPConn) {
 		dec = ddec
 	}
 	c.entry.Decision = dec
+	if dec.Intercept {
+		// Request rules (issue 20); the slot is held until it ends.
+		s.intercept(c, req, dec, ddec, head, up)
+		return
+	}
 	var client net.Conn = cc
 	var gate *origin.Gate
 	if requests != nil {

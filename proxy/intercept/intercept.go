@@ -1,0 +1,615 @@
+// Package intercept is egress's TLS interception data path (issue 20): for
+// a destination whose rule has http: request rules, it terminates the
+// client's TLS with a certificate from egress's CA (certs), reads each
+// request with net/http's reader, decides it on method and normalised
+// path, sets the deciding rule's inject: headers, sends it to the origin
+// over TLS verified against the system roots (plus tls.upstream_ca) with
+// the one origin client (proxy/origin), relays the answer, and logs one
+// canonical line per request.
+//
+// It is handed a connection another path accepted and decided (CONNECT
+// after its 200, a transparent TLS connection): it does not accept, read
+// ClientHellos for a decision, or resolve names. It speaks HTTP/1.1 only
+// (ALPN offers nothing else; Python 2.7 speaks nothing else) and does not
+// switch protocols (an Upgrade request is sent without its Upgrade).
+//
+// Why not goproxy's MITM: its request loop reads requests itself and
+// sends them with its own Transport (verification off by default); that
+// would be a second request reader and a second origin client.
+package intercept
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/egress-proxy/egress/certs"
+	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/answer"
+	"github.com/egress-proxy/egress/proxy/dialer"
+	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/origin"
+)
+
+// Reasons only interception gives. Operators grep for them: never rename
+// one.
+const (
+	// ReasonSNIMismatch: the ClientHello names a server other than the
+	// one the connection was decided for (domain fronting). The same
+	// code as the CONNECT tunnel's check.
+	ReasonSNIMismatch policy.Reason = "sni_mismatch"
+	// ReasonHostMismatch: a request's Host is not the name whose
+	// certificate egress presented (fronting inside the tunnel).
+	ReasonHostMismatch policy.Reason = "host_mismatch"
+	// ReasonHTTP2Only: the client offered only protocols other than
+	// HTTP/1.1 by ALPN (h2-only clients such as gRPC); intercepted hosts
+	// are HTTP/1.1.
+	ReasonHTTP2Only policy.Reason = "http2_only_client"
+	// ReasonClientRejectedCA: the client refused egress's certificate
+	// (unknown CA, bad certificate): it does not trust egress's CA.
+	ReasonClientRejectedCA policy.Reason = "client_rejected_ca"
+	// ReasonTLSHandshake: the client's TLS handshake failed otherwise.
+	ReasonTLSHandshake policy.Reason = "client_tls_failed"
+	// ReasonNoCA: the destination must be intercepted but egress has no
+	// CA loaded (tls.ca_cert).
+	ReasonNoCA policy.Reason = "no_interception_ca"
+)
+
+// Defaults used when neither the Server nor the policy sets a value.
+const (
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultIdleTimeout      = 2 * time.Minute  // between requests on a client connection
+	DefaultResponseTimeout  = 60 * time.Second // for the origin's response head
+)
+
+// trustHint is how a program comes to trust egress's CA.
+const trustHint = "the client does not trust egress's CA: give it the CA certificate (egress run sets SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, NODE_EXTRA_CA_CERTS; curl --cacert FILE; Python ssl.create_default_context(cafile=FILE); Java keytool -importcert), or install it in the system store (update-ca-certificates); hosts that pin certificates must stay tunnels (no http:)"
+
+// Server intercepts connections. Only Policy is required; it is safe
+// for concurrent use.
+type Server struct {
+	// Policy returns the current policy, read once per request: a reload
+	// applies to the next request on an open connection.
+	Policy func() *policy.Policy
+	// CA returns the CA that signs what egress presents; nil, or a nil
+	// CA, refuses every intercepted connection (ReasonNoCA).
+	CA func() *certs.CA
+	// Roots returns the roots origins are verified against (the system
+	// roots plus tls.upstream_ca). Nil, or a nil pool, means the system
+	// roots. Verification is never skipped.
+	Roots func() *x509.CertPool
+	// Dialer dials origins when the connection the caller dialled is
+	// gone (the origin closed a kept-alive connection). Nil means a
+	// Dialer with Policy.
+	Dialer *dialer.Dialer
+	// Events records one entry per request; nil records nothing.
+	Events *eventlog.Sink
+	// Logger receives panics.
+	Logger zerolog.Logger
+}
+
+// Conn is a connection handed over for interception.
+type Conn struct {
+	// Client is the client's connection, its TLS ClientHello unread but
+	// for Early.
+	Client net.Conn
+	// Early are bytes already read from Client (a peeked ClientHello).
+	Early []byte
+	// Upstream, if set, is a connection to Decision.IP dialled through
+	// the checking dialer; Serve owns it (closes it).
+	Upstream net.Conn
+	// Request and Decision are the connection's: Decision.Intercept
+	// set, Decision.IP the address dialled.
+	Request  policy.Request
+	Decision policy.Decision
+	// ID is the connection's decision id, given to its first request.
+	ID string
+	// ClientAddr is the client's address, for the log.
+	ClientAddr netip.AddrPort
+}
+
+// Serve intercepts c until the client or the origin ends it, or ctx is
+// done. It closes c.Client and c.Upstream.
+func (s *Server) Serve(ctx context.Context, c Conn) {
+	x := &exchange{s: s, c: c, start: time.Now()}
+	defer x.close()
+	defer func() {
+		if v := recover(); v != nil {
+			s.Logger.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).
+				Str(eventlog.FieldID, c.ID).Msg("panic in an intercepted connection; connection closed")
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() { c.Client.Close() })
+	defer stop()
+	x.serve(ctx)
+}
+
+// exchange is one intercepted connection.
+type exchange struct {
+	s     *Server
+	c     Conn
+	start time.Time
+	name  string // the name egress's certificate is for: the decided host, or the IP
+	tc    *tls.Conn
+	up    *origin.Conn // nil until needed, or after the origin closed it
+}
+
+func (x *exchange) close() {
+	if x.tc != nil {
+		x.tc.Close()
+	}
+	x.c.Client.Close()
+	if x.up != nil {
+		x.up.Close()
+	} else if x.c.Upstream != nil {
+		x.c.Upstream.Close()
+	}
+}
+
+// serve is the whole story: handshake with the client, then each
+// request: read → Host check → decide → inject → origin → relay → log.
+func (x *exchange) serve(ctx context.Context) {
+	if !x.handshake() {
+		return
+	}
+	br := bufio.NewReaderSize(x.tc, 4<<10)
+	bw := bufio.NewWriterSize(x.tc, 4<<10)
+	for n := 0; ; n++ {
+		pol := x.s.policy()
+		idle := pol.Timeouts.TunnelIdle
+		if idle <= 0 {
+			idle = DefaultIdleTimeout
+		}
+		x.tc.SetReadDeadline(time.Now().Add(idle))
+		if _, err := br.Peek(1); err != nil {
+			return // the client is done, or idle too long
+		}
+		hdr := pol.Timeouts.Header
+		if hdr <= 0 {
+			hdr = DefaultHandshakeTimeout
+		}
+		x.tc.SetReadDeadline(time.Now().Add(hdr))
+		id := x.c.ID
+		if n > 0 || id == "" {
+			id = eventlog.NewID()
+		}
+		if !x.request(ctx, pol, id, br, bw) {
+			return
+		}
+	}
+}
+
+// policy is the policy in force.
+func (s *Server) policy() *policy.Policy { return s.Policy() }
+
+// handshake terminates the client's TLS: the certificate is for the
+// decided name, and the ClientHello must name it (or nothing).
+func (x *exchange) handshake() bool {
+	d := x.c.Decision
+	x.name = d.Host
+	if x.name == "" {
+		x.name = d.IP.String()
+	}
+	var ca *certs.CA
+	if x.s.CA != nil {
+		ca = x.s.CA()
+	}
+	if ca == nil {
+		d.Verdict, d.Audit, d.Reason = policy.Deny, false, ReasonNoCA
+		d.Hint = "the policy has http: request rules for this destination but egress has no CA: set tls.ca_cert and tls.ca_key (egress ca init DIR)"
+		x.record(x.c.ID, d, "", "", nil, errors.New("no interception CA loaded"))
+		return false
+	}
+	var refused *policy.Decision
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"http/1.1"},
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			if sni := h.ServerName; sni != "" {
+				n, _, err := policy.NormalizeHost(sni)
+				if err == nil && d.Host == "" {
+					// Decided on the address (a cidr rule): the
+					// certificate names what the client asked for,
+					// and its requests must name it too.
+					x.name = n
+				}
+				if err != nil || n != x.name {
+					r := d
+					r.Verdict, r.Audit, r.Rule, r.Reason = policy.Deny, false, nil, ReasonSNIMismatch
+					r.Hint = fmt.Sprintf("the connection to %s carries a TLS ClientHello for %s; egress presents a certificate for %s only", x.name, sni, x.name)
+					refused = &r
+					return nil, errors.New("server name is not the connection's")
+				}
+			}
+			if len(h.SupportedProtos) > 0 && !contains(h.SupportedProtos, "http/1.1") {
+				r := d
+				r.Verdict, r.Audit, r.Reason = policy.Deny, false, ReasonHTTP2Only
+				r.Hint = "the client offers " + strings.Join(h.SupportedProtos, ", ") + " only; hosts with http: rules are intercepted over HTTP/1.1: let the client use HTTP/1.1, or drop http: to keep the host a tunnel"
+				refused = &r
+				return nil, errors.New("client does not speak http/1.1")
+			}
+			return nil, nil
+		},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return ca.Leaf(x.name)
+		},
+	}
+	x.tc = tls.Server(&prefixConn{Conn: x.c.Client, early: x.c.Early}, cfg)
+	x.tc.SetDeadline(time.Now().Add(DefaultHandshakeTimeout))
+	err := x.tc.Handshake()
+	x.tc.SetDeadline(time.Time{})
+	switch {
+	case refused != nil:
+		x.record(x.c.ID, *refused, "", "", nil, nil)
+		return false
+	case err != nil:
+		r := d
+		r.Reason = ReasonTLSHandshake
+		if rejectedCertificate(err) {
+			r.Reason = ReasonClientRejectedCA
+			r.Hint = trustHint
+		}
+		x.record(x.c.ID, r, "", "", nil, fmt.Errorf("client TLS handshake: %w", err))
+		return false
+	}
+	return true
+}
+
+// rejectedCertificate reports whether a handshake failed on the client's
+// alert refusing egress's certificate. crypto/tls reports a received
+// alert as a net.OpError "remote error" around an unexported alert type,
+// so the alert is told by its text (RFC 8446 §6.2 names).
+func rejectedCertificate(err error) bool {
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "remote error" {
+		return false
+	}
+	s := oe.Err.Error()
+	for _, a := range []string{"unknown certificate authority", "bad certificate", "certificate unknown", "unsupported certificate", "certificate expired", "access denied", "decrypt error"} {
+		if strings.Contains(s, a) {
+			return true
+		}
+	}
+	return false
+}
+
+// request serves one request; false ends the connection.
+func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, br *bufio.Reader, bw *bufio.Writer) bool {
+	start := time.Now()
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return false
+		}
+		d := x.c.Decision
+		x.refuse(bw, "HTTP/1.1", false, answer.New(http.StatusBadRequest, id, "egress bad request: "+err.Error(), "egress: bad request: "+err.Error()+"\n"))
+		x.record(id, d, "", "", nil, fmt.Errorf("read request: %w", err))
+		return false
+	}
+	proto := "HTTP/1.1"
+	if !req.ProtoAtLeast(1, 1) {
+		proto = "HTTP/1.0"
+	}
+	head := req.Method == http.MethodHead
+	d := Decide(pol, x.c.Request, x.c.Decision, x.name, req)
+	target := req.Method + " " + URL("https", x.name, x.c.Request.Port, d.Path)
+	if !d.Allowed() {
+		x.refuse(bw, proto, head, answer.Denied(id, target, d))
+		x.record(id, d, req.Method, URL("https", x.name, x.c.Request.Port, d.Path), nil, nil)
+		return false
+	}
+
+	// Forward the normal path, the query as sent; Host as the client
+	// wrote it (it names x.name).
+	req.URL.Scheme, req.URL.Host, req.URL.Path, req.URL.RawPath = "", "", "", ""
+	req.URL.Opaque = d.Path
+	var injected []string
+	for _, in := range d.Inject {
+		v, ok := in.Value()
+		if !ok {
+			// Never send without the header the rule promises.
+			x.refuse(bw, proto, head, answer.New(http.StatusBadGateway, id, "egress could not set "+in.Header+" for "+target, "egress: the value of "+in.Header+" ("+in.Source()+") is not loaded\n"))
+			x.record(id, d, req.Method, target, nil, fmt.Errorf("inject %s: value not loaded", in.Header))
+			return false
+		}
+		req.Header.Set(in.Header, v)
+		injected = append(injected, in.Header)
+	}
+	// The request goes as a plain HTTP/1.1 exchange: no switching
+	// protocols inside an intercepted connection.
+	req.Header.Del("Upgrade")
+	if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+		// egress reads the body itself: say Continue, as net/http's
+		// server does, rather than make the client wait.
+		req.Header.Del("Expect")
+		if req.ContentLength != 0 {
+			bw.WriteString(proto + " 100 Continue\r\n\r\n")
+			bw.Flush()
+		}
+	}
+
+	resp, err := x.roundTrip(ctx, pol, req, bw)
+	if err != nil {
+		var de *dialer.DeniedError
+		if errors.As(err, &de) {
+			x.refuse(bw, proto, head, answer.Denied(id, x.c.Request.Host, de.Decision))
+			x.record(id, de.Decision, req.Method, URL("https", x.name, x.c.Request.Port, d.Path), injected, nil)
+			return false
+		}
+		x.refuse(bw, proto, head, failure(id, x.name+":"+strconv.Itoa(int(x.c.Request.Port)), err))
+		x.record(id, d, req.Method, URL("https", x.name, x.c.Request.Port, d.Path), injected, err)
+		return false
+	}
+	closeAfter, err := origin.WriteResponse(bw, req, resp)
+	resp.Body.Close()
+	entry := x.entry(id, d, req.Method, URL("https", x.name, x.c.Request.Port, d.Path), injected, err)
+	entry.Duration = time.Since(start)
+	x.s.Events.Record(entry)
+	if err != nil || resp.Close || req.Close {
+		x.up.Close()
+		x.up = nil
+	}
+	return err == nil && !closeAfter && !req.Close
+}
+
+// roundTrip sends req to the origin and reads its answer's head, relaying
+// 1xx answers to the client.
+func (x *exchange) roundTrip(ctx context.Context, pol *policy.Policy, req *http.Request, bw *bufio.Writer) (*http.Response, error) {
+	reused := x.up != nil
+	if x.up == nil {
+		raw := x.c.Upstream
+		x.c.Upstream = nil
+		if raw == nil {
+			var err error
+			r := x.c.Request
+			r.IP = x.c.Decision.IP
+			if raw, _, err = x.s.dialer().Dial(ctx, "tcp", r); err != nil {
+				return nil, err
+			}
+		}
+		var roots *x509.CertPool
+		if x.s.Roots != nil {
+			roots = x.s.Roots()
+		}
+		tc := tls.Client(raw, &tls.Config{
+			ServerName: x.name,
+			RootCAs:    roots,
+			NextProtos: []string{"http/1.1"},
+			MinVersion: tls.VersionTLS12,
+		})
+		hctx, cancel := context.WithTimeout(ctx, DefaultHandshakeTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			tc.Close()
+			return nil, fmt.Errorf("TLS handshake with %s: %w", x.name, err)
+		}
+		x.up = origin.NewConn(tc)
+	}
+	resp, err := x.exchangeOnce(pol, req, bw)
+	if err != nil && x.up != nil && !x.up.Got() && reused && replayable(req) {
+		// The origin closed the kept-alive connection while it was
+		// idle: nothing was read, so a request without a body may go
+		// again on a new one.
+		x.up.Close()
+		x.up = nil
+		return x.roundTrip(ctx, pol, req, bw)
+	}
+	return resp, err
+}
+
+// replayable reports a request that may be sent again: idempotent, no
+// body.
+func replayable(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
+	}
+	return false
+}
+
+// exchangeOnce writes req on x.up and reads the answer's head.
+func (x *exchange) exchangeOnce(pol *policy.Policy, req *http.Request, bw *bufio.Writer) (*http.Response, error) {
+	up := x.up
+	up.ResetGot()
+	up.SetWriteDeadline(time.Now().Add(DefaultResponseTimeout))
+	origin.WriteHead(up.BW, req, origin.Request{Via: pol.Listen.Via})
+	err := up.BW.Flush()
+	if err == nil && req.Body != nil {
+		err = origin.WriteBody(up.BW, req, req.Body)
+		if err == nil {
+			err = up.BW.Flush()
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("send request: %w", err)
+	}
+	up.SetWriteDeadline(time.Time{})
+	rt := pol.Timeouts.Response
+	if rt <= 0 {
+		rt = DefaultResponseTimeout
+	}
+	up.SetReadDeadline(time.Now().Add(rt))
+	resp, err := up.ReadResponse(req, func(code int, h http.Header) error {
+		return origin.WriteInformational(bw, code, h)
+	}, false)
+	up.SetReadDeadline(time.Time{})
+	return resp, err
+}
+
+func (s *Server) dialer() *dialer.Dialer {
+	if s.Dialer != nil {
+		return s.Dialer
+	}
+	return &dialer.Dialer{Policy: s.Policy}
+}
+
+// failure maps an error reaching the origin to the client's answer: the
+// one place interception chooses 502 or 504.
+func failure(id, target string, err error) answer.Answer {
+	var ve *tls.CertificateVerificationError
+	var re *dialer.ResolveError
+	var ne net.Error
+	switch {
+	case errors.As(err, &ve):
+		return answer.New(http.StatusBadGateway, id,
+			"egress could not reach "+target+": TLS verification failed: "+rootCause(ve.Err),
+			"egress: TLS verification of "+target+" failed: "+ve.Err.Error()+"\nhint: the origin's certificate must chain to the system roots or to tls.upstream_ca and name the host\n")
+	case errors.As(err, &re):
+		return answer.New(http.StatusBadGateway, id, "egress could not resolve "+re.Host, "egress: cannot resolve "+re.Host+": "+re.Err.Error()+"\n")
+	case errors.Is(err, origin.ErrBadResponse):
+		return answer.New(http.StatusBadGateway, id, "egress got a bad response from "+target+": "+err.Error(), "egress: bad response from "+target+": "+err.Error()+"\n")
+	case errors.As(err, &ne) && ne.Timeout():
+		return answer.New(http.StatusGatewayTimeout, id, "egress timed out reaching "+target+": "+rootCause(err), "egress: "+target+" did not answer in time: "+err.Error()+"\n")
+	}
+	return answer.New(http.StatusBadGateway, id, "egress could not reach "+target+": "+rootCause(err), "egress: cannot reach "+target+": "+err.Error()+"\n")
+}
+
+// rootCause is the innermost error of err's chain, without the "x509: "
+// prefix: what a person acts on.
+func rootCause(err error) string {
+	for u := errors.Unwrap(err); u != nil; u = errors.Unwrap(err) {
+		err = u
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return "connection closed before a response"
+	}
+	return strings.TrimPrefix(err.Error(), "x509: ")
+}
+
+// refuse writes a on the client's TLS connection; the connection ends
+// after it.
+func (x *exchange) refuse(bw *bufio.Writer, proto string, head bool, a answer.Answer) {
+	x.tc.SetWriteDeadline(time.Now().Add(DefaultHandshakeTimeout))
+	bw.Write(a.Raw(proto, head))
+	bw.Flush()
+	// Let the client read the answer before the close: stop writing, read
+	// what it still sends for a moment.
+	x.tc.CloseWrite()
+	x.tc.SetReadDeadline(time.Now().Add(answer.LingerTimeout))
+	io.CopyN(io.Discard, x.tc, 1<<20)
+}
+
+// record logs one request (or the connection, when no request was read).
+func (x *exchange) record(id string, d policy.Decision, method, url string, injected []string, err error) {
+	x.s.Events.Record(x.entry(id, d, method, url, injected, err))
+}
+
+func (x *exchange) entry(id string, d policy.Decision, method, url string, injected []string, err error) eventlog.Entry {
+	e := eventlog.Entry{ID: id, Proto: eventlog.ProtoHTTPS, Client: x.c.ClientAddr, Decision: d, Method: method, URL: url, Injected: injected, Err: err}
+	if e.Decision.IP == (netip.Addr{}) {
+		e.Decision.IP = x.c.Decision.IP
+	}
+	if method == "" {
+		e.Duration = time.Since(x.start)
+	}
+	return e
+}
+
+// Decide decides one request read from a connection (conn, decided
+// connDec) to name, the host egress presented a certificate for (or
+// the plain-HTTP connection's host): its Host must name name (ReasonHostMismatch), then the policy
+// decides its method and path (the path as sent, without the query;
+// Decide normalises it). The returned Decision's Path is what to
+// forward. It is exported for every path that reads requests to an
+// intercepted destination: the transparent plain-HTTP gate and the
+// forward proxy call it too, and must ignore Inject (never on plain
+// HTTP).
+func Decide(pol *policy.Policy, conn policy.Request, connDec policy.Decision, name string, r *http.Request) policy.Decision {
+	p := RequestPath(r)
+	host := r.Host
+	if h, port, err := net.SplitHostPort(host); err == nil {
+		host = h
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || uint16(n) != conn.Port {
+			host = "\x00" // a port other than the connection's: another origin
+		}
+	}
+	if n, _, err := policy.NormalizeHost(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")); err != nil || n != name {
+		d := connDec
+		d.Verdict, d.Audit, d.Rule, d.RequestRule, d.Inject, d.Reason = policy.Deny, false, nil, nil, nil, ReasonHostMismatch
+		d.Method, d.Path = r.Method, p
+		d.Hint = fmt.Sprintf("the request names Host %q on a connection to %s; egress forwards requests to %s only", r.Host, name, name)
+		return d
+	}
+	q := conn
+	q.IP = connDec.IP
+	q.Method, q.Path = r.Method, p
+	return pol.Decide(q)
+}
+
+// RequestPath is the path of r's request target as the client sent it,
+// without the query: what Decide normalises.
+func RequestPath(r *http.Request) string {
+	u := r.RequestURI
+	if i := strings.Index(u, "://"); i > 0 && !strings.HasPrefix(u, "/") {
+		// absolute-form: scheme://authority/path
+		rest := u[i+3:]
+		if j := strings.IndexByte(rest, '/'); j >= 0 {
+			u = rest[j:]
+		} else {
+			u = "/"
+		}
+	}
+	if i := strings.IndexByte(u, '?'); i >= 0 {
+		u = u[:i]
+	}
+	return u
+}
+
+// URL is the URL a request decision names in answers and logs: scheme,
+// host, port when not the scheme's, path in normal form, no query.
+func URL(scheme, host string, port uint16, path string) string {
+	h := host
+	if ip, err := netip.ParseAddr(host); err == nil && ip.Is6() {
+		h = "[" + host + "]"
+	}
+	if !(scheme == "https" && port == 443) && !(scheme == "http" && port == 80) && port != 0 {
+		h += ":" + strconv.Itoa(int(port))
+	}
+	return scheme + "://" + h + path
+}
+
+func contains(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// prefixConn replays early before reading from Conn.
+type prefixConn struct {
+	net.Conn
+	early []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.early) > 0 {
+		n := copy(b, c.early)
+		c.early = c.early[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+// CloseWrite half-closes the client's connection, when it can.
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
