@@ -97,16 +97,10 @@ func cmdCA(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-// errNotEnforced refuses a policy with request rules: this build decides
-// them (egress check) but has no interception data path yet, and serving
-// such a rule as a tunnel would let every request through.
-var errNotEnforced = errors.New("request rules (http:) are not enforced by this build of egress yet: TLS interception lands next; until then serve and run refuse them rather than tunnel every request (egress check and lint read them)")
-
 // checkInterception is what serve needs of a policy with http: request
 // rules: a CA (tls.ca_cert, tls.ca_key) whose key nobody else can read
-// and whose name constraints hold every intercepted host; then, until the
-// interception data path exists, errNotEnforced. Nil for a policy without
-// request rules.
+// and whose name constraints hold every intercepted host, and a readable
+// tls.upstream_ca. Nil for a policy without request rules.
 func checkInterception(p *policy.Policy) error {
 	if !p.Intercepts() {
 		return nil
@@ -130,8 +124,8 @@ func checkInterception(p *policy.Policy) error {
 			errs = append(errs, fmt.Errorf("tls.ca_cert %s cannot sign for a cidr rule with http: rules: %w", p.TLS.CACert, err))
 		}
 	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
+	if _, err := upstreamRoots(p.TLS); err != nil {
+		errs = append(errs, err)
 	}
-	return errNotEnforced
+	return errors.Join(errs...)
 }

@@ -151,8 +151,15 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "egress: denied unix %s (%s) from %s\n", unixTarget(r), r.Reason, r.Process)
 		}
 	}
+	// Request rules (issue 20): a CA CMD trusts, secrets out of its reach.
+	ri, cmdEnv, err := setupRunInterception(pol, os.Environ())
+	if err != nil {
+		fmt.Fprintf(stderr, "egress run: %v\n", err)
+		return sandbox.ExitSetupFailed
+	}
+	defer ri.close()
 	sb, err := sandbox.Start(sandbox.Config{Args: cmdArgs, ExeArgs: runExeArgs, Stdout: stdout, Stderr: stderr, Filter: filter,
-		AllowUnix: allowUnix, UnixRefused: unixRefused, Hold: !*acceptFirst})
+		AllowUnix: allowUnix, UnixRefused: unixRefused, Hold: !*acceptFirst, Env: cmdEnv})
 	if err != nil {
 		fmt.Fprintf(stderr, "egress run: %v\n", err)
 		return sandbox.ExitSetupFailed
@@ -170,7 +177,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			if r := e.Decision.Rule; r != nil && r.Note != "" {
 				why += ": " + r.Note
 			}
-			fmt.Fprintf(stderr, "egress: denied %s %s (%s)%s\n", protoLabel(e.Proto), target(e.Decision), why, by)
+			what := protoLabel(e.Proto) + " " + target(e.Decision)
+			if e.Proto == eventlog.ProtoHTTPS && e.Method != "" {
+				what = e.Method + " " + e.URL // an intercepted request
+			}
+			fmt.Fprintf(stderr, "egress: denied %s (%s)%s\n", what, why, by)
 		}
 	}}
 	// Connections from the sandbox come from its loopback addresses
@@ -183,7 +194,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	res := &resolve.Resolver{Policy: current}
 	defer res.Close()
 	dial := &dialer.Dialer{Policy: current, Resolver: res}
-	tp := &transparent.Server{Policy: current, Dialer: dial, Names: loopbackNames{table}, PeekTimeout: *peek, Events: events, Logger: logger}
+	is := newIntercept(current, ri.ca, dial, events, logger)
+	tp := &transparent.Server{Policy: current, Dialer: dial, Names: loopbackNames{table}, PeekTimeout: *peek, Events: events, Logger: logger, Intercept: is}
 	holdCtx, stopHold := context.WithCancel(context.Background())
 	defer stopHold()
 	if q := sb.Queue(); q != nil {
@@ -196,7 +208,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		logger.Info().Str("reason", sb.HoldError).
 			Msg("run: connect() cannot wait for the destination here (no NFQUEUE); connections are accepted before egress dials")
 	}
-	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger}
+	hp := &httpproxy.Proxy{Policy: current, Dialer: dial, Events: events, Logger: logger, Intercept: is}
 	var recorder names.Recorder = table
 	if filter != nil {
 		recorder = &firewall.Recorder{Names: table, Leases: sb, Policy: current,
@@ -279,10 +291,12 @@ func loadRunPolicy(file string, allows []string, stderr io.Writer) (*policy.Poli
 			printPolicyErrors(stderr, file, err)
 			return nil, false
 		}
-		if pol.Intercepts() {
-			// egress run will make its own CA for the run (issue 20).
-			fmt.Fprintf(stderr, "egress run: %s: %v\n", file, errNotEnforced)
-			return nil, false
+		if pol.Intercepts() && pol.TLS.CACert != "" {
+			// Without tls.ca_cert, egress run makes a CA for the run.
+			if err := checkInterception(pol); err != nil {
+				fmt.Fprintf(stderr, "egress run: %s: %v\n", file, err)
+				return nil, false
+			}
 		}
 	}
 	if len(allows) > 0 {

@@ -25,6 +25,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/dnsproxy"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/httpproxy"
+	"github.com/egress-proxy/egress/proxy/intercept"
 	"github.com/egress-proxy/egress/proxy/names"
 	"github.com/egress-proxy/egress/proxy/proxyproto"
 	"github.com/egress-proxy/egress/proxy/resolve"
@@ -246,6 +247,8 @@ type server struct {
 	// tunnels is every tunnel of every path (CONNECT, upgrades,
 	// transparent): one limits.max_tunnels, and what a reload re-decides.
 	tunnels *tunnel.Set
+	// intercept serves the destinations with http: request rules.
+	intercept *intercept.Server
 	// filter refuses the denied connections of listen.refuse_at_connect's
 	// users at connect(); nil without.
 	filter *serveFilter
@@ -283,6 +286,9 @@ func newServer(pol *policy.Policy, watcher *reload.Watcher, loadedAt time.Time, 
 	// with, per client, for the transparent path (names.Lookup).
 	e.dnsNames = &names.Table{}
 	e.tunnels = &tunnel.Set{}
+	// Interception (http: request rules) for every listener, with the
+	// CA of the policy in force.
+	e.intercept = newIntercept(e.current, nil, e.dial, e.events, logger)
 	return e
 }
 
@@ -339,7 +345,7 @@ func (e *server) listenHTTP(addr string) error {
 		return e.listenErr("listen.http", "--listen", flagged, addr, err)
 	}
 	e.self.Add(ln.Addr())
-	hp := &httpproxy.Proxy{Policy: e.current, Dialer: e.dial, Events: e.events, Logger: e.logger, Tunnels: e.tunnels}
+	hp := &httpproxy.Proxy{Policy: e.current, Dialer: e.dial, Events: e.events, Logger: e.logger, Tunnels: e.tunnels, Intercept: e.intercept}
 	var hln net.Listener = ln
 	if e.pol.Listen.ProxyProtocol {
 		// Behind a load balancer: the client address comes from the
@@ -407,7 +413,7 @@ func (e *server) listenTransparent() error {
 		return e.listenErr("listen.transparent", "", false, addr, err)
 	}
 	e.self.Add(tl.Addr())
-	ts := &transparent.Server{Policy: e.current, Dialer: e.dial, Names: e.dnsNames, Events: e.events, Logger: e.logger, Tunnels: e.tunnels}
+	ts := &transparent.Server{Policy: e.current, Dialer: e.dial, Names: e.dnsNames, Events: e.events, Logger: e.logger, Tunnels: e.tunnels, Intercept: e.intercept}
 	e.transparent = ts
 	e.adm.TrackTunnels(eventlog.ProtoTCP, ts.Open)
 	if e.filter != nil {
