@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -58,6 +59,7 @@ func TestRunIntercepts(t *testing.T) {
 	}))
 	leaf, _ := upCA.Leaf("api.vendor.test")
 	origin.TLS = &tls.Config{Certificates: []tls.Certificate{*leaf}}
+	origin.Config.ErrorLog = log.New(io.Discard, "", 0)
 	origin.StartTLS()
 	defer origin.Close()
 	port := origin.Listener.Addr().(*net.TCPAddr).Port

@@ -247,7 +247,8 @@ func (x *exchange) handshake() bool {
 			return ca.Leaf(x.name)
 		},
 	}
-	x.tc = tls.Server(&prefixConn{Conn: x.c.Client, early: x.c.Early}, cfg)
+	pc := &prefixConn{Conn: x.c.Client, early: x.c.Early}
+	x.tc = tls.Server(pc, cfg)
 	x.tc.SetDeadline(time.Now().Add(DefaultHandshakeTimeout))
 	err := x.tc.Handshake()
 	x.tc.SetDeadline(time.Time{})
@@ -258,7 +259,11 @@ func (x *exchange) handshake() bool {
 	case err != nil:
 		r := d
 		r.Reason = ReasonTLSHandshake
-		if rejectedCertificate(err) {
+		if a, ok := pc.plaintextAlert(); ok && certificateAlert(a) {
+			err = fmt.Errorf("%w (the client sent alert %d, %s)", err, a, alertNames[a])
+			r.Reason = ReasonClientRejectedCA
+			r.Hint = trustHint
+		} else if rejectedCertificate(err) {
 			r.Reason = ReasonClientRejectedCA
 			r.Hint = trustHint
 		}
@@ -285,6 +290,15 @@ func rejectedCertificate(err error) bool {
 	}
 	return false
 }
+
+// alertNames are the TLS alerts (RFC 8446 §6.2) that say the client
+// refused the server's certificate.
+var alertNames = map[byte]string{
+	42: "bad_certificate", 43: "unsupported_certificate", 44: "certificate_revoked", 45: "certificate_expired",
+	46: "certificate_unknown", 48: "unknown_ca", 49: "access_denied", 51: "decrypt_error",
+}
+
+func certificateAlert(a byte) bool { _, ok := alertNames[a]; return ok }
 
 // request serves one request; false ends the connection.
 func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, br *bufio.Reader, bw *bufio.Writer) bool {
@@ -591,10 +605,12 @@ func contains(ss []string, s string) bool {
 	return false
 }
 
-// prefixConn replays early before reading from Conn.
+// prefixConn replays early before reading from Conn, and keeps the tail
+// of what it read last (plaintextAlert).
 type prefixConn struct {
 	net.Conn
 	early []byte
+	tail  []byte
 }
 
 func (c *prefixConn) Read(b []byte) (int, error) {
@@ -603,7 +619,29 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 		c.early = c.early[n:]
 		return n, nil
 	}
-	return c.Conn.Read(b)
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.tail = append(c.tail[:0], b[max(0, n-16):n]...)
+	}
+	return n, err
+}
+
+// plaintextAlert reports the fatal alert a client sent unencrypted as the
+// last thing it read. A TLS 1.3 client that refuses the server's
+// certificate has not switched its write keys yet (OpenSSL, hence curl
+// and Python), so its alert arrives in plaintext where crypto/tls expects
+// an encrypted record and reports "bad record MAC" instead of the alert.
+func (c *prefixConn) plaintextAlert() (byte, bool) {
+	t := c.tail
+	// An alert record: type 21, version 3.x, length 2, level fatal (2).
+	if len(t) < 7 {
+		return 0, false
+	}
+	r := t[len(t)-7:]
+	if r[0] == 21 && r[1] == 3 && r[3] == 0 && r[4] == 2 && r[5] == 2 {
+		return r[6], true
+	}
+	return 0, false
 }
 
 // CloseWrite half-closes the client's connection, when it can.
