@@ -93,7 +93,7 @@ func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
 		if !rd.Allowed() {
 			entry.Decision = rd
 			p.Events.Record(entry)
-			denied(fw.id, r.Method+" "+intercept.URL("http", name, port, rd.Path), rd).send(w, r)
+			denied(fw.id, r.Method+" "+intercept.URL(r.URL.Scheme, name, port, rd.Path), rd).send(w, r)
 			return
 		}
 		r.URL.Opaque, r.URL.Path, r.URL.RawPath = rd.Path, "", ""

@@ -32,6 +32,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/httpproxy"
 	"github.com/egress-proxy/egress/proxy/intercept"
+	"github.com/egress-proxy/egress/proxy/transparent"
 	"github.com/egress-proxy/egress/reload"
 )
 
@@ -181,6 +182,8 @@ type fixture struct {
 	origin    *seen
 	logs      *logBuffer
 	pol       atomic.Pointer[policy.Policy]
+	ca        *certs.CA      // egress's CA
+	roots     *x509.CertPool // tls.upstream_ca
 	policy    string // the policy file
 }
 
@@ -196,6 +199,7 @@ func newFixture(t *testing.T) *fixture {
 	f.caFile = filepath.Join(f.dir, "ca.crt")
 	os.WriteFile(f.caFile, certPEM, 0o644)
 	os.WriteFile(filepath.Join(f.dir, "ca.key"), keyPEM, 0o600)
+	f.ca = ca
 	f.caPool = x509.NewCertPool()
 	f.caPool.AppendCertsFromPEM(certPEM)
 
@@ -206,6 +210,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(upPEM)
+	f.roots = roots
 	rogue, _, _, _ := certs.Create(certs.Options{})
 
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -644,5 +649,70 @@ print("httplib %d %s" % (r.status, r.reason))
 			check(t, out, "urllib 403 egress denied GET https://api.vendor.test:")
 			check(t, out, "httplib 403 egress denied DELETE https://api.vendor.test:")
 		})
+	}
+}
+
+// The transparent listener hands a redirected TLS connection to an
+// intercepted host to the same path.
+func TestTransparentTLSIsIntercepted(t *testing.T) {
+	f := newFixture(t)
+	current := func() *policy.Policy { return f.pol.Load() }
+	loopback := netip.MustParseAddr("127.0.0.1")
+	res := resolver{"api.vendor.test": loopback}
+	d := &dialer.Dialer{Policy: current, Resolver: res}
+	ca := f.ca
+	is := &intercept.Server{Policy: current, CA: func() *certs.CA { return ca }, Roots: func() *x509.CertPool { return f.roots }, Dialer: d, Events: &eventlog.Sink{Logger: zerolog.New(f.logs), LogAllowed: true}}
+	var dst atomic.Value
+	dst.Store(netip.AddrPortFrom(loopback, uint16(f.tlsPort)))
+	ts := &transparent.Server{Policy: current, Dialer: d, Resolver: res, Intercept: is, Events: is.Events,
+		OriginalDst: func(*net.TCPConn) (netip.AddrPort, error) { return dst.Load().(netip.AddrPort), nil }}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ts.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		ts.Shutdown(ctx)
+	})
+	get := func(path string) *http.Response {
+		c := &http.Client{Transport: &http.Transport{
+			DialContext:     func(ctx context.Context, _, _ string) (net.Conn, error) { return net.Dial("tcp", ln.Addr().String()) },
+			TLSClientConfig: &tls.Config{RootCAs: f.caPool},
+		}}
+		resp, err := c.Get(f.url(path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	if resp := get("/v1/license"); resp.StatusCode != 200 {
+		t.Fatalf("allowed: %d %s", resp.StatusCode, resp.Status)
+	}
+	if got := f.origin.last(t).Header.Get("Authorization"); got != "Bearer "+secret {
+		t.Errorf("the origin saw %q", got)
+	}
+	if resp := get("/v1/admin/x"); resp.StatusCode != 403 || resp.Header.Get("X-Egress-Reason") != string(policy.ReasonRequestDenied) {
+		t.Errorf("denied: %d %s", resp.StatusCode, resp.Status)
+	}
+	// Plain HTTP to a destination with request rules: this listener
+	// cannot decide its requests yet, so it refuses (fail closed).
+	dst.Store(netip.AddrPortFrom(loopback, uint16(f.plainPort)))
+	before := f.origin.count()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /v1/admin/x HTTP/1.1\r\nHost: api.vendor.test:%d\r\n\r\n", f.plainPort)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, _ := c.Read(make([]byte, 1)); n != 0 {
+		t.Error("a plain request to an intercepted destination got an answer")
+	}
+	f.logs.entryWith(t, string(transparent.ReasonRequestsUnread))
+	if f.origin.count() != before {
+		t.Error("a plain request to an intercepted destination reached the origin")
 	}
 }
