@@ -260,14 +260,17 @@ func (x *exchange) handshake() bool {
 		r := d
 		r.Reason = ReasonTLSHandshake
 		if a, ok := pc.plaintextAlert(); ok && certificateAlert(a) {
-			err = fmt.Errorf("%w (the client sent alert %d, %s)", err, a, alertNames[a])
+			err = fmt.Errorf("client refused egress's certificate: TLS alert %s (%d)", alertNames[a], a)
 			r.Reason = ReasonClientRejectedCA
 			r.Hint = trustHint
 		} else if rejectedCertificate(err) {
 			r.Reason = ReasonClientRejectedCA
 			r.Hint = trustHint
 		}
-		x.record(x.c.ID, r, "", "", nil, fmt.Errorf("client TLS handshake: %w", err))
+		if r.Reason != ReasonClientRejectedCA || !strings.HasPrefix(err.Error(), "client refused") {
+			err = fmt.Errorf("client TLS handshake: %w", err)
+		}
+		x.record(x.c.ID, r, "", "", nil, err)
 		return false
 	}
 	return true
