@@ -16,10 +16,12 @@ const ReasonRequestsUnread policy.Reason = "requests_undecided"
 
 // intercept hands an allowed connection whose decision says Intercept
 // to the interception data path: a TLS one is terminated there and each
-// request decided; anything else is refused (fail closed).
+// request decided; one that sent nothing yet too (crypto/tls reads its
+// hello when it comes, and fails what is not TLS); anything else is
+// refused (fail closed).
 func (s *Server) intercept(c *conn, req policy.Request, dec, dialled policy.Decision, head []byte, up net.Conn) {
 	dec.IP = dialled.IP
-	if !peek.TLS(head) {
+	if len(head) > 0 && !peek.TLS(head) {
 		up.Close()
 		dec.Verdict, dec.Audit, dec.Reason = policy.Deny, false, ReasonRequestsUnread
 		dec.Hint = "the rule has http: request rules, which this listener decides over TLS only"
