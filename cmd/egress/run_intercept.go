@@ -8,8 +8,6 @@ import (
 	"slices"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/egress-proxy/egress/certs"
 	"github.com/egress-proxy/egress/policy"
 )
@@ -54,7 +52,7 @@ func setupRunInterception(pol *policy.Policy, env []string) (*runInterception, [
 	if len(pol.Injects()) > 0 {
 		// CMD runs as the same user: without this, it could read the
 		// secrets in /proc/EGRESS/environ and /proc/EGRESS/mem.
-		if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		if err := makeNonDumpable(); err != nil {
 			return nil, nil, fmt.Errorf("make egress non-dumpable: %w", err)
 		}
 	}
