@@ -554,7 +554,11 @@ func Decide(pol *policy.Policy, conn policy.Request, connDec policy.Decision, na
 			host = "\x00" // a port other than the connection's: another origin
 		}
 	}
-	if n, _, err := policy.NormalizeHost(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")); err != nil || n != name {
+	n, ip, err := policy.NormalizeHost(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
+	if n == "" && ip.IsValid() {
+		n = ip.String() // an IP literal names the address (name is then its text)
+	}
+	if err != nil || n != name {
 		d := connDec
 		d.Verdict, d.Audit, d.Rule, d.RequestRule, d.Inject, d.Reason = policy.Deny, false, nil, nil, nil, ReasonHostMismatch
 		d.Method, d.Path = r.Method, p

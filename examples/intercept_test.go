@@ -1,0 +1,117 @@
+package examples
+
+import (
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"crypto/tls"
+)
+
+// keyedAPI is the DBMS REST API that answers only with the vendor's key:
+// 401 without it.
+type keyedAPI struct {
+	*apiOrigin
+	withKey atomic.Int32
+}
+
+func startKeyedAPI(t *testing.T, key string) *keyedAPI {
+	t.Helper()
+	caPEM, cert := testCertificates(t)
+	a := &keyedAPI{apiOrigin: &apiOrigin{caFile: filepath.Join(t.TempDir(), "vendor-ca.pem")}}
+	os.WriteFile(a.caFile, caPEM, 0o644)
+	a.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.hits.Add(1)
+		if r.Header.Get("Authorization") != "Bearer "+key {
+			http.Error(w, "no API key", http.StatusUnauthorized)
+			return
+		}
+		a.withKey.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"status": "ok", "version": "16.4"}`)
+	}))
+	a.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	a.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	a.srv.StartTLS()
+	t.Cleanup(a.srv.Close)
+	a.port = a.srv.Listener.Addr().(*net.TCPAddr).Port
+	return a
+}
+
+// TestPluginCallsAPIWithInjectedKey: the plugin sends no key; behind
+// `egress serve`, an http: rule allows GET /v1/status only and egress
+// injects the vendor's key from a file the plugin never sees. The
+// plugin trusts egress's CA the way an engine installs it
+// (SSL_CERT_FILE), with no code change.
+func TestPluginCallsAPIWithInjectedKey(t *testing.T) {
+	pys := pythons(t)
+	bin := egress(t)
+	const key = "vendor-key-5f3a"
+	for _, py := range pys {
+		t.Run(py.name, func(t *testing.T) {
+			const timeout = 3 * time.Second
+			db, api := startDB(t, dbAnswers), startKeyedAPI(t, key)
+			dir := t.TempDir()
+			if r := run(t, 30*time.Second, nil, bin, "ca", "init", filepath.Join(dir, "ca")); r.code != 0 {
+				t.Fatalf("egress ca init: exit %d", r.code)
+			}
+			os.WriteFile(filepath.Join(dir, "vendor-token"), []byte(key+"\n"), 0o600)
+			// Python 2.7 reaches the API as localhost (it ignores IP
+			// SANs), Python 3 as 127.0.0.1: a cidr rule may carry http:
+			// and inject: too.
+			dest := fmt.Sprintf("cidr: 127.0.0.1/32\n    ports: [%d]", api.port)
+			if py.apiHost == "localhost" {
+				dest = fmt.Sprintf("host: localhost\n    ports: [%d]", api.port)
+			}
+			e := startServe(t, bin, fmt.Sprintf(`version: 1
+default: deny
+tls:
+  ca_cert: %[1]s/ca/ca.crt
+  ca_key: %[1]s/ca/ca.key
+  upstream_ca: %[2]s
+allow:
+  - cidr: 127.0.0.1/32
+    ports: [%[3]d]
+  - %[4]s
+    http:
+      - methods: [GET]
+        paths: ["/v1/status"]
+    inject:
+      - header: Authorization
+        from_file: %[1]s/vendor-token
+        prefix: "Bearer "
+listen:
+  admin: 127.0.0.1:0
+`, dir, api.caFile, db.port, dest))
+			args := append(pluginArgs(py, "127.0.0.1", db.port, api.url(py.apiHost), "", timeout), "--db-proxy", e.proxyURL)
+			env := append(py.env, "HTTPS_PROXY="+e.proxyURL, "SSL_CERT_FILE="+filepath.Join(dir, "ca", "ca.crt"))
+			r := run(t, 4*timeout+5*time.Second, env, py.path, args...)
+			if r.code != 0 {
+				t.Fatalf("exit %d, want 0", r.code)
+			}
+			if api.withKey.Load() == 0 {
+				t.Error("the API never got the injected key")
+			}
+			if !strings.Contains(r.stdout, `"version": "16.4"`) {
+				t.Errorf("the plugin did not read the API: %s", r.stdout)
+			}
+			for _, l := range e.logLines() {
+				if strings.Contains(fmt.Sprint(l), key) {
+					t.Errorf("the key is in egress's log: %v", l)
+				}
+			}
+			if strings.Contains(r.stdout+r.stderr, key) {
+				t.Error("the key reached the plugin")
+			}
+		})
+	}
+}
