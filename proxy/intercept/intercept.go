@@ -316,6 +316,9 @@ func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, b
 		x.record(id, d, "", "", nil, fmt.Errorf("read request: %w", err))
 		return false
 	}
+	// The header deadline bounded the head; the body streams (an upload
+	// may take longer), and the connection's context ends it at drain.
+	x.tc.SetReadDeadline(time.Time{})
 	proto := "HTTP/1.1"
 	if !req.ProtoAtLeast(1, 1) {
 		proto = "HTTP/1.0"
@@ -339,7 +342,7 @@ func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, b
 		if !ok {
 			// Never send without the header the rule promises.
 			x.refuse(bw, proto, head, answer.New(http.StatusBadGateway, id, "egress could not set "+in.Header+" for "+target, "egress: the value of "+in.Header+" ("+in.Source()+") is not loaded\n"))
-			x.record(id, d, req.Method, target, nil, fmt.Errorf("inject %s: value not loaded", in.Header))
+			x.record(id, d, req.Method, URL("https", x.name, x.c.Request.Port, d.Path), nil, fmt.Errorf("inject %s: value not loaded", in.Header))
 			return false
 		}
 		req.Header.Set(in.Header, v)
@@ -445,6 +448,7 @@ func (x *exchange) exchangeOnce(pol *policy.Policy, req *http.Request, bw *bufio
 	up.SetWriteDeadline(time.Now().Add(DefaultResponseTimeout))
 	origin.WriteHead(up.BW, req, origin.Request{Via: pol.Listen.Via})
 	err := up.BW.Flush()
+	up.SetWriteDeadline(time.Time{}) // the body goes at the client's pace
 	if err == nil && req.Body != nil {
 		err = origin.WriteBody(up.BW, req, req.Body)
 		if err == nil {
@@ -454,7 +458,6 @@ func (x *exchange) exchangeOnce(pol *policy.Policy, req *http.Request, bw *bufio
 	if err != nil {
 		return nil, fmt.Errorf("send request: %w", err)
 	}
-	up.SetWriteDeadline(time.Time{})
 	rt := pol.Timeouts.Response
 	if rt <= 0 {
 		rt = DefaultResponseTimeout

@@ -214,6 +214,8 @@ func newFixture(t *testing.T) *fixture {
 	rogue, _, _, _ := certs.Create(certs.Options{})
 
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		r.Header.Set("X-Test-Body", string(b)) // what the origin read of the body
 		f.origin.add(r)
 		if r.URL.Path == "/v1/status/redirect" {
 			http.Redirect(w, r, "https://elsewhere.test/", http.StatusFound)
@@ -714,5 +716,67 @@ func TestTransparentTLSIsIntercepted(t *testing.T) {
 	f.logs.entryWith(t, string(transparent.ReasonRequestsUnread))
 	if f.origin.count() != before {
 		t.Error("a plain request to an intercepted destination reached the origin")
+	}
+}
+
+func TestRequestBodyGoesUp(t *testing.T) {
+	f := newFixture(t)
+	var body []byte
+	host := fmt.Sprintf("api.vendor.test:%d", f.tlsPort)
+	// Expect: 100-continue: egress says Continue itself, then the body
+	// goes up with the request.
+	tc, err := f.tunnel(t, "api.vendor.test", f.tlsPort, &tls.Config{RootCAs: f.caPool, ServerName: "api.vendor.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(tc)
+	io.WriteString(tc, "POST /v1/telemetry HTTP/1.1\r\nHost: "+host+"\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n")
+	cont, err := http.ReadResponse(br, nil)
+	if err != nil || cont.StatusCode != 100 {
+		t.Fatalf("want 100 Continue first: %v %v", cont, err)
+	}
+	io.WriteString(tc, "hello world")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "origin saw POST /v1/telemetry" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	if got := f.origin.last(t).Header.Get("X-Test-Body"); got != "hello world" {
+		t.Errorf("the origin read %q", got)
+	}
+	// Chunked, on the same connection.
+	io.WriteString(tc, "POST /v1/telemetry HTTP/1.1\r\nHost: "+host+"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("chunked: %v %v", resp, err)
+	}
+	if got := f.origin.last(t).Header.Get("X-Test-Body"); got != "hello" {
+		t.Errorf("the origin read %q of a chunked body", got)
+	}
+	if n := f.origin.count(); n != 2 {
+		t.Errorf("%d requests upstream, want 2", n)
+	}
+}
+
+func TestAuditModeLetsThroughWithoutInject(t *testing.T) {
+	f := newFixture(t)
+	f.load(t, strings.Replace(fmt.Sprintf(policyText, f.tlsPort, f.plainPort, f.badPort), "default: deny\n", "default: deny\nmode: audit\n", 1))
+	resp, err := f.client().Get(f.url("/v1/other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("audit mode refused: %d %s", resp.StatusCode, resp.Status)
+	}
+	if got := f.origin.last(t).Header.Get("Authorization"); got != "" {
+		t.Errorf("a request let through by audit mode got inject: %q", got)
+	}
+	f.logs.entryWith(t, string(policy.ReasonNoRequestRuleMatched))
+	if !strings.Contains(f.logs.String(), `"event":"audit_deny"`) {
+		t.Error("no audit_deny line")
 	}
 }
