@@ -187,7 +187,7 @@ type fixture struct {
 	policy    string // the policy file
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	f := &fixture{dir: t.TempDir(), origin: &seen{}, logs: &logBuffer{}}
 
@@ -264,7 +264,7 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
-func (f *fixture) writeToken(t *testing.T, v string) {
+func (f *fixture) writeToken(t testing.TB, v string) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(f.dir, "token"), []byte(v), 0o600); err != nil {
 		t.Fatal(err)
@@ -272,7 +272,7 @@ func (f *fixture) writeToken(t *testing.T, v string) {
 }
 
 // load loads text as the policy in force, as serve's reload does.
-func (f *fixture) load(t *testing.T, text string) {
+func (f *fixture) load(t testing.TB, text string) {
 	t.Helper()
 	os.WriteFile(f.policy, []byte(text), 0o644)
 	p, err := reload.Load(f.policy, []byte(text), reload.ReadFile)
