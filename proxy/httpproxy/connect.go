@@ -348,7 +348,7 @@ func sniCheck(pol *policy.Policy, req policy.Request, dec policy.Decision) func(
 			return nil
 		}
 		d := pol.Decide(policy.Request{Host: name, IP: dec.IP, Port: req.Port, Client: req.Client, User: req.User})
-		if d.Allowed() && err == nil {
+		if d.Allowed() && err == nil && !d.Intercept {
 			return nil
 		}
 		why := d.Reason
@@ -357,6 +357,11 @@ func sniCheck(pol *policy.Policy, req policy.Request, dec policy.Decision) func(
 			d.Host = name
 		}
 		d.Hint = fmt.Sprintf("the tunnel to %s carries a TLS ClientHello for %s, which the policy refuses there (%s)", targetString(req.Host, req.Port), name, why)
+		if d.Intercept {
+			// Its requests are decided one by one (http:): a tunnel
+			// opened for another name must not carry them undecided.
+			d.Hint = fmt.Sprintf("the tunnel to %s carries a TLS ClientHello for %s, whose requests egress decides (http:): CONNECT to %s itself", targetString(req.Host, req.Port), name, name)
+		}
 		return &d
 	}
 }

@@ -780,3 +780,21 @@ func TestAuditModeLetsThroughWithoutInject(t *testing.T) {
 		t.Error("no audit_deny line")
 	}
 }
+
+// A tunnel opened for a host without http: must not carry a ClientHello
+// for one with http: (the same address): its requests would go
+// undecided.
+func TestTunnelCannotCarryAnInterceptedName(t *testing.T) {
+	f := newFixture(t)
+	_, err := f.tunnel(t, "tunnel.vendor.test", f.tlsPort, &tls.Config{RootCAs: f.roots, ServerName: "api.vendor.test"})
+	if err == nil {
+		t.Fatal("a tunnel for tunnel.vendor.test carried TLS for api.vendor.test, whose requests egress decides")
+	}
+	e := f.logs.entryWith(t, "sni_mismatch")
+	if hint, _ := e["hint"].(string); !strings.Contains(hint, "CONNECT to api.vendor.test itself") {
+		t.Errorf("hint %q", hint)
+	}
+	if f.origin.count() != 0 {
+		t.Error("the origin was reached")
+	}
+}
