@@ -1,6 +1,7 @@
 package examples
 
 import (
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log"
@@ -13,8 +14,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"crypto/tls"
 )
 
 // keyedAPI is the DBMS REST API that answers only with the vendor's key:

@@ -540,28 +540,27 @@ func (x *exchange) entry(id string, d policy.Decision, method, url string, injec
 }
 
 // Decide decides one request read from a connection (conn, decided
-// connDec) to name, the host egress presented a certificate for (or
-// the plain-HTTP connection's host): its Host must name name (ReasonHostMismatch), then the policy
-// decides its method and path (the path as sent, without the query;
-// Decide normalises it). The returned Decision's Path is what to
-// forward. It is exported for every path that reads requests to an
-// intercepted destination: the transparent plain-HTTP gate and the
-// forward proxy call it too, and must ignore Inject (never on plain
-// HTTP).
+// connDec) to name, the host egress presented a certificate for (or the
+// plain-HTTP connection's host): its Host must name name, on the
+// connection's port (else ReasonHostMismatch); then the policy decides
+// its method and path (the path as sent, without the query; Decide
+// normalises it). The returned Decision's Path is what to forward.
+//
+// It is the one request decision of every path that reads requests to
+// an intercepted destination: this package, the forward proxy's plain
+// http:// requests, and the transparent listener's plain-HTTP gate,
+// which must ignore Inject (never on plain HTTP).
 func Decide(pol *policy.Policy, conn policy.Request, connDec policy.Decision, name string, r *http.Request) policy.Decision {
 	p := RequestPath(r)
-	host := r.Host
-	if h, port, err := net.SplitHostPort(host); err == nil {
-		host = h
-		if n, err := strconv.ParseUint(port, 10, 16); err != nil || uint16(n) != conn.Port {
-			host = "\x00" // a port other than the connection's: another origin
-		}
+	host, port, err := net.SplitHostPort(r.Host)
+	if err != nil {
+		host, port = r.Host, ""
 	}
 	n, ip, err := policy.NormalizeHost(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
-	if n == "" && ip.IsValid() {
+	if err == nil && n == "" && ip.IsValid() {
 		n = ip.String() // an IP literal names the address (name is then its text)
 	}
-	if err != nil || n != name {
+	if err != nil || n != name || port != "" && port != strconv.Itoa(int(conn.Port)) {
 		d := connDec
 		d.Verdict, d.Audit, d.Rule, d.RequestRule, d.Inject, d.Reason = policy.Deny, false, nil, nil, nil, ReasonHostMismatch
 		d.Method, d.Path = r.Method, p

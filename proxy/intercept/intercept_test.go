@@ -184,7 +184,7 @@ type fixture struct {
 	pol       atomic.Pointer[policy.Policy]
 	ca        *certs.CA      // egress's CA
 	roots     *x509.CertPool // tls.upstream_ca
-	policy    string // the policy file
+	policy    string         // the policy file
 }
 
 func newFixture(t testing.TB) *fixture {
