@@ -114,3 +114,55 @@ listen:
 		})
 	}
 }
+
+// TestPluginCallsAPIWithInjectedKeyUnderRun: the same under `egress run`,
+// with no CA in the policy: egress makes one for the run and the plugin
+// trusts it through SSL_CERT_FILE, which egress run sets; the key comes
+// from egress's environment (from_env), which the plugin does not get.
+func TestPluginCallsAPIWithInjectedKeyUnderRun(t *testing.T) {
+	pys := pythons(t)
+	bin := egress(t)
+	egressRunAvailable(t, bin)
+	const key = "vendor-key-under-run"
+	for _, py := range pys {
+		t.Run(py.name, func(t *testing.T) {
+			const timeout = 3 * time.Second
+			db, api := startDB(t, dbAnswers), startKeyedAPI(t, key)
+			dest := fmt.Sprintf("cidr: 127.0.0.1/32\n    ports: [%d]", api.port)
+			if py.apiHost == "localhost" {
+				dest = fmt.Sprintf("host: localhost\n    ports: [%d]", api.port)
+			}
+			cfg := filepath.Join(t.TempDir(), "policy.yaml")
+			os.WriteFile(cfg, []byte(fmt.Sprintf(`version: 1
+default: deny
+tls:
+  upstream_ca: %[1]s
+allow:
+  - cidr: 127.0.0.1/32
+    ports: [%[2]d]
+  - %[3]s
+    http:
+      - methods: [GET]
+        paths: ["/v1/status"]
+    inject:
+      - header: Authorization
+        from_env: VENDOR_KEY
+        prefix: "Bearer "
+`, api.caFile, db.port, dest)), 0o644)
+			args := append([]string{"run", "--config", cfg, "--", py.path}, pluginArgs(py, "127.0.0.1", db.port, api.url(py.apiHost), "", timeout)...)
+			r := run(t, 4*timeout+10*time.Second, append(py.env, "VENDOR_KEY="+key), bin, args...)
+			if r.code != 0 {
+				t.Fatalf("exit %d, want 0", r.code)
+			}
+			if api.withKey.Load() == 0 {
+				t.Error("the API never got the injected key")
+			}
+			if !strings.Contains(r.stdout, `"version": "16.4"`) {
+				t.Errorf("the plugin did not read the API: %s", r.stdout)
+			}
+			if strings.Contains(r.stdout+r.stderr, key) {
+				t.Error("the key is in the output")
+			}
+		})
+	}
+}
