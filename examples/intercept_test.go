@@ -71,7 +71,7 @@ func TestPluginCallsAPIWithInjectedKey(t *testing.T) {
 			if py.apiHost == "localhost" {
 				dest = fmt.Sprintf("host: localhost\n    ports: [%d]", api.port)
 			}
-			e := startServe(t, bin, fmt.Sprintf(`version: 1
+			policy := fmt.Sprintf(`version: 1
 default: deny
 tls:
   ca_cert: %[1]s/ca/ca.crt
@@ -90,7 +90,8 @@ allow:
         prefix: "Bearer "
 listen:
   admin: 127.0.0.1:0
-`, dir, api.caFile, db.port, dest))
+`, dir, api.caFile, db.port, dest)
+			e := startServe(t, bin, policy)
 			args := append(pluginArgs(py, "127.0.0.1", db.port, api.url(py.apiHost), "", timeout), "--db-proxy", e.proxyURL)
 			env := append(py.env, "HTTPS_PROXY="+e.proxyURL, "SSL_CERT_FILE="+filepath.Join(dir, "ca", "ca.crt"))
 			r := run(t, 4*timeout+5*time.Second, env, py.path, args...)
@@ -111,6 +112,17 @@ listen:
 			if strings.Contains(r.stdout+r.stderr, key) {
 				t.Error("the key reached the plugin")
 			}
+
+			// A policy that allows another path: the plugin reports
+			// egress's refusal with the request rule to add.
+			e = startServe(t, bin, strings.Replace(policy, `paths: ["/v1/status"]`, `paths: ["/v1/other"]`, 1))
+			args = append(pluginArgs(py, "127.0.0.1", db.port, api.url(py.apiHost), "", timeout), "--db-proxy", e.proxyURL)
+			r = run(t, 4*timeout+5*time.Second, append(py.env, "HTTPS_PROXY="+e.proxyURL, "SSL_CERT_FILE="+filepath.Join(dir, "ca", "ca.crt")), py.path, args...)
+			if r.code != exitUnmet {
+				t.Fatalf("exit %d, want %d", r.code, exitUnmet)
+			}
+			wantOutcome(t, r.stderr, "DBMS REST API", "refused", "egress denied GET "+api.url(py.apiHost)+": no request rule matched",
+				`to allow: - {methods: [GET], paths: ["/v1/status"]}`)
 		})
 	}
 }

@@ -70,6 +70,16 @@ class _APIAnswered(Exception):
     """The REST API answered with an HTTP error status."""
 
 
+class _EgressRefused(Exception):
+    """egress refused the request itself (X-Egress-Decision: deny): a
+    request rule (http:) of the customer's policy, not the API."""
+
+    def __init__(self, detail, rule, egress_id):
+        Exception.__init__(self, detail)
+        self.rule = rule
+        self.egress_id = egress_id
+
+
 def _hostport(host, port):
     if ":" in host:
         return "[%s]:%d" % (host, port)
@@ -174,6 +184,17 @@ def check_api(url, timeout, ca_file=""):
         finally:
             resp.close()
     except HTTPError as e:
+        headers = getattr(e, "headers", None) or {}
+        if headers.get("X-Egress-Decision") == "deny":
+            # The status line reads "egress denied GET URL: WHY; to
+            # allow: RULE (id ID)".
+            reason = str(e.reason)
+            rule, egress_id = None, headers.get("X-Egress-Id")
+            if egress_id and reason.endswith(" (id %s)" % egress_id):
+                reason = reason[:-len(" (id %s)" % egress_id)]
+            if "; to allow: " in reason:
+                reason, rule = reason.split("; to allow: ", 1)
+            raise _EgressRefused(reason, rule, egress_id)
         raise _APIAnswered("%s answered HTTP %d %s" % (url, e.code, e.reason))
     except (URLError, socket.error, ssl.SSLError, ValueError) as e:
         why = getattr(e, "reason", e)
@@ -211,6 +232,16 @@ def check_requirements(config):
     egress_requirements.raise_unmet(results, PLUGIN)
     try:
         return check_api(c["api_url"], timeout, c["ca_file"])
+    except _EgressRefused as e:
+        # A request rule refused this call: the customer's policy
+        # decides, and the rule to add comes with it.
+        detail = str(e)
+        if e.egress_id:
+            detail += ", egress id " + e.egress_id
+        results[1] = egress_requirements.Result(
+            results[1].requirement, egress_requirements.REFUSED, detail,
+            rule=e.rule, egress_id=e.egress_id)
+        egress_requirements.raise_unmet(results, PLUGIN)
     except _APIAnswered as e:
         # The network let us through and the API answered: no rule, and
         # no "is it up?", will help; its URL or state is wrong.
