@@ -2,6 +2,8 @@ package intercept_test
 
 import (
 	"io"
+	"net/http"
+	"runtime"
 	"testing"
 )
 
@@ -42,6 +44,36 @@ func BenchmarkInterceptedNewConnection(b *testing.B) {
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
+		c.CloseIdleConnections()
+	}
+}
+
+// BenchmarkInterceptedIdleMemory reports the memory egress holds per idle
+// intercepted connection (after one request, kept alive both sides):
+// heap and goroutine stacks, the client's and origin's share included,
+// so an upper bound.
+func BenchmarkInterceptedIdleMemory(b *testing.B) {
+	f := newFixture(b)
+	url := f.url("/v1/license")
+	const n = 200
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	clients := make([]*http.Client, n)
+	for i := range clients {
+		clients[i] = f.client()
+		resp, err := clients[i].Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := float64(after.HeapInuse+after.StackInuse-before.HeapInuse-before.StackInuse) / n
+	b.ReportMetric(per, "B/idle-conn(all-sides)")
+	for _, c := range clients {
 		c.CloseIdleConnections()
 	}
 }
