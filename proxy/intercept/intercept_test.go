@@ -33,6 +33,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/httpproxy"
 	"github.com/egress-proxy/egress/proxy/intercept"
 	"github.com/egress-proxy/egress/proxy/transparent"
+	"github.com/egress-proxy/egress/proxy/tunnel"
 	"github.com/egress-proxy/egress/reload"
 )
 
@@ -185,6 +186,7 @@ type fixture struct {
 	ca        *certs.CA      // egress's CA
 	roots     *x509.CertPool // tls.upstream_ca
 	policy    string         // the policy file
+	tunnels   *tunnel.Set    // the proxy's open tunnels
 }
 
 func newFixture(t testing.TB) *fixture {
@@ -249,7 +251,8 @@ func newFixture(t testing.TB) *fixture {
 	d := &dialer.Dialer{Policy: current, Resolver: res}
 	events := &eventlog.Sink{Logger: zerolog.New(f.logs), LogAllowed: true}
 	is := &intercept.Server{Policy: current, CA: func() *certs.CA { return ca }, Roots: func() *x509.CertPool { return roots }, Dialer: d, Events: events}
-	p := &httpproxy.Proxy{Policy: current, Dialer: d, Events: events, Intercept: is}
+	f.tunnels = &tunnel.Set{}
+	p := &httpproxy.Proxy{Policy: current, Dialer: d, Events: events, Intercept: is, Tunnels: f.tunnels}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -796,5 +799,34 @@ func TestTunnelCannotCarryAnInterceptedName(t *testing.T) {
 	}
 	if f.origin.count() != 0 {
 		t.Error("the origin was reached")
+	}
+}
+
+// A reload that gives a tunnelled host http: rules closes its open
+// tunnels: the requests they carry would go undecided.
+func TestReloadClosesTunnelsToANewlyInterceptedHost(t *testing.T) {
+	f := newFixture(t)
+	c, err := net.Dial("tcp", f.proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "CONNECT tunnel.vendor.test:%d HTTP/1.1\r\nHost: tunnel.vendor.test\r\n\r\n", f.tlsPort)
+	br := bufio.NewReader(c)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	waitFor(t, "the tunnel to open", func() bool { return f.tunnels.Open() == 1 })
+	text := fmt.Sprintf(policyText, f.tlsPort, f.plainPort, f.badPort)
+	if n := f.tunnels.Revoke(f.pol.Load()); n != 0 {
+		t.Fatalf("the same policy revoked %d tunnels", n)
+	}
+	f.load(t, strings.Replace(text, "  - host: tunnel.vendor.test\n", "  - host: tunnel.vendor.test\n    http:\n      - paths: [\"/public/**\"]\n", 1))
+	if n := f.tunnels.Revoke(f.pol.Load()); n != 1 {
+		t.Fatalf("revoked %d tunnels, want the one to the newly intercepted host", n)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := br.ReadByte(); err == nil {
+		t.Error("the tunnel stayed open")
 	}
 }

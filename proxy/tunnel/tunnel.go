@@ -137,14 +137,24 @@ func (s *Set) snapshot() []*Tunnel {
 // decided on (client, user, name, address, port), and closes each one pol
 // refuses; its line then says policy.ReasonRevoked with pol's rule and hint. It
 // returns how many it closed. An audit pass (mode: audit) is not refused.
+// A tunnel whose destination pol intercepts (http: request rules) while
+// it was opened as a plain tunnel is closed too.
 func (s *Set) Revoke(pol *policy.Policy) int {
 	n := 0
 	for _, t := range s.snapshot() {
 		d := pol.Decide(t.Request)
-		if d.Allowed() {
+		// A tunnel to a destination the new policy intercepts (http:)
+		// would carry requests nobody decides (issue 20): it goes too,
+		// and the client's next connection is intercepted.
+		intercepted := d.Allowed() && d.Intercept && !t.Entry.Decision.Intercept
+		if d.Allowed() && !intercepted {
 			continue
 		}
-		if t.close(fmt.Errorf("closed on policy reload: the new policy refuses it (%s)", d.Reason), &d) {
+		err := fmt.Errorf("closed on policy reload: the new policy refuses it (%s)", d.Reason)
+		if intercepted {
+			err = errors.New("closed on policy reload: the new policy decides each request to it (http:)")
+		}
+		if t.close(err, &d) {
 			n++
 		}
 	}
