@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
 	"fmt"
 	"os"
@@ -27,7 +28,7 @@ type interceptTLS struct {
 
 	mu    sync.Mutex
 	pol   *policy.Policy
-	files []byte // what was loaded: the CA and upstream_ca files' contents
+	files []byte // what was loaded: a digest of the CA and upstream_ca files
 	ca    *certs.CA
 	roots *x509.CertPool
 }
@@ -53,19 +54,19 @@ func (it *interceptTLS) state() (*certs.CA, *x509.CertPool) {
 	return it.ca, it.roots
 }
 
-// tlsFiles is the contents of the files p's tls: names, to tell a
-// changed CA from the same one.
+// tlsFiles is a digest of the files p's tls: names, to tell a changed
+// CA from the same one.
 func tlsFiles(t policy.TLS) []byte {
-	var b bytes.Buffer
+	h := sha256.New()
 	for _, f := range []string{t.CACert, t.CAKey, t.UpstreamCA} {
-		b.WriteString(f + "\x00")
+		h.Write([]byte(f + "\x00"))
 		if f != "" {
 			data, _ := os.ReadFile(f)
-			b.Write(data)
+			h.Write(data)
 		}
-		b.WriteByte(0)
+		h.Write([]byte{0})
 	}
-	return b.Bytes()
+	return h.Sum(nil)
 }
 
 // upstreamRoots is the system roots plus tls.upstream_ca.
