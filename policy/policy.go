@@ -132,8 +132,29 @@ const (
 	ReasonHTTP2Preface Reason = "http2_prior_knowledge"
 	// ReasonHostMismatch: a plaintext HTTP request inside a CONNECT
 	// tunnel names a host the policy refuses at the address dialled
-	// (domain fronting over plain HTTP).
+	// (domain fronting over plain HTTP); or a request inside an
+	// intercepted TLS connection names a Host other than the one whose
+	// certificate egress presented (proxy/intercept).
 	ReasonHostMismatch Reason = "host_mismatch"
+	// ReasonHTTP2Only: a client of an intercepted destination offered
+	// only protocols other than HTTP/1.1 by ALPN (h2-only clients such
+	// as gRPC); intercepted hosts are HTTP/1.1.
+	ReasonHTTP2Only Reason = "http2_only_client"
+	// ReasonClientRejectedCA: the client refused the certificate egress
+	// presented for an intercepted destination (unknown CA, bad
+	// certificate): it does not trust egress's CA.
+	ReasonClientRejectedCA Reason = "client_rejected_ca"
+	// ReasonClientTLSFailed: the client's TLS handshake with egress for
+	// an intercepted destination failed otherwise.
+	ReasonClientTLSFailed Reason = "client_tls_failed"
+	// ReasonNoCA: a destination with http: request rules reached a
+	// listener that has no interception CA loaded (tls.ca_cert).
+	ReasonNoCA Reason = "no_interception_ca"
+	// ReasonRequestsUndecided: bytes that are neither TLS nor HTTP/1 to
+	// a destination with http: request rules on the transparent
+	// listener: there is no request to decide, so it is refused rather
+	// than passed undecided.
+	ReasonRequestsUndecided Reason = "requests_undecided"
 )
 
 // IsGuard reports whether r is one of the guard reasons.

@@ -44,30 +44,6 @@ import (
 	"github.com/egress-proxy/egress/proxy/origin"
 )
 
-// Reasons only interception gives. Operators grep for them: never rename
-// one.
-const (
-	// ReasonSNIMismatch: the ClientHello names a server other than the
-	// one the connection was decided for (domain fronting). The same
-	// code as the CONNECT tunnel's check.
-	ReasonSNIMismatch policy.Reason = "sni_mismatch"
-	// ReasonHostMismatch: a request's Host is not the name whose
-	// certificate egress presented (fronting inside the tunnel).
-	ReasonHostMismatch policy.Reason = "host_mismatch"
-	// ReasonHTTP2Only: the client offered only protocols other than
-	// HTTP/1.1 by ALPN (h2-only clients such as gRPC); intercepted hosts
-	// are HTTP/1.1.
-	ReasonHTTP2Only policy.Reason = "http2_only_client"
-	// ReasonClientRejectedCA: the client refused egress's certificate
-	// (unknown CA, bad certificate): it does not trust egress's CA.
-	ReasonClientRejectedCA policy.Reason = "client_rejected_ca"
-	// ReasonTLSHandshake: the client's TLS handshake failed otherwise.
-	ReasonTLSHandshake policy.Reason = "client_tls_failed"
-	// ReasonNoCA: the destination must be intercepted but egress has no
-	// CA loaded (tls.ca_cert).
-	ReasonNoCA policy.Reason = "no_interception_ca"
-)
-
 // Defaults used when neither the Server nor the policy sets a value.
 const (
 	DefaultHandshakeTimeout = 10 * time.Second
@@ -85,7 +61,7 @@ type Server struct {
 	// applies to the next request on an open connection.
 	Policy func() *policy.Policy
 	// CA returns the CA that signs what egress presents; nil, or a nil
-	// CA, refuses every intercepted connection (ReasonNoCA).
+	// CA, refuses every intercepted connection (policy.ReasonNoCA).
 	CA func() *certs.CA
 	// Roots returns the roots origins are verified against (the system
 	// roots plus tls.upstream_ca). Nil, or a nil pool, means the system
@@ -208,7 +184,7 @@ func (x *exchange) handshake() bool {
 		ca = x.s.CA()
 	}
 	if ca == nil {
-		d.Verdict, d.Audit, d.Reason = policy.Deny, false, ReasonNoCA
+		d.Verdict, d.Audit, d.Reason = policy.Deny, false, policy.ReasonNoCA
 		d.Hint = "the policy has http: request rules for this destination but egress has no CA: set tls.ca_cert and tls.ca_key (egress ca init DIR)"
 		x.record(x.c.ID, d, "", "", nil, errors.New("no interception CA loaded"))
 		return false
@@ -228,7 +204,7 @@ func (x *exchange) handshake() bool {
 				}
 				if err != nil || n != x.name {
 					r := d
-					r.Verdict, r.Audit, r.Rule, r.Reason = policy.Deny, false, nil, ReasonSNIMismatch
+					r.Verdict, r.Audit, r.Rule, r.Reason = policy.Deny, false, nil, policy.ReasonSNIMismatch
 					r.Hint = fmt.Sprintf("the connection to %s carries a TLS ClientHello for %s; egress presents a certificate for %s only", x.name, sni, x.name)
 					refused = &r
 					return nil, errors.New("server name is not the connection's")
@@ -236,7 +212,7 @@ func (x *exchange) handshake() bool {
 			}
 			if len(h.SupportedProtos) > 0 && !contains(h.SupportedProtos, "http/1.1") {
 				r := d
-				r.Verdict, r.Audit, r.Reason = policy.Deny, false, ReasonHTTP2Only
+				r.Verdict, r.Audit, r.Reason = policy.Deny, false, policy.ReasonHTTP2Only
 				r.Hint = "the client offers " + strings.Join(h.SupportedProtos, ", ") + " only; hosts with http: rules are intercepted over HTTP/1.1: let the client use HTTP/1.1, or drop http: to keep the host a tunnel"
 				refused = &r
 				return nil, errors.New("client does not speak http/1.1")
@@ -258,16 +234,16 @@ func (x *exchange) handshake() bool {
 		return false
 	case err != nil:
 		r := d
-		r.Reason = ReasonTLSHandshake
+		r.Reason = policy.ReasonClientTLSFailed
 		if a, ok := pc.plaintextAlert(); ok && certificateAlert(a) {
 			err = fmt.Errorf("client refused egress's certificate: TLS alert %s (%d)", alertNames[a], a)
-			r.Reason = ReasonClientRejectedCA
+			r.Reason = policy.ReasonClientRejectedCA
 			r.Hint = trustHint
 		} else if rejectedCertificate(err) {
-			r.Reason = ReasonClientRejectedCA
+			r.Reason = policy.ReasonClientRejectedCA
 			r.Hint = trustHint
 		}
-		if r.Reason != ReasonClientRejectedCA || !strings.HasPrefix(err.Error(), "client refused") {
+		if r.Reason != policy.ReasonClientRejectedCA || !strings.HasPrefix(err.Error(), "client refused") {
 			err = fmt.Errorf("client TLS handshake: %w", err)
 		}
 		x.record(x.c.ID, r, "", "", nil, err)
@@ -542,7 +518,7 @@ func (x *exchange) entry(id string, d policy.Decision, method, url string, injec
 // Decide decides one request read from a connection (conn, decided
 // connDec) to name, the host egress presented a certificate for (or the
 // plain-HTTP connection's host): its Host must name name, on the
-// connection's port (else ReasonHostMismatch); then the policy decides
+// connection's port (else policy.ReasonHostMismatch); then the policy decides
 // its method and path (the path as sent, without the query; Decide
 // normalises it). The returned Decision's Path is what to forward.
 //
@@ -562,7 +538,7 @@ func Decide(pol *policy.Policy, conn policy.Request, connDec policy.Decision, na
 	}
 	if err != nil || n != name || port != "" && port != strconv.Itoa(int(conn.Port)) {
 		d := connDec
-		d.Verdict, d.Audit, d.Rule, d.RequestRule, d.Inject, d.Reason = policy.Deny, false, nil, nil, nil, ReasonHostMismatch
+		d.Verdict, d.Audit, d.Rule, d.RequestRule, d.Inject, d.Reason = policy.Deny, false, nil, nil, nil, policy.ReasonHostMismatch
 		d.Method, d.Path = r.Method, p
 		d.Hint = fmt.Sprintf("the request names Host %q on a connection to %s; egress forwards requests to %s only", r.Host, name, name)
 		return d

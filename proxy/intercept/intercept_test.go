@@ -434,7 +434,7 @@ func TestHostOtherThanTheCertificatesIsRefused(t *testing.T) {
 	f := newFixture(t)
 	for _, h := range []string{"other.test", "tunnel.vendor.test", fmt.Sprintf("api.vendor.test:%d", f.tlsPort+1)} {
 		resp, _ := f.raw(t, "GET /v1/license HTTP/1.1\r\nHost: "+h+"\r\n\r\n")
-		if resp.StatusCode != 403 || resp.Header.Get("X-Egress-Reason") != string(intercept.ReasonHostMismatch) {
+		if resp.StatusCode != 403 || resp.Header.Get("X-Egress-Reason") != string(policy.ReasonHostMismatch) {
 			t.Errorf("Host %s: %d %q", h, resp.StatusCode, resp.Status)
 		}
 	}
@@ -449,7 +449,7 @@ func TestSNIOtherThanTheConnectIsRefused(t *testing.T) {
 	if err == nil {
 		t.Fatal("a ClientHello for another name was served")
 	}
-	f.logs.entryWith(t, string(intercept.ReasonSNIMismatch))
+	f.logs.entryWith(t, string(policy.ReasonSNIMismatch))
 }
 
 func TestHTTP2OnlyClientFailsWithItsOwnReason(t *testing.T) {
@@ -458,7 +458,7 @@ func TestHTTP2OnlyClientFailsWithItsOwnReason(t *testing.T) {
 	if err == nil {
 		t.Fatal("an h2-only client was served")
 	}
-	f.logs.entryWith(t, string(intercept.ReasonHTTP2Only))
+	f.logs.entryWith(t, string(policy.ReasonHTTP2Only))
 }
 
 func TestClientThatDoesNotTrustTheCA(t *testing.T) {
@@ -467,7 +467,7 @@ func TestClientThatDoesNotTrustTheCA(t *testing.T) {
 	if err == nil {
 		t.Fatal("a client without egress's CA accepted its certificate")
 	}
-	e := f.logs.entryWith(t, string(intercept.ReasonClientRejectedCA))
+	e := f.logs.entryWith(t, string(policy.ReasonClientRejectedCA))
 	if hint, _ := e["hint"].(string); !strings.Contains(hint, "SSL_CERT_FILE") {
 		t.Errorf("hint %q does not say how to trust the CA", hint)
 	}
@@ -702,23 +702,34 @@ func TestTransparentTLSIsIntercepted(t *testing.T) {
 	if resp := get("/v1/admin/x"); resp.StatusCode != 403 || resp.Header.Get("X-Egress-Reason") != string(policy.ReasonRequestDenied) {
 		t.Errorf("denied: %d %s", resp.StatusCode, resp.Status)
 	}
-	// Plain HTTP to a destination with request rules: this listener
-	// cannot decide its requests yet, so it refuses (fail closed).
+	// Plain HTTP to a destination with request rules: the gate decides
+	// each request on method and path too, and never injects.
 	dst.Store(netip.AddrPortFrom(loopback, uint16(f.plainPort)))
+	plain := func(path string) (*http.Response, error) {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: api.vendor.test:%d\r\n\r\n", path, f.plainPort)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		return http.ReadResponse(bufio.NewReader(c), nil)
+	}
 	before := f.origin.count()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
+	if resp, err := plain("/v1/status/../admin/x"); err == nil {
+		t.Errorf("a plain request refused by a request rule got an answer: %s", resp.Status)
 	}
-	defer c.Close()
-	fmt.Fprintf(c, "GET /v1/admin/x HTTP/1.1\r\nHost: api.vendor.test:%d\r\n\r\n", f.plainPort)
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if n, _ := c.Read(make([]byte, 1)); n != 0 {
-		t.Error("a plain request to an intercepted destination got an answer")
-	}
-	f.logs.entryWith(t, string(transparent.ReasonRequestsUnread))
+	f.logs.entryWith(t, string(policy.ReasonRequestDenied))
 	if f.origin.count() != before {
-		t.Error("a plain request to an intercepted destination reached the origin")
+		t.Error("a refused plain request reached the origin")
+	}
+	resp, err := plain("/v1/status/../license")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("an allowed plain request: %v %v", resp, err)
+	}
+	got := f.origin.last(t)
+	if got.RequestURI != "/v1/license" || got.Header.Get("Authorization") != "" {
+		t.Errorf("the origin saw %q with Authorization %q; want the normal path and no inject", got.RequestURI, got.Header.Get("Authorization"))
 	}
 }
 
@@ -811,12 +822,18 @@ func TestReloadClosesTunnelsToANewlyInterceptedHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	fmt.Fprintf(c, "CONNECT tunnel.vendor.test:%d HTTP/1.1\r\nHost: tunnel.vendor.test\r\n\r\n", f.tlsPort)
+	fmt.Fprintf(c, "CONNECT tunnel.vendor.test:%d HTTP/1.1\r\nHost: tunnel.vendor.test\r\n\r\n", f.plainPort)
 	br := bufio.NewReader(c)
 	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("CONNECT: %v %v", resp, err)
 	}
-	waitFor(t, "the tunnel to open", func() bool { return f.tunnels.Open() == 1 })
+	// One request through the tunnel: it is open and copying.
+	fmt.Fprintf(c, "GET /public/x HTTP/1.1\r\nHost: tunnel.vendor.test:%d\r\n\r\n", f.plainPort)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("a request in the tunnel: %v %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
 	text := fmt.Sprintf(policyText, f.tlsPort, f.plainPort, f.badPort)
 	if n := f.tunnels.Revoke(f.pol.Load()); n != 0 {
 		t.Fatalf("the same policy revoked %d tunnels", n)

@@ -2,29 +2,26 @@ package transparent
 
 import (
 	"net"
+	"net/http"
+	"strings"
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/intercept"
 	"github.com/egress-proxy/egress/proxy/peek"
 )
 
-// ReasonRequestsUnread: the destination has http: request rules but the
-// connection is not TLS, and this listener does not read plain-HTTP
-// requests for decision yet (the plain-HTTP gate will, with
-// intercept.Decide); refused rather than passed undecided.
-const ReasonRequestsUnread policy.Reason = "requests_undecided"
-
 // intercept hands an allowed connection whose decision says Intercept
 // to the interception data path: a TLS one is terminated there and each
 // request decided; one that sent nothing yet too (crypto/tls reads its
-// hello when it comes, and fails what is not TLS); anything else is
-// refused (fail closed).
+// hello when it comes, and fails what is not TLS); anything else but
+// plain HTTP (decided by the gate with requestRule) is refused (fail
+// closed).
 func (s *Server) intercept(c *conn, req policy.Request, dec, dialled policy.Decision, head []byte, up net.Conn) {
 	dec.IP = dialled.IP
 	if len(head) > 0 && !peek.TLS(head) {
 		up.Close()
-		dec.Verdict, dec.Audit, dec.Reason = policy.Deny, false, ReasonRequestsUnread
-		dec.Hint = "the rule has http: request rules, which this listener decides over TLS only"
+		dec.Verdict, dec.Audit, dec.Reason = policy.Deny, false, policy.ReasonRequestsUndecided
+		dec.Hint = "the rule has http: request rules: egress decides requests in TLS or HTTP/1, and this is neither"
 		c.deny(dec)
 		return
 	}
@@ -33,4 +30,26 @@ func (s *Server) intercept(c *conn, req policy.Request, dec, dialled policy.Deci
 		is = &intercept.Server{Policy: s.Policy, Dialer: s.dial, Events: s.Events, Logger: s.Logger}
 	}
 	is.Serve(s.tunnels.Context(), intercept.Conn{Client: c.client, Early: head, Upstream: up, Request: req, Decision: dec, ID: c.entry.ID, ClientAddr: c.entry.Client})
+}
+
+// requestRule decides r, a plain-HTTP request on a connection to an
+// intercepted destination (dec), on its Host, method and path with
+// intercept.Decide, the decision interception makes; an allowed request
+// goes up with its normal path (inject: never applies to plain HTTP).
+// It returns the refusal, or nil.
+func requestRule(pol *policy.Policy, req policy.Request, dec policy.Decision, r *http.Request) *policy.Decision {
+	name := dec.Host
+	if name == "" {
+		name = dec.IP.String()
+	}
+	d := intercept.Decide(pol, req, dec, name, r)
+	if !d.Allowed() {
+		return &d
+	}
+	query := ""
+	if i := strings.IndexByte(r.RequestURI, '?'); i >= 0 {
+		query = r.RequestURI[i:]
+	}
+	r.RequestURI = d.Path + query
+	return nil
 }

@@ -350,8 +350,9 @@ func (s *Server) handle(cc *net.TCPConn) {
 		dec = ddec
 	}
 	c.entry.Decision = dec
-	if dec.Intercept {
-		// Request rules (issue 20); the slot is held until it ends.
+	if dec.Intercept && requests == nil {
+		// Request rules (issue 20) over TLS; the slot is held until it
+		// ends. Plain HTTP goes through the gate below.
 		s.intercept(c, req, dec, ddec, head, up)
 		return
 	}
@@ -362,9 +363,26 @@ func (s *Server) handle(cc *net.TCPConn) {
 		// its first request said; every later request is decided on its
 		// own Host, as the forward proxy does, and the gate is left only
 		// when the origin switched protocols.
+		allow := func(r *http.Request) bool { return s.allowRequest(t, name, r, dst, c.entry.Client.Addr()) }
+		if dec.Intercept {
+			// Request rules (issue 20): each request is decided on its
+			// method and path too, this first one included.
+			dec.IP = ddec.IP
+			if d := requestRule(pol, req, dec, firstReq); d != nil {
+				up.Close()
+				c.deny(*d)
+				return
+			}
+			allow = func(r *http.Request) bool {
+				if d := requestRule(s.Policy(), req, dec, r); d != nil {
+					t.Refuse(*d)
+					return false
+				}
+				return true
+			}
+		}
 		gate = origin.NewGate(cc, up, origin.GateConfig{
-			Requests: requests, First: firstReq, Fail: t.Fail,
-			Allow: func(r *http.Request) bool { return s.allowRequest(t, name, r, dst, c.entry.Client.Addr()) },
+			Requests: requests, First: firstReq, Fail: t.Fail, Allow: allow,
 		})
 		client, up = gate.Client, gate.Upstream
 	}
