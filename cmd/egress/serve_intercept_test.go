@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/egress-proxy/egress/certs"
+	"github.com/egress-proxy/egress/internal/testwait"
 )
 
 // TestServeIntercepts: egress serve with a CA from egress ca init, an
@@ -118,11 +119,7 @@ dns:
 	// Reload: /v1/other allowed, the secret rotated.
 	os.WriteFile(token, []byte(rotated+"\n"), 0o600)
 	replaceFile(t, config, policyFor(`"/v1/license", "/v1/other"`))
-	for deadline := time.Now().Add(10 * time.Second); curl(url+"/v1/other") != "200"; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the reload did not allow /v1/other:\n%s", child.logText())
-		}
-	}
+	testwait.Until(t, 10*time.Second, "the reload to allow /v1/other", func() bool { return curl(url+"/v1/other") == "200" })
 	mu.Lock()
 	last := auth[len(auth)-1]
 	first := auth[0]

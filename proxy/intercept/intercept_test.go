@@ -27,6 +27,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/egress-proxy/egress/certs"
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
@@ -153,14 +154,10 @@ func (l *logBuffer) entryWith(t *testing.T, reason string) map[string]any {
 	return found
 }
 
-// waitFor polls cond until it holds or 5 s pass.
+// waitFor polls cond until it holds or 5 s pass (the one wait helper).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
+	testwait.Until(t, 5*time.Second, what, cond)
 }
 
 type resolver map[string]netip.Addr
