@@ -81,8 +81,23 @@ func UntilNBlockedIn(tb testing.TB, timeout time.Duration, n int, fn string) {
 	})
 }
 
+// UntilNoneIn waits until no goroutine is inside fn, parked or running:
+// the work a test set going has ended, not only paused.
+func UntilNoneIn(tb testing.TB, timeout time.Duration, fn string) {
+	tb.Helper()
+	UntilNil(tb, timeout, func() error {
+		if k := inside(fn, false); k > 0 {
+			return fmt.Errorf("for no goroutine in %s (%d are)", fn, k)
+		}
+		return nil
+	})
+}
+
 // blockedIn counts the goroutines parked in fn.
-func blockedIn(fn string) int {
+func blockedIn(fn string) int { return inside(fn, true) }
+
+// inside counts the goroutines in fn: only those parked, or all.
+func inside(fn string, parked bool) int {
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)
@@ -95,7 +110,7 @@ func blockedIn(fn string) int {
 	k := 0
 	for _, g := range bytes.Split(buf, []byte("\n\n")) {
 		head, _, _ := bytes.Cut(g, []byte("\n"))
-		if bytes.Contains(head, []byte("[running]")) || bytes.Contains(head, []byte("[runnable]")) {
+		if parked && (bytes.Contains(head, []byte("[running]")) || bytes.Contains(head, []byte("[runnable]"))) {
 			continue
 		}
 		if bytes.Contains(g, []byte("\n"+fn+"(")) {

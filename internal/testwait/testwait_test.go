@@ -41,4 +41,21 @@ func TestUntilBlockedIn(t *testing.T) {
 	}
 }
 
+func TestUntilNoneIn(t *testing.T) {
+	const fn = "github.com/egress-proxy/egress/internal/testwait.parkHere"
+	ch := make(chan struct{})
+	go parkHere(ch)
+	UntilBlockedIn(t, Timeout, fn)
+	if err := Poll(10*time.Millisecond, func() error {
+		if inside(fn, false) > 0 {
+			return errors.New("inside")
+		}
+		return nil
+	}); err == nil {
+		t.Fatal("no goroutine counted inside parkHere while one is parked there")
+	}
+	close(ch)
+	UntilNoneIn(t, Timeout, fn)
+}
+
 func parkHere(ch chan struct{}) { <-ch }
