@@ -418,8 +418,14 @@ func (g *unixGuard) answer(n seccompNotif) {
 		g.send(n.ID, val, errno)
 		return
 	}
+	left, ok := g.await(c, n.ID)
+	if !ok {
+		return
+	}
 	select {
 	case <-c.done:
+	case <-left:
+		return // a later notification of the thread waits for c instead
 	case <-g.done:
 		return // the kernel fails the caller with ENOSYS
 	}
@@ -623,8 +629,8 @@ func (g *unixGuard) connectPath(n *seccompNotif, tid, fd int, key connectKey, ad
 
 // connectKey names one thread's connect() on one socket: the caller's
 // thread, its descriptor number, and the socket's inode (the number may
-// name another socket by the time the call is restarted; the inode of a
-// socket egress holds is not reused).
+// name another socket by the time the call is made again; sockfs numbers
+// inodes from a counter that wraps only after 2^32 of them).
 type connectKey struct {
 	tid int
 	fd  int32
@@ -636,6 +642,33 @@ type connectCall struct {
 	key   connectKey
 	done  chan struct{} // closed once the connect has returned
 	errno syscall.Errno // its outcome, set before done is closed
+
+	// Under unixGuard.callsMu.
+	waiter uint64        // the notification that waits for the outcome: the thread's latest
+	left   chan struct{} // closed when a later one takes over the wait; nil: none waits
+}
+
+// await makes notification id the one that waits for c's outcome, and
+// returns a channel closed when a later notification takes over, or
+// false when one has already. A thread makes one syscall at a time: a
+// later notification of the thread for the same call means it gave up
+// waiting for the earlier one (the kernel withdrew it), so the earlier
+// one's goroutine may end. Without that, a thread signalled again and
+// again during a long connect would fill every answering slot with
+// notifications nobody waits for (maxAnswering), and stall the connects
+// of the whole sandbox until its own ended. Notification ids increase
+// (seccomp_next_notify_id): the larger id is the later call.
+func (g *unixGuard) await(c *connectCall, id uint64) (<-chan struct{}, bool) {
+	g.callsMu.Lock()
+	defer g.callsMu.Unlock()
+	if c.left != nil {
+		if int64(id-c.waiter) < 0 {
+			return nil, false
+		}
+		close(c.left)
+	}
+	c.waiter, c.left = id, make(chan struct{})
+	return c.left, true
 }
 
 // maxKeptCalls bounds the connects kept whose outcome has reached no
@@ -657,14 +690,15 @@ const maxKeptCalls = 1024
 // notification is withdrawn (the send fails with ENOENT), but egress's
 // connect goes on. With SA_RESTART the kernel then restarts the call
 // with the same arguments, which arrives as a new notification. A second
-// connect on the socket would race the first: one of them connects it,
-// the other fails with EISCONN (a unix socket) or EALREADY (a
-// non-blocking TCP one), and the caller sees the failure of whichever
-// answers it; past two restarts, the one left may wait forever on a
-// listener that has no more connections to accept. The kernel's own
-// restarted TCP connect instead waits for the handshake in flight and
-// returns its outcome (POSIX: a connect() interrupted by a signal goes on
-// asynchronously), and so does the restart here.
+// connect on a unix socket would race the first (unix_stream_connect):
+// one of them connects it, the other fails with EISCONN, and the caller
+// saw the failure whenever it was the other that answered it; restarted
+// twice, the last connect waited for a wake-up that an idle listener
+// never gives (a blocking TCP connect's second connect waits for the
+// handshake in flight, but is one more connect all the same). POSIX has
+// a connect() interrupted by a signal go on asynchronously, and the
+// kernel's own restart of a TCP connect waits for it and returns its
+// outcome: so does a restart here, on any socket.
 //
 // SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV would avoid the restart by
 // holding back every non-fatal signal until egress answers: timeouts and
@@ -679,14 +713,14 @@ const maxKeptCalls = 1024
 // answers the next connect() with that connect's outcome.
 func (g *unixGuard) connectOnce(key connectKey, fd int, addr []byte) (int64, syscall.Errno, *connectCall) {
 	g.callsMu.Lock()
-	c, inFlight := g.calls[key]
-	if !inFlight {
+	c, made := g.calls[key]
+	if !made {
 		if len(g.calls) >= maxKeptCalls {
 			for k, old := range g.calls {
 				select {
 				case <-old.done:
 					delete(g.calls, k)
-				default: // in flight: at most maxAnswering
+				default: // in flight: fewer than maxAnswering
 				}
 			}
 		}
@@ -694,7 +728,7 @@ func (g *unixGuard) connectOnce(key connectKey, fd int, addr []byte) (int64, sys
 		g.calls[key] = c
 	}
 	g.callsMu.Unlock()
-	if !inFlight {
+	if !made {
 		c.errno = rawConnect(fd, addr)
 		close(c.done)
 	}

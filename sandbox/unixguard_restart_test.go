@@ -65,16 +65,32 @@ func TestUnixGuardRestartedConnectJoins(t *testing.T) {
 				// Each signal interrupts the caller's wait for the guard's
 				// answer; the restart is one more notification in the
 				// guard, with the first still connecting.
-				for k := 2; k <= 1+signals; k++ {
-					if err := r.sb.Signal(syscall.SIGUSR1); err != nil {
-						t.Fatal(err)
-					}
-					testwait.UntilNBlockedIn(t, testwait.Timeout, k, guardAnswering)
+				for k := 1; k <= signals; k++ {
+					r.restart(t, k)
 				}
 				r.finish(t, r.acceptUntilResult(t))
 			})
 		}
 	}
+}
+
+// A thread signalled again and again during one long connect holds two
+// answering slots (the connect and its latest restart), not one more per
+// signal: with 3 slots, every one of 5 restarts is received at once,
+// where each used to hold a slot until the connect ended, and the third
+// would have waited for one (and with it every connect of the sandbox).
+func TestUnixGuardRestartsHoldTwoSlots(t *testing.T) {
+	defer func(n int) { maxAnswering = n }(maxAnswering)
+	maxAnswering = 3
+	env := pythonAvailable(t, "python3", nil)
+	dir := guardDir(t)
+	probe := filepath.Join(dir, "restart.py")
+	os.WriteFile(probe, []byte(restartProbe), 0o644)
+	r := startSlowConnect(t, dir, env, func(path string) []string { return []string{"python3", probe, path} })
+	for k := 1; k <= 5; k++ {
+		r.restart(t, k)
+	}
+	r.finish(t, r.acceptUntilResult(t))
 }
 
 // restartC is restartProbe in C, with a SIGUSR1 handler that holds the
@@ -178,11 +194,12 @@ const guardAnswering = "github.com/egress-proxy/egress/sandbox.(*unixGuard).answ
 // slowConnect is a probe in a sandbox whose second connect to a busy
 // listener (an allowed socket file) waits in the guard.
 type slowConnect struct {
-	sb    *Sandbox
-	fd    int // the listener
-	lines chan string
-	out   *io.PipeWriter
-	conns []net.Conn
+	sb       *Sandbox
+	fd       int // the listener
+	lines    chan string
+	out      *io.PipeWriter
+	conns    []net.Conn
+	notified map[int]bool // goroutines that answered the probe's notifications
 }
 
 // startSlowConnect starts the probe args(the listener's path) and waits
@@ -211,10 +228,33 @@ func startSlowConnect(t *testing.T, dir string, env []string, args func(path str
 		t.Fatalf("probe: %q, want waiting", l)
 	}
 	testwait.UntilBlockedIn(t, testwait.Timeout, "github.com/egress-proxy/egress/sandbox.rawConnect")
+	r.notified = map[int]bool{}
+	for _, id := range testwait.BlockedIn(guardAnswering) {
+		r.notified[id] = true
+	}
 	if err := syscall.SetNonblock(r.fd, true); err != nil {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// restart signals the probe, whose connect is then restarted, and waits
+// until the guard answers the restart's notification: a goroutine
+// answers one that none answered before.
+func (r *slowConnect) restart(t *testing.T, k int) {
+	t.Helper()
+	if err := r.sb.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	testwait.Until(t, testwait.Timeout, fmt.Sprintf("restart %d to reach the guard", k), func() bool {
+		for _, id := range testwait.BlockedIn(guardAnswering) {
+			if !r.notified[id] {
+				r.notified[id] = true
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // line is the probe's next line of output.

@@ -35,6 +35,9 @@ func TestUntilBlockedIn(t *testing.T) {
 	ch := make(chan struct{})
 	go parkHere(ch)
 	UntilBlockedIn(t, Timeout, "github.com/egress-proxy/egress/internal/testwait.parkHere")
+	if ids := BlockedIn("github.com/egress-proxy/egress/internal/testwait.parkHere"); len(ids) != 1 || ids[0] <= 0 {
+		t.Errorf("BlockedIn = %v, want the one goroutine's id", ids)
+	}
 	close(ch)
 	if blockedIn("github.com/egress-proxy/egress/internal/testwait.neverCalled") != 0 {
 		t.Error("blocked in a function nobody called")
@@ -47,7 +50,7 @@ func TestUntilNoneIn(t *testing.T) {
 	go parkHere(ch)
 	UntilBlockedIn(t, Timeout, fn)
 	if err := Poll(10*time.Millisecond, func() error {
-		if inside(fn, false) > 0 {
+		if len(inside(fn, false)) > 0 {
 			return errors.New("inside")
 		}
 		return nil
