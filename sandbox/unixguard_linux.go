@@ -630,7 +630,8 @@ func (g *unixGuard) connectPath(n *seccompNotif, tid, fd int, key connectKey, ad
 // connectKey names one thread's connect() on one socket: the caller's
 // thread, its descriptor number, and the socket's inode (the number may
 // name another socket by the time the call is made again; sockfs numbers
-// inodes from a counter that wraps only after 2^32 of them).
+// inodes from get_next_ino, a counter it shares with pipes and other
+// in-memory files, which comes back to a number only after 2^32 of them).
 type connectKey struct {
 	tid int
 	fd  int32
@@ -676,8 +677,9 @@ func (g *unixGuard) await(c *connectCall, id uint64) (<-chan struct{}, bool) {
 const maxKeptCalls = 1024
 
 // connectOnce makes the connect a checked notification asked for, unless
-// the same thread's connect on the same socket is in flight: then it
-// returns that one, whose outcome is this notification's answer.
+// egress is making the same thread's connect on the same socket, or made
+// one whose answer reached no caller: then it returns that one, whose
+// outcome is this notification's answer.
 //
 // Why (issue 19): egress answers a connect() by performing it itself, on
 // a duplicate of the caller's socket (pidfd_getfd: the same socket
