@@ -38,6 +38,26 @@ for t in ts: t.start()
 for t in ts: t.join()
 `
 
+// busyListener listens on a socket file with a backlog of 0 and accepts
+// only when told: past the first connection queued, each connect blocks
+// until an accept. It is closed when the test ends.
+func busyListener(t *testing.T, path string) int {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(path, 0o777)
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
 // Issue 19: past maxAnswering connects in flight, a blocking connect()
 // got EAGAIN, which blocking clients do not expect. At the bound the
 // guard now stops receiving, and the kernel keeps the caller waiting, as
@@ -48,20 +68,7 @@ func TestUnixGuardBoundQueuesCallers(t *testing.T) {
 	env := pythonAvailable(t, "python3", nil)
 	dir := guardDir(t)
 	path := filepath.Join(dir, "busy.sock")
-	// A listener with a backlog of 0 that accepts only when told: past
-	// the first connection queued, each connect blocks until an accept.
-	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer syscall.Close(fd)
-	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(path, 0o777)
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
+	fd := busyListener(t, path)
 	probe := filepath.Join(dir, "bound.py")
 	os.WriteFile(probe, []byte(boundProbe), 0o644)
 

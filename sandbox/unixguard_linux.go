@@ -22,6 +22,10 @@ package sandbox
 //     is connected. A socket file a process of the sandbox listens on is
 //     allowed too: sock_diag, asked inside the namespace (a unix socket
 //     belongs to the namespace of its creator), lists those files.
+//     A caught signal interrupts the caller's wait for the answer, not
+//     egress's connect; restarted (SA_RESTART), the call arrives as a new
+//     notification, which takes the outcome of the connect in flight
+//     (connectOnce).
 //   - socket() and socketpair() of AF_UNIX datagram sockets (SOCK_DGRAM,
 //     and SOCK_RAW, which the kernel makes a datagram socket) fail with
 //     EACCES, reported like a refused connect(): such a socket can
@@ -300,6 +304,9 @@ type unixGuard struct {
 	busy chan struct{} // a slot per notification being answered: at most maxAnswering
 	done chan struct{} // closed by close
 
+	callsMu sync.Mutex
+	calls   map[connectKey]*connectCall // connects made, until their answer reaches the caller
+
 	mu     sync.Mutex
 	closed bool
 }
@@ -333,7 +340,8 @@ func newUnixGuard(f, diag *os.File, allow []string, refused func(UnixRefusal)) (
 		pf.Close()
 		return nil, fmt.Errorf("unix socket filter: %w", err)
 	}
-	g := &unixGuard{f: pf, rc: rc, diag: diag, allow: allow, refused: refused, busy: make(chan struct{}, maxAnswering), done: make(chan struct{})}
+	g := &unixGuard{f: pf, rc: rc, diag: diag, allow: allow, refused: refused, busy: make(chan struct{}, maxAnswering), done: make(chan struct{}),
+		calls: map[connectKey]*connectCall{}}
 	go g.serve()
 	return g, nil
 }
@@ -405,21 +413,47 @@ func (g *unixGuard) serve() {
 
 // answer performs or refuses one syscall and sends the result.
 func (g *unixGuard) answer(n seccompNotif) {
-	resp := seccompResp{ID: n.ID}
-	val, errno := g.decide(&n)
-	if errno != 0 {
-		resp.Error = -int32(errno)
-	} else {
-		resp.Val = val
+	val, errno, c := g.decide(&n)
+	if c == nil {
+		g.send(n.ID, val, errno)
+		return
 	}
-	g.send(resp)
+	left, ok := g.await(c, n.ID)
+	if !ok {
+		return
+	}
+	select {
+	case <-c.done:
+	case <-left:
+		return // a later notification of the thread waits for c instead
+	case <-g.done:
+		return // the kernel fails the caller with ENOSYS
+	}
+	// Under callsMu, so that no notification takes c's outcome once it
+	// has reached the caller: a connect() the caller makes after that one
+	// returned is a call of its own, answered by the kernel (EISCONN).
+	g.callsMu.Lock()
+	defer g.callsMu.Unlock()
+	if g.send(n.ID, 0, c.errno) && g.calls[c.key] == c {
+		delete(g.calls, c.key)
+	}
 }
 
-// send answers a notification.
-func (g *unixGuard) send(resp seccompResp) {
-	g.rc.Control(func(fd uintptr) {
-		unix.Syscall(unix.SYS_IOCTL, fd, unix.SECCOMP_IOCTL_NOTIF_SEND, uintptr(unsafe.Pointer(&resp)))
-	})
+// send answers a notification, and reports whether the caller was still
+// waiting for the answer (the kernel says ENOENT for a caller killed, or
+// interrupted by a signal, since it was notified).
+func (g *unixGuard) send(id uint64, val int64, errno syscall.Errno) bool {
+	resp := seccompResp{ID: id, Val: val}
+	if errno != 0 {
+		resp = seccompResp{ID: id, Error: -int32(errno)}
+	}
+	var e syscall.Errno
+	if err := g.rc.Control(func(fd uintptr) {
+		_, _, e = unix.Syscall(unix.SYS_IOCTL, fd, unix.SECCOMP_IOCTL_NOTIF_SEND, uintptr(unsafe.Pointer(&resp)))
+	}); err != nil {
+		return false
+	}
+	return e == 0
 }
 
 // valid says whether the notification's caller is still waiting for the
@@ -442,8 +476,9 @@ func (g *unixGuard) report(r UnixRefusal, tid int) {
 	}
 }
 
-// decide returns the syscall's result: a value, or an errno.
-func (g *unixGuard) decide(n *seccompNotif) (int64, syscall.Errno) {
+// decide returns the syscall's result: a value, or an errno, or the
+// connect whose outcome it is.
+func (g *unixGuard) decide(n *seccompNotif) (int64, syscall.Errno, *connectCall) {
 	a := nativeArch
 	if n.Arch != a.arch && compatArch != nil && n.Arch == compatArch.arch {
 		a = *compatArch
@@ -458,9 +493,9 @@ func (g *unixGuard) decide(n *seccompNotif) (int64, syscall.Errno) {
 		if g.valid(n.ID) {
 			g.report(UnixRefusal{Reason: policy.ReasonUnixDatagram}, tid)
 		}
-		return 0, unix.EACCES
+		return 0, unix.EACCES, nil
 	}
-	return 0, unix.ENOSYS
+	return 0, unix.ENOSYS, nil
 }
 
 // sizeofSockaddrStorage is the longest address connect() takes (struct
@@ -469,31 +504,36 @@ const sizeofSockaddrStorage = 128
 
 // connect performs connect(fd, addr, addrlen) for the caller: on the
 // caller's own socket, with the address as it was when read.
-func (g *unixGuard) connect(n *seccompNotif, tid int) (int64, syscall.Errno) {
+func (g *unixGuard) connect(n *seccompNotif, tid int) (int64, syscall.Errno, *connectCall) {
 	pidfd, err := pidfdOf(tid)
 	if err != nil {
-		return 0, errnoOf(err)
+		return 0, errnoOf(err), nil
 	}
 	defer unix.Close(pidfd)
 	fd, err := unix.PidfdGetfd(pidfd, int(int32(n.Args[0])), 0)
 	if err != nil {
-		return 0, errnoOf(err) // EBADF, as connect() would say
+		return 0, errnoOf(err), nil // EBADF, as connect() would say
 	}
 	defer unix.Close(fd)
 	family, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	if err != nil {
-		return 0, errnoOf(err) // ENOTSOCK
+		return 0, errnoOf(err), nil // ENOTSOCK
 	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, errnoOf(err), nil
+	}
+	key := connectKey{tid: tid, fd: int32(n.Args[0]), ino: st.Ino}
 	addrlen := int(int32(n.Args[2]))
 	if addrlen < 0 || addrlen > sizeofSockaddrStorage {
-		return 0, unix.EINVAL // move_addr_to_kernel's answer
+		return 0, unix.EINVAL, nil // move_addr_to_kernel's answer
 	}
 	addr := make([]byte, addrlen, sizeofSockaddrStorage)
 	if addrlen > 0 {
 		local := []unix.Iovec{{Base: &addr[0], Len: uint64(addrlen)}}
 		remote := []unix.RemoteIovec{{Base: uintptr(n.Args[1]), Len: addrlen}}
 		if k, err := unix.ProcessVMReadv(tid, local, remote, 0); err != nil || k != addrlen {
-			return 0, unix.EFAULT
+			return 0, unix.EFAULT, nil
 		}
 	}
 	switch family {
@@ -503,14 +543,14 @@ func (g *unixGuard) connect(n *seccompNotif, tid int) (int64, syscall.Errno) {
 		// netlink_connect checks CAP_NET_ADMIN, which egress may have and
 		// the caller not, for any peer but the kernel.
 		if addrlen >= 12 && !bytes.Equal(addr[4:12], make([]byte, 8)) {
-			return 0, unix.EACCES
+			return 0, unix.EACCES, nil
 		}
 	case unix.AF_UNIX:
 		if addrlen >= 2 && binary.NativeEndian.Uint16(addr[0:2]) != unix.AF_UNIX {
-			return 0, unix.EINVAL // as the kernel says
+			return 0, unix.EINVAL, nil // as the kernel says
 		}
 		if addrlen > 2 && addr[2] != 0 {
-			return g.connectPath(n, tid, fd, addr)
+			return g.connectPath(n, tid, fd, key, addr)
 		}
 		// Abstract and unnamed addresses: the kernel looks abstract names
 		// up in the socket's own network namespace, the sandbox's, where
@@ -518,16 +558,16 @@ func (g *unixGuard) connect(n *seccompNotif, tid int) (int64, syscall.Errno) {
 	default:
 		// Other families may bypass the namespace (AF_VSOCK reaches the
 		// host of a virtual machine) or check a capability egress has.
-		return 0, unix.EACCES
+		return 0, unix.EACCES, nil
 	}
 	if !g.valid(n.ID) {
-		return 0, unix.ENOENT
+		return 0, unix.ENOENT, nil
 	}
-	return 0, rawConnect(fd, addr)
+	return g.connectOnce(key, fd, addr)
 }
 
 // connectPath connects fd to the socket file named in addr, if allowed.
-func (g *unixGuard) connectPath(n *seccompNotif, tid, fd int, addr []byte) (int64, syscall.Errno) {
+func (g *unixGuard) connectPath(n *seccompNotif, tid, fd int, key connectKey, addr []byte) (int64, syscall.Errno, *connectCall) {
 	path := string(addr[2:])
 	if i := strings.IndexByte(path, 0); i >= 0 {
 		path = path[:i]
@@ -549,42 +589,152 @@ func (g *unixGuard) connectPath(n *seccompNotif, tid, fd int, addr []byte) (int6
 	}
 	dirfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return 0, unix.ENOENT
+		return 0, unix.ENOENT, nil
 	}
 	sock, err := unix.Openat2(dirfd, path, &how)
 	unix.Close(dirfd)
 	if err != nil {
-		return 0, errnoOf(err) // ENOENT, ENOTDIR, EACCES, ELOOP: as the kernel would say
+		return 0, errnoOf(err), nil // ENOENT, ENOTDIR, EACCES, ELOOP: as the kernel would say
 	}
 	defer unix.Close(sock)
 	var st unix.Stat_t
 	if err := unix.Fstat(sock, &st); err != nil {
-		return 0, errnoOf(err)
+		return 0, errnoOf(err), nil
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return 0, unix.ECONNREFUSED // unix_find_bsd's answer for a file that is no socket
+		return 0, unix.ECONNREFUSED, nil // unix_find_bsd's answer for a file that is no socket
 	}
 	self := "/proc/self/fd/" + strconv.Itoa(sock)
 	if !g.allowed(st) && !g.listening(st) {
 		resolved, _ := os.Readlink(self)
 		if !g.valid(n.ID) {
-			return 0, unix.ENOENT
+			return 0, unix.ENOENT, nil
 		}
 		g.report(UnixRefusal{Path: path, Socket: resolved, Reason: policy.ReasonUnixSocket}, tid)
 		// EACCES, not ECONNREFUSED: the kernel's own answer to a socket
 		// one may not write to. Clients say "permission denied" instead of
 		// "is the daemon running?", and do not retry.
-		return 0, unix.EACCES
+		return 0, unix.EACCES, nil
 	}
 	if !g.valid(n.ID) {
-		return 0, unix.ENOENT
+		return 0, unix.ENOENT, nil
 	}
 	// The file opened and checked, through its /proc magic link: the
 	// path is not looked up again (and need not fit in sun_path).
 	sa := make([]byte, 2, unix.SizeofSockaddrAny)
 	*(*uint16)(unsafe.Pointer(&sa[0])) = unix.AF_UNIX
 	sa = append(append(sa, self...), 0)
-	return 0, rawConnect(fd, sa)
+	return g.connectOnce(key, fd, sa)
+}
+
+// connectKey names one thread's connect() on one socket: the caller's
+// thread, its descriptor number, and the socket's inode (the number may
+// name another socket by the time the call is made again; sockfs numbers
+// inodes from get_next_ino, a counter it shares with pipes and other
+// in-memory files, which comes back to a number only after 2^32 of them).
+type connectKey struct {
+	tid int
+	fd  int32
+	ino uint64
+}
+
+// connectCall is a connect egress made on a caller's socket.
+type connectCall struct {
+	key   connectKey
+	done  chan struct{} // closed once the connect has returned
+	errno syscall.Errno // its outcome, set before done is closed
+
+	// Under unixGuard.callsMu.
+	waiter uint64        // the notification that waits for the outcome: the thread's latest
+	left   chan struct{} // closed when a later one takes over the wait; nil: none waits
+}
+
+// await makes notification id the one that waits for c's outcome, and
+// returns a channel closed when a later notification takes over, or
+// false when one has already. A thread makes one syscall at a time: a
+// later notification of the thread for the same call means it gave up
+// waiting for the earlier one (the kernel withdrew it), so the earlier
+// one's goroutine may end. Without that, a thread signalled again and
+// again during a long connect would fill every answering slot with
+// notifications nobody waits for (maxAnswering), and stall the connects
+// of the whole sandbox until its own ended. Notification ids increase
+// (seccomp_next_notify_id): the larger id is the later call.
+func (g *unixGuard) await(c *connectCall, id uint64) (<-chan struct{}, bool) {
+	g.callsMu.Lock()
+	defer g.callsMu.Unlock()
+	if c.left != nil {
+		if int64(id-c.waiter) < 0 {
+			return nil, false
+		}
+		close(c.left)
+	}
+	c.waiter, c.left = id, make(chan struct{})
+	return c.left, true
+}
+
+// maxKeptCalls bounds the connects kept whose outcome has reached no
+// caller (see connectOnce); past it, they are forgotten.
+const maxKeptCalls = 1024
+
+// connectOnce makes the connect a checked notification asked for, unless
+// egress is making the same thread's connect on the same socket, or made
+// one whose answer reached no caller: then it returns that one, whose
+// outcome is this notification's answer.
+//
+// Why (issue 19): egress answers a connect() by performing it itself, on
+// a duplicate of the caller's socket (pidfd_getfd: the same socket
+// object), and sending its result (SECCOMP_IOCTL_NOTIF_SEND); the
+// caller's own syscall never goes on (no SECCOMP_USER_NOTIF_FLAG_CONTINUE,
+// see the top of the file) and no descriptor is injected (the socket
+// is already the caller's). While egress's connect blocks (a listener's
+// full backlog, a slow TCP handshake), the caller waits in the kernel for
+// the answer, interruptibly: a caught signal ends the wait, the
+// notification is withdrawn (the send fails with ENOENT), but egress's
+// connect goes on. With SA_RESTART the kernel then restarts the call
+// with the same arguments, which arrives as a new notification. A second
+// connect on a unix socket would race the first (unix_stream_connect):
+// one of them connects it, the other fails with EISCONN, and the caller
+// saw the failure whenever it was the other that answered it; restarted
+// twice, the last connect waited for a wake-up that an idle listener
+// never gives (a blocking TCP connect's second connect waits for the
+// handshake in flight, but is one more connect all the same). POSIX has
+// a connect() interrupted by a signal go on asynchronously, and the
+// kernel's own restart of a TCP connect waits for it and returns its
+// outcome: so does a restart here, on any socket.
+//
+// SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV would avoid the restart by
+// holding back every non-fatal signal until egress answers: timeouts and
+// Ctrl-C too, for as long as a connect blocks. Not that.
+//
+// A connect whose answer reached no caller (every notification for it was
+// interrupted) is kept, with its outcome, until the thread's next
+// connect() on that socket takes it: the restart may come only once the
+// connect has ended, and a thread that gave up on the call (EINTR,
+// without SA_RESTART) finds the socket in the state egress's connect left
+// it, as a TCP socket whose interrupted connect completed meanwhile
+// answers the next connect() with that connect's outcome.
+func (g *unixGuard) connectOnce(key connectKey, fd int, addr []byte) (int64, syscall.Errno, *connectCall) {
+	g.callsMu.Lock()
+	c, made := g.calls[key]
+	if !made {
+		if len(g.calls) >= maxKeptCalls {
+			for k, old := range g.calls {
+				select {
+				case <-old.done:
+					delete(g.calls, k)
+				default: // in flight: fewer than maxAnswering
+				}
+			}
+		}
+		c = &connectCall{key: key, done: make(chan struct{})}
+		g.calls[key] = c
+	}
+	g.callsMu.Unlock()
+	if !made {
+		c.errno = rawConnect(fd, addr)
+		close(c.done)
+	}
+	return 0, 0, c
 }
 
 // allowed says whether st is one of the allowed sockets, as they are now.

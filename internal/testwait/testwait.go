@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"fmt"
 	"runtime"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -81,8 +82,28 @@ func UntilNBlockedIn(tb testing.TB, timeout time.Duration, n int, fn string) {
 	})
 }
 
+// UntilNoneIn waits until no goroutine is inside fn, parked or running:
+// the work a test set going has ended, not only paused.
+func UntilNoneIn(tb testing.TB, timeout time.Duration, fn string) {
+	tb.Helper()
+	UntilNil(tb, timeout, func() error {
+		if k := len(inside(fn, false)); k > 0 {
+			return fmt.Errorf("for no goroutine in %s (%d are)", fn, k)
+		}
+		return nil
+	})
+}
+
+// BlockedIn returns the ids of the goroutines parked in fn: a test that
+// waits for a new caller of fn tells it from those already there.
+func BlockedIn(fn string) []int { return inside(fn, true) }
+
 // blockedIn counts the goroutines parked in fn.
-func blockedIn(fn string) int {
+func blockedIn(fn string) int { return len(inside(fn, true)) }
+
+// inside returns the ids of the goroutines in fn: only those parked, or
+// all.
+func inside(fn string, parked bool) []int {
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)
@@ -92,17 +113,23 @@ func blockedIn(fn string) int {
 		}
 		buf = make([]byte, 2*len(buf))
 	}
-	k := 0
+	var ids []int
 	for _, g := range bytes.Split(buf, []byte("\n\n")) {
 		head, _, _ := bytes.Cut(g, []byte("\n"))
-		if bytes.Contains(head, []byte("[running]")) || bytes.Contains(head, []byte("[runnable]")) {
+		if parked && (bytes.Contains(head, []byte("[running]")) || bytes.Contains(head, []byte("[runnable]"))) {
 			continue
 		}
-		if bytes.Contains(g, []byte("\n"+fn+"(")) {
-			k++
+		if !bytes.Contains(g, []byte("\n"+fn+"(")) {
+			continue
+		}
+		// "goroutine 12 [chan receive]:"
+		if f := bytes.Fields(head); len(f) > 1 {
+			if id, err := strconv.Atoi(string(f[1])); err == nil {
+				ids = append(ids, id)
+			}
 		}
 	}
-	return k
+	return ids
 }
 
 type errNotYet string

@@ -35,10 +35,30 @@ func TestUntilBlockedIn(t *testing.T) {
 	ch := make(chan struct{})
 	go parkHere(ch)
 	UntilBlockedIn(t, Timeout, "github.com/egress-proxy/egress/internal/testwait.parkHere")
+	if ids := BlockedIn("github.com/egress-proxy/egress/internal/testwait.parkHere"); len(ids) != 1 || ids[0] <= 0 {
+		t.Errorf("BlockedIn = %v, want the one goroutine's id", ids)
+	}
 	close(ch)
 	if blockedIn("github.com/egress-proxy/egress/internal/testwait.neverCalled") != 0 {
 		t.Error("blocked in a function nobody called")
 	}
+}
+
+func TestUntilNoneIn(t *testing.T) {
+	const fn = "github.com/egress-proxy/egress/internal/testwait.parkHere"
+	ch := make(chan struct{})
+	go parkHere(ch)
+	UntilBlockedIn(t, Timeout, fn)
+	if err := Poll(10*time.Millisecond, func() error {
+		if len(inside(fn, false)) > 0 {
+			return errors.New("inside")
+		}
+		return nil
+	}); err == nil {
+		t.Fatal("no goroutine counted inside parkHere while one is parked there")
+	}
+	close(ch)
+	UntilNoneIn(t, Timeout, fn)
 }
 
 func parkHere(ch chan struct{}) { <-ch }
