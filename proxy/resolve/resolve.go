@@ -157,18 +157,23 @@ func (r *Resolver) Exchange(ctx context.Context, cfg policy.DNS, q dns.Question,
 	ch := make(chan result, 1)
 	deadline, _ := ctx.Deadline()
 	r.forward(cfg, q, do, cd, deadline, func(m *dns.Msg, err error) { ch <- result{m, err} })
+	var res result
 	select {
-	case res := <-ch:
-		return res.m, 0, res.err
-	case <-ctx.Done():
-		// Words for Go's "context deadline exceeded": %.0w keeps ctx's
-		// error for errors.Is and prints none of it.
-		why := "no answer in time"
-		if errors.Is(ctx.Err(), context.Canceled) {
-			why = "given up: the client went away or egress is stopping"
+	case res = <-ch:
+		if res.err == nil || ctx.Err() == nil {
+			return res.m, 0, res.err
 		}
-		return nil, 0, fmt.Errorf("ask about %s: %s%.0w", q.Name, why, ctx.Err())
+		// The upstreams gave up at the caller's deadline, as the
+		// caller did: the caller's reason is the one to report.
+	case <-ctx.Done():
 	}
+	// Words for Go's "context deadline exceeded": %.0w keeps ctx's
+	// error for errors.Is and prints none of it.
+	why := "no answer in time"
+	if errors.Is(ctx.Err(), context.Canceled) {
+		why = "given up: the client went away or egress is stopping"
+	}
+	return nil, 0, fmt.Errorf("ask about %s: %s%.0w", q.Name, why, ctx.Err())
 }
 
 // configured is the list of upstreams the current policy asks: the
