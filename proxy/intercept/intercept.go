@@ -312,6 +312,9 @@ func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, b
 	// wrote it (it names x.name).
 	req.URL.Scheme, req.URL.Host, req.URL.Path, req.URL.RawPath = "", "", "", ""
 	req.URL.Opaque = d.Path
+	// The client's hop-by-hop headers go first, so that a header the
+	// client names in Connection cannot strip what egress injects.
+	origin.DropHopHeaders(req.Header)
 	var injected []string
 	for _, in := range d.Inject {
 		v, ok := in.Value()

@@ -427,6 +427,31 @@ func TestInjectionReplacesTheClientsValue(t *testing.T) {
 	}
 }
 
+func TestConnectionHeaderCannotStripTheInjection(t *testing.T) {
+	f := newFixture(t)
+	req, _ := http.NewRequest("GET", f.url("/v1/license"), nil)
+	// A client naming the injected header as hop-by-hop would, if the
+	// rule were applied after the injection, make egress drop it.
+	req.Header.Set("Connection", "Authorization, X-Hop")
+	req.Header.Set("X-Hop", "client's")
+	resp, err := f.client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d", resp.StatusCode)
+	}
+	h := f.origin.last(t).Header
+	if v := h.Values("Authorization"); len(v) != 1 || v[0] != "Bearer "+secret {
+		t.Errorf("the origin saw Authorization %q, want the injected value", v)
+	}
+	if v := h.Get("X-Hop"); v != "" {
+		t.Errorf("the origin saw X-Hop %q, a header the client's Connection named", v)
+	}
+}
+
 func TestHostOtherThanTheCertificatesIsRefused(t *testing.T) {
 	f := newFixture(t)
 	for _, h := range []string{"other.test", "tunnel.vendor.test", fmt.Sprintf("api.vendor.test:%d", f.tlsPort+1)} {

@@ -229,6 +229,21 @@ func CopyHeader(dst, src http.Header) {
 	}
 }
 
+// DropHopHeaders deletes from h, in place, the hop-by-hop headers and
+// those h's Connection header names: the one hop-by-hop rule, for a
+// caller that must set headers after it (interception's inject:, which a
+// client's "Connection: Authorization" must not strip).
+func DropHopHeaders(h http.Header) {
+	for k := range connectionNamed(h) {
+		delete(h, k)
+	}
+	for k := range h {
+		if HopHeader(k) {
+			delete(h, k)
+		}
+	}
+}
+
 // Via is the value egress adds to Via (RFC 9110 §7.6.3) for a message
 // received with protocol version major.minor: a pseudonym, no host name.
 func Via(major, minor int) string {
