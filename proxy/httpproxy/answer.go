@@ -115,10 +115,6 @@ func denied(id, target string, d policy.Decision) failure {
 // DenyBody is the text of a 403: see answer.DenyBody.
 func DenyBody(id, target string, d policy.Decision) string { return answer.DenyBody(id, target, d) }
 
-// lingerTimeout is how long a connection closed after an answer keeps
-// reading what the client still sends.
-const lingerTimeout = answer.LingerTimeout
-
 // reasonPhrase is answer.ReasonPhrase.
 func reasonPhrase(text, id string) string { return answer.ReasonPhrase(text, id) }
 

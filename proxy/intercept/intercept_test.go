@@ -593,7 +593,6 @@ func TestHostWithoutRequestRulesStaysATunnel(t *testing.T) {
 func TestRealClients(t *testing.T) {
 	f := newFixture(t)
 	proxy := "http://" + f.proxy
-	type result struct{ status, reason string }
 	run := func(t *testing.T, name string, args ...string) string {
 		t.Helper()
 		cmd := exec.Command(name, args...)
