@@ -1,0 +1,199 @@
+package transparent
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/egress-proxy/egress/internal/testnet"
+	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/dialer"
+	"github.com/egress-proxy/egress/proxy/names"
+)
+
+// lateFixture is a transparent Server whose every connection goes to one
+// origin at 127.0.0.1, allowed by address; web.test is allowed there and
+// evil.test refused. PeekTimeout is short, so a client that waits longer
+// than it before its first byte is a late one.
+type lateFixture struct {
+	srv  *Server
+	addr string // the listener
+	rec  *recorder
+}
+
+const latePeek = 100 * time.Millisecond
+
+func newLateFixture(t *testing.T, origin netip.AddrPort) *lateFixture {
+	t.Helper()
+	pol, err := policy.Load("p.yaml", []byte(fmt.Sprintf(`version: 1
+default: deny
+allow:
+  - cidr: 127.0.0.1
+    ports: [%d]
+  - host: web.test
+    ports: [%d]
+deny:
+  - host: evil.test
+`, origin.Port(), origin.Port())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	current := func() *policy.Policy { return pol }
+	res := mapResolver{"web.test": {netip.MustParseAddr("127.0.0.1")}, "evil.test": {netip.MustParseAddr("127.0.0.1")}}
+	rec, sink := newRecorder(t)
+	srv := &Server{
+		Policy:      current,
+		Dialer:      &dialer.Dialer{Policy: current, Resolver: res, Timeout: 2 * time.Second},
+		Names:       &names.Table{},
+		PeekTimeout: latePeek,
+		OriginalDst: func(*net.TCPConn) (netip.AddrPort, error) { return origin, nil },
+		Events:      sink,
+		Logger:      zerolog.New(zerolog.NewTestWriter(t)),
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return &lateFixture{srv: srv, addr: l.Addr().String(), rec: rec}
+}
+
+// dialLate connects and lets the peek time pass with the client silent:
+// what it sends next is late. The pause is the client under test (one
+// that speaks after the first-bytes wait), not a wait for a result.
+func (f *lateFixture) dialLate(t *testing.T) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	time.Sleep(3 * latePeek)
+	return c
+}
+
+// hostOrigin is a net/http origin that reports every Host it served.
+func hostOrigin(t *testing.T) (netip.AddrPort, <-chan string) {
+	seen := make(chan string, 100)
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Host
+		io.WriteString(w, "hello "+r.Host)
+	}))
+	t.Cleanup(web.Close)
+	return netip.MustParseAddrPort(web.Listener.Addr().String()), seen
+}
+
+// Issue 18: a client that sends its first bytes late but completely is
+// decided when they come, as a prompt one is. A late HTTP/1 first request
+// is served and its connection gated for its whole life: a keep-alive
+// second request naming a refused host ends it before it goes up.
+func TestSecurityLateHTTPIsGatedForItsLife(t *testing.T) {
+	origin, seen := hostOrigin(t)
+	f := newLateFixture(t, origin)
+	web := "web.test:" + strconv.Itoa(int(origin.Port()))
+	c := f.dialLate(t)
+	br := bufio.NewReader(c)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: "+web+"\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("the late first request, for an allowed host, was not answered: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if h := <-seen; h != web {
+		t.Fatalf("the origin served Host %q, want %q", h, web)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n")
+	if resp, err := http.ReadResponse(br, nil); err == nil {
+		t.Errorf("the second request, for evil.test, was answered: %s", resp.Status)
+	}
+	e := f.rec.next(t)
+	if !e.Decision.Denied() || e.Decision.Host != "evil.test" {
+		t.Fatalf("entry = %+v, want a denial of evil.test", e.Decision)
+	}
+	select {
+	case h := <-seen:
+		t.Fatalf("the origin served Host %q after the refusal", h)
+	default:
+	}
+}
+
+// A late request line that comes in pieces is read whole and decided on
+// what it names, or refused when it does not finish in time; in neither
+// case does the origin serve the refused host.
+func TestSecurityLateHTTPInPiecesIsDecided(t *testing.T) {
+	origin, seen := hostOrigin(t)
+	f := newLateFixture(t, origin)
+	for _, tc := range []struct {
+		name  string
+		pause time.Duration // between the two pieces: the slow client under test
+	}{
+		{"the rest within the peek time", 0},
+		{"the rest after the peek time", 3 * latePeek},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := f.dialLate(t)
+			io.WriteString(c, "GE")
+			time.Sleep(tc.pause)
+			io.WriteString(c, "T / HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n")
+			b, _ := io.ReadAll(c)
+			e := f.rec.next(t)
+			if !e.Decision.Denied() {
+				t.Errorf("entry = %+v, want a denial (the client got %q)", e.Decision, b)
+			}
+			select {
+			case h := <-seen:
+				t.Fatalf("the origin served Host %q", h)
+			default:
+			}
+		})
+	}
+}
+
+// A late client whose first bytes are neither TLS nor HTTP (PostgreSQL's
+// SSLRequest) is decided on the address and copied raw, whether the
+// origin waits for it or greets it first.
+func TestLateOtherProtocolsPass(t *testing.T) {
+	ssl := "\x00\x00\x00\x08\x04\xd2\x16\x2f"
+	for _, greeting := range []string{"", "220 ready\r\n"} {
+		t.Run(fmt.Sprintf("greeting %q", greeting), func(t *testing.T) {
+			echo := testnet.ServeTCP(t, func(c net.Conn) {
+				io.WriteString(c, greeting)
+				io.Copy(c, c)
+			})
+			f := newLateFixture(t, netip.MustParseAddrPort(echo.String()))
+			c := f.dialLate(t)
+			br := bufio.NewReader(c)
+			if greeting != "" {
+				if l, err := br.ReadString('\n'); err != nil || l != greeting {
+					t.Fatalf("greeting %q, %v", l, err)
+				}
+			}
+			io.WriteString(c, ssl)
+			b := make([]byte, len(ssl))
+			if _, err := io.ReadFull(br, b); err != nil || string(b) != ssl {
+				t.Fatalf("echo %q, %v", b, err)
+			}
+			c.Close()
+			if e := f.rec.next(t); !e.Decision.Allowed() {
+				t.Fatalf("entry = %+v, want allowed", e.Decision)
+			}
+		})
+	}
+}
