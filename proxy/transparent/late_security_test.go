@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,7 +34,7 @@ type lateFixture struct {
 
 const latePeek = 100 * time.Millisecond
 
-func newLateFixture(t *testing.T, origin netip.AddrPort) *lateFixture {
+func newLateFixture(t *testing.T, origin netip.AddrPort, held *Held) *lateFixture {
 	t.Helper()
 	pol, err := policy.Load("p.yaml", []byte(fmt.Sprintf(`version: 1
 default: deny
@@ -59,6 +60,7 @@ deny:
 		OriginalDst: func(*net.TCPConn) (netip.AddrPort, error) { return origin, nil },
 		Events:      sink,
 		Logger:      zerolog.New(zerolog.NewTestWriter(t)),
+		Held:        held,
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -105,7 +107,7 @@ func hostOrigin(t *testing.T) (netip.AddrPort, <-chan string) {
 // second request naming a refused host ends it before it goes up.
 func TestSecurityLateHTTPIsGatedForItsLife(t *testing.T) {
 	origin, seen := hostOrigin(t)
-	f := newLateFixture(t, origin)
+	f := newLateFixture(t, origin, nil)
 	web := "web.test:" + strconv.Itoa(int(origin.Port()))
 	c := f.dialLate(t)
 	br := bufio.NewReader(c)
@@ -139,7 +141,7 @@ func TestSecurityLateHTTPIsGatedForItsLife(t *testing.T) {
 // case does the origin serve the refused host.
 func TestSecurityLateHTTPInPiecesIsDecided(t *testing.T) {
 	origin, seen := hostOrigin(t)
-	f := newLateFixture(t, origin)
+	f := newLateFixture(t, origin, nil)
 	for _, tc := range []struct {
 		name  string
 		pause time.Duration // between the two pieces: the slow client under test
@@ -177,7 +179,7 @@ func TestLateOtherProtocolsPass(t *testing.T) {
 				io.WriteString(c, greeting)
 				io.Copy(c, c)
 			})
-			f := newLateFixture(t, netip.MustParseAddrPort(echo.String()))
+			f := newLateFixture(t, netip.MustParseAddrPort(echo.String()), nil)
 			c := f.dialLate(t)
 			br := bufio.NewReader(c)
 			if greeting != "" {
@@ -196,4 +198,103 @@ func TestLateOtherProtocolsPass(t *testing.T) {
 			}
 		})
 	}
+}
+
+// egress run's connect fidelity: an upstream dialled while the client's
+// SYN was held (Prepare) is the one used, and a late client on it is read
+// and decided as on a dialled one: its HTTP gated for its whole life, the
+// greeting of an origin that speaks first passed on.
+func TestLateClientOnHeldUpstream(t *testing.T) {
+	var accepted atomic.Int64
+	seen := make(chan string, 100)
+	web := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Host
+		io.WriteString(w, "hello "+r.Host)
+	}))
+	web.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			accepted.Add(1)
+		}
+	}
+	web.Start()
+	t.Cleanup(web.Close)
+	greeter := testnet.ServeTCP(t, func(c net.Conn) {
+		accepted.Add(1)
+		io.WriteString(c, "220 ready\r\n")
+		io.Copy(c, c)
+	})
+
+	// dialHeld connects from a port of its own after Prepare held an
+	// upstream for that port, as the held SYN's handler does.
+	dialHeld := func(t *testing.T, f *lateFixture, dst netip.AddrPort) net.Conn {
+		t.Helper()
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		from := netip.MustParseAddrPort(l.Addr().String())
+		l.Close()
+		if o := f.srv.Prepare(context.Background(), from, dst); o != Connected {
+			t.Fatalf("Prepare = %d, want Connected", o)
+		}
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(from)}
+		c, err := d.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c
+	}
+
+	t.Run("a late HTTP client is gated for its life", func(t *testing.T) {
+		origin := netip.MustParseAddrPort(web.Listener.Addr().String())
+		f := newLateFixture(t, origin, &Held{})
+		hostWeb := "web.test:" + strconv.Itoa(int(origin.Port()))
+		before := accepted.Load()
+		c := dialHeld(t, f, origin)
+		time.Sleep(3 * latePeek) // the late client under test
+		br := bufio.NewReader(c)
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: "+hostWeb+"\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("the late first request was not answered: %v", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if h := <-seen; h != hostWeb {
+			t.Fatalf("the origin served Host %q, want %q", h, hostWeb)
+		}
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n")
+		if resp, err := http.ReadResponse(br, nil); err == nil {
+			t.Errorf("the request for evil.test was answered: %s", resp.Status)
+		}
+		if e := f.rec.next(t); !e.Decision.Denied() || e.Decision.Host != "evil.test" {
+			t.Fatalf("entry = %+v, want a denial of evil.test", e.Decision)
+		}
+		if n := accepted.Load() - before; n != 1 {
+			t.Errorf("the origin accepted %d connections, want the held one only", n)
+		}
+	})
+	t.Run("an origin that speaks first greets a silent client", func(t *testing.T) {
+		origin := netip.MustParseAddrPort(greeter.String())
+		f := newLateFixture(t, origin, &Held{})
+		before := accepted.Load()
+		c := dialHeld(t, f, origin)
+		br := bufio.NewReader(c)
+		if l, err := br.ReadString('\n'); err != nil || l != "220 ready\r\n" {
+			t.Fatalf("greeting %q, %v", l, err)
+		}
+		io.WriteString(c, "QUIT\r\n")
+		if l, err := br.ReadString('\n'); err != nil || l != "QUIT\r\n" {
+			t.Fatalf("echo %q, %v", l, err)
+		}
+		c.Close()
+		if e := f.rec.next(t); !e.Decision.Allowed() {
+			t.Fatalf("entry = %+v, want allowed", e.Decision)
+		}
+		if n := accepted.Load() - before; n != 1 {
+			t.Errorf("the origin accepted %d connections, want the held one only", n)
+		}
+	})
 }
