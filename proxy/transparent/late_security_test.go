@@ -5,13 +5,16 @@ package transparent
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,6 +25,7 @@ import (
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/names"
+	"github.com/egress-proxy/egress/proxy/tunnel"
 )
 
 // lateFixture is a transparent Server whose every connection goes to one
@@ -36,7 +40,7 @@ type lateFixture struct {
 
 const latePeek = 100 * time.Millisecond
 
-func newLateFixture(t *testing.T, origin netip.AddrPort, held *Held) *lateFixture {
+func newLateFixture(t *testing.T, origin netip.AddrPort, held *Held, extra ...string) *lateFixture {
 	t.Helper()
 	pol, err := policy.Load("p.yaml", []byte(fmt.Sprintf(`version: 1
 default: deny
@@ -47,7 +51,7 @@ allow:
     ports: [%d]
 deny:
   - host: evil.test
-`, origin.Port(), origin.Port())))
+`, origin.Port(), origin.Port())+strings.Join(extra, "")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,4 +303,24 @@ func TestLateClientOnHeldUpstream(t *testing.T) {
 			t.Errorf("the origin accepted %d connections, want the held one only", n)
 		}
 	})
+}
+
+// A client that never speaks to an origin that never speaks is waited
+// for timeouts.tunnel_idle, then closed and logged, as on CONNECT.
+func TestLateSilenceEndsAtTunnelIdle(t *testing.T) {
+	silent := testnet.ServeTCP(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	f := newLateFixture(t, netip.MustParseAddrPort(silent.String()), nil, "timeouts:\n  tunnel_idle: 300ms\n")
+	c, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read %v, want the connection ended by egress", err)
+	}
+	e := f.rec.next(t)
+	if !e.Decision.Allowed() || !errors.Is(e.Err, tunnel.ErrFirstMoveIdle) {
+		t.Fatalf("entry = %+v, err %v; want the allowed connection ended by tunnel_idle", e.Decision, e.Err)
+	}
 }
