@@ -2,7 +2,6 @@ package httpproxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -117,7 +116,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		t.Entry = entry
 		t.RecordAudit() // when it opens, not when the first byte comes
 		var down []byte
-		head, down, err = firstMove(p.tunnels.Context(), cc, up, pol.Timeouts.TunnelIdle)
+		head, down, err = tunnel.FirstMove(p.tunnels.Context(), cc, up, pol.Timeouts.TunnelIdle)
 		if len(down) > 0 {
 			m, werr := cc.Write(down)
 			t.Down = int64(m)
@@ -267,59 +266,6 @@ func hostCheck(pol *policy.Policy, req policy.Request, dec policy.Decision, host
 // (peek.GuardFirstLine): a request line split across segments comes
 // within it; a protocol that sends a word and waits pays it once.
 const requestLineWait = 500 * time.Millisecond
-
-// errFirstMoveIdle: neither side of a tunnel said anything for
-// timeouts.tunnel_idle.
-var errFirstMoveIdle = errors.New("no bytes either way (timeouts.tunnel_idle)")
-
-// firstMove waits for the first bytes of a new tunnel from either side:
-// the client's (head) or the origin's (down), and takes what the other
-// side sent meanwhile too. It gives up after idle (zero: never) or when
-// ctx ends (the drain). An EOF or error of either side ends the wait;
-// the copy that follows sees it again.
-func firstMove(ctx context.Context, cc, up net.Conn, idle time.Duration) (head, down []byte, err error) {
-	type read struct {
-		b   []byte
-		err error
-	}
-	reader := func(c net.Conn, ch chan<- read) {
-		b := make([]byte, 2048)
-		n, err := c.Read(b)
-		ch <- read{b[:n], err}
-	}
-	cch, uch := make(chan read, 1), make(chan read, 1)
-	go reader(cc, cch)
-	go reader(up, uch)
-	var timeout <-chan time.Time
-	if idle > 0 {
-		tm := time.NewTimer(idle)
-		defer tm.Stop()
-		timeout = tm.C
-	}
-	stop := func(c net.Conn, ch <-chan read) read {
-		c.SetReadDeadline(time.Unix(1, 0))
-		r := <-ch
-		c.SetReadDeadline(time.Time{})
-		if isTimeout(r.err) {
-			r.err = nil
-		}
-		return r
-	}
-	select {
-	case r := <-cch:
-		u := stop(up, uch)
-		return r.b, u.b, nil
-	case u := <-uch:
-		r := stop(cc, cch)
-		return r.b, u.b, nil
-	case <-timeout:
-		err = errFirstMoveIdle
-	case <-ctx.Done():
-		err = ctx.Err()
-	}
-	r, u := stop(cc, cch), stop(up, uch)
-	return r.b, u.b, err
-}
 
 // ReasonSNIMismatch is policy.ReasonSNIMismatch, under the name the
 // other branches still use while they merge; new code uses policy's.

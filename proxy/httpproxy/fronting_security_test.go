@@ -21,13 +21,23 @@ import (
 // is not held up.
 func TestSecurityConnectSNIMismatch(t *testing.T) {
 	// A TLS-speaking upstream that counts the handshakes it sees.
-	var hellos atomic.Int64
+	// ended counts the connections whose first read returned: a
+	// connection egress closed without sending anything counts there,
+	// after hellos would have.
+	var hellos, ended atomic.Int64
 	upstream := testnet.ServeTCP(t, func(c net.Conn) {
 		b := make([]byte, 1)
 		if n, _ := c.Read(b); n == 1 && b[0] == 22 {
 			hellos.Add(1)
 		}
+		ended.Add(1)
 	})
+	// upstreamDone waits until the upstream has seen the end (or the
+	// first byte) of the connection egress opened since ended was n.
+	upstreamDone := func(t *testing.T, n int64) {
+		t.Helper()
+		testwait.Until(t, testwait.Timeout, "the upstream to see its connection end", func() bool { return ended.Load() > n })
+	}
 	port := upstream.Port
 	target := "origin.test:" + itoa(port)
 
@@ -43,7 +53,7 @@ func TestSecurityConnectSNIMismatch(t *testing.T) {
 
 	t.Run("a ClientHello for a denied name is refused before it goes up", func(t *testing.T) {
 		f := newFixture(t, testPolicy)
-		before := hellos.Load()
+		before, endedBefore := hellos.Load(), ended.Load()
 		_, _, c, _ := f.raw("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n")
 		if err := handshake(c, "denied.test"); err == nil {
 			t.Fatal("the handshake went through")
@@ -52,7 +62,7 @@ func TestSecurityConnectSNIMismatch(t *testing.T) {
 		if e["event"] != "deny" || e["host"] != "denied.test" || !strings.Contains(e["hint"].(string), "origin.test") {
 			t.Errorf("line %v", e)
 		}
-		time.Sleep(50 * time.Millisecond) // the upstream counts what it got
+		upstreamDone(t, endedBefore)
 		if n := hellos.Load() - before; n != 0 {
 			t.Errorf("the upstream saw %d ClientHello, want none", n)
 		}
@@ -70,12 +80,12 @@ func TestSecurityConnectSNIMismatch(t *testing.T) {
 		hello.Write(buf[:n])
 		a.Close()
 		b.Close()
-		before := hellos.Load()
+		before, endedBefore := hellos.Load(), ended.Load()
 		c, br := f.dial()
 		io.WriteString(c, "CONNECT "+target+" HTTP/1.1\r\nHost: "+target+"\r\n\r\n"+hello.String())
 		io.Copy(io.Discard, br) // 200, then closed
 		sniLine(f)
-		time.Sleep(50 * time.Millisecond)
+		upstreamDone(t, endedBefore)
 		if n := hellos.Load() - before; n != 0 {
 			t.Errorf("the upstream saw %d ClientHello, want none", n)
 		}
@@ -84,7 +94,7 @@ func TestSecurityConnectSNIMismatch(t *testing.T) {
 	t.Run("a ClientHello sent after a long silence is still checked", func(t *testing.T) {
 		f := newFixture(t, testPolicy)
 		_, _, c, _ := f.raw("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n")
-		time.Sleep(2500 * time.Millisecond) // longer than the inspection's timeout
+		time.Sleep(2500 * time.Millisecond) // the client's silence under test: longer than the inspection's timeout
 		if err := handshake(c, "denied.test"); err == nil {
 			t.Fatal("the handshake went through")
 		}

@@ -27,6 +27,7 @@ func TestBodyAfterABodylessResponseIsNotTheNextAnswer(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, testPolicy)
 			headRead, smuggled := make(chan struct{}), make(chan struct{})
+			var smuggledOn net.Conn // written before smuggled is closed
 			url := rawOrigin(t, func(c net.Conn, br *bufio.Reader) {
 				select {
 				case <-smuggled: // a second connection: answers honestly
@@ -34,6 +35,7 @@ func TestBodyAfterABodylessResponseIsNotTheNextAnswer(t *testing.T) {
 					io.WriteString(c, tc.head)
 					<-headRead
 					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
+					smuggledOn = c
 					close(smuggled)
 					if _, err := http.ReadRequest(br); err != nil {
 						return
@@ -45,7 +47,7 @@ func TestBodyAfterABodylessResponseIsNotTheNextAnswer(t *testing.T) {
 			do(t, c, br, tc.method+" "+url+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
 			close(headRead)
 			<-smuggled
-			time.Sleep(50 * time.Millisecond) // the bytes are in egress's socket
+			testnet.Delivered(t, smuggledOn) // the bytes are in egress's socket
 			resp, body := do(t, c, br, "GET "+url+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
 			if resp.StatusCode != 200 || body != "ok" {
 				t.Errorf("next request got %d %q, want 200 \"ok\" from a new connection", resp.StatusCode, body)
@@ -145,6 +147,7 @@ func TestUnaskedTLSRecordIsNotTheNextAnswer(t *testing.T) {
 	f := newFixture(t, testPolicy)
 	cert := f.tls.TLS.Certificates[0]
 	first := true
+	written := make(chan net.Conn, 1) // the answer and the unasked record went
 	addr := testnet.ServeTCP(t, func(c net.Conn) {
 		hc := &heldConn{Conn: c}
 		tc := tls.Server(hc, &tls.Config{Certificates: []tls.Certificate{cert}})
@@ -160,6 +163,7 @@ func TestUnaskedTLSRecordIsNotTheNextAnswer(t *testing.T) {
 				io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
 				hc.hold = false
 				c.Write(hc.buf)
+				written <- c
 				continue
 			}
 			io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
@@ -168,7 +172,7 @@ func TestUnaskedTLSRecordIsNotTheNextAnswer(t *testing.T) {
 	url := "https://" + addr.String()
 	c, br := f.dial()
 	_, b1 := do(t, c, br, "GET "+url+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
-	time.Sleep(50 * time.Millisecond)
+	testnet.Delivered(t, <-written) // the unasked record is in egress's socket
 	_, b2 := do(t, c, br, "GET "+url+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
 	if b1 != "ok" || b2 != "fresh" {
 		t.Errorf("answers %q, %q; want \"ok\", then \"fresh\"", b1, b2)
@@ -188,6 +192,9 @@ func TestSilentClientMidBodyHoldsNoUpstream(t *testing.T) {
 	}))
 	c, br := f.dial()
 	io.WriteString(c, "POST "+o.URL+"/ HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234")
+	// The client's silence is what is under test, not a wait for a
+	// result: no upstream may be opened during it, and an absence has no
+	// condition to wait on.
 	time.Sleep(300 * time.Millisecond)
 	if n := o.opened.Load(); n != 0 {
 		t.Errorf("the origin has %d connections while the client is silent mid-body, want 0", n)

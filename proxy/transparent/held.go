@@ -147,14 +147,16 @@ func outcome(err error) Outcome {
 }
 
 // takeHeld returns the upstream Prepare dialled for this connection, or
-// nil, for the listener to dial as usual (see useHeld).
+// nil, for the listener to dial as usual (see useConnected).
 func (s *Server) takeHeld(client, dst netip.AddrPort) net.Conn {
 	return s.Held.take(client, dst, nil)
 }
 
-// useHeld decides req as the dialer would, for an upstream already
-// connected to req's address: it is that connection when allowed.
-func (s *Server) useHeld(pol *policy.Policy, req policy.Request, up net.Conn) (net.Conn, policy.Decision, error) {
+// useConnected decides req as the dialer would, for an upstream already
+// connected to req's address (held for a held SYN, or dialled on the
+// address before a late client named anything): it is that connection
+// when allowed, and closed when not.
+func (s *Server) useConnected(pol *policy.Policy, req policy.Request, up net.Conn) (net.Conn, policy.Decision, error) {
 	d := pol.Decide(req)
 	if !d.Allowed() {
 		up.Close()

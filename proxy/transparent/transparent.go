@@ -245,15 +245,22 @@ func (s *Server) handle(cc *net.TCPConn) {
 	if peekTimeout <= 0 {
 		peekTimeout = DefaultPeekTimeout
 	}
+	client := c.entry.Client.Addr()
 	// The client's first bytes, waited for PeekTimeout, or until an
 	// upstream already connected for it (a held SYN) speaks first. A read
 	// error (the client closed or reset while we peeked, as a port check
 	// does) is not a reason to stop: the upstream sees the same open and
-	// close, and the copy ends at once. A TLS ClientHello is then read
-	// whole (issue 18), within tunnel.DefaultInspectTimeout from its
-	// first byte, or refused; a client that sent nothing yet is decided
-	// on the address, and its first bytes when they come (lateInspect).
+	// close, and the copy ends at once. What they begin is read whole
+	// (classify) and decided on before the dial. A client that sent
+	// nothing yet is decided on the address and dialled, then waited for
+	// with its origin (tunnel.FirstMove, as on CONNECT): its first bytes,
+	// when they come, are read and decided on as a prompt client's are.
 	held := s.takeHeld(c.entry.Client, dst)
+	closeHeld := func() {
+		if held != nil {
+			held.Close()
+		}
+	}
 	var waitOn net.Conn = cc
 	stopWait := func() {}
 	if held != nil {
@@ -261,77 +268,25 @@ func (s *Server) handle(cc *net.TCPConn) {
 	}
 	firstBytes := readFirstBytes(waitOn, peekTimeout)
 	stopWait()
-	var first peek.First
-	name, source := "", peek.SourceNone
-	if peek.TLS(firstBytes) {
-		first = peek.ReadFirst(cc, firstBytes, tunnel.DefaultInspectTimeout)
-		name, source = first.Hello.Name, peek.SourceSNI
-		if d := first.Refusal(pol, policy.Decision{IP: dst.Addr(), Port: dst.Port(), Source: pol.Source}); d != nil {
-			if held != nil {
-				held.Close()
-			}
-			c.deny(*d)
+	var op opening
+	if len(firstBytes) > 0 {
+		var refused *policy.Decision
+		if op, refused = s.classify(pol, cc, firstBytes, dst, client, peekTimeout); refused != nil {
+			closeHeld()
+			c.deny(*refused)
 			return
 		}
-	} else if len(firstBytes) > 0 {
-		name, source, first.Bytes, _ = peek.More(cc, firstBytes, peekTimeout)
-	}
-	head := first.Bytes
-	var requests *peek.RequestReader
-	var firstReq *http.Request
-	_, _, lineDone := peek.From(head)
-	guard := source == peek.SourceHTTP && !lineDone && len(head) < 16<<10
-	switch {
-	case guard:
-		// The first line could still become an HTTP request line, but
-		// did not in time: decided on the address, and watched until
-		// that line ends (peek.GuardFirstLine).
-	case source == peek.SourceHTTP:
-		// HTTP/1: every request of the connection, this one included,
-		// is read by net/http's reader and decided on what it names;
-		// one that cannot be read is refused.
-		requests = peek.NewRequestReader(head, cc, pol.Limits.MaxHeaderBytes)
-		cc.SetReadDeadline(time.Now().Add(headerTimeout(pol)))
-		firstReq, err = requests.Read()
-		cc.SetReadDeadline(time.Time{})
-		if err != nil {
-			if held != nil {
-				held.Close()
-			}
-			c.deny(unreadable(pol, dst, err))
-			return
-		}
-		name, head = peek.RequestHost(firstReq), nil
-	case source == peek.SourceHTTP2:
-		// h2c with prior knowledge: its requests are HTTP/2 frames no
-		// HTTP/1 reader reads, so it goes through only where the
-		// address itself is allowed, whatever it names.
-		if d := pol.Decide(policy.Request{IP: dst.Addr(), Port: dst.Port(), Client: c.entry.Client.Addr()}); !d.Allowed() {
-			if held != nil {
-				held.Close()
-			}
-			c.deny(policy.Decision{Reason: policy.ReasonHTTP2Preface, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
-				Hint: "HTTP/2 with prior knowledge (h2c) names its host in frames egress does not read: allow the address (cidr:) or use HTTP/1.1 or TLS"})
-			return
-		}
-	}
-	if _, err := netip.ParseAddr(name); err == nil {
-		// An IP literal in Host (SNI may not carry one, RFC 6066 §3)
-		// names nothing more than the address does.
-		name = ""
 	}
 
-	req, dec, ok := s.decide(pol, name, dst, c.entry.Client.Addr())
+	req, dec, ok := s.decide(pol, op.name, dst, client)
 	if !ok {
-		if held != nil {
-			held.Close()
-		}
+		closeHeld()
 		c.deny(dec)
 		return
 	}
 	var ddec policy.Decision
 	if held != nil {
-		up, ddec, err = s.useHeld(pol, req, held)
+		up, ddec, err = s.useConnected(pol, req, held)
 	} else {
 		// The dial gives up when the drain deadline passes.
 		up, ddec, err = s.dial.Dial(s.tunnels.Context(), "tcp", req)
@@ -350,25 +305,75 @@ func (s *Server) handle(cc *net.TCPConn) {
 		dec = ddec
 	}
 	c.entry.Decision = dec
-	if dec.Intercept && requests == nil {
+	if len(firstBytes) == 0 {
+		// Whoever speaks first, bounded by timeouts.tunnel_idle and the
+		// drain: an origin that greets (SMTP, MySQL) is not delayed, and
+		// the client's later bytes are inspected in the tunnel
+		// (lateInspect); a client that speaks first is read and decided
+		// on exactly as if its bytes had come in time, before any goes up.
+		t.Entry = c.entry
+		t.RecordAudit() // when it opens, not when the first byte comes
+		head, down, err := tunnel.FirstMove(s.tunnels.Context(), cc, up, pol.Timeouts.TunnelIdle)
+		if len(down) > 0 {
+			m, werr := cc.Write(down)
+			t.Down = int64(m)
+			if werr != nil && err == nil {
+				err = fmt.Errorf("write first bytes: %w", werr)
+			}
+		}
+		if err != nil { // idle, the drain, or the client gone
+			up.Close()
+			c.fail(dec, err)
+			return
+		}
+		if len(head) > 0 {
+			var refused *policy.Decision
+			if op, refused = s.classify(pol, cc, head, dst, client, peekTimeout); refused != nil {
+				up.Close()
+				c.deny(*refused)
+				return
+			}
+		}
+		if op.name != "" {
+			// The name decided as before a dial, then the upstream,
+			// connected to its address already, as the dialer would.
+			nreq, ndec, ok := s.decide(pol, op.name, dst, client)
+			if !ok {
+				up.Close()
+				c.deny(ndec)
+				return
+			}
+			if _, ddec, err = s.useConnected(pol, nreq, up); err != nil {
+				c.deny(ddec)
+				return
+			}
+			if !ndec.Audit {
+				ndec = ddec
+			}
+			req, dec = nreq, ndec
+			c.entry.Decision = dec
+		}
+	}
+	if dec.Intercept && op.requests == nil {
 		// Request rules (issue 20) over TLS; the slot is held until it
 		// ends. Plain HTTP goes through the gate below.
-		s.intercept(c, req, dec, ddec, head, up)
+		s.intercept(c, req, dec, ddec, op.head, up)
 		return
 	}
-	var client net.Conn = cc
+	var cside net.Conn = cc
 	var gate *origin.Gate
-	if requests != nil {
+	if op.requests != nil {
 		// Plain HTTP: gated for the connection's whole life, whatever
 		// its first request said; every later request is decided on its
 		// own Host, as the forward proxy does, and the gate is left only
 		// when the origin switched protocols.
-		allow := func(r *http.Request) bool { return s.allowRequest(t, name, r, dst, c.entry.Client.Addr()) }
+		name := op.name
+		allow := func(r *http.Request) bool { return s.allowRequest(t, name, r, dst, client) }
 		if dec.Intercept {
 			// Request rules (issue 20): each request is decided on its
 			// method and path too, this first one included.
 			dec.IP = ddec.IP
-			if d := requestRule(pol, req, dec, firstReq); d != nil {
+			if d := requestRule(pol, req, dec, op.first); d != nil {
 				up.Close()
 				c.deny(*d)
 				return
@@ -382,30 +387,100 @@ func (s *Server) handle(cc *net.TCPConn) {
 			}
 		}
 		gate = origin.NewGate(cc, up, origin.GateConfig{
-			Requests: requests, First: firstReq, Fail: t.Fail, Allow: allow,
+			Requests: op.requests, First: op.first, Fail: t.Fail, Allow: allow,
 		})
-		client, up = gate.Client, gate.Upstream
+		cside, up = gate.Client, gate.Upstream
 	}
-	if guard {
-		client = peek.GuardFirstLine(cc, head, func(err error) { t.Refuse(unreadable(pol, dst, err)) })
+	if op.guard {
+		cside = peek.GuardFirstLine(cc, op.head, func(err error) { t.Refuse(unreadable(pol, dst, err)) })
 	}
-	if len(head) > 0 {
-		if _, err := up.Write(head); err != nil {
+	if len(op.head) > 0 {
+		if _, err := up.Write(op.head); err != nil {
 			up.Close()
 			c.fail(dec, fmt.Errorf("replay first bytes: %w", err))
 			return
 		}
 	}
-	if len(head) == 0 && requests == nil {
-		t.Inspect = s.lateInspect(dst, c.entry.Client.Addr())
+	if len(op.head) == 0 && op.requests == nil {
+		// Nothing from the client yet, and an origin that spoke first.
+		t.Inspect = s.lateInspect(dst, client)
 	}
-	t.Entry, t.Began, t.Idle, t.HalfClose, t.Up = c.entry, c.start, pol.Timeouts.TunnelIdle, pol.Timeouts.HalfClose, int64(len(head))
+	t.Entry, t.Began, t.Idle, t.HalfClose, t.Up = c.entry, c.start, pol.Timeouts.TunnelIdle, pol.Timeouts.HalfClose, int64(len(op.head))
 	t.Request = req
 	t.Request.IP = ddec.IP
-	t.Start(client, up)
+	t.Start(cside, up)
 	if gate != nil {
 		gate.Start() // after the tunnel: a refusal closes it
 	}
+}
+
+// opening is what a client's first bytes begin, read by classify.
+type opening struct {
+	name     string              // the name they carry (SNI, Host); "" for none, or an address
+	head     []byte              // bytes read and not yet sent up
+	requests *peek.RequestReader // HTTP/1: the connection's requests, read by net/http's reader
+	first    *http.Request       // HTTP/1: the first of them, read already
+	guard    bool                // a first line that could still become an HTTP request line
+}
+
+// classify reads whole what b, a client's first bytes, begin: the one
+// reading of a connection's start, whether its bytes came within
+// PeekTimeout or later (issue 18: a late client gets no more than a
+// prompt one). A TLS ClientHello is read whole within
+// tunnel.DefaultInspectTimeout from its first byte (peek.ReadFirst), or
+// refused; an HTTP/1 request by net/http's reader within timeouts.header,
+// or refused, and the connection is gated for its whole life; the HTTP/2
+// preface only where the address itself is allowed; a first line that
+// may still become an HTTP request line after wait is guarded
+// (peek.GuardFirstLine); anything else is copied as it is. It returns
+// the refusal, or what the bytes name, for the caller to decide on.
+func (s *Server) classify(pol *policy.Policy, cc net.Conn, b []byte, dst netip.AddrPort, client netip.Addr, wait time.Duration) (opening, *policy.Decision) {
+	var op opening
+	source := peek.SourceNone
+	if peek.TLS(b) {
+		f := peek.ReadFirst(cc, b, tunnel.DefaultInspectTimeout)
+		if d := f.Refusal(pol, policy.Decision{IP: dst.Addr(), Port: dst.Port(), Source: pol.Source}); d != nil {
+			return op, d
+		}
+		op.name, op.head, source = f.Hello.Name, f.Bytes, peek.SourceSNI
+	} else {
+		op.name, source, op.head, _ = peek.More(cc, b, wait)
+	}
+	_, _, lineDone := peek.From(op.head)
+	switch {
+	case source == peek.SourceHTTP && !lineDone && len(op.head) < 16<<10:
+		// The first line could still become an HTTP request line, but
+		// did not in time: decided on the address, and watched until
+		// that line ends (peek.GuardFirstLine).
+		op.guard = true
+	case source == peek.SourceHTTP:
+		// HTTP/1: every request of the connection, this one included,
+		// is read by net/http's reader and decided on what it names;
+		// one that cannot be read is refused.
+		op.requests = peek.NewRequestReader(op.head, cc, pol.Limits.MaxHeaderBytes)
+		cc.SetReadDeadline(time.Now().Add(headerTimeout(pol)))
+		first, err := op.requests.Read()
+		cc.SetReadDeadline(time.Time{})
+		if err != nil {
+			d := unreadable(pol, dst, err)
+			return op, &d
+		}
+		op.first, op.name, op.head = first, peek.RequestHost(first), nil
+	case source == peek.SourceHTTP2:
+		// h2c with prior knowledge: its requests are HTTP/2 frames no
+		// HTTP/1 reader reads, so it goes through only where the
+		// address itself is allowed, whatever it names.
+		if d := pol.Decide(policy.Request{IP: dst.Addr(), Port: dst.Port(), Client: client}); !d.Allowed() {
+			return op, &policy.Decision{Reason: policy.ReasonHTTP2Preface, IP: dst.Addr(), Port: dst.Port(), Source: pol.Source,
+				Hint: "HTTP/2 with prior knowledge (h2c) names its host in frames egress does not read: allow the address (cidr:) or use HTTP/1.1 or TLS"}
+		}
+	}
+	if _, err := netip.ParseAddr(op.name); err == nil {
+		// An IP literal in Host (SNI may not carry one, RFC 6066 §3)
+		// names nothing more than the address does.
+		op.name = ""
+	}
+	return op, nil
 }
 
 // allowRequest decides a later request r of a plain-HTTP connection to
@@ -473,11 +548,11 @@ func readFirstBytes(cc net.Conn, timeout time.Duration) []byte {
 	return b[:n]
 }
 
-// lateInspect decides on the first bytes of a client that sent nothing
-// within PeekTimeout and whose connection was let through on its address
-// (dst): whenever they come, before any goes up, a TLS ClientHello is
-// read whole and its name decided on as if it had come in time (an HTTP
-// request's Host too); a late client gets no more than a prompt one.
+// lateInspect decides on the first bytes of a client whose origin spoke
+// first (a server-speaks-first protocol: SMTP, MySQL), on a connection
+// let through on its address (dst): whenever they come, before any goes
+// up, a TLS ClientHello (a client that starts TLS after the greeting) is
+// read whole and its name decided on as if it had come first.
 func (s *Server) lateInspect(dst netip.AddrPort, client netip.Addr) func(peek.First) *policy.Decision {
 	return func(f peek.First) *policy.Decision {
 		pol := s.Policy()
@@ -487,10 +562,11 @@ func (s *Server) lateInspect(dst netip.AddrPort, client netip.Addr) func(peek.Fi
 		name := f.Hello.Name
 		if !f.TLS {
 			// Plain HTTP is gated only from a connection's first byte:
-			// a request line that comes after the wait is refused, the
-			// origin would read a Host egress never decided on.
+			// a request line that comes after the origin spoke is
+			// refused, the origin would read a Host egress never
+			// decided on.
 			if _, source, done := peek.From(f.Bytes); done && (source == peek.SourceHTTP || source == peek.SourceHTTP2) {
-				d := unreadable(pol, dst, errors.New("an HTTP request came after the first-bytes wait (--peek-timeout); plain HTTP is gated only from the first byte"))
+				d := unreadable(pol, dst, errors.New("an HTTP request came after the origin spoke first; plain HTTP is gated only from the first byte"))
 				return &d
 			}
 			name = ""

@@ -716,3 +716,58 @@ func (c stampedConn) Read(b []byte) (int, error) {
 	}
 	return n, err
 }
+
+// ErrFirstMoveIdle: neither side of a new tunnel said anything for
+// timeouts.tunnel_idle (FirstMove).
+var ErrFirstMoveIdle = errors.New("no bytes either way (timeouts.tunnel_idle)")
+
+// FirstMove waits for the first bytes of a new tunnel whose client has
+// not spoken yet, from either side: the client's (head), to be inspected
+// before any goes up, or the upstream's (down), a server that speaks
+// first (SMTP, MySQL), for the caller to write to the client; it takes
+// what the other side sent meanwhile too. It is the one way every path
+// (CONNECT, the transparent listener) waits for a silent client. It gives
+// up after idle (zero: never) with ErrFirstMoveIdle, or when ctx ends
+// (the drain) with ctx's error. An EOF or error of either side ends the
+// wait; the copy that follows sees it again.
+func FirstMove(ctx context.Context, client, upstream net.Conn, idle time.Duration) (head, down []byte, err error) {
+	type read struct {
+		b   []byte
+		err error
+	}
+	reader := func(c net.Conn, ch chan<- read) {
+		b := make([]byte, 2048)
+		n, err := c.Read(b)
+		ch <- read{b[:n], err}
+	}
+	cch, uch := make(chan read, 1), make(chan read, 1)
+	go reader(client, cch)
+	go reader(upstream, uch)
+	var timeout <-chan time.Time
+	if idle > 0 {
+		tm := time.NewTimer(idle)
+		defer tm.Stop()
+		timeout = tm.C
+	}
+	// stop ends a wait still under way, keeping what it read.
+	stop := func(c net.Conn, ch <-chan read) read {
+		c.SetReadDeadline(time.Unix(1, 0))
+		r := <-ch
+		c.SetReadDeadline(time.Time{})
+		return r
+	}
+	select {
+	case r := <-cch:
+		u := stop(upstream, uch)
+		return r.b, u.b, nil
+	case u := <-uch:
+		r := stop(client, cch)
+		return r.b, u.b, nil
+	case <-timeout:
+		err = ErrFirstMoveIdle
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	r, u := stop(client, cch), stop(upstream, uch)
+	return r.b, u.b, err
+}
