@@ -42,6 +42,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/origin"
+	"github.com/egress-proxy/egress/proxy/peek"
 )
 
 // Defaults used when neither the Server nor the policy sets a value.
@@ -141,7 +142,9 @@ func (x *exchange) serve(ctx context.Context) {
 	if !x.handshake() {
 		return
 	}
-	br := bufio.NewReaderSize(x.tc, 4<<10)
+	// The one HTTP/1 request reader (net/http's, with its server's
+	// checks), as every path that decides on requests reads them.
+	rr := peek.NewRequestReader(nil, x.tc, x.s.policy().Limits.MaxHeaderBytes)
 	bw := bufio.NewWriterSize(x.tc, 4<<10)
 	for n := 0; ; n++ {
 		pol := x.s.policy()
@@ -150,7 +153,7 @@ func (x *exchange) serve(ctx context.Context) {
 			idle = DefaultIdleTimeout
 		}
 		x.tc.SetReadDeadline(time.Now().Add(idle))
-		if _, err := br.Peek(1); err != nil {
+		if _, err := rr.Buffered().Peek(1); err != nil {
 			return // the client is done, or idle too long
 		}
 		hdr := pol.Timeouts.Header
@@ -162,7 +165,7 @@ func (x *exchange) serve(ctx context.Context) {
 		if n > 0 || id == "" {
 			id = eventlog.NewID()
 		}
-		if !x.request(ctx, pol, id, br, bw) {
+		if !x.request(ctx, pol, id, rr, bw) {
 			return
 		}
 	}
@@ -280,9 +283,9 @@ var alertNames = map[byte]string{
 func certificateAlert(a byte) bool { _, ok := alertNames[a]; return ok }
 
 // request serves one request; false ends the connection.
-func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, br *bufio.Reader, bw *bufio.Writer) bool {
+func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, rr *peek.RequestReader, bw *bufio.Writer) bool {
 	start := time.Now()
-	req, err := http.ReadRequest(br)
+	req, err := rr.Read()
 	if err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return false

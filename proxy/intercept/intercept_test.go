@@ -452,6 +452,25 @@ func TestConnectionHeaderCannotStripTheInjection(t *testing.T) {
 	}
 }
 
+func TestRequestsAreReadAsGosServerReadsThem(t *testing.T) {
+	f := newFixture(t)
+	host := fmt.Sprintf("api.vendor.test:%d", f.tlsPort)
+	for _, req := range []string{
+		// net/http's server refuses both; a reader that took the first
+		// Host would decide on a name an origin might not read.
+		"GET /v1/license HTTP/1.1\r\nHost: " + host + "\r\nHost: evil.test\r\n\r\n",
+		"GET /v1/license HTTP/1.1\r\nHost: " + host + "\r\nX-Bad: a\x00b\r\n\r\n",
+	} {
+		resp, _ := f.raw(t, req)
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("%q: %d %q, want 400", req, resp.StatusCode, resp.Status)
+		}
+	}
+	if f.origin.count() != 0 {
+		t.Error("a request net/http's server refuses reached the origin")
+	}
+}
+
 func TestHostOtherThanTheCertificatesIsRefused(t *testing.T) {
 	f := newFixture(t)
 	for _, h := range []string{"other.test", "tunnel.vendor.test", fmt.Sprintf("api.vendor.test:%d", f.tlsPort+1)} {
