@@ -60,9 +60,11 @@ type options struct {
 	serveTransparent, transparentOrigin  string
 	transparentLog                       string
 	minproxy, notes                      string
+	mitmproxy                            string
 	dnsFile, policyFile, command         string
 	only, extra                          string
 	runs, conns, setups, workers         int
+	interceptConns                       int
 	logAllowed, egressNoLog              bool
 	tunnels                              int
 	bytes, pacedBytes, pacedRate         int64
@@ -80,6 +82,8 @@ func main() {
 	flag.StringVar(&o.transparentOrigin, "transparent-origin", "", "internal: the original destination of -serve-transparent's connections")
 	flag.StringVar(&o.transparentLog, "transparent-log", os.DevNull, "internal: -serve-transparent's log file")
 	flag.StringVar(&o.minproxy, "minproxy", "", "bench/compare/minproxy `binary`, measured as the floor of a Go proxy (empty: skip)")
+	flag.StringVar(&o.mitmproxy, "mitmproxy", "", "mitmdump `binary` (Debian's mitmproxy), measured in the intercept measure (empty: skip)")
+	flag.IntVar(&o.interceptConns, "intercept-conns", 1000, "idle intercepted connections for the intercept measure's memory figure")
 	flag.StringVar(&o.notes, "notes", "", "markdown `file` appended to the output (the analysis of the figures)")
 	flag.StringVar(&o.peers, "peers", "bench/peers", "`dir`ectory of the squid.conf and tinyproxy.conf templates")
 	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "markdown `file` to write (empty: only print)")
@@ -87,7 +91,7 @@ func main() {
 	flag.StringVar(&o.policyFile, "policy", "", "go test -bench output `file` of ./policy to include")
 	flag.StringVar(&o.command, "command", "bench/run.sh", "the command line recorded in the output")
 	flag.StringVar(&o.extra, "extra", "", "comma-separated `name=addr` of proxies already running, measured too (no memory figure)")
-	flag.StringVar(&o.only, "only", "memory,paths,rules,rps,throughput,setup", "comma-separated measures to run (paths: memory per tunnel path; rules: egress with -rules)")
+	flag.StringVar(&o.only, "only", "memory,paths,rules,rps,throughput,setup,intercept", "comma-separated measures to run (paths: memory per tunnel path; rules: egress with -rules; intercept: TLS interception against squid ssl-bump and mitmproxy)")
 	flag.BoolVar(&o.logAllowed, "egress-log-allowed", true, "egress logs allowed requests and tunnels too (log.allowed), as squid and tinyproxy do")
 	flag.BoolVar(&o.egressNoLog, "egress-nolog", true, "measure requests/s of a second egress with log.allowed: false too (subject egress-nolog)")
 	flag.IntVar(&o.runs, "runs", 5, "rounds of each measure (the median counts)")
@@ -162,6 +166,7 @@ type results struct {
 	dns            *dnsFigures
 	policy         []policyFigure
 	policyBaseline float64
+	intercept      *interceptResults
 }
 
 func run(o options) *results {
@@ -383,6 +388,11 @@ func run(o options) *results {
 		for _, ds := range r.setup {
 			slices.Sort(ds)
 		}
+	}
+
+	// 5. Interception (issue 20), with its own proxies.
+	if only["intercept"] {
+		r.intercept = measureIntercept(o, dir, procs["egress"], idle)
 	}
 
 	for _, p := range procs {
@@ -806,6 +816,9 @@ func versions(o options) map[string]string {
 	}
 	if o.squid != "" {
 		v["squid"] = first(o.squid, "-v")
+		if pkg := squidPackage(o.squid); pkg != "" {
+			v["squid"] += " (Debian " + pkg + ")"
+		}
 	}
 	if o.tinyproxy != "" {
 		v["tinyproxy"] = first(o.tinyproxy, "-v")

@@ -272,6 +272,9 @@ func (r *results) markdown(o options) string {
 			p.rules, egressOnly(fmt.Sprintf("%.1f / %.2f / %.0f, %.0f / %.0f", float64(p.rss)/(1<<20), p.perTunnel, us(p.p50), us(p.p99), p.tunnelsSec)))
 	}
 
+	if r.intercept != nil {
+		r.intercept.markdown(w, o, r.versions["squid"])
+	}
 	w("\n## Every round\n\n")
 	rows := func(label string, m map[string][]float64, scale float64) {
 		for _, s := range r.subjects {
