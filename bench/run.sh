@@ -15,6 +15,14 @@
 #      bench/compare/minproxy (the floor of a Go proxy), and runs every
 #      measure in alternating rounds. bench/compare/notes.md, the analysis
 #      of the figures and the profiles behind it, is appended.
+# 8    TLS interception (issue 20): intercepted HTTPS keep-alive
+#      requests/s, new intercepted connections/s, memory per idle
+#      intercepted connection, against Debian's squid-openssl (ssl_bump
+#      bump all, bench/peers/squid-bump.conf) and mitmproxy: bench/compare
+#      -only intercept (bench/compare/intercept.go). squid-openssl replaces
+#      the squid package, so the plain squid columns use its binary too
+#      (the report names the package). mitmproxy is measured when Debian
+#      can install it, skipped (and the report says so) otherwise.
 # 5    DNS answers/s cached and uncached against dnsmasq: bench/dns/run.sh.
 # 6    policy decisions/s with 100,000 rules: go test -bench in ./policy.
 #
@@ -22,7 +30,8 @@
 # download), CONNS (8 wrk connections), TUNNELS (20000 idle tunnels, or
 # as many as ulimit -n allows: two descriptors each), RULES (10,1000,100000
 # policy rules), SKIP_DNS=1,
-# SKIP_POLICY=1, OUT (BENCHMARKS.md at the repository root).
+# SKIP_POLICY=1, ONLY (bench/compare's -only: measures 1-4 and 8 to run,
+# comma-separated, e.g. ONLY=intercept; all by default), OUT (BENCHMARKS.md at the repository root).
 # Not part of go test ./... or CI: figures depend on the machine.
 set -euo pipefail
 
@@ -40,10 +49,12 @@ CONNS=${CONNS:-8}
 TUNNELS=${TUNNELS:-20000}
 RULES=${RULES:-10,1000,100000}
 OUT=${OUT:-$root/BENCHMARKS.md}
+ONLY=${ONLY:-memory,paths,rules,rps,throughput,setup,intercept}
 
 # Debian packages, installed only when missing.
 need=()
-command -v squid >/dev/null || [ -x /usr/sbin/squid ] || need+=(squid)
+# squid-openssl (squid built with OpenSSL, for ssl-bump) replaces squid.
+[ "$(dpkg-query -W -f '${Status}' squid-openssl 2>/dev/null)" = "install ok installed" ] || need+=(squid-openssl)
 command -v tinyproxy >/dev/null || [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy)
 command -v wrk >/dev/null || need+=(wrk)
 command -v dnsperf >/dev/null || need+=(dnsperf)
@@ -55,6 +66,14 @@ if [ ${#need[@]} -gt 0 ]; then
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 "${need[@]}" >/dev/null
 fi
+# mitmproxy on its own: a peer of the interception measure only, which
+# runs without it when Debian cannot install it.
+if ! command -v mitmdump >/dev/null; then
+	step="install mitmproxy from Debian (apt-get)"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 mitmproxy >/dev/null ||
+		echo "bench: mitmproxy is not installable here: the interception measure runs without it" >&2
+fi
+MITMPROXY=$(command -v mitmdump || true)
 SQUID=$(command -v squid || echo /usr/sbin/squid)
 TINYPROXY=$(command -v tinyproxy || echo /usr/bin/tinyproxy)
 
@@ -118,9 +137,9 @@ fi
 
 step="HTTP and CONNECT (bench/compare)"
 echo "== $step" >&2
-"$work/compare" -egress "$work/egress" -squid "$SQUID" -tinyproxy "$TINYPROXY" -smokescreen "$work/smokescreen" -minproxy "$work/minproxy" \
+"$work/compare" -egress "$work/egress" -squid "$SQUID" -tinyproxy "$TINYPROXY" -smokescreen "$work/smokescreen" -minproxy "$work/minproxy" -mitmproxy "$MITMPROXY" \
 	-peers bench/peers -notes bench/compare/notes.md \
-	-runs "$RUNS" -duration "$DURATION" -bytes "$BYTES" -conns "$CONNS" -tunnels "$TUNNELS" -rules "$RULES" \
-	-command "bench/run.sh (RUNS=$RUNS DURATION=$DURATION BYTES=$BYTES CONNS=$CONNS TUNNELS=$TUNNELS RULES=$RULES)" \
+	-runs "$RUNS" -duration "$DURATION" -bytes "$BYTES" -conns "$CONNS" -tunnels "$TUNNELS" -rules "$RULES" -only "$ONLY" \
+	-command "bench/run.sh (RUNS=$RUNS DURATION=$DURATION BYTES=$BYTES CONNS=$CONNS TUNNELS=$TUNNELS RULES=$RULES ONLY=$ONLY)" \
 	-out "$OUT" "${args[@]}" >/dev/null
 echo "== wrote $OUT" >&2
