@@ -15,6 +15,8 @@
 #      bench/compare/minproxy (the floor of a Go proxy), and runs every
 #      measure in alternating rounds. bench/compare/notes.md, the analysis
 #      of the figures and the profiles behind it, is appended.
+# 5    DNS answers/s cached and uncached against dnsmasq: bench/dns/run.sh.
+# 6    policy decisions/s with 100,000 rules: go test -bench in ./policy.
 # 8    TLS interception (issue 20): intercepted HTTPS keep-alive
 #      requests/s, new intercepted connections/s, memory per idle
 #      intercepted connection, against Debian's squid-openssl (ssl_bump
@@ -23,8 +25,6 @@
 #      the squid package, so the plain squid columns use its binary too
 #      (the report names the package). mitmproxy is measured when Debian
 #      can install it, skipped (and the report says so) otherwise.
-# 5    DNS answers/s cached and uncached against dnsmasq: bench/dns/run.sh.
-# 6    policy decisions/s with 100,000 rules: go test -bench in ./policy.
 #
 # Environment: RUNS (5), DURATION (3s, wrk per round), BYTES (2 GiB per
 # download), CONNS (8 wrk connections), TUNNELS (20000 idle tunnels, or

@@ -564,7 +564,7 @@ func (ir *interceptResults) markdown(w func(string, ...any), o options, squidVer
 	ratioAtMost := func(peer string, t float64) func(map[string]float64) bool {
 		return func(v map[string]float64) bool { r := v["egress"] / v[peer]; return !math.IsNaN(r) && r <= t }
 	}
-	w("| figure | egress | direct | squid-bump (%s) | mitmproxy | egress ratio | target | met |\n|---|---:|---:|---:|---:|---|---|---|\n", squidVersion)
+	w("| figure | egress | direct | squid-bump (squid-openssl, ssl-bump) | mitmproxy | egress ratio | target | met |\n|---|---:|---:|---:|---:|---|---|---|\n")
 	rpsChecks := []func(map[string]float64) bool{ratioAtLeast("squid-bump", 2)}
 	rpsTarget := "≥ 2x squid ssl-bump, ≥ 10x mitmproxy"
 	if len(ir.rps["mitmproxy"]) > 0 {

@@ -338,10 +338,11 @@ func (r *results) markdown(o options) string {
 	return b.String()
 }
 
-// fmtRatio prints a ratio with two decimals, or three next to 1 so that
-// a ratio just under a target of 1x does not read as 1.00x.
+// fmtRatio prints a ratio with two decimals, or three next to a whole
+// number so that a ratio just under a target of 1x or 2x does not read
+// as 1.00x or 2.00x.
 func fmtRatio(v float64) string {
-	if math.Abs(v-1) < 0.005 {
+	if math.Abs(v-math.Round(v)) < 0.005 {
 		return fmt.Sprintf("%.3fx", v)
 	}
 	return fmt.Sprintf("%.2fx", v)
