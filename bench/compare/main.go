@@ -17,6 +17,10 @@
 //  3. CONNECT tunnel throughput: one tunnel downloading -bytes;
 //  4. CONNECT setup latency (connect, CONNECT, read the 200) p50/p99, one
 //     at a time, and new tunnels per second with -workers at a time.
+//  5. with -only intercept (intercept.go): TLS interception against
+//     squid-openssl with ssl_bump and mitmproxy: keep-alive requests/s,
+//     new intercepted connections/s, memory per idle intercepted
+//     connection, and CONNECT tunnels/s to a port without http: rules.
 //
 // Measures 2-4 run -runs rounds; each round takes every subject in turn
 // (the order rotating), so a change in machine load hits every subject
