@@ -160,20 +160,26 @@ func (r *Resolver) Exchange(ctx context.Context, cfg policy.DNS, q dns.Question,
 	var res result
 	select {
 	case res = <-ch:
-		if res.err == nil || ctx.Err() == nil {
+		callerDone := ctx.Err() != nil || !deadline.IsZero() && !time.Now().Before(deadline)
+		if res.err == nil || !callerDone {
 			return res.m, 0, res.err
 		}
-		// The upstreams gave up at the caller's deadline, as the
-		// caller did: the caller's reason is the one to report.
+		// The upstreams gave up at the caller's deadline (their timer
+		// may fire a hair before ctx's): the caller's reason is the one
+		// to report.
 	case <-ctx.Done():
 	}
 	// Words for Go's "context deadline exceeded": %.0w keeps ctx's
 	// error for errors.Is and prints none of it.
+	cause := ctx.Err()
+	if cause == nil {
+		cause = context.DeadlineExceeded
+	}
 	why := "no answer in time"
-	if errors.Is(ctx.Err(), context.Canceled) {
+	if errors.Is(cause, context.Canceled) {
 		why = "given up: the client went away or egress is stopping"
 	}
-	return nil, 0, fmt.Errorf("ask about %s: %s%.0w", q.Name, why, ctx.Err())
+	return nil, 0, fmt.Errorf("ask about %s: %s%.0w", q.Name, why, cause)
 }
 
 // configured is the list of upstreams the current policy asks: the
