@@ -62,6 +62,7 @@ except Exception as e:
 // get out of the namespace without egress. The host's listener must never
 // see a connection, and the ways out must be closed.
 func TestSecuritySandboxEscape(t *testing.T) {
+	t.Parallel()
 	requireSandbox(t)
 	py := "/usr/bin/python3"
 	if _, err := os.Stat(py); err != nil {
@@ -84,6 +85,7 @@ func TestSecuritySandboxEscape(t *testing.T) {
 // unprivileged user, whose command runs with egress's own uid: the kernel's
 // uid check alone would let it ptrace egress run.
 func TestSecuritySandboxEscapeRootless(t *testing.T) {
+	t.Parallel()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to switch to an unprivileged user; as non-root TestSecuritySandboxEscape is the rootless case")
 	}
