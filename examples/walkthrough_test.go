@@ -106,6 +106,7 @@ func rule(host string, port int) string {
 // `egress run` against loopback origins, allowed explicitly with --allow
 // (every config guards loopback, as it should).
 func TestWalkthrough(t *testing.T) {
+	t.Parallel()
 	pys := pythons(t)
 	bin := egress(t)
 	egressRunAvailable(t, bin)
@@ -220,6 +221,7 @@ func testWalkthrough(t *testing.T, bin string, py python) {
 // under decide on the plugin's default destinations as the README says:
 // full internet and handful of hosts let both through, no network neither.
 func TestWalkthroughConfigs(t *testing.T) {
+	t.Parallel()
 	py := pythons(t)[0]
 	r := run(t, 20*time.Second, py.env, py.path, "-c",
 		"import json, sys; sys.path.insert(0, 'plugin-python'); import discovery; print(json.dumps(discovery.DEFAULTS))")
