@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -25,9 +26,11 @@ var (
 	buildDir  string
 )
 
-// TestMain removes the egress binary built by the walkthrough test.
+// TestMain runs more parallel tests at once than CPUs (they wait on
+// egress and Python processes), then removes the egress binary the tests
+// built.
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := testwait.RunParallel(m)
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
 	}
