@@ -130,12 +130,16 @@ func checkNoEscape(t *testing.T, stdout string, hits *atomic.Int64) {
 	}
 }
 
+// abstractListeners numbers the listeners of abstractListener.
+var abstractListeners atomic.Int64
+
 // abstractListener listens on an abstract unix socket of the host's
 // network namespace (abstract names are per namespace: the sandbox must
 // not reach it) and returns its name without the leading NUL.
 func abstractListener(t *testing.T, hits *atomic.Int64) string {
 	t.Helper()
-	name := "egress-security-test-" + strconv.Itoa(os.Getpid())
+	// Unique in the machine's namespace: tests calling this run at once.
+	name := "egress-security-test-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(abstractListeners.Add(1), 10)
 	l, err := net.Listen("unix", "@"+name)
 	if err != nil {
 		t.Skipf("abstract unix socket: %v", err)
