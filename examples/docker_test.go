@@ -18,6 +18,7 @@ import (
 // command against egress serve with an admin listener off the default
 // port: it asks the listen.admin of the policy it is given.
 func TestDockerHealthcheckFollowsListenAdmin(t *testing.T) {
+	t.Parallel()
 	bin := egress(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

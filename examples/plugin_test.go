@@ -57,6 +57,7 @@ func pluginLines(out string) []string {
 }
 
 func TestPluginDirect(t *testing.T) {
+	t.Parallel()
 	for _, py := range pythons(t) {
 		t.Run(py.name, func(t *testing.T) {
 			t.Parallel()
@@ -69,6 +70,7 @@ func TestPluginDirect(t *testing.T) {
 // status document has it at the top (the vendor's) or nested under info
 // (PyPI's JSON API, which docker-compose.yml's plugin asks).
 func TestPluginAPIVersion(t *testing.T) {
+	t.Parallel()
 	const script = `import json, sys
 sys.path.insert(0, "plugin-python")
 import discovery

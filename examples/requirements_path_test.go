@@ -72,6 +72,7 @@ func helperOutcome(t *testing.T, py python, env []string, c reqCase, timeout tim
 // failures (down, credentials, its own 403) from egress's policy, and a
 // silent destination from a silent proxy.
 func TestRequirementsPath(t *testing.T) {
+	t.Parallel()
 	pys := pythons(t)
 	db := startDB(t, dbAnswers)
 	closed := closedPort(t)
@@ -172,12 +173,14 @@ func TestRequirementsPath(t *testing.T) {
 // when the helper's time is shorter than egress's timeouts.dial, not as a
 // proxy that did not answer.
 func TestRequirementsSilentDestinationThroughEgress(t *testing.T) {
+	t.Parallel()
 	pys := pythons(t)
 	bin := egress(t)
 	silent := testnet.FullBacklog(t)
 	e := startServe(t, bin, fmt.Sprintf("version: 1\ndefault: deny\nallow:\n  - {cidr: 127.0.0.1/32, ports: [%d]}\ntimeouts:\n  dial: 10s\n", silent.Port()))
 	for _, py := range pys {
 		t.Run(py.name, func(t *testing.T) {
+			t.Parallel() // each waits out its 2 s
 			out, detail, r := helperOutcome(t, py, []string{"HTTPS_PROXY=" + e.proxyURL},
 				reqCase{key: "database", host: "127.0.0.1", port: int(silent.Port()), protocol: "tcp", via: "proxy"}, 2*time.Second)
 			want := fmt.Sprintf("was still trying to reach %s", silent)

@@ -446,6 +446,7 @@ func TestRequirementsDNSRefusal(t *testing.T) {
 // message, action and output read like the engine SDK's user errors, and
 // an optional requirement that fails is reported but raises nothing.
 func TestRequirementsError(t *testing.T) {
+	t.Parallel()
 	db := startDB(t, dbAnswers)
 	required, optional := closedPort(t), closedPort(t)
 	script := fmt.Sprintf(`

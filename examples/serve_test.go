@@ -116,6 +116,7 @@ func startServe(t *testing.T, bin, policyText string) *egressServe {
 // the API through HTTPS_PROXY, the DB through CONNECT (PLUGIN_DB_PROXY),
 // against `egress serve` on loopback.
 func TestPluginThroughEgressServe(t *testing.T) {
+	t.Parallel()
 	pys := pythons(t)
 	bin := egress(t)
 	for _, py := range pys {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -25,9 +26,11 @@ var (
 	buildDir  string
 )
 
-// TestMain removes the egress binary built by the walkthrough test.
+// TestMain runs more parallel tests at once than CPUs (they wait on
+// egress and Python processes), then removes the egress binary the tests
+// built.
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := testwait.RunParallel(m)
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
 	}
@@ -106,6 +109,7 @@ func rule(host string, port int) string {
 // `egress run` against loopback origins, allowed explicitly with --allow
 // (every config guards loopback, as it should).
 func TestWalkthrough(t *testing.T) {
+	t.Parallel()
 	pys := pythons(t)
 	bin := egress(t)
 	egressRunAvailable(t, bin)
@@ -220,6 +224,7 @@ func testWalkthrough(t *testing.T, bin string, py python) {
 // under decide on the plugin's default destinations as the README says:
 // full internet and handful of hosts let both through, no network neither.
 func TestWalkthroughConfigs(t *testing.T) {
+	t.Parallel()
 	py := pythons(t)[0]
 	r := run(t, 20*time.Second, py.env, py.path, "-c",
 		"import json, sys; sys.path.insert(0, 'plugin-python'); import discovery; print(json.dumps(discovery.DEFAULTS))")

@@ -92,6 +92,7 @@ func TestVersionLine(t *testing.T) {
 // with VCS stamping on (tests themselves are built with -buildvcs=false,
 // and a git worktree is not stamped) and checks that version names HEAD.
 func TestVersionFromClone(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("builds egress in a clone: not with -short")
 	}

@@ -63,6 +63,7 @@ print(json.dumps(out))
 // route to it. The destinations live in a network namespace the test
 // creates (the silent one drops SYNs there); python3 and python2.7.
 func TestRunConnectFidelity(t *testing.T) {
+	t.Parallel()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (a network namespace with its own nftables rules)")
 	}

@@ -18,6 +18,7 @@ import (
 // tools) are compiled but not linked: the link of egress already covers
 // the runtime and the standard library they share.
 func TestBuildsOutsideLinux(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("cross-compiles the module: skipped with -short")
 	}

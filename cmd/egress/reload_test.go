@@ -143,6 +143,7 @@ func hashOf(text string) string {
 // one of them with a broken file that must be refused. No request may
 // fail, and a tunnel opened before the reloads keeps working after them.
 func TestReloadUnderLoad(t *testing.T) {
+	t.Parallel()
 	const clients, reloads, broken = 100, 20, 10
 	testStart := time.Now()
 
@@ -360,6 +361,7 @@ func waitMetric(t *testing.T, admin, series string, want float64) {
 // listener and PROXY protocol: the client address comes from the header,
 // denials show on /denials, and SIGUSR1 reopens the log after rotation.
 func TestServeOperations(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	logFile := filepath.Join(dir, "egress.log")
 	config := filepath.Join(dir, "policy.yaml")
@@ -448,6 +450,7 @@ log:
 // TestServeSIGHUPWithoutConfig: the built-in policy has no file to reload;
 // SIGHUP must not kill egress (its default action).
 func TestServeSIGHUPWithoutConfig(t *testing.T) {
+	t.Parallel()
 	child := startChild(t, "serve", "--listen", "127.0.0.1:0")
 	if err := child.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
@@ -488,8 +491,10 @@ func waitLogLine(t *testing.T, file string, pred func(map[string]any) bool) map[
 // the new policy still allows stays open. With reload.revoke_open:
 // false, open tunnels are left alone.
 func TestReloadRevokesOpenTunnels(t *testing.T) {
+	t.Parallel()
 	for _, revoke := range []bool{true, false} {
 		t.Run(fmt.Sprintf("revoke_open %v", revoke), func(t *testing.T) {
+			t.Parallel()
 			kept, gone := startEcho(t), startEcho(t)
 			_, gonePort, _ := net.SplitHostPort(gone)
 			_, keptPort, _ := net.SplitHostPort(kept)
@@ -563,6 +568,7 @@ func (c *egressChild) waitLine(t *testing.T, pred func(map[string]any) bool) map
 // at start is applied for the rest, and /policy's last_reload names what
 // waits for a restart, as the log line does.
 func TestPolicyShowsRestartWarning(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	config := filepath.Join(dir, "policy.yaml")
 	replaceFile(t, config, reloadPolicy(0))

@@ -19,6 +19,7 @@ import (
 // the working one knows succeeds, and with every upstream down the 502
 // names each one and what it did.
 func TestServeDialerFailsOverAcrossUpstreams(t *testing.T) {
+	t.Parallel()
 	down := closedUDPPort(t)
 	up := dnsUpstream(t, map[string]string{"svc.test": "127.0.0.1"})
 	origin := greeterOrigin(t)
@@ -121,6 +122,7 @@ func countingUpstream(t *testing.T) (string, *atomic.Int64) {
 // without a query upstream, even on a port a cidr rule allows; by default
 // it is resolved first (and then refused or not on its addresses).
 func TestServeResolveUnlisted(t *testing.T) {
+	t.Parallel()
 	origin := greeterOrigin(t)
 	for _, c := range []struct {
 		name    string

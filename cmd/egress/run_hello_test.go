@@ -25,6 +25,7 @@ import (
 // after the peek time, is refused before a byte of it reaches the
 // server.
 func TestRunHelloFramings(t *testing.T) {
+	t.Parallel()
 	requireSandbox(t)
 	py, err := exec.LookPath("python3")
 	if err != nil {

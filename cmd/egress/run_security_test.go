@@ -62,6 +62,7 @@ except Exception as e:
 // get out of the namespace without egress. The host's listener must never
 // see a connection, and the ways out must be closed.
 func TestSecuritySandboxEscape(t *testing.T) {
+	t.Parallel()
 	requireSandbox(t)
 	py := "/usr/bin/python3"
 	if _, err := os.Stat(py); err != nil {
@@ -84,6 +85,7 @@ func TestSecuritySandboxEscape(t *testing.T) {
 // unprivileged user, whose command runs with egress's own uid: the kernel's
 // uid check alone would let it ptrace egress run.
 func TestSecuritySandboxEscapeRootless(t *testing.T) {
+	t.Parallel()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to switch to an unprivileged user; as non-root TestSecuritySandboxEscape is the rootless case")
 	}
@@ -128,12 +130,16 @@ func checkNoEscape(t *testing.T, stdout string, hits *atomic.Int64) {
 	}
 }
 
+// abstractListeners numbers the listeners of abstractListener.
+var abstractListeners atomic.Int64
+
 // abstractListener listens on an abstract unix socket of the host's
 // network namespace (abstract names are per namespace: the sandbox must
 // not reach it) and returns its name without the leading NUL.
 func abstractListener(t *testing.T, hits *atomic.Int64) string {
 	t.Helper()
-	name := "egress-security-test-" + strconv.Itoa(os.Getpid())
+	// Unique in the machine's namespace: tests calling this run at once.
+	name := "egress-security-test-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(abstractListeners.Add(1), 10)
 	l, err := net.Listen("unix", "@"+name)
 	if err != nil {
 		t.Skipf("abstract unix socket: %v", err)

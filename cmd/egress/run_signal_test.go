@@ -100,6 +100,7 @@ func waitExit(t *testing.T, cmd *exec.Cmd) int {
 // TestRunForwardsSignals: a signal sent to egress run reaches CMD once,
 // and egress ends with CMD's exit code, as timeout(1) and sudo do.
 func TestRunForwardsSignals(t *testing.T) {
+	t.Parallel()
 	python, err := exec.LookPath("python3")
 	if err != nil {
 		t.Skip("python3 is not installed")
@@ -158,6 +159,7 @@ func openPTY(t *testing.T) (ptm, pts *os.File) {
 // again from egress), and egress keeps running until CMD ends; ^Z stops
 // and resumes CMD without leaving it stopped.
 func TestRunTerminalSignalsReachCommandOnce(t *testing.T) {
+	t.Parallel()
 	python, err := exec.LookPath("python3")
 	if err != nil {
 		t.Skip("python3 is not installed")
@@ -279,6 +281,7 @@ func startShell(t *testing.T, env ...string) *shellSession {
 // the command stops when it reads the terminal and fg gives it the
 // terminal.
 func TestRunJobControl(t *testing.T) {
+	t.Parallel()
 	python, err := exec.LookPath("python3")
 	if err != nil {
 		t.Skip("python3 is not installed")

@@ -19,6 +19,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -83,20 +84,29 @@ func runEgress(t *testing.T, env []string, args ...string) runResult {
 	return r
 }
 
+// sandboxProbe is the one "egress run -- true" of the test binary that
+// requireSandbox asks: the answer is the machine's, not a test's.
+var sandboxProbe struct {
+	once sync.Once
+	r    runResult
+}
+
 // requireSandbox skips the test where egress run cannot create its
 // namespace (no root and no unprivileged user namespaces).
 func requireSandbox(t *testing.T) {
 	t.Helper()
-	r := runEgress(t, nil, "run", "--quiet", "--", "true")
+	sandboxProbe.once.Do(func() { sandboxProbe.r = runEgress(t, nil, "run", "--quiet", "--", "true") })
+	r := sandboxProbe.r
 	if r.code == 125 {
 		t.Skipf("egress run cannot create a network namespace here: %s", strings.TrimSpace(r.stderr))
 	}
 	if r.code != 0 {
-		t.Fatalf("egress run -- true exited %d", r.code)
+		t.Fatalf("egress run -- true exited %d; stderr:\n%s", r.code, r.stderr)
 	}
 }
 
 func TestRunExitCode(t *testing.T) {
+	t.Parallel()
 	requireSandbox(t)
 	tests := []struct {
 		name string
@@ -126,6 +136,7 @@ func TestRunExitCode(t *testing.T) {
 // TestRunSummaryCountsDNSFailures: a lookup no upstream answered is
 // counted in the summary beside the connections, with what failed.
 func TestRunSummaryCountsDNSFailures(t *testing.T) {
+	t.Parallel()
 	requireSandbox(t)
 	py, err := exec.LookPath("python3")
 	if err != nil {
@@ -313,6 +324,7 @@ type scriptResult struct {
 }
 
 func TestRunPython(t *testing.T) {
+	t.Parallel()
 	requireSandbox(t)
 	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok "+r.URL.Path) }))
 	defer ok.Close()
@@ -445,6 +457,7 @@ dns:
 // DNS answer held outlives the answer; a new one after it is refused at
 // connect. Python 3 and 2.7.
 func TestRunLeaseOutlivedByConnection(t *testing.T) {
+	t.Parallel()
 	requireSandbox(t)
 	echo := testnet.ServeTCP(t, func(c net.Conn) { io.Copy(c, c) }).Port
 	upstream := dnsUpstreamTTL(t, map[string]string{"db.test": "127.0.0.1"}, 1)
@@ -491,6 +504,7 @@ except socket.error as e:
 // takes a user namespace: the command keeps its uid, gets no capability,
 // and is held like under root.
 func TestRunRootless(t *testing.T) {
+	t.Parallel()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to switch to an unprivileged user; as non-root every TestRun* test is the rootless case")
 	}
@@ -552,8 +566,10 @@ print("caps:", [l.split()[1] for l in open("/proc/self/status") if l.startswith(
 // network namespace shaped like a host, and a plugin user's Python that
 // resolves a name and connects to its address with a raw socket.
 func TestServeTransparentHostRules(t *testing.T) {
-	t.Run("a denied connection is accepted, then reset", func(t *testing.T) { testServeHostRules(t, false) })
-	t.Run("with listen.refuse_at_connect a denied connect() is refused", func(t *testing.T) { testServeHostRules(t, true) })
+	t.Parallel()
+	// Each case enters a network namespace of its own on its own thread.
+	t.Run("a denied connection is accepted, then reset", func(t *testing.T) { t.Parallel(); testServeHostRules(t, false) })
+	t.Run("with listen.refuse_at_connect a denied connect() is refused", func(t *testing.T) { t.Parallel(); testServeHostRules(t, true) })
 }
 
 func testServeHostRules(t *testing.T, refuseAtConnect bool) {
@@ -781,6 +797,7 @@ func TestRunSummaryBounded(t *testing.T) {
 // made and closed right before exiting are in the summary and the log,
 // not dropped with the listener's accept queue.
 func TestRunCountsConnectionsMadeJustBeforeExit(t *testing.T) {
+	t.Parallel()
 	requireSandbox(t)
 	port := greeterOrigin(t)
 	logFile := filepath.Join(t.TempDir(), "egress.log")
@@ -801,6 +818,7 @@ func TestRunCountsConnectionsMadeJustBeforeExit(t *testing.T) {
 // parent, same user) cannot then install a seccomp listener of its own,
 // which would take over the connect() notifications and let them through.
 func TestRunUnixGuardOutlivesEgress(t *testing.T) {
+	t.Parallel()
 	requireSandbox(t)
 	if runtime.GOARCH != "amd64" {
 		t.Skip("the probe uses x86-64's syscall number")

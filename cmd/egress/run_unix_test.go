@@ -78,6 +78,7 @@ func pongServer(t *testing.T, path string) *atomic.Int64 {
 // sandbox unless --allow-unix names it, and says so in the summary and
 // the log, one line per refusal. Python 3 and 2.7, as root and rootless.
 func TestRunUnixSockets(t *testing.T) {
+	t.Parallel()
 	requireSandbox(t)
 	dir, err := os.MkdirTemp("", "egress-unix")
 	if err != nil {
@@ -150,6 +151,7 @@ func TestRunUnixSockets(t *testing.T) {
 		env  []string
 	}{{"python3", nil}, {"python2.7", []string{"PYENV_VERSION=2.7.18"}}} {
 		t.Run(py.name, func(t *testing.T) {
+			t.Parallel()
 			c := exec.Command(py.name, "-c", "import socket")
 			c.Env = append(os.Environ(), py.env...)
 			if err := c.Run(); err != nil {
@@ -165,6 +167,7 @@ func TestRunUnixSockets(t *testing.T) {
 	}
 
 	t.Run("rootless", func(t *testing.T) {
+		t.Parallel()
 		if os.Geteuid() != 0 {
 			t.Skip("needs root to switch to an unprivileged user; as non-root the cases above are rootless")
 		}

@@ -106,6 +106,7 @@ timeouts:
 // egress must not follow HTTP_PROXY/HTTPS_PROXY from its own environment
 // (goproxy's defaults do): a trap proxy set there must see nothing.
 func TestServeIgnoresProxyEnvironment(t *testing.T) {
+	t.Parallel()
 	var trapped atomic.Int32
 	trap, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -162,6 +163,7 @@ func TestServeIgnoresProxyEnvironment(t *testing.T) {
 }
 
 func TestServeSIGTERMDrainsTunnels(t *testing.T) {
+	t.Parallel()
 	echo, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ package testwait
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
 	"runtime"
 	"strconv"
@@ -135,3 +136,19 @@ func inside(fn string, parked bool) []int {
 type errNotYet string
 
 func (e errNotYet) Error() string { return "for " + string(e) }
+
+// RunParallel runs m's tests as m.Run does, with the parallel ones
+// (t.Parallel) up to twice GOMAXPROCS at once unless -test.parallel is
+// given: for a package whose tests spend their time waiting on the
+// processes and sockets they start (a client's timeout, a lease running
+// out, a drain) rather than on a CPU, go test's default of GOMAXPROCS
+// leaves the machine idle. Call it from TestMain.
+func RunParallel(m *testing.M) int {
+	flag.Parse()
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
+	if !given {
+		flag.Set("test.parallel", strconv.Itoa(2*runtime.GOMAXPROCS(0)))
+	}
+	return m.Run()
+}

@@ -255,6 +255,7 @@ except Exception as e:
 // What real clients show of a refusal: the target, the reason and the id
 // of the log line, from the status line alone.
 func TestStatusLineClients(t *testing.T) {
+	t.Parallel() // waits on curl and python processes
 	f := newFixture(t, testPolicy)
 	proxyHost, proxyPort, _ := net.SplitHostPort(f.addr)
 	refused := closedPort(t)
@@ -314,6 +315,7 @@ func TestStatusLineClients(t *testing.T) {
 
 	for _, py := range []struct{ name, bin string }{{"python3", "python3"}, {"python2.7", "python2.7"}} {
 		t.Run(py.name, func(t *testing.T) {
+			t.Parallel()
 			var env []string
 			if py.bin == "python2.7" {
 				env = append(env, "PYENV_VERSION=2.7.18")
