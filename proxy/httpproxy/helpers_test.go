@@ -24,7 +24,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -313,39 +312,6 @@ func echoServer(t *testing.T, half bool) string {
 		}
 		io.Copy(c, c)
 	}).String()
-}
-
-// fullBacklog returns a loopback listener that never accepts and whose
-// accept queue is full: connecting to it hangs until the dial timeout,
-// without any traffic leaving the machine.
-func fullBacklog(t *testing.T) netip.AddrPort {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0) // SOCK_CLOEXEC is Linux-only
-	if err != nil {
-		t.Fatal(err)
-	}
-	syscall.CloseOnExec(fd)
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ap := netip.AddrPortFrom(netip.AddrFrom4(sa.(*syscall.SockaddrInet4).Addr), uint16(sa.(*syscall.SockaddrInet4).Port))
-	for i := 0; i < 16; i++ {
-		c, err := net.DialTimeout("tcp", ap.String(), 100*time.Millisecond)
-		if err != nil {
-			return ap
-		}
-		t.Cleanup(func() { c.Close() })
-	}
-	t.Skip("cannot fill a listen backlog on this kernel")
-	return ap
 }
 
 func header(t *testing.T, resp *http.Response, want map[string]string) {

@@ -319,7 +319,7 @@ func TestHeaderLimits(t *testing.T) {
 
 func TestDialTimeoutIs504(t *testing.T) {
 	f := newFixture(t, testPolicy, withDialTimeout(300*time.Millisecond))
-	ap := fullBacklog(t)
+	ap := testnet.FullBacklog(t)
 	for _, req := range []string{
 		"CONNECT " + ap.String() + " HTTP/1.1\r\nHost: x\r\n\r\n",
 		"GET http://" + ap.String() + "/ HTTP/1.1\r\nHost: x\r\n\r\n",

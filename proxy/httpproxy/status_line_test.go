@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egress-proxy/egress/internal/testnet"
 	"github.com/miekg/dns"
 )
 
@@ -117,7 +118,7 @@ func TestStatusLine(t *testing.T) {
 	if resp, _, _, _ := tunnels.raw("CONNECT " + echo + " HTTP/1.1\r\n\r\n"); resp.StatusCode != 200 {
 		t.Fatalf("first tunnel: %d", resp.StatusCode)
 	}
-	p, refused, silent, full := f.plainPort(), closedPort(t), silentServer(t), fullBacklog(t).String()
+	p, refused, silent, full := f.plainPort(), closedPort(t), silentServer(t), testnet.FullBacklog(t).String()
 
 	tests := []struct {
 		name string
