@@ -275,19 +275,18 @@ func (t *tlsConn) get(origin string) error {
 
 // interceptResults are the figures of the interception measure.
 type interceptResults struct {
-	subjects    []string
-	rps         map[string][]float64
-	rate        map[string][]float64 // new intercepted connections/s
-	cpuPerConn  map[string][]float64 // proxy CPU µs per new intercepted connection
-	rssBefore   map[string]int64
-	rssAfter    map[string]int64
-	conns       int                  // idle intercepted connections for the memory figure
-	tunnelRate  map[string][]float64 // CONNECT tunnels/s not intercepted: egress today vs egress with an http: rule
-	versions    map[string]string
-	logLines    map[string]int
-	load        [2]string
-	origin      string
-	squidBinary string
+	subjects   []string
+	rps        map[string][]float64
+	rate       map[string][]float64 // new intercepted connections/s
+	cpuPerConn map[string][]float64 // proxy CPU µs per new intercepted connection
+	rssBefore  map[string]int64
+	rssAfter   map[string]int64
+	conns      int                  // idle intercepted connections for the memory figure
+	tunnelRate map[string][]float64 // CONNECT tunnels/s not intercepted: egress today vs egress with an http: rule
+	versions   map[string]string
+	logLines   map[string]int
+	load       [2]string
+	origin     string
 }
 
 // measureIntercept runs the interception measure: memory per idle
