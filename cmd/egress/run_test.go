@@ -423,6 +423,7 @@ dns:
 				fmt.Sprintf("db.test:%d", dbPort),
 				"  denied:",
 				fmt.Sprintf("to allow: - {cidr: 127.0.0.1/32, ports: [%d]}  (or: egress run --allow 127.0.0.1:%d)", denyPort, denyPort),
+				"which lifts guard_loopback: opens this host's own services",
 				"DNS answers refused",
 				"denied.test",
 				"udp 192.0.2.1:443",
