@@ -178,3 +178,199 @@ allow:
 		}()
 	}
 }
+
+// TestServeConnectFidelity: on a host whose user's connections
+// docs/transparent.md's rules send to egress serve, with
+// listen.refuse_at_connect (the SYN held while egress decides and dials,
+// issue 21), a connect() to an allowed destination ends as it would
+// without egress: connected once the destination accepted, ECONNREFUSED
+// when it refuses, EHOSTUNREACH when egress's dial is answered with ICMP
+// host unreachable, the client's own timeout when it is silent; a denied
+// one is refused at once. The client is another user's python3 and
+// python2.7 in a network namespace the test creates.
+func TestServeConnectFidelity(t *testing.T) {
+	const uid = 65534
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespace, nftables, another user)")
+	}
+	for _, tool := range []string{"nft", "setpriv", "unshare", "/usr/bin/python3"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s", tool)
+		}
+	}
+	dir := t.TempDir()
+	pythons := clientPythons(t)
+	hostNamespace(t, uid)
+
+	// The destinations, on the host's address: one that greets, one that
+	// refuses (nothing listens), one silent and one unreachable (egress's
+	// SYNs dropped, or answered with ICMP host unreachable, as a router
+	// answers for a host that does not answer ARP).
+	greeter, err := net.Listen("tcp", "10.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer greeter.Close()
+	go func() {
+		for {
+			c, err := greeter.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "db ready\n")
+			c.Close()
+		}
+	}()
+	free := func() int {
+		l, err := net.Listen("tcp", "10.0.0.2:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().(*net.TCPAddr).Port
+	}
+	greet, refusing, silent, noHost, deniedPort := greeter.Addr().(*net.TCPAddr).Port, free(), free(), free(), free()
+	c, err := firewall.NewConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: "destinations"})
+	ch := c.AddChain(&nftables.Chain{Name: "out", Table: tbl, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter})
+	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: nftexpr.Concat(
+		nftexpr.L4(unix.IPPROTO_TCP), nftexpr.DPort(uint16(silent)), nftexpr.Verdict(expr.VerdictDrop))})
+	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: nftexpr.Concat(
+		nftexpr.L4(unix.IPPROTO_TCP), nftexpr.DPort(uint16(noHost)),
+		[]expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_HOST_UNREACH}})})
+	if err := c.Flush(); err != nil {
+		t.Skipf("nftables: %v", err)
+	}
+	// Where the kernel has no NFQUEUE target, egress serves unheld (and
+	// says so in its log): nothing here to test.
+	probe := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: "probe"})
+	firewall.AddHold(c, probe, 7, nil, []uint32{uid})
+	if err := c.Flush(); err != nil {
+		t.Skipf("the NFQUEUE target is not available here: %v", err)
+	}
+	c.DelTable(probe)
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The destinations are db.test's ports, as a plugin names them: the
+	// hold decides on the names the DNS proxy answered the client with.
+	upstream := dnsUpstream(t, map[string]string{"db.test": "10.0.0.2"})
+	os.Chmod(dir, 0o755)
+	resolv := filepath.Join(dir, "resolv.conf")
+	os.WriteFile(resolv, []byte("nameserver 10.0.0.53\n"), 0o644)
+	config := filepath.Join(dir, "policy.yaml")
+	os.WriteFile(config, []byte(fmt.Sprintf(`version: 1
+default: deny
+allow:
+  - {host: db.test, ports: [%d, %d, %d, %d]}
+listen:
+  http: 127.0.0.1:3128
+  transparent: 127.0.0.1:3129
+  dns: 127.0.0.1:5353
+  refuse_at_connect: ["%d"]
+dns:
+  upstreams: [%q]
+`, greet, refusing, silent, noHost, uid, upstream)), 0o644)
+	startEgress(t, nil, "serve", "--config", config)
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := false
+	for _, ch := range chains {
+		held = held || ch.Table.Name == firewall.HostTable && ch.Name == "hold"
+	}
+	if !held {
+		t.Fatalf("egress serve installed no chain hold in table inet %s", firewall.HostTable)
+	}
+
+	dst := func(port int) string { return "db.test:" + strconv.Itoa(port) }
+	// After the lookups, by address: decided on the names the DNS proxy
+	// answered; and a port no rule allows, refused at connect().
+	byAddr, denied := "10.0.0.2:"+strconv.Itoa(refusing), "10.0.0.2:"+strconv.Itoa(deniedPort)
+	for _, py := range pythons {
+		shell := "mount --bind " + resolv + " /etc/resolv.conf && " + py.mount + "exec setpriv --reuid=" + strconv.Itoa(uid) + " --regid=" + strconv.Itoa(uid) +
+			" --clear-groups " + py.exe + " -c \"$0\" \"$@\""
+		cmd := exec.Command("unshare", append([]string{"--mount", "sh", "-c", shell, connectScript},
+			dst(greet), dst(refusing), dst(silent), dst(noHost), byAddr, denied)...)
+		cmd.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, py.env...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		t.Logf("%s as user %d:\n%s%s", py.name, uid, out, stderr.String())
+		if err != nil {
+			t.Fatalf("%s: %v", py.name, err)
+		}
+		var res map[string]struct {
+			R         string  `json:"r"`
+			MS        float64 `json:"ms"`
+			FirstByte float64 `json:"first_byte_ms"`
+		}
+		if err := json.Unmarshal(out, &res); err != nil {
+			t.Fatalf("%s: script output: %v", py.name, err)
+		}
+		for _, tt := range []struct {
+			dst, want        string
+			minMS, maxMS     float64
+			withoutEgressWas string
+		}{
+			{dst(greet), "open db ready", 0, 1000, "connected"},
+			{dst(refusing), "ECONNREFUSED", 0, 1000, "ECONNREFUSED at once"},
+			{dst(silent), "timeout", 2900, 4000, "the client's 3 s timeout"},
+			{dst(noHost), "EHOSTUNREACH", 0, 1000, "EHOSTUNREACH at once"},
+			{byAddr, "ECONNREFUSED", 0, 1000, "ECONNREFUSED at once"},
+			{denied, "ECONNREFUSED", 0, 1000, "(denied: refused at connect())"},
+		} {
+			got := res[tt.dst]
+			if got.R != tt.want || got.MS < tt.minMS || got.MS > tt.maxMS {
+				t.Errorf("%s: connect %s: %s after %.0f ms, want %s (as without egress: %s)", py.name, tt.dst, got.R, got.MS, tt.want, tt.withoutEgressWas)
+			}
+		}
+		if got := res[dst(greet)]; got.FirstByte-got.MS > 200 {
+			t.Errorf("%s: the greeting of a server that speaks first came %.0f ms after connect() returned", py.name, got.FirstByte-got.MS)
+		}
+	}
+}
+
+// clientPython is a Python another user can run: exe, after the shell
+// command mount (run as root in a new mount namespace) has made it
+// reachable.
+type clientPython struct {
+	name, exe, mount string
+	env              []string
+}
+
+// clientPythons are the system's python3 and, where pyenv or the system
+// has it, python2.7 (PYENV_VERSION=2.7.18), for a user other than root: a
+// Python installed under root's home (pyenv's) is bind-mounted onto a
+// directory that user can reach.
+func clientPythons(t *testing.T) []clientPython {
+	t.Helper()
+	out := []clientPython{{name: "python3", exe: "/usr/bin/python3"}}
+	q := exec.Command("python2.7", "-c", "import sys; print(sys.prefix); print(sys.executable)")
+	q.Env = append(os.Environ(), "PYENV_VERSION=2.7.18")
+	b, err := q.Output()
+	lines := strings.Fields(string(b))
+	if err != nil || len(lines) != 2 || !strings.HasPrefix(lines[1], lines[0]+"/") {
+		t.Logf("python2.7 is not available: %v", err)
+		return out
+	}
+	prefix, exe := lines[0], lines[1]
+	if prefix == "/usr" || prefix == "/usr/local" {
+		return append(out, clientPython{name: "python2.7", exe: exe})
+	}
+	// Not under t.TempDir(): its parent is root's alone.
+	mnt, err := os.MkdirTemp("", "egress-python2.7-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(mnt) })
+	os.Chmod(mnt, 0o755)
+	return append(out, clientPython{name: "python2.7", exe: mnt + strings.TrimPrefix(exe, prefix),
+		mount: "mount --bind " + prefix + " " + mnt + " && ", env: []string{"LD_LIBRARY_PATH=" + mnt + "/lib"}})
+}
