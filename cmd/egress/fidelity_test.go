@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -276,7 +277,16 @@ listen:
 dns:
   upstreams: [%q]
 `, greet, refusing, silent, noHost, uid, upstream)), 0o644)
-	startEgress(t, nil, "serve", "--config", config)
+	_, _, logs := startEgress(t, nil, "serve", "--config", config)
+	lines := make(chan string, 1000)
+	go func() {
+		for logs.Scan() {
+			select {
+			case lines <- logs.Text():
+			default:
+			}
+		}
+	}()
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		t.Fatal(err)
@@ -333,6 +343,34 @@ dns:
 		}
 		if got := res[dst(greet)]; got.FirstByte-got.MS > 200 {
 			t.Errorf("%s: the greeting of a server that speaks first came %.0f ms after connect() returned", py.name, got.FirstByte-got.MS)
+		}
+	}
+	// Each answer the client had from the destination is egress's dial's,
+	// and its canonical line says so: allowed, with the dial's error.
+	type dialErr struct {
+		port    string // "port":N, as the line has it
+		errText string
+	}
+	want := map[dialErr]int{
+		{fmt.Sprintf(`"port":%d,`, refusing), "connection refused"}: 2 * len(pythons),
+		{fmt.Sprintf(`"port":%d,`, noHost), "no route to host"}:     len(pythons),
+	}
+	deadline := time.After(10 * time.Second)
+	for left := len(want); left > 0; {
+		select {
+		case l := <-lines:
+			if !strings.Contains(l, `"event":"allow","proto":"tcp"`) || !strings.Contains(l, `"error":"dial `) {
+				continue
+			}
+			for k, n := range want {
+				if n > 0 && strings.Contains(l, k.port) && strings.Contains(l, k.errText) {
+					if want[k]--; want[k] == 0 {
+						left--
+					}
+				}
+			}
+		case <-deadline:
+			t.Fatalf("log lines of the dials' errors still missing (how many of each): %v", want)
 		}
 	}
 }
