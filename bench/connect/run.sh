@@ -36,9 +36,23 @@ for _ in $(seq 50); do [ -s "$tmp/port" ] && break; sleep 0.1; done
 port=$(cat "$tmp/port")
 printf 'version: 1\ndefault: deny\nallow:\n  - {cidr: 127.0.0.1/32, ports: [%s]}\n' "$port" > "$tmp/policy.yaml"
 
-step() { echo "$1"; shift; "$@" || { echo "step failed: $*" >&2; exit 1; }; }
-step "upstream's own connect (host, no egress):" $py bench/refusal/probe.py "$n" 127.0.0.1 "$port"
-step "sandbox + guard, accepted at once (egress run --refuse-after-accept):" \
+# step TITLE FILE CMD...: runs CMD, prints and keeps its JSON in FILE.
+step() {
+  echo "$1"; local out=$2; shift 2
+  "$@" > "$out" || { echo "step failed: $*" >&2; exit 1; }
+  cat "$out"; echo
+}
+step "upstream's own connect (host, no egress):" "$tmp/upstream.json" \
+  $py bench/refusal/probe.py "$n" 127.0.0.1 "$port"
+step "sandbox + guard, accepted at once (egress run --refuse-after-accept):" "$tmp/sandbox.json" \
   "$tmp/egress" run --quiet --refuse-after-accept --config "$tmp/policy.yaml" -- $py bench/refusal/probe.py "$n" 127.0.0.1 "$port"
-step "held until the upstream accepted (egress run):" \
+step "held until the upstream accepted (egress run):" "$tmp/held.json" \
   "$tmp/egress" run --quiet --config "$tmp/policy.yaml" -- $py bench/refusal/probe.py "$n" 127.0.0.1 "$port"
+# The goal, on medians.
+python3 - "$tmp" <<'PY' || { echo "step failed: compare with the goal" >&2; exit 1; }
+import json, sys
+m = {k: json.load(open("%s/%s.json" % (sys.argv[1], k)))["connect"]["median_ms"] for k in ("upstream", "sandbox", "held")}
+goal = 1.5 * m["sandbox"] + m["upstream"]
+print("median connect: held %.3f ms; goal <= 1.5 x sandbox %.3f + upstream %.3f = %.3f ms: %s (%.2fx the goal)" % (
+    m["held"], m["sandbox"], m["upstream"], goal, "met" if m["held"] <= goal else "NOT met", m["held"] / goal))
+PY

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
@@ -103,6 +104,12 @@ func promptExamples(text string) []promptExample {
 
 var trailingComment = regexp.MustCompile(`\s+#\s.*$`)
 
+// versionCommit is the build part of egress --version's line: "(commit
+// 380143803492, 2026-12-07T20:43:33Z)", with ", modified" for a tree
+// with changes, or "(commit unknown)" for a build without VCS
+// information (go test's binary).
+var versionCommit = regexp.MustCompile(`\(commit (unknown|[0-9a-f]{1,12}(, [^,)]+)?(, modified)?)\)`)
+
 // runDocCommand runs cmd as the docs mean it, from the repository root,
 // and returns its standard output and error together; false when it is not
 // one this test runs.
@@ -133,6 +140,13 @@ func runDocCommand(t *testing.T, root, tmp, cmd string, written map[string]strin
 	}
 	switch args[1] {
 	case "lint", "diff", "learn", "show":
+	case "--version", "version":
+		// The docs cannot name the commit they are part of: they show
+		// its place as COMMIT and COMMIT-TIME, and the rest as printed.
+		var stdout, stderr bytes.Buffer
+		run(args[1:], &stdout, &stderr)
+		got := strings.TrimRight(stdout.String()+stderr.String(), "\n")
+		return versionCommit.ReplaceAllString(got, "(commit COMMIT, COMMIT-TIME)"), true
 	case "run":
 		// Only a run whose --allow is a URL: it stops before any sandbox.
 		url := false
@@ -207,4 +221,20 @@ func docGrep(t *testing.T, cmd string, written map[string]string) (string, bool)
 		}
 	}
 	return strings.Join(out, "\n"), true
+}
+
+// The docs' placeholder stands for every build part versionLine prints,
+// so the docs test compares the rest of the line whatever the build.
+func TestDocsVersionPlaceholderCoversEveryBuild(t *testing.T) {
+	for _, settings := range [][]debug.BuildSetting{
+		nil,
+		{{Key: "vcs.revision", Value: "3801438034929f1c4e0b5a6d7c8e9f0a1b2c3d4e"}, {Key: "vcs.time", Value: "2026-12-07T20:43:33Z"}},
+		{{Key: "vcs.revision", Value: "3801438034929f1c4e0b5a6d7c8e9f0a1b2c3d4e"}, {Key: "vcs.time", Value: "2026-12-07T20:43:33Z"}, {Key: "vcs.modified", Value: "true"}},
+	} {
+		line := versionLine(&debug.BuildInfo{Settings: settings})
+		got := versionCommit.ReplaceAllString(line, "(commit COMMIT, COMMIT-TIME)")
+		if !strings.HasPrefix(got, "egress "+version+" (commit COMMIT, COMMIT-TIME) go") {
+			t.Errorf("%q reads %q with the placeholder", line, got)
+		}
+	}
 }

@@ -382,6 +382,7 @@ type summaryRow struct {
 	count  int
 	reason policy.Reason
 	hint   string
+	lifts  string // what hint opens when it lifts a guard (Decision.HintLifts)
 	why    string // the deciding rule's reason:, when it has one
 	err    string
 	procs  map[string]bool // named, at most maxRowProcs
@@ -564,7 +565,7 @@ func (r *summaryRow) names() []string {
 func (s *runSummary) row(k summaryKey, e eventlog.Entry) *summaryRow {
 	r := s.byKey[k]
 	if r == nil {
-		r = &summaryRow{reason: e.Decision.Reason, hint: e.Decision.Hint, procs: map[string]bool{}}
+		r = &summaryRow{reason: e.Decision.Reason, hint: e.Decision.Hint, lifts: e.Decision.HintLifts(), procs: map[string]bool{}}
 		if e.Decision.Rule != nil {
 			r.why = e.Decision.Rule.Note
 		}
@@ -679,6 +680,11 @@ func (s *runSummary) write(w io.Writer) {
 					fmt.Fprintf(&b, "        %s\n", r.err)
 				case strings.HasPrefix(r.hint, "- {"):
 					fmt.Fprintf(&b, "        to allow: %s  (or: egress run --allow %s)\n", r.hint, k.target)
+					if r.lifts != "" {
+						// As the 403 and check say: pasting it is not an
+						// ordinary allow (issue 21).
+						fmt.Fprintf(&b, "        which %s\n", r.lifts)
+					}
 				case r.hint != "":
 					fmt.Fprintf(&b, "        %s\n", r.hint)
 				}

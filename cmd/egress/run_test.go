@@ -435,6 +435,7 @@ dns:
 				fmt.Sprintf("db.test:%d", dbPort),
 				"  denied:",
 				fmt.Sprintf("to allow: - {cidr: 127.0.0.1/32, ports: [%d]}  (or: egress run --allow 127.0.0.1:%d)", denyPort, denyPort),
+				"which lifts guard_loopback: opens this host's own services",
 				"DNS answers refused",
 				"denied.test",
 				"udp 192.0.2.1:443",
@@ -583,43 +584,7 @@ func testServeHostRules(t *testing.T, refuseAtConnect bool) {
 			t.Skipf("needs %s", tool)
 		}
 	}
-	doc, err := os.ReadFile("../../docs/transparent.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile("(?s)```nft\n(.*?)```").FindSubmatch(doc)
-	if m == nil {
-		t.Fatal("docs/transparent.md has no ```nft block")
-	}
-	rules := strings.ReplaceAll(string(m[1]), `"plugin"`, strconv.Itoa(uid))
-
-	// Enter a new namespace on this thread for good: everything below, the
-	// egress child included, lives in it. The thread dies with the test.
-	runtime.LockOSThread()
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		t.Skipf("network namespaces unavailable: %v", err)
-	}
-	lo, _ := netlink.LinkByName("lo")
-	if err := netlink.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
-	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0peer"}); err != nil {
-		t.Skipf("veth: %v", err)
-	}
-	eth, _ := netlink.LinkByName("eth0")
-	peer, _ := netlink.LinkByName("eth0peer")
-	netlink.LinkSetUp(peer)
-	netlink.LinkSetUp(eth)
-	addr, _ := netlink.ParseAddr("10.0.0.2/24")
-	netlink.AddrAdd(eth, addr)
-	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.ParseIP("10.0.0.1")}); err != nil {
-		t.Fatal(err)
-	}
-	nft := exec.Command("nft", "-f", "-")
-	nft.Stdin = strings.NewReader(rules)
-	if out, err := nft.CombinedOutput(); err != nil {
-		t.Fatalf("load the documented rules: %v\n%s", err, out)
-	}
+	hostNamespace(t, uid)
 
 	// The origin, on the host's address: db.test (allowed) and another port.
 	greet, err := net.Listen("tcp", "10.0.0.2:0")
@@ -724,6 +689,50 @@ print("proxy:", opens("127.0.0.1", 3128))
 		case <-deadline:
 			t.Fatalf("saw %d of the 2 refusals' log lines", seen)
 		}
+	}
+}
+
+// hostNamespace enters a new network namespace on this goroutine's thread
+// for good (the thread dies with the test), shaped like a host: lo up,
+// eth0 with 10.0.0.2/24 and a default route through 10.0.0.1, which
+// nothing answers, and docs/transparent.md's nftables rules for user uid.
+// Everything the test starts afterwards, egress included, lives in it.
+func hostNamespace(t *testing.T, uid int) {
+	t.Helper()
+	doc, err := os.ReadFile("../../docs/transparent.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)```nft\n(.*?)```").FindSubmatch(doc)
+	if m == nil {
+		t.Fatal("docs/transparent.md has no ```nft block")
+	}
+	rules := strings.ReplaceAll(string(m[1]), `"plugin"`, strconv.Itoa(uid))
+
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		t.Skipf("network namespaces unavailable: %v", err)
+	}
+	lo, _ := netlink.LinkByName("lo")
+	if err := netlink.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0peer"}); err != nil {
+		t.Skipf("veth: %v", err)
+	}
+	eth, _ := netlink.LinkByName("eth0")
+	peer, _ := netlink.LinkByName("eth0peer")
+	netlink.LinkSetUp(peer)
+	netlink.LinkSetUp(eth)
+	addr, _ := netlink.ParseAddr("10.0.0.2/24")
+	netlink.AddrAdd(eth, addr)
+	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.ParseIP("10.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	nft := exec.Command("nft", "-f", "-")
+	nft.Stdin = strings.NewReader(rules)
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("load the documented rules: %v\n%s", err, out)
 	}
 }
 
