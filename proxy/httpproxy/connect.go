@@ -156,24 +156,29 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		if source == peek.SourceHTTP && !lineDone {
 			if dec.Intercept {
 				// What is not yet a request line is not decided by
-				// method and path: refused.
-				d := dec
-				d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonRequestsUndecided
-				d.Hint = "the rule has http: request rules: egress decides requests in TLS or HTTP/1, and this first line did not end in time"
-				entry.Decision = d
-				p.endSetup(cc, up, entry, rq.start, 0, nil)
-				return
+				// method and path: refused below.
+				source = peek.SourceNone
+			} else {
+				client = peek.GuardFirstLine(cc, head, func(err error) {
+					d := dec
+					d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonHTTPUnreadable
+					d.Hint = fmt.Sprintf("egress decides only on requests it can read: %v", err)
+					t.Refuse(d)
+				})
 			}
-			client = peek.GuardFirstLine(cc, head, func(err error) {
-				d := dec
-				d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonHTTPUnreadable
-				d.Hint = fmt.Sprintf("egress decides only on requests it can read: %v", err)
-				t.Refuse(d)
-			})
 			source = peek.SourceNone
 		}
 	}
 	switch {
+	case dec.Intercept && source != peek.SourceHTTP:
+		// Request rules and bytes that turned out to be no HTTP/1
+		// request (h2c's preface, say): nothing to decide them on.
+		d := dec
+		d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonRequestsUndecided
+		d.Hint = "the rule has http: request rules: egress decides requests in TLS or HTTP/1, and this is neither"
+		entry.Decision = d
+		p.endSetup(cc, up, entry, rq.start, 0, nil)
+		return
 	case len(head) == 0:
 	case source == peek.SourceHTTP:
 		// Plaintext HTTP in the tunnel (a CONNECT to port 80): every

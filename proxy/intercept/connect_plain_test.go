@@ -106,3 +106,32 @@ func TestPlainHTTPInsideConnectIsDecidedPerRequest(t *testing.T) {
 		}
 	})
 }
+
+// Neither TLS nor an HTTP/1 request inside a CONNECT tunnel to a host
+// with http: rules goes up: h2c's preface is not decided by method and
+// path, and neither is a first line that does not end.
+func TestConnectToInterceptedHostRefusesWhatIsNoRequest(t *testing.T) {
+	f := newFixture(t)
+	before := f.origin.count()
+	for _, c := range []struct{ name, send string }{
+		{"an h2c preface, in two writes", "PRI * HT|TP/2.0\r\n\r\nSM\r\n\r\n"},
+		{"a first line that never ends", "GET /v1/license"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			conn, br := f.plainTunnel(t)
+			for _, part := range strings.Split(c.send, "|") {
+				io.WriteString(conn, part)
+			}
+			if b, err := br.ReadByte(); err == nil {
+				t.Fatalf("the tunnel answered (%q...): want it closed", b)
+			}
+			if f.origin.count() != before {
+				t.Error("the bytes reached the origin")
+			}
+		})
+	}
+	e := f.logs.entryWith(t, string(policy.ReasonRequestsUndecided))
+	if e["event"] != "deny" {
+		t.Errorf("log line %v: want a deny", e)
+	}
+}
