@@ -70,14 +70,15 @@ func urlPath(u string) (string, bool) {
 	return p, true
 }
 
-// validMethod: an HTTP method as clients send them (RFC 9110 §9: a
-// token; egress learns only letters and '-').
+// validMethod: an HTTP method as a request rule names it (RFC 9110 §9: a
+// token, matched exactly; a rule's methods are upper case, so egress
+// learns only upper-case letters and '-').
 func validMethod(m string) bool {
 	if m == "" || len(m) > 32 {
 		return false
 	}
 	for _, c := range m {
-		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c == '-') {
+		if !(c >= 'A' && c <= 'Z' || c == '-') {
 			return false
 		}
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,5 +62,30 @@ func TestLearnProposesRequestRules(t *testing.T) {
 				t.Errorf("check %s %s: exit %d, want %d\n%s%s", c.method, c.url, code, c.code, o.String(), e.String())
 			}
 		})
+	}
+}
+
+// Log text is untrusted: a method or path a request rule cannot name is
+// counted, never written.
+func TestLearnSkipsRequestsARuleCannotName(t *testing.T) {
+	l := newLearner()
+	for _, c := range []struct{ method, url string }{
+		{"get", "https://api.vendor.example/v1/x"},           // rules' methods are upper case
+		{"GET /x", "https://api.vendor.example/v1/x"},        // not a token
+		{"GET", "https://api.vendor.example/v1/a%2Fb"},       // refused by egress
+		{"GET", "https://api.vendor.example/v1/*"},           // a wildcard in a pattern
+		{"GET", "https://api.vendor.example/v1/\"x"},         // learned, percent-encoded
+		{"GET", "api.vendor.example/v1/x"},                   // no scheme
+		{"POST", "https://api.vendor.example/v1/../v2/./ok"}, // learned, normalised
+	} {
+		b, _ := json.Marshal(map[string]any{"event": "allow", "proto": "https", "host": "api.vendor.example", "port": 443, "ip": "93.184.215.14", "method": c.method, "url": c.url})
+		l.line(b)
+	}
+	if l.badRequests != 5 || l.requestLines != 2 {
+		t.Errorf("bad %d, learned %d: want 5 and 2", l.badRequests, l.requestLines)
+	}
+	d := l.dests["host api.vendor.example"]
+	if d == nil || len(d.requests.methods) != 2 || d.requests.methods["POST"]["/v2/ok"] != 1 || d.requests.methods["GET"]["/v1/%22x"] != 1 {
+		t.Errorf("learned %+v, want POST /v2/ok and GET /v1/%%22x", d.requests)
 	}
 }
