@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"net/url"
+	"strings"
 	"unicode"
 
 	"gopkg.in/yaml.v3"
@@ -15,9 +17,15 @@ import (
 //	  "plugin": "example-dbms",
 //	  "requirements": [
 //	    {"host": "api.example.com", "port": 443, "protocol": "https", "purpose": "DBMS REST API", "required": true},
-//	    {"host": "db.corp.example", "port": 5432, "protocol": "tcp", "via": "direct"}
+//	    {"host": "db.corp.example", "port": 5432, "protocol": "tcp", "via": "direct"},
+//	    {"url": "https://api.vendor.example/v1/license", "method": "GET"}
 //	  ]
 //	}
+//
+// An entry with url (http or https) is a request: its host, port and
+// protocol come from the URL, and it is decided on its method (GET by
+// default) and path as egress decides requests to a host with http:
+// request rules (issue 20).
 
 // Requirements is a plugin's network requirements manifest.
 type Requirements struct {
@@ -45,12 +53,19 @@ type Requirement struct {
 	// helper then checks an IP literal directly, a name through the
 	// environment's proxy if any). The policy decides both paths alike.
 	Via string
+	// URL, for a request requirement, is the URL as written; Method its
+	// method (GET by default) and Path the URL's path as written, without
+	// the query (Decide normalises it). All "" for a connection.
+	URL, Method, Path string
 	// Where the requirement was written.
 	Line, Column int
 }
 
 // Request is the policy request for r: its name and port, any client.
-func (r Requirement) Request() Request { return Request{Host: r.Host, Port: r.Port} }
+// A request requirement (URL) adds its method and path.
+func (r Requirement) Request() Request {
+	return Request{Host: r.Host, Port: r.Port, Method: r.Method, Path: r.Path}
+}
 
 // Protocols a requirement may name.
 var requirementProtocols = []string{"tcp", "tls", "http", "https"}
@@ -104,7 +119,7 @@ func (l *loader) requirements(data []byte, rs *Requirements) {
 }
 
 // requirementFields names the fields of a requirement, for suggestions.
-var requirementFields = []field{{name: "host"}, {name: "port"}, {name: "protocol"}, {name: "purpose"}, {name: "required"}, {name: "via"}}
+var requirementFields = []field{{name: "host"}, {name: "port"}, {name: "url"}, {name: "method"}, {name: "protocol"}, {name: "purpose"}, {name: "required"}, {name: "via"}}
 
 func (l *loader) requirement(n *yaml.Node) (Requirement, bool) {
 	n = l.node(n)
@@ -145,6 +160,20 @@ func (l *loader) requirement(n *yaml.Node) (Requirement, bool) {
 		"purpose":  func(v *yaml.Node) { r.Purpose, _ = l.text(v, "purpose") },
 		"required": func(v *yaml.Node) { r.Required = l.boolean(v, "required") },
 		"via":      func(v *yaml.Node) { r.Via, _ = l.enum(v, "via", "direct", "proxy") },
+		"url":      func(v *yaml.Node) { l.requirementURL(v, &r) },
+		"method": func(v *yaml.Node) {
+			s, ok := l.str(v, "method")
+			switch {
+			case !ok:
+				return
+			case !isToken(s):
+				l.errf(l.node(v), "method %q is not an HTTP method such as GET or POST", s)
+			case strings.ToUpper(s) != s:
+				l.errf(l.node(v), "method %q: methods match exactly and are upper case: write %s", s, strings.ToUpper(s))
+			default:
+				r.Method = s
+			}
+		},
 	}
 	fields := make([]field, len(requirementFields))
 	for i, f := range requirementFields {
@@ -152,8 +181,26 @@ func (l *loader) requirement(n *yaml.Node) (Requirement, bool) {
 		fields[i] = field{f.name, func(k, v *yaml.Node) { fn(v) }}
 	}
 	seen := l.mapping(n, "a requirement", fields)
+	if u := seen["url"]; u != nil {
+		// The URL says where: a second say could disagree with it.
+		for _, f := range []string{"host", "port", "protocol"} {
+			if k := seen[f]; k != nil {
+				l.errf(k, "a requirement with url takes its %s from the URL: remove %s", f, f)
+			}
+		}
+		if len(l.errs) > nerr {
+			return r, false
+		}
+		if r.Method == "" {
+			r.Method = "GET"
+		}
+		return r, true
+	}
+	if k := seen["method"]; k != nil {
+		l.errf(k, `method needs a url: {"url": "https://host/path", "method": "GET"}`)
+	}
 	if seen["host"] == nil {
-		l.required(n, "a requirement needs a host", "host")
+		l.required(n, "a requirement needs a host (or a url)", "host")
 	}
 	if seen["port"] == nil {
 		l.required(n, "a requirement needs a port (1 to 65535)", "port")
@@ -165,6 +212,53 @@ func (l *loader) requirement(n *yaml.Node) (Requirement, bool) {
 		r.Protocol = defaultProtocol(r.Port)
 	}
 	return r, true
+}
+
+// requirementURL reads a requirement's url: http or https, a host, no
+// credentials, a path egress can decide (NormalizePath); the query is
+// sent by whoever checks it, never decided.
+func (l *loader) requirementURL(v *yaml.Node, r *Requirement) {
+	s, ok := l.str(v, "url")
+	if !ok {
+		return
+	}
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		l.errf(l.node(v), "url %q is not a URL", s)
+		return
+	case u.Scheme != "http" && u.Scheme != "https":
+		l.errf(l.node(v), `url %q: a requirement's url is http:// or https://; for another protocol write {"host": ..., "port": ...}`, s)
+		return
+	case u.User != nil:
+		l.errf(l.node(v), "url %q holds credentials: a manifest names where, never a secret", s)
+		return
+	case u.Fragment != "" || strings.Contains(s, "#"):
+		l.errf(l.node(v), "url %q has a #fragment, which is never sent: remove it", s)
+		return
+	}
+	if _, _, err := NormalizeHost(u.Hostname()); err != nil || u.Hostname() == "" {
+		l.errf(l.node(v), "url %q: the host is not a host name or IP address", s)
+		return
+	}
+	port, _ := SchemePort(u.Scheme)
+	if p := u.Port(); p != "" {
+		n, err := parsePort(p)
+		if err != nil || n == 0 {
+			l.errf(l.node(v), "url %q: port must be 1 to 65535", s)
+			return
+		}
+		port = n
+	}
+	path := u.EscapedPath()
+	if path == "" {
+		path = "/"
+	}
+	if _, err := NormalizePath(path); err != nil {
+		l.errf(l.node(v), "url %q: egress refuses this path: %v", s, err)
+		return
+	}
+	r.URL, r.Host, r.Port, r.Protocol, r.Path = s, u.Hostname(), port, u.Scheme, path
 }
 
 // maxTextLen bounds the free text of a manifest (plugin, purpose).

@@ -70,8 +70,24 @@ func TestLoadRequirementsErrors(t *testing.T) {
 		{"a prefix gets a suggestion", `{"requirements": [{"host": "a.example", "port": 1, "proto": "tcp"}]}`, []string{
 			`1:52: unknown field "proto" in a requirement (did you mean "protocol"?)`,
 		}},
-		{"a field like no other lists the known ones", `{"requirements": [{"host": "a.example", "port": 1, "url": "x"}]}`, []string{
-			`1:52: unknown field "url" in a requirement (known: host, port, protocol, purpose, required, via)`,
+		{"a field like no other lists the known ones", `{"requirements": [{"host": "a.example", "port": 1, "zzz": "x"}]}`, []string{
+			`1:52: unknown field "zzz" in a requirement (known: host, port, url, method, protocol, purpose, required, via)`,
+		}},
+		{"a url says where: host, port and protocol beside it are refused", `{"requirements": [{"url": "https://a.example/v1", "host": "a.example", "port": 443, "protocol": "https"}]}`, []string{
+			`1:51: a requirement with url takes its host from the URL: remove host`,
+			`1:72: a requirement with url takes its port from the URL: remove port`,
+			`1:85: a requirement with url takes its protocol from the URL: remove protocol`,
+		}},
+		{"a url is http or https, without credentials or a path egress refuses", `{"requirements": [{"url": "ftp://a.example/x"}, {"url": "https://u:p@a.example/"}, {"url": "https://a.example/a%2Fb"}, {"url": "https://a.example/x#y"}]}`, []string{
+			`1:27: url "ftp://a.example/x": a requirement's url is http:// or https://; for another protocol write {"host": ..., "port": ...}`,
+			`1:57: url "https://u:p@a.example/" holds credentials: a manifest names where, never a secret`,
+			`1:92: url "https://a.example/a%2Fb": egress refuses this path: the path holds an encoded slash, backslash or NUL (%2F, %5C, %00), which servers read differently`,
+			`1:128: url "https://a.example/x#y" has a #fragment, which is never sent: remove it`,
+		}},
+		{"a method is a token, upper case, and needs a url", `{"requirements": [{"url": "https://a.example/", "method": "get"}, {"url": "https://a.example/", "method": "GE T"}, {"host": "a.example", "port": 443, "method": "GET"}]}`, []string{
+			`1:59: method "get": methods match exactly and are upper case: write GET`,
+			`1:107: method "GE T" is not an HTTP method such as GET or POST`,
+			`1:151: method needs a url: {"url": "https://host/path", "method": "GET"}`,
 		}},
 		{"an unknown top-level field", `{"plugins": "x", "requirements": []}`, []string{
 			`1:2: unknown field "plugins" in the requirements file (did you mean "plugin"?)`,
@@ -93,7 +109,7 @@ func TestLoadRequirementsErrors(t *testing.T) {
 			`5:73: required must be true or false, not the string "yes"`,
 			`6:14: port must be 1 to 65535, not 70000`,
 			`6:32: purpose must be a string, not a list`,
-			`6:5: a requirement needs a host`, // after the errors of its fields
+			`6:5: a requirement needs a host (or a url)`, // after the errors of its fields
 			`7:5: a requirement must be a mapping such as {"host": "api.example.com", "port": 443}, not the string "db.corp.example:5432"`,
 		}},
 		{"a field twice", `{"requirements": [{"host": "a.example", "port": 1, "port": 2}]}`, []string{

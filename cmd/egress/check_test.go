@@ -39,6 +39,7 @@ func TestCheckGolden(t *testing.T) {
 		{"requirements mixed", []string{"--requirements", "testdata/check/requirements/mixed.json", "--config", "../../configs/handful-of-hosts.yaml"}, exitDenied},
 		{"requirements optional refused", []string{"--requirements", "testdata/check/requirements/optional.json", "--config", "../../configs/handful-of-hosts.yaml"}, exitOK},
 		{"requirements json", []string{"--json", "--requirements", "testdata/check/requirements/optional.json", "--config", "../../configs/handful-of-hosts.yaml"}, exitOK},
+		{"requirements requests", []string{"--requirements", "testdata/check/requirements/requests.json", "--config", "testdata/check/requests.yaml"}, exitDenied},
 		{"requirements bad manifest", []string{"--requirements", "testdata/check/requirements/bad.json"}, exitUsage},
 		{"requirements missing manifest", []string{"--requirements", "testdata/check/requirements/missing.json"}, exitUsage},
 		{"requirements bad config", []string{"--requirements", "testdata/check/requirements/optional.json", "--config", "testdata/check/bad.yaml"}, exitUsage},

@@ -85,6 +85,9 @@ func cmdLearn(args []string, stdout, stderr io.Writer) int {
 	if n := l.heldBack(); n > 0 {
 		fmt.Fprintf(stderr, "egress learn: held back %d destination%s whose rule would lift a guard (written commented out; --lift-guards writes them)\n", n, plural(n))
 	}
+	if n := l.requestHosts(); n > 0 {
+		fmt.Fprintf(stderr, "egress learn: request rules (http:) for %s from %s; no inject: (add credentials by hand)\n", count(n, "destination"), count(l.requestLines, "intercepted request"))
+	}
 	if l.denied > 0 {
 		fmt.Fprintf(stderr, "egress learn: not learned: %d denial%s of an enforcing egress (event deny; --include-denied learns them)\n", l.denied, plural(l.denied))
 	}
@@ -100,6 +103,8 @@ type logLine struct {
 	IP     string          `json:"ip"`
 	QName  string          `json:"qname"`
 	Reason string          `json:"reason"`
+	Method string          `json:"method"` // proto https: an intercepted request
+	URL    string          `json:"url"`
 	Time   json.RawMessage `json:"time"`
 }
 
@@ -136,6 +141,9 @@ type dest struct {
 	// guard is the guard its rule would lift (the first seen), "" for
 	// none: such a rule is written commented out without --lift-guards.
 	guard policy.Reason
+	// requests are its intercepted requests (proto https), learned as
+	// http: request rules (learn_requests.go).
+	requests requests
 }
 
 type learner struct {
@@ -147,6 +155,7 @@ type learner struct {
 	lines, decisions, skipped  int
 	clientRefused, invalidHost int
 	denied                     int // deny lines not learned (no includeDenied)
+	requestLines, badRequests  int // intercepted requests learned, and not (unwritable method or URL)
 	// guards classifies destinations as the policy does: the built-in
 	// policy allows everything but the guards.
 	guards *policy.Policy
@@ -243,6 +252,13 @@ func (l *learner) line(b []byte) {
 		d.ports[ll.Port] = s
 	}
 	s.add(ll.Event, t)
+	if ll.Proto == eventlog.ProtoHTTPS && ll.Method != "" {
+		if d.addRequest(ll.Port, ll.Method, ll.URL) {
+			l.requestLines++
+		} else {
+			l.badRequests++
+		}
+	}
 }
 
 // guard is the guard a rule allowing the line's destination would lift:
@@ -299,6 +315,17 @@ func (l *learner) learned() int {
 	for _, d := range l.dests {
 		if !d.metadata && !l.held(d) {
 			n += len(d.ports)
+		}
+	}
+	return n
+}
+
+// requestHosts counts the learned destinations given request rules.
+func (l *learner) requestHosts() int {
+	n := 0
+	for _, d := range l.dests {
+		if !d.metadata && !l.held(d) && len(d.requests.ports) > 0 {
+			n++
 		}
 	}
 	return n
@@ -381,6 +408,10 @@ func (l *learner) policy(files []string, mode string) string {
 	fmt.Fprintf(&b, "# Learned by egress learn from %s\n", strings.Join(files, ", "))
 	fmt.Fprintf(&b, "# (%s). It allows exactly the destinations observed, on the ports\n", count(l.decisions, "decision"))
 	b.WriteString("# observed, and nothing else. Review it, then: egress lint FILE\n")
+	if l.requestHosts() > 0 {
+		b.WriteString("# Its http: request rules need egress's CA under egress serve (egress ca init\n")
+		b.WriteString("# DIR --config FILE, then tls: ca_cert and ca_key); egress run makes its own.\n")
+	}
 	b.WriteString("version: 1\ndefault: deny\n")
 	fmt.Fprintf(&b, "mode: %s\n", mode)
 
@@ -413,7 +444,23 @@ func (l *learner) policy(files []string, mode string) string {
 		if d.guard != "" {
 			fmt.Fprintf(&b, "  # lifts %s (--lift-guards)\n", d.guard)
 		}
-		fmt.Fprintf(&b, "  - %s\n    ports: [%s]\n", d.ruleKey(), joinPorts(ports))
+		var tunnels, intercepted []uint16
+		for _, p := range ports {
+			if d.requests.ports[p] {
+				intercepted = append(intercepted, p)
+			} else {
+				tunnels = append(tunnels, p)
+			}
+		}
+		if len(tunnels) > 0 {
+			fmt.Fprintf(&b, "  - %s\n    ports: [%s]\n", d.ruleKey(), joinPorts(tunnels))
+		}
+		if len(intercepted) > 0 {
+			// Only the ports its requests came on: http: makes egress
+			// terminate TLS on every port of the rule.
+			fmt.Fprintf(&b, "  - %s\n    ports: [%s]\n", d.ruleKey(), joinPorts(intercepted))
+			writeHTTP(&b, d.requests.requestRules())
+		}
 	}
 	if len(held) > 0 {
 		b.WriteString("\n# Held back: each of these rules would lift a guard (loopback, private,\n")
@@ -452,6 +499,9 @@ func (l *learner) policy(files []string, mode string) string {
 	if l.clientRefused > 0 || l.invalidHost > 0 {
 		fmt.Fprintf(&b, "\n# Not learned: clients outside allow_from: %d; invalid host names: %d.\n",
 			l.clientRefused, l.invalidHost)
+	}
+	if l.badRequests > 0 {
+		fmt.Fprintf(&b, "# Not learned: %d intercepted request%s whose method or path a request rule cannot name.\n", l.badRequests, plural(l.badRequests))
 	}
 	if l.denied > 0 {
 		fmt.Fprintf(&b, "# Not learned: %d denial%s of an enforcing egress (egress learn --include-denied learns them).\n",

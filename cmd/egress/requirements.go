@@ -23,6 +23,10 @@ func (c *checker) requirements(rs *policy.Requirements) int {
 	refusedN, requiredN, unresolvedN := 0, 0, 0
 	for _, r := range rs.List {
 		label := net.JoinHostPort(strings.TrimSuffix(strings.TrimPrefix(r.Host, "["), "]"), strconv.Itoa(int(r.Port)))
+		if r.URL != "" {
+			// A request (issue 20): decided on its method and path.
+			label = r.Method + " " + r.URL
+		}
 		isRefused := false
 		for _, o := range c.decide(label, r.Request()) {
 			d := o.d

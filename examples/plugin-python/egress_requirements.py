@@ -14,6 +14,17 @@ The manifest is the file egress reads with `egress check --requirements`:
         "purpose": "DBMS REST API", "required": true},
        {"host": "10.1.2.3", "port": 5432, "via": "direct"}]}
 
+An entry may name a request instead of a destination, as egress decides
+requests to a host with http: request rules:
+
+       {"url": "https://api.vendor.example/v1/license", "method": "GET"}
+
+(host, port and protocol come from the URL; method defaults to GET). It is
+checked by making that request, with an empty body, through the same path
+(so a POST check does reach the origin): ok when the origin answered,
+whatever its status; refused when egress answered 403, with its
+explanation and the request rule to add.
+
 protocol is tcp, tls, http or https (default: https for 443, http for 80,
 tcp otherwise); purpose is optional; required defaults to true. via says
 which path the plugin's own client takes, and so which one is checked:
@@ -119,11 +130,14 @@ class Requirement(object):
     """One destination the plugin needs."""
 
     def __init__(self, host, port, protocol=None, purpose="", required=True,
-                 via=None, proxy=None):
+                 via=None, proxy=None, url="", method=""):
         """via: DIRECT, PROXY, ENV (as urllib: the environment's proxy, if
         any) or None (an IP literal: DIRECT; a name: ENV). proxy: the proxy
         URL to check through (a driver's own proxy setting) instead of the
-        environment's; it implies via PROXY."""
+        environment's; it implies via PROXY. url and method: a request
+        (Requirement.request builds one from a URL)."""
+        self.url = url
+        self.method = method or ("GET" if url else "")
         self.host = host
         self.port = port
         self.protocol = protocol or default_protocol(port)
@@ -136,6 +150,46 @@ class Requirement(object):
         self.via = PROXY if proxy else via
         self.proxy = proxy or ""
 
+    @classmethod
+    def request(cls, url, method="GET", purpose="", required=True, via=None,
+                proxy=None, where="requirement"):
+        """A requirement that is a request: method url (http or https)."""
+        if not isinstance(url, string_types):
+            raise ValueError("%s: url must be a string" % where)
+        u = urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError("%s: url must be http:// or https://HOST/..."
+                             % where)
+        if "@" in u.netloc or u.fragment or "#" in url:
+            raise ValueError("%s: url must hold no credentials and no "
+                             "#fragment" % where)
+        if not isinstance(method, string_types) or \
+                not re.match(r"^[A-Z][A-Z-]*$", method):
+            raise ValueError("%s: method must be an upper-case HTTP method "
+                             "such as GET" % where)
+        try:
+            port = u.port or default_port(u.scheme)
+        except ValueError:
+            raise ValueError("%s: url has a bad port" % where)
+        return cls(u.hostname, port, u.scheme, purpose, required, via, proxy,
+                   url=url, method=method)
+
+    def request_target(self, absolute=False):
+        """The request line's target: the path and query, or the URL."""
+        if absolute:
+            return self.url
+        u = urlsplit(self.url)
+        return (u.path or "/") + ("?" + u.query if u.query else "")
+
+    def host_header(self):
+        return urlsplit(self.url).netloc
+
+    def what(self):
+        """What the requirement is, as printed: host:port or METHOD URL."""
+        if self.url:
+            return "%s %s" % (self.method, self.url)
+        return self.target()
+
     def path(self):
         """DIRECT, PROXY, or ENV: the proxy if the environment names one."""
         if self.via is None:
@@ -147,9 +201,28 @@ class Requirement(object):
         if not isinstance(d, dict):
             raise ValueError("%s: not an object" % where)
         unknown = sorted(set(d) - set(("host", "port", "protocol", "purpose",
-                                       "required", "via")))
+                                       "required", "via", "url", "method")))
         if unknown:
             raise ValueError("%s: unknown field %s" % (where, unknown[0]))
+        if "url" in d:
+            both = sorted(set(d) & set(("host", "port", "protocol")))
+            if both:
+                raise ValueError("%s: a requirement with url takes its %s "
+                                 "from the URL" % (where, both[0]))
+            purpose = d.get("purpose", "")
+            if not isinstance(purpose, string_types):
+                raise ValueError("%s: purpose must be a string" % where)
+            required = d.get("required", True)
+            if not isinstance(required, bool):
+                raise ValueError("%s: required must be true or false" % where)
+            via = d.get("via")
+            if via is not None and via not in (DIRECT, PROXY):
+                raise ValueError("%s: via must be %s or %s"
+                                 % (where, DIRECT, PROXY))
+            return cls.request(d["url"], d.get("method", "GET"), purpose,
+                               required, via, where=where)
+        if "method" in d:
+            raise ValueError("%s: method needs a url" % where)
         host, port = d.get("host"), d.get("port")
         if not isinstance(host, string_types) or not host.strip():
             raise ValueError("%s: host must be a non-empty string" % where)
@@ -185,6 +258,10 @@ def default_protocol(port):
     return {443: "https", 80: "http"}.get(port, "tcp")
 
 
+def default_port(scheme):
+    return {"https": 443, "http": 80}[scheme]
+
+
 class Result(object):
     """The outcome of one requirement.
 
@@ -209,7 +286,7 @@ class Result(object):
 
     def line(self):
         r = self.requirement
-        what = "%s %s" % (r.target(), r.protocol)
+        what = "%s %s" % (r.what(), r.protocol)
         if r.purpose:
             what += " (%s)" % r.purpose
         if not r.required:
@@ -337,8 +414,8 @@ def _message(plugin, failed, results):
     required = len([r for r in results if r.requirement.required])
     names = []
     for r in failed:
-        if r.requirement.target() not in names:
-            names.append(r.requirement.target())
+        if r.requirement.what() not in names:
+            names.append(r.requirement.what())
     names = ", ".join(names)
     return "%s cannot reach %d of %d required network destination%s: %s" % (
         plugin or "the plugin", len(failed), required,
@@ -362,14 +439,25 @@ _ADVICE = {
 
 def _action(failed):
     parts = []
-    rules = []
+    rules, request_rules = [], []
     for r in failed:
-        if r.outcome == REFUSED and r.rule and r.rule not in rules:
+        if r.outcome != REFUSED or not r.rule:
+            continue
+        if r.requirement.url and not r.rule.startswith("- {host") and \
+                not r.rule.startswith("- {cidr"):
+            # egress's hint for a request: under http: of the host's rule.
+            if r.rule not in request_rules:
+                request_rules.append(r.rule)
+        elif r.rule not in rules:
             rules.append(r.rule)
     if rules:
         parts.append("ask the administrator to add under allow: in the "
                      "egress policy:\n" +
                      "\n".join("  " + rule for rule in rules))
+    if request_rules:
+        parts.append("ask the administrator to add under http: of the "
+                     "host's rule in the egress policy:\n" +
+                     "\n".join("  " + rule for rule in request_rules))
     for outcome in (PROXY_FAILURE, DNS_FAILURE, UNREACHABLE, TLS_FAILURE):
         these = [r.requirement for r in failed if r.outcome == outcome]
         if not these:
@@ -481,6 +569,10 @@ def _direct(req, deadline, env, slot):
     slot["stage"] = "connecting to %s" % req.target()
     sock = _connect(req, addrs, deadline, env.egress_run)
     try:
+        if req.url:
+            slot["stage"] = "waiting for an answer to %s" % req.what()
+            status = _request(req, sock, deadline, env)
+            return "%s answered %s%s" % (req.what(), status, where)
         if req.protocol in ("tls", "https"):
             slot["stage"] = "in the TLS handshake with %s" % req.target()
             _tls(req, sock, deadline, env)
@@ -612,6 +704,14 @@ def _via_proxy(req, proxy_url, deadline, env, slot):
                       "running, and is its address right?"
                       % (proxy, f.detail))
     try:
+        if req.url:
+            slot["stage"] = "waiting for an answer to %s through %s" % (
+                req.what(), proxy)
+            if req.protocol == "https":
+                _connect_tunnel(req, sock, deadline, proxy, auth, env)
+            status = _request(req, sock, deadline, env, proxy, auth)
+            return "%s answered %s through the proxy %s" % (
+                req.what(), status, proxy)
         if req.protocol == "http":
             slot["stage"] = "waiting for the proxy %s to reach %s" % (
                 proxy, req.target())
@@ -754,6 +854,8 @@ def _egress_answered(headers):
 _RULE_RE = re.compile(r"to allow: (- \{[^}]*\})")
 # The hint in an EDE text: "; to allow: RULE[ (PORT: ...)]" up to "; id".
 _EDE_HINT_RE = re.compile(r"; to allow: .*?(?=; id [0-9a-f]+$|$)")
+# The hint in a 403's reason phrase: "; to allow: RULE" up to " (id ID)".
+_REQUEST_HINT_RE = re.compile(r"; to allow: .*?(?= \(id [0-9a-f]+\)$|$)")
 _ID_RE = re.compile(r"\(id ([0-9a-f]+)\)|^id: ([0-9a-f]+)$|; id ([0-9a-f]+)",
                     re.M)
 
@@ -872,6 +974,11 @@ def _read_response(sock, deadline, stop_at_200=False, head=False):
 # --- TLS --------------------------------------------------------------------
 
 def _tls(req, sock, deadline, env):
+    _tls_wrap(req, sock, deadline, env).close()
+
+
+def _tls_wrap(req, sock, deadline, env):
+    """The verified TLS connection to req over sock."""
     ctx = ssl.create_default_context(cafile=env.ca_file)
     ip = _is_ip(req.host)
     if ip:
@@ -893,12 +1000,61 @@ def _tls(req, sock, deadline, env):
                                                             text))
         raise _Failed(TLS_FAILURE, "TLS with %s failed: %s"
                       % (req.target(), text))
-    try:
-        if ip and not _cert_has_ip(tls.getpeercert(), req.host):
-            raise _Failed(TLS_FAILURE, "TLS with %s failed: the certificate "
-                          "is not valid for %s" % (req.target(), req.host))
-    finally:
+    if ip and not _cert_has_ip(tls.getpeercert(), req.host):
         tls.close()
+        raise _Failed(TLS_FAILURE, "TLS with %s failed: the certificate "
+                      "is not valid for %s" % (req.target(), req.host))
+    return tls
+
+
+def _request(req, sock, deadline, env, proxy="", auth=""):
+    """Send req's request on sock (TLS first for https; absolute-form to
+    a proxy for http) and read the answer: its status line when the
+    origin answered, whatever it said; egress's 403 is a refusal, its
+    502 and 504 say why the origin was not reached."""
+    conn = sock
+    if req.protocol == "https":
+        conn = _tls_wrap(req, sock, deadline, env)
+    absolute = bool(proxy) and req.protocol == "http"
+    head = req.method == "HEAD"
+    try:
+        _timeout_for(conn, deadline)
+        conn.sendall(("%s %s HTTP/1.1\r\nHost: %s\r\n%s"
+                      "User-Agent: egress_requirements\r\n"
+                      "Content-Length: 0\r\nConnection: close\r\n\r\n"
+                      % (req.method, req.request_target(absolute),
+                         req.host_header(), auth if absolute else ""))
+                     .encode("utf-8"))
+        status, reason, headers, body = _read_response(conn, deadline,
+                                                       head=head)
+    except _Failed:
+        raise
+    except Exception as e:
+        if proxy and _is_timeout(e):
+            raise _still_connecting(req, proxy, env, "no answer to %s"
+                                    % req.what())
+        raise _Failed(UNREACHABLE, "%s got no answer (%s)"
+                      % (req.what(), _errtext(e)))
+    finally:
+        if conn is not sock:
+            conn.close()
+    said = ("%d %s" % (status, reason)).strip()
+    if status == 403 and _egress_answered(headers):
+        # egress's refusal of this request: its explanation is the
+        # status line; the rule to add is in it ("to allow: - {...}").
+        egress_id = headers.get("x-egress-id") or _first(_ID_RE, reason)
+        rule = _first(_RULE_RE, reason) or _body_field(body, "hint")
+        why = _REQUEST_HINT_RE.sub("", reason)
+        raise _Failed(REFUSED, "403 %s" % why, rule=rule, egress_id=egress_id)
+    if proxy and (status == 407 and absolute or
+                  status in (502, 504) and _egress_answered(headers)):
+        _proxy_failure(req, proxy, status, reason, headers, body, False,
+                       bool(auth))
+    if status in (502, 504) and _egress_answered(headers):
+        raise _Failed(UNREACHABLE, "egress could not reach %s (%s)"
+                      % (req.target(), said),
+                      egress_id=headers.get("x-egress-id"))
+    return said
 
 
 def _cert_has_ip(cert, host):

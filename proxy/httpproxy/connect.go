@@ -102,10 +102,23 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		return
 	}
 	if dec.Intercept {
-		// Request rules (issue 20): TLS is terminated and each request
-		// decided; the tunnel slot is held until the connection ends.
-		p.intercept.Serve(ctx, intercept.Conn{Client: cc, Early: early, Upstream: up, Request: rq.req, Decision: dec, ID: rq.id, ClientAddr: rq.client})
-		return
+		// Request rules (issue 20): the client speaks first, in TLS or
+		// in plain HTTP. TLS is terminated and each request decided
+		// (proxy/intercept); plain HTTP goes through the gate below,
+		// each request decided by intercept.DecidePlain; anything else
+		// fails the handshake there (fail closed). The tunnel slot is
+		// held until the connection ends.
+		if len(early) == 0 {
+			var err error
+			if early, err = firstBytes(cc, intercept.DefaultHandshakeTimeout); len(early) == 0 {
+				p.endSetup(cc, up, entry, rq.start, 0, fmt.Errorf("read first bytes: %w", err))
+				return
+			}
+		}
+		if _, source, _ := peek.From(early); source != peek.SourceHTTP {
+			p.intercept.Serve(ctx, intercept.Conn{Client: cc, Early: early, Upstream: up, Request: rq.req, Decision: dec, ID: rq.id, ClientAddr: rq.client})
+			return
+		}
 	}
 	check := sniCheck(pol, rq.req, dec)
 	head := early
@@ -141,16 +154,31 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		_, _, head, _ = peek.More(cc, head, requestLineWait)
 		_, source, lineDone = peek.From(head)
 		if source == peek.SourceHTTP && !lineDone {
-			client = peek.GuardFirstLine(cc, head, func(err error) {
-				d := dec
-				d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonHTTPUnreadable
-				d.Hint = fmt.Sprintf("egress decides only on requests it can read: %v", err)
-				t.Refuse(d)
-			})
+			if dec.Intercept {
+				// What is not yet a request line is not decided by
+				// method and path: refused below.
+				source = peek.SourceNone
+			} else {
+				client = peek.GuardFirstLine(cc, head, func(err error) {
+					d := dec
+					d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonHTTPUnreadable
+					d.Hint = fmt.Sprintf("egress decides only on requests it can read: %v", err)
+					t.Refuse(d)
+				})
+			}
 			source = peek.SourceNone
 		}
 	}
 	switch {
+	case dec.Intercept && source != peek.SourceHTTP:
+		// Request rules and bytes that turned out to be no HTTP/1
+		// request (h2c's preface, say): nothing to decide them on.
+		d := dec
+		d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonRequestsUndecided
+		d.Hint = "the rule has http: request rules: egress decides requests in TLS or HTTP/1, and this is neither"
+		entry.Decision = d
+		p.endSetup(cc, up, entry, rq.start, 0, nil)
+		return
 	case len(head) == 0:
 	case source == peek.SourceHTTP:
 		// Plaintext HTTP in the tunnel (a CONNECT to port 80): every
@@ -167,26 +195,48 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 			d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonHTTPUnreadable
 			d.Hint = fmt.Sprintf("egress decides only on requests it can read, and could not read this one: %v", err)
 			refused = &d
+		} else if dec.Intercept {
+			// Request rules (issue 20) on plain HTTP: Host, method
+			// and path; never inject:.
+			refused = intercept.DecidePlain(pol, rq.req, dec, first)
 		} else {
 			refused = hostCheck(pol, rq.req, dec, peek.RequestHost(first))
 		}
 		if refused != nil {
 			entry.Decision = *refused
-			cc.Close()
 			up.Close()
+			if dec.Intercept && err == nil {
+				// Refused by a request rule: the client reads egress's
+				// 403 with the explanation, as on every other path.
+				entry.Method, entry.URL = first.Method, intercept.URL("http", requestName(dec), rq.req.Port, refused.Path)
+				failureFor(rq.id, first.Method+" "+entry.URL, *refused, nil).sendConn(cc, answerProto(first), first.Method == http.MethodHead)
+			} else {
+				cc.Close()
+			}
 			entry.Duration = time.Since(rq.start)
 			p.Events.Record(entry)
 			return
 		}
-		gate = origin.NewGate(cc, up, origin.GateConfig{
-			Requests: requests, First: first, Fail: t.Fail,
-			Allow: func(r *http.Request) bool {
-				if d := hostCheck(p.Policy(), rq.req, dec, peek.RequestHost(r)); d != nil {
+		allow := func(r *http.Request) bool {
+			if d := hostCheck(p.Policy(), rq.req, dec, peek.RequestHost(r)); d != nil {
+				t.Refuse(*d)
+				return false
+			}
+			return true
+		}
+		if dec.Intercept {
+			// A later request refused ends the tunnel (logged with its
+			// decision); only the first is answered with a 403.
+			allow = func(r *http.Request) bool {
+				if d := intercept.DecidePlain(p.Policy(), rq.req, dec, r); d != nil {
 					t.Refuse(*d)
 					return false
 				}
 				return true
-			},
+			}
+		}
+		gate = origin.NewGate(cc, up, origin.GateConfig{
+			Requests: requests, First: first, Fail: t.Fail, Allow: allow,
 		})
 	case source == peek.SourceHTTP2 && !pol.Decide(policy.Request{IP: dec.IP, Port: rq.req.Port, Client: rq.req.Client, User: rq.req.User}).Allowed():
 		// h2c with prior knowledge names its hosts in frames egress
@@ -259,6 +309,24 @@ func hostCheck(pol *policy.Policy, req policy.Request, dec policy.Decision, host
 	d.Verdict, d.Audit, d.Reason = policy.Deny, false, policy.ReasonHostMismatch
 	d.Hint = fmt.Sprintf("the tunnel to %s carries an HTTP request for %s, which the policy refuses there (%s)", targetString(req.Host, req.Port), host, why)
 	return &d
+}
+
+// requestName is the name a request to an intercepted destination dec
+// is decided on: its host, or its address.
+func requestName(dec policy.Decision) string {
+	if dec.Host != "" {
+		return dec.Host
+	}
+	return dec.IP.String()
+}
+
+// firstBytes reads the client's first bytes of a tunnel, within timeout.
+func firstBytes(c net.Conn, timeout time.Duration) ([]byte, error) {
+	c.SetReadDeadline(time.Now().Add(timeout))
+	defer c.SetReadDeadline(time.Time{})
+	b := make([]byte, 2048)
+	n, err := c.Read(b)
+	return b[:n], err
 }
 
 // requestLineWait is how long the rest of a first line that may become an

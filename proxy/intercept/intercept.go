@@ -555,6 +555,30 @@ func Decide(pol *policy.Policy, conn policy.Request, connDec policy.Decision, na
 	return pol.Decide(q)
 }
 
+// DecidePlain decides r, a plain-HTTP request on a connection (conn,
+// decided connDec) to an intercepted destination, with Decide, on its
+// Host, method and path; an allowed request's target is rewritten to the
+// normal path with the query as sent (inject: never applies to plain
+// HTTP, so the Decision's Inject is for no one). It returns the refusal,
+// or nil. The plain-HTTP gates of the CONNECT and transparent paths call
+// it (issue 20).
+func DecidePlain(pol *policy.Policy, conn policy.Request, connDec policy.Decision, r *http.Request) *policy.Decision {
+	name := connDec.Host
+	if name == "" {
+		name = connDec.IP.String()
+	}
+	d := Decide(pol, conn, connDec, name, r)
+	if !d.Allowed() {
+		return &d
+	}
+	query := ""
+	if i := strings.IndexByte(r.RequestURI, '?'); i >= 0 {
+		query = r.RequestURI[i:]
+	}
+	r.RequestURI = d.Path + query
+	return nil
+}
+
 // RequestPath is the path of r's request target as the client sent it,
 // without the query: what Decide normalises.
 func RequestPath(r *http.Request) string {

@@ -3,7 +3,6 @@ package transparent
 import (
 	"net"
 	"net/http"
-	"strings"
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/intercept"
@@ -33,23 +32,7 @@ func (s *Server) intercept(c *conn, req policy.Request, dec, dialled policy.Deci
 }
 
 // requestRule decides r, a plain-HTTP request on a connection to an
-// intercepted destination (dec), on its Host, method and path with
-// intercept.Decide, the decision interception makes; an allowed request
-// goes up with its normal path (inject: never applies to plain HTTP).
-// It returns the refusal, or nil.
+// intercepted destination (dec): intercept.DecidePlain.
 func requestRule(pol *policy.Policy, req policy.Request, dec policy.Decision, r *http.Request) *policy.Decision {
-	name := dec.Host
-	if name == "" {
-		name = dec.IP.String()
-	}
-	d := intercept.Decide(pol, req, dec, name, r)
-	if !d.Allowed() {
-		return &d
-	}
-	query := ""
-	if i := strings.IndexByte(r.RequestURI, '?'); i >= 0 {
-		query = r.RequestURI[i:]
-	}
-	r.RequestURI = d.Path + query
-	return nil
+	return intercept.DecidePlain(pol, req, dec, r)
 }
