@@ -240,6 +240,21 @@ func (ps *Pools[K]) CloseIdle() {
 	}
 }
 
+// Idle is the number of idle connections in every pool.
+func (ps *Pools[K]) Idle() int {
+	ps.mu.Lock()
+	pools := make([]*Pool[K], 0, len(ps.pools))
+	for _, pl := range ps.pools {
+		pools = append(pools, pl)
+	}
+	ps.mu.Unlock()
+	n := 0
+	for _, pl := range pools {
+		n += pl.Idle()
+	}
+	return n
+}
+
 // Shutdown closes the idle connections, and every connection put back
 // from now on.
 func (ps *Pools[K]) Shutdown() {
