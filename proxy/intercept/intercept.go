@@ -186,9 +186,12 @@ func (x *exchange) serve(ctx context.Context) {
 		return
 	}
 	// The one HTTP/1 request reader (net/http's, with its server's
-	// checks), as every path that decides on requests reads them.
-	rr := peek.NewRequestReader(nil, x.tc, x.s.policy().Limits.MaxHeaderBytes)
-	bw := bufio.NewWriterSize(x.tc, 4<<10)
+	// checks), as every path that decides on requests reads them. Its
+	// buffer and the writer's are held during a request only: between
+	// requests the connection waits with a one-byte read, so that an
+	// idle intercepted connection holds no buffer of its own.
+	var rr *peek.RequestReader
+	var first [1]byte
 	for n := 0; ; n++ {
 		pol := x.s.policy()
 		idle := pol.Timeouts.TunnelIdle
@@ -196,7 +199,13 @@ func (x *exchange) serve(ctx context.Context) {
 			idle = DefaultIdleTimeout
 		}
 		x.tc.SetReadDeadline(time.Now().Add(idle))
-		if _, err := rr.Buffered().Peek(1); err != nil {
+		if rr == nil {
+			k, _ := x.tc.Read(first[:])
+			if k == 0 {
+				return // the client is done, or idle too long
+			}
+			rr = peek.NewRequestReader(first[:k], x.tc, pol.Limits.MaxHeaderBytes)
+		} else if _, err := rr.Buffered().Peek(1); err != nil {
 			return // the client is done, or idle too long
 		}
 		hdr := pol.Timeouts.Header
@@ -208,11 +217,24 @@ func (x *exchange) serve(ctx context.Context) {
 		if n > 0 || id == "" {
 			id = eventlog.NewID()
 		}
-		if !x.request(ctx, pol, id, rr, bw) {
+		bw := writers.Get().(*bufio.Writer)
+		bw.Reset(x.tc)
+		ok := x.request(ctx, pol, id, rr, bw)
+		ok = bw.Flush() == nil && ok
+		bw.Reset(nil)
+		writers.Put(bw)
+		if !ok {
 			return
+		}
+		if rr.Release() {
+			rr = nil
 		}
 	}
 }
+
+// writers are the 4 KiB buffers answers are written with, held by a
+// connection during a request only.
+var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
 
 // policy is the policy in force.
 func (s *Server) policy() *policy.Policy { return s.Policy() }
