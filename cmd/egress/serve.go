@@ -492,6 +492,10 @@ func (e *server) startReload() (hup <-chan os.Signal, stop func()) {
 				// the old policy: none is reused past the reload.
 				e.http.CloseIdleConnections()
 			}
+			if e.intercept != nil {
+				// So are interception's origin connections.
+				e.intercept.CloseIdleConnections()
+			}
 			if e.filter != nil {
 				e.filter.reload(p)
 			}

@@ -1,21 +1,25 @@
 package httpproxy
 
-import "time"
+import (
+	"time"
+
+	"github.com/egress-proxy/egress/proxy/origin"
+)
 
 // SetUpstreamIdleTimeout shortens the idle timeout of pooled upstream
 // connections for a test; the returned func restores it.
 func SetUpstreamIdleTimeout(d time.Duration) func() {
-	old := upstreamIdleTimeout
-	upstreamIdleTimeout = d
-	return func() { upstreamIdleTimeout = old }
+	old := origin.PoolIdleTimeout
+	origin.PoolIdleTimeout = d
+	return func() { origin.PoolIdleTimeout = old }
 }
 
 // SetFreshIdle sets how long a pooled connection is reused without a look
 // for a test; the returned func restores it.
 func SetFreshIdle(d time.Duration) func() {
-	old := freshIdle
-	freshIdle = d
-	return func() { freshIdle = old }
+	old := origin.FreshIdle
+	origin.FreshIdle = d
+	return func() { origin.FreshIdle = old }
 }
 
 // Pending is the number of connections accepted and not yet handed to

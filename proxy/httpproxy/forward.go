@@ -181,14 +181,14 @@ func (p *Proxy) roundTrip(w *countingWriter, r *http.Request, fw *forward, body 
 		}
 	}
 	for {
-		uc := pl.get(key, retry)
+		uc := pl.Get(key, retry)
 		if uc == nil {
 			var err error
 			if uc, err = p.dialUpstream(r.Context(), pl, fw, key); err != nil {
 				return err
 			}
 		}
-		fw.connIP = uc.ip
+		fw.connIP = uc.IP
 		err := p.exchange(w, r, uc, body, inline, fw.pol.Timeouts.Response, fw.pol.Listen.Via)
 		var ic idleClosedError
 		if errors.As(err, &ic) && retry {
@@ -233,7 +233,7 @@ func expectsContinue(r *http.Request) bool {
 func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *countingReader, inline []byte, timeout time.Duration, via bool) (err error) {
 	// A client that goes away cancels the request: close the
 	// connection under whatever read or write waits on it.
-	stop := context.AfterFunc(r.Context(), func() { uc.raw.Close() })
+	stop := context.AfterFunc(r.Context(), func() { uc.Raw.Close() })
 	keep := false
 	var up *bodyWriter // the body going up on its own goroutine
 	defer func() {
@@ -241,40 +241,40 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 			keep = false
 		}
 		if stop() && keep {
-			uc.pool.put(uc)
+			uc.Put()
 		} else {
-			uc.conn.Close()
+			uc.OC.Conn.Close()
 		}
 	}()
 	upstreamErr := func(err error) error {
 		if up != nil {
-			uc.raw.Close()
+			uc.Raw.Close()
 			up.finish(w)
 		}
 		if body != nil && body.err != nil {
 			return fmt.Errorf("%w: %w", errRequestBody, body.err)
 		}
-		if uc.reused && uc.br.Buffered() == 0 && (body == nil || body.n == 0) && !uc.oc.Got() {
+		if uc.Reused && uc.OC.BR.Buffered() == 0 && (body == nil || body.n == 0) && !uc.OC.Got() {
 			return idleClosedError{err}
 		}
 		return err
 	}
 
-	uc.oc.ResetGot()
-	dl := &responseDeadline{conn: uc.raw, d: timeout}
-	origin.WriteHead(uc.bw, r, origin.Request{Via: via})
+	uc.OC.ResetGot()
+	dl := &responseDeadline{conn: uc.Raw, d: timeout}
+	origin.WriteHead(uc.OC.BW, r, origin.Request{Via: via})
 	expect := body != nil && expectsContinue(r)
-	uc.bw.Write(inline) // an error is Flush's
-	if err := uc.bw.Flush(); err != nil {
+	uc.OC.BW.Write(inline) // an error is Flush's
+	if err := uc.OC.BW.Flush(); err != nil {
 		return upstreamErr(err)
 	}
 	if expect {
 		// Wait a moment for the origin's 100 Continue, or its final
 		// answer without the body (a 401, a 413). net/http's server
 		// sends the client its own 100 when the body is first read.
-		uc.raw.SetReadDeadline(time.Now().Add(expectContinueTimeout))
-		_, err := uc.br.Peek(1)
-		uc.raw.SetReadDeadline(time.Time{})
+		uc.Raw.SetReadDeadline(time.Now().Add(expectContinueTimeout))
+		_, err := uc.OC.BR.Peek(1)
+		uc.Raw.SetReadDeadline(time.Time{})
 		if err != nil && !isTimeout(err) {
 			return upstreamErr(err)
 		}
@@ -302,8 +302,8 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 	if err := copyResponse(w, resp, uc, via); err != nil {
 		return err
 	}
-	keep = !resp.Close && uc.br.Buffered() == 0
-	uc.mustLook = r.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
+	keep = !resp.Close && uc.OC.BR.Buffered() == 0
+	uc.MustLook = r.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
 	return nil
 }
 
@@ -349,16 +349,16 @@ type bodyWriter struct {
 // cannot be read whole from the client, or written whole, closes the
 // connection, so the origin never takes part of a body for all of it.
 func startBody(uc *upConn, r *http.Request, body *countingReader, dl *responseDeadline) *bodyWriter {
-	bw := &bodyWriter{up: uc.raw, done: make(chan struct{})}
+	bw := &bodyWriter{up: uc.Raw, done: make(chan struct{})}
 	go func() {
 		defer close(bw.done)
-		err := origin.WriteBody(uc.bw, r, body)
+		err := origin.WriteBody(uc.OC.BW, r, body)
 		if err == nil {
-			err = uc.bw.Flush()
+			err = uc.OC.BW.Flush()
 		}
 		if err != nil {
 			bw.err = err
-			uc.raw.Close()
+			uc.Raw.Close()
 			return
 		}
 		dl.arm()
@@ -398,7 +398,7 @@ func readHead(w *countingWriter, r *http.Request, uc *upConn, dl *responseDeadli
 	if !continueOnly {
 		defer dl.disarm()
 	}
-	return uc.oc.ReadResponse(r, func(code int, hdr http.Header) error {
+	return uc.OC.ReadResponse(r, func(code int, hdr http.Header) error {
 		if code == http.StatusContinue || !r.ProtoAtLeast(1, 1) {
 			return nil
 		}
@@ -416,7 +416,7 @@ func readHead(w *countingWriter, r *http.Request, uc *upConn, dl *responseDeadli
 func copyResponse(w *countingWriter, resp *http.Response, uc *upConn, via bool) error {
 	err := origin.CopyResponse(w, resp, via)
 	if err != nil {
-		uc.conn.Close() // or Close would read the rest
+		uc.OC.Conn.Close() // or Close would read the rest
 	}
 	resp.Body.Close()
 	return err

@@ -38,6 +38,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/intercept"
+	"github.com/egress-proxy/egress/proxy/origin"
 	"github.com/egress-proxy/egress/proxy/tunnel"
 )
 
@@ -83,11 +84,10 @@ type Proxy struct {
 	tunnels   *tunnel.Group
 	intercept *intercept.Server
 
-	mu         sync.Mutex
-	srvs       []*http.Server
-	shutdown   bool
-	poolPolicy *policy.Policy
-	pools      map[string]*pool // upstream connections by client policy name, for poolPolicy
+	mu       sync.Mutex
+	srvs     []*http.Server
+	shutdown bool
+	pools    origin.Pools[poolKey] // upstream connections by policy and client policy name
 
 	pending accept.InFlight // connections accepted, not yet the Server's or a tunnel's (listener.go)
 }
@@ -149,6 +149,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.shutdown = true
 	srvs := p.srvs
 	p.mu.Unlock()
+	p.pools.Shutdown()
 	var err error
 	for _, s := range srvs {
 		if e := s.Shutdown(ctx); e != nil && err == nil {

@@ -80,7 +80,7 @@ func BenchmarkOriginClientVsTransport(b *testing.B) {
 			c, _, err := p.dial.Dial(ctx, "tcp", ctx.Value(reqKey{}).(policy.Request))
 			return c, err
 		},
-		MaxIdleConnsPerHost: maxIdlePerHost, MaxIdleConns: maxIdlePerPool, IdleConnTimeout: upstreamIdleTimeout,
+		MaxIdleConnsPerHost: origin.MaxIdlePerKey, MaxIdleConns: origin.MaxIdlePerPool, IdleConnTimeout: origin.PoolIdleTimeout,
 		ResponseHeaderTimeout: pol.Timeouts.Response, MaxResponseHeaderBytes: origin.MaxHeaderBytes,
 	}
 	defer tr.CloseIdleConnections()

@@ -32,6 +32,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -76,7 +77,49 @@ type Server struct {
 	Events *eventlog.Sink
 	// Logger receives panics.
 	Logger zerolog.Logger
+
+	// pools keep origin TLS connections between requests, per policy
+	// and clients: entry (origin.Pools, as the forward proxy's): a
+	// client connection holds none while idle, and a new one takes a
+	// connection another finished with instead of a second handshake.
+	pools origin.Pools[originKey]
+
+	sessMu    sync.Mutex
+	sessRoots *x509.CertPool         // the roots sessions was filled under
+	sessions  tls.ClientSessionCache // TLS sessions with origins, for sessRoots
 }
+
+// originKey names everything an origin connection was dialled and
+// verified for: it is reused only for a request that would have dialled
+// the same address and verified the same name against the same roots.
+// The policy and clients: entry are the pool's (Server.pools).
+type originKey struct {
+	ip    netip.Addr // the decided address, dialled
+	port  uint16
+	name  string         // the TLS ServerName verified
+	roots *x509.CertPool // the roots in force (nil: the system's)
+}
+
+// maxSessions bounds the TLS sessions kept for resumption with origins.
+const maxSessions = 1024
+
+// sessionCache returns the TLS session cache for roots: a session
+// resumed skips the chain's verification, so a change of roots
+// (tls.upstream_ca reloaded) starts a new cache.
+func (s *Server) sessionCache(roots *x509.CertPool) tls.ClientSessionCache {
+	s.sessMu.Lock()
+	defer s.sessMu.Unlock()
+	if s.sessions == nil || s.sessRoots != roots {
+		s.sessions, s.sessRoots = tls.NewLRUClientSessionCache(maxSessions), roots
+	}
+	return s.sessions
+}
+
+// CloseIdleConnections closes the origin connections kept between
+// requests. Requests decided under a new policy never reuse one dialled
+// under the old one (each policy has pools of its own); call it after a
+// reload to close the old ones now rather than at the next request.
+func (s *Server) CloseIdleConnections() { s.pools.CloseIdle() }
 
 // Conn is a connection handed over for interception.
 type Conn struct {
@@ -121,7 +164,7 @@ type exchange struct {
 	start time.Time
 	name  string // the name egress's certificate is for: the decided host, or the IP
 	tc    *tls.Conn
-	up    *origin.Conn // nil until needed, or after the origin closed it
+	up    *origin.PoolConn[originKey] // the origin connection, during a request only
 }
 
 func (x *exchange) close() {
@@ -143,9 +186,12 @@ func (x *exchange) serve(ctx context.Context) {
 		return
 	}
 	// The one HTTP/1 request reader (net/http's, with its server's
-	// checks), as every path that decides on requests reads them.
-	rr := peek.NewRequestReader(nil, x.tc, x.s.policy().Limits.MaxHeaderBytes)
-	bw := bufio.NewWriterSize(x.tc, 4<<10)
+	// checks), as every path that decides on requests reads them. Its
+	// buffer and the writer's are held during a request only: between
+	// requests the connection waits with a one-byte read, so that an
+	// idle intercepted connection holds no buffer of its own.
+	var rr *peek.RequestReader
+	var first [1]byte
 	for n := 0; ; n++ {
 		pol := x.s.policy()
 		idle := pol.Timeouts.TunnelIdle
@@ -153,7 +199,13 @@ func (x *exchange) serve(ctx context.Context) {
 			idle = DefaultIdleTimeout
 		}
 		x.tc.SetReadDeadline(time.Now().Add(idle))
-		if _, err := rr.Buffered().Peek(1); err != nil {
+		if rr == nil {
+			k, _ := x.tc.Read(first[:])
+			if k == 0 {
+				return // the client is done, or idle too long
+			}
+			rr = peek.NewRequestReader(first[:k], x.tc, pol.Limits.MaxHeaderBytes)
+		} else if _, err := rr.Buffered().Peek(1); err != nil {
 			return // the client is done, or idle too long
 		}
 		hdr := pol.Timeouts.Header
@@ -165,11 +217,24 @@ func (x *exchange) serve(ctx context.Context) {
 		if n > 0 || id == "" {
 			id = eventlog.NewID()
 		}
-		if !x.request(ctx, pol, id, rr, bw) {
+		bw := writers.Get().(*bufio.Writer)
+		bw.Reset(x.tc)
+		ok := x.request(ctx, pol, id, rr, bw)
+		ok = bw.Flush() == nil && ok
+		bw.Reset(nil)
+		writers.Put(bw)
+		if !ok {
 			return
+		}
+		if rr.Release() {
+			rr = nil
 		}
 	}
 }
+
+// writers are the 4 KiB buffers answers are written with, held by a
+// connection during a request only.
+var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
 
 // policy is the policy in force.
 func (s *Server) policy() *policy.Policy { return s.Policy() }
@@ -343,7 +408,7 @@ func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, r
 		}
 	}
 
-	resp, err := x.roundTrip(ctx, pol, req, bw)
+	resp, err := x.roundTrip(ctx, pol, d.Policy, req, bw)
 	if err != nil {
 		var de *dialer.DeniedError
 		if errors.As(err, &de) {
@@ -360,57 +425,88 @@ func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, r
 	entry := x.entry(id, d, req.Method, URL("https", x.name, x.c.Request.Port, d.Path), injected, err)
 	entry.Duration = time.Since(start)
 	x.s.Events.Record(entry)
-	if err != nil || resp.Close || req.Close {
+	// The origin connection goes back to the pool for the next request
+	// of any client connection with the same decision, or is closed.
+	if err != nil || resp.Close || req.Close || x.up.OC.BR.Buffered() != 0 {
 		x.up.Close()
-		x.up = nil
+	} else {
+		x.up.MustLook = head || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
+		x.up.Put()
 	}
+	x.up = nil
 	return err == nil && !closeAfter && !req.Close
 }
 
 // roundTrip sends req to the origin and reads its answer's head, relaying
-// 1xx answers to the client.
-func (x *exchange) roundTrip(ctx context.Context, pol *policy.Policy, req *http.Request, bw *bufio.Writer) (*http.Response, error) {
-	reused := x.up != nil
-	if x.up == nil {
-		raw := x.c.Upstream
-		x.c.Upstream = nil
-		if raw == nil {
+// 1xx answers to the client. The connection is an idle one from the pool
+// of pol and the clients: entry client, or a new one: dialled through the
+// checking dialer to the decided address (or the one the caller dialled
+// for this client connection), verified for x.name.
+func (x *exchange) roundTrip(ctx context.Context, pol *policy.Policy, client string, req *http.Request, bw *bufio.Writer) (*http.Response, error) {
+	var roots *x509.CertPool
+	if x.s.Roots != nil {
+		roots = x.s.Roots()
+	}
+	key := originKey{ip: x.c.Decision.IP, port: x.c.Request.Port, name: x.name, roots: roots}
+	pl := x.s.pools.For(pol, x.s.policy(), client)
+	retry := replayable(req)
+	for {
+		x.up = pl.Get(key, retry)
+		if x.up != nil {
+			if x.c.Upstream != nil {
+				// Dialled by the caller for the decision; not needed.
+				x.c.Upstream.Close()
+				x.c.Upstream = nil
+			}
+		} else {
 			var err error
-			r := x.c.Request
-			r.IP = x.c.Decision.IP
-			if raw, _, err = x.s.dialer().Dial(ctx, "tcp", r); err != nil {
+			if x.up, err = x.dialOrigin(ctx, pl, key); err != nil {
 				return nil, err
 			}
 		}
-		var roots *x509.CertPool
-		if x.s.Roots != nil {
-			roots = x.s.Roots()
+		resp, err := x.exchangeOnce(pol, req, bw)
+		if err != nil && x.up.Reused && !x.up.OC.Got() && retry {
+			// The origin closed the kept-alive connection while it was
+			// idle: nothing was read, so a request without a body may
+			// go again on another one.
+			x.up.Close()
+			x.up = nil
+			continue
 		}
-		tc := tls.Client(raw, &tls.Config{
-			ServerName: x.name,
-			RootCAs:    roots,
-			NextProtos: []string{"http/1.1"},
-			MinVersion: tls.VersionTLS12,
-		})
-		hctx, cancel := context.WithTimeout(ctx, DefaultHandshakeTimeout)
-		err := tc.HandshakeContext(hctx)
-		cancel()
-		if err != nil {
-			tc.Close()
-			return nil, fmt.Errorf("TLS handshake with %s: %w", x.name, err)
+		return resp, err
+	}
+}
+
+// dialOrigin makes a new origin connection for key: the caller's socket
+// if it is still unused, else one dialled through the checking dialer to
+// the decided address; then the TLS handshake, verified against key's
+// roots for key's name, resuming a session when it can.
+func (x *exchange) dialOrigin(ctx context.Context, pl *origin.Pool[originKey], key originKey) (*origin.PoolConn[originKey], error) {
+	raw := x.c.Upstream
+	x.c.Upstream = nil
+	if raw == nil {
+		var err error
+		r := x.c.Request
+		r.IP = key.ip
+		if raw, _, err = x.s.dialer().Dial(ctx, "tcp", r); err != nil {
+			return nil, err
 		}
-		x.up = origin.NewConn(tc)
 	}
-	resp, err := x.exchangeOnce(pol, req, bw)
-	if err != nil && x.up != nil && !x.up.Got() && reused && replayable(req) {
-		// The origin closed the kept-alive connection while it was
-		// idle: nothing was read, so a request without a body may go
-		// again on a new one.
-		x.up.Close()
-		x.up = nil
-		return x.roundTrip(ctx, pol, req, bw)
+	tc := tls.Client(raw, &tls.Config{
+		ServerName:         key.name,
+		RootCAs:            key.roots,
+		NextProtos:         []string{"http/1.1"},
+		MinVersion:         tls.VersionTLS12,
+		ClientSessionCache: x.s.sessionCache(key.roots),
+	})
+	hctx, cancel := context.WithTimeout(ctx, DefaultHandshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("TLS handshake with %s: %w", key.name, err)
 	}
-	return resp, err
+	return origin.NewPoolConn(pl, key, origin.NewConn(tc), raw, key.ip), nil
 }
 
 // replayable reports a request that may be sent again: idempotent, no
@@ -425,7 +521,7 @@ func replayable(r *http.Request) bool {
 
 // exchangeOnce writes req on x.up and reads the answer's head.
 func (x *exchange) exchangeOnce(pol *policy.Policy, req *http.Request, bw *bufio.Writer) (*http.Response, error) {
-	up := x.up
+	up := x.up.OC
 	up.ResetGot()
 	up.SetWriteDeadline(time.Now().Add(DefaultResponseTimeout))
 	origin.WriteHead(up.BW, req, origin.Request{Via: pol.Listen.Via})

@@ -6,9 +6,12 @@
 // and the transparent listener's plain-HTTP gate, which must know whether
 // an origin really switched protocols.
 //
-// It dials nothing and keeps no pool: connections come from the caller
-// (dialled through the checking dialer), so that the decision on the
-// address stays with the caller. It lives outside proxy/httpproxy so that
+// It dials nothing: connections come from the caller (dialled through
+// the checking dialer), so that the decision on the address stays with
+// the caller. It keeps them between requests (pool.go): the one pool of
+// origin connections, for the forward proxy's plain-HTTP requests and
+// interception's origin TLS connections, one pool per policy and
+// clients: entry, keyed by what the caller dialled and verified. It lives outside proxy/httpproxy so that
 // proxy/transparent can use it without importing the forward proxy.
 //
 // Why not net/http's Transport: it owns dialling and pooling (a pool per

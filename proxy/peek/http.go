@@ -39,7 +39,27 @@ func NewRequestReader(head []byte, c io.Reader, max int) *RequestReader {
 		r = io.MultiReader(bytes.NewReader(head), c)
 	}
 	lim := &headLimit{r: r, n: -1}
-	return &RequestReader{lim: lim, br: bufio.NewReaderSize(lim, 4<<10), max: int64(max)}
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(lim)
+	return &RequestReader{lim: lim, br: br, max: int64(max)}
+}
+
+// readers are the 4 KiB buffers of RequestReaders, given back by Release.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+
+// Release gives rr's buffer back for another reader when it holds
+// nothing past the last request read (whose body must have been read
+// whole), and reports whether it did: rr is then unusable, and a
+// connection idle between requests holds no buffer (issue 20); the next
+// request is read with a new RequestReader.
+func (rr *RequestReader) Release() bool {
+	if rr.br.Buffered() != 0 {
+		return false
+	}
+	rr.br.Reset(nil)
+	readers.Put(rr.br)
+	rr.br = nil
+	return true
 }
 
 // Buffered is what the reader holds past the last request read: the
