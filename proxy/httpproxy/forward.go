@@ -101,6 +101,9 @@ func (p *Proxy) serveForward(w http.ResponseWriter, r *http.Request) {
 	}
 	fw.dec = dec
 	fw.pol, fw.clientPolicy = pol, dec.Policy
+	// An h2c upgrade would switch to HTTP/2, whose frames could name
+	// other hosts on the same origin: it goes up as HTTP/1.1.
+	origin.StripH2C(r.Header)
 	if isUpgrade(r) {
 		p.serveUpgrade(w, r, fw, entry, pol) // a WebSocket handshake: becomes a tunnel
 		return

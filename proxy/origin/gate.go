@@ -127,6 +127,7 @@ func (g *gate) requests() {
 				return
 			}
 		}
+		StripH2C(req.Header) // HTTP/2 after a 101 would leave the gate
 		ex := exchange{req: req}
 		if asksToSwitch(req) {
 			ex.switched = make(chan bool, 1)

@@ -154,6 +154,10 @@ func (c *Conn) ReadResponse(req *http.Request, info Informational, stopAt100 boo
 		switch {
 		case code < 100 || code > 999:
 			return nil, StatusError{code}
+		case code == http.StatusSwitchingProtocols && HeaderHasToken(resp.Header, "Upgrade", "h2c"):
+			// egress never asks for h2c (StripH2C): HTTP/2 frames it
+			// does not read would follow.
+			return nil, ErrUnasked101
 		case code == http.StatusSwitchingProtocols && (upgrade || req.Method == http.MethodConnect):
 			return resp, nil
 		case code == http.StatusSwitchingProtocols:
@@ -176,6 +180,59 @@ func (c *Conn) ReadResponse(req *http.Request, info Informational, stopAt100 boo
 // as a WebSocket handshake does.
 func IsUpgrade(r *http.Request) bool {
 	return r.Header.Get("Upgrade") != "" && HeaderHasToken(r.Header, "Connection", "upgrade")
+}
+
+// StripH2C removes an h2c upgrade (RFC 7540 §3.2) from a request's
+// header h, in place, and reports whether there was one: the h2c token
+// from Upgrade (the header gone when no token is left, and with it the
+// "upgrade" token of Connection) and HTTP2-Settings (and its Connection
+// token). Every path that decides HTTP/1 requests one at a time calls it
+// before a request goes up (the gate, the forward proxy): after a 101 to
+// h2c the connection carries HTTP/2 frames, whose :authority egress does
+// not read, so they could name any host the origin serves; this is the
+// rule of the HTTP/2 preface (http2_prior_knowledge). Stripped rather
+// than refused: the upgrade is an offer the origin may ignore, so an
+// h2c-capable origin (Go's h2c, Apache mod_http2, Envoy) answers the
+// request itself in HTTP/1.1 and the client (curl --http2, Go's h2c
+// transport) goes on in HTTP/1.1: nothing that works stops working,
+// where the preface, with no HTTP/1 answer, can only be refused.
+func StripH2C(h http.Header) bool {
+	if !HeaderHasToken(h, "Upgrade", "h2c") && h["Http2-Settings"] == nil {
+		return false
+	}
+	upgrade := keepTokens(h["Upgrade"], func(t string) bool { return !strings.EqualFold(t, "h2c") })
+	if upgrade == nil {
+		delete(h, "Upgrade")
+	} else {
+		h["Upgrade"] = upgrade
+	}
+	delete(h, "Http2-Settings")
+	conn := keepTokens(h["Connection"], func(t string) bool {
+		return !strings.EqualFold(t, "http2-settings") && (upgrade != nil || !strings.EqualFold(t, "upgrade"))
+	})
+	if conn == nil {
+		delete(h, "Connection")
+	} else {
+		h["Connection"] = conn
+	}
+	return true
+}
+
+// keepTokens returns the tokens of the comma-separated list values vs
+// that keep accepts, as one value, or nil when none is left.
+func keepTokens(vs []string, keep func(string) bool) []string {
+	var kept []string
+	for _, v := range vs {
+		for t := range strings.SplitSeq(v, ",") {
+			if t = strings.TrimSpace(t); t != "" && keep(t) {
+				kept = append(kept, t)
+			}
+		}
+	}
+	if kept == nil {
+		return nil
+	}
+	return []string{strings.Join(kept, ", ")}
 }
 
 // HeaderHasToken reports whether a comma-separated list header has token.
