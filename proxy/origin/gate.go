@@ -20,7 +20,9 @@ import (
 // decided on; responses are read with the origin client (header cap, 1xx,
 // status checks). The gate is left, and bytes copied raw, only when the
 // origin really switched protocols: it answered a request asking to
-// upgrade with 101, or a CONNECT with 2xx. A request that cannot be read,
+// upgrade with 101, or a CONNECT with 2xx; an h2c upgrade offer is
+// removed from every request first (StripH2C), since HTTP/2 frames are
+// not read here. A request that cannot be read,
 // or that Allow refuses, ends the connection.
 //
 // Client and Upstream are the two ends proxy/tunnel copies between: they
