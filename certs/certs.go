@@ -146,6 +146,24 @@ func ParseCert(data []byte) (*x509.Certificate, error) {
 	}
 }
 
+// CertificatePEM returns the CERTIFICATE blocks of PEM data, re-encoded,
+// and nothing else: no private key, no other block, no text between
+// blocks. Used where a file a user named is copied somewhere others can
+// read (the CA bundle of egress run).
+func CertificatePEM(data []byte) []byte {
+	var out []byte
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return out
+		}
+		if b.Type == "CERTIFICATE" {
+			out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: b.Bytes})...)
+		}
+	}
+}
+
 // ParseKey reads a private key: PKCS#8, SEC 1 (EC) or PKCS#1 (RSA) PEM.
 func ParseKey(data []byte) (crypto.Signer, error) {
 	for {

@@ -147,7 +147,10 @@ const (
 	ReasonNoRequestRuleMatched Reason = "no_request_rule_matched"
 	// ReasonInvalidPath: the path is refused by NormalizePath.
 	ReasonInvalidPath Reason = "invalid_path"
-	// ReasonInvalidMethod: the method is not an HTTP token.
+	// ReasonInvalidMethod: the method is not an upper-case HTTP token
+	// (some frameworks upper-case "post", which an exact match would
+	// not), or it is TRACE or CONNECT to a destination whose deciding
+	// rule injects a header (the origin would echo the value back).
 	ReasonInvalidMethod Reason = "invalid_method"
 )
 
@@ -488,6 +491,11 @@ func (rs *ruleset) decideRequest(d *Decision, r Request, denies []crule) {
 		deny(ReasonInvalidMethod, d.Rule, nil, "")
 		return
 	}
+	if strings.ToUpper(r.Method) != r.Method {
+		d.Path = r.Path
+		deny(ReasonInvalidMethod, d.Rule, nil, "send "+strings.ToUpper(r.Method)+": methods are upper case on intercepted destinations, as some servers read "+r.Method+" as "+strings.ToUpper(r.Method)+" and request rules match exactly")
+		return
+	}
 	p, err := NormalizePath(r.Path)
 	if err != nil {
 		d.Path = r.Path
@@ -522,12 +530,22 @@ func (rs *ruleset) decideRequest(d *Decision, r Request, denies []crule) {
 	switch {
 	case best != nil && best.Rule.Action == Deny:
 		deny(ReasonRequestDenied, best.Rule, best, "remove or narrow the request rule at "+best.Location())
+	case best != nil && allow != nil && len(allow.Inject) > 0 && echoesRequest(r.Method):
+		deny(ReasonInvalidMethod, allow, nil, r.Method+" is refused where the rule at "+allow.Location()+" injects a header: the origin would echo the request, injected value included, back to the client")
 	case best != nil:
 		d.Reason, d.RequestRule = ReasonAllowedByRule, best
 		d.Inject = allow.Inject
 	case allow != nil && len(allow.HTTP) > 0:
 		deny(ReasonNoRequestRuleMatched, allow, nil, "add under http: of the rule at "+allow.Location()+": "+RequestHint(r.Method, p))
 	}
+}
+
+// echoesRequest reports whether a method makes the origin send the
+// request back (TRACE), or is not a request to the origin at all
+// (CONNECT inside an intercepted connection): neither may carry an
+// injected header.
+func echoesRequest(method string) bool {
+	return method == "TRACE" || method == "CONNECT"
 }
 
 // score is how well rr matches a request: -1 if it does not; else the
@@ -690,6 +708,14 @@ func (p *Policy) lintHTTP() []Diagnostic {
 		for _, rr := range r.HTTP {
 			if first == nil {
 				first = rr
+			}
+			if r.Action == Deny {
+				for _, pat := range rr.Paths {
+					if !strings.Contains(pat, "*") {
+						warn(rr.File, rr.Line, rr.Column, "deny path "+pat+" is exact: another spelling of the same route, such as a trailing slash, is not matched, and Express or Django serve /x/ as /x; deny "+strings.TrimSuffix(pat, "/")+"/** as well, or allow the paths you mean rather than deny the ones you fear")
+						break
+					}
+				}
 			}
 			if r.Action == Allow && len(rr.Methods) == 0 && slices.Contains(rr.Paths, "/**") {
 				warn(rr.File, rr.Line, rr.Column, "this request rule allows every method and path: the rule's requests are decided one by one for nothing; list methods and paths, or remove http: to tunnel")

@@ -81,7 +81,7 @@ func TestDecideRequest(t *testing.T) {
 		{"a star does not match two segments", "api.vendor.example", "", 443, "GET", "/v1/status/db/x", Deny, ReasonNoRequestRuleMatched, "", false},
 		{"a method the rule does not name is refused", "api.vendor.example", "", 443, "POST", "/v1/license", Deny, ReasonNoRequestRuleMatched, "", false},
 		{"HEAD is not implied by GET", "api.vendor.example", "", 443, "HEAD", "/v1/license", Deny, ReasonNoRequestRuleMatched, "", false},
-		{"methods match exactly, case included", "api.vendor.example", "", 443, "get", "/v1/license", Deny, ReasonNoRequestRuleMatched, "", false},
+		{"a lower-case method is refused, as some servers upper-case it", "api.vendor.example", "", 443, "get", "/v1/license", Deny, ReasonInvalidMethod, "", false},
 		{"a path no rule lists is refused", "api.vendor.example", "", 443, "GET", "/v1/admin", Deny, ReasonNoRequestRuleMatched, "", false},
 		{"a trailing slash is significant", "api.vendor.example", "", 443, "GET", "/v1/license/", Deny, ReasonNoRequestRuleMatched, "", false},
 		{"dot segments are removed before matching", "api.vendor.example", "", 443, "GET", "/v1/status/../license", Allow, ReasonAllowedByRule, "p.yaml:10", true},

@@ -10,16 +10,20 @@ import (
 // Request paths are matched, and forwarded, in one normal form, so that a
 // rule means the same thing to egress and to the origin (issue 20):
 //
-//   - percent-encoding of unreserved characters (RFC 3986 §2.3) is decoded,
-//     other percent-encoding is kept with upper-case hex (§6.2.2.1), and a
+//   - percent-encoding of every character a path segment may carry raw
+//     (pchar, RFC 3986 §3.3: unreserved, sub-delims, ':' and '@') is
+//     decoded, as Go's ServeMux and most frameworks decode it ("1%3Apurge"
+//     is "1:purge"); other percent-encoding ('%', '?', '#', a space, a
+//     UTF-8 byte, ...) is kept with upper-case hex (§6.2.2.1), and a
 //     character a path may not carry raw (a space, '|', a UTF-8 byte) is
 //     percent-encoded;
 //   - dot segments are removed (§5.2.4) and repeated slashes folded;
 //   - a path whose meaning differs between servers is refused, not
 //     normalised: an encoded '/' (%2F), '\' (%5C) or NUL (%00), a raw
-//     backslash, invalid UTF-8 once decoded, a control character, and a
-//     dot segment carrying ';' parameters ("..;/admin" is ".." to Tomcat
-//     and a name to others).
+//     backslash, invalid UTF-8 once decoded, a control character, and any
+//     ';' (raw or encoded as %3B): Tomcat, Jetty and Spring strip ";x"
+//     path parameters ("/admin;x/y" is "/admin/y", "..;/admin" is ".."),
+//     other servers read them as part of the name.
 //
 // The query string is never part of the path: a '?' or '#' in the input
 // is refused (callers pass the path alone).
@@ -38,7 +42,7 @@ var (
 	ErrPathUTF8       = errors.New("the path is not UTF-8 once decoded")
 	ErrPathControl    = errors.New("the path holds a control character")
 	ErrPathQuery      = errors.New("the path holds ? or #: pass the path without its query")
-	ErrPathDotParams  = errors.New("the path holds a dot segment with ; parameters (..;), which servers read differently")
+	ErrPathParams     = errors.New("the path holds a ; (path parameters such as /admin;x), which servers read differently")
 )
 
 // NormalizePath returns the normal form of a request path (the path of
@@ -75,7 +79,9 @@ func NormalizePath(p string) (string, error) {
 				return "", ErrPathEncodedSep
 			case v < 0x20 || v == 0x7f:
 				return "", ErrPathControl
-			case isUnreserved(v):
+			case v == ';':
+				return "", ErrPathParams
+			case isPathChar(v):
 				b.WriteByte(v)
 			default:
 				writeEscape(&b, v)
@@ -85,6 +91,8 @@ func NormalizePath(p string) (string, error) {
 			return "", ErrPathBackslash
 		case c == '?' || c == '#':
 			return "", ErrPathQuery
+		case c == ';':
+			return "", ErrPathParams
 		case c < 0x20 || c == 0x7f:
 			return "", ErrPathControl
 		case c == '/' || isPathChar(c):
@@ -109,9 +117,6 @@ func removeDots(p string) (string, error) {
 	trailing := false
 	for i, s := range segs {
 		last := i == len(segs)-1
-		if head, _, params := strings.Cut(s, ";"); params && (head == "." || head == "..") {
-			return "", ErrPathDotParams
-		}
 		switch s {
 		case "":
 			trailing = last
@@ -139,9 +144,8 @@ func removeDots(p string) (string, error) {
 	return b.String(), nil
 }
 
-// isPlainPath reports whether p needs no rewriting: unreserved and
-// sub-delim characters only, no "//", and no segment that starts with a
-// dot.
+// isPlainPath reports whether p needs no rewriting: pchar characters
+// other than ';' only, no "//", and no segment that starts with a dot.
 func isPlainPath(p string) bool {
 	for i := 0; i < len(p); i++ {
 		c := p[i]
@@ -150,7 +154,7 @@ func isPlainPath(p string) bool {
 			if i+1 < len(p) && (p[i+1] == '/' || p[i+1] == '.') {
 				return false
 			}
-		case c == '%':
+		case c == '%' || c == ';':
 			return false
 		case !isPathChar(c):
 			return false

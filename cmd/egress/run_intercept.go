@@ -88,11 +88,10 @@ func setupRunInterception(pol *policy.Policy, env []string) (*runInterception, [
 			return
 		}
 		seen = append(seen, file)
+		// Only its certificates: the bundle is world-readable, and a
+		// variable may name any file (a key, a secret).
 		if data, err := os.ReadFile(file); err == nil {
-			b.Write(data)
-			if len(data) > 0 && data[len(data)-1] != '\n' {
-				b.WriteByte('\n')
-			}
+			b.Write(certs.CertificatePEM(data))
 		}
 	}
 	for _, f := range systemBundles {
@@ -105,7 +104,7 @@ func setupRunInterception(pol *policy.Policy, env []string) (*runInterception, [
 		// A bundle the user set is merged, not replaced.
 		add(envValue(env, v))
 	}
-	b.Write(caPEM)
+	b.Write(certs.CertificatePEM(caPEM))
 	dir, err := os.MkdirTemp("", "egress-run-ca-")
 	if err != nil {
 		return nil, nil, err

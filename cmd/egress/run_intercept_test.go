@@ -254,3 +254,42 @@ func TestSetupRunInterception(t *testing.T) {
 		t.Errorf("%d certificates in the bundle: the system roots are missing", n)
 	}
 }
+
+// The bundle CMD reads is world-readable: of the files the CA variables
+// name, only the certificates are copied into it, never a secret or a
+// key that a variable happens to point at.
+func TestRunInterceptionBundleCopiesOnlyCertificates(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "token")
+	os.WriteFile(secret, []byte("sk-live-not-a-certificate-42\n"), 0o600)
+	_, userPEM, keyPEM, err := certs.Create(certs.Options{CommonName: "the user's own CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mixed := filepath.Join(dir, "mixed.pem")
+	os.WriteFile(mixed, append(append([]byte("note: sk-in-between-text\n"), userPEM...), keyPEM...), 0o600)
+	config := filepath.Join(dir, "policy.yaml")
+	os.WriteFile(config, []byte("version: 1\ndefault: deny\nallow:\n  - host: api.vendor.test\n    http:\n      - paths: [\"/v1/**\"]\n"), 0o644)
+	var errs bytes.Buffer
+	pol, ok := loadRunPolicy(config, nil, &errs)
+	if !ok {
+		t.Fatalf("policy refused: %s", errs.String())
+	}
+	ri, env, err := setupRunInterception(pol, []string{"PATH=/bin", "REQUESTS_CA_BUNDLE=" + secret, "CURL_CA_BUNDLE=" + mixed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ri.close()
+	data, err := os.ReadFile(envValue(env, "SSL_CERT_FILE"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, leak := range []string{"sk-live-not-a-certificate-42", "sk-in-between-text", "PRIVATE KEY"} {
+		if bytes.Contains(data, []byte(leak)) {
+			t.Errorf("the world-readable bundle holds %q from a file a CA variable named", leak)
+		}
+	}
+	if !bytes.Contains(data, bytes.TrimSpace(userPEM)) {
+		t.Error("the certificate of the user's bundle was dropped")
+	}
+}
