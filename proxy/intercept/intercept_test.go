@@ -52,7 +52,7 @@ allow:
   - host: api.vendor.test
     ports: [%[1]d, %[2]d]
     http:
-      - methods: [GET]
+      - methods: [GET, TRACE]
         paths: ["/v1/license", "/v1/status/*"]
       - methods: [POST]
         paths: ["/v1/telemetry"]
@@ -356,6 +356,10 @@ func TestRequests(t *testing.T) {
 		{"an encoded slash is refused", "GET", "/v1%2Flicense", 403, policy.ReasonInvalidPath, ""},
 		{"a backslash escape is refused", "GET", "/v1/status/x%5C..%5Cadmin", 403, policy.ReasonInvalidPath, ""},
 		{"a dot segment with parameters is refused", "GET", "/v1/status/..;/admin/x", 403, policy.ReasonInvalidPath, ""},
+		{"parameters on an ordinary segment are refused", "GET", "/v1/admin;x/users", 403, policy.ReasonInvalidPath, ""},
+		{"an encoded colon is decoded and forwarded decoded", "GET", "/v1/status/eu%3Awest%40x", 200, policy.ReasonAllowedByRule, "/v1/status/eu:west@x"},
+		{"a lower-case method is refused", "get", "/v1/license", 403, policy.ReasonInvalidMethod, ""},
+		{"TRACE is refused where the rule injects, though a rule names it", "TRACE", "/v1/license", 403, policy.ReasonInvalidMethod, ""},
 		{"a dot segment that climbs to a allowed path is forwarded normalised", "GET", "/v1/admin/../license", 200, policy.ReasonAllowedByRule, "/v1/license"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
