@@ -65,6 +65,18 @@ func TestSecurityANameInAClientHelloOnAnAddressInterceptedConnectionIsDecidedOnT
 		}
 	})
 
+	t.Run("a name whose requests another rule decides is refused", func(t *testing.T) {
+		f := newFixture(t)
+		f.load(t, strings.Replace(cidrPolicy(f.tlsPort), "allow:\n", "allow:\n  - host: other.test\n    http:\n      - paths: [\"/public/**\"]\n", 1))
+		if _, err := f.tunnel(t, "127.0.0.1", f.tlsPort, &tls.Config{RootCAs: f.caPool, ServerName: "other.test"}); err == nil {
+			t.Fatal("other.test, whose requests its own rule decides, was served under the address's rule")
+		}
+		e := f.logs.entryWith(t, string(policy.ReasonSNIMismatch))
+		if hint, _ := e["hint"].(string); !strings.Contains(hint, "CONNECT to other.test itself") {
+			t.Errorf("hint %q", hint)
+		}
+	})
+
 	t.Run("a name allowed on the address is served", func(t *testing.T) {
 		f := newFixture(t)
 		f.load(t, cidrPolicy(f.tlsPort))
