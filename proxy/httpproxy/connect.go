@@ -357,25 +357,11 @@ func sniCheck(pol *policy.Policy, req policy.Request, dec policy.Decision) func(
 		if !f.TLS || name == "" {
 			return nil
 		}
-		n, _, err := policy.NormalizeHost(name)
-		if err == nil && n == dec.Host {
+		d, ok := intercept.NameOnAddress(pol, req, dec, name)
+		if ok {
 			return nil
 		}
-		d := pol.Decide(policy.Request{Host: name, IP: dec.IP, Port: req.Port, Client: req.Client, User: req.User})
-		if d.Allowed() && err == nil && !d.Intercept {
-			return nil
-		}
-		why := d.Reason
-		d.Verdict, d.Audit, d.Reason = policy.Deny, false, ReasonSNIMismatch
-		if d.Host == "" {
-			d.Host = name
-		}
-		d.Hint = fmt.Sprintf("the tunnel to %s carries a TLS ClientHello for %s, which the policy refuses there (%s)", targetString(req.Host, req.Port), name, why)
-		if d.Intercept {
-			// Its requests are decided one by one (http:): a tunnel
-			// opened for another name must not carry them undecided.
-			d.Hint = fmt.Sprintf("the tunnel to %s carries a TLS ClientHello for %s, whose requests egress decides (http:): CONNECT to %s itself", targetString(req.Host, req.Port), name, name)
-		}
+		d.Hint = fmt.Sprintf("the tunnel to %s carries a TLS ClientHello for %s: %s", targetString(req.Host, req.Port), name, d.Hint)
 		return &d
 	}
 }

@@ -265,8 +265,15 @@ func (x *exchange) handshake() bool {
 			if sni := h.ServerName; sni != "" {
 				n, _, err := policy.NormalizeHost(sni)
 				if err == nil && d.Host == "" {
-					// Decided on the address (a cidr rule): the
-					// certificate names what the client asked for,
+					// Decided on the address (a cidr rule): the name is
+					// decided on that address as a CONNECT tunnel's is,
+					// before any certificate is made for it.
+					if nd, ok := NameOnAddress(x.s.policy(), x.c.Request, d, sni); !ok {
+						nd.Hint = fmt.Sprintf("the connection to %s carries a TLS ClientHello for %s: %s", d.IP, sni, nd.Hint)
+						refused = &nd
+						return nil, errors.New("server name refused on the connection's address")
+					}
+					// The certificate names what the client asked for,
 					// and its requests must name it too.
 					x.name = n
 				}
@@ -318,6 +325,39 @@ func (x *exchange) handshake() bool {
 		return false
 	}
 	return true
+}
+
+// NameOnAddress decides name, the server name of a TLS ClientHello on a
+// connection opened for req and allowed by dec, on the address dialled
+// (dec.IP): the one check of a ClientHello's name against its connection,
+// for CONNECT tunnels (proxy/httpproxy) and connections intercepted on an
+// address (a cidr rule with http:). The name passes when it is the
+// connection's, or when the policy allows it on that address and its
+// requests are not decided by another rule's http: (they would go
+// undecided, or be decided by the address's rule). Otherwise it returns
+// the refusal (policy.ReasonSNIMismatch, the name's own reason in its
+// hint) and false. A name that is no host name is refused.
+func NameOnAddress(pol *policy.Policy, req policy.Request, dec policy.Decision, name string) (policy.Decision, bool) {
+	n, _, err := policy.NormalizeHost(name)
+	if err == nil && n == dec.Host {
+		return dec, true
+	}
+	d := pol.Decide(policy.Request{Host: name, IP: dec.IP, Port: req.Port, Client: req.Client, User: req.User})
+	if d.Allowed() && err == nil && (!d.Intercept || dec.Intercept && d.Rule == dec.Rule) {
+		return d, true
+	}
+	why := d.Reason
+	d.Verdict, d.Audit, d.Reason = policy.Deny, false, policy.ReasonSNIMismatch
+	if d.Host == "" {
+		d.Host = name
+	}
+	d.Hint = fmt.Sprintf("the policy refuses %s there (%s)", name, why)
+	if d.Intercept {
+		// Its requests are decided one by one (http:): a connection
+		// opened for another destination must not carry them.
+		d.Hint = fmt.Sprintf("egress decides the requests of %s (http:): CONNECT to %s itself", name, name)
+	}
+	return d, false
 }
 
 // rejectedCertificate reports whether a handshake failed on the client's
