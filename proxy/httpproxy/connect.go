@@ -147,6 +147,12 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 	}
 	var gate *origin.Gate
 	var client net.Conn = cc
+	unreadable := func(err error) policy.Decision {
+		d := dec
+		d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonHTTPUnreadable
+		d.Hint = fmt.Sprintf("egress decides only on requests it can read: %v", err)
+		return d
+	}
 	_, source, lineDone := peek.From(head)
 	if source == peek.SourceHTTP && !lineDone && len(head) < 16<<10 {
 		// What may become an HTTP request line but has not yet: sent
@@ -159,12 +165,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 				// method and path: refused below.
 				source = peek.SourceNone
 			} else {
-				client = peek.GuardFirstLine(cc, head, func(err error) {
-					d := dec
-					d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonHTTPUnreadable
-					d.Hint = fmt.Sprintf("egress decides only on requests it can read: %v", err)
-					t.Refuse(d)
-				})
+				client = peek.GuardFirstLine(cc, head, func(err error) { t.Refuse(unreadable(err)) })
 			}
 			source = peek.SourceNone
 		}
@@ -180,6 +181,10 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		p.endSetup(cc, up, entry, rq.start, 0, nil)
 		return
 	case len(head) == 0:
+		// The origin spoke first: the client's first bytes, whenever
+		// they come, are decided in the tunnel before any goes up, as on
+		// the transparent path.
+		client = t.InspectLate(cc, check, unreadable)
 	case source == peek.SourceHTTP:
 		// Plaintext HTTP in the tunnel (a CONNECT to port 80): every
 		// request, this first one included, is read with net/http's

@@ -104,7 +104,7 @@ func From(b []byte) (name, source string, done bool) {
 		}
 		return "", SourceNone, err != errIncomplete
 	}
-	if isTokenByte(b[0]) || b[0] == '\r' || b[0] == '\n' {
+	if isTokenByte(b[0]) || isLineSpace(b[0]) || b[0] == '\n' {
 		return httpStart(b)
 	}
 	return "", SourceNone, true
@@ -161,10 +161,15 @@ func (r *reader) skipVec(lenBytes int) bool {
 	return ok
 }
 
-// httpStart tells whether b, which starts with a token byte, is the start
-// of an HTTP/1 request as net/http's server reads one (RFC 9112 §3: method
-// SP request-target SP HTTP-version, the line ending in LF with or
-// without CR). done is false while the first line could still become one.
+// httpStart tells whether b is the start of an HTTP/1 request as any
+// origin might read one. net/http's server wants method SP
+// request-target SP HTTP-version (RFC 9112 §3), but nginx and python's
+// http.server also take several spaces, tabs, leading whitespace and a
+// space inside the target: so, failing closed, a first line (ending in
+// LF, with or without CR) counts as a request line when, after any
+// whitespace, its first word is a token (a method) and its last word
+// starts with "HTTP/" in any case; RequestReader then reads it, or
+// refuses it. done is false while the first line could still become one.
 func httpStart(b []byte) (name, source string, done bool) {
 	// Empty lines before a request line are skipped (RFC 9112 §2.2;
 	// nginx does), so they may come before one.
@@ -174,28 +179,53 @@ func httpStart(b []byte) (name, source string, done bool) {
 	}
 	line, complete := b, false
 	if eol := bytes.IndexByte(b, '\n'); eol >= 0 {
-		line, complete = bytes.TrimSuffix(b[:eol], []byte("\r")), true
+		line, complete = b[:eol], true
 	}
-	method, rest, ok1 := bytes.Cut(line, []byte(" "))
-	if !allToken(method) || len(method) == 0 && ok1 {
+	// The first word: a method is all token bytes.
+	i := 0
+	for i < len(line) && isLineSpace(line[i]) {
+		i++
+	}
+	j := i
+	for j < len(line) && !isLineSpace(line[j]) {
+		j++
+	}
+	if !allToken(line[i:j]) {
 		return "", SourceNone, true
 	}
 	if !complete {
-		if !ok1 && len(line) > 32 {
-			return "", SourceNone, true // no method is this long
-		}
 		return "", SourceHTTP, false
 	}
-	target, proto, ok2 := bytes.Cut(rest, []byte(" "))
+	// The last word, after the first.
+	k := len(line)
+	for k > j && isLineSpace(line[k-1]) {
+		k--
+	}
+	l := k
+	for l > j && !isLineSpace(line[l-1]) {
+		l--
+	}
+	last := line[l:k]
 	switch {
-	case !ok1 || !ok2:
-		return "", SourceNone, true
-	case string(method) == "PRI" && string(target) == "*" && string(proto) == "HTTP/2.0":
+	case i == j || len(last) == 0:
+		return "", SourceNone, true // fewer than two words
+	case string(bytes.TrimSuffix(line, []byte("\r"))) == "PRI * HTTP/2.0":
 		return "", SourceHTTP2, true
-	case bytes.HasPrefix(proto, []byte("HTTP/")):
+	case len(last) >= 5 && strings.EqualFold(string(last[:5]), "HTTP/"):
 		return "", SourceHTTP, true
 	}
 	return "", SourceNone, true
+}
+
+// isLineSpace reports whether c separates the words of a request line
+// for some origin: SP and HTAB (nginx), CR, VT, FF, and what else
+// python's str.split takes for whitespace in a line read as Latin-1.
+func isLineSpace(c byte) bool {
+	switch c {
+	case ' ', '\t', '\r', '\v', '\f', 0x1c, 0x1d, 0x1e, 0x1f, 0x85, 0xa0:
+		return true
+	}
+	return false
 }
 
 // stripPort removes a ":port" from a Host value, and the brackets of an

@@ -403,7 +403,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 	}
 	if len(op.head) == 0 && op.requests == nil {
 		// Nothing from the client yet, and an origin that spoke first.
-		t.Inspect = s.lateInspect(dst, client)
+		cside = t.InspectLate(cside, s.lateInspect(dst, client), func(err error) policy.Decision { return unreadable(pol, dst, err) })
 	}
 	t.Entry, t.Began, t.Idle, t.HalfClose, t.Up = c.entry, c.start, pol.Timeouts.TunnelIdle, pol.Timeouts.HalfClose, int64(len(op.head))
 	t.Request = req
@@ -552,7 +552,8 @@ func readFirstBytes(cc net.Conn, timeout time.Duration) []byte {
 // first (a server-speaks-first protocol: SMTP, MySQL), on a connection
 // let through on its address (dst): whenever they come, before any goes
 // up, a TLS ClientHello (a client that starts TLS after the greeting) is
-// read whole and its name decided on as if it had come first.
+// read whole and its name decided on as if it had come first. An HTTP
+// request line is refused by the guard tunnel.InspectLate puts around it.
 func (s *Server) lateInspect(dst netip.AddrPort, client netip.Addr) func(peek.First) *policy.Decision {
 	return func(f peek.First) *policy.Decision {
 		pol := s.Policy()
@@ -560,17 +561,6 @@ func (s *Server) lateInspect(dst netip.AddrPort, client netip.Addr) func(peek.Fi
 			return d
 		}
 		name := f.Hello.Name
-		if !f.TLS {
-			// Plain HTTP is gated only from a connection's first byte:
-			// a request line that comes after the origin spoke is
-			// refused, the origin would read a Host egress never
-			// decided on.
-			if _, source, done := peek.From(f.Bytes); done && (source == peek.SourceHTTP || source == peek.SourceHTTP2) {
-				d := unreadable(pol, dst, errors.New("an HTTP request came after the origin spoke first; plain HTTP is gated only from the first byte"))
-				return &d
-			}
-			name = ""
-		}
 		if _, err := netip.ParseAddr(name); err == nil || name == "" {
 			return nil
 		}

@@ -562,6 +562,21 @@ func (t *Tunnel) inspectHead(dst, src net.Conn) bool {
 	return true
 }
 
+// InspectLate sets the inspection of the first bytes of a client whose
+// origin spoke first (SMTP, MySQL), whenever they come, on both paths
+// that carry one (transparent, CONNECT), and returns the client side to
+// Start t with: check decides them (a TLS ClientHello, read whole, see
+// Inspect), and a first line that is, or later becomes, an HTTP/1 or h2c
+// request line, however slowly it is sent, is refused with
+// unreadable(err) before any of it goes up (peek.GuardFirstLine): plain
+// HTTP is decided only from a connection's first byte, and an origin
+// would read a Host egress never decided on. A first line that is no
+// request line (a word and a wait) flows as it comes.
+func (t *Tunnel) InspectLate(client net.Conn, check func(peek.First) *policy.Decision, unreadable func(error) policy.Decision) net.Conn {
+	t.Inspect = check
+	return peek.GuardFirstLine(client, nil, func(err error) { t.Refuse(unreadable(err)) })
+}
+
 // errRefused closes a tunnel Inspect refused.
 var errRefused = errors.New("refused on its first bytes")
 
