@@ -150,6 +150,8 @@ func TestGuardFirstLine(t *testing.T) {
 		{"a request line completed late trips", "GET", []string{" / HTTP/1.1\r\nHost: evil.example\r\n\r\n"}, "", true},
 		{"the h2c preface completed late trips", "PRI", []string{" * HTTP/2.0\r\n\r\nSM\r\n\r\n"}, "", true},
 		{"a word and a wait, then a line that is not HTTP, flows", "ping", []string{"pong", " more\n", "GET / HTTP/1.1\r\n\r\n"}, "pong more\nGET / HTTP/1.1\r\n\r\n", false},
+		{"a request line with tabs completed late trips", "GET", []string{"\t/\tHTTP/1.1\r\nHost: evil.example\r\n\r\n"}, "", true},
+		{"a request line after a space completed late trips", " ", []string{"GET  /a b  http/1.1\r\nHost: evil.example\r\n\r\n"}, "", true},
 		{"a byte no request line holds ends the watch", "a", []string{"\x00", "GET / HTTP/1.1\r\n"}, "\x00GET / HTTP/1.1\r\n", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -178,5 +180,45 @@ func TestGuardFirstLine(t *testing.T) {
 				t.Errorf("passed %q, want %q", got, tc.passed)
 			}
 		})
+	}
+}
+
+// TestSecurityFromTakesOddlySpacedRequestLinesForHTTP: a first line that
+// nginx or python's http.server reads as a request line (several spaces,
+// tabs, leading whitespace, a space in the target) is HTTP, for
+// RequestReader to read or refuse, never raw bytes that pass unchecked;
+// while it could still become one it is undecided (issue 18).
+func TestSecurityFromTakesOddlySpacedRequestLinesForHTTP(t *testing.T) {
+	for _, tc := range []struct {
+		in     string
+		source string
+		done   bool
+	}{
+		{"GET / HTTP/1.1\r\n", SourceHTTP, true},
+		{"GET  /  HTTP/1.1\r\n", SourceHTTP, true},
+		{"GET\t/\tHTTP/1.1\r\n", SourceHTTP, true},
+		{" GET / HTTP/1.1\r\n", SourceHTTP, true},
+		{"\tGET / HTTP/1.1\n", SourceHTTP, true},
+		{"GET /a b HTTP/1.1\r\n", SourceHTTP, true},
+		{"GET / http/1.1 \r\n", SourceHTTP, true},
+		{"\r\nGET\v/\fHTTP/1.0\n", SourceHTTP, true},
+		{"PRI * HTTP/2.0\r\n", SourceHTTP2, true},
+		// Could still become one: undecided, however long the method.
+		{"GET  /a b", SourceHTTP, false},
+		{" ", SourceHTTP, false},
+		{"AVERYLONGMETHODNAMEWHICHGOACCEPTSASATOKEN", SourceHTTP, false},
+		// Never one: a word and a wait, a first word no method is.
+		{"ping\n", SourceNone, true},
+		{"EHLO mail.example\r\n", SourceNone, true},
+		{"GET\r\n", SourceNone, true},
+		{" HTTP/1.1\r\n", SourceNone, true},
+		{"a\x00b HTTP/1.1\r\n", SourceNone, true},
+		{" {\"a\": 1", SourceNone, true},
+		{"\x00\x01", SourceNone, true},
+	} {
+		_, source, done := From([]byte(tc.in))
+		if source != tc.source || done != tc.done {
+			t.Errorf("From(%q) = %q, done %v; want %q, done %v", tc.in, source, done, tc.source, tc.done)
+		}
 	}
 }
