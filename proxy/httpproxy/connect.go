@@ -184,7 +184,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		// The origin spoke first: the client's first bytes, whenever
 		// they come, are decided in the tunnel before any goes up, as on
 		// the transparent path.
-		client = t.InspectLate(cc, check, unreadable)
+		t.InspectLate(check, unreadable)
 	case source == peek.SourceHTTP:
 		// Plaintext HTTP in the tunnel (a CONNECT to port 80): every
 		// request, this first one included, is read with net/http's

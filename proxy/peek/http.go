@@ -212,6 +212,14 @@ func (g *lineGuard) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// Watching reports whether the first line is still watched: it could
+// still become an HTTP request line.
+func (g *lineGuard) Watching() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !g.done
+}
+
 // NetConn is the socket, for TCP_INFO (idle timeouts); reads go through
 // the guard.
 func (g *lineGuard) NetConn() net.Conn { return g.Conn }

@@ -403,7 +403,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 	}
 	if len(op.head) == 0 && op.requests == nil {
 		// Nothing from the client yet, and an origin that spoke first.
-		cside = t.InspectLate(cside, s.lateInspect(dst, client), func(err error) policy.Decision { return unreadable(pol, dst, err) })
+		t.InspectLate(s.lateInspect(dst, client), func(err error) policy.Decision { return unreadable(pol, dst, err) })
 	}
 	t.Entry, t.Began, t.Idle, t.HalfClose, t.Up = c.entry, c.start, pol.Timeouts.TunnelIdle, pol.Timeouts.HalfClose, int64(len(op.head))
 	t.Request = req

@@ -351,6 +351,8 @@ type Tunnel struct {
 	closeErr  error            // why it was closed, set inside closeOnce
 	revokedBy *policy.Decision // the refusing decision, when revoked
 	refused   *policy.Decision // Inspect's refusal, set before it closes the tunnel
+	// lateUnreadable: see InspectLate.
+	lateUnreadable func(error) policy.Decision
 }
 
 // RecordAudit records now the line of a tunnel that mode: audit let
@@ -552,29 +554,74 @@ func (t *Tunnel) inspectHead(dst, src net.Conn) bool {
 		t.close(errRefused, nil)
 		return false
 	}
-	if len(head) > 0 {
-		if _, werr := dst.Write(head); werr != nil {
+	if t.lateUnreadable != nil && !f.TLS {
+		return t.watchFirstLine(dst, src, head)
+	}
+	return t.send(dst, head)
+}
+
+// send writes the client's bytes b to dst, counted; false when it failed
+// (and the tunnel is closed).
+func (t *Tunnel) send(dst net.Conn, b []byte) bool {
+	if len(b) > 0 {
+		if _, werr := dst.Write(b); werr != nil {
 			t.closeBoth()
 			return false
 		}
-		t.Up += int64(len(head))
+		t.Up += int64(len(b))
 	}
 	return true
 }
 
 // InspectLate sets the inspection of the first bytes of a client whose
 // origin spoke first (SMTP, MySQL), whenever they come, on both paths
-// that carry one (transparent, CONNECT), and returns the client side to
-// Start t with: check decides them (a TLS ClientHello, read whole, see
-// Inspect), and a first line that is, or later becomes, an HTTP/1 or h2c
-// request line, however slowly it is sent, is refused with
-// unreadable(err) before any of it goes up (peek.GuardFirstLine): plain
-// HTTP is decided only from a connection's first byte, and an origin
-// would read a Host egress never decided on. A first line that is no
-// request line (a word and a wait) flows as it comes.
-func (t *Tunnel) InspectLate(client net.Conn, check func(peek.First) *policy.Decision, unreadable func(error) policy.Decision) net.Conn {
-	t.Inspect = check
-	return peek.GuardFirstLine(client, nil, func(err error) { t.Refuse(unreadable(err)) })
+// that carry one (transparent, CONNECT): check decides them (a TLS
+// ClientHello, read whole, see Inspect), and a first line that is, or
+// later becomes, an HTTP/1 or h2c request line, however slowly it is
+// sent, is refused with unreadable(err) before its end goes up
+// (peek.GuardFirstLine): plain HTTP is decided only from a connection's
+// first byte, and an origin would read a Host egress never decided on. A
+// first line that is no request line (a word and a wait) flows as it
+// comes, and the tunnel is then copied as any other.
+func (t *Tunnel) InspectLate(check func(peek.First) *policy.Decision, unreadable func(error) policy.Decision) {
+	t.Inspect, t.lateUnreadable = check, unreadable
+}
+
+// watchFirstLine, for a tunnel set by InspectLate, refuses head, the
+// client's first bytes (not TLS), when they are an HTTP request line, or
+// sends them to dst, and when they could still become one copies the
+// rest of that line to dst as it comes, watched by peek.GuardFirstLine
+// (on the poller too: the direction then splices as any other). It
+// reports false when the tunnel was refused or failed; other read errors
+// are left to the copy that follows, which sees them again.
+func (t *Tunnel) watchFirstLine(dst, src net.Conn, head []byte) bool {
+	refuse := func(err error) { t.Refuse(t.lateUnreadable(err)) }
+	_, source, done := peek.From(head)
+	switch {
+	case done && (source == peek.SourceHTTP || source == peek.SourceHTTP2):
+		refuse(fmt.Errorf("%w: an HTTP request line after the origin spoke first", peek.ErrUnreadableRequest))
+		return false
+	case !t.send(dst, head):
+		return false
+	case done || source != peek.SourceHTTP:
+		return true
+	}
+	g := peek.GuardFirstLine(src, head, refuse)
+	w := g.(interface{ Watching() bool }) // or a panic: the tunnel is closed
+	buf := make([]byte, 2048)
+	for w.Watching() {
+		n, err := g.Read(buf)
+		if !t.send(dst, buf[:n]) {
+			return false
+		}
+		if errors.Is(err, peek.ErrUnreadableRequest) {
+			return false
+		}
+		if err != nil {
+			return true
+		}
+	}
+	return true
 }
 
 // errRefused closes a tunnel Inspect refused.
