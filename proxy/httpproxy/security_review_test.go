@@ -71,3 +71,28 @@ func TestSecurityConnectChecksAHelloAfterTheOriginSpokeFirst(t *testing.T) {
 		t.Errorf("BYPASS: the origin received a ClientHello for denied.test (%d bytes)", len(b))
 	}
 }
+
+// An origin that speaks first, then a client whose first line comes in
+// pieces and is no request line (SMTP's EHLO typed slowly): it flows,
+// every byte, both ways, while the late check watches it.
+func TestSecurityConnectLateWordInPiecesStillFlows(t *testing.T) {
+	echo := testnet.ServeTCP(t, func(c net.Conn) {
+		io.WriteString(c, "220 hello\r\n")
+		io.Copy(c, c)
+	})
+	f := newFixture(t, testPolicy)
+	target := "origin.test:" + itoa(echo.Port)
+	_, _, c, br := f.raw("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n")
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if line, err := br.ReadString('\n'); err != nil || line != "220 hello\r\n" {
+		t.Fatalf("greeting %q, %v", line, err)
+	}
+	for _, piece := range []string{"EH", "LO", " client.test", "\r\n", "QUIT\r\n"} {
+		io.WriteString(c, piece)
+		b := make([]byte, len(piece))
+		if _, err := io.ReadFull(br, b); err != nil || string(b) != piece {
+			t.Fatalf("echo of %q: %q, %v", piece, b, err)
+		}
+	}
+}

@@ -13,6 +13,8 @@ import (
 	"github.com/egress-proxy/egress/internal/testnet"
 )
 
+// securityOrigin records every byte each connection sends it; greet,
+// if set, is sent first.
 func securityOrigin(t *testing.T, greet string) (netip.AddrPort, chan []byte) {
 	got := make(chan []byte, 10)
 	s := testnet.ServeTCP(t, func(c net.Conn) {
@@ -26,6 +28,9 @@ func securityOrigin(t *testing.T, greet string) (netip.AddrPort, chan []byte) {
 	return netip.MustParseAddrPort(s.String()), got
 }
 
+// A request line nginx reads (several spaces, a space in the target) is
+// HTTP, read by net/http's reader and refused: the origin never sees the
+// Host egress did not decide on.
 func TestSecurityTransparentRefusesARequestLineWithOddSpacing(t *testing.T) {
 	for _, raw := range []string{
 		"GET  /  HTTP/1.1\r\nHost: evil.test\r\n\r\n",
@@ -50,6 +55,9 @@ func TestSecurityTransparentRefusesARequestLineWithOddSpacing(t *testing.T) {
 	}
 }
 
+// After the origin's greeting, a request line sent in two pieces ("G",
+// then the rest) is refused before its end goes up. The pause between
+// the pieces is the slow client under test.
 func TestSecurityTransparentRefusesARequestLineSplitAfterTheOriginSpoke(t *testing.T) {
 	o, got := securityOrigin(t, "220 hi\r\n")
 	f := newLateFixture(t, o, nil)
@@ -66,5 +74,29 @@ func TestSecurityTransparentRefusesARequestLineSplitAfterTheOriginSpoke(t *testi
 			t.Errorf("BYPASS: origin got %q", b)
 		}
 	case <-time.After(5 * time.Second):
+	}
+}
+
+// An origin that speaks first, then a client whose first line comes in
+// pieces and is no request line: it flows, every byte, both ways.
+func TestSecurityTransparentLateWordInPiecesStillFlows(t *testing.T) {
+	echo := testnet.ServeTCP(t, func(c net.Conn) {
+		io.WriteString(c, "220 hi\r\n")
+		io.Copy(c, c)
+	})
+	f := newLateFixture(t, netip.MustParseAddrPort(echo.String()), nil)
+	c := f.dialLate(t)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	greet := make([]byte, len("220 hi\r\n"))
+	if _, err := io.ReadFull(c, greet); err != nil || string(greet) != "220 hi\r\n" {
+		t.Fatalf("greeting %q, %v", greet, err)
+	}
+	for _, piece := range []string{"pi", "ng", " x", "\n", "GET / HTTP/1.1\r\n"} {
+		io.WriteString(c, piece)
+		b := make([]byte, len(piece))
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != piece {
+			t.Fatalf("echo of %q: %q, %v", piece, b, err)
+		}
 	}
 }
