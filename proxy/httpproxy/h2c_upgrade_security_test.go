@@ -1,5 +1,7 @@
 package httpproxy_test
 
+//lint:file-ignore SA1019 the origin must speak h2c by Upgrade (RFC 7540 §3.2), which only the deprecated x/net h2c handler implements: net/http's Server speaks unencrypted HTTP/2 by prior knowledge only
+
 import (
 	"bytes"
 	"fmt"
