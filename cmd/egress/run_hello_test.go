@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/egress-proxy/egress/internal/testnet"
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/internal/tlstest"
 )
 
@@ -81,10 +82,7 @@ for arg in sys.argv[2:]:
 	// Every connection's bytes were refused: the server may have seen
 	// connections (a late hello's, dialled on the address), never a byte
 	// of a hello. Wait for the ones it saw to end.
-	deadline := time.Now().Add(5 * time.Second)
-	for open.Load() != 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testwait.Until(t, 5*time.Second, "the server's connections to end", func() bool { return open.Load() == 0 })
 	if n := got.Load(); n != 0 {
 		t.Errorf("the server received %d bytes of ClientHello", n)
 	}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/egress-proxy/egress/internal/testwait"
 )
 
 // Plaintext HTTP inside a CONNECT tunnel (a CONNECT to port 80) is gated
@@ -53,12 +55,9 @@ func TestConnectPlaintextHTTPIsGated(t *testing.T) {
 			if tc.answered > 0 {
 				return
 			}
-			for deadline := time.Now().Add(5 * time.Second); !strings.Contains(f.logs.String(), `"reason":"host_mismatch"`); {
-				if time.Now().After(deadline) {
-					t.Fatalf("no host_mismatch line:\n%s", f.logs.String())
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			testwait.Until(t, 5*time.Second, "a host_mismatch line", func() bool {
+				return strings.Contains(f.logs.String(), `"reason":"host_mismatch"`)
+			})
 		})
 	}
 }

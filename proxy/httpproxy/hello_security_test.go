@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/egress-proxy/egress/internal/testnet"
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/internal/tlstest"
 )
 
@@ -51,18 +52,14 @@ func TestSecurityConnectHelloFramings(t *testing.T) {
 				// The proxy closes the connection (after the 200).
 				io.Copy(io.Discard, br)
 				var line map[string]any
-				deadline := time.Now().Add(5 * time.Second)
-				for line == nil && time.Now().Before(deadline) {
+				testwait.Until(t, 5*time.Second, "a deny line", func() bool {
 					for _, e := range f.logs.entries(t, "") {
 						if e["event"] == "deny" {
 							line = e
 						}
 					}
-					time.Sleep(10 * time.Millisecond)
-				}
-				if line == nil {
-					t.Fatalf("no deny line; log:\n%s", f.logs.String())
-				}
+					return line != nil
+				})
 				switch line["reason"] {
 				case "sni_mismatch", "tls_unreadable", "tls_ech":
 				default:
