@@ -14,9 +14,9 @@ import (
 	"time"
 )
 
-// Msg returns the ClientHello handshake message (its 4-byte header
-// included) crypto/tls sends for serverName.
-func Msg(tb testing.TB, serverName string) []byte {
+// Hello returns the first record crypto/tls sends for serverName: its
+// ClientHello, header included, as it is on the wire.
+func Hello(tb testing.TB, serverName string) []byte {
 	tb.Helper()
 	a, b := net.Pipe()
 	defer a.Close()
@@ -31,7 +31,14 @@ func Msg(tb testing.TB, serverName string) []byte {
 	if _, err := io.ReadFull(b, body); err != nil {
 		tb.Fatal(err)
 	}
-	return body
+	return append(hdr, body...)
+}
+
+// Msg returns the ClientHello handshake message (its 4-byte header
+// included) crypto/tls sends for serverName.
+func Msg(tb testing.TB, serverName string) []byte {
+	tb.Helper()
+	return Hello(tb, serverName)[5:]
 }
 
 // Record is one TLS record.

@@ -1,7 +1,6 @@
 package httpproxy_test
 
 import (
-	"bytes"
 	"crypto/tls"
 	"io"
 	"net"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/egress-proxy/egress/internal/testnet"
 	"github.com/egress-proxy/egress/internal/testwait"
+	"github.com/egress-proxy/egress/internal/tlstest"
 )
 
 // Domain fronting through CONNECT: a tunnel opened for an allowed name
@@ -70,19 +70,10 @@ func TestSecurityConnectSNIMismatch(t *testing.T) {
 
 	t.Run("so is one sent right behind the CONNECT", func(t *testing.T) {
 		f := newFixture(t, testPolicy)
-		var hello bytes.Buffer
-		// Capture a real ClientHello for denied.test.
-		a, b := net.Pipe()
-		go func() { tls.Client(a, &tls.Config{ServerName: "denied.test", InsecureSkipVerify: true}).Handshake() }()
-		buf := make([]byte, 4096)
-		b.SetReadDeadline(time.Now().Add(5 * time.Second))
-		n, _ := b.Read(buf)
-		hello.Write(buf[:n])
-		a.Close()
-		b.Close()
+		hello := string(tlstest.Hello(t, "denied.test")) // a real ClientHello for denied.test
 		before, endedBefore := hellos.Load(), ended.Load()
 		c, br := f.dial()
-		io.WriteString(c, "CONNECT "+target+" HTTP/1.1\r\nHost: "+target+"\r\n\r\n"+hello.String())
+		io.WriteString(c, "CONNECT "+target+" HTTP/1.1\r\nHost: "+target+"\r\n\r\n"+hello)
 		io.Copy(io.Discard, br) // 200, then closed
 		sniLine(f)
 		upstreamDone(t, endedBefore)

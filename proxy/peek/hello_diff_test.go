@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egress-proxy/egress/internal/tlstest"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -41,10 +42,7 @@ type ext struct {
 
 // goHelloMsg returns the ClientHello handshake message (header included)
 // crypto/tls sends for serverName.
-func goHelloMsg(t testing.TB, serverName string) []byte {
-	rec := clientHello(t, serverName)
-	return rec[5 : 5+int(binary.BigEndian.Uint16(rec[3:5]))]
-}
+func goHelloMsg(t testing.TB, serverName string) []byte { return tlstest.Msg(t, serverName) }
 
 func splitMsg(t testing.TB, msg []byte) helloMsg {
 	body := msg[4:]

@@ -2,37 +2,16 @@ package peek
 
 import (
 	"bytes"
-	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/egress-proxy/egress/internal/tlstest"
 )
 
-// clientHello returns the first flight crypto/tls sends for serverName.
-func clientHello(t testing.TB, serverName string) []byte {
-	t.Helper()
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	go func() {
-		tls.Client(a, &tls.Config{ServerName: serverName, InsecureSkipVerify: true}).Handshake()
-	}()
-	var out []byte
-	buf := make([]byte, 64<<10)
-	b.SetReadDeadline(time.Now().Add(5 * time.Second))
-	for {
-		n, err := b.Read(buf)
-		out = append(out, buf[:n]...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(out) >= 5 && len(out) >= 5+int(binary.BigEndian.Uint16(out[3:5])) {
-			return out
-		}
-	}
-}
+// clientHello returns the first record crypto/tls sends for serverName.
+func clientHello(t testing.TB, serverName string) []byte { return tlstest.Hello(t, serverName) }
 
 // splitRecords re-frames a single-record ClientHello into records of at
 // most n bytes of handshake data, as RFC 8446 §5.1 allows.

@@ -4,8 +4,6 @@ package transparent
 
 import (
 	"context"
-	"crypto/tls"
-	"encoding/binary"
 	"io"
 	"net"
 	"net/netip"
@@ -16,30 +14,11 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/egress-proxy/egress/internal/tlstest"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/names"
 )
-
-// secHello returns the bytes of a real ClientHello (crypto/tls) for
-// serverName, as one TLS record.
-func secHello(t *testing.T, serverName string) []byte {
-	t.Helper()
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	go tls.Client(a, &tls.Config{ServerName: serverName, InsecureSkipVerify: true}).Handshake()
-	b.SetReadDeadline(time.Now().Add(5 * time.Second))
-	hdr := make([]byte, 5)
-	if _, err := io.ReadFull(b, hdr); err != nil {
-		t.Fatal(err)
-	}
-	body := make([]byte, binary.BigEndian.Uint16(hdr[3:]))
-	if _, err := io.ReadFull(b, body); err != nil {
-		t.Fatal(err)
-	}
-	return append(hdr, body...)
-}
 
 // secSplit re-frames one handshake record as two records, the split
 // falling inside the server_name extension's neighbourhood.
@@ -134,7 +113,7 @@ deny:
 		return string(b[:n])
 	}
 
-	hello := secHello(t, "db.test")
+	hello := tlstest.Hello(t, "db.test")
 	for _, tt := range []struct {
 		name  string
 		from  string
@@ -146,11 +125,11 @@ deny:
 		{"an HTTP Host naming the allowed name", "127.0.0.5", []byte("GET / HTTP/1.1\r\nHost: db.test:" + port + "\r\n\r\n")},
 		{"an absolute-form HTTP target naming the allowed name", "127.0.0.5", []byte("GET http://db.test:" + port + "/ HTTP/1.1\r\nHost: public.test\r\n\r\n")},
 		{"an HTTP Host with upper case and a trailing dot", "127.0.0.5", []byte("GET / HTTP/1.1\r\nHost: DB.TEST.:" + port + "\r\n\r\n")},
-		{"an SNI that is the address itself", "127.0.0.5", secHello(t, "127.0.0.4")},
+		{"an SNI that is the address itself", "127.0.0.5", tlstest.Hello(t, "127.0.0.4")},
 		{"an HTTP Host that is the address in hex", "127.0.0.5", []byte("GET / HTTP/1.1\r\nHost: 0x7f.0.0.4\r\n\r\n")},
-		{"an SNI of a name resolving to the address but not allowed to lift the guard", "127.0.0.5", secHello(t, "public.test")},
-		{"a denied SNI from the client that resolved db.test", "127.0.0.9", secHello(t, "evil.test")},
-		{"a denied SNI split across records from that client", "127.0.0.9", secSplit(secHello(t, "evil.test"), 45)},
+		{"an SNI of a name resolving to the address but not allowed to lift the guard", "127.0.0.5", tlstest.Hello(t, "public.test")},
+		{"a denied SNI from the client that resolved db.test", "127.0.0.9", tlstest.Hello(t, "evil.test")},
+		{"a denied SNI split across records from that client", "127.0.0.9", secSplit(tlstest.Hello(t, "evil.test"), 45)},
 	} {
 		t.Run(tt.name+" does not reach the guarded address", func(t *testing.T) {
 			before := hits.Load()
