@@ -25,7 +25,7 @@ func TestReadHello(t *testing.T) {
 		go func() {
 			for i := 0; i < len(wire); i += 500 {
 				b.Write(wire[i:min(i+500, len(wire))])
-				time.Sleep(5 * time.Millisecond)
+				time.Sleep(5 * time.Millisecond) // a hello trickled in pieces is what is under test
 			}
 		}()
 		first := make([]byte, 1)

@@ -92,7 +92,7 @@ func (f *lateFixture) dialLate(t *testing.T) net.Conn {
 	}
 	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	time.Sleep(3 * latePeek)
+	time.Sleep(3 * latePeek) // the late client under test: silent past the peek
 	return c
 }
 
@@ -158,7 +158,7 @@ func TestSecurityLateHTTPInPiecesIsDecided(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := f.dialLate(t)
 			io.WriteString(c, "GE")
-			time.Sleep(tc.pause)
+			time.Sleep(tc.pause) // the pause between the pieces is what is under test
 			io.WriteString(c, "T / HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n")
 			b, _ := io.ReadAll(c)
 			e := f.rec.next(t)

@@ -65,7 +65,7 @@ func TestSecurityTransparentRefusesARequestLineSplitAfterTheOriginSpoke(t *testi
 	b := make([]byte, 100)
 	c.Read(b)
 	io.WriteString(c, "G")
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // the split line under test: its rest comes later
 	io.WriteString(c, "ET / HTTP/1.1\r\nHost: evil.test\r\n\r\n")
 	c.(*net.TCPConn).CloseWrite()
 	select {

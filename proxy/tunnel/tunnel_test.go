@@ -340,7 +340,7 @@ func TestHalfClosedTunnel(t *testing.T) {
 						if _, err := u.Write([]byte("x")); err != nil {
 							return
 						}
-						time.Sleep(100 * time.Millisecond)
+						time.Sleep(100 * time.Millisecond) // the origin's pacing under test: activity within half_close
 					}
 				}()
 				c.SetReadDeadline(time.Now().Add(5 * time.Second))
