@@ -1,0 +1,208 @@
+package intercept
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/egress-proxy/egress/certs"
+	"github.com/egress-proxy/egress/policy"
+)
+
+// handshake terminates the client's TLS: the certificate is for the
+// decided name, and the ClientHello must name it (or nothing).
+func (x *exchange) handshake() bool {
+	d := x.c.Decision
+	x.name = d.Host
+	if x.name == "" {
+		x.name = d.IP.String()
+	}
+	var ca *certs.CA
+	if x.s.CA != nil {
+		ca = x.s.CA()
+	}
+	if ca == nil {
+		d.Verdict, d.Audit, d.Reason = policy.Deny, false, policy.ReasonNoCA
+		d.Hint = "the policy has http: request rules for this destination but egress has no CA: set tls.ca_cert and tls.ca_key (egress ca init DIR)"
+		x.record(x.c.ID, d, "", "", nil, errors.New("no interception CA loaded"))
+		return false
+	}
+	var refused *policy.Decision
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"http/1.1"},
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			if sni := h.ServerName; sni != "" {
+				n, _, err := policy.NormalizeHost(sni)
+				if err == nil && d.Host == "" {
+					// Decided on the address (a cidr rule): the name is
+					// decided on that address as a CONNECT tunnel's is,
+					// before any certificate is made for it.
+					if nd, ok := NameOnAddress(x.s.policy(), x.c.Request, d, sni); !ok {
+						nd.Hint = fmt.Sprintf("the connection to %s carries a TLS ClientHello for %s: %s", d.IP, sni, nd.Hint)
+						refused = &nd
+						return nil, errors.New("server name refused on the connection's address")
+					}
+					// The certificate names what the client asked for,
+					// and its requests must name it too.
+					x.name = n
+				}
+				if err != nil || n != x.name {
+					r := d
+					r.Verdict, r.Audit, r.Rule, r.Reason = policy.Deny, false, nil, policy.ReasonSNIMismatch
+					r.Hint = fmt.Sprintf("the connection to %s carries a TLS ClientHello for %s; egress presents a certificate for %s only", x.name, sni, x.name)
+					refused = &r
+					return nil, errors.New("server name is not the connection's")
+				}
+			}
+			if len(h.SupportedProtos) > 0 && !contains(h.SupportedProtos, "http/1.1") {
+				r := d
+				r.Verdict, r.Audit, r.Reason = policy.Deny, false, policy.ReasonHTTP2Only
+				r.Hint = "the client offers " + strings.Join(h.SupportedProtos, ", ") + " only; hosts with http: rules are intercepted over HTTP/1.1: let the client use HTTP/1.1, or drop http: to keep the host a tunnel"
+				refused = &r
+				return nil, errors.New("client does not speak http/1.1")
+			}
+			return nil, nil
+		},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return ca.Leaf(x.name)
+		},
+	}
+	pc := &prefixConn{Conn: x.c.Client, early: x.c.Early}
+	x.tc = tls.Server(pc, cfg)
+	x.tc.SetDeadline(time.Now().Add(DefaultHandshakeTimeout))
+	err := x.tc.Handshake()
+	x.tc.SetDeadline(time.Time{})
+	switch {
+	case refused != nil:
+		x.record(x.c.ID, *refused, "", "", nil, nil)
+		return false
+	case err != nil:
+		r := d
+		r.Reason = policy.ReasonClientTLSFailed
+		if a, ok := pc.plaintextAlert(); ok && certificateAlert(a) {
+			err = fmt.Errorf("client refused egress's certificate: TLS alert %s (%d)", alertNames[a], a)
+			r.Reason = policy.ReasonClientRejectedCA
+			r.Hint = trustHint
+		} else if rejectedCertificate(err) {
+			r.Reason = policy.ReasonClientRejectedCA
+			r.Hint = trustHint
+		}
+		if r.Reason != policy.ReasonClientRejectedCA || !strings.HasPrefix(err.Error(), "client refused") {
+			err = fmt.Errorf("client TLS handshake: %w", err)
+		}
+		x.record(x.c.ID, r, "", "", nil, err)
+		return false
+	}
+	return true
+}
+
+// NameOnAddress decides name, the server name of a TLS ClientHello on a
+// connection opened for req and allowed by dec, on the address dialled
+// (dec.IP): the one check of a ClientHello's name against its connection,
+// for CONNECT tunnels (proxy/httpproxy) and connections intercepted on an
+// address (a cidr rule with http:). The name passes when it is the
+// connection's, or when the policy allows it on that address and its
+// requests are not decided by another rule's http: (they would go
+// undecided, or be decided by the address's rule). Otherwise it returns
+// the refusal (policy.ReasonSNIMismatch, the name's own reason in its
+// hint) and false. A name that is no host name is refused.
+func NameOnAddress(pol *policy.Policy, req policy.Request, dec policy.Decision, name string) (policy.Decision, bool) {
+	n, _, err := policy.NormalizeHost(name)
+	if err == nil && n == dec.Host {
+		return dec, true
+	}
+	d := pol.Decide(policy.Request{Host: name, IP: dec.IP, Port: req.Port, Client: req.Client, User: req.User})
+	if d.Allowed() && err == nil && (!d.Intercept || dec.Intercept && d.Rule == dec.Rule) {
+		return d, true
+	}
+	why := d.Reason
+	d.Verdict, d.Audit, d.Reason = policy.Deny, false, policy.ReasonSNIMismatch
+	if d.Host == "" {
+		d.Host = name
+	}
+	d.Hint = fmt.Sprintf("the policy refuses %s there (%s)", name, why)
+	if d.Intercept {
+		// Its requests are decided one by one (http:): a connection
+		// opened for another destination must not carry them.
+		d.Hint = fmt.Sprintf("egress decides the requests of %s (http:): CONNECT to %s itself", name, name)
+	}
+	return d, false
+}
+
+// rejectedCertificate reports whether a handshake failed on the client's
+// alert refusing egress's certificate. crypto/tls reports a received
+// alert as a net.OpError "remote error" around an unexported alert type,
+// so the alert is told by its text (RFC 8446 §6.2 names).
+func rejectedCertificate(err error) bool {
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "remote error" {
+		return false
+	}
+	s := oe.Err.Error()
+	for _, a := range []string{"unknown certificate authority", "bad certificate", "certificate unknown", "unsupported certificate", "certificate expired", "access denied", "decrypt error"} {
+		if strings.Contains(s, a) {
+			return true
+		}
+	}
+	return false
+}
+
+// alertNames are the TLS alerts (RFC 8446 §6.2) that say the client
+// refused the server's certificate.
+var alertNames = map[byte]string{
+	42: "bad_certificate", 43: "unsupported_certificate", 44: "certificate_revoked", 45: "certificate_expired",
+	46: "certificate_unknown", 48: "unknown_ca", 49: "access_denied", 51: "decrypt_error",
+}
+
+func certificateAlert(a byte) bool { _, ok := alertNames[a]; return ok }
+
+// prefixConn replays early before reading from Conn, and keeps the tail
+// of what it read last (plaintextAlert).
+type prefixConn struct {
+	net.Conn
+	early []byte
+	tail  []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.early) > 0 {
+		n := copy(b, c.early)
+		c.early = c.early[n:]
+		return n, nil
+	}
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.tail = append(c.tail[:0], b[max(0, n-16):n]...)
+	}
+	return n, err
+}
+
+// plaintextAlert reports the fatal alert a client sent unencrypted as the
+// last thing it read. A TLS 1.3 client that refuses the server's
+// certificate has not switched its write keys yet (OpenSSL, hence curl
+// and Python), so its alert arrives in plaintext where crypto/tls expects
+// an encrypted record and reports "bad record MAC" instead of the alert.
+func (c *prefixConn) plaintextAlert() (byte, bool) {
+	t := c.tail
+	// An alert record: type 21, version 3.x, length 2, level fatal (2).
+	if len(t) < 7 {
+		return 0, false
+	}
+	r := t[len(t)-7:]
+	if r[0] == 21 && r[1] == 3 && r[3] == 0 && r[4] == 2 && r[5] == 2 {
+		return r[6], true
+	}
+	return 0, false
+}
+
+// CloseWrite half-closes the client's connection, when it can.
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
