@@ -2,18 +2,31 @@ package intercept_test
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha1"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/egress-proxy/egress/certs"
+	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/dialer"
+	"github.com/egress-proxy/egress/proxy/eventlog"
+	"github.com/egress-proxy/egress/proxy/intercept"
+	"github.com/egress-proxy/egress/proxy/transparent"
 )
 
 // wsGUID is RFC 6455's key suffix (§4.2.2).
@@ -352,4 +365,108 @@ print("got " + got.decode())
 	if got := f.origin.last(t).Header.Get("Authorization"); got != "Bearer "+secret {
 		t.Errorf("the origin saw Authorization %q, want the injected value", got)
 	}
+}
+
+// Plain http:// to an intercepted host, through the forward proxy and
+// inside CONNECT, keeps the upgrade behaviour it had: the upgrade request
+// is decided by method and path and never gets inject:; allowed, the
+// origin's 101 switches the connection (the forward proxy's tunnel, the
+// gate left).
+func TestPlainHTTPUpgradeToAnInterceptedHost(t *testing.T) {
+	f := newFixture(t)
+	host := fmt.Sprintf("api.vendor.test:%d", f.plainPort)
+	forward := func(t *testing.T, path string) (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", f.proxy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "GET http://%s%s HTTP/1.1\r\nHost: %[1]s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nAuthorization: client-sent\r\n\r\n", host, path, wsKey)
+		return c, bufio.NewReader(c)
+	}
+	inConnect := func(t *testing.T, path string) (net.Conn, *bufio.Reader) {
+		c, br := f.plainTunnel(t)
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nAuthorization: client-sent\r\n\r\n", path, host, wsKey)
+		return c, br
+	}
+	for name, open := range map[string]func(*testing.T, string) (net.Conn, *bufio.Reader){"forward proxy": forward, "inside CONNECT": inConnect} {
+		t.Run(name, func(t *testing.T) {
+			c, br := open(t, "/v1/status/stream")
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("allowed upgrade: %v %v, want 101", resp, err)
+			}
+			if got := f.origin.last(t).Header.Get("Authorization"); got != "client-sent" {
+				t.Errorf("Authorization upstream %q, want the client's own (no inject: on plain HTTP)", got)
+			}
+			io.WriteString(c, "ping")
+			if got := readN(t, br, 6, "echo"); got != "hiping" {
+				t.Errorf("got %q, want hiping", got)
+			}
+			before := f.origin.count()
+			_, br = open(t, "/v1/admin/stream")
+			if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusForbidden {
+				t.Errorf("refused upgrade: %v %v, want 403", resp, err)
+			}
+			if f.origin.count() != before {
+				t.Error("a refused upgrade reached the origin")
+			}
+		})
+	}
+}
+
+// The transparent listener's intercepted TLS connections switch as
+// CONNECT's do: the connection's slot becomes the tunnel.
+func TestUpgradeOnTheTransparentListener(t *testing.T) {
+	f := newFixture(t)
+	current := func() *policy.Policy { return f.pol.Load() }
+	loopback := netip.MustParseAddr("127.0.0.1")
+	res := resolver{"api.vendor.test": loopback}
+	d := &dialer.Dialer{Policy: current, Resolver: res}
+	ca := f.ca
+	is := &intercept.Server{Policy: current, CA: func() *certs.CA { return ca }, Roots: func() *x509.CertPool { return f.roots }, Dialer: d, Events: &eventlog.Sink{Logger: zerolog.New(f.logs), LogAllowed: true}}
+	ts := &transparent.Server{Policy: current, Dialer: d, Resolver: res, Intercept: is, Events: is.Events,
+		OriginalDst: func(*net.TCPConn) (netip.AddrPort, error) {
+			return netip.AddrPortFrom(loopback, uint16(f.tlsPort)), nil
+		}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ts.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		ts.Shutdown(ctx)
+	})
+	tc, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: f.caPool, ServerName: "api.vendor.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(tc, f.wsRequest("/v1/status/stream", ""))
+	br := bufio.NewReader(tc)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v %v, want 101", resp, err)
+	}
+	if got := f.origin.last(t).Header.Get("Authorization"); got != "Bearer "+secret {
+		t.Errorf("the origin saw Authorization %q, want the injected value", got)
+	}
+	io.WriteString(tc, "ping")
+	if got := readN(t, br, 6, "echo"); got != "hiping" {
+		t.Errorf("got %q, want hiping", got)
+	}
+	if n := ts.Open(); n != 1 {
+		t.Errorf("Open() = %d with the upgraded connection open, want 1", n)
+	}
+	tc.Close()
+	url := fmt.Sprintf("https://api.vendor.test:%d/v1/status/stream", f.tlsPort)
+	waitFor(t, "the upgraded request's line, with its bytes", func() bool {
+		return len(f.logs.linesWhere(func(m map[string]any) bool {
+			return m["url"] == url && m["bytes_up"] == 4.0 && m["bytes_down"] == 6.0
+		})) == 1
+	})
 }
