@@ -116,7 +116,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 			}
 		}
 		if _, source, _ := peek.From(early); source != peek.SourceHTTP {
-			p.intercept.Serve(ctx, intercept.Conn{Client: cc, Early: early, Upstream: up, Request: rq.req, Decision: dec, ID: rq.id, ClientAddr: rq.client})
+			p.intercept.Serve(ctx, intercept.Conn{Client: cc, Early: early, Upstream: up, Request: rq.req, Decision: dec, ID: rq.id, ClientAddr: rq.client, Tunnel: t})
 			return
 		}
 	}

@@ -2,9 +2,7 @@ package httpproxy
 
 import (
 	"fmt"
-	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/egress-proxy/egress/policy"
@@ -118,41 +116,15 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, fw *forward
 		return
 	}
 	cc.SetDeadline(time.Time{})
-	h := http.Header{}
-	origin.CopyHeader(h, resp.Header)
-	h["Upgrade"] = resp.Header.Values("Upgrade")
-	h.Set("Connection", "Upgrade")
-	if via {
-		h.Add("Via", origin.Via(resp.ProtoMajor, resp.ProtoMinor))
-	}
-	var head strings.Builder
-	head.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
-	h.Write(&head)
-	head.WriteString("\r\n")
-	// Bytes either side sent right behind the handshake are in the
-	// readers' buffers: they go first.
-	var early, late []byte
+	// Bytes the client sent right behind its request go up first.
+	var early []byte
 	if n := cbr.Reader.Buffered(); n > 0 {
 		early, _ = cbr.Reader.Peek(n)
-	}
-	if n := oc.BR.Buffered(); n > 0 {
-		late, _ = oc.BR.Peek(n)
-	}
-	if _, err := io.WriteString(cc, head.String()+string(late)); err != nil {
-		p.endSetup(cc, up, entry, fw.start, 0, fmt.Errorf("write 101: %w", err))
-		return
-	}
-	t.Down = int64(len(late))
-	if len(early) > 0 {
-		m, err := up.Write(early)
-		t.Up = int64(m)
-		if err != nil {
-			p.endSetup(cc, up, entry, fw.start, t.Up, fmt.Errorf("write early data: %w", err))
-			return
-		}
 	}
 	t.Entry, t.Began, t.Idle, t.HalfClose = entry, fw.start, pol.Timeouts.TunnelIdle, pol.Timeouts.HalfClose
 	t.Request = fw.req
 	t.Request.IP = dec.IP
-	t.Start(cc, up)
+	if err := origin.Switch(t, cc, early, oc, resp, via); err != nil {
+		p.endSetup(cc, up, entry, fw.start, t.Up, err)
+	}
 }

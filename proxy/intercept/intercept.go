@@ -10,8 +10,13 @@
 // It is handed a connection another path accepted and decided (CONNECT
 // after its 200, a transparent TLS connection): it does not accept, read
 // ClientHellos for a decision, or resolve names. It speaks HTTP/1.1 only
-// (ALPN offers nothing else; Python 2.7 speaks nothing else) and does not
-// switch protocols (an Upgrade request is sent without its Upgrade).
+// (ALPN offers nothing else; Python 2.7 speaks nothing else). A request
+// that asks to switch protocols (a WebSocket) is decided and injected as
+// any other; when the origin answers 101 for the protocol asked, the
+// connection becomes a tunnel (proxy/tunnel, through origin.Switch, as
+// the forward proxy's upgrades do), whose bytes are not decided. h2c is
+// never offered (origin.StripH2C); a 101 to another protocol ends the
+// connection (upgrade.go).
 //
 // Why not goproxy's MITM: its request loop reads requests itself and
 // sends them with its own Transport (verification off by default); that
@@ -44,6 +49,7 @@ import (
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/origin"
 	"github.com/egress-proxy/egress/proxy/peek"
+	"github.com/egress-proxy/egress/proxy/tunnel"
 )
 
 // Defaults used when neither the Server nor the policy sets a value.
@@ -139,6 +145,11 @@ type Conn struct {
 	ID string
 	// ClientAddr is the client's address, for the log.
 	ClientAddr netip.AddrPort
+	// Tunnel is the slot the caller took for the connection
+	// (limits.max_tunnels): an upgrade the origin accepts becomes this
+	// tunnel, which then owns both connections. Nil: no upgrade is
+	// offered (Upgrade is removed from requests).
+	Tunnel *tunnel.Tunnel
 }
 
 // Serve intercepts c until the client or the origin ends it, or ctx is
@@ -165,9 +176,14 @@ type exchange struct {
 	name  string // the name egress's certificate is for: the decided host, or the IP
 	tc    *tls.Conn
 	up    *origin.PoolConn[originKey] // the origin connection, during a request only
+	// switched: a tunnel (Conn.Tunnel) owns the connections now.
+	switched bool
 }
 
 func (x *exchange) close() {
+	if x.switched {
+		return
+	}
 	if x.tc != nil {
 		x.tc.Close()
 	}
@@ -273,7 +289,9 @@ func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, r
 	req.URL.Scheme, req.URL.Host, req.URL.Path, req.URL.RawPath = "", "", "", ""
 	req.URL.Opaque = d.Path
 	// The client's hop-by-hop headers go first, so that a header the
-	// client names in Connection cannot strip what egress injects.
+	// client names in Connection cannot strip what egress injects; an
+	// upgrade's Upgrade is set again after (upgrade.go).
+	upgrade := x.upgradeOffer(req)
 	origin.DropHopHeaders(req.Header)
 	var injected []string
 	for _, in := range d.Inject {
@@ -287,9 +305,7 @@ func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, r
 		req.Header.Set(in.Header, v)
 		injected = append(injected, in.Header)
 	}
-	// The request goes as a plain HTTP/1.1 exchange: no switching
-	// protocols inside an intercepted connection.
-	req.Header.Del("Upgrade")
+	offerUpgrade(req, upgrade)
 	if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
 		// egress reads the body itself: say Continue, as net/http's
 		// server does, rather than make the client wait.
@@ -311,6 +327,10 @@ func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, r
 		x.refuse(bw, proto, head, failure(id, x.name+":"+strconv.Itoa(int(x.c.Request.Port)), err))
 		x.record(id, d, req.Method, URL("https", x.name, x.c.Request.Port, d.Path), injected, err)
 		return false
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// Only to a request that asked (origin.Conn.ReadResponse).
+		return x.switchProtocols(pol, id, d, req, resp, rr, bw, injected, start)
 	}
 	closeAfter, err := origin.WriteResponse(bw, req, resp)
 	resp.Body.Close()

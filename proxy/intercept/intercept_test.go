@@ -184,6 +184,7 @@ type fixture struct {
 	roots     *x509.CertPool // tls.upstream_ca
 	policy    string         // the policy file
 	tunnels   *tunnel.Set    // the proxy's open tunnels
+	is        *intercept.Server
 }
 
 func newFixture(t testing.TB) *fixture {
@@ -216,6 +217,10 @@ func newFixture(t testing.TB) *fixture {
 		b, _ := io.ReadAll(r.Body)
 		r.Header.Set("X-Test-Body", string(b)) // what the origin read of the body
 		f.origin.add(r)
+		if r.Header.Get("Upgrade") != "" {
+			upgradeOrigin(w, r) // upgrade_test.go
+			return
+		}
 		if r.URL.Path == "/v1/status/redirect" {
 			http.Redirect(w, r, "https://elsewhere.test/", http.StatusFound)
 			return
@@ -248,7 +253,7 @@ func newFixture(t testing.TB) *fixture {
 	d := &dialer.Dialer{Policy: current, Resolver: res}
 	events := &eventlog.Sink{Logger: zerolog.New(f.logs), LogAllowed: true}
 	is := &intercept.Server{Policy: current, CA: func() *certs.CA { return ca }, Roots: func() *x509.CertPool { return roots }, Dialer: d, Events: events}
-	f.tunnels = &tunnel.Set{}
+	f.tunnels, f.is = &tunnel.Set{}, is
 	p := &httpproxy.Proxy{Policy: current, Dialer: d, Events: events, Intercept: is, Tunnels: f.tunnels}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

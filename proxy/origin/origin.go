@@ -3,8 +3,9 @@
 // status validation), one hop-by-hop rule, and one response copier
 // (trailers, flushing, Via). Every path that talks HTTP/1.1 to an origin
 // uses it: the forward proxy's pooled requests, its upgrades (WebSocket),
-// and the transparent listener's plain-HTTP gate, which must know whether
-// an origin really switched protocols.
+// interception's requests and upgrades, and the transparent listener's
+// plain-HTTP gate, which must know whether an origin really switched
+// protocols. A 101 is handed to the tunnel by one switch (Switch).
 //
 // It dials nothing: connections come from the caller (dialled through
 // the checking dialer), so that the decision on the address stays with

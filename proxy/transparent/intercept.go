@@ -7,6 +7,7 @@ import (
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/intercept"
 	"github.com/egress-proxy/egress/proxy/peek"
+	"github.com/egress-proxy/egress/proxy/tunnel"
 )
 
 // intercept hands an allowed connection whose decision says Intercept
@@ -14,8 +15,9 @@ import (
 // request decided; one that sent nothing yet too (crypto/tls reads its
 // hello when it comes, and fails what is not TLS); anything else but
 // plain HTTP (decided by the gate with requestRule) is refused (fail
-// closed).
-func (s *Server) intercept(c *conn, req policy.Request, dec, dialled policy.Decision, head []byte, up net.Conn) {
+// closed). An upgrade the origin accepts becomes t, the connection's
+// tunnel slot.
+func (s *Server) intercept(c *conn, t *tunnel.Tunnel, req policy.Request, dec, dialled policy.Decision, head []byte, up net.Conn) {
 	dec.IP = dialled.IP
 	if len(head) > 0 && !peek.TLS(head) {
 		up.Close()
@@ -28,7 +30,7 @@ func (s *Server) intercept(c *conn, req policy.Request, dec, dialled policy.Deci
 	if is == nil {
 		is = &intercept.Server{Policy: s.Policy, Dialer: s.dial, Events: s.Events, Logger: s.Logger}
 	}
-	is.Serve(s.tunnels.Context(), intercept.Conn{Client: c.client, Early: head, Upstream: up, Request: req, Decision: dec, ID: c.entry.ID, ClientAddr: c.entry.Client})
+	is.Serve(s.tunnels.Context(), intercept.Conn{Client: c.client, Early: head, Upstream: up, Request: req, Decision: dec, ID: c.entry.ID, ClientAddr: c.entry.Client, Tunnel: t})
 }
 
 // requestRule decides r, a plain-HTTP request on a connection to an

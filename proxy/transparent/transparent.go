@@ -357,7 +357,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 	if dec.Intercept && op.requests == nil {
 		// Request rules (issue 20) over TLS; the slot is held until it
 		// ends. Plain HTTP goes through the gate below.
-		s.intercept(c, req, dec, ddec, op.head, up)
+		s.intercept(c, t, req, dec, ddec, op.head, up)
 		return
 	}
 	var cside net.Conn = cc
