@@ -108,6 +108,13 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, fw *forward
 		return
 	}
 
+	if err := origin.CheckSwitch(r, resp); err != nil {
+		// A switch to what nobody decided on: a 502, nothing relayed.
+		resp.Body.Close()
+		up.Close()
+		fail(dec, err)
+		return
+	}
 	cc, cbr, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		up.Close()

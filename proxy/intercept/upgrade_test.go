@@ -371,7 +371,8 @@ print("got " + got.decode())
 // inside CONNECT, keeps the upgrade behaviour it had: the upgrade request
 // is decided by method and path and never gets inject:; allowed, the
 // origin's 101 switches the connection (the forward proxy's tunnel, the
-// gate left).
+// gate left) when it names the protocol asked for; a 101 to another
+// protocol ends the exchange there too (fail closed).
 func TestPlainHTTPUpgradeToAnInterceptedHost(t *testing.T) {
 	f := newFixture(t)
 	host := fmt.Sprintf("api.vendor.test:%d", f.plainPort)
@@ -403,6 +404,15 @@ func TestPlainHTTPUpgradeToAnInterceptedHost(t *testing.T) {
 			io.WriteString(c, "ping")
 			if got := readN(t, br, 6, "echo"); got != "hiping" {
 				t.Errorf("got %q, want hiping", got)
+			}
+			// A 101 to a protocol the request did not offer ends the
+			// exchange (the forward proxy answers 502): none of what the origin says after it arrives.
+			_, br = open(t, "/v1/status/other")
+			if resp, err := http.ReadResponse(br, nil); err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+				t.Errorf("a switch to another protocol was relayed: %s", resp.Status)
+			}
+			if rest, _ := io.ReadAll(br); strings.Contains(string(rest), "PRIVMSG") {
+				t.Errorf("the origin's bytes after its 101 reached the client: %q", rest)
 			}
 			before := f.origin.count()
 			_, br = open(t, "/v1/admin/stream")

@@ -186,6 +186,16 @@ func (g *gate) responses() {
 			g.respW.CloseWithError(err)
 			return
 		}
+		if ex.switched != nil && resp.StatusCode == http.StatusSwitchingProtocols {
+			if err := CheckSwitch(req, resp); err != nil {
+				// What follows would be a protocol nobody decided on:
+				// the connection ends, nothing of it relayed.
+				resp.Body.Close()
+				g.fail(err)
+				g.respW.CloseWithError(err)
+				return
+			}
+		}
 		if ex.switched != nil && switched(req, resp) {
 			if _, err := WriteResponse(bw, req, resp); err != nil {
 				g.respW.CloseWithError(err)
