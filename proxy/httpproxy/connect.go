@@ -51,7 +51,10 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 // headers and a body; 502, 503 and 504 told apart), the dial is the
 // policy's (proxy/dialer, never a proxy from the environment), and once
 // dialled the tunnel is proxy/tunnel's, like every other path's: counted,
-// drained on shutdown, logged with its bytes.
+// drained on shutdown, logged with its bytes. A CONNECT to an intercepted
+// destination whose origin connection interception keeps idle is answered
+// without a dial (intercept.Server.Pooled): interception sends its
+// requests.
 //
 // Every answer but the 200 is written with the explanation in its status
 // line (failure.sendConn), then the connection is closed after the client has
