@@ -134,25 +134,38 @@ func (s *Server) roots() *x509.CertPool {
 // Pooled reports whether the pool of pol (the policy that decided res)
 // and res's clients: entry holds an idle origin connection that the
 // first request of a connection decided as one of res's addresses would
-// take: that address and port, the name egress verifies (the decided
-// host; a connection decided on its address alone takes its name from
-// the ClientHello, unknown until then, and never matches), the roots in
-// force. It returns that address's decision. A CONNECT to an intercepted
+// take: that address and port, the roots in force, and the name egress
+// verifies: the decided host, or for a connection decided on its
+// address alone (a cidr rule), the address itself, which is the name
+// when the ClientHello carries none (what clients send for an IP). It
+// returns that address's decision. A CONNECT to an intercepted
 // destination that finds one is answered without a dial of its own
-// (proxy/httpproxy): Serve dials only if the connection is gone by the
-// first request. It takes nothing from the pool.
+// (proxy/httpproxy): Serve dials, those addresses only, if by the first
+// request the connection is gone or the ClientHello named another
+// server. It takes nothing from the pool.
 func (s *Server) Pooled(pol *policy.Policy, res dialer.Resolved) (policy.Decision, bool) {
 	roots := s.roots()
 	for _, d := range res.Allowed {
-		if !d.Intercept || d.Host == "" {
+		if !d.Intercept {
 			continue
 		}
 		pl := s.pools.For(pol, s.policy(), d.Policy)
-		if pl.Has(originKey{ip: d.IP, port: res.Request.Port, name: d.Host, roots: roots}) {
+		if pl.Has(originKey{ip: d.IP, port: res.Request.Port, name: presentedName(d), roots: roots}) {
 			return d, true
 		}
 	}
 	return policy.Decision{}, false
+}
+
+// presentedName is the name egress presents a certificate for, and
+// verifies the origin's for, on a connection decided d: its host, or
+// its address. A ClientHello may name another for an address (see
+// handshake).
+func presentedName(d policy.Decision) string {
+	if d.Host != "" {
+		return d.Host
+	}
+	return d.IP.String()
 }
 
 // CloseIdleConnections closes the origin connections kept between

@@ -168,3 +168,48 @@ func TestPlainHTTPAfterADialFreeConnectIsDialledThen(t *testing.T) {
 		t.Fatalf("the origin accepted %d connections, want 2 (the pooled one, and the plain request's)", a)
 	}
 }
+
+// addressPolicy intercepts 127.0.0.1 on the origins' port by a cidr rule
+// with http:, and allows b.test there as a name a ClientHello may carry.
+const addressPolicy = `version: 1
+default: deny
+tls:
+  ca_cert: ca.crt
+  ca_key: ca.key
+allow:
+  - cidr: 127.0.0.1/32
+    ports: [%[1]d]
+    http:
+      - paths: ["/**"]
+  - host: b.test
+    ports: [%[1]d]
+`
+
+func TestInterceptedConnectsToAnAddressOpenOneOriginConnectionBetweenThem(t *testing.T) {
+	const n = 5
+	f := newPoolFixture(t)
+	f.loadText(t, fmt.Sprintf(addressPolicy, f.port))
+	for i := range n {
+		f.get(t, "127.0.0.1", fmt.Sprintf("/%d", i)) // no server name in the ClientHello
+	}
+	if a, r := f.one.accepted.Load(), f.one.requests.Load(); a != 1 || r != n {
+		t.Fatalf("%d intercepted CONNECTs to 127.0.0.1, one after the other: the origin accepted %d TCP connections for %d requests, want 1 for %d", n, a, r, n)
+	}
+}
+
+func TestInterceptedConnectToAnAddressWhoseClientHelloNamesAnotherServerDialsAtTheRequest(t *testing.T) {
+	f := newPoolFixture(t)
+	f.loadText(t, fmt.Sprintf(addressPolicy, f.port))
+	f.get(t, "127.0.0.1", "/one") // pooled for the name 127.0.0.1
+	c, resp := f.connect(t, "127.0.0.1")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT: %s", resp.Status)
+	}
+	resp, body := f.tlsGet(t, c, "b.test", "/two") // SNI b.test, allowed on the address
+	if resp.StatusCode != http.StatusOK || body != fmt.Sprintf("127.0.0.1:%d saw /two", f.port) {
+		t.Fatalf("GET for b.test on the address: %s %q", resp.Status, body)
+	}
+	if a := f.one.accepted.Load(); a != 2 {
+		t.Fatalf("the origin accepted %d TCP connections, want 2 (one verified for b.test, dialled for the request)", a)
+	}
+}

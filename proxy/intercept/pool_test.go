@@ -84,7 +84,18 @@ func startOrigin(t *testing.T, addr string, ca *certs.CA) *countingOrigin {
 		t.Skipf("cannot listen on %s: %v", addr, err)
 	}
 	o.srv.Listener = ln
-	o.srv.TLS = &tls.Config{GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) { return ca.Leaf(h.ServerName) }}
+	leaf := func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		if h.ServerName == "" { // asked for by address
+			ap, _ := netip.ParseAddrPort(h.Conn.LocalAddr().String())
+			return ca.Leaf(ap.Addr().String())
+		}
+		return ca.Leaf(h.ServerName)
+	}
+	// GetCertificate alone is not asked without a server name once
+	// httptest has put its own certificate in Certificates.
+	o.srv.TLS = &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		return &tls.Config{GetCertificate: leaf, NextProtos: []string{"http/1.1"}}, nil
+	}}
 	o.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	o.srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
 		if s == http.StateNew { // set on accept, before the TLS handshake
@@ -133,7 +144,12 @@ func (f *poolFixture) resolve(host string, ips ...string) {
 
 func (f *poolFixture) load(t *testing.T, comment string) {
 	t.Helper()
-	text := fmt.Sprintf(poolPolicy, f.port, comment)
+	f.loadText(t, fmt.Sprintf(poolPolicy, f.port, comment))
+}
+
+// loadText makes text, a policy naming ca.crt and ca.key, the policy.
+func (f *poolFixture) loadText(t *testing.T, text string) {
+	t.Helper()
 	file := filepath.Join(f.dir, "policy.yaml")
 	os.WriteFile(file, []byte(text), 0o644)
 	p, err := reload.Load(file, []byte(text), reload.ReadFile)
