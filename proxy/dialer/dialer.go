@@ -89,8 +89,8 @@ func (e *ResolveError) Unwrap() error { return e.Err }
 var errNoAddresses = errors.New("no addresses")
 
 // Dial decides on req, resolves a name once, decides on every address, and
-// dials an allowed IP literal. If req.IP is valid it does not resolve: it
-// decides on (Host, IP) and dials IP.
+// dials an allowed IP literal: Resolve, then DialResolved. If req.IP is
+// valid it does not resolve: it decides on (Host, IP) and dials IP.
 //
 // A name whose answer mixes allowed and denied addresses is dialled on the
 // allowed ones only; it is denied (with the first denied address's
@@ -108,6 +108,53 @@ var errNoAddresses = errors.New("no addresses")
 // os.ErrDeadlineExceeded when connecting timed out, otherwise the dial
 // error (connection refused, ...).
 func (d *Dialer) Dial(ctx context.Context, network string, req policy.Request) (net.Conn, policy.Decision, error) {
+	r, dec, err := d.Resolve(ctx, network, req)
+	if err != nil {
+		return nil, dec, err
+	}
+	return d.DialResolved(ctx, r)
+}
+
+// Resolved is a destination decided and resolved, not yet dialled: the
+// allowed addresses Dial would race, each with its decision. A caller
+// that may need no connection at all (proxy/intercept, whose pool may
+// hold one for an address) decides with Resolve and dials later with
+// DialResolved: one resolution, and the addresses dialled are the ones
+// decided.
+type Resolved struct {
+	// Network is "tcp", "tcp4" or "tcp6"; Request is the request Resolve
+	// was given.
+	Network string
+	Request policy.Request
+	// Allowed are the allowed addresses' decisions (Decision.IP), in the
+	// resolver's order: never empty when Resolve succeeded. A caller may
+	// narrow or reorder them (Prefer), never add one.
+	Allowed []policy.Decision
+	// Timeout bounds the dial (Dialer.Timeout, or the policy's
+	// timeouts.dial when Resolve ran).
+	Timeout time.Duration
+}
+
+// Prefer returns r with the address ip, if it is one of r's, tried first
+// (then the rest in their order): a caller that last used ip keeps it.
+func (r Resolved) Prefer(ip netip.Addr) Resolved {
+	i := slices.IndexFunc(r.Allowed, func(d policy.Decision) bool { return d.IP == ip })
+	if i <= 0 {
+		return r
+	}
+	out := make([]policy.Decision, 0, len(r.Allowed))
+	out = append(out, r.Allowed[i])
+	out = append(out, r.Allowed[:i]...)
+	r.Allowed = append(out, r.Allowed[i+1:]...)
+	return r
+}
+
+// Resolve is Dial without the connect: it decides on req, resolves a name
+// once, decides on every address, and returns the allowed ones, with the
+// decision for the first of them. Its refusals and errors are Dial's
+// (*DeniedError, *ResolveError, with the decision that says why); it
+// connects to nothing.
+func (d *Dialer) Resolve(ctx context.Context, network string, req policy.Request) (Resolved, policy.Decision, error) {
 	p := d.Policy()
 	ipNet := "ip"
 	switch network {
@@ -117,7 +164,7 @@ func (d *Dialer) Dial(ctx context.Context, network string, req policy.Request) (
 	case "tcp6":
 		ipNet = "ip6"
 	default:
-		return nil, policy.Decision{}, fmt.Errorf("dial %s: unsupported network", network)
+		return Resolved{}, policy.Decision{}, fmt.Errorf("dial %s: unsupported network", network)
 	}
 
 	var addrs []netip.Addr
@@ -128,7 +175,7 @@ func (d *Dialer) Dial(ctx context.Context, network string, req policy.Request) (
 	} else {
 		first = p.Decide(req)
 		if !first.Allowed() {
-			return nil, first, &DeniedError{Decision: first}
+			return Resolved{}, first, &DeniedError{Decision: first}
 		}
 		switch {
 		case first.IP.IsValid():
@@ -152,10 +199,10 @@ func (d *Dialer) Dial(ctx context.Context, network string, req policy.Request) (
 			}
 			ips, err := r.LookupNetIP(ctx, ipNet, name)
 			if err != nil {
-				return nil, first, &ResolveError{Host: name, Err: err}
+				return Resolved{}, first, &ResolveError{Host: name, Err: err}
 			}
 			if len(ips) == 0 {
-				return nil, first, &ResolveError{Host: name, Err: errNoAddresses}
+				return Resolved{}, first, &ResolveError{Host: name, Err: errNoAddresses}
 			}
 			addrs = ips
 		}
@@ -175,7 +222,7 @@ func (d *Dialer) Dial(ctx context.Context, network string, req policy.Request) (
 			// answer a client that pointed egress at itself with whatever
 			// else holds the port, or a 502 (issue 18).
 			dec = loopDecision(dec)
-			return nil, dec, &DeniedError{Decision: dec}
+			return Resolved{}, dec, &DeniedError{Decision: dec}
 		}
 		if !dec.Allowed() {
 			if denied == nil {
@@ -186,7 +233,7 @@ func (d *Dialer) Dial(ctx context.Context, network string, req policy.Request) (
 		allowed = append(allowed, dec)
 	}
 	if len(allowed) == 0 {
-		return nil, *denied, &DeniedError{Decision: *denied}
+		return Resolved{}, *denied, &DeniedError{Decision: *denied}
 	}
 
 	timeout := d.Timeout
@@ -196,7 +243,29 @@ func (d *Dialer) Dial(ctx context.Context, network string, req policy.Request) (
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	return dialAllowed(ctx, network, req, allowed, timeout)
+	return Resolved{Network: network, Request: req, Allowed: allowed, Timeout: timeout}, allowed[0], nil
+}
+
+// errNothingResolved is DialResolved's error for a Resolved with no
+// address (the zero value, or one narrowed to nothing).
+var errNothingResolved = errors.New("no allowed address to dial")
+
+// DialResolved dials one of r's allowed addresses, exactly those, Happy
+// Eyeballs style as Dial does, within r.Timeout. It neither resolves nor
+// decides again: r is what Resolve decided. The returned Decision and
+// errors are Dial's.
+func (d *Dialer) DialResolved(ctx context.Context, r Resolved) (net.Conn, policy.Decision, error) {
+	if len(r.Allowed) == 0 {
+		return nil, policy.Decision{}, fmt.Errorf("dial %s port %d: %w", r.Request.Host, r.Request.Port, errNothingResolved)
+	}
+	network, timeout := r.Network, r.Timeout
+	if network == "" {
+		network = "tcp"
+	}
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	return dialAllowed(ctx, network, r.Request, r.Allowed, timeout)
 }
 
 // ConnectionAttemptDelay is how long a connection attempt has to succeed

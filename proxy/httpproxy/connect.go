@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/intercept"
 	"github.com/egress-proxy/egress/proxy/origin"
@@ -50,7 +51,10 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 // headers and a body; 502, 503 and 504 told apart), the dial is the
 // policy's (proxy/dialer, never a proxy from the environment), and once
 // dialled the tunnel is proxy/tunnel's, like every other path's: counted,
-// drained on shutdown, logged with its bytes.
+// drained on shutdown, logged with its bytes. A CONNECT to an intercepted
+// destination whose origin connection interception keeps idle is answered
+// without a dial (intercept.Server.Pooled): interception sends its
+// requests.
 //
 // Every answer but the 200 is written with the explanation in its status
 // line (failure.sendConn), then the connection is closed after the client has
@@ -89,7 +93,28 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		return
 	}
 	defer t.Release()
-	up, dec, err := p.dial.Dial(ctx, "tcp", rq.req)
+	var up net.Conn
+	var res dialer.Resolved
+	if dec.Intercept {
+		// Request rules (issue 20): each request goes on an origin
+		// connection from interception's pool, and a dial here would go
+		// unused when the pool has one for the destination. So decide
+		// and resolve, and dial before the 200 only when it has none:
+		// then a destination that cannot be reached is a 502 to the
+		// CONNECT, as a tunnel's. Without a dial here, a request that
+		// finds the pooled connection gone dials the addresses decided
+		// here (res), no others.
+		res, dec, err = p.dial.Resolve(ctx, "tcp", rq.req)
+		if err == nil {
+			if d, ok := p.intercept.Pooled(pol, res); ok {
+				dec = d
+			} else {
+				up, dec, err = p.dial.DialResolved(ctx, res)
+			}
+		}
+	} else {
+		up, dec, err = p.dial.Dial(ctx, "tcp", rq.req)
+	}
 	if err != nil {
 		answer(dec, err)
 		return
@@ -116,8 +141,18 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 			}
 		}
 		if _, source, _ := peek.From(early); source != peek.SourceHTTP {
-			p.intercept.Serve(ctx, intercept.Conn{Client: cc, Early: early, Upstream: up, Request: rq.req, Decision: dec, ID: rq.id, ClientAddr: rq.client, Tunnel: t})
+			p.intercept.Serve(ctx, intercept.Conn{Client: cc, Early: early, Upstream: up, Resolved: res, Request: rq.req, Decision: dec, ID: rq.id, ClientAddr: rq.client, Tunnel: t})
 			return
+		}
+		if up == nil {
+			// Plain HTTP where TLS was expected (the pool held a TLS
+			// connection): dialled now, on the addresses decided, and
+			// a failure is the answer to the client's request.
+			if up, dec, err = p.dial.DialResolved(ctx, res); err != nil {
+				answer(dec, err)
+				return
+			}
+			entry.Decision = dec
 		}
 	}
 	check := sniCheck(pol, rq.req, dec)
@@ -375,7 +410,9 @@ func sniCheck(pol *policy.Policy, req policy.Request, dec policy.Decision) func(
 // and records its line.
 func (p *Proxy) endSetup(cc, up net.Conn, entry eventlog.Entry, start time.Time, bytesUp int64, err error) {
 	cc.Close()
-	up.Close()
+	if up != nil {
+		up.Close()
+	}
 	entry.Err, entry.BytesUp, entry.Duration = err, bytesUp, time.Since(start)
 	p.Events.Record(entry)
 }

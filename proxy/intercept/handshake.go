@@ -16,10 +16,7 @@ import (
 // decided name, and the ClientHello must name it (or nothing).
 func (x *exchange) handshake() bool {
 	d := x.c.Decision
-	x.name = d.Host
-	if x.name == "" {
-		x.name = d.IP.String()
-	}
+	x.name = presentedName(d)
 	var ca *certs.CA
 	if x.s.CA != nil {
 		ca = x.s.CA()

@@ -75,8 +75,9 @@ type Server struct {
 	// roots plus tls.upstream_ca). Nil, or a nil pool, means the system
 	// roots. Verification is never skipped.
 	Roots func() *x509.CertPool
-	// Dialer dials origins when the connection the caller dialled is
-	// gone (the origin closed a kept-alive connection). Nil means a
+	// Dialer dials origins when no connection is idle in the pool and
+	// the caller dialled none (or its is used up): the addresses the
+	// caller decided (Conn.Resolved), or the connection's. Nil means a
 	// Dialer with Policy.
 	Dialer *dialer.Dialer
 	// Events records one entry per request; nil records nothing.
@@ -121,6 +122,52 @@ func (s *Server) sessionCache(roots *x509.CertPool) tls.ClientSessionCache {
 	return s.sessions
 }
 
+// roots are the roots origins are verified against now (nil: the
+// system's).
+func (s *Server) roots() *x509.CertPool {
+	if s.Roots == nil {
+		return nil
+	}
+	return s.Roots()
+}
+
+// Pooled reports whether the pool of pol (the policy that decided res)
+// and res's clients: entry holds an idle origin connection that the
+// first request of a connection decided as one of res's addresses would
+// take: that address and port, the roots in force, and the name egress
+// verifies: the decided host, or for a connection decided on its
+// address alone (a cidr rule), the address itself, which is the name
+// when the ClientHello carries none (what clients send for an IP). It
+// returns that address's decision. A CONNECT to an intercepted
+// destination that finds one is answered without a dial of its own
+// (proxy/httpproxy): Serve dials, those addresses only, if by the first
+// request the connection is gone or the ClientHello named another
+// server. It takes nothing from the pool.
+func (s *Server) Pooled(pol *policy.Policy, res dialer.Resolved) (policy.Decision, bool) {
+	roots := s.roots()
+	for _, d := range res.Allowed {
+		if !d.Intercept {
+			continue
+		}
+		pl := s.pools.For(pol, s.policy(), d.Policy)
+		if pl.Has(originKey{ip: d.IP, port: res.Request.Port, name: presentedName(d), roots: roots}) {
+			return d, true
+		}
+	}
+	return policy.Decision{}, false
+}
+
+// presentedName is the name egress presents a certificate for, and
+// verifies the origin's for, on a connection decided d: its host, or
+// its address. A ClientHello may name another for an address (see
+// handshake).
+func presentedName(d policy.Decision) string {
+	if d.Host != "" {
+		return d.Host
+	}
+	return d.IP.String()
+}
+
 // CloseIdleConnections closes the origin connections kept between
 // requests. Requests decided under a new policy never reuse one dialled
 // under the old one (each policy has pools of its own); call it after a
@@ -135,10 +182,18 @@ type Conn struct {
 	// Early are bytes already read from Client (a peeked ClientHello).
 	Early []byte
 	// Upstream, if set, is a connection to Decision.IP dialled through
-	// the checking dialer; Serve owns it (closes it).
+	// the checking dialer; Serve owns it (closes it). When it is nil or
+	// used up, a request that finds no idle origin connection dials
+	// Resolved, or else Decision.IP.
 	Upstream net.Conn
+	// Resolved, if set, are the destination's allowed addresses as the
+	// caller decided them (dialer.Resolve), Decision.IP among them: an
+	// origin connection is dialled to those only, Decision.IP first, and
+	// to another only where the request is decided there as on
+	// Decision.IP. Nothing is resolved again.
+	Resolved dialer.Resolved
 	// Request and Decision are the connection's: Decision.Intercept
-	// set, Decision.IP the address dialled.
+	// set, Decision.IP the address dialled, or to dial.
 	Request  policy.Request
 	Decision policy.Decision
 	// ID is the connection's decision id, given to its first request.
@@ -316,7 +371,7 @@ func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, r
 		}
 	}
 
-	resp, err := x.roundTrip(ctx, pol, d.Policy, req, bw)
+	resp, err := x.roundTrip(ctx, pol, &d, req, bw)
 	if err != nil {
 		var de *dialer.DeniedError
 		if errors.As(err, &de) {
@@ -351,16 +406,12 @@ func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, r
 
 // roundTrip sends req to the origin and reads its answer's head, relaying
 // 1xx answers to the client. The connection is an idle one from the pool
-// of pol and the clients: entry client, or a new one: dialled through the
-// checking dialer to the decided address (or the one the caller dialled
-// for this client connection), verified for x.name.
-func (x *exchange) roundTrip(ctx context.Context, pol *policy.Policy, client string, req *http.Request, bw *bufio.Writer) (*http.Response, error) {
-	var roots *x509.CertPool
-	if x.s.Roots != nil {
-		roots = x.s.Roots()
-	}
-	key := originKey{ip: x.c.Decision.IP, port: x.c.Request.Port, name: x.name, roots: roots}
-	pl := x.s.pools.For(pol, x.s.policy(), client)
+// of pol and the clients: entry of d, the request's decision, or a new one
+// (dialOrigin), verified for x.name. When the new one is to another
+// address than the connection's, d becomes the request's decision there.
+func (x *exchange) roundTrip(ctx context.Context, pol *policy.Policy, d *policy.Decision, req *http.Request, bw *bufio.Writer) (*http.Response, error) {
+	key := originKey{ip: x.c.Decision.IP, port: x.c.Request.Port, name: x.name, roots: x.s.roots()}
+	pl := x.s.pools.For(pol, x.s.policy(), d.Policy)
 	retry := replayable(req)
 	for {
 		x.up = pl.Get(key, retry)
@@ -372,9 +423,10 @@ func (x *exchange) roundTrip(ctx context.Context, pol *policy.Policy, client str
 			}
 		} else {
 			var err error
-			if x.up, err = x.dialOrigin(ctx, pl, key); err != nil {
+			if x.up, err = x.dialOrigin(ctx, pl, key, pol, d, req); err != nil {
 				return nil, err
 			}
+			key = x.up.Key
 		}
 		resp, err := x.exchangeOnce(pol, req, bw)
 		if err != nil && x.up.Reused && !x.up.OC.Got() && retry {
@@ -390,13 +442,43 @@ func (x *exchange) roundTrip(ctx context.Context, pol *policy.Policy, client str
 }
 
 // dialOrigin makes a new origin connection for key: the caller's socket
-// if it is still unused, else one dialled through the checking dialer to
-// the decided address; then the TLS handshake, verified against key's
-// roots for key's name, resuming a session when it can.
-func (x *exchange) dialOrigin(ctx context.Context, pl *origin.Pool[originKey], key originKey) (*origin.PoolConn[originKey], error) {
+// if it is still unused; else one dialled through the checking dialer to
+// the addresses the caller decided (Conn.Resolved) where req, decided d
+// on key.ip, is decided alike, key.ip first; else to key.ip. Then the TLS
+// handshake, verified against key's roots for key's name, resuming a
+// session when it can. A connection to another address than key.ip
+// becomes the exchange's (Conn.Decision), and d the request's decision
+// there: the decision logged is the one for the address used.
+func (x *exchange) dialOrigin(ctx context.Context, pl *origin.Pool[originKey], key originKey, pol *policy.Policy, d *policy.Decision, req *http.Request) (*origin.PoolConn[originKey], error) {
 	raw := x.c.Upstream
 	x.c.Upstream = nil
-	if raw == nil {
+	switch {
+	case raw != nil:
+	case len(x.c.Resolved.Allowed) > 0:
+		res := x.c.Resolved.Prefer(key.ip)
+		alike := make([]policy.Decision, 0, len(res.Allowed))
+		there := make(map[netip.Addr]policy.Decision, len(res.Allowed))
+		for _, a := range res.Allowed {
+			rd := *d
+			if a.IP != key.ip {
+				rd = Decide(pol, x.c.Request, a, x.name, req)
+				if !rd.Allowed() || rd.Rule != d.Rule || rd.RequestRule != d.RequestRule || rd.Reason != d.Reason || rd.Audit != d.Audit {
+					continue
+				}
+			}
+			alike = append(alike, a)
+			there[a.IP] = rd
+		}
+		res.Allowed = alike
+		c, dec, err := x.s.dialer().DialResolved(ctx, res)
+		if err != nil {
+			return nil, err
+		}
+		raw = c
+		if dec.IP != key.ip {
+			x.c.Decision, *d, key.ip = dec, there[dec.IP], dec.IP
+		}
+	default:
 		var err error
 		r := x.c.Request
 		r.IP = key.ip

@@ -53,10 +53,11 @@ allow:
 `
 
 // countingOrigin is a TLS origin on one loopback address that counts the
-// connections that carried requests (CONNECT dials one ahead that may go
-// unused) and the requests it answered.
+// TCP connections it accepted, those that carried requests, and the
+// requests it answered.
 type countingOrigin struct {
 	srv      *httptest.Server
+	accepted atomic.Int32
 	requests atomic.Int32
 	mu       sync.Mutex
 	used     map[string]bool // client addresses of connections that carried a request
@@ -83,44 +84,72 @@ func startOrigin(t *testing.T, addr string, ca *certs.CA) *countingOrigin {
 		t.Skipf("cannot listen on %s: %v", addr, err)
 	}
 	o.srv.Listener = ln
-	o.srv.TLS = &tls.Config{GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) { return ca.Leaf(h.ServerName) }}
+	leaf := func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		if h.ServerName == "" { // asked for by address
+			ap, _ := netip.ParseAddrPort(h.Conn.LocalAddr().String())
+			return ca.Leaf(ap.Addr().String())
+		}
+		return ca.Leaf(h.ServerName)
+	}
+	// GetCertificate alone is not asked without a server name once
+	// httptest has put its own certificate in Certificates.
+	o.srv.TLS = &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		return &tls.Config{GetCertificate: leaf, NextProtos: []string{"http/1.1"}}, nil
+	}}
 	o.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	o.srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew { // set on accept, before the TLS handshake
+			o.accepted.Add(1)
+		}
+	}
 	o.srv.StartTLS()
 	t.Cleanup(o.srv.Close)
 	return o
 }
 
 type poolFixture struct {
-	proxy  string
-	port   int
-	caPool *x509.CertPool
-	is     *intercept.Server
-	pol    atomic.Pointer[policy.Policy]
-	dir    string
-	one    *countingOrigin // on 127.0.0.1
-	two    *countingOrigin // on 127.0.0.2, same port
-	mu     sync.Mutex
-	names  map[string]netip.Addr
+	proxy   string
+	port    int
+	caPool  *x509.CertPool
+	is      *intercept.Server
+	pol     atomic.Pointer[policy.Policy]
+	dir     string
+	one     *countingOrigin // on 127.0.0.1
+	two     *countingOrigin // on 127.0.0.2, same port
+	mu      sync.Mutex
+	names   map[string][]netip.Addr
+	lookups int              // names looked up
+	entries []eventlog.Entry // every entry recorded
 }
 
 func (f *poolFixture) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.lookups++
 	if a, ok := f.names[host]; ok {
-		return []netip.Addr{a}, nil
+		return a, nil
 	}
 	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
 }
 
-func (f *poolFixture) resolve(host, ip string) {
+// resolve makes host resolve to ips, in that order.
+func (f *poolFixture) resolve(host string, ips ...string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.names[host] = netip.MustParseAddr(ip)
+	f.names[host] = nil
+	for _, ip := range ips {
+		f.names[host] = append(f.names[host], netip.MustParseAddr(ip))
+	}
 }
 
 func (f *poolFixture) load(t *testing.T, comment string) {
 	t.Helper()
-	text := fmt.Sprintf(poolPolicy, f.port, comment)
+	f.loadText(t, fmt.Sprintf(poolPolicy, f.port, comment))
+}
+
+// loadText makes text, a policy naming ca.crt and ca.key, the policy.
+func (f *poolFixture) loadText(t *testing.T, text string) {
+	t.Helper()
 	file := filepath.Join(f.dir, "policy.yaml")
 	os.WriteFile(file, []byte(text), 0o644)
 	p, err := reload.Load(file, []byte(text), reload.ReadFile)
@@ -132,7 +161,7 @@ func (f *poolFixture) load(t *testing.T, comment string) {
 
 func newPoolFixture(t *testing.T) *poolFixture {
 	t.Helper()
-	f := &poolFixture{dir: t.TempDir(), names: map[string]netip.Addr{}}
+	f := &poolFixture{dir: t.TempDir(), names: map[string][]netip.Addr{}}
 	ca, certPEM, keyPEM, err := certs.Create(certs.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -157,7 +186,11 @@ func newPoolFixture(t *testing.T) *poolFixture {
 
 	current := func() *policy.Policy { return f.pol.Load() }
 	d := &dialer.Dialer{Policy: current, Resolver: f}
-	events := &eventlog.Sink{Logger: zerolog.New(io.Discard)}
+	events := &eventlog.Sink{Logger: zerolog.New(io.Discard), Observe: func(e eventlog.Entry) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.entries = append(f.entries, e)
+	}}
 	f.is = &intercept.Server{Policy: current, CA: func() *certs.CA { return ca }, Roots: func() *x509.CertPool { return roots }, Dialer: d, Events: events}
 	p := &httpproxy.Proxy{Policy: current, Dialer: d, Events: events, Intercept: f.is}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

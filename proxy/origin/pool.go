@@ -121,6 +121,15 @@ func (p *Pool[K]) Get(key K, retryable bool) *PoolConn[K] {
 	}
 }
 
+// Has reports whether p holds an idle connection for key, without
+// taking it or looking at it: one that Get would take, unless the origin
+// closed it meanwhile or another request takes it first.
+func (p *Pool[K]) Has(key K) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.idle[key]) > 0
+}
+
 // put keeps pc for reuse, or closes it if the pool is closed or full.
 func (p *Pool[K]) put(pc *PoolConn[K]) {
 	p.mu.Lock()
