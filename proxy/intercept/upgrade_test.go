@@ -22,6 +22,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/egress-proxy/egress/certs"
+	"github.com/egress-proxy/egress/internal/testwait"
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
@@ -203,9 +204,11 @@ func TestReloadRevokesAnUpgradedConnection(t *testing.T) {
 		t.Fatalf("the same policy revoked %d tunnels", n)
 	}
 	f.load(t, strings.Replace(fmt.Sprintf(policyText, f.tlsPort, f.plainPort, f.badPort), `"/v1/status/*"`, `"/v1/status/eu"`, 1))
-	if n := f.tunnels.Revoke(f.pol.Load()); n != 1 {
-		t.Fatalf("revoked %d tunnels, want the upgraded connection whose path is no longer allowed", n)
-	}
+	// The 101 and the origin's first bytes reach the client just before
+	// the tunnel is registered: revoke until it is.
+	testwait.Until(t, 5*time.Second, "the upgraded connection whose path is no longer allowed revoked", func() bool {
+		return f.tunnels.Revoke(f.pol.Load()) == 1
+	})
 	if _, err := br.ReadByte(); err == nil {
 		t.Error("the upgraded connection stayed open")
 	}
