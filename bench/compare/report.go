@@ -120,7 +120,7 @@ func (r *results) markdown(o options) string {
 	w("\n")
 	w("- Every proxy runs as its own process, allows everything to 127.0.0.1 and writes one log line per request or tunnel to a file ")
 	w("(egress `log.allowed: %t`, squid `access_log`, tinyproxy `LogLevel Connect`, smokescreen its CANONICAL-PROXY-DECISION lines on stderr); ", o.logAllowed)
-	w("configs in `bench/peers/` and `bench/compare/main.go` (smokescreen: `--allow-range 127.0.0.1/32` and no egress ACL file, which allows every destination its ranges allow). ")
+	w("configs in `bench/peers/` and `bench/compare/subjects.go` (smokescreen: `--allow-range 127.0.0.1/32` and no egress ACL file, which allows every destination its ranges allow). ")
 	w("*go-minimal* is `bench/compare/minproxy`: the smallest Go proxy that passes these measures (no policy, no log), the floor of what a Go proxy costs here.\n")
 	w("- Measures 1-3 ran %d rounds, each round taking every subject in turn (rotating the order); a figure is the median of a subject's rounds ", o.runs)
 	w("(latency percentiles: over the samples of all its rounds); memory was measured once, on freshly started proxies. Ratios compare figures of this run only.\n\n")
