@@ -12,34 +12,17 @@ import (
 // Issue 20: learn proposes request rules (http:) from intercepted
 // requests (proto https lines), never inject:.
 func TestLearnProposesRequestRules(t *testing.T) {
-	in := filepath.Join("testdata", "learn", "requests.log")
-	var stdout, stderr bytes.Buffer
-	if code := run([]string{"learn", in}, &stdout, &stderr); code != exitOK {
-		t.Fatalf("egress learn: exit %d\n%s", code, stderr.String())
-	}
-	golden := filepath.Join("testdata", "learn", "requests.policy.yaml")
-	if *updateLearn {
-		if err := os.WriteFile(golden, stdout.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run with -update-learn to create it)", err)
-	}
-	got := stdout.String()
-	if got != string(want) {
-		t.Errorf("egress learn output differs from %s (run with -update-learn):\n--- got\n%s\n--- want\n%s", golden, got, want)
-	}
+	learned, summary := learnGolden(t, "requests")
+	got := string(learned)
 	if strings.Contains(got, "inject") {
 		t.Errorf("learn proposed inject:\n%s", got)
 	}
-	if want := "egress learn: request rules (http:) for 1 destination from 19 intercepted requests; no inject: (add credentials by hand)\n"; !strings.Contains(stderr.String(), want) {
-		t.Errorf("summary %q lacks %q", stderr.String(), want)
+	if want := "egress learn: request rules (http:) for 1 destination from 19 intercepted requests; no inject: (add credentials by hand)\n"; !strings.Contains(summary, want) {
+		t.Errorf("summary %q lacks %q", summary, want)
 	}
 
 	out := filepath.Join(t.TempDir(), "learned.yaml")
-	if err := os.WriteFile(out, stdout.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(out, learned, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {

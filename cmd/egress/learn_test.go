@@ -21,13 +21,17 @@ import (
 // package can each have one.
 var updateLearn = flag.Bool("update-learn", false, "rewrite testdata/learn golden files")
 
-func TestLearnGolden(t *testing.T) {
-	in := filepath.Join("testdata", "learn", "audit.log")
+// learnGolden runs egress learn on testdata/learn/NAME.log and compares
+// what it writes with testdata/learn/NAME.policy.yaml (rewritten with
+// -update-learn). It returns what learn wrote and its summary (stderr).
+func learnGolden(t *testing.T, name string) (learned []byte, summary string) {
+	t.Helper()
+	in := filepath.Join("testdata", "learn", name+".log")
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"learn", in}, &stdout, &stderr); code != exitOK {
 		t.Fatalf("egress learn: exit %d\n%s", code, stderr.String())
 	}
-	golden := filepath.Join("testdata", "learn", "audit.policy.yaml")
+	golden := filepath.Join("testdata", "learn", name+".policy.yaml")
 	if *updateLearn {
 		if err := os.WriteFile(golden, stdout.Bytes(), 0o644); err != nil {
 			t.Fatal(err)
@@ -40,28 +44,33 @@ func TestLearnGolden(t *testing.T) {
 	if got := stdout.String(); got != string(want) {
 		t.Errorf("egress learn output differs from %s (run with -update-learn):\n--- got\n%s\n--- want\n%s", golden, got, want)
 	}
+	return stdout.Bytes(), stderr.String()
+}
+
+func TestLearnGolden(t *testing.T) {
+	learned, summary := learnGolden(t, "audit")
 	for _, want := range []string{
 		"egress learn: 20 lines, 16 decisions, 5 destinations learned, 4 lines skipped\n",
 		"egress learn: held back 3 destinations whose rule would lift a guard (written commented out; --lift-guards writes them)\n",
 		"egress learn: not learned: 1 denial of an enforcing egress (event deny; --include-denied learns them)\n",
 	} {
-		if !strings.Contains(stderr.String(), want) {
-			t.Errorf("summary %q lacks %q", stderr.String(), want)
+		if !strings.Contains(summary, want) {
+			t.Errorf("summary %q lacks %q", summary, want)
 		}
 	}
 
 	// egress lint accepts the output as is: no error, no warning.
 	out := filepath.Join(t.TempDir(), "learned.yaml")
-	if err := os.WriteFile(out, stdout.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(out, learned, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var lintOut bytes.Buffer
-	if code := run([]string{"lint", out}, &lintOut, &stderr); code != exitOK || strings.Contains(lintOut.String(), ": warning:") {
+	var lintOut, lintErr bytes.Buffer
+	if code := run([]string{"lint", out}, &lintOut, &lintErr); code != exitOK || strings.Contains(lintOut.String(), ": warning:") {
 		t.Errorf("egress lint on the learned policy: exit %d\n%s", code, lintOut.String())
 	}
 
 	// It allows what was observed and nothing else.
-	p, err := policy.Load(out, stdout.Bytes())
+	p, err := policy.Load(out, learned)
 	if err != nil {
 		t.Fatalf("policy.Load: %v", err)
 	}
