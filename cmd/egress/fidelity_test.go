@@ -5,8 +5,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,7 +21,6 @@ import (
 
 	"github.com/egress-proxy/egress/firewall"
 	"github.com/egress-proxy/egress/firewall/nftexpr"
-	"github.com/egress-proxy/egress/internal/testnet"
 )
 
 // connectScript connects to each destination given as HOST:PORT
@@ -79,34 +76,12 @@ func TestRunConnectFidelity(t *testing.T) {
 	if err := netlink.LinkSetUp(lo); err != nil {
 		t.Fatal(err)
 	}
-	greeter := testnet.ServeTCP(t, func(c net.Conn) { io.WriteString(c, "db ready\n") }).Port
-	free := func() int {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port
-	}
+	greeter := greeterOrigin(t)
+	free := func() int { return freePort(t, "127.0.0.1") }
 	refusing, silent, noHost := free(), free(), free()
 	// The silent destination: its SYNs are dropped in this namespace. The
-	// unreachable host: its SYNs are answered with ICMP host unreachable,
-	// as a router answers for a host that does not answer ARP.
-	c, err := firewall.NewConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tbl := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: "silent"})
-	ch := c.AddChain(&nftables.Chain{Name: "out", Table: tbl, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter})
-	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: nftexpr.Concat(
-		nftexpr.L4(unix.IPPROTO_TCP), nftexpr.DPort(uint16(silent)), nftexpr.Verdict(expr.VerdictDrop))})
-	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: nftexpr.Concat(
-		nftexpr.L4(unix.IPPROTO_TCP), nftexpr.DPort(uint16(noHost)),
-		[]expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_HOST_UNREACH}})})
-	if err := c.Flush(); err != nil {
-		t.Skipf("nftables: %v", err)
-	}
+	// unreachable host: its SYNs are answered with ICMP host unreachable.
+	silentAndUnreachable(t, "silent", silent, noHost)
 	const unreachable = "[2001:db8::1]:5432" // no IPv6 route in this namespace
 	dir := t.TempDir()
 	config := filepath.Join(dir, "policy.yaml")
@@ -210,45 +185,9 @@ func TestServeConnectFidelity(t *testing.T) {
 	// refuses (nothing listens), one silent and one unreachable (egress's
 	// SYNs dropped, or answered with ICMP host unreachable, as a router
 	// answers for a host that does not answer ARP).
-	greeter, err := net.Listen("tcp", "10.0.0.2:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer greeter.Close()
-	go func() {
-		for {
-			c, err := greeter.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(c, "db ready\n")
-			c.Close()
-		}
-	}()
-	free := func() int {
-		l, err := net.Listen("tcp", "10.0.0.2:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port
-	}
-	greet, refusing, silent, noHost, deniedPort := greeter.Addr().(*net.TCPAddr).Port, free(), free(), free(), free()
-	c, err := firewall.NewConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tbl := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: "destinations"})
-	ch := c.AddChain(&nftables.Chain{Name: "out", Table: tbl, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter})
-	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: nftexpr.Concat(
-		nftexpr.L4(unix.IPPROTO_TCP), nftexpr.DPort(uint16(silent)), nftexpr.Verdict(expr.VerdictDrop))})
-	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: nftexpr.Concat(
-		nftexpr.L4(unix.IPPROTO_TCP), nftexpr.DPort(uint16(noHost)),
-		[]expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_HOST_UNREACH}})})
-	if err := c.Flush(); err != nil {
-		t.Skipf("nftables: %v", err)
-	}
+	free := func() int { return freePort(t, "10.0.0.2") }
+	greet, refusing, silent, noHost, deniedPort := greeterOriginOn(t, "10.0.0.2"), free(), free(), free(), free()
+	c := silentAndUnreachable(t, "destinations", silent, noHost)
 	// Where the kernel has no NFQUEUE target, egress serves unheld (and
 	// says so in its log): nothing here to test.
 	probe := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: "probe"})
@@ -414,4 +353,29 @@ func clientPythons(t *testing.T) []clientPython {
 	os.Chmod(mnt, 0o755)
 	return append(out, clientPython{name: "python2.7", exe: mnt + strings.TrimPrefix(exe, prefix),
 		mount: "mount --bind " + prefix + " " + mnt + " && ", env: []string{"LD_LIBRARY_PATH=" + mnt + "/lib"}})
+}
+
+// silentAndUnreachable adds the nftables table name to this namespace:
+// egress's SYNs to port silent are dropped, those to port noHost are
+// answered with ICMP host unreachable, as a router answers for a host
+// that does not answer ARP. It returns the connection, for more tables,
+// and skips the test where nftables cannot load the table.
+func silentAndUnreachable(t *testing.T, name string, silent, noHost int) *nftables.Conn {
+	t.Helper()
+	c, err := firewall.NewConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: name})
+	ch := c.AddChain(&nftables.Chain{Name: "out", Table: tbl, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter})
+	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: nftexpr.Concat(
+		nftexpr.L4(unix.IPPROTO_TCP), nftexpr.DPort(uint16(silent)), nftexpr.Verdict(expr.VerdictDrop))})
+	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: nftexpr.Concat(
+		nftexpr.L4(unix.IPPROTO_TCP), nftexpr.DPort(uint16(noHost)),
+		[]expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_HOST_UNREACH}})})
+	if err := c.Flush(); err != nil {
+		t.Skipf("nftables: %v", err)
+	}
+	return c
 }

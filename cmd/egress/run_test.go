@@ -311,9 +311,28 @@ func dnsUpstreamTTL(t *testing.T, records map[string]string, ttl int) string {
 	return pc.LocalAddr().String()
 }
 
+// greeterOrigin serves "db ready\n" to each connection on 127.0.0.1 and
+// returns its port.
 func greeterOrigin(t *testing.T) int {
 	t.Helper()
-	return testnet.ServeTCP(t, func(c net.Conn) { io.WriteString(c, "db ready\n") }).Port
+	return greeterOriginOn(t, "127.0.0.1")
+}
+
+// greeterOriginOn is greeterOrigin on host (10.0.0.2 in hostNamespace).
+func greeterOriginOn(t *testing.T, host string) int {
+	t.Helper()
+	return testnet.ServeTCPOn(t, host, func(c net.Conn) { io.WriteString(c, "db ready\n") }).Port
+}
+
+// freePort is a TCP port of host that nothing listens on (a moment ago).
+func freePort(t *testing.T, host string) int {
+	t.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 type scriptResult struct {
@@ -587,22 +606,7 @@ func testServeHostRules(t *testing.T, refuseAtConnect bool) {
 	hostNamespace(t, uid)
 
 	// The origin, on the host's address: db.test (allowed) and another port.
-	greet, err := net.Listen("tcp", "10.0.0.2:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer greet.Close()
-	go func() {
-		for {
-			c, err := greet.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(c, "db ready\n")
-			c.Close()
-		}
-	}()
-	greetPort := greet.Addr().(*net.TCPAddr).Port
+	greetPort := greeterOriginOn(t, "10.0.0.2")
 	upstream := dnsUpstream(t, map[string]string{"db.test": "10.0.0.2"})
 
 	dir := t.TempDir()

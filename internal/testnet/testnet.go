@@ -13,7 +13,14 @@ import (
 // returns. The listener closes when tb ends.
 func ServeTCP(tb testing.TB, handle func(net.Conn)) *net.TCPAddr {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	return ServeTCPOn(tb, "127.0.0.1", handle)
+}
+
+// ServeTCPOn is ServeTCP on host: an address of the loopback, or of an
+// interface inside a network namespace the test created.
+func ServeTCPOn(tb testing.TB, host string, handle func(net.Conn)) *net.TCPAddr {
+	tb.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		tb.Fatal(err)
 	}
