@@ -35,11 +35,20 @@ func (l *lockedLog) Write(p []byte) (int, error) {
 // waitLine waits for a JSON line that pred accepts.
 func (l *lockedLog) waitLine(t *testing.T, pred func(map[string]any) bool) map[string]any {
 	t.Helper()
-	var found map[string]any
-	testwait.UntilNil(t, testwait.Timeout, func() error {
+	return waitJSONLine(t, testwait.Timeout, func() string {
 		l.mu.Lock()
-		text := l.b.String()
-		l.mu.Unlock()
+		defer l.mu.Unlock()
+		return l.b.String()
+	}, pred)
+}
+
+// waitJSONLine waits until the log text returns has a JSON line that
+// pred accepts, and returns that line.
+func waitJSONLine(t *testing.T, timeout time.Duration, text func() string, pred func(map[string]any) bool) map[string]any {
+	t.Helper()
+	var found map[string]any
+	testwait.UntilNil(t, timeout, func() error {
+		text := text()
 		for _, line := range strings.Split(text, "\n") {
 			var m map[string]any
 			if json.Unmarshal([]byte(line), &m) == nil && pred(m) {
@@ -47,7 +56,7 @@ func (l *lockedLog) waitLine(t *testing.T, pred func(map[string]any) bool) map[s
 				return nil
 			}
 		}
-		return fmt.Errorf("no matching log line in:\n%s", text)
+		return fmt.Errorf("no matching line in the log:\n%s", text)
 	})
 	return found
 }

@@ -549,19 +549,7 @@ allow:
 // waitLine waits for a JSON line of the child's log that pred accepts.
 func (c *egressChild) waitLine(t *testing.T, pred func(map[string]any) bool) map[string]any {
 	t.Helper()
-	var found map[string]any
-	testwait.UntilNil(t, 10*time.Second, func() error {
-		text := c.logText()
-		for _, line := range strings.Split(text, "\n") {
-			var m map[string]any
-			if json.Unmarshal([]byte(line), &m) == nil && pred(m) {
-				found = m
-				return nil
-			}
-		}
-		return fmt.Errorf("no matching line in the log:\n%s", text)
-	})
-	return found
+	return waitJSONLine(t, 10*time.Second, c.logText, pred)
 }
 
 // TestPolicyShowsRestartWarning: a reload that changes a setting read only
