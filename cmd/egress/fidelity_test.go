@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/egress-proxy/egress/firewall"
@@ -66,16 +64,8 @@ func TestRunConnectFidelity(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (a network namespace with its own nftables rules)")
 	}
-	// Enter a new namespace on this thread for good: egress and its
-	// destinations live in it. The thread dies with the test.
-	runtime.LockOSThread()
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		t.Skipf("network namespaces unavailable: %v", err)
-	}
-	lo, _ := netlink.LinkByName("lo")
-	if err := netlink.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
+	// egress and its destinations live in a namespace of their own.
+	loopbackNamespace(t)
 	greeter := greeterOrigin(t)
 	free := func() int { return freePort(t, "127.0.0.1") }
 	refusing, silent, noHost := free(), free(), free()

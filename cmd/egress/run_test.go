@@ -713,14 +713,7 @@ func hostNamespace(t *testing.T, uid int) {
 	}
 	rules := strings.ReplaceAll(string(m[1]), `"plugin"`, strconv.Itoa(uid))
 
-	runtime.LockOSThread()
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		t.Skipf("network namespaces unavailable: %v", err)
-	}
-	lo, _ := netlink.LinkByName("lo")
-	if err := netlink.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
+	loopbackNamespace(t)
 	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0peer"}); err != nil {
 		t.Skipf("veth: %v", err)
 	}
@@ -737,6 +730,21 @@ func hostNamespace(t *testing.T, uid int) {
 	nft.Stdin = strings.NewReader(rules)
 	if out, err := nft.CombinedOutput(); err != nil {
 		t.Fatalf("load the documented rules: %v\n%s", err, out)
+	}
+}
+
+// loopbackNamespace enters a new network namespace on this goroutine's
+// thread for good (the thread dies with the test), with lo up: what the
+// test starts afterwards lives in it.
+func loopbackNamespace(t *testing.T) {
+	t.Helper()
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		t.Skipf("network namespaces unavailable: %v", err)
+	}
+	lo, _ := netlink.LinkByName("lo")
+	if err := netlink.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
 	}
 }
 
