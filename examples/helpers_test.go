@@ -182,54 +182,60 @@ const (
 
 func startDB(t *testing.T, how dbBehaviour) *dbOrigin {
 	t.Helper()
+	d := &dbOrigin{}
+	done := make(chan struct{})
+	d.ln = serveLoopback(t, func(c net.Conn) {
+		switch how {
+		case dbClosesAtOnce:
+			return
+		case dbSilent:
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			go func() { <-done; c.Close() }()
+			io.Copy(io.Discard, c)
+			return
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		var msg [8]byte
+		if _, err := io.ReadFull(c, msg[:]); err != nil {
+			return
+		}
+		if binary.BigEndian.Uint32(msg[0:4]) != 8 || binary.BigEndian.Uint32(msg[4:8]) != 80877103 {
+			return
+		}
+		if _, err := c.Write([]byte("N")); err == nil {
+			d.answered.Add(1)
+		}
+	})
+	d.port = d.ln.Addr().(*net.TCPAddr).Port
+	t.Cleanup(func() { close(done) }) // before serveLoopback's wait: silent handlers return on it
+	return d
+}
+
+// serveLoopback listens on 127.0.0.1:0 and runs handle on each accepted
+// connection in its own goroutine, closing the connection when handle
+// returns. When t ends the listener closes and the handlers are waited
+// for (after the cleanups registered later, which run first).
+func serveLoopback(t *testing.T, handle func(c net.Conn)) net.Listener {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &dbOrigin{ln: ln, port: ln.Addr().(*net.TCPAddr).Port}
 	var wg sync.WaitGroup
-	done := make(chan struct{})
-	t.Cleanup(func() {
-		close(done)
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				defer c.Close()
-				switch how {
-				case dbClosesAtOnce:
-					return
-				case dbSilent:
-					c.SetDeadline(time.Now().Add(30 * time.Second))
-					go func() { <-done; c.Close() }()
-					io.Copy(io.Discard, c)
-					return
-				}
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				var msg [8]byte
-				if _, err := io.ReadFull(c, msg[:]); err != nil {
-					return
-				}
-				if binary.BigEndian.Uint32(msg[0:4]) != 8 || binary.BigEndian.Uint32(msg[4:8]) != 80877103 {
-					return
-				}
-				if _, err := c.Write([]byte("N")); err == nil {
-					d.answered.Add(1)
-				}
-			}()
+				handle(c)
+			})
 		}
-	}()
-	return d
+	})
+	return ln
 }
 
 // apiOrigin is the DBMS REST API over HTTPS, with a certificate from a CA
@@ -369,53 +375,35 @@ func (p *connectProxy) seen() []string {
 
 func startConnectProxy(t *testing.T, refuse bool) *connectProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &connectProxy{url: "http://" + ln.Addr().String()}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				br := bufio.NewReader(c)
-				req, err := http.ReadRequest(br)
-				if err != nil {
-					return
-				}
-				p.mu.Lock()
-				p.targets = append(p.targets, req.Method+" "+req.Host)
-				p.mu.Unlock()
-				if req.Method != http.MethodConnect || refuse {
-					// egress's 403 carries its headers: a 403 without
-					// them is another proxy's, which the helper does
-					// not blame on egress's policy.
-					io.WriteString(c, "HTTP/1.1 403 Forbidden\r\nX-Egress-Decision: deny\r\nX-Egress-Reason: no_rule_matched\r\n"+
-						"X-Egress-Id: 0123456789abcdef\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-					return
-				}
-				up, err := net.DialTimeout("tcp", req.Host, 2*time.Second)
-				if err != nil {
-					io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
-					return
-				}
-				defer up.Close()
-				io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
-				go func() { io.Copy(up, br); up.(*net.TCPConn).CloseWrite() }()
-				io.Copy(c, up)
-			}()
+	p := &connectProxy{}
+	ln := serveLoopback(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
 		}
-	}()
+		p.mu.Lock()
+		p.targets = append(p.targets, req.Method+" "+req.Host)
+		p.mu.Unlock()
+		if req.Method != http.MethodConnect || refuse {
+			// egress's 403 carries its headers: a 403 without
+			// them is another proxy's, which the helper does
+			// not blame on egress's policy.
+			io.WriteString(c, "HTTP/1.1 403 Forbidden\r\nX-Egress-Decision: deny\r\nX-Egress-Reason: no_rule_matched\r\n"+
+				"X-Egress-Id: 0123456789abcdef\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+			return
+		}
+		up, err := net.DialTimeout("tcp", req.Host, 2*time.Second)
+		if err != nil {
+			io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+			return
+		}
+		defer up.Close()
+		io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
+		go func() { io.Copy(up, br); up.(*net.TCPConn).CloseWrite() }()
+		io.Copy(c, up)
+	})
+	p.url = "http://" + ln.Addr().String()
 	return p
 }
