@@ -46,6 +46,67 @@ func startKeyedAPI(t *testing.T, key string) *keyedAPI {
 	return a
 }
 
+// interceptDir makes egress's CA under dir/ca (egress ca init) and
+// writes the vendor's key to dir/vendor-token, for keyedServePolicy.
+func interceptDir(t *testing.T, bin, dir, key string) {
+	t.Helper()
+	if r := run(t, 30*time.Second, nil, bin, "ca", "init", filepath.Join(dir, "ca")); r.code != 0 {
+		t.Fatalf("egress ca init: exit %d", r.code)
+	}
+	os.WriteFile(filepath.Join(dir, "vendor-token"), []byte(key+"\n"), 0o600)
+}
+
+// apiDest is the destination of the keyed API's rule as py reaches the
+// API: Python 2.7 ignores IP SANs and reaches it by name (localhost),
+// Python 3 as 127.0.0.1: a cidr rule may carry http: and inject: too.
+func apiDest(py python, api *keyedAPI) string {
+	if py.apiHost == "localhost" {
+		return fmt.Sprintf("host: localhost\n    ports: [%d]", api.port)
+	}
+	return fmt.Sprintf("cidr: 127.0.0.1/32\n    ports: [%d]", api.port)
+}
+
+// keyedServePolicy is a policy for egress serve that intercepts with the
+// CA interceptDir made under dir, trusts upstreamCA for the origins,
+// allows the rules before (list items) and, at dest, the keyed API's GET
+// /v1/status only, injecting the key from dir/vendor-token.
+func keyedServePolicy(dir, upstreamCA, dest string, before ...string) string {
+	var rules strings.Builder
+	for _, r := range before {
+		rules.WriteString("  " + r + "\n")
+	}
+	return fmt.Sprintf(`version: 1
+default: deny
+tls:
+  ca_cert: %[1]s/ca/ca.crt
+  ca_key: %[1]s/ca/ca.key
+  upstream_ca: %[2]s
+allow:
+%[4]s  - %[3]s
+    http:
+      - methods: [GET]
+        paths: ["/v1/status"]
+    inject:
+      - header: Authorization
+        from_file: %[1]s/vendor-token
+        prefix: "Bearer "
+listen:
+  admin: 127.0.0.1:0
+`, dir, upstreamCA, dest, rules.String())
+}
+
+// wantAPIRead checks that the plugin read the keyed API (its stdout has
+// the API's version), which it can only with the key egress injects.
+func wantAPIRead(t *testing.T, api *keyedAPI, stdout string) {
+	t.Helper()
+	if api.withKey.Load() == 0 {
+		t.Error("the API never got the injected key")
+	}
+	if !strings.Contains(stdout, `"version": "16.4"`) {
+		t.Errorf("the plugin did not read the API: %s", stdout)
+	}
+}
+
 // TestPluginCallsAPIWithInjectedKey: the plugin sends no key; behind
 // `egress serve`, an http: rule allows GET /v1/status only and egress
 // injects the vendor's key from a file the plugin never sees. The
@@ -60,37 +121,8 @@ func TestPluginCallsAPIWithInjectedKey(t *testing.T) {
 			const timeout = 3 * time.Second
 			db, api := startDB(t, dbAnswers), startKeyedAPI(t, key)
 			dir := t.TempDir()
-			if r := run(t, 30*time.Second, nil, bin, "ca", "init", filepath.Join(dir, "ca")); r.code != 0 {
-				t.Fatalf("egress ca init: exit %d", r.code)
-			}
-			os.WriteFile(filepath.Join(dir, "vendor-token"), []byte(key+"\n"), 0o600)
-			// Python 2.7 reaches the API as localhost (it ignores IP
-			// SANs), Python 3 as 127.0.0.1: a cidr rule may carry http:
-			// and inject: too.
-			dest := fmt.Sprintf("cidr: 127.0.0.1/32\n    ports: [%d]", api.port)
-			if py.apiHost == "localhost" {
-				dest = fmt.Sprintf("host: localhost\n    ports: [%d]", api.port)
-			}
-			policy := fmt.Sprintf(`version: 1
-default: deny
-tls:
-  ca_cert: %[1]s/ca/ca.crt
-  ca_key: %[1]s/ca/ca.key
-  upstream_ca: %[2]s
-allow:
-  - cidr: 127.0.0.1/32
-    ports: [%[3]d]
-  - %[4]s
-    http:
-      - methods: [GET]
-        paths: ["/v1/status"]
-    inject:
-      - header: Authorization
-        from_file: %[1]s/vendor-token
-        prefix: "Bearer "
-listen:
-  admin: 127.0.0.1:0
-`, dir, api.caFile, db.port, dest)
+			interceptDir(t, bin, dir, key)
+			policy := keyedServePolicy(dir, api.caFile, apiDest(py, api), fmt.Sprintf("- cidr: 127.0.0.1/32\n    ports: [%d]", db.port))
 			e := startServe(t, bin, policy)
 			args := append(pluginArgs(py, "127.0.0.1", db.port, api.url(py.apiHost), "", timeout), "--db-proxy", e.proxyURL)
 			env := append(py.env, "HTTPS_PROXY="+e.proxyURL, "SSL_CERT_FILE="+filepath.Join(dir, "ca", "ca.crt"))
@@ -98,12 +130,7 @@ listen:
 			if r.code != 0 {
 				t.Fatalf("exit %d, want 0", r.code)
 			}
-			if api.withKey.Load() == 0 {
-				t.Error("the API never got the injected key")
-			}
-			if !strings.Contains(r.stdout, `"version": "16.4"`) {
-				t.Errorf("the plugin did not read the API: %s", r.stdout)
-			}
+			wantAPIRead(t, api, r.stdout)
 			for _, l := range e.logLines() {
 				if strings.Contains(fmt.Sprint(l), key) {
 					t.Errorf("the key is in egress's log: %v", l)
@@ -140,10 +167,7 @@ func TestPluginCallsAPIWithInjectedKeyUnderRun(t *testing.T) {
 		t.Run(py.name, func(t *testing.T) {
 			const timeout = 3 * time.Second
 			db, api := startDB(t, dbAnswers), startKeyedAPI(t, key)
-			dest := fmt.Sprintf("cidr: 127.0.0.1/32\n    ports: [%d]", api.port)
-			if py.apiHost == "localhost" {
-				dest = fmt.Sprintf("host: localhost\n    ports: [%d]", api.port)
-			}
+			dest := apiDest(py, api)
 			cfg := filepath.Join(t.TempDir(), "policy.yaml")
 			os.WriteFile(cfg, []byte(fmt.Sprintf(`version: 1
 default: deny
@@ -166,12 +190,7 @@ allow:
 			if r.code != 0 {
 				t.Fatalf("exit %d, want 0", r.code)
 			}
-			if api.withKey.Load() == 0 {
-				t.Error("the API never got the injected key")
-			}
-			if !strings.Contains(r.stdout, `"version": "16.4"`) {
-				t.Errorf("the plugin did not read the API: %s", r.stdout)
-			}
+			wantAPIRead(t, api, r.stdout)
 			if strings.Contains(r.stdout+r.stderr, key) {
 				t.Error("the key is in the output")
 			}

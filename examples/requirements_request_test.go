@@ -25,33 +25,8 @@ func TestRequirementsRequestThroughEgressServe(t *testing.T) {
 		t.Run(py.name, func(t *testing.T) {
 			api := startKeyedAPI(t, key)
 			dir := t.TempDir()
-			if r := run(t, 30*time.Second, nil, bin, "ca", "init", filepath.Join(dir, "ca")); r.code != 0 {
-				t.Fatalf("egress ca init: exit %d", r.code)
-			}
-			os.WriteFile(filepath.Join(dir, "vendor-token"), []byte(key+"\n"), 0o600)
-			// Python 2.7 ignores IP SANs: it reaches the API by name.
-			dest := fmt.Sprintf("cidr: 127.0.0.1/32\n    ports: [%d]", api.port)
-			if py.apiHost == "localhost" {
-				dest = fmt.Sprintf("host: localhost\n    ports: [%d]", api.port)
-			}
-			e := startServe(t, bin, fmt.Sprintf(`version: 1
-default: deny
-tls:
-  ca_cert: %[1]s/ca/ca.crt
-  ca_key: %[1]s/ca/ca.key
-  upstream_ca: %[2]s
-allow:
-  - %[3]s
-    http:
-      - methods: [GET]
-        paths: ["/v1/status"]
-    inject:
-      - header: Authorization
-        from_file: %[1]s/vendor-token
-        prefix: "Bearer "
-listen:
-  admin: 127.0.0.1:0
-`, dir, api.caFile, dest))
+			interceptDir(t, bin, dir, key)
+			e := startServe(t, bin, keyedServePolicy(dir, api.caFile, apiDest(py, api)))
 			// One bundle: egress's CA (through the proxy) and the
 			// origin's (direct).
 			caPEM, _ := os.ReadFile(filepath.Join(dir, "ca", "ca.crt"))
