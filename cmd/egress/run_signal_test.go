@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -224,13 +225,36 @@ func (s *shellSession) command(t *testing.T, line string) {
 		from := len(s.text())
 		testwait.Until(t, 10*time.Second, "the prompt", func() bool { return strings.HasSuffix(strings.TrimRight(stripCSI(s.text()), " "), "$") })
 		s.typeIn(line + "\n")
-		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			if strings.Contains(stripCSI(s.text()[from:]), line) {
-				return
+		if testwait.Poll(2*time.Second, func() error {
+			if !strings.Contains(stripCSI(s.text()[from:]), line) {
+				return fmt.Errorf("no echo of %q", line)
 			}
+			return nil
+		}) == nil {
+			return
 		}
 	}
 	t.Fatalf("the shell does not take %q; screen:\n%s", line, s.text())
+}
+
+// nudgeUntil does act, then waits up to pace for cond, again until cond
+// holds, or fails the test after timeout saying what did not happen: for
+// a key that a job takes only once it has the terminal.
+func (s *shellSession) nudgeUntil(t *testing.T, timeout, pace time.Duration, what string, act func(), cond func() bool) {
+	t.Helper()
+	holds := func() error {
+		if !cond() {
+			return fmt.Errorf("%s; screen:\n%s", what, s.text())
+		}
+		return nil
+	}
+	testwait.UntilNil(t, timeout, func() error {
+		if holds() == nil {
+			return nil
+		}
+		act()
+		return testwait.Poll(pace, holds)
+	})
 }
 
 // stripCSI drops bash's bracketed-paste switches from the screen text.
@@ -295,13 +319,10 @@ func TestRunJobControl(t *testing.T) {
 		s.typeIn("\x1a") // ^Z
 		testwait.Until(t, 10*time.Second, "the shell to say the job stopped", func() bool { return strings.Contains(s.text(), "Stopped") })
 		s.command(t, "fg")
-		// The command is in the foreground again once ^C reaches it.
-		for deadline := time.Now().Add(10 * time.Second); len(recorded(out)) < 2; time.Sleep(100 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("^C after fg did not reach the command; screen:\n%s", s.text())
-			}
-			s.typeIn("\x03")
-		}
+		// The command is in the foreground again once ^C reaches it; a ^C
+		// gets 100 ms to be recorded before the next (one SIGINT is wanted).
+		s.nudgeUntil(t, 10*time.Second, 100*time.Millisecond, "^C after fg did not reach the command",
+			func() { s.typeIn("\x03") }, func() bool { return len(recorded(out)) >= 2 })
 		s.typeIn("quit\n")
 		testwait.Until(t, 10*time.Second, "the command to end", func() bool { return strings.Contains(strings.Join(recorded(out), " "), "quit") })
 		if got := strings.Join(recorded(out), " "); got != "ready SIGINT quit" {
@@ -314,21 +335,13 @@ func TestRunJobControl(t *testing.T) {
 		os.WriteFile(script, []byte("import sys\nline = sys.stdin.readline()\nopen(sys.argv[1], 'w').write('READ:' + line)\n"), 0o644)
 		s := startShell(t, "EGRESS_RUN_ARGS="+strings.Join([]string{"run", "--quiet", "--", python, script, out}, "\n"))
 		s.command(t, "$E &")
-		for deadline := time.Now().Add(20 * time.Second); !strings.Contains(s.text(), "Stopped"); time.Sleep(200 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("the job did not stop reading the terminal; screen:\n%s", s.text())
-			}
-			s.command(t, "jobs")
-		}
+		s.nudgeUntil(t, 20*time.Second, 200*time.Millisecond, "the job did not stop reading the terminal",
+			func() { s.command(t, "jobs") }, func() bool { return strings.Contains(s.text(), "Stopped") })
 		s.command(t, "fg")
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-			if b, _ := os.ReadFile(out); strings.TrimSpace(string(b)) == "READ:hello" {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the command did not read the line after fg; screen:\n%s", s.text())
-			}
-			s.typeIn("hello\n")
-		}
+		s.nudgeUntil(t, 10*time.Second, 200*time.Millisecond, "the command did not read the line after fg",
+			func() { s.typeIn("hello\n") }, func() bool {
+				b, _ := os.ReadFile(out)
+				return strings.TrimSpace(string(b)) == "READ:hello"
+			})
 	})
 }

@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/egress-proxy/egress/internal/testnet"
+	"github.com/egress-proxy/egress/internal/testwait"
 )
 
 // TestStdLogIsJSON: net/http writes through the standard log package on
@@ -44,6 +47,7 @@ func TestServeUnsolicitedResponse(t *testing.T) {
 	}
 	defer ln.Close()
 	answered := make(chan struct{})
+	unasked := make(chan net.Conn, 1) // the first connection written on unasked
 	var accepted atomic.Int32
 	go func() {
 		for {
@@ -60,6 +64,10 @@ func TestServeUnsolicitedResponse(t *testing.T) {
 				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 				<-answered
 				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nunsolicited")
+				select {
+				case unasked <- c:
+				default:
+				}
 				io.Copy(io.Discard, c)
 			}()
 		}
@@ -81,7 +89,17 @@ func TestServeUnsolicitedResponse(t *testing.T) {
 		}
 		if i == 0 {
 			close(answered)
-			time.Sleep(100 * time.Millisecond) // the unsolicited bytes arrive
+			// The unsolicited bytes reach egress's socket.
+			select {
+			case c := <-unasked:
+				testnet.Delivered(t, c)
+			case <-time.After(testwait.Timeout):
+				t.Fatalf("waited %v for the origin to write on the idle connection", testwait.Timeout)
+			}
+			// Idle past origin.FreshIdle (1 ms), a connection is looked
+			// at before egress reuses it: without the pause the test
+			// fails, egress taking the connection unlooked.
+			time.Sleep(5 * time.Millisecond) // the idleness under test
 		}
 	}
 	if n := accepted.Load(); n != 2 {
