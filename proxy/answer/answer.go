@@ -236,8 +236,29 @@ func (a Answer) Raw(proto string, head bool) []byte {
 // like net/http's closeWriteAndWait, half-close, read for a moment, close.
 func CloseAfter(c net.Conn) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-		c.SetReadDeadline(time.Now().Add(LingerTimeout))
-		io.CopyN(io.Discard, c, 1<<20)
+		Linger(c)
 	}
 	c.Close()
+}
+
+// Linger reads and drops what the client still sends on c, whose answer
+// is out and whose sending side is (or is about to be) half-closed, for
+// LingerTimeout or until the client closes, so that the close that
+// follows does not reset the answer away.
+func Linger(c net.Conn) {
+	c.SetReadDeadline(time.Now().Add(LingerTimeout))
+	io.CopyN(io.Discard, c, 1<<20)
+}
+
+// RefusedRequest is the 403 to r, a request egress read itself and
+// refused on a gated plain-HTTP connection (inside a CONNECT tunnel, on
+// the transparent listener), as bytes on the wire: target "METHOD URL",
+// url naming what egress decided on (no query string), in r's HTTP
+// version, without a body to a HEAD, with Connection: close.
+func RefusedRequest(id, url string, r *http.Request, d policy.Decision) []byte {
+	proto := "HTTP/1.1"
+	if !r.ProtoAtLeast(1, 1) {
+		proto = "HTTP/1.0"
+	}
+	return Denied(id, r.Method+" "+url, d).Raw(proto, r.Method == http.MethodHead)
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/answer"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/intercept"
@@ -69,7 +70,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 	rq := p.newRequest(r, host, port)
 	target := targetString(host, port)
 	entry := eventlog.Entry{ID: rq.id, Proto: eventlog.ProtoConnect, Client: rq.client}
-	answer := func(dec policy.Decision, err error) {
+	reply := func(dec policy.Decision, err error) {
 		failureFor(rq.id, target, dec, err).sendConn(cc, proto, false)
 		entry.Decision = dec
 		if dec.Allowed() { // audit mode too: a denial let through that then failed
@@ -82,14 +83,14 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 	pol := p.Policy()
 	dec := pol.Decide(rq.req)
 	if !dec.Allowed() {
-		answer(dec, nil)
+		reply(dec, nil)
 		return
 	}
 	// The slot counts while dialling; Start hands it to the tunnel, and
 	// Release gives it back on every other way out, panics included.
 	t, err := p.tunnels.Acquire(tunnel.MaxTunnels(pol))
 	if err != nil {
-		answer(dec, fmt.Errorf("%w: %w", errTooManyTunnels, err))
+		reply(dec, fmt.Errorf("%w: %w", errTooManyTunnels, err))
 		return
 	}
 	defer t.Release()
@@ -116,7 +117,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		up, dec, err = p.dial.Dial(ctx, "tcp", rq.req)
 	}
 	if err != nil {
-		answer(dec, err)
+		reply(dec, err)
 		return
 	}
 	entry.Decision = dec
@@ -149,13 +150,12 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 			// connection): dialled now, on the addresses decided, and
 			// a failure is the answer to the client's request.
 			if up, dec, err = p.dial.DialResolved(ctx, res); err != nil {
-				answer(dec, err)
+				reply(dec, err)
 				return
 			}
 			entry.Decision = dec
 		}
 	}
-	check := sniCheck(pol, rq.req, dec)
 	head := early
 	if len(head) == 0 {
 		// Whoever speaks first: the client's first bytes are inspected
@@ -176,6 +176,18 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		if err != nil { // idle, or the drain
 			p.endSetup(cc, up, entry, rq.start, 0, err)
 			return
+		}
+		if len(head) > 0 {
+			// The client's first bytes are decided on the policy in
+			// force now, as a request on a gated connection is: a
+			// reload while the tunnel waited applies to it (it is no
+			// open tunnel yet for reload.revoke_open).
+			var refused *policy.Decision
+			if pol, refused = p.redecide(rq.req, dec); refused != nil {
+				entry.Decision = *refused
+				p.endSetup(cc, up, entry, rq.start, 0, nil)
+				return
+			}
 		}
 	} else {
 		head = append([]byte(nil), early...)
@@ -218,8 +230,9 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 	case len(head) == 0:
 		// The origin spoke first: the client's first bytes, whenever
 		// they come, are decided in the tunnel before any goes up, as on
-		// the transparent path.
-		t.InspectLate(check, unreadable)
+		// the transparent path, on the policy in force then (the tunnel
+		// itself is re-decided on reload: reload.revoke_open).
+		t.InspectLate(func(f peek.First) *policy.Decision { return sniCheck(p.Policy(), rq.req, dec)(f) }, unreadable)
 	case source == peek.SourceHTTP:
 		// Plaintext HTTP in the tunnel (a CONNECT to port 80): every
 		// request, this first one included, is read with net/http's
@@ -245,11 +258,15 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		if refused != nil {
 			entry.Decision = *refused
 			up.Close()
-			if dec.Intercept && err == nil {
-				// Refused by a request rule: the client reads egress's
-				// 403 with the explanation, as on every other path.
-				entry.Method, entry.URL = first.Method, intercept.URL("http", requestName(dec), rq.req.Port, refused.Path)
-				failureFor(rq.id, first.Method+" "+entry.URL, *refused, nil).sendConn(cc, answerProto(first), first.Method == http.MethodHead)
+			if err == nil {
+				// Refused by the policy (a request rule, or a host not
+				// allowed at the address dialled): the client reads
+				// egress's 403 with the explanation, as on every other
+				// path.
+				entry.Method, entry.URL = first.Method, refusedURL(rq.req, dec, first, *refused)
+				cc.SetWriteDeadline(time.Now().Add(DefaultHeaderTimeout))
+				cc.Write(answer.RefusedRequest(rq.id, entry.URL, first, *refused))
+				go answer.CloseAfter(cc)
 			} else {
 				cc.Close()
 			}
@@ -257,23 +274,23 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 			p.Events.Record(entry)
 			return
 		}
-		allow := func(r *http.Request) bool {
-			if d := hostCheck(p.Policy(), rq.req, dec, peek.RequestHost(r)); d != nil {
-				t.Refuse(*d)
-				return false
+		// Every later request is decided on the policy in force when it
+		// comes; one refused gets the same 403 as a first one, after the
+		// answers to the requests before it, and ends the tunnel (the
+		// line is its refusal).
+		allow := func(r *http.Request) ([]byte, bool) {
+			var d *policy.Decision
+			if dec.Intercept {
+				d = intercept.DecidePlain(p.Policy(), rq.req, dec, r)
+			} else {
+				d = hostCheck(p.Policy(), rq.req, dec, peek.RequestHost(r))
 			}
-			return true
-		}
-		if dec.Intercept {
-			// A later request refused ends the tunnel (logged with its
-			// decision); only the first is answered with a 403.
-			allow = func(r *http.Request) bool {
-				if d := intercept.DecidePlain(p.Policy(), rq.req, dec, r); d != nil {
-					t.Refuse(*d)
-					return false
-				}
-				return true
+			if d == nil {
+				return nil, true
 			}
+			url := refusedURL(rq.req, dec, r, *d)
+			t.RefusedRequest(*d, r.Method, url)
+			return answer.RefusedRequest(rq.id, url, r, *d), false
 		}
 		gate = origin.NewGate(cc, up, origin.GateConfig{
 			Requests: requests, First: first, Fail: t.Fail, Allow: allow,
@@ -295,7 +312,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		// ClientHello is read whole (peek.ReadFirst) or refused.
 		f := peek.ReadFirst(cc, head, tunnel.DefaultInspectTimeout)
 		head = f.Bytes
-		if d := check(f); d != nil {
+		if d := sniCheck(pol, rq.req, dec)(f); d != nil {
 			entry.Decision = *d
 			cc.Close()
 			up.Close()
@@ -349,6 +366,42 @@ func hostCheck(pol *policy.Policy, req policy.Request, dec policy.Decision, host
 	d.Verdict, d.Audit, d.Reason = policy.Deny, false, policy.ReasonHostMismatch
 	d.Hint = fmt.Sprintf("the tunnel to %s carries an HTTP request for %s, which the policy refuses there (%s)", targetString(req.Host, req.Port), host, why)
 	return &d
+}
+
+// redecide decides req, a tunnel allowed by dec whose client's first
+// bytes have just come, again on the policy in force now, and returns
+// that policy, or the refusal: the new policy refuses the destination
+// (its decision), or decides each request to it (http:) where the tunnel
+// was opened as a plain one (policy.ReasonRevoked: the client's next
+// CONNECT is intercepted). An audit pass is no refusal.
+func (p *Proxy) redecide(req policy.Request, dec policy.Decision) (*policy.Policy, *policy.Decision) {
+	pol := p.Policy()
+	req.IP = dec.IP
+	d := pol.Decide(req)
+	switch {
+	case !d.Allowed():
+		return pol, &d
+	case d.Intercept != dec.Intercept:
+		d.Verdict, d.Audit, d.Reason = policy.Deny, false, policy.ReasonRevoked
+		d.Hint = "the policy was reloaded while the tunnel waited for its first bytes, and now decides each request to it (http:): connect again"
+		return pol, &d
+	}
+	return pol, nil
+}
+
+// refusedURL is the URL a refused plain-HTTP request r on a tunnel opened
+// for req and allowed by dec names in its 403 and its line: the name its
+// request rules are decided on (intercepted destinations) or the host r
+// names, the tunnel's port, the path decided on (or as sent), no query.
+func refusedURL(req policy.Request, dec policy.Decision, r *http.Request, d policy.Decision) string {
+	name, path := peek.RequestHost(r), d.Path
+	if dec.Intercept || name == "" {
+		name = requestName(dec)
+	}
+	if path == "" {
+		path = intercept.RequestPath(r)
+	}
+	return intercept.URL("http", name, req.Port, path)
 }
 
 // requestName is the name a request to an intercepted destination dec

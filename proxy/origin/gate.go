@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/egress-proxy/egress/proxy/answer"
 	"github.com/egress-proxy/egress/proxy/peek"
 )
 
@@ -22,8 +23,9 @@ import (
 // origin really switched protocols: it answered a request asking to
 // upgrade with 101, or a CONNECT with 2xx; an h2c upgrade offer is
 // removed from every request first (StripH2C), since HTTP/2 frames are
-// not read here. A request that cannot be read,
-// or that Allow refuses, ends the connection.
+// not read here. A request that cannot be read ends the connection; one
+// that Allow refuses is answered with Allow's refusal after the answers
+// to the requests before it, and nothing of it or after it goes up.
 //
 // Client and Upstream are the two ends proxy/tunnel copies between: they
 // hide the sockets on purpose, so the tunnel copies through the gate and
@@ -40,9 +42,14 @@ type GateConfig struct {
 	// first one, read (and decided) already.
 	Requests *peek.RequestReader
 	First    *http.Request
-	// Allow decides each request after First; false refuses it (Allow
-	// records why) and ends the connection.
-	Allow func(*http.Request) bool
+	// Allow decides each request after First; !ok refuses it (Allow
+	// records why). refusal is egress's answer to it (a 403 with
+	// Connection: close, as bytes on the wire), which the client gets
+	// after the answers to the requests before it; then nothing more of
+	// the client's goes up, and the connection ends once the client has
+	// had the time to read the answer (answer.Linger). A refusal without
+	// an answer ends the connection at once.
+	Allow func(*http.Request) (refusal []byte, ok bool)
 	// Fail is told why the gate ended the connection: a request that
 	// cannot be read, a response that cannot be relayed.
 	Fail func(error)
@@ -86,10 +93,12 @@ type gate struct {
 }
 
 // exchange is one request sent up; switched, for a request that asks to
-// switch protocols, hears whether the origin did.
+// switch protocols, hears whether the origin did. An exchange with a
+// refusal is a request refused and not sent: the refusal is its answer.
 type exchange struct {
 	req      *http.Request
 	switched chan bool
+	refusal  []byte
 }
 
 func (g *gate) fail(err error) {
@@ -124,8 +133,8 @@ func (g *gate) requests() {
 				g.reqW.CloseWithError(err)
 				return
 			}
-			if !g.cfg.Allow(req) {
-				g.reqW.CloseWithError(errRefused)
+			if refusal, ok := g.cfg.Allow(req); !ok {
+				g.refuse(refusal)
 				return
 			}
 		}
@@ -171,12 +180,45 @@ func (g *gate) requests() {
 	}
 }
 
+// refuse ends the requests of the connection at one Allow refused, with
+// its answer when there is one: queued behind the answers to the
+// requests sent before it, then, once it is out, what the client still
+// sends is read and dropped for a moment (answer.Linger) before the
+// client's direction ends, so that the close that follows does not
+// reset the answer away. Nothing of the refused request, nor of any
+// request behind it, goes up.
+func (g *gate) refuse(refusal []byte) {
+	if len(refusal) == 0 {
+		g.reqW.CloseWithError(errRefused)
+		return
+	}
+	select {
+	case g.pending <- exchange{refusal: refusal}:
+	case <-g.done:
+		g.reqW.CloseWithError(io.ErrClosedPipe)
+		return
+	}
+	<-g.done // the answer is out, or the origin's answers failed first
+	answer.Linger(g.client)
+	g.reqW.Close()
+}
+
 // responses reads the origin's answers, in the order of the requests, and
 // sends them to the client.
 func (g *gate) responses() {
 	defer close(g.done)
 	bw := bufio.NewWriterSize(g.respW, 4<<10)
 	for ex := range g.pending {
+		if ex.refusal != nil {
+			// egress's answer, then the end of the connection's answers:
+			// the tunnel half-closes the client's side after it.
+			_, err := bw.Write(ex.refusal)
+			if err == nil {
+				err = bw.Flush()
+			}
+			g.respW.CloseWithError(err)
+			return
+		}
 		req := ex.req
 		resp, err := g.oc.ReadResponse(req, func(code int, h http.Header) error {
 			return WriteInformational(bw, code, h)

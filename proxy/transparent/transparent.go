@@ -15,7 +15,10 @@
 // is on the address, and on the names egress's DNS returned it for.
 //
 // It does not set up the redirect (see sandbox and docs/transparent.md),
-// terminate TLS, or speak any protocol: denied connections are reset.
+// terminate TLS (proxy/intercept does, for rules with request rules), or
+// speak any protocol: denied connections are reset. The exception is a
+// connection whose first bytes are HTTP/1, gated for its life: a request
+// refused on it once it was let through is answered with egress's 403.
 package transparent
 
 import (
@@ -34,6 +37,7 @@ import (
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/accept"
+	"github.com/egress-proxy/egress/proxy/answer"
 	"github.com/egress-proxy/egress/proxy/dialer"
 	"github.com/egress-proxy/egress/proxy/eventlog"
 	"github.com/egress-proxy/egress/proxy/intercept"
@@ -327,16 +331,20 @@ func (s *Server) handle(cc *net.TCPConn) {
 			return
 		}
 		if len(head) > 0 {
+			// Read and decided on the policy in force now, as a request
+			// on a gated connection is: a reload while the connection
+			// waited applies to it (it is no open tunnel yet for
+			// reload.revoke_open), its address included.
+			pol = s.Policy()
 			var refused *policy.Decision
 			if op, refused = s.classify(pol, cc, head, dst, client, peekTimeout); refused != nil {
 				up.Close()
 				c.deny(*refused)
 				return
 			}
-		}
-		if op.name != "" {
-			// The name decided as before a dial, then the upstream,
-			// connected to its address already, as the dialer would.
+			// The name decided as before a dial (or, with none, the
+			// address), then the upstream, connected to its address
+			// already, as the dialer would.
 			nreq, ndec, ok := s.decide(pol, op.name, dst, client)
 			if !ok {
 				up.Close()
@@ -365,26 +373,32 @@ func (s *Server) handle(cc *net.TCPConn) {
 	if op.requests != nil {
 		// Plain HTTP: gated for the connection's whole life, whatever
 		// its first request said; every later request is decided on its
-		// own Host, as the forward proxy does, and the gate is left only
-		// when the origin switched protocols.
+		// own Host, as the forward proxy does, on the policy in force
+		// when it comes, and the gate is left only when the origin
+		// switched protocols. A refused one gets egress's 403 after the
+		// answers to the requests before it, and ends the connection.
 		name := op.name
-		allow := func(r *http.Request) bool { return s.allowRequest(t, name, r, dst, client) }
+		decideRequest := func(r *http.Request) *policy.Decision { return s.requestHost(name, r, dst, client) }
 		if dec.Intercept {
 			// Request rules (issue 20): each request is decided on its
-			// method and path too, this first one included.
+			// method and path too, this first one included; the first,
+			// refused, is answered as a later one is.
 			dec.IP = ddec.IP
 			if d := requestRule(pol, req, dec, op.first); d != nil {
 				up.Close()
-				c.deny(*d)
+				c.refuseRequest(op.first, refusedURL(dec, dst.Port(), op.first, *d), *d)
 				return
 			}
-			allow = func(r *http.Request) bool {
-				if d := requestRule(s.Policy(), req, dec, r); d != nil {
-					t.Refuse(*d)
-					return false
-				}
-				return true
+			decideRequest = func(r *http.Request) *policy.Decision { return requestRule(s.Policy(), req, dec, r) }
+		}
+		allow := func(r *http.Request) ([]byte, bool) {
+			d := decideRequest(r)
+			if d == nil {
+				return nil, true
 			}
+			url := refusedURL(dec, dst.Port(), r, *d)
+			t.RefusedRequest(*d, r.Method, url)
+			return answer.RefusedRequest(c.entry.ID, url, r, *d), false
 		}
 		gate = origin.NewGate(cc, up, origin.GateConfig{
 			Requests: op.requests, First: op.first, Fail: t.Fail, Allow: allow,
@@ -483,12 +497,12 @@ func (s *Server) classify(pol *policy.Policy, cc net.Conn, b []byte, dst netip.A
 	return op, nil
 }
 
-// allowRequest decides a later request r of a plain-HTTP connection to
-// dst, whose first request named first ("" for none, or an address):
-// the same name passes, another one only if the policy allows that name
-// itself on this address (not through the address's other names); a
-// refusal closes the tunnel with its decision.
-func (s *Server) allowRequest(t *tunnel.Tunnel, first string, r *http.Request, dst netip.AddrPort, client netip.Addr) bool {
+// requestHost decides a later request r of a plain-HTTP connection to
+// dst, whose first request named first ("" for none, or an address), on
+// the policy in force: the same name passes, another one only if the
+// policy allows that name itself on this address (not through the
+// address's other names). It returns the refusal, or nil.
+func (s *Server) requestHost(first string, r *http.Request, dst netip.AddrPort, client netip.Addr) *policy.Decision {
 	host := peek.RequestHost(r)
 	if _, err := netip.ParseAddr(host); err == nil {
 		host = ""
@@ -502,11 +516,11 @@ func (s *Server) allowRequest(t *tunnel.Tunnel, first string, r *http.Request, d
 	}
 	h, err := norm(host)
 	if f, ferr := norm(first); err == nil && ferr == nil && h == f {
-		return true
+		return nil
 	}
 	rq, d, ok := s.decide(s.Policy(), host, dst, client)
 	if ok && err == nil && (rq.Host == host || rq.Host == h) {
-		return true
+		return nil
 	}
 	if d.Allowed() {
 		d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonNameMismatch
@@ -516,8 +530,25 @@ func (s *Server) allowRequest(t *tunnel.Tunnel, first string, r *http.Request, d
 			d.Hint = fmt.Sprintf("a request on a connection to %s names no host, and the address alone is not allowed", dst.Addr())
 		}
 	}
-	t.Refuse(d)
-	return false
+	return &d
+}
+
+// refusedURL is the URL a refused plain-HTTP request r on a connection
+// allowed by dec names in its 403 and its line: the name its request
+// rules are decided on (intercepted destinations) or the host r names,
+// port, the path decided on (or as sent), no query.
+func refusedURL(dec policy.Decision, port uint16, r *http.Request, d policy.Decision) string {
+	name, path := peek.RequestHost(r), d.Path
+	if dec.Intercept || name == "" {
+		name = dec.Host
+		if name == "" {
+			name = dec.IP.String()
+		}
+	}
+	if path == "" {
+		path = intercept.RequestPath(r)
+	}
+	return intercept.URL("http", name, port, path)
 }
 
 // unreadable is the refusal of a connection whose first bytes started an
@@ -683,6 +714,24 @@ func (c *conn) deny(d policy.Decision) {
 	c.entry.Duration = time.Since(c.start)
 	c.s.Events.Record(c.entry)
 }
+
+// refuseRequest records the refusal d of r, the first request of a
+// plain-HTTP connection allowed on its destination (a request rule
+// refused it), and answers it with egress's 403, as a later request
+// refused on the connection is answered: the connection is closed once
+// the client has had the time to read it.
+func (c *conn) refuseRequest(r *http.Request, url string, d policy.Decision) {
+	c.entry.Decision = d
+	c.entry.Method, c.entry.URL = r.Method, url
+	c.client.SetWriteDeadline(time.Now().Add(answerTimeout))
+	c.client.Write(answer.RefusedRequest(c.entry.ID, url, r, d))
+	go answer.CloseAfter(c.client)
+	c.entry.Duration = time.Since(c.start)
+	c.s.Events.Record(c.entry)
+}
+
+// answerTimeout bounds the write of egress's own answer to a client.
+const answerTimeout = 10 * time.Second
 
 // fail records an allowed connection that could not be forwarded (dial
 // error, client gone) and resets the client.

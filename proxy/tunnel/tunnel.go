@@ -350,7 +350,7 @@ type Tunnel struct {
 	isClosed  atomic.Bool      // set inside closeOnce
 	closeErr  error            // why it was closed, set inside closeOnce
 	revokedBy *policy.Decision // the refusing decision, when revoked
-	refused   *policy.Decision // Inspect's refusal, set before it closes the tunnel
+	refused   atomic.Pointer[refusal] // Inspect's or Refuse's refusal, set before the tunnel closes
 	// lateUnreadable: see InspectLate.
 	lateUnreadable func(error) policy.Decision
 }
@@ -512,8 +512,24 @@ func (t *Tunnel) pipe(dst, src net.Conn, n *int64) {
 // Refuse closes the tunnel for d, a refusal of something it carried (a
 // later request of a plain-HTTP connection): its line is d.
 func (t *Tunnel) Refuse(d policy.Decision) {
-	t.refused = &d
+	t.refused.Store(&refusal{d: d})
 	t.close(errRefused, nil)
+}
+
+// RefusedRequest makes d, the refusal of a request the tunnel carried
+// that egress answered itself (its 403 on a gated plain-HTTP
+// connection), the tunnel's line, with the request's method and URL.
+// Unlike Refuse it leaves the tunnel open: the gate ends the connection
+// once the client has had its answer.
+func (t *Tunnel) RefusedRequest(d policy.Decision, method, url string) {
+	t.refused.Store(&refusal{d: d, method: method, url: url})
+}
+
+// refusal is the decision of a refused tunnel's line, and the request it
+// refused when it was one.
+type refusal struct {
+	d           policy.Decision
+	method, url string
 }
 
 // Fail closes the tunnel for err, which its line reports (a request it
@@ -550,7 +566,7 @@ func (t *Tunnel) inspectHead(dst, src net.Conn) bool {
 	f := peek.ReadFirst(src, first[:n], timeout)
 	head := f.Bytes
 	if d := t.Inspect(f); d != nil {
-		t.refused = d
+		t.refused.Store(&refusal{d: *d})
 		t.close(errRefused, nil)
 		return false
 	}
@@ -649,8 +665,12 @@ func (t *Tunnel) finish() {
 	e.BytesUp, e.BytesDown = t.Up, t.Down
 	e.Duration = time.Since(t.Began)
 	switch {
-	case t.refused != nil:
-		e.Decision, e.Err = *t.refused, nil
+	case t.refused.Load() != nil:
+		r := t.refused.Load()
+		e.Decision, e.Err = r.d, nil
+		if r.method != "" {
+			e.Method, e.URL = r.method, r.url
+		}
 		t.g.Events.Record(e)
 	case t.revokedBy != nil:
 		// A new decision: logged even when an audit denial was at Start.
