@@ -347,9 +347,9 @@ type Tunnel struct {
 	half             halfState
 
 	closeOnce sync.Once
-	isClosed  atomic.Bool      // set inside closeOnce
-	closeErr  error            // why it was closed, set inside closeOnce
-	revokedBy *policy.Decision // the refusing decision, when revoked
+	isClosed  atomic.Bool             // set inside closeOnce
+	closeErr  error                   // why it was closed, set inside closeOnce
+	revokedBy *policy.Decision        // the refusing decision, when revoked
 	refused   atomic.Pointer[refusal] // Inspect's or Refuse's refusal, set before the tunnel closes
 	// lateUnreadable: see InspectLate.
 	lateUnreadable func(error) policy.Decision
