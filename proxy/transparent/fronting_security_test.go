@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egress-proxy/egress/internal/answertest"
+	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/peek"
 )
 
@@ -88,7 +90,7 @@ func TestSecurityEveryRequestDecided(t *testing.T) {
 	})
 
 	for _, host := range []string{"other.test", "evil.test"} {
-		t.Run("a later request for "+host+" ends the connection before it goes up", func(t *testing.T) {
+		t.Run("a later request for "+host+" is answered with egress's 403 and ends the connection, before it goes up", func(t *testing.T) {
 			c := f.ns.Dial(t, "127.0.0.1:"+webPort)
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -96,12 +98,12 @@ func TestSecurityEveryRequestDecided(t *testing.T) {
 			if _, body, err := get(br, c, "web.test"); err != nil || body != "hello web.test:"+webPort {
 				t.Fatalf("first request: %q, %v", body, err)
 			}
-			if resp, body, err := get(br, c, host); err == nil {
-				t.Fatalf("the request for %s was answered: %d %q", host, resp.StatusCode, body)
-			}
+			reason := map[string]policy.Reason{"other.test": policy.ReasonNoRuleMatched, "evil.test": policy.ReasonDeniedByRule}[host]
+			fmt.Fprintf(c, "GET /v1/admin?token=s3cret HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+			id := answertest.Refusal(t, br, "GET", "GET http://"+host+":"+webPort+"/v1/admin", string(reason))
 			e := f.rec.next(t)
-			if !e.Decision.Denied() || e.Decision.Host != host {
-				t.Fatalf("entry = %+v, want a denial of %s", e.Decision, host)
+			if !e.Decision.Denied() || e.Decision.Host != host || e.ID != id || e.Method != "GET" || e.URL != "http://"+host+":"+webPort+"/v1/admin" {
+				t.Fatalf("entry = %+v, want a denial of %s, id %s", e, host, id)
 			}
 		})
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egress-proxy/egress/internal/answertest"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -40,8 +41,8 @@ func TestHTTPGateDecidesWhatTheServerSees(t *testing.T) {
 		{"two Host headers", "GET / HTTP/1.1\r\nHost: " + web + "\r\nHost: evil.test\r\n\r\n", false},
 		{"an absolute-form target naming a refused host", "GET http://evil.test/ HTTP/1.1\r\nHost: " + web + "\r\n\r\n", false},
 		{"an absolute-form target naming the allowed host", "GET http://" + web + "/ HTTP/1.1\r\nHost: evil.test\r\n\r\n", true},
-		// A refused request ends the connection at once: the answers
-		// to the pipelined requests before it may be lost with it.
+		// A refused request is answered after the answers to the
+		// pipelined requests before it, and ends the connection.
 		{"HTTP/1.0 without Host, then a refused host", "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.1\r\nHost: evil.test\r\n\r\n", false},
 		{"HTTP/1.0 without Host, then an unlisted host", "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.1\r\nHost: other.test\r\n\r\n", false},
 		{"an ignored Upgrade, then a refused host", "GET / HTTP/1.1\r\nHost: " + web + "\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\nGET / HTTP/1.1\r\nHost: evil.test\r\n\r\n", true},
@@ -84,7 +85,8 @@ func TestHTTPGateDecidesWhatTheServerSees(t *testing.T) {
 
 // An HTTP/1.0 request without Host is gated like any other: it is served
 // on the address, and a later request on the kept-alive connection that
-// names a refused host ends it before it goes up.
+// names a refused host is answered with egress's 403 and ends it, before
+// it goes up.
 func TestHTTPGateHTTP10WithoutHostThenRefused(t *testing.T) {
 	f := newFixture(t)
 	port := portOf(f.web.URL)
@@ -110,9 +112,7 @@ func TestHTTPGateHTTP10WithoutHostThenRefused(t *testing.T) {
 		t.Fatalf("the origin served nothing; the client got %s %q", resp.Status, body)
 	}
 	io.WriteString(c, "GET / HTTP/1.1\r\nHost: evil.test:"+port+"\r\n\r\n")
-	if resp, err := http.ReadResponse(br, nil); err == nil {
-		t.Fatalf("the request for evil.test was answered: %s", resp.Status)
-	}
+	answertest.Refusal(t, br, "GET", "GET http://evil.test:"+port+"/", string(policy.ReasonDeniedByRule))
 	e := f.rec.next(t)
 	if !e.Decision.Denied() || e.Decision.Host != "evil.test" {
 		t.Fatalf("entry = %+v, want a denial of evil.test", e.Decision)

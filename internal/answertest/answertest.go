@@ -1,0 +1,56 @@
+// Package answertest reads, in tests, the answers egress writes itself
+// (proxy/answer) off a client's connection, and checks them the way a
+// person reading them would. It is for tests only.
+package answertest
+
+import (
+	"bufio"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// Refusal reads egress's answer to a refused request (method, target
+// "METHOD URL") from br, and checks it: a 403 whose status line
+// ("403 egress denied TARGET: ... (id ID)") and body ("egress: access to
+// TARGET ...", "reason: REASON", "id: ID") explain it, X-Egress-Decision
+// and X-Egress-Reason, Connection: close, then the end of the
+// connection. It returns the decision id, which the log line carries.
+func Refusal(tb testing.TB, br *bufio.Reader, method, target, reason string) string {
+	tb.Helper()
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		tb.Fatalf("the refused %s got no answer: %v", target, err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatalf("the body of the 403 to %s: %v", target, err)
+	}
+	id := resp.Header.Get("X-Egress-Id")
+	if resp.StatusCode != http.StatusForbidden || id == "" ||
+		!strings.HasPrefix(resp.Status, "403 egress denied "+target+": ") || !strings.HasSuffix(resp.Status, "(id "+id+")") {
+		tb.Errorf("status line %q, want 403 egress denied %s: ... (id %s)", resp.Status, target, id)
+	}
+	if got := resp.Header.Get("X-Egress-Decision"); got != "deny" {
+		tb.Errorf("X-Egress-Decision = %q, want deny", got)
+	}
+	if got := resp.Header.Get("X-Egress-Reason"); got != reason {
+		tb.Errorf("X-Egress-Reason = %q, want %q", got, reason)
+	}
+	if !resp.Close {
+		tb.Errorf("the 403 to %s does not say Connection: close: %v", target, resp.Header)
+	}
+	b := string(body)
+	switch {
+	case method == http.MethodHead && b != "":
+		tb.Errorf("the 403 to a HEAD has a body: %q", b)
+	case method != http.MethodHead && (!strings.HasPrefix(b, "egress: access to "+target+" ") ||
+		!strings.Contains(b, "\nreason: "+reason+"\n") || !strings.HasSuffix(b, "id: "+id+"\n")):
+		tb.Errorf("the body %q does not explain the refusal of %s", b, target)
+	}
+	if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
+		tb.Errorf("after the 403: %q, %v; want the end of the connection", rest, err)
+	}
+	return id
+}
