@@ -231,3 +231,25 @@ func TestConnectReloadBeforeLateHello(t *testing.T) {
 	}
 	testwait.Until(t, 5*time.Second, "the tunnel's slot given back", func() bool { return f.proxy.OpenTunnels() == 0 })
 }
+
+// The forward proxy answers every refused request on a kept-alive
+// connection the same way (net/http reads each request; the refusal is
+// written on the hijacked connection with Connection: close), and a
+// request pipelined behind a refused one is never sent.
+func TestForwardKeepAliveRefusalIsAnswered(t *testing.T) {
+	f := newFixture(t, testPolicy)
+	port, served := requestCounter(t)
+	c, br := f.dial()
+	io.WriteString(c, "GET http://origin.test:"+port+"/x HTTP/1.1\r\nHost: origin.test:"+port+"\r\n\r\n"+
+		"GET http://denied.test:"+port+"/v1/admin?token=s3cret HTTP/1.1\r\nHost: denied.test:"+port+"\r\n\r\n"+
+		"GET http://origin.test:"+port+"/after HTTP/1.1\r\nHost: origin.test:"+port+"\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first answer: %v %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	answertest.Refusal(t, br, "GET", "denied.test:"+port, string(policy.ReasonDeniedByRule))
+	if n := served.Load(); n != 1 {
+		t.Errorf("the origin served %d requests, want the first only", n)
+	}
+}
