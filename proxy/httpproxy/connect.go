@@ -250,10 +250,11 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 			refused = &d
 		} else if dec.Intercept {
 			// Request rules (issue 20) on plain HTTP: Host, method
-			// and path; never inject:.
-			refused = intercept.DecidePlain(pol, rq.req, dec, first)
+			// and path; never inject:. On the policy in force now, as
+			// every later request.
+			refused = intercept.DecidePlain(p.Policy(), rq.req, dec, first)
 		} else {
-			refused = hostCheck(pol, rq.req, dec, peek.RequestHost(first))
+			refused = hostCheck(p.Policy(), rq.req, dec, peek.RequestHost(first))
 		}
 		if refused != nil {
 			entry.Decision = *refused

@@ -181,3 +181,32 @@ func TestTransparentReloadBeforeLateBytes(t *testing.T) {
 		})
 	}
 }
+
+// A reload that gives the address request rules (http:) while a late
+// client's connection waits applies to its first request: decided on
+// its method and path, refused with egress's 403.
+func TestTransparentReloadBeforeLateRequestRules(t *testing.T) {
+	o := newCountingOrigin(t)
+	port := strconv.Itoa(int(o.addr.Port()))
+	f := newLateFixture(t, o.addr, nil)
+	c, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	testwait.Until(t, testwait.Timeout, "the origin's connection", func() bool { return o.opened.Load() == 1 })
+	p, err := policy.Load("reloaded.yaml", []byte(fmt.Sprintf("version: 1\ndefault: deny\nallow:\n  - cidr: 127.0.0.1\n    ports: [%s]\n    http:\n      - methods: [GET]\n        paths: [\"/\"]\n", port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.pol.Store(p)
+	io.WriteString(c, "POST /v1/admin HTTP/1.1\r\nHost: 127.0.0.1:"+port+"\r\n\r\n")
+	id := answertest.Refusal(t, bufio.NewReader(c), "POST", "POST http://127.0.0.1:"+port+"/v1/admin", string(policy.ReasonNoRequestRuleMatched))
+	if e := f.rec.next(t); e.ID != id || e.Decision.Source != "reloaded.yaml" {
+		t.Errorf("entry = %+v, want the refusal %s by reloaded.yaml", e, id)
+	}
+	if n := o.served.Load(); n != 0 {
+		t.Errorf("the origin served %d requests", n)
+	}
+}
