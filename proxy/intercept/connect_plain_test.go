@@ -91,15 +91,15 @@ func TestPlainHTTPInsideConnectIsDecidedPerRequest(t *testing.T) {
 		}
 	})
 
-	t.Run("a later refused request ends the tunnel before it goes up", func(t *testing.T) {
+	t.Run("a later refused request gets egress's 403 and ends the tunnel, before it goes up", func(t *testing.T) {
 		c, br := f.plainTunnel(t)
 		if resp, body := send(t, c, br, "GET", "/v1/license"); resp.StatusCode != 200 {
 			t.Fatalf("GET: %s %q", resp.Status, body)
 		}
 		before := f.origin.count()
 		fmt.Fprintf(c, "POST /v1/admin HTTP/1.1\r\nHost: api.vendor.test:%d\r\nContent-Length: 0\r\n\r\n", f.plainPort)
-		if resp, err := http.ReadResponse(br, nil); err == nil {
-			t.Fatalf("a refused later request was answered: %s", resp.Status)
+		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 403 || resp.Header.Get("X-Egress-Reason") != string(policy.ReasonNoRequestRuleMatched) {
+			t.Fatalf("a refused later request: %v %v, want egress's 403", resp, err)
 		}
 		if f.origin.count() != before {
 			t.Errorf("the refused request reached the origin")

@@ -765,8 +765,8 @@ func TestTransparentTLSIsIntercepted(t *testing.T) {
 		return http.ReadResponse(bufio.NewReader(c), nil)
 	}
 	before := f.origin.count()
-	if resp, err := plain("/v1/status/../admin/x"); err == nil {
-		t.Errorf("a plain request refused by a request rule got an answer: %s", resp.Status)
+	if resp, err := plain("/v1/status/../admin/x"); err != nil || resp.StatusCode != 403 || resp.Header.Get("X-Egress-Reason") != string(policy.ReasonRequestDenied) {
+		t.Errorf("a plain request refused by a request rule: %v %v, want egress's 403", resp, err)
 	}
 	f.logs.entryWith(t, string(policy.ReasonRequestDenied))
 	if f.origin.count() != before {
