@@ -130,35 +130,48 @@ func TestConnectGatedRefusalIsAnswered(t *testing.T) {
 	}
 }
 
-// Python 3's http.client through a CONNECT tunnel (set_tunnel), keeping
-// the connection: a second request refused by a request rule gives the
-// program egress's status and reason, as the first one would.
+// Python's http.client (3) and httplib (2.7) through a CONNECT tunnel
+// (set_tunnel), keeping the connection: a second request refused by a
+// request rule gives the program egress's status and reason, as a first
+// one would. Before, the program got "connection reset by peer".
 func TestConnectGatedRefusalPython(t *testing.T) {
-	need(t, "python3")
 	f := newFixture(t, requestRulesPolicy)
 	originPort, _ := requestCounter(t)
 	host, port, _ := net.SplitHostPort(f.addr)
 	const script = `
-import http.client, sys
-c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=10)
+import sys
+try:
+    import http.client as client
+except ImportError:
+    import httplib as client
+c = client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=10)
 c.set_tunnel("origin.test", int(sys.argv[3]))
 c.request("GET", "/x")
 r = c.getresponse()
-print(r.status, r.read().decode())
+print("%d %s" % (r.status, r.read().decode()))
 c.request("POST", "/v1/admin", body="{}")
 r = c.getresponse()
-print(r.status, r.reason)
+print("%d %s" % (r.status, r.reason))
 print(r.getheader("X-Egress-Reason"))
 `
-	out, err := run(t, nil, "python3", "-c", script, host, port, originPort)
-	if err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	t.Logf("python3 prints:\n%s", out)
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	want := "403 egress denied POST http://origin.test:" + originPort + "/v1/admin: no request rule matched; to allow: "
-	if len(lines) != 3 || !strings.HasPrefix(lines[0], "200 origin host=origin.test") || !strings.HasPrefix(lines[1], want) || lines[2] != string(policy.ReasonNoRequestRuleMatched) {
-		t.Fatalf("python3 printed:\n%s\nwant the first answered, then %q...", out, want)
+	for _, py := range []struct{ name, bin string }{{"python3", "python3"}, {"python2.7", "python2.7"}} {
+		t.Run(py.name, func(t *testing.T) {
+			var env []string
+			if py.bin == "python2.7" {
+				env = append(env, "PYENV_VERSION=2.7.18")
+			}
+			need(t, py.bin, env...)
+			out, err := run(t, env, py.bin, "-c", script, host, port, originPort)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			t.Logf("%s prints:\n%s", py.name, out)
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			want := "403 egress denied POST http://origin.test:" + originPort + "/v1/admin: no request rule matched; to allow: "
+			if len(lines) != 3 || !strings.HasPrefix(lines[0], "200 origin host=origin.test") || !strings.HasPrefix(lines[1], want) || lines[2] != string(policy.ReasonNoRequestRuleMatched) {
+				t.Fatalf("%s printed:\n%s\nwant the first answered, then %q...", py.name, out, want)
+			}
+		})
 	}
 }
 
