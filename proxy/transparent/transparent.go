@@ -536,7 +536,7 @@ func (s *Server) requestHost(first string, r *http.Request, dst netip.AddrPort, 
 // refusedURL is the URL a refused plain-HTTP request r on a connection
 // allowed by dec names in its 403 and its line: the name its request
 // rules are decided on (intercepted destinations) or the host r names,
-// port, the path decided on (or as sent), no query.
+// the connection's port, the path decided on (or as sent), no query.
 func refusedURL(dec policy.Decision, port uint16, r *http.Request, d policy.Decision) string {
 	name, path := peek.RequestHost(r), d.Path
 	if dec.Intercept || name == "" {
