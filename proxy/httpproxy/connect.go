@@ -133,7 +133,9 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		// (proxy/intercept); plain HTTP goes through the gate below,
 		// each request decided by intercept.DecidePlain; anything else
 		// fails the handshake there (fail closed). The tunnel slot is
-		// held until the connection ends.
+		// held until the connection ends; this goroutine returns, and
+		// its stack goes away (issue 20: memory per idle intercepted
+		// connection).
 		if len(early) == 0 {
 			var err error
 			if early, err = firstBytes(cc, intercept.DefaultHandshakeTimeout); len(early) == 0 {
@@ -142,7 +144,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 			}
 		}
 		if _, source, _ := peek.From(early); source != peek.SourceHTTP {
-			p.intercept.Serve(ctx, intercept.Conn{Client: cc, Early: early, Upstream: up, Resolved: res, Request: rq.req, Decision: dec, ID: rq.id, ClientAddr: rq.client, Tunnel: t})
+			p.intercept.Start(p.tunnels.Context(), intercept.Conn{Client: cc, Early: early, Upstream: up, Resolved: res, Request: rq.req, Decision: dec, ID: rq.id, ClientAddr: rq.client, Tunnel: t.Hand()}, nil)
 			return
 		}
 		if up == nil {

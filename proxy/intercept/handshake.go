@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/egress-proxy/egress/certs"
 	"github.com/egress-proxy/egress/policy"
 )
 
@@ -17,71 +16,32 @@ import (
 func (x *exchange) handshake() bool {
 	d := x.c.Decision
 	x.name = presentedName(d)
-	var ca *certs.CA
 	if x.s.CA != nil {
-		ca = x.s.CA()
+		x.ca = x.s.CA()
 	}
-	if ca == nil {
+	if x.ca == nil {
 		d.Verdict, d.Audit, d.Reason = policy.Deny, false, policy.ReasonNoCA
 		d.Hint = "the policy has http: request rules for this destination but egress has no CA: set tls.ca_cert and tls.ca_key (egress ca init DIR)"
 		x.record(x.c.ID, d, "", "", nil, errors.New("no interception CA loaded"))
 		return false
 	}
-	var refused *policy.Decision
-	cfg := &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		NextProtos: []string{"http/1.1"},
-		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
-			if sni := h.ServerName; sni != "" {
-				n, _, err := policy.NormalizeHost(sni)
-				if err == nil && d.Host == "" {
-					// Decided on the address (a cidr rule): the name is
-					// decided on that address as a CONNECT tunnel's is,
-					// before any certificate is made for it.
-					if nd, ok := NameOnAddress(x.s.policy(), x.c.Request, d, sni); !ok {
-						nd.Hint = fmt.Sprintf("the connection to %s carries a TLS ClientHello for %s: %s", d.IP, sni, nd.Hint)
-						refused = &nd
-						return nil, errors.New("server name refused on the connection's address")
-					}
-					// The certificate names what the client asked for,
-					// and its requests must name it too.
-					x.name = n
-				}
-				if err != nil || n != x.name {
-					r := d
-					r.Verdict, r.Audit, r.Rule, r.Reason = policy.Deny, false, nil, policy.ReasonSNIMismatch
-					r.Hint = fmt.Sprintf("the connection to %s carries a TLS ClientHello for %s; egress presents a certificate for %s only", x.name, sni, x.name)
-					refused = &r
-					return nil, errors.New("server name is not the connection's")
-				}
-			}
-			if len(h.SupportedProtos) > 0 && !contains(h.SupportedProtos, "http/1.1") {
-				r := d
-				r.Verdict, r.Audit, r.Reason = policy.Deny, false, policy.ReasonHTTP2Only
-				r.Hint = "the client offers " + strings.Join(h.SupportedProtos, ", ") + " only; hosts with http: rules are intercepted over HTTP/1.1: let the client use HTTP/1.1, or drop http: to keep the host a tunnel"
-				refused = &r
-				return nil, errors.New("client does not speak http/1.1")
-			}
-			return nil, nil
-		},
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return ca.Leaf(x.name)
-		},
-	}
-	pc := &prefixConn{Conn: x.c.Client, early: x.c.Early}
-	x.tc = tls.Server(pc, cfg)
+	x.pc = &prefixConn{Conn: x.c.Client, early: x.c.Early, x: x}
+	x.c.Early = nil // the prefixConn's until read
+	x.tc = tls.Server(x.pc, x.s.tlsConfig())
 	x.tc.SetDeadline(time.Now().Add(DefaultHandshakeTimeout))
 	err := x.tc.Handshake()
 	x.tc.SetDeadline(time.Time{})
+	alert, alerted := x.pc.plaintextAlert()
+	x.pc.handshaken, x.pc.tail = true, nil
 	switch {
-	case refused != nil:
-		x.record(x.c.ID, *refused, "", "", nil, nil)
+	case x.refused != nil:
+		x.record(x.c.ID, *x.refused, "", "", nil, nil)
 		return false
 	case err != nil:
 		r := d
 		r.Reason = policy.ReasonClientTLSFailed
-		if a, ok := pc.plaintextAlert(); ok && certificateAlert(a) {
-			err = fmt.Errorf("client refused egress's certificate: TLS alert %s (%d)", alertNames[a], a)
+		if alerted && certificateAlert(alert) {
+			err = fmt.Errorf("client refused egress's certificate: TLS alert %s (%d)", alertNames[alert], alert)
 			r.Reason = policy.ReasonClientRejectedCA
 			r.Hint = trustHint
 		} else if rejectedCertificate(err) {
@@ -95,6 +55,72 @@ func (x *exchange) handshake() bool {
 		return false
 	}
 	return true
+}
+
+// tlsConfig is the server's one TLS configuration for clients: what is
+// the connection's (its name, CA, refusal) is found through
+// ClientHelloInfo.Conn, the connection's prefixConn, so that a
+// connection keeps no configuration of its own.
+//
+// Session tickets are off: a resumed session skips the certificate, so
+// it would outlive the leaf it was made with and a reload of the CA (and
+// a configuration per connection, as before, had its own ticket keys:
+// the ticket crypto/tls sends after each TLS 1.3 handshake was work and
+// bytes for a session that could never resume).
+func (s *Server) tlsConfig() *tls.Config {
+	s.tlsOnce.Do(func() {
+		s.tlsServer = &tls.Config{
+			MinVersion:             tls.VersionTLS12,
+			NextProtos:             []string{"http/1.1"},
+			SessionTicketsDisabled: true,
+			GetConfigForClient:     checkHello,
+			GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+				x := h.Conn.(*prefixConn).x
+				return x.ca.Leaf(x.name)
+			},
+		}
+	})
+	return s.tlsServer
+}
+
+// checkHello checks the client's ClientHello against its connection's
+// decision before any certificate is made: the server name must be the
+// decided one (or, decided on an address, one the policy allows there),
+// and the client must speak HTTP/1.1. A refusal is the exchange's.
+func checkHello(h *tls.ClientHelloInfo) (*tls.Config, error) {
+	x := h.Conn.(*prefixConn).x
+	d := x.c.Decision
+	if sni := h.ServerName; sni != "" {
+		n, _, err := policy.NormalizeHost(sni)
+		if err == nil && d.Host == "" {
+			// Decided on the address (a cidr rule): the name is
+			// decided on that address as a CONNECT tunnel's is,
+			// before any certificate is made for it.
+			if nd, ok := NameOnAddress(x.s.policy(), x.c.Request, d, sni); !ok {
+				nd.Hint = fmt.Sprintf("the connection to %s carries a TLS ClientHello for %s: %s", d.IP, sni, nd.Hint)
+				x.refused = &nd
+				return nil, errors.New("server name refused on the connection's address")
+			}
+			// The certificate names what the client asked for,
+			// and its requests must name it too.
+			x.name = n
+		}
+		if err != nil || n != x.name {
+			r := d
+			r.Verdict, r.Audit, r.Rule, r.Reason = policy.Deny, false, nil, policy.ReasonSNIMismatch
+			r.Hint = fmt.Sprintf("the connection to %s carries a TLS ClientHello for %s; egress presents a certificate for %s only", x.name, sni, x.name)
+			x.refused = &r
+			return nil, errors.New("server name is not the connection's")
+		}
+	}
+	if len(h.SupportedProtos) > 0 && !contains(h.SupportedProtos, "http/1.1") {
+		r := d
+		r.Verdict, r.Audit, r.Reason = policy.Deny, false, policy.ReasonHTTP2Only
+		r.Hint = "the client offers " + strings.Join(h.SupportedProtos, ", ") + " only; hosts with http: rules are intercepted over HTTP/1.1: let the client use HTTP/1.1, or drop http: to keep the host a tunnel"
+		x.refused = &r
+		return nil, errors.New("client does not speak http/1.1")
+	}
+	return nil, nil
 }
 
 // NameOnAddress decides name, the server name of a TLS ClientHello on a
@@ -157,25 +183,46 @@ var alertNames = map[byte]string{
 
 func certificateAlert(a byte) bool { _, ok := alertNames[a]; return ok }
 
-// prefixConn replays early before reading from Conn, and keeps the tail
-// of what it read last (plaintextAlert).
+// prefixConn is what the client's tls.Conn reads: it replays early
+// before reading from Conn, keeps the tail of what it read last during
+// the handshake (plaintextAlert), and leads to its exchange (tlsConfig).
 type prefixConn struct {
 	net.Conn
-	early []byte
-	tail  []byte
+	x          *exchange
+	early      []byte
+	tail       []byte
+	handshaken bool
+	one        [1]byte // the byte await read
 }
 
 func (c *prefixConn) Read(b []byte) (int, error) {
 	if len(c.early) > 0 {
 		n := copy(b, c.early)
 		c.early = c.early[n:]
+		if len(c.early) == 0 {
+			c.early = nil // the buffer it was read into goes with it
+		}
 		return n, nil
 	}
 	n, err := c.Conn.Read(b)
-	if n > 0 {
+	if n > 0 && !c.handshaken {
 		c.tail = append(c.tail[:0], b[max(0, n-16):n]...)
 	}
 	return n, err
+}
+
+// await waits on the socket itself, until the time until, for the
+// client's next byte, which the next Read then returns first; false when
+// the client closed, or sent nothing in time. It is the wait of an idle
+// connection: not through crypto/tls, whose reads go deep (serve).
+func (c *prefixConn) await(until time.Time) bool {
+	c.Conn.SetReadDeadline(until)
+	n, _ := c.Conn.Read(c.one[:])
+	if n == 0 {
+		return false
+	}
+	c.early = c.one[:n]
+	return true
 }
 
 // plaintextAlert reports the fatal alert a client sent unencrypted as the

@@ -34,6 +34,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -90,6 +91,9 @@ type Server struct {
 	// client connection holds none while idle, and a new one takes a
 	// connection another finished with instead of a second handshake.
 	pools origin.Pools[originKey]
+
+	tlsOnce   sync.Once
+	tlsServer *tls.Config // tlsConfig
 
 	sessMu    sync.Mutex
 	sessRoots *x509.CertPool         // the roots sessions was filled under
@@ -202,7 +206,8 @@ type Conn struct {
 	ClientAddr netip.AddrPort
 	// Tunnel is the slot the caller took for the connection
 	// (limits.max_tunnels): an upgrade the origin accepts becomes this
-	// tunnel, which then owns both connections. Nil: no upgrade is
+	// tunnel, which then owns both connections; otherwise it is given
+	// back (Release) when the connection ends. Nil: no upgrade is
 	// offered (Upgrade is removed from requests).
 	Tunnel *tunnel.Tunnel
 }
@@ -210,32 +215,62 @@ type Conn struct {
 // Serve intercepts c until the client or the origin ends it, or ctx is
 // done. It closes c.Client and c.Upstream.
 func (s *Server) Serve(ctx context.Context, c Conn) {
-	x := &exchange{s: s, c: c, start: time.Now()}
-	defer x.close()
-	defer func() {
-		if v := recover(); v != nil {
-			s.Logger.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).
-				Str(eventlog.FieldID, c.ID).Msg("panic in an intercepted connection; connection closed")
-		}
-	}()
-	stop := context.AfterFunc(ctx, func() { c.Client.Close() })
-	defer stop()
-	x.serve(ctx)
+	ended := make(chan struct{})
+	s.Start(ctx, c, func() { close(ended) })
+	<-ended
+}
+
+// Start intercepts c as Serve does, on goroutines of its own, and
+// returns at once; done, if not nil, is called once the connection has
+// ended, c.Client and c.Upstream closed and c.Tunnel's slot given back
+// (or become the tunnel of an upgrade). A caller that hands the
+// connection over this way keeps no goroutine, and no stack, for it: an
+// idle intercepted connection is then one small goroutine waiting on its
+// socket (exchange.serve).
+func (s *Server) Start(ctx context.Context, c Conn, done func()) {
+	x := &exchange{s: s, c: c, start: time.Now(), done: done}
+	client := c.Client // not c: the closure would keep all of it
+	x.stop = context.AfterFunc(ctx, func() { client.Close() })
+	go x.serve(ctx)
 }
 
 // exchange is one intercepted connection.
 type exchange struct {
-	s     *Server
-	c     Conn
-	start time.Time
-	name  string // the name egress's certificate is for: the decided host, or the IP
-	tc    *tls.Conn
-	up    *origin.PoolConn[originKey] // the origin connection, during a request only
+	s      *Server
+	c      Conn
+	start  time.Time
+	name   string // the name egress's certificate is for: the decided host, or the IP
+	ca     *certs.CA
+	pc     *prefixConn
+	tc     *tls.Conn
+	up     *origin.PoolConn[originKey] // the origin connection, during a request only
+	served int                         // requests read so far
+	stop   func() bool                 // stops closing the client when Serve's ctx is done
+	done   func()                      // Start's
+	ended  bool
 	// switched: a tunnel (Conn.Tunnel) owns the connections now.
 	switched bool
+
+	refused *policy.Decision // the handshake's refusal, if any
 }
 
-func (x *exchange) close() {
+// end closes the connection and gives its tunnel slot back, once, from
+// the goroutine that serves it; after a switch (Conn.Tunnel) the tunnel
+// owns both.
+func (x *exchange) end() {
+	if x.ended {
+		return
+	}
+	x.ended = true
+	x.stop()
+	defer func() {
+		if x.c.Tunnel != nil {
+			x.c.Tunnel.Release() // nothing once it became the tunnel
+		}
+		if x.done != nil {
+			x.done()
+		}
+	}()
 	if x.switched {
 		return
 	}
@@ -252,32 +287,89 @@ func (x *exchange) close() {
 
 // serve is the whole story: handshake with the client, then each
 // request: read → Host check → decide → inject → origin → relay → log.
+//
+// What an idle connection costs (issue 20: memory per idle intercepted
+// connection): the handshake (crypto/tls, x509, ML-KEM) and requests
+// (net/http's reader, the origin's TLS) run deep and grow a goroutine's
+// stack to 16 or 32 KiB, which a goroutine keeps once grown. So no
+// goroutine waits for long after it went deep: once the client has sent
+// nothing more, a new one, whose stack is small, waits for its next
+// request on the socket itself (idle; not through crypto/tls), serves it,
+// and leaves the wait for the one after to a new one again. Buffers are
+// held during a request only.
 func (x *exchange) serve(ctx context.Context) {
-	if !x.handshake() {
+	defer x.catch()
+	// What the client sent behind its Finished is already crypto/tls's.
+	if x.handshake() && x.requests(ctx, time.Time{}) {
+		go x.idle(ctx)
 		return
 	}
+	x.end()
+}
+
+// idle waits for the client's next request and serves it (serve).
+func (x *exchange) idle(ctx context.Context) {
+	defer x.catch()
+	idle := x.s.policy().Timeouts.TunnelIdle
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	until := time.Now().Add(idle)
+	if x.pc.await(until) && x.requests(ctx, until) {
+		go x.idle(ctx)
+		return
+	}
+	x.end() // the client is done, or idle too long
+}
+
+// catch ends the connection on a panic of the goroutine serving it,
+// and logs the panic with its stack.
+func (x *exchange) catch() {
+	if v := recover(); v != nil {
+		x.s.Logger.Error().Str("panic", fmt.Sprint(v)).Str("stack", string(debug.Stack())).
+			Str(eventlog.FieldID, x.c.ID).Msg("panic in an intercepted connection; connection closed")
+		x.end()
+	}
+}
+
+// requests reads and serves the client's requests until it has sent
+// nothing more: true when the connection is to wait for its next request
+// (serve), false when it ends. until bounds the wait for the first
+// request's first byte (timeouts.tunnel_idle); zero, there is no wait:
+// only what crypto/tls already holds is read.
+func (x *exchange) requests(ctx context.Context, until time.Time) bool {
 	// The one HTTP/1 request reader (net/http's, with its server's
 	// checks), as every path that decides on requests reads them. Its
-	// buffer and the writer's are held during a request only: between
-	// requests the connection waits with a one-byte read, so that an
-	// idle intercepted connection holds no buffer of its own.
+	// buffer and the writer's are held during a request only.
 	var rr *peek.RequestReader
 	var first [1]byte
-	for n := 0; ; n++ {
+	for ; ; x.served++ {
 		pol := x.s.policy()
-		idle := pol.Timeouts.TunnelIdle
-		if idle <= 0 {
-			idle = DefaultIdleTimeout
-		}
-		x.tc.SetReadDeadline(time.Now().Add(idle))
 		if rr == nil {
-			k, _ := x.tc.Read(first[:])
+			// Nothing buffered past the last request: the client's
+			// next bytes, which may already be crypto/tls's (sent with
+			// the Finished, or one record carrying two requests): a read
+			// that may not wait tells, else the connection is idle.
+			wait := until
+			if wait.IsZero() {
+				wait = time.Unix(1, 0)
+			}
+			x.tc.SetReadDeadline(wait)
+			k, err := x.tc.Read(first[:])
 			if k == 0 {
-				return // the client is done, or idle too long
+				// The client is done, or idle too long; or nothing yet.
+				return until.IsZero() && errors.Is(err, os.ErrDeadlineExceeded)
 			}
 			rr = peek.NewRequestReader(first[:k], x.tc, pol.Limits.MaxHeaderBytes)
-		} else if _, err := rr.Buffered().Peek(1); err != nil {
-			return // the client is done, or idle too long
+		} else {
+			idle := pol.Timeouts.TunnelIdle
+			if idle <= 0 {
+				idle = DefaultIdleTimeout
+			}
+			x.tc.SetReadDeadline(time.Now().Add(idle))
+			if _, err := rr.Buffered().Peek(1); err != nil {
+				return false // the client is done, or idle too long
+			}
 		}
 		hdr := pol.Timeouts.Header
 		if hdr <= 0 {
@@ -285,7 +377,7 @@ func (x *exchange) serve(ctx context.Context) {
 		}
 		x.tc.SetReadDeadline(time.Now().Add(hdr))
 		id := x.c.ID
-		if n > 0 || id == "" {
+		if x.served > 0 || id == "" {
 			id = eventlog.NewID()
 		}
 		bw := writers.Get().(*bufio.Writer)
@@ -295,10 +387,10 @@ func (x *exchange) serve(ctx context.Context) {
 		bw.Reset(nil)
 		writers.Put(bw)
 		if !ok {
-			return
+			return false
 		}
 		if rr.Release() {
-			rr = nil
+			rr, until = nil, time.Time{}
 		}
 	}
 }

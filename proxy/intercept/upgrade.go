@@ -61,7 +61,7 @@ func (x *exchange) switchProtocols(pol *policy.Policy, id string, d policy.Decis
 	if err := origin.CheckSwitch(req, resp); err != nil {
 		x.refuse(bw, "HTTP/1.1", false, failure(id, target, err))
 		x.record(id, d, req.Method, url, injected, err)
-		return false // close closes both
+		return false // end closes both
 	}
 	// What the client sent behind its request belongs to the new
 	// protocol: it goes up first.
@@ -80,7 +80,7 @@ func (x *exchange) switchProtocols(pol *policy.Policy, id string, d policy.Decis
 		e := t.Entry
 		e.Err, e.BytesUp, e.BytesDown, e.Duration = err, t.Up, t.Down, time.Since(start)
 		x.s.Events.Record(e)
-		return false // close closes both
+		return false // end closes both
 	}
 	// The tunnel owns both connections now.
 	x.switched, x.up = true, nil

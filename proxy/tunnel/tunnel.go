@@ -366,14 +366,27 @@ func (t *Tunnel) RecordAudit() {
 	}
 }
 
-// Release gives the slot back when setup failed before Start; after
-// Start it does nothing.
+// Release gives the slot back when setup failed before Start (or Hand);
+// after either it does nothing.
 func (t *Tunnel) Release() {
 	if t.started {
 		return
 	}
 	t.started = true
 	t.g.release()
+}
+
+// Hand moves the slot to a new Tunnel, returned, for a connection
+// another data path serves on goroutines of its own (an intercepted
+// connection, proxy/intercept's Start), which then Starts or Releases
+// it; t's Release does nothing after Hand, so that the caller's deferred
+// Release leaves the slot to the new owner.
+func (t *Tunnel) Hand() *Tunnel {
+	if t.started {
+		panic("tunnel: Hand after Start or Release")
+	}
+	t.started = true
+	return &Tunnel{g: t.g}
 }
 
 // Start copies between client and upstream until both directions end,
