@@ -15,8 +15,8 @@ import (
 // request decided; one that sent nothing yet too (crypto/tls reads its
 // hello when it comes, and fails what is not TLS); anything else but
 // plain HTTP (decided by the gate with requestRule) is refused (fail
-// closed). An upgrade the origin accepts becomes t, the connection's
-// tunnel slot.
+// closed). The connection's tunnel slot t goes with it: an upgrade the
+// origin accepts becomes that tunnel.
 func (s *Server) intercept(c *conn, t *tunnel.Tunnel, req policy.Request, dec, dialled policy.Decision, head []byte, up net.Conn) {
 	dec.IP = dialled.IP
 	if len(head) > 0 && !peek.TLS(head) {
@@ -30,7 +30,10 @@ func (s *Server) intercept(c *conn, t *tunnel.Tunnel, req policy.Request, dec, d
 	if is == nil {
 		is = &intercept.Server{Policy: s.Policy, Dialer: s.dial, Events: s.Events, Logger: s.Logger}
 	}
-	is.Serve(s.tunnels.Context(), intercept.Conn{Client: c.client, Early: head, Upstream: up, Request: req, Decision: dec, ID: c.entry.ID, ClientAddr: c.entry.Client, Tunnel: t})
+	// The connection and its slot go to goroutines of the interception's
+	// own: this one returns, and its stack goes away (issue 20: memory
+	// per idle intercepted connection).
+	is.Start(s.tunnels.Context(), intercept.Conn{Client: c.client, Early: head, Upstream: up, Request: req, Decision: dec, ID: c.entry.ID, ClientAddr: c.entry.Client, Tunnel: t.Hand()}, nil)
 }
 
 // requestRule decides r, a plain-HTTP request on a connection to an
