@@ -63,16 +63,18 @@ func BenchmarkInterceptedNewConnection(b *testing.B) {
 // BenchmarkInterceptedIdleMemory holds open.
 const idleConns = 300
 
-var gcs, _ = strconv.Atoi(os.Getenv("IDLE_GCS"))
-
 // BenchmarkInterceptedIdleMemory reports the memory egress holds per idle
 // intercepted connection: CONNECT, both handshakes, one GET, then the
 // connection kept open, idle (BENCHMARKS.md §8: target ≤ 0.5x squid
 // ssl-bump's). The clients run in a helper process, so the figures are
 // the proxy's alone (and the origin's, whose connections egress pools:
 // a few for all); the request log is discarded, as it would be written
-// out, and so is what the test origin keeps of requests. heap-B and stack-B split B/idle-conn; goroutines/idle-conn is what
-// each idle connection keeps running.
+// out, and so is what the test origin keeps of requests. heap-B and
+// stack-B split B/idle-conn; goroutines/idle-conn is what each idle
+// connection keeps. With EGRESS_IDLE_HEAPPROFILE=FILE (and
+// -memprofilerate=1) the heap profile is written to FILE, and the
+// goroutines to FILE.goroutines, while the connections are held: where
+// the bytes are (BENCHMARKS.md §8).
 func BenchmarkInterceptedIdleMemory(b *testing.B) {
 	f := newFixture(b)
 	f.logs.discard.Store(true)
@@ -86,12 +88,10 @@ func BenchmarkInterceptedIdleMemory(b *testing.B) {
 		runtime.ReadMemStats(&before)
 		g0 := runtime.NumGoroutine()
 		held := f.idleClients(b, idleConns)
-		for range gcs {
-			runtime.GC()
-		}
+		runtime.GC()
 		runtime.ReadMemStats(&after)
 		g1 := runtime.NumGoroutine()
-		if fn := os.Getenv("IDLE_HEAPPROFILE"); fn != "" {
+		if fn := os.Getenv("EGRESS_IDLE_HEAPPROFILE"); fn != "" {
 			fh, _ := os.Create(fn)
 			pprof.WriteHeapProfile(fh)
 			fh.Close()
