@@ -26,7 +26,7 @@ func (x *exchange) handshake() bool {
 		return false
 	}
 	x.pc = &prefixConn{Conn: x.c.Client, early: x.c.Early, x: x}
-	x.c.Early = nil // the prefixConn's until read
+	x.c.Early = nil // the prefixConn's now, dropped once read
 	x.tc = tls.Server(x.pc, x.s.tlsConfig())
 	x.tc.SetDeadline(time.Now().Add(DefaultHandshakeTimeout))
 	err := x.tc.Handshake()
@@ -75,7 +75,10 @@ func (s *Server) tlsConfig() *tls.Config {
 			SessionTicketsDisabled: true,
 			GetConfigForClient:     checkHello,
 			GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
-				x := h.Conn.(*prefixConn).x
+				x, err := exchangeOf(h)
+				if err != nil {
+					return nil, err
+				}
 				return x.ca.Leaf(x.name)
 			},
 		}
@@ -83,12 +86,23 @@ func (s *Server) tlsConfig() *tls.Config {
 	return s.tlsServer
 }
 
+// exchangeOf is the connection a ClientHello came on (tlsConfig).
+func exchangeOf(h *tls.ClientHelloInfo) (*exchange, error) {
+	if pc, ok := h.Conn.(*prefixConn); ok && pc.x != nil {
+		return pc.x, nil
+	}
+	return nil, errors.New("a handshake on a connection that is no intercepted one")
+}
+
 // checkHello checks the client's ClientHello against its connection's
 // decision before any certificate is made: the server name must be the
 // decided one (or, decided on an address, one the policy allows there),
 // and the client must speak HTTP/1.1. A refusal is the exchange's.
 func checkHello(h *tls.ClientHelloInfo) (*tls.Config, error) {
-	x := h.Conn.(*prefixConn).x
+	x, err := exchangeOf(h)
+	if err != nil {
+		return nil, err
+	}
 	d := x.c.Decision
 	if sni := h.ServerName; sni != "" {
 		n, _, err := policy.NormalizeHost(sni)
