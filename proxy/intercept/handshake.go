@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"time"
@@ -207,6 +208,7 @@ type prefixConn struct {
 	tail       []byte
 	handshaken bool
 	one        [1]byte // the byte await read
+	closed     bool    // await read the end of the stream
 }
 
 func (c *prefixConn) Read(b []byte) (int, error) {
@@ -231,8 +233,9 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 // connection: not through crypto/tls, whose reads go deep (serve).
 func (c *prefixConn) await(until time.Time) bool {
 	c.Conn.SetReadDeadline(until)
-	n, _ := c.Conn.Read(c.one[:])
+	n, err := c.Conn.Read(c.one[:])
 	if n == 0 {
+		c.closed = errors.Is(err, io.EOF)
 		return false
 	}
 	c.early = c.one[:n]

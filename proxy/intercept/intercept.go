@@ -250,6 +250,8 @@ type exchange struct {
 	ended  bool
 	// switched: a tunnel (Conn.Tunnel) owns the connections now.
 	switched bool
+	// peerDone: the client closed its side (EOF in TLS).
+	peerDone bool
 
 	refused *policy.Decision // the handshake's refusal, if any
 }
@@ -274,8 +276,8 @@ func (x *exchange) end() {
 	if x.switched {
 		return
 	}
-	if x.tc != nil {
-		x.tc.Close()
+	if x.tc != nil && !x.peerDone && !x.pc.closed {
+		x.tc.Close() // close_notify: pointless to a client that has closed
 	}
 	x.c.Client.Close()
 	if x.up != nil {
@@ -296,16 +298,24 @@ func (x *exchange) end() {
 // nothing more, a new one, whose stack is small, waits for its next
 // request on the socket itself (idle; not through crypto/tls), serves it,
 // and leaves the wait for the one after to a new one again. Buffers are
-// held during a request only.
+// held during a request only. The first request, which a client sends
+// right behind its Finished, is the exception: the handshake's goroutine
+// waits up to firstRequestWait for it (one goroutine fewer per
+// connection), then leaves the wait to a small one.
 func (x *exchange) serve(ctx context.Context) {
 	defer x.catch()
-	// What the client sent behind its Finished is already crypto/tls's.
-	if x.handshake() && x.requests(ctx, time.Time{}) {
+	if x.handshake() && x.requests(ctx, time.Now().Add(firstRequestWait)) {
 		go x.idle(ctx)
 		return
 	}
 	x.end()
 }
+
+// firstRequestWait is how long the goroutine that made the handshake
+// waits for the first request before a small one takes the wait over
+// (serve): a client sends its first request with or right after its
+// Finished, so this is a round trip and some, not an idle time.
+const firstRequestWait = 100 * time.Millisecond
 
 // idle waits for the client's next request and serves it (serve).
 func (x *exchange) idle(ctx context.Context) {
@@ -357,8 +367,10 @@ func (x *exchange) requests(ctx context.Context, until time.Time) bool {
 			x.tc.SetReadDeadline(wait)
 			k, err := x.tc.Read(first[:])
 			if k == 0 {
-				// The client is done, or idle too long; or nothing yet.
-				return until.IsZero() && errors.Is(err, os.ErrDeadlineExceeded)
+				// Nothing yet (the wait is idle's), or the client is
+				// done.
+				x.peerDone = x.peerDone || errors.Is(err, io.EOF)
+				return errors.Is(err, os.ErrDeadlineExceeded)
 			}
 			rr = peek.NewRequestReader(first[:k], x.tc, pol.Limits.MaxHeaderBytes)
 		} else {
@@ -408,6 +420,7 @@ func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, r
 	req, err := rr.Read()
 	if err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			x.peerDone = true
 			return false
 		}
 		d := x.c.Decision
