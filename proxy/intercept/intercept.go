@@ -220,18 +220,22 @@ func (s *Server) Serve(ctx context.Context, c Conn) {
 	<-ended
 }
 
-// Start intercepts c as Serve does, on goroutines of its own, and
-// returns at once; done, if not nil, is called once the connection has
-// ended, c.Client and c.Upstream closed and c.Tunnel's slot given back
-// (or become the tunnel of an upgrade). A caller that hands the
-// connection over this way keeps no goroutine, and no stack, for it: an
-// idle intercepted connection is then one small goroutine waiting on its
-// socket (exchange.serve).
+// Start intercepts c as Serve does, on the caller's goroutine through
+// the handshake and the requests the client sends at once, and returns
+// when the connection first waits for a request (on a small goroutine
+// of its own) or has ended; done, if not nil, is called once the
+// connection has ended, c.Client and c.Upstream closed and c.Tunnel's
+// slot given back (or become the tunnel of an upgrade). A caller that
+// hands the connection over this way and returns keeps no goroutine, and
+// no stack, for it: an idle intercepted connection is then one small
+// goroutine waiting on its socket (exchange.serve). Not a goroutine of
+// its own to start with: one goroutine fewer per connection, and the
+// caller's stack is freed as soon.
 func (s *Server) Start(ctx context.Context, c Conn, done func()) {
 	x := &exchange{s: s, c: c, start: time.Now(), done: done}
 	client := c.Client // not c: the closure would keep all of it
 	x.stop = context.AfterFunc(ctx, func() { client.Close() })
-	go x.serve(ctx)
+	x.serve(ctx)
 }
 
 // exchange is one intercepted connection.

@@ -30,9 +30,10 @@ func (s *Server) intercept(c *conn, t *tunnel.Tunnel, req policy.Request, dec, d
 	if is == nil {
 		is = &intercept.Server{Policy: s.Policy, Dialer: s.dial, Events: s.Events, Logger: s.Logger}
 	}
-	// The connection and its slot go to goroutines of the interception's
-	// own: this one returns, and its stack goes away (issue 20: memory
-	// per idle intercepted connection).
+	// The connection and its slot go to the interception: once it waits
+	// for a request (on a small goroutine of its own) this one returns,
+	// and its stack goes away (issue 20: memory per idle intercepted
+	// connection).
 	is.Start(s.tunnels.Context(), intercept.Conn{Client: c.client, Early: head, Upstream: up, Request: req, Decision: dec, ID: c.entry.ID, ClientAddr: c.entry.Client, Tunnel: t.Hand()}, nil)
 }
 
