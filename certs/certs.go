@@ -16,6 +16,7 @@ package certs
 import (
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
@@ -47,10 +48,38 @@ const (
 	LeafRenew    = time.Hour
 	// backdate covers clients whose clock is a little behind.
 	backdate = time.Hour
-	// MaxCached bounds the leaf cache; past it, the cache is emptied and
-	// leaves are minted again as hosts are met.
+	// MaxCached bounds the leaf cache (leaves of either key type); past
+	// it, the cache is emptied and leaves are minted again as hosts are
+	// met.
 	MaxCached = 10000
 )
+
+// KeyType is the key type of a leaf: every leaf is signed by the CA's
+// key, whatever its own.
+type KeyType uint8
+
+const (
+	// P256 leaves (ECDSA) are what every client accepts: browsers and
+	// older OpenSSL builds offer no Ed25519.
+	P256 KeyType = iota
+	// Ed25519 leaves cost the server less per handshake than P-256 (the
+	// CertificateVerify or ServerKeyExchange signature); presented to
+	// the clients that accept one (LeafFor).
+	Ed25519
+)
+
+func (k KeyType) String() string {
+	if k == Ed25519 {
+		return "Ed25519"
+	}
+	return "ECDSA P-256"
+}
+
+// leafID is a key of the leaf cache.
+type leafID struct {
+	name string
+	key  KeyType
+}
 
 // ErrKeyReadable is LoadCA's error for a private key anyone can read.
 var ErrKeyReadable = errors.New("the CA key is readable by anyone")
@@ -64,14 +93,19 @@ type CA struct {
 	Cert *x509.Certificate
 	key  crypto.Signer
 
-	// leafKey is the one key of every leaf this CA mints (held in memory
-	// only): a leaf is then a signature, not a key generation.
+	// leafKey and edKey are the keys of every leaf this CA mints, one
+	// per KeyType (held in memory only): a leaf is then a signature, not
+	// a key generation.
 	leafKey *ecdsa.PrivateKey
+	edKey   ed25519.PrivateKey
+	// edProbe is edKey as a certificate with no name: what LeafFor asks
+	// crypto/tls about before any Ed25519 leaf is minted.
+	edProbe *tls.Certificate
 	// now is time.Now; tests move it.
 	now func() time.Time
 
 	mu     sync.RWMutex
-	leaves map[string]*tls.Certificate
+	leaves map[leafID]*tls.Certificate
 }
 
 // New makes a CA from a certificate and its private key.
@@ -89,7 +123,15 @@ func New(cert *x509.Certificate, key crypto.Signer) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("leaf key: %w", err)
 	}
-	return &CA{Cert: cert, key: key, leafKey: lk, now: time.Now, leaves: map[string]*tls.Certificate{}}, nil
+	epub, ek, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("leaf key: %w", err)
+	}
+	return &CA{
+		Cert: cert, key: key, leafKey: lk, edKey: ek, now: time.Now,
+		edProbe: &tls.Certificate{PrivateKey: ek, Leaf: &x509.Certificate{PublicKey: epub, PublicKeyAlgorithm: x509.Ed25519}},
+		leaves:  map[leafID]*tls.Certificate{},
+	}, nil
 }
 
 func publicKeyEqual(a, b crypto.PublicKey) bool {
@@ -435,18 +477,48 @@ func (ca *CA) Permits(pattern string) error {
 	return fmt.Errorf("%s: %w (it permits %s); make a CA for this policy with egress ca init DIR --config POLICY", pattern, ErrOutsideConstraints, strings.Join(c.PermittedDNSDomains, ", "))
 }
 
-// Leaf returns the certificate egress presents for name (a DNS name in
-// normal form, or an IP literal), minting it on first use. Leaves are
-// cached by name and minted again when close to expiry.
+// Leaf returns the P-256 certificate egress presents for name (a DNS
+// name in normal form, or an IP literal): LeafOf(name, P256).
 func (ca *CA) Leaf(name string) (*tls.Certificate, error) {
+	return ca.LeafOf(name, P256)
+}
+
+// LeafFor returns the certificate egress presents for name to the client
+// of the ClientHello h: an Ed25519 leaf when crypto/tls says the client
+// can use one (ClientHelloInfo.SupportsCertificate: its
+// signature_algorithms and TLS version), the P-256 leaf otherwise.
+func (ca *CA) LeafFor(h *tls.ClientHelloInfo, name string) (*tls.Certificate, error) {
+	return ca.LeafOf(name, ca.KeyFor(h))
+}
+
+// KeyFor is the key type of the leaf LeafFor presents to the client of
+// h. It asks crypto/tls about a certificate of the Ed25519 leaf key with
+// no name, with the hello's server name left out: the name is the same
+// for either leaf (and checked before, by the caller), so the answer
+// depends on the key alone, and no leaf is minted for a client that
+// will not get it.
+func (ca *CA) KeyFor(h *tls.ClientHelloInfo) KeyType {
+	hh := *h
+	hh.ServerName = ""
+	if hh.SupportsCertificate(ca.edProbe) == nil {
+		return Ed25519
+	}
+	return P256
+}
+
+// LeafOf returns the certificate of key type k for name (a DNS name in
+// normal form, or an IP literal), minting it on first use. Leaves are
+// cached by name and key type and minted again when close to expiry.
+func (ca *CA) LeafOf(name string, k KeyType) (*tls.Certificate, error) {
 	now := ca.now()
+	id := leafID{name, k}
 	ca.mu.RLock()
-	c := ca.leaves[name]
+	c := ca.leaves[id]
 	ca.mu.RUnlock()
 	if c != nil && now.Add(LeafRenew).Before(c.Leaf.NotAfter) {
 		return c, nil
 	}
-	c, err := ca.mint(name, now)
+	c, err := ca.mint(name, k, now)
 	if err != nil {
 		return nil, err
 	}
@@ -454,13 +526,13 @@ func (ca *CA) Leaf(name string) (*tls.Certificate, error) {
 	if len(ca.leaves) >= MaxCached {
 		clear(ca.leaves)
 	}
-	ca.leaves[name] = c
+	ca.leaves[id] = c
 	ca.mu.Unlock()
 	return c, nil
 }
 
-// mint signs a leaf for name.
-func (ca *CA) mint(name string, now time.Time) (*tls.Certificate, error) {
+// mint signs a leaf of key type k for name.
+func (ca *CA) mint(name string, k KeyType, now time.Time) (*tls.Certificate, error) {
 	if name == "" {
 		return nil, errors.New("mint a leaf: no name")
 	}
@@ -481,7 +553,11 @@ func (ca *CA) mint(name string, now time.Time) (*tls.Certificate, error) {
 	} else {
 		tmpl.DNSNames = []string{name}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, ca.leafKey.Public(), ca.key)
+	var key crypto.Signer = ca.leafKey
+	if k == Ed25519 {
+		key = ca.edKey
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.key)
 	if err != nil {
 		return nil, fmt.Errorf("mint a leaf for %s: %w", name, err)
 	}
@@ -489,7 +565,7 @@ func (ca *CA) mint(name string, now time.Time) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Certificate{Certificate: [][]byte{der, ca.Cert.Raw}, PrivateKey: ca.leafKey, Leaf: leaf}, nil
+	return &tls.Certificate{Certificate: [][]byte{der, ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
 }
 
 // serial is a random 128-bit serial number (CA/B Forum: at least 64

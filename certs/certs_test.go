@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,27 +45,122 @@ func TestLeavesVerifyAgainstTheCA(t *testing.T) {
 		{"192.0.2.1", false},
 		{"2001:db8::1", false},
 	} {
-		what := "a leaf inside the constraints verifies: "
-		if !tc.ok {
-			what = "a leaf outside the constraints fails verification: "
+		for _, k := range []KeyType{P256, Ed25519} {
+			what := "a leaf inside the constraints verifies: "
+			if !tc.ok {
+				what = "a leaf outside the constraints fails verification: "
+			}
+			t.Run(what+tc.name+" "+k.String(), func(t *testing.T) {
+				c, err := ca.LeafOf(tc.name, k)
+				if err != nil {
+					t.Fatal(err)
+				}
+				err = verify(ca, c, tc.name)
+				if tc.ok != (err == nil) {
+					t.Fatalf("Verify(%s) = %v; want ok %v", tc.name, err, tc.ok)
+				}
+				var inv x509.CertificateInvalidError
+				if !tc.ok && (!errors.As(err, &inv) || inv.Reason != x509.CANotAuthorizedForThisName) {
+					t.Fatalf("Verify(%s) = %v; want CANotAuthorizedForThisName", tc.name, err)
+				}
+				if tc.ok && ca.Permits(tc.name) != nil || !tc.ok && !errors.Is(ca.Permits(tc.name), ErrOutsideConstraints) {
+					t.Fatalf("Permits(%s) = %v; want ok %v", tc.name, ca.Permits(tc.name), tc.ok)
+				}
+			})
 		}
-		t.Run(what+tc.name, func(t *testing.T) {
-			c, err := ca.Leaf(tc.name)
+	}
+}
+
+// hello is a ClientHello as crypto/tls hands it to GetCertificate.
+func hello(sni string, versions []uint16, schemes ...tls.SignatureScheme) *tls.ClientHelloInfo {
+	return &tls.ClientHelloInfo{
+		ServerName:        sni,
+		SupportedVersions: versions,
+		SignatureSchemes:  schemes,
+		CipherSuites:      []uint16{tls.TLS_AES_128_GCM_SHA256, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256},
+		SupportedCurves:   []tls.CurveID{tls.X25519, tls.CurveP256},
+		SupportedPoints:   []uint8{0},
+	}
+}
+
+func TestLeafForPresentsEd25519OnlyToClientsThatAcceptIt(t *testing.T) {
+	ca, _, _, err := Create(Options{Names: []string{"vendor.example"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tls13 := []uint16{tls.VersionTLS13, tls.VersionTLS12}
+	tls12 := []uint16{tls.VersionTLS12}
+	ecdsaOnly := []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256, tls.PSSWithSHA256, tls.PKCS1WithSHA256}
+	withEd := append([]tls.SignatureScheme{tls.Ed25519}, ecdsaOnly...)
+	for _, tc := range []struct {
+		what  string
+		hello *tls.ClientHelloInfo
+		want  KeyType
+	}{
+		{"a TLS 1.3 client offering ed25519 gets an Ed25519 leaf", hello("api.vendor.example", tls13, withEd...), Ed25519},
+		{"a TLS 1.2 client offering ed25519 gets an Ed25519 leaf", hello("api.vendor.example", tls12, withEd...), Ed25519},
+		{"a client without a server name offering ed25519 gets an Ed25519 leaf", hello("", tls13, withEd...), Ed25519},
+		{"a TLS 1.3 client without ed25519 gets the P-256 leaf", hello("api.vendor.example", tls13, ecdsaOnly...), P256},
+		{"a TLS 1.2 client without ed25519 gets the P-256 leaf", hello("api.vendor.example", tls12, ecdsaOnly...), P256},
+		{"a TLS 1.2 client with no signature_algorithms gets the P-256 leaf", hello("api.vendor.example", tls12), P256},
+		{"a TLS 1.1 client gets the P-256 leaf (and no handshake)", hello("api.vendor.example", []uint16{tls.VersionTLS11}, withEd...), P256},
+	} {
+		t.Run(tc.what, func(t *testing.T) {
+			if got := ca.KeyFor(tc.hello); got != tc.want {
+				t.Fatalf("KeyFor = %v; want %v", got, tc.want)
+			}
+			c, err := ca.LeafFor(tc.hello, "api.vendor.example")
 			if err != nil {
 				t.Fatal(err)
 			}
-			err = verify(ca, c, tc.name)
-			if tc.ok != (err == nil) {
-				t.Fatalf("Verify(%s) = %v; want ok %v", tc.name, err, tc.ok)
+			want := x509.ECDSA
+			if tc.want == Ed25519 {
+				want = x509.Ed25519
 			}
-			var inv x509.CertificateInvalidError
-			if !tc.ok && (!errors.As(err, &inv) || inv.Reason != x509.CANotAuthorizedForThisName) {
-				t.Fatalf("Verify(%s) = %v; want CANotAuthorizedForThisName", tc.name, err)
+			if got := c.Leaf.PublicKeyAlgorithm; got != want {
+				t.Fatalf("leaf key %v; want %v", got, want)
 			}
-			if tc.ok && ca.Permits(tc.name) != nil || !tc.ok && !errors.Is(ca.Permits(tc.name), ErrOutsideConstraints) {
-				t.Fatalf("Permits(%s) = %v; want ok %v", tc.name, ca.Permits(tc.name), tc.ok)
+			if err := verify(ca, c, "api.vendor.example"); err != nil {
+				t.Fatal(err)
+			}
+			if tc.hello.ServerName != "" && tc.hello.SupportedVersions[0] >= tls.VersionTLS12 {
+				if err := tc.hello.SupportsCertificate(c); err != nil {
+					t.Fatalf("crypto/tls says the client cannot use the leaf: %v", err)
+				}
 			}
 		})
+	}
+}
+
+func TestLeavesOfEachKeyTypeAreCachedApart(t *testing.T) {
+	ca, _, _, err := Create(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	ca.now = func() time.Time { return now }
+	p, _ := ca.LeafOf("api.vendor.example", P256)
+	e, _ := ca.LeafOf("api.vendor.example", Ed25519)
+	if p == e || p.Leaf.PublicKeyAlgorithm != x509.ECDSA || e.Leaf.PublicKeyAlgorithm != x509.Ed25519 {
+		t.Fatalf("leaves %v and %v; want one ECDSA and one Ed25519", p.Leaf.PublicKeyAlgorithm, e.Leaf.PublicKeyAlgorithm)
+	}
+	if e.Leaf.Subject.CommonName != p.Leaf.Subject.CommonName || !slices.Equal(e.Leaf.DNSNames, p.Leaf.DNSNames) ||
+		!e.Leaf.NotAfter.Equal(p.Leaf.NotAfter) || e.Leaf.KeyUsage != p.Leaf.KeyUsage || !slices.Equal(e.Leaf.ExtKeyUsage, p.Leaf.ExtKeyUsage) {
+		t.Fatal("the Ed25519 leaf differs from the P-256 leaf in more than its key")
+	}
+	if again, _ := ca.LeafOf("api.vendor.example", Ed25519); again != e {
+		t.Fatal("a second lookup of the Ed25519 leaf minted again")
+	}
+	if again, _ := ca.Leaf("api.vendor.example"); again != p {
+		t.Fatal("a lookup of the P-256 leaf after the Ed25519 one minted again")
+	}
+	other, _ := ca.LeafOf("api2.vendor.example", Ed25519)
+	if !other.PrivateKey.(ed25519.PrivateKey).Equal(e.PrivateKey) {
+		t.Fatal("two Ed25519 leaves of one CA have different keys: minting generated a key")
+	}
+	now = now.Add(LeafLifetime - LeafRenew + time.Minute)
+	if c, _ := ca.LeafOf("api.vendor.example", Ed25519); c == e || !c.Leaf.NotAfter.After(e.Leaf.NotAfter) {
+		t.Fatal("an Ed25519 leaf close to expiry was not minted again")
 	}
 }
 
@@ -138,25 +235,35 @@ func TestHandshakeWithAMintedLeaf(t *testing.T) {
 			if err != nil {
 				return
 			}
-			s := tls.Server(c, &tls.Config{GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) { return ca.Leaf(h.ServerName) }})
+			s := tls.Server(c, &tls.Config{GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) { return ca.LeafFor(h, h.ServerName) }})
 			go func() { s.Handshake(); io.WriteString(s, "ok"); s.Close() }()
 		}
 	}()
 	for _, tc := range []struct {
 		sni, verifyAs string
 		ok            bool
+		max           uint16
 	}{
-		{"api.vendor.example", "api.vendor.example", true},
-		{"api.vendor.example", "bank.example", false},
-		{"bank.example", "bank.example", false},
+		{"api.vendor.example", "api.vendor.example", true, 0},
+		{"api.vendor.example", "bank.example", false, 0},
+		{"bank.example", "bank.example", false, 0},
+		{"api.vendor.example", "api.vendor.example", true, tls.VersionTLS12},
 	} {
-		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{ServerName: tc.sni, RootCAs: pool(ca),
-			VerifyConnection: func(cs tls.ConnectionState) error { return cs.PeerCertificates[0].VerifyHostname(tc.verifyAs) }})
+		var key x509.PublicKeyAlgorithm
+		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{ServerName: tc.sni, RootCAs: pool(ca), MaxVersion: tc.max,
+			VerifyConnection: func(cs tls.ConnectionState) error {
+				key = cs.PeerCertificates[0].PublicKeyAlgorithm
+				return cs.PeerCertificates[0].VerifyHostname(tc.verifyAs)
+			}})
 		if (err == nil) != tc.ok {
 			t.Fatalf("handshake for %s (checked as %s) = %v; want ok %v", tc.sni, tc.verifyAs, err, tc.ok)
 		}
 		if c != nil {
 			c.Close()
+		}
+		// Go's client offers ed25519 (TLS 1.2 and 1.3).
+		if tc.ok && key != x509.Ed25519 {
+			t.Fatalf("a Go client was presented a %v leaf; want Ed25519", key)
 		}
 	}
 }
@@ -281,6 +388,25 @@ func BenchmarkLeafCached(b *testing.B) {
 	}
 }
 
+// BenchmarkLeafForEd25519 is LeafFor's cost for a cached leaf: the
+// choice of key type (crypto/tls's SupportsCertificate) and the lookup.
+func BenchmarkLeafForEd25519(b *testing.B) {
+	ca, _, _, err := Create(Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := hello("api.vendor.example", []uint16{tls.VersionTLS13, tls.VersionTLS12}, tls.Ed25519, tls.ECDSAWithP256AndSHA256)
+	if c, err := ca.LeafFor(h, "api.vendor.example"); err != nil || c.Leaf.PublicKeyAlgorithm != x509.Ed25519 {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ca.LeafFor(h, "api.vendor.example"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 func BenchmarkLeafMint(b *testing.B) {
 	ca, _, _, err := Create(Options{})
 	if err != nil {
@@ -289,7 +415,7 @@ func BenchmarkLeafMint(b *testing.B) {
 	b.ReportAllocs()
 	now := time.Now()
 	for b.Loop() {
-		if _, err := ca.mint("api.vendor.example", now); err != nil {
+		if _, err := ca.mint("api.vendor.example", P256, now); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -68,6 +68,10 @@ func (x *exchange) handshake() bool {
 // a configuration per connection, as before, had its own ticket keys:
 // the ticket crypto/tls sends after each TLS 1.3 handshake was work and
 // bytes for a session that could never resume).
+//
+// The leaf is Ed25519 for a client that accepts one, P-256 otherwise
+// (certs.CA.LeafFor): an Ed25519 signature, made once per handshake,
+// costs egress less than a P-256 one.
 func (s *Server) tlsConfig() *tls.Config {
 	s.tlsOnce.Do(func() {
 		s.tlsServer = &tls.Config{
@@ -80,7 +84,7 @@ func (s *Server) tlsConfig() *tls.Config {
 				if err != nil {
 					return nil, err
 				}
-				return x.ca.Leaf(x.name)
+				return x.ca.LeafFor(h, x.name)
 			},
 		}
 	})

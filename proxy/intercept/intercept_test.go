@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -517,6 +518,37 @@ func TestHTTP2OnlyClientFailsWithItsOwnReason(t *testing.T) {
 		t.Fatal("an h2-only client was served")
 	}
 	f.logs.entryWith(t, string(policy.ReasonHTTP2Only))
+}
+
+// crypto/tls's client offers ed25519 in TLS 1.2 and 1.3: egress presents
+// it an Ed25519 leaf for the name, chained to its CA (cheaper to sign
+// with than P-256), and the request goes through.
+func TestInterceptedGoClientGetsAnEd25519Leaf(t *testing.T) {
+	f := newFixture(t)
+	for _, v := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
+		t.Run(tls.VersionName(v), func(t *testing.T) {
+			tc, err := f.tunnel(t, "api.vendor.test", f.tlsPort, &tls.Config{RootCAs: f.caPool, ServerName: "api.vendor.test", MaxVersion: v})
+			if err != nil {
+				t.Fatalf("handshake: %v", err)
+			}
+			cs := tc.ConnectionState()
+			leaf := cs.PeerCertificates[0]
+			if _, ok := leaf.PublicKey.(ed25519.PublicKey); !ok || cs.Version != v {
+				t.Fatalf("%s: presented a %T leaf; want ed25519.PublicKey", tls.VersionName(cs.Version), leaf.PublicKey)
+			}
+			if _, err := leaf.Verify(x509.VerifyOptions{Roots: f.caPool, DNSName: "api.vendor.test"}); err != nil {
+				t.Fatalf("the Ed25519 leaf does not chain to egress's CA: %v", err)
+			}
+			if !bytes.Equal(cs.PeerCertificates[len(cs.PeerCertificates)-1].Raw, f.ca.Cert.Raw) {
+				t.Error("the chain does not end with egress's CA")
+			}
+			io.WriteString(tc, "GET /v1/license HTTP/1.1\r\nHost: api.vendor.test\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("request: %v %v", resp, err)
+			}
+		})
+	}
 }
 
 func TestClientThatDoesNotTrustTheCA(t *testing.T) {
