@@ -5,8 +5,9 @@ package main
 // client trusts), against squid-openssl with `ssl_bump bump all` and
 // mitmproxy, on loopback. One CA, made here, signs every proxy's leaves
 // (ECDSA P-256: squid and mitmproxy sign their leaves with the CA's own
-// key, egress mints P-256 leaves, so every handshake costs the same
-// signature); another signs the origin's certificate, and each proxy
+// key; egress presents an Ed25519 leaf to a client whose ClientHello
+// accepts one, as this Go client's does and the plugin runtime's OpenSSL
+// clients' do, P-256 otherwise); another signs the origin's certificate, and each proxy
 // trusts it for upstream (egress tls.upstream_ca, squid
 // tls_outgoing_options cafile=, mitmproxy ssl_verify_upstream_trusted_ca).
 // The client asks for https://127.0.0.1:PORT: an IP literal, so no proxy
@@ -535,7 +536,7 @@ func squidPackage(bin string) string {
 func (ir *interceptResults) markdown(w func(string, ...any), o options, squidVersion string) {
 	w("\n## Interception (issue 20)\n\n")
 	w("TLS terminated by the proxy (`bench/compare/intercept.go`): the client (Go, in bench/compare) sends CONNECT to `%s` (an IP literal: no proxy resolves a name), ", ir.origin)
-	w("then TLS trusting the bench's interception CA (ECDSA P-256; squid and mitmproxy sign their leaves with the CA's own key, egress mints P-256 leaves), then GET `%s`; ", interceptPath)
+	w("then TLS trusting the bench's interception CA (ECDSA P-256; squid and mitmproxy sign their leaves with the CA's own key; egress presents Ed25519 leaves to clients that offer ed25519, as this one and OpenSSL 3.0's curl and Python do, P-256 leaves otherwise), then GET `%s`; ", interceptPath)
 	w("the origin is a Go HTTPS server on loopback (HTTP/1.1, keep-alive) whose certificate comes from a second bench CA each proxy trusts for upstream. ")
 	w("*egress*: `tls.ca_cert`/`ca_key`/`upstream_ca` and an `http:` rule allowing GET `%s` on the origin's port (policy in `egress-intercept.yaml` of the run, text in `egressInterceptConfig`); ", interceptPath)
 	w("*squid-bump*: %s with `ssl_bump bump all`, `cert=` the bench CA, leaves cached in memory, `tls_outgoing_options cafile=` the origin CA (`bench/peers/squid-bump.conf`); ", squidVersion)
