@@ -147,16 +147,10 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 			p.intercept.Start(p.tunnels.Context(), intercept.Conn{Client: cc, Early: early, Upstream: up, Resolved: res, Request: rq.req, Decision: dec, ID: rq.id, ClientAddr: rq.client, Tunnel: t.Hand()}, nil)
 			return
 		}
-		if up == nil {
-			// Plain HTTP where TLS was expected (the pool held a TLS
-			// connection): dialled now, on the addresses decided, and
-			// a failure is the answer to the client's request.
-			if up, dec, err = p.dial.DialResolved(ctx, res); err != nil {
-				reply(dec, err)
-				return
-			}
-			entry.Decision = dec
-		}
+		// Plain HTTP where TLS was expected (the pool held a TLS
+		// connection, up is nil): dialled below once the first request
+		// is decided, on the addresses decided here, so a refused one
+		// opens no connection, and a failure is the answer to it.
 	}
 	head := early
 	if len(head) == 0 {
@@ -258,9 +252,25 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 		} else {
 			refused = hostCheck(p.Policy(), rq.req, dec, peek.RequestHost(first))
 		}
+		if refused == nil && up == nil {
+			// The dial-free CONNECT above: dialled now that its first
+			// request is allowed, and that request decided again if
+			// the address dialled is another than the one decided.
+			var d policy.Decision
+			if up, d, err = p.dial.DialResolved(ctx, res); err != nil {
+				reply(d, err)
+				return
+			}
+			if d.IP != dec.IP {
+				refused = intercept.DecidePlain(p.Policy(), rq.req, d, first)
+			}
+			dec, entry.Decision = d, d
+		}
 		if refused != nil {
 			entry.Decision = *refused
-			up.Close()
+			if up != nil {
+				up.Close()
+			}
 			if err == nil {
 				// Refused by the policy (a request rule, or a host not
 				// allowed at the address dialled): the client reads

@@ -213,3 +213,49 @@ func TestInterceptedConnectToAnAddressWhoseClientHelloNamesAnotherServerDialsAtT
 		t.Fatalf("the origin accepted %d TCP connections, want 2 (one verified for b.test, dialled for the request)", a)
 	}
 }
+
+func TestPlainHTTPRefusedAfterADialFreeConnectDialsNothing(t *testing.T) {
+	for _, gone := range []bool{false, true} {
+		name := "the origin listening"
+		if gone {
+			name = "the origin no longer accepting"
+		}
+		t.Run(name, func(t *testing.T) {
+			f := newPoolFixture(t)
+			f.loadText(t, fmt.Sprintf(`version: 1
+default: deny
+tls:
+  ca_cert: ca.crt
+  ca_key: ca.key
+allow:
+  - host: a.test
+    ports: [%[1]d]
+    http:
+      - paths: ["/ok/**"]
+`, f.port))
+			f.get(t, "a.test", "/ok/1") // an idle origin connection in the pool
+			if gone {
+				f.one.srv.Listener.Close() // the pooled connection stays
+			}
+			c, resp := f.connect(t, "a.test")
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("CONNECT with a pooled origin connection: %s", resp.Status)
+			}
+			fmt.Fprintf(c, "GET /admin HTTP/1.1\r\nHost: a.test:%d\r\n\r\n", f.port)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			if resp.StatusCode != http.StatusForbidden {
+				t.Fatalf("plain GET refused by a request rule after a dial-free CONNECT: %s, want 403", resp.Status)
+			}
+			if e := f.entryFor(t, "/admin"); e.Decision.Allowed() || e.Err != nil {
+				t.Fatalf("logged %s, err %v, want the denial and no error", e.Decision.Reason, e.Err)
+			}
+			if a := f.one.accepted.Load(); a != 1 {
+				t.Fatalf("the origin accepted %d connections, want 1 (the pooled one: a refused request dials nothing)", a)
+			}
+		})
+	}
+}
