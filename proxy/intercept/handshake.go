@@ -110,8 +110,18 @@ func checkHello(h *tls.ClientHelloInfo) (*tls.Config, error) {
 	}
 	d := x.c.Decision
 	if sni := h.ServerName; sni != "" {
-		n, _, err := policy.NormalizeHost(sni)
-		if err == nil && d.Host == "" {
+		n, ip, err := policy.NormalizeHost(sni)
+		switch {
+		case err == nil && n == "":
+			// An address as the server name: RFC 6066 §3 forbids
+			// it, and openssl s_client -servername IP and some
+			// clients send it all the same. It is the address the
+			// connection was decided on (a cidr rule), whose
+			// certificate names it, or it is refused below.
+			if d.Host == "" && ip.Unmap() == d.IP.Unmap() {
+				n = x.name
+			}
+		case err == nil && d.Host == "":
 			// Decided on the address (a cidr rule): the name is
 			// decided on that address as a CONNECT tunnel's is,
 			// before any certificate is made for it.
