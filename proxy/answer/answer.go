@@ -230,6 +230,19 @@ func (a Answer) Raw(proto string, head bool) []byte {
 	return b.Bytes()
 }
 
+// WriteTimeout bounds the write of an answer egress writes itself on a
+// connection no longer net/http's (Send).
+const WriteTimeout = 10 * time.Second
+
+// Send writes b, an answer, on c, a connection no longer net/http's,
+// within WriteTimeout, and closes c once the client has had the time to
+// read it (CloseAfter, on a goroutine of its own: the caller goes on).
+func Send(c net.Conn, b []byte) {
+	c.SetWriteDeadline(time.Now().Add(WriteTimeout))
+	c.Write(b)
+	go CloseAfter(c)
+}
+
 // CloseAfter closes a connection whose client may still be sending
 // (a request body, pipelined requests). Closing a socket with unread data
 // sends a RST, which can destroy the answer before the client reads it;

@@ -11,7 +11,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/egress-proxy/egress/policy"
 	"github.com/egress-proxy/egress/proxy/answer"
@@ -164,9 +163,7 @@ func (f failure) send(w http.ResponseWriter, r *http.Request) {
 // sendConn writes f on c, a connection no longer net/http's, and closes
 // it.
 func (f failure) sendConn(c net.Conn, proto string, head bool) {
-	c.SetWriteDeadline(time.Now().Add(DefaultHeaderTimeout))
-	c.Write(f.raw(proto, head))
-	go closeAfterAnswer(c)
+	answer.Send(c, f.raw(proto, head))
 }
 
 // answerProto is the version of egress's answer to r: HTTP/1.0 to an
@@ -182,9 +179,6 @@ func answerProto(r *http.Request) string {
 func (f failure) raw(proto string, head bool) []byte {
 	return answer.Answer{Status: f.status, Reason: f.reason, Header: f.header, Body: f.body}.Raw(proto, head)
 }
-
-// closeAfterAnswer is answer.CloseAfter.
-func closeAfterAnswer(c net.Conn) { answer.CloseAfter(c) }
 
 // write sends f through a ResponseWriter with the standard reason phrase:
 // the fallback of send.

@@ -276,10 +276,8 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 				// allowed at the address dialled): the client reads
 				// egress's 403 with the explanation, as on every other
 				// path.
-				entry.Method, entry.URL = first.Method, refusedURL(rq.req, dec, first, *refused)
-				cc.SetWriteDeadline(time.Now().Add(DefaultHeaderTimeout))
-				cc.Write(answer.RefusedRequest(rq.id, entry.URL, first, *refused))
-				go answer.CloseAfter(cc)
+				entry.Method, entry.URL = first.Method, intercept.RefusedURL(dec, rq.req.Port, first, *refused)
+				answer.Send(cc, answer.RefusedRequest(rq.id, entry.URL, first, *refused))
 			} else {
 				cc.Close()
 			}
@@ -301,7 +299,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 			if d == nil {
 				return nil, true
 			}
-			url := refusedURL(rq.req, dec, r, *d)
+			url := intercept.RefusedURL(dec, rq.req.Port, r, *d)
 			t.RefusedRequest(*d, r.Method, url)
 			return answer.RefusedRequest(rq.id, url, r, *d), false
 		}
@@ -400,30 +398,6 @@ func (p *Proxy) redecide(req policy.Request, dec policy.Decision) (*policy.Polic
 		return pol, &d
 	}
 	return pol, nil
-}
-
-// refusedURL is the URL a refused plain-HTTP request r on a tunnel opened
-// for req and allowed by dec names in its 403 and its line: the name its
-// request rules are decided on (intercepted destinations) or the host r
-// names, the tunnel's port, the path decided on (or as sent), no query.
-func refusedURL(req policy.Request, dec policy.Decision, r *http.Request, d policy.Decision) string {
-	name, path := peek.RequestHost(r), d.Path
-	if dec.Intercept || name == "" {
-		name = requestName(dec)
-	}
-	if path == "" {
-		path = intercept.RequestPath(r)
-	}
-	return intercept.URL("http", name, req.Port, path)
-}
-
-// requestName is the name a request to an intercepted destination dec
-// is decided on: its host, or its address.
-func requestName(dec policy.Decision) string {
-	if dec.Host != "" {
-		return dec.Host
-	}
-	return dec.IP.String()
 }
 
 // firstBytes reads the client's first bytes of a tunnel, within timeout.

@@ -16,7 +16,7 @@ import (
 // decided name, and the ClientHello must name it (or nothing).
 func (x *exchange) handshake() bool {
 	d := x.c.Decision
-	x.name = presentedName(d)
+	x.name = PresentedName(d)
 	if x.s.CA != nil {
 		x.ca = x.s.CA()
 	}

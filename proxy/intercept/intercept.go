@@ -154,18 +154,19 @@ func (s *Server) Pooled(pol *policy.Policy, res dialer.Resolved) (policy.Decisio
 			continue
 		}
 		pl := s.pools.For(pol, s.policy(), d.Policy)
-		if pl.Has(originKey{ip: d.IP, port: res.Request.Port, name: presentedName(d), roots: roots}) {
+		if pl.Has(originKey{ip: d.IP, port: res.Request.Port, name: PresentedName(d), roots: roots}) {
 			return d, true
 		}
 	}
 	return policy.Decision{}, false
 }
 
-// presentedName is the name egress presents a certificate for, and
+// PresentedName is the name egress presents a certificate for, and
 // verifies the origin's for, on a connection decided d: its host, or
-// its address. A ClientHello may name another for an address (see
-// handshake).
-func presentedName(d policy.Decision) string {
+// its address as text. A ClientHello may name another for an address
+// (see handshake). The requests of a connection to an intercepted
+// destination are decided on it, in TLS or plain HTTP.
+func PresentedName(d policy.Decision) string {
 	if d.Host != "" {
 		return d.Host
 	}
@@ -762,11 +763,7 @@ func Decide(pol *policy.Policy, conn policy.Request, connDec policy.Decision, na
 // or nil. The plain-HTTP gates of the CONNECT and transparent paths call
 // it (issue 20).
 func DecidePlain(pol *policy.Policy, conn policy.Request, connDec policy.Decision, r *http.Request) *policy.Decision {
-	name := connDec.Host
-	if name == "" {
-		name = connDec.IP.String()
-	}
-	d := Decide(pol, conn, connDec, name, r)
+	d := Decide(pol, conn, connDec, PresentedName(connDec), r)
 	if !d.Allowed() {
 		return &d
 	}
@@ -776,6 +773,22 @@ func DecidePlain(pol *policy.Policy, conn policy.Request, connDec policy.Decisio
 	}
 	r.RequestURI = d.Path + query
 	return nil
+}
+
+// RefusedURL is the URL a refused plain-HTTP request r on a connection
+// to port allowed by dec (a CONNECT tunnel, a transparent connection)
+// names in its 403 and its line: the name its request rules are decided
+// on (intercepted destinations, PresentedName) or the host r names, the
+// connection's port, the path decided on (d.Path, or as sent), no query.
+func RefusedURL(dec policy.Decision, port uint16, r *http.Request, d policy.Decision) string {
+	name, path := peek.RequestHost(r), d.Path
+	if dec.Intercept || name == "" {
+		name = PresentedName(dec)
+	}
+	if path == "" {
+		path = RequestPath(r)
+	}
+	return URL("http", name, port, path)
 }
 
 // RequestPath is the path of r's request target as the client sent it,

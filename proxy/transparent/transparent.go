@@ -386,7 +386,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 			dec.IP = ddec.IP
 			if d := requestRule(pol, req, dec, op.first); d != nil {
 				up.Close()
-				c.refuseRequest(op.first, refusedURL(dec, dst.Port(), op.first, *d), *d)
+				c.refuseRequest(op.first, intercept.RefusedURL(dec, dst.Port(), op.first, *d), *d)
 				return
 			}
 			decideRequest = func(r *http.Request) *policy.Decision { return requestRule(s.Policy(), req, dec, r) }
@@ -396,7 +396,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 			if d == nil {
 				return nil, true
 			}
-			url := refusedURL(dec, dst.Port(), r, *d)
+			url := intercept.RefusedURL(dec, dst.Port(), r, *d)
 			t.RefusedRequest(*d, r.Method, url)
 			return answer.RefusedRequest(c.entry.ID, url, r, *d), false
 		}
@@ -531,24 +531,6 @@ func (s *Server) requestHost(first string, r *http.Request, dst netip.AddrPort, 
 		}
 	}
 	return &d
-}
-
-// refusedURL is the URL a refused plain-HTTP request r on a connection
-// allowed by dec names in its 403 and its line: the name its request
-// rules are decided on (intercepted destinations) or the host r names,
-// the connection's port, the path decided on (or as sent), no query.
-func refusedURL(dec policy.Decision, port uint16, r *http.Request, d policy.Decision) string {
-	name, path := peek.RequestHost(r), d.Path
-	if dec.Intercept || name == "" {
-		name = dec.Host
-		if name == "" {
-			name = dec.IP.String()
-		}
-	}
-	if path == "" {
-		path = intercept.RequestPath(r)
-	}
-	return intercept.URL("http", name, port, path)
 }
 
 // unreadable is the refusal of a connection whose first bytes started an
@@ -723,15 +705,10 @@ func (c *conn) deny(d policy.Decision) {
 func (c *conn) refuseRequest(r *http.Request, url string, d policy.Decision) {
 	c.entry.Decision = d
 	c.entry.Method, c.entry.URL = r.Method, url
-	c.client.SetWriteDeadline(time.Now().Add(answerTimeout))
-	c.client.Write(answer.RefusedRequest(c.entry.ID, url, r, d))
-	go answer.CloseAfter(c.client)
+	answer.Send(c.client, answer.RefusedRequest(c.entry.ID, url, r, d))
 	c.entry.Duration = time.Since(c.start)
 	c.s.Events.Record(c.entry)
 }
-
-// answerTimeout bounds the write of egress's own answer to a client.
-const answerTimeout = 10 * time.Second
 
 // fail records an allowed connection that could not be forwarded (dial
 // error, client gone) and resets the client.
