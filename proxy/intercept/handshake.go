@@ -241,12 +241,12 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// await waits on the socket itself, until the time until, for the
-// client's next byte, which the next Read then returns first; false when
-// the client closed, or sent nothing in time. It is the wait of an idle
-// connection: not through crypto/tls, whose reads go deep (serve).
-func (c *prefixConn) await(until time.Time) bool {
-	c.Conn.SetReadDeadline(until)
+// await waits on the socket itself, until its read deadline (the
+// caller's: idle), for the client's next byte, which the next Read then
+// returns first; false when the client closed, or sent nothing in time.
+// It is the wait of an idle connection: not through crypto/tls, whose
+// reads go deep (serve).
+func (c *prefixConn) await() bool {
 	n, err := c.Conn.Read(c.one[:])
 	if n == 0 {
 		c.closed = errors.Is(err, io.EOF)

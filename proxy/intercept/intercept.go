@@ -234,9 +234,61 @@ func (s *Server) Serve(ctx context.Context, c Conn) {
 // caller's stack is freed as soon.
 func (s *Server) Start(ctx context.Context, c Conn, done func()) {
 	x := &exchange{s: s, c: c, start: time.Now(), done: done}
-	client := c.Client // not c: the closure would keep all of it
-	x.stop = context.AfterFunc(ctx, func() { client.Close() })
+	x.stop = context.AfterFunc(ctx, x.cut)
+	if c.Tunnel != nil {
+		x.stopDrain = context.AfterFunc(c.Tunnel.Draining(), x.wake)
+	}
 	x.serve(ctx)
+}
+
+// cut closes the client's connection and the origin connection in use,
+// when Start's ctx is done (the drain deadline): whatever read or write
+// waits on either returns, a response body the origin streams slowly, or
+// not at all, included.
+func (x *exchange) cut() {
+	x.mu.Lock()
+	x.severed = true
+	up := x.inUse
+	x.mu.Unlock()
+	x.c.Client.Close()
+	if up != nil {
+		up.Close()
+	}
+}
+
+// hold makes x.up the origin connection cut closes; one made after the
+// cut is closed at once.
+func (x *exchange) hold() {
+	x.mu.Lock()
+	x.inUse = x.up.Raw
+	severed := x.severed
+	x.mu.Unlock()
+	if severed {
+		x.up.Raw.Close()
+	}
+}
+
+// letGo takes x.up out of cut's reach and reports whether it may go back
+// to the pool: not once cut closed it, or may be closing it.
+func (x *exchange) letGo() bool {
+	x.mu.Lock()
+	x.inUse = nil
+	severed := x.severed
+	x.mu.Unlock()
+	return !severed
+}
+
+// wake ends the wait of a connection waiting for its next request once
+// the drain has begun (tunnel.Group.Draining), as net/http's Shutdown
+// closes idle connections; one in a request is left to finish, and
+// ends when it would next wait (idle).
+func (x *exchange) wake() {
+	x.mu.Lock()
+	x.draining = true
+	if x.awaiting {
+		x.pc.Conn.SetReadDeadline(time.Now())
+	}
+	x.mu.Unlock()
 }
 
 // exchange is one intercepted connection.
@@ -250,7 +302,18 @@ type exchange struct {
 	tc     *tls.Conn
 	up     *origin.PoolConn[originKey] // the origin connection, during a request only
 	served int                         // requests read so far
-	stop   func() bool                 // stops closing the client when Serve's ctx is done
+	stop   func() bool                 // stops cut when Serve's ctx is done
+	// stopDrain stops wake when the tunnel group's drain begins; nil
+	// without a Conn.Tunnel.
+	stopDrain func() bool
+
+	// mu guards what cut and wake, on goroutines of their own, share
+	// with the goroutine serving the connection.
+	mu       sync.Mutex
+	inUse    net.Conn // the socket of x.up, during a request (hold)
+	severed  bool     // cut ran
+	draining bool     // wake ran
+	awaiting bool     // idle waits for the next request
 	done   func()                      // Start's
 	ended  bool
 	// switched: a tunnel (Conn.Tunnel) owns the connections now.
@@ -270,6 +333,9 @@ func (x *exchange) end() {
 	}
 	x.ended = true
 	x.stop()
+	if x.stopDrain != nil {
+		x.stopDrain()
+	}
 	defer func() {
 		if x.c.Tunnel != nil {
 			x.c.Tunnel.Release() // nothing once it became the tunnel
@@ -330,7 +396,24 @@ func (x *exchange) idle(ctx context.Context) {
 		idle = DefaultIdleTimeout
 	}
 	until := time.Now().Add(idle)
-	if x.pc.await(until) && x.requests(ctx, until) {
+	// The wait's deadline is set under mu, where wake sets its own: a
+	// drain that began is seen here, or ends the wait.
+	x.mu.Lock()
+	draining := x.draining
+	if !draining {
+		x.pc.Conn.SetReadDeadline(until)
+		x.awaiting = true
+	}
+	x.mu.Unlock()
+	if draining {
+		x.end()
+		return
+	}
+	got := x.pc.await()
+	x.mu.Lock()
+	x.awaiting = false
+	x.mu.Unlock()
+	if got && x.requests(ctx, until) {
 		go x.idle(ctx)
 		return
 	}
@@ -497,14 +580,19 @@ func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, r
 		// Only to a request that asked (origin.Conn.ReadResponse).
 		return x.switchProtocols(pol, id, d, req, resp, rr, bw, injected, start)
 	}
+	// The body streams at the origin's pace, each read bounded by
+	// timeouts.tunnel_idle of silence, as a tunnel is; the drain's
+	// deadline cuts it (cut).
+	resp.Body = origin.IdleBody(resp.Body, x.up.OC, pol.Timeouts.TunnelIdle)
 	closeAfter, err := origin.WriteResponse(bw, req, resp)
 	resp.Body.Close()
+	x.up.OC.SetReadDeadline(time.Time{})
 	entry := x.entry(id, d, req.Method, URL("https", x.name, x.c.Request.Port, d.Path), injected, err)
 	entry.Duration = time.Since(start)
 	x.s.Events.Record(entry)
 	// The origin connection goes back to the pool for the next request
 	// of any client connection with the same decision, or is closed.
-	if err != nil || resp.Close || req.Close || x.up.OC.BR.Buffered() != 0 {
+	if !x.letGo() || err != nil || resp.Close || req.Close || x.up.OC.BR.Buffered() != 0 {
 		x.up.Close()
 	} else {
 		x.up.MustLook = head || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
@@ -538,6 +626,7 @@ func (x *exchange) roundTrip(ctx context.Context, pol *policy.Policy, d *policy.
 			}
 			key = x.up.Key
 		}
+		x.hold()
 		resp, err := x.exchangeOnce(pol, req, bw)
 		if err != nil && x.up.Reused && !x.up.OC.Got() && retry {
 			// The origin closed the kept-alive connection while it was

@@ -194,11 +194,16 @@ type fixture struct {
 	policy    string         // the policy file
 	tunnels   *tunnel.Set    // the proxy's open tunnels
 	is        *intercept.Server
+	px        *httpproxy.Proxy
+	// silentEnded counts the origin's /v1/status/silent streams whose
+	// connection egress closed.
+	silentEnded atomic.Int32
+	release     chan struct{} // closed at the test's end
 }
 
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
-	f := &fixture{dir: t.TempDir(), origin: &seen{}, logs: &logBuffer{}}
+	f := &fixture{dir: t.TempDir(), origin: &seen{}, logs: &logBuffer{}, release: make(chan struct{})}
 
 	// egress's CA, written where the policy names it.
 	ca, certPEM, keyPEM, err := certs.Create(certs.Options{})
@@ -230,6 +235,18 @@ func newFixture(t testing.TB) *fixture {
 			upgradeOrigin(w, r) // upgrade_test.go
 			return
 		}
+		if r.URL.Path == "/v1/status/silent" {
+			// One event, then silence until egress closes the connection.
+			w.Header().Set("Content-Type", "text/event-stream")
+			io.WriteString(w, "data: one\n\n")
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				f.silentEnded.Add(1)
+			case <-f.release: // the test's end
+			}
+			return
+		}
 		if r.URL.Path == "/v1/status/redirect" {
 			http.Redirect(w, r, "https://elsewhere.test/", http.StatusFound)
 			return
@@ -251,6 +268,7 @@ func newFixture(t testing.TB) *fixture {
 	plain := httptest.NewServer(handler)
 	t.Cleanup(plain.Close)
 	f.plainPort = plain.Listener.Addr().(*net.TCPAddr).Port
+	t.Cleanup(func() { close(f.release) }) // before the servers close
 
 	f.writeToken(t, secret+"\n")
 	f.policy = filepath.Join(f.dir, "policy.yaml")
@@ -264,6 +282,7 @@ func newFixture(t testing.TB) *fixture {
 	is := &intercept.Server{Policy: current, CA: func() *certs.CA { return ca }, Roots: func() *x509.CertPool { return roots }, Dialer: d, Events: events}
 	f.tunnels, f.is = &tunnel.Set{}, is
 	p := &httpproxy.Proxy{Policy: current, Dialer: d, Events: events, Intercept: is, Tunnels: f.tunnels}
+	f.px = p
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -82,7 +82,8 @@ func (x *exchange) switchProtocols(pol *policy.Policy, id string, d policy.Decis
 		x.s.Events.Record(e)
 		return false // end closes both
 	}
-	// The tunnel owns both connections now.
+	// The tunnel owns both connections now (and drains them).
+	x.letGo()
 	x.switched, x.up = true, nil
 	return false
 }

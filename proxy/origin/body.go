@@ -2,13 +2,17 @@ package origin
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -224,4 +228,31 @@ func WriteResponse(bw *bufio.Writer, req *http.Request, resp *http.Response) (cl
 		bw.WriteString("\r\n")
 	}
 	return closeAfter, bw.Flush()
+}
+
+// IdleBody bounds the silence of body, a response body read from c: each
+// read gets c's read deadline idle from its start, so a body the origin
+// stops sending for idle ends with an error (timeouts.tunnel_idle, as a
+// tunnel's). Zero idle returns body as is. Clear c's read deadline after
+// the body, before c is reused.
+func IdleBody(body io.ReadCloser, c net.Conn, idle time.Duration) io.ReadCloser {
+	if idle <= 0 {
+		return body
+	}
+	return &idleBody{ReadCloser: body, c: c, idle: idle}
+}
+
+type idleBody struct {
+	io.ReadCloser
+	c    net.Conn
+	idle time.Duration
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	b.c.SetReadDeadline(time.Now().Add(b.idle))
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("no bytes from the origin for %s (timeouts.tunnel_idle): %w", b.idle, err)
+	}
+	return n, err
 }

@@ -213,6 +213,9 @@ type Group struct {
 	draining atomic.Bool     // Drain has begun
 	ctx      context.Context
 	cancel   context.CancelFunc
+	// drain is done once Drain has begun (Draining).
+	drain       context.Context
+	drainCancel context.CancelFunc
 
 	mu     sync.Mutex
 	closed error // set at the drain deadline: later tunnels close at once
@@ -225,6 +228,7 @@ func (g *Group) init() {
 			g.set = &Set{}
 		}
 		g.ctx, g.cancel = context.WithCancel(context.Background())
+		g.drain, g.drainCancel = context.WithCancel(context.Background())
 	})
 }
 
@@ -236,6 +240,15 @@ func (g *Group) Open() int { return g.n.N() }
 func (g *Group) Context() context.Context {
 	g.init()
 	return g.ctx
+}
+
+// Draining is done once the group's drain has begun (Drain), before its
+// deadline: a connection that waits for its next request (an idle
+// intercepted keep-alive connection) ends then, as net/http's Shutdown
+// closes its idle connections.
+func (g *Group) Draining() context.Context {
+	g.init()
+	return g.drain
 }
 
 // Acquire takes a slot for a tunnel about to be set up, limit being the
@@ -272,6 +285,7 @@ func (g *Group) Drain(ctx context.Context) error {
 	// Tunnels whose client has ended its side are not waited for once
 	// their upstream is silent (drainHalfClose).
 	g.draining.Store(true)
+	g.drainCancel()
 	for _, t := range g.set.snapshot() {
 		if t.g == g {
 			t.recheckHalf()
@@ -388,6 +402,9 @@ func (t *Tunnel) Hand() *Tunnel {
 	t.started = true
 	return &Tunnel{g: t.g}
 }
+
+// Draining is the Draining of t's group.
+func (t *Tunnel) Draining() context.Context { return t.g.Draining() }
 
 // Start copies between client and upstream until both directions end,
 // then closes both and records the line. It returns at once; from here on
