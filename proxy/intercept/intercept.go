@@ -314,8 +314,8 @@ type exchange struct {
 	severed  bool     // cut ran
 	draining bool     // wake ran
 	awaiting bool     // idle waits for the next request
-	done   func()                      // Start's
-	ended  bool
+	done     func()   // Start's
+	ended    bool
 	// switched: a tunnel (Conn.Tunnel) owns the connections now.
 	switched bool
 	// peerDone: the client closed its side (EOF in TLS).
