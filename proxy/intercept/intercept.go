@@ -303,10 +303,11 @@ type exchange struct {
 	up     *origin.PoolConn[originKey] // the origin connection, during a request only
 	served int                         // requests read so far
 	stop   func() bool                 // stops cut when Serve's ctx is done
+	done   func()                      // Start's
+	ended  bool
 	// stopDrain stops wake when the tunnel group's drain begins; nil
 	// without a Conn.Tunnel.
 	stopDrain func() bool
-
 	// mu guards what cut and wake, on goroutines of their own, share
 	// with the goroutine serving the connection.
 	mu       sync.Mutex
@@ -314,8 +315,6 @@ type exchange struct {
 	severed  bool     // cut ran
 	draining bool     // wake ran
 	awaiting bool     // idle waits for the next request
-	done     func()   // Start's
-	ended    bool
 	// switched: a tunnel (Conn.Tunnel) owns the connections now.
 	switched bool
 	// peerDone: the client closed its side (EOF in TLS).
