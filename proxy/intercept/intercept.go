@@ -368,24 +368,26 @@ func (x *exchange) end() {
 // nothing more, a new one, whose stack is small, waits for its next
 // request on the socket itself (idle; not through crypto/tls), serves it,
 // and leaves the wait for the one after to a new one again. Buffers are
-// held during a request only. The first request, which a client sends
-// right behind its Finished, is the exception: the handshake's goroutine
-// waits up to firstRequestWait for it (one goroutine fewer per
-// connection), then leaves the wait to a small one.
+// held during a request only. A goroutine that went deep does wait a
+// little: up to busyWait for what a client sends at once (its first
+// request right behind its Finished, the next of a burst, or its close
+// after an answer), then leaves the wait to a small one: no goroutine is
+// started for a connection that is not idle.
 func (x *exchange) serve(ctx context.Context) {
 	defer x.catch()
-	if x.handshake() && x.requests(ctx, time.Now().Add(firstRequestWait)) {
+	if x.handshake() && x.requests(ctx, time.Now().Add(busyWait)) {
 		go x.idle(ctx)
 		return
 	}
 	x.end()
 }
 
-// firstRequestWait is how long the goroutine that made the handshake
-// waits for the first request before a small one takes the wait over
-// (serve): a client sends its first request with or right after its
-// Finished, so this is a round trip and some, not an idle time.
-const firstRequestWait = 100 * time.Millisecond
+// busyWait is how long a goroutine that went deep (the handshake, a
+// request) waits for the client's next bytes before a small one takes
+// the wait over (serve): what a client sends at once comes within a
+// round trip and some, so this is not an idle time. timeouts.tunnel_idle
+// counts from its end.
+const busyWait = 100 * time.Millisecond
 
 // idle waits for the client's next request and serves it (serve).
 func (x *exchange) idle(ctx context.Context) {
@@ -431,9 +433,9 @@ func (x *exchange) catch() {
 
 // requests reads and serves the client's requests until it has sent
 // nothing more: true when the connection is to wait for its next request
-// (serve), false when it ends. until bounds the wait for the first
-// request's first byte (timeouts.tunnel_idle); zero, there is no wait:
-// only what crypto/tls already holds is read.
+// (serve), false when it ends. until bounds each wait for a request's
+// first byte (busyWait; timeouts.tunnel_idle from idle); zero, there is
+// no wait: only what crypto/tls already holds is read.
 func (x *exchange) requests(ctx context.Context, until time.Time) bool {
 	// The one HTTP/1 request reader (net/http's, with its server's
 	// checks), as every path that decides on requests reads them. Its
@@ -489,7 +491,7 @@ func (x *exchange) requests(ctx context.Context, until time.Time) bool {
 			return false
 		}
 		if rr.Release() {
-			rr, until = nil, time.Time{}
+			rr, until = nil, time.Now().Add(busyWait)
 		}
 	}
 }
