@@ -201,29 +201,46 @@ type fixture struct {
 	release     chan struct{} // closed at the test's end
 }
 
-func newFixture(t testing.TB) *fixture {
-	t.Helper()
-	f := &fixture{dir: t.TempDir(), origin: &seen{}, logs: &logBuffer{}, release: make(chan struct{})}
+// testCAs are a test's two CAs: egress's interception CA (ca.crt and
+// ca.key written in the test's directory, as the policies name them, and
+// the pool its clients trust) and the origins' CA (the roots egress
+// verifies them against: tls.upstream_ca).
+type testCAs struct {
+	ca     *certs.CA
+	caFile string
+	caPool *x509.CertPool
+	upCA   *certs.CA
+	roots  *x509.CertPool
+}
 
-	// egress's CA, written where the policy names it.
+func newTestCAs(t testing.TB, dir string) testCAs {
+	t.Helper()
 	ca, certPEM, keyPEM, err := certs.Create(certs.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.caFile = filepath.Join(f.dir, "ca.crt")
-	os.WriteFile(f.caFile, certPEM, 0o644)
-	os.WriteFile(filepath.Join(f.dir, "ca.key"), keyPEM, 0o600)
-	f.ca = ca
-	f.caPool = x509.NewCertPool()
-	f.caPool.AppendCertsFromPEM(certPEM)
-
-	// The origins' CA (tls.upstream_ca), and one nobody trusts.
+	c := testCAs{ca: ca, caFile: filepath.Join(dir, "ca.crt"), caPool: x509.NewCertPool(), roots: x509.NewCertPool()}
+	os.WriteFile(c.caFile, certPEM, 0o644)
+	os.WriteFile(filepath.Join(dir, "ca.key"), keyPEM, 0o600)
+	c.caPool.AppendCertsFromPEM(certPEM)
 	upCA, upPEM, _, err := certs.Create(certs.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(upPEM)
+	c.upCA = upCA
+	c.roots.AppendCertsFromPEM(upPEM)
+	return c
+}
+
+func newFixture(t testing.TB) *fixture {
+	t.Helper()
+	f := &fixture{dir: t.TempDir(), origin: &seen{}, logs: &logBuffer{}, release: make(chan struct{})}
+
+	// egress's CA, written where the policy names it; the origins' CA
+	// (tls.upstream_ca), and one nobody trusts.
+	cas := newTestCAs(t, f.dir)
+	f.caFile, f.ca, f.caPool = cas.caFile, cas.ca, cas.caPool
+	upCA, roots := cas.upCA, cas.roots
 	f.roots = roots
 	rogue, _, _, _ := certs.Create(certs.Options{})
 
@@ -279,7 +296,7 @@ func newFixture(t testing.TB) *fixture {
 	current := func() *policy.Policy { return f.pol.Load() }
 	d := &dialer.Dialer{Policy: current, Resolver: res}
 	events := &eventlog.Sink{Logger: zerolog.New(f.logs), LogAllowed: true}
-	is := &intercept.Server{Policy: current, CA: func() *certs.CA { return ca }, Roots: func() *x509.CertPool { return roots }, Dialer: d, Events: events}
+	is := &intercept.Server{Policy: current, CA: func() *certs.CA { return f.ca }, Roots: func() *x509.CertPool { return roots }, Dialer: d, Events: events}
 	f.tunnels, f.is = &tunnel.Set{}, is
 	p := &httpproxy.Proxy{Policy: current, Dialer: d, Events: events, Intercept: is, Tunnels: f.tunnels}
 	f.px = p

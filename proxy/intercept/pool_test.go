@@ -162,20 +162,9 @@ func (f *poolFixture) loadText(t *testing.T, text string) {
 func newPoolFixture(t *testing.T) *poolFixture {
 	t.Helper()
 	f := &poolFixture{dir: t.TempDir(), names: map[string][]netip.Addr{}}
-	ca, certPEM, keyPEM, err := certs.Create(certs.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(f.dir, "ca.crt"), certPEM, 0o644)
-	os.WriteFile(filepath.Join(f.dir, "ca.key"), keyPEM, 0o600)
-	f.caPool = x509.NewCertPool()
-	f.caPool.AppendCertsFromPEM(certPEM)
-	upCA, upPEM, _, err := certs.Create(certs.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(upPEM)
+	cas := newTestCAs(t, f.dir)
+	ca, upCA, roots := cas.ca, cas.upCA, cas.roots
+	f.caPool = cas.caPool
 
 	f.one = startOrigin(t, "127.0.0.1:0", upCA)
 	f.port = f.one.srv.Listener.Addr().(*net.TCPAddr).Port
