@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/egress-proxy/egress/internal/testnet"
 )
 
 func pool(ca *CA) *x509.CertPool {
@@ -228,21 +230,12 @@ func TestHandshakeWithAMintedLeaf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s := tls.Server(c, &tls.Config{GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) { return ca.LeafFor(h, h.ServerName) }})
-			go func() { s.Handshake(); io.WriteString(s, "ok"); s.Close() }()
-		}
-	}()
+	addr := testnet.ServeTCP(t, func(c net.Conn) {
+		s := tls.Server(c, &tls.Config{GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) { return ca.LeafFor(h, h.ServerName) }})
+		s.Handshake()
+		io.WriteString(s, "ok")
+		s.Close()
+	})
 	for _, tc := range []struct {
 		sni, verifyAs string
 		ok            bool
@@ -254,7 +247,7 @@ func TestHandshakeWithAMintedLeaf(t *testing.T) {
 		{"api.vendor.example", "api.vendor.example", true, tls.VersionTLS12},
 	} {
 		var key x509.PublicKeyAlgorithm
-		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{ServerName: tc.sni, RootCAs: pool(ca), MaxVersion: tc.max,
+		c, err := tls.Dial("tcp", addr.String(), &tls.Config{ServerName: tc.sni, RootCAs: pool(ca), MaxVersion: tc.max,
 			VerifyConnection: func(cs tls.ConnectionState) error {
 				key = cs.PeerCertificates[0].PublicKeyAlgorithm
 				return cs.PeerCertificates[0].VerifyHostname(tc.verifyAs)

@@ -5,7 +5,6 @@ package firewall
 import (
 	"errors"
 	"net"
-	"net/netip"
 	"os"
 	"runtime"
 	"syscall"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/egress-proxy/egress/firewall/nfqueue"
+	"github.com/egress-proxy/egress/internal/testnet"
 )
 
 // TestHold holds SYNs in a namespace of its own and answers them each
@@ -51,21 +51,7 @@ func TestHold(t *testing.T) {
 	}
 	q := nfqueue.New(f, 7)
 	defer q.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	dst := netip.MustParseAddrPort(ln.Addr().String())
+	dst := testnet.ServeTCP(t, func(net.Conn) {}).AddrPort()
 
 	verdicts := make(chan nfqueue.Verdict, 1)
 	held := make(chan nfqueue.Packet, 10)

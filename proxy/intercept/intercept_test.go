@@ -300,6 +300,14 @@ func newFixture(t testing.TB) *fixture {
 	f.tunnels, f.is = &tunnel.Set{}, is
 	p := &httpproxy.Proxy{Policy: current, Dialer: d, Events: events, Intercept: is, Tunnels: f.tunnels}
 	f.px = p
+	f.proxy = serveProxy(t, p, nil)
+	return f
+}
+
+// serveProxy serves p on a loopback listener until the test ends, then
+// shuts it down (2 s) and runs after, if not nil; it returns p's address.
+func serveProxy(t testing.TB, p *httpproxy.Proxy, after func()) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -309,9 +317,11 @@ func newFixture(t testing.TB) *fixture {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		p.Shutdown(ctx)
+		if after != nil {
+			after()
+		}
 	})
-	f.proxy = ln.Addr().String()
-	return f
+	return ln.Addr().String()
 }
 
 func (f *fixture) writeToken(t testing.TB, v string) {

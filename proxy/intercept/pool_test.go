@@ -182,18 +182,7 @@ func newPoolFixture(t *testing.T) *poolFixture {
 	}}
 	f.is = &intercept.Server{Policy: current, CA: func() *certs.CA { return ca }, Roots: func() *x509.CertPool { return roots }, Dialer: d, Events: events}
 	p := &httpproxy.Proxy{Policy: current, Dialer: d, Events: events, Intercept: f.is}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go p.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		p.Shutdown(ctx)
-		f.is.CloseIdleConnections()
-	})
-	f.proxy = ln.Addr().String()
+	f.proxy = serveProxy(t, p, f.is.CloseIdleConnections)
 	return f
 }
 
