@@ -492,3 +492,44 @@ print(json.dumps(out))
 		})
 	}
 }
+
+// TestRequirementFieldErrors: a bad purpose, required or via is refused
+// with the same message on a host requirement and on a url one (the
+// checks exist once), and the url form's own errors stay its own.
+func TestRequirementFieldErrors(t *testing.T) {
+	t.Parallel()
+	script := fmt.Sprintf(`
+import json, sys
+sys.path.insert(0, %q)
+import egress_requirements as er
+out = []
+for d in [{"host": "h", "port": 1, "purpose": 7}, {"url": "https://h/x", "purpose": 7},
+          {"host": "h", "port": 1, "required": "yes"}, {"url": "https://h/x", "required": "yes"},
+          {"host": "h", "port": 1, "via": "carrier-pigeon"}, {"url": "https://h/x", "via": "carrier-pigeon"},
+          {"url": "https://h/x", "port": 1}, {"host": "h", "port": 1, "method": "GET"}]:
+    try:
+        er.Requirement.from_dict(d)
+        out.append("accepted")
+    except ValueError as e:
+        out.append(str(e))
+print(json.dumps(out))
+`, pluginDir)
+	want := []string{
+		"requirement: purpose must be a string", "requirement: purpose must be a string",
+		"requirement: required must be true or false", "requirement: required must be true or false",
+		"requirement: via must be direct or proxy", "requirement: via must be direct or proxy",
+		"requirement: a requirement with url takes its port from the URL", "requirement: method needs a url",
+	}
+	for _, py := range pythons(t) {
+		t.Run(py.name, func(t *testing.T) {
+			r := run(t, 20*time.Second, py.env, py.path, "-c", script)
+			var got []string
+			if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+				t.Fatalf("output is not JSON: %v\n%s%s", err, r.stdout, r.stderr)
+			}
+			if strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		})
+	}
+}

@@ -204,21 +204,22 @@ class Requirement(object):
                                        "required", "via", "url", "method")))
         if unknown:
             raise ValueError("%s: unknown field %s" % (where, unknown[0]))
+        # Fields every requirement may carry, checked once.
+        purpose = d.get("purpose", "")
+        if not isinstance(purpose, string_types):
+            raise ValueError("%s: purpose must be a string" % where)
+        required = d.get("required", True)
+        if not isinstance(required, bool):
+            raise ValueError("%s: required must be true or false" % where)
+        via = d.get("via")
+        if via is not None and via not in (DIRECT, PROXY):
+            raise ValueError("%s: via must be %s or %s" % (where, DIRECT,
+                                                           PROXY))
         if "url" in d:
             both = sorted(set(d) & set(("host", "port", "protocol")))
             if both:
                 raise ValueError("%s: a requirement with url takes its %s "
                                  "from the URL" % (where, both[0]))
-            purpose = d.get("purpose", "")
-            if not isinstance(purpose, string_types):
-                raise ValueError("%s: purpose must be a string" % where)
-            required = d.get("required", True)
-            if not isinstance(required, bool):
-                raise ValueError("%s: required must be true or false" % where)
-            via = d.get("via")
-            if via is not None and via not in (DIRECT, PROXY):
-                raise ValueError("%s: via must be %s or %s"
-                                 % (where, DIRECT, PROXY))
             return cls.request(d["url"], d.get("method", "GET"), purpose,
                                required, via, where=where)
         if "method" in d:
@@ -234,16 +235,6 @@ class Requirement(object):
         if protocol is not None and protocol not in PROTOCOLS:
             raise ValueError("%s: protocol must be one of %s"
                              % (where, ", ".join(PROTOCOLS)))
-        purpose = d.get("purpose", "")
-        if not isinstance(purpose, string_types):
-            raise ValueError("%s: purpose must be a string" % where)
-        required = d.get("required", True)
-        if not isinstance(required, bool):
-            raise ValueError("%s: required must be true or false" % where)
-        via = d.get("via")
-        if via is not None and via not in (DIRECT, PROXY):
-            raise ValueError("%s: via must be %s or %s" % (where, DIRECT,
-                                                           PROXY))
         return cls(host.strip(), port, protocol, purpose, required, via)
 
     def target(self):
