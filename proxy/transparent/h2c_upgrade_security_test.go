@@ -7,7 +7,6 @@ package transparent
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -136,15 +135,6 @@ deny:
 		Events:      sink,
 		Logger:      zerolog.New(io.Discard),
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(l)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	return l.Addr().String()
+	addr := serveOnLoopback(t, srv)
+	return addr
 }

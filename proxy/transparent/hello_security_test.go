@@ -3,7 +3,6 @@
 package transparent
 
 import (
-	"context"
 	"io"
 	"net"
 	"net/netip"
@@ -57,16 +56,7 @@ deny:
 		Events:      sink,
 		Logger:      zerolog.New(zerolog.NewTestWriter(t)),
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(l)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
+	addr := serveOnLoopback(t, srv)
 
 	framings := tlstest.Smuggling(t, "denied.test", 2500*time.Millisecond)
 	one := tlstest.Records(tlstest.Msg(t, "denied.test"), 0x0301, 1<<14)
@@ -74,7 +64,7 @@ deny:
 	for _, fr := range framings {
 		t.Run(fr.Name+" is refused before it goes up", func(t *testing.T) {
 			before := got.Load()
-			c, err := net.Dial("tcp", l.Addr().String())
+			c, err := net.Dial("tcp", addr)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -102,7 +92,7 @@ deny:
 	}
 
 	t.Run("a silent client is greeted by a server that speaks first, at once", func(t *testing.T) {
-		c, err := net.Dial("tcp", l.Addr().String())
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}

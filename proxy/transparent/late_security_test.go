@@ -78,17 +78,8 @@ func newOriginFixture(t *testing.T, origin netip.AddrPort, held *Held, yaml stri
 		Logger:      zerolog.New(zerolog.NewTestWriter(t)),
 		Held:        held,
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(l)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	return &lateFixture{srv: srv, addr: l.Addr().String(), rec: rec, pol: pol}
+	addr := serveOnLoopback(t, srv)
+	return &lateFixture{srv: srv, addr: addr, rec: rec, pol: pol}
 }
 
 // dialLate connects and lets the peek time pass with the client silent:

@@ -3,7 +3,6 @@
 package transparent
 
 import (
-	"context"
 	"io"
 	"net"
 	"net/netip"
@@ -82,16 +81,7 @@ deny:
 		OriginalDst: func(*net.TCPConn) (netip.AddrPort, error) { return dst, nil },
 		Logger:      zerolog.New(zerolog.NewTestWriter(t)),
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(l)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
+	addr := serveOnLoopback(t, srv)
 	// Another client resolved db.test through egress's DNS and got the
 	// guarded address: that vouches for it to that client only.
 	table.Remember(netip.MustParseAddr("127.0.0.9"), "db.test", dst.Addr(), time.Minute)
@@ -99,7 +89,7 @@ deny:
 	connect := func(t *testing.T, from string, first []byte) string {
 		t.Helper()
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 2 * time.Second}
-		c, err := d.Dial("tcp", l.Addr().String())
+		c, err := d.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}

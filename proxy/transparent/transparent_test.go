@@ -417,3 +417,20 @@ func TestTransparent(t *testing.T) {
 		}
 	})
 }
+
+// serveOnLoopback serves srv on a loopback listener until the test ends,
+// then shuts it down (2 s); it returns srv's address.
+func serveOnLoopback(t testing.TB, srv *Server) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return l.Addr().String()
+}
