@@ -304,7 +304,7 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 			return answer.RefusedRequest(rq.id, url, r, *d), false
 		}
 		gate = origin.NewGate(cc, up, origin.GateConfig{
-			Requests: requests, First: first, Fail: t.Fail, Allow: allow,
+			Requests: requests, First: first, Fail: t.Fail, Allow: allow, ID: entry.ID,
 		})
 	case source == peek.SourceHTTP2 && !pol.Decide(policy.Request{IP: dec.IP, Port: rq.req.Port, Client: rq.req.Client, User: rq.req.User}).Allowed():
 		// h2c with prior knowledge names its hosts in frames egress

@@ -53,6 +53,9 @@ type GateConfig struct {
 	// Fail is told why the gate ended the connection: a request that
 	// cannot be read, a response that cannot be relayed.
 	Fail func(error)
+	// ID is the connection's decision id, named in the answers the gate
+	// writes itself (a 502 for a switch to a protocol nobody asked for).
+	ID string
 }
 
 // errRefused ends the gate's request stream when Allow refused one.
@@ -89,7 +92,11 @@ type gate struct {
 	reqW, respW *io.PipeWriter
 	pending     chan exchange // requests sent up, in order
 	done        chan struct{} // closed when responses has returned
-	failOnce    sync.Once
+	// badSwitch, set before done is closed, is why responses ended the
+	// connection with a 502 of its own (a switch to a protocol nobody
+	// asked for): requests lets the client read it, then fails the gate.
+	badSwitch error
+	failOnce  sync.Once
 }
 
 // exchange is one request sent up; switched, for a request that asks to
@@ -172,6 +179,10 @@ func (g *gate) requests() {
 					return
 				}
 			case <-g.done:
+				if g.badSwitch != nil {
+					answer.Linger(g.client) // the 502 first
+					g.fail(g.badSwitch)
+				}
 				g.reqW.CloseWithError(io.ErrClosedPipe)
 				return
 			}
@@ -231,10 +242,24 @@ func (g *gate) responses() {
 		if ex.switched != nil && resp.StatusCode == http.StatusSwitchingProtocols {
 			if err := CheckSwitch(req, resp); err != nil {
 				// What follows would be a protocol nobody decided on:
-				// the connection ends, nothing of it relayed.
+				// the client gets a 502 saying so, as on the forward
+				// path, and the connection ends (requests, once the
+				// client has had the time to read it), nothing of it
+				// relayed.
 				resp.Body.Close()
-				g.fail(err)
-				g.respW.CloseWithError(err)
+				target := req.Host + req.URL.Path
+				a := answer.New(http.StatusBadGateway, g.cfg.ID, "egress got a bad response from "+target+": "+err.Error(), "egress: bad response from "+target+": "+err.Error()+"\n")
+				_, werr := bw.Write(a.Raw("HTTP/1.1", req.Method == http.MethodHead))
+				if werr == nil {
+					werr = bw.Flush()
+				}
+				if werr != nil {
+					g.fail(err)
+					g.respW.CloseWithError(werr)
+					return
+				}
+				g.badSwitch = err
+				g.respW.Close()
 				return
 			}
 		}

@@ -401,7 +401,7 @@ func (s *Server) handle(cc *net.TCPConn) {
 			return answer.RefusedRequest(c.entry.ID, url, r, *d), false
 		}
 		gate = origin.NewGate(cc, up, origin.GateConfig{
-			Requests: op.requests, First: op.first, Fail: t.Fail, Allow: allow,
+			Requests: op.requests, First: op.first, Fail: t.Fail, Allow: allow, ID: c.entry.ID,
 		})
 		cside, up = gate.Client, gate.Upstream
 	}
