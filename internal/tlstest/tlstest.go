@@ -34,6 +34,19 @@ func Hello(tb testing.TB, serverName string) []byte {
 	return append(hdr, body...)
 }
 
+// HelloNaming returns crypto/tls's ClientHello with a server_name
+// extension naming name as it is, an IP literal included (which
+// crypto/tls itself never sends, RFC 6066 §3).
+func HelloNaming(tb testing.TB, name string) []byte {
+	tb.Helper()
+	ext := make([]byte, 5, 5+len(name))
+	binary.BigEndian.PutUint16(ext, uint16(3+len(name))) // server_name_list
+	ext[2] = 0                                           // host_name
+	binary.BigEndian.PutUint16(ext[3:], uint16(len(name)))
+	ext = append(ext, name...)
+	return Record(22, 0x0301, WithExtension(Msg(tb, ""), 0, ext, true))
+}
+
 // Msg returns the ClientHello handshake message (its 4-byte header
 // included) crypto/tls sends for serverName.
 func Msg(tb testing.TB, serverName string) []byte {

@@ -2,6 +2,7 @@ package httpproxy_test
 
 import (
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -99,6 +100,39 @@ func TestSecurityConnectSNIMismatch(t *testing.T) {
 		handshake(c, "other.test") // the upstream is no TLS server: it only counts
 		testwait.Until(t, testwait.Timeout, "the ClientHello for an allowed name to reach the upstream", func() bool { return hellos.Load() != before })
 	})
+
+	// An address as the server name (RFC 6066 forbids it; openssl
+	// s_client -servername IP sends it): a server that routes by name
+	// must not be sent to an address the tunnel was not decided on.
+	for _, tc := range []struct {
+		connect, sni string
+		ok           bool
+	}{
+		{"127.0.0.1", "127.0.0.2", false},
+		{"127.0.0.1", "127.0.0.1", true},
+		{"origin.test", "127.0.0.2", false},
+		{"origin.test", "127.0.0.1", true},
+	} {
+		t.Run(fmt.Sprintf("CONNECT %s with a ClientHello naming %s (passes: %v)", tc.connect, tc.sni, tc.ok), func(t *testing.T) {
+			f := newFixture(t, testPolicy)
+			before, endedBefore := hellos.Load(), ended.Load()
+			tgt := tc.connect + ":" + itoa(port)
+			_, _, c, _ := f.raw("CONNECT " + tgt + " HTTP/1.1\r\nHost: " + tgt + "\r\n\r\n")
+			c.Write(tlstest.HelloNaming(t, tc.sni))
+			if tc.ok {
+				testwait.Until(t, testwait.Timeout, "the ClientHello naming the tunnel's address to reach the upstream", func() bool { return hellos.Load() != before })
+				return
+			}
+			e := sniLine(f)
+			if e["event"] != "deny" || !strings.Contains(e["hint"].(string), tc.sni) {
+				t.Errorf("line %v", e)
+			}
+			upstreamDone(t, endedBefore)
+			if n := hellos.Load() - before; n != 0 {
+				t.Errorf("the upstream saw %d ClientHello, want none", n)
+			}
+		})
+	}
 
 	t.Run("a server that speaks first is not held up", func(t *testing.T) {
 		f := newFixture(t, testPolicy)

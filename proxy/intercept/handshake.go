@@ -161,9 +161,22 @@ func checkHello(h *tls.ClientHelloInfo) (*tls.Config, error) {
 // requests are not decided by another rule's http: (they would go
 // undecided, or be decided by the address's rule). Otherwise it returns
 // the refusal (policy.ReasonSNIMismatch, the name's own reason in its
-// hint) and false. A name that is no host name is refused.
+// hint) and false. A name that is no host name is refused. An address as
+// the name (RFC 6066 §3 forbids it; openssl s_client -servername IP
+// sends it) passes when it is the address dialled, and is refused
+// otherwise: a server that routes by server name must not be sent to an
+// address the connection was not decided on.
 func NameOnAddress(pol *policy.Policy, req policy.Request, dec policy.Decision, name string) (policy.Decision, bool) {
-	n, _, err := policy.NormalizeHost(name)
+	n, ip, err := policy.NormalizeHost(name)
+	if err == nil && n == "" {
+		if ip.Unmap() == dec.IP.Unmap() {
+			return dec, true
+		}
+		d := dec
+		d.Verdict, d.Audit, d.Rule, d.Reason = policy.Deny, false, nil, policy.ReasonSNIMismatch
+		d.Hint = fmt.Sprintf("the ClientHello names the address %s; the connection is to %s", ip, dec.IP)
+		return d, false
+	}
 	if err == nil && n == dec.Host {
 		return dec, true
 	}

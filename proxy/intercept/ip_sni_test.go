@@ -2,7 +2,6 @@ package intercept_test
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"os/exec"
@@ -28,18 +27,6 @@ allow:
     http:
       - paths: ["/**"]
 `
-
-// helloForIP is crypto/tls's ClientHello with a server_name extension
-// naming ip, which crypto/tls itself never sends (RFC 6066 §3).
-func helloForIP(t *testing.T, ip string) []byte {
-	t.Helper()
-	name := make([]byte, 5, 5+len(ip))
-	binary.BigEndian.PutUint16(name, uint16(3+len(ip))) // server_name_list
-	name[2] = 0                                         // host_name
-	binary.BigEndian.PutUint16(name[3:], uint16(len(ip)))
-	name = append(name, ip...)
-	return tlstest.Record(22, 0x0301, tlstest.WithExtension(tlstest.Msg(t, ""), 0, name, true))
-}
 
 // waitMismatch waits for the line of a ClientHello for sni refused as
 // not the connection's.
@@ -72,7 +59,7 @@ func TestAnAddressAsServerNameIsTheConnectionsAddressOrRefused(t *testing.T) {
 			if resp.StatusCode != 200 {
 				t.Fatalf("CONNECT: %s", resp.Status)
 			}
-			c.Write(helloForIP(t, tc.sni))
+			c.Write(tlstest.HelloNaming(t, tc.sni))
 			first := make([]byte, 1)
 			if _, err := io.ReadFull(c, first); err != nil && tc.ok {
 				t.Fatalf("no answer to a ClientHello for %s: %v", tc.sni, err)
