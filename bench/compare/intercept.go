@@ -218,6 +218,27 @@ func startMitmproxy(bin, dir string, pki *benchPKI) *subject {
 type tlsConn struct {
 	c  *tls.Conn
 	br *bufio.Reader
+	// connected is how long the CONNECT took to be answered (the TCP
+	// connection alone, direct), handshake how long TLS took after it.
+	connected, handshake time.Duration
+}
+
+// phases adds up, for a new-connection run, where a connection's time
+// went as the client sees it: CONNECT answered, TLS handshake, GET
+// answered.
+type phases struct{ n, connect, handshake, get atomic.Int64 }
+
+func (p *phases) add(t *tlsConn, get time.Duration) {
+	p.n.Add(1)
+	p.connect.Add(int64(t.connected))
+	p.handshake.Add(int64(t.handshake))
+	p.get.Add(int64(get))
+}
+
+// means are the mean µs of each phase.
+func (p *phases) means() [3]float64 {
+	n := float64(max(p.n.Load(), 1)) * 1e3
+	return [3]float64{float64(p.connect.Load()) / n, float64(p.handshake.Load()) / n, float64(p.get.Load()) / n}
 }
 
 // opensslGroups is what the plugin runtime's TLS clients offer: Python 2.7
@@ -235,11 +256,13 @@ var opensslGroups = []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384, tls.
 // opensslGroups, or Go's default groups (X25519MLKEM768 first) when pq.
 func openIntercepted(proxy, origin string, pool *x509.CertPool, pq bool) *tlsConn {
 	var raw net.Conn
+	start := time.Now()
 	if proxy == "" {
 		raw = mustDial(origin)
 	} else {
 		raw = connect(proxy, origin)
 	}
+	connected := time.Since(start)
 	// The chain is verified against pool; the name is not: squid's
 	// `bump all` (at step 1, before it has seen the origin's certificate)
 	// mints a leaf whose only name is the CONNECT host in its CN, no IP
@@ -269,7 +292,7 @@ func openIntercepted(proxy, origin string, pool *x509.CertPool, pq bool) *tlsCon
 		fail("TLS to %s via %q: %v", origin, proxy, err)
 	}
 	c.SetDeadline(time.Time{})
-	return &tlsConn{c: c, br: bufio.NewReaderSize(c, 4096)}
+	return &tlsConn{c: c, br: bufio.NewReaderSize(c, 4096), connected: connected, handshake: time.Since(start) - connected}
 }
 
 // get sends one GET and reads the answer, which must be a 200.
@@ -293,9 +316,10 @@ func (t *tlsConn) get(origin string) error {
 type interceptResults struct {
 	subjects   []string
 	rps        map[string][]float64
-	rate       map[string][]float64 // new intercepted connections/s
-	ratePQ     map[string][]float64 // the same, the client offering X25519MLKEM768 (Go's default)
-	cpuPerConn map[string][]float64 // proxy CPU µs per new intercepted connection
+	rate       map[string][]float64    // new intercepted connections/s
+	ratePQ     map[string][]float64    // the same, the client offering X25519MLKEM768 (Go's default)
+	cpuPerConn map[string][]float64    // proxy CPU µs per new intercepted connection
+	phases     map[string][][3]float64 // per round: mean µs to the CONNECT's answer, of the handshake, to the GET's answer
 	rssBefore  map[string]int64
 	rssAfter   map[string]int64
 	conns      int                  // idle intercepted connections for the memory figure
@@ -316,7 +340,7 @@ func measureIntercept(o options, dir string, plain *subject, idle *idleServer) *
 	origin, originOpen := httpsOrigin(pki.originTLS)
 	_, originPort, _ := net.SplitHostPort(origin)
 	ir := &interceptResults{
-		rps: map[string][]float64{}, rate: map[string][]float64{}, ratePQ: map[string][]float64{}, cpuPerConn: map[string][]float64{},
+		rps: map[string][]float64{}, rate: map[string][]float64{}, ratePQ: map[string][]float64{}, cpuPerConn: map[string][]float64{}, phases: map[string][][3]float64{},
 		rssBefore: map[string]int64{}, rssAfter: map[string]int64{}, tunnelRate: map[string][]float64{},
 		logLines: map[string]int{}, versions: map[string]string{}, origin: origin,
 	}
@@ -354,11 +378,15 @@ func measureIntercept(o options, dir string, plain *subject, idle *idleServer) *
 	}
 	// one is a new intercepted connection: CONNECT, both handshakes, one
 	// request, close.
-	one := func(s *subject, pq bool) func() {
+	one := func(s *subject, pq bool, ph *phases) func() {
 		return func() {
 			t := openIntercepted(s.addr, origin, pool(s), pq)
+			start := time.Now()
 			if err := t.get(origin); err != nil {
 				fail("GET via %s: %v", s.name, err)
+			}
+			if ph != nil {
+				ph.add(t, time.Since(start))
 			}
 			t.c.Close()
 		}
@@ -369,7 +397,7 @@ func measureIntercept(o options, dir string, plain *subject, idle *idleServer) *
 	// too) and stays open, idle, both sides.
 	ir.conns = min(o.interceptConns, fdBudget())
 	for _, s := range procs {
-		one(s, false)() // first use: the leaf minted and cached, lazily built state
+		one(s, false, nil)() // first use: the leaf minted and cached, lazily built state
 		// squid keeps the origin connection in its pool: wait for the
 		// count to settle, not for zero.
 		settleCount(originOpen, 3*time.Second)
@@ -410,7 +438,9 @@ func measureIntercept(o options, dir string, plain *subject, idle *idleServer) *
 			s := subj[(i+j)%len(subj)]
 			before := cpuTime(s)
 			start := time.Now()
-			v := perSecond(o.workers, o.rateDuration, one(s, false))
+			var ph phases
+			v := perSecond(o.workers, o.rateDuration, one(s, false, &ph))
+			ir.phases[s.name] = append(ir.phases[s.name], ph.means())
 			if after := cpuTime(s); after >= 0 && before >= 0 && v > 0 {
 				ir.cpuPerConn[s.name] = append(ir.cpuPerConn[s.name], (after-before)/(v*time.Since(start).Seconds())*1e6)
 			}
@@ -423,7 +453,7 @@ func measureIntercept(o options, dir string, plain *subject, idle *idleServer) *
 			if s.kind == "mitmproxy" {
 				continue // 100 connections/s whatever the client offers
 			}
-			v := perSecond(o.workers, o.rateDuration, one(s, true))
+			v := perSecond(o.workers, o.rateDuration, one(s, true, nil))
 			ir.ratePQ[s.name] = append(ir.ratePQ[s.name], v)
 			settleCount(originOpen, 3*time.Second)
 			progress("intercept  new-pq   %-10s %8.0f connections/s (client offers X25519MLKEM768)", s.name, v)
@@ -601,6 +631,24 @@ func (ir *interceptResults) markdown(w func(string, ...any), o options, squidVer
 	row(fmt.Sprintf("8. new intercepted connections/s (%d clients: CONNECT, TLS both sides, one GET, close)", o.workers), ir.rate, 0, "≥ 1.5x squid ssl-bump", ratioAtLeast("squid-bump", 1.5))
 	row(fmt.Sprintf("8. new intercepted connections/s, Go's default offer (X25519MLKEM768; %d clients)", o.workers), ir.ratePQ, 0, "–")
 	row("8. proxy CPU per new intercepted connection, µs (user + system, /proc/PID/stat)", ir.cpuPerConn, 0, "–")
+	if len(ir.phases["egress"]) > 0 {
+		// Where a new connection's time goes as the client sees it: a
+		// proxy that saturates shows it in its phases (queueing), not
+		// only in its rate.
+		cell := func(s string) string {
+			r := ir.phases[s]
+			if len(r) == 0 {
+				return "–"
+			}
+			var c, h, g []float64
+			for _, p := range r {
+				c, h, g = append(c, p[0]), append(h, p[1]), append(g, p[2])
+			}
+			return fmt.Sprintf("%.0f / %.0f / %.0f", median(c), median(h), median(g))
+		}
+		w("| 8. a new intercepted connection as the client sees it, mean µs: CONNECT answered / TLS handshake / GET answered (%d clients; direct: TCP connect) | %s | %s | %s | %s | – | – | – |\n",
+			o.workers, cell("egress"), cell("direct"), cell("squid-bump"), cell("mitmproxy"))
+	}
 	per := map[string][]float64{}
 	for s, a := range ir.rssAfter {
 		per[s] = []float64{float64(a-ir.rssBefore[s]) / float64(ir.conns) / 1024}
