@@ -320,6 +320,8 @@ type interceptResults struct {
 	ratePQ     map[string][]float64    // the same, the client offering X25519MLKEM768 (Go's default)
 	cpuPerConn map[string][]float64    // proxy CPU µs per new intercepted connection
 	phases     map[string][][3]float64 // per round: mean µs to the CONNECT's answer, of the handshake, to the GET's answer
+	loadCPU    map[string][]float64    // per round: CPU µs of bench/compare (client and origin) per new connection
+	busy       map[string][]float64    // per round: share of the machine's CPU time busy, %
 	rssBefore  map[string]int64
 	rssAfter   map[string]int64
 	conns      int                  // idle intercepted connections for the memory figure
@@ -340,7 +342,7 @@ func measureIntercept(o options, dir string, plain *subject, idle *idleServer) *
 	origin, originOpen := httpsOrigin(pki.originTLS)
 	_, originPort, _ := net.SplitHostPort(origin)
 	ir := &interceptResults{
-		rps: map[string][]float64{}, rate: map[string][]float64{}, ratePQ: map[string][]float64{}, cpuPerConn: map[string][]float64{}, phases: map[string][][3]float64{},
+		rps: map[string][]float64{}, rate: map[string][]float64{}, ratePQ: map[string][]float64{}, cpuPerConn: map[string][]float64{}, phases: map[string][][3]float64{}, loadCPU: map[string][]float64{}, busy: map[string][]float64{},
 		rssBefore: map[string]int64{}, rssAfter: map[string]int64{}, tunnelRate: map[string][]float64{},
 		logLines: map[string]int{}, versions: map[string]string{}, origin: origin,
 	}
@@ -436,11 +438,18 @@ func measureIntercept(o options, dir string, plain *subject, idle *idleServer) *
 		}
 		for j := range subj {
 			s := subj[(i+j)%len(subj)]
-			before := cpuTime(s)
+			before, selfBefore := cpuTime(s), procCPU("self")
+			busyBefore, totalBefore := machineBusy()
 			start := time.Now()
 			var ph phases
 			v := perSecond(o.workers, o.rateDuration, one(s, false, &ph))
 			ir.phases[s.name] = append(ir.phases[s.name], ph.means())
+			if n := float64(ph.n.Load()); n > 0 && selfBefore >= 0 {
+				ir.loadCPU[s.name] = append(ir.loadCPU[s.name], (procCPU("self")-selfBefore)/n*1e6)
+			}
+			if b, t := machineBusy(); t > totalBefore {
+				ir.busy[s.name] = append(ir.busy[s.name], 100*(b-busyBefore)/(t-totalBefore))
+			}
 			if after := cpuTime(s); after >= 0 && before >= 0 && v > 0 {
 				ir.cpuPerConn[s.name] = append(ir.cpuPerConn[s.name], (after-before)/(v*time.Since(start).Seconds())*1e6)
 			}
@@ -631,6 +640,8 @@ func (ir *interceptResults) markdown(w func(string, ...any), o options, squidVer
 	row(fmt.Sprintf("8. new intercepted connections/s (%d clients: CONNECT, TLS both sides, one GET, close)", o.workers), ir.rate, 0, "≥ 1.5x squid ssl-bump", ratioAtLeast("squid-bump", 1.5))
 	row(fmt.Sprintf("8. new intercepted connections/s, Go's default offer (X25519MLKEM768; %d clients)", o.workers), ir.ratePQ, 0, "–")
 	row("8. proxy CPU per new intercepted connection, µs (user + system, /proc/PID/stat)", ir.cpuPerConn, 0, "–")
+	row("8. load generator CPU per new intercepted connection, µs (bench/compare: the client, and the origin's request; same client for every subject)", ir.loadCPU, 0, "–")
+	row("8. machine CPU busy during the new-connection runs, % (both cores, every process)", ir.busy, 0, "–")
 	if len(ir.phases["egress"]) > 0 {
 		// Where a new connection's time goes as the client sees it: a
 		// proxy that saturates shows it in its phases (queueing), not

@@ -31,7 +31,13 @@ func cpuTime(s *subject) float64 {
 	if s.cmd == nil {
 		return -1
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(s.pid()) + "/stat")
+	return procCPU(strconv.Itoa(s.pid()))
+}
+
+// procCPU is the user + system CPU seconds of process pid ("self": this
+// one, the load generator and the origins), or -1.
+func procCPU(pid string) float64 {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
 	if err != nil {
 		return -1
 	}
@@ -44,6 +50,28 @@ func cpuTime(s *subject) float64 {
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	return (ut + st) / clockTicks
+}
+
+// machineBusy is the busy and total jiffies of all CPUs (/proc/stat), for
+// the share of the machine a run kept busy; zeros when unknown.
+func machineBusy() (busy, total float64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, 0
+	}
+	for i, v := range f[1:] {
+		x, _ := strconv.ParseFloat(v, 64)
+		total += x
+		if i != 3 && i != 4 { // idle, iowait
+			busy += x
+		}
+	}
+	return busy, total
 }
 
 // clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on Linux.
