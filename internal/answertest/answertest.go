@@ -5,6 +5,7 @@ package answertest
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -53,4 +54,55 @@ func Refusal(tb testing.TB, br *bufio.Reader, method, target, reason string) str
 		tb.Errorf("after the 403: %q, %v; want the end of the connection", rest, err)
 	}
 	return id
+}
+
+// Unreadable reads egress's answer to a request it could not read from
+// br, and checks it: status (400, or 431 for a head over
+// limits.max_header_bytes) with the explanation and the id in the status
+// line ("400 egress bad request: ... (id ID)") and the body ("egress:
+// bad request: ...", "id: ID"), X-Egress-Id, Connection: close, then the
+// end of the connection. It returns the id, which the log line carries.
+func Unreadable(tb testing.TB, br *bufio.Reader, status int) string {
+	tb.Helper()
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodGet})
+	if err != nil {
+		tb.Fatalf("the unreadable request got no answer: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatalf("the body of the %d: %v", status, err)
+	}
+	id := resp.Header.Get("X-Egress-Id")
+	if resp.StatusCode != status || id == "" || !strings.HasPrefix(resp.Status, fmt.Sprintf("%d egress bad request: ", status)) ||
+		!strings.HasSuffix(resp.Status, "(id "+id+")") {
+		tb.Errorf("status line %q (X-Egress-Id %q), want %d egress bad request: ... (id ID)", resp.Status, id, status)
+	}
+	if !resp.Close {
+		tb.Errorf("the %d does not say Connection: close: %v", status, resp.Header)
+	}
+	if b := string(body); !strings.HasPrefix(b, "egress: bad request: ") || !strings.HasSuffix(b, "id: "+id+"\n") {
+		tb.Errorf("the body %q does not explain the refusal", b)
+	}
+	if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
+		tb.Errorf("after the %d: %q, %v; want the end of the connection", status, rest, err)
+	}
+	return id
+}
+
+// LaterUnreadable are requests net/http's reader refuses (each for
+// another reason), sent on a connection after an allowed request to
+// host: each gets the status egress answers it with.
+func LaterUnreadable(host string) []struct {
+	Name, Raw string
+	Status    int
+} {
+	return []struct {
+		Name, Raw string
+		Status    int
+	}{
+		{"a header line without a colon", "GET /2 HTTP/1.1\r\nHost " + host + "\r\n\r\n", http.StatusBadRequest},
+		{"a bare CR in a header value", "GET /2 HTTP/1.1\r\nHost: " + host + "\r\nX-A: a\rb\r\n\r\n", http.StatusBadRequest},
+		{"two Host headers", "GET /2 HTTP/1.1\r\nHost: " + host + "\r\nHost: " + host + "\r\n\r\n", http.StatusBadRequest},
+		{"a head over limits.max_header_bytes", "GET /2 HTTP/1.1\r\nHost: " + host + "\r\nX-Pad: " + strings.Repeat("p", 70<<10) + "\r\n\r\n", http.StatusRequestHeaderFieldsTooLarge},
+	}
 }

@@ -5,12 +5,15 @@
 // proxy, CONNECT, interception) writes its refusals with it, so that a
 // refusal reads the same wherever it happens.
 //
-// It decides nothing and maps no errors: each data path has its own
-// function from errors to answers.
+// It decides nothing and maps no errors but one: a request egress read
+// itself and could not read (BadRequest) is answered alike on every path
+// that reads requests (interception, a gated plain-HTTP connection); each
+// data path has its own function from other errors to answers.
 package answer
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -20,6 +23,7 @@ import (
 	"time"
 
 	"github.com/egress-proxy/egress/policy"
+	"github.com/egress-proxy/egress/proxy/peek"
 )
 
 // Headers on every answer egress itself writes.
@@ -54,6 +58,19 @@ func baseHeader(id string) http.Header {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set(HeaderID, id)
 	return h
+}
+
+// BadRequest is the answer to a request egress read itself with
+// peek.RequestReader and could not read (err, Read's: a malformed head,
+// one net/http's server refuses): 400, or 431 for a head over
+// limits.max_header_bytes, as net/http's server answers the forward
+// proxy's. Its version is HTTP/1.1: the request's could not be read.
+func BadRequest(id string, err error) Answer {
+	status := http.StatusBadRequest
+	if errors.Is(err, peek.ErrHeadTooLarge) {
+		status = http.StatusRequestHeaderFieldsTooLarge
+	}
+	return New(status, id, "egress bad request: "+err.Error(), "egress: bad request: "+err.Error()+"\n")
 }
 
 // Denied is the 403 answer: headers a program can act on, and a body a

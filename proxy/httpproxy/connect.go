@@ -303,8 +303,11 @@ func (p *Proxy) connect(ctx context.Context, cc net.Conn, early []byte, r *http.
 			t.RefusedRequest(*d, r.Method, url)
 			return answer.RefusedRequest(rq.id, url, r, *d), false
 		}
+		// A later request that cannot be read gets egress's 400 in turn,
+		// and the line is its refusal, as a first one's is.
+		refuseUnreadable := func(err error) { t.RefusedRequest(unreadable(err), "", "") }
 		gate = origin.NewGate(cc, up, origin.GateConfig{
-			Requests: requests, First: first, Fail: t.Fail, Allow: allow, ID: entry.ID,
+			Requests: requests, First: first, Fail: t.Fail, Allow: allow, Unreadable: refuseUnreadable, ID: entry.ID,
 		})
 	case source == peek.SourceHTTP2 && !pol.Decide(policy.Request{IP: dec.IP, Port: rq.req.Port, Client: rq.req.Client, User: rq.req.User}).Allowed():
 		// h2c with prior knowledge names its hosts in frames egress

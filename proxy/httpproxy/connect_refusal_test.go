@@ -130,6 +130,39 @@ func TestConnectGatedRefusalIsAnswered(t *testing.T) {
 	}
 }
 
+// A later request in a kept-alive CONNECT tunnel carrying plain HTTP that
+// net/http's reader cannot read is answered as on the transparent path: a
+// 400 (431 for a head over limits.max_header_bytes) with the tunnel's id,
+// after the answer to the request before it (the two sent pipelined),
+// logged once as http_unreadable; the origin sees only the first. Before,
+// the tunnel was closed without an answer, the first one's included.
+func TestConnectGatedUnreadableRequestIsAnswered(t *testing.T) {
+	f := newFixture(t, testPolicy)
+	port, served := requestCounter(t)
+	for _, tc := range answertest.LaterUnreadable("origin.test:" + port) {
+		t.Run(tc.Name, func(t *testing.T) {
+			served.Store(0)
+			c, br := f.tunnelTo(t, port)
+			io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: origin.test:"+port+"\r\n\r\n"+tc.Raw)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("the first request: %v", err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 || string(b) != "origin host=origin.test:"+port+" path=/1" {
+				t.Fatalf("the first request: %s %q", resp.Status, b)
+			}
+			id := answertest.Unreadable(t, br, tc.Status)
+			if e := f.logs.waitEntry(t, id); e["reason"] != string(policy.ReasonHTTPUnreadable) || e["event"] != "deny" {
+				t.Errorf("log line %v, want a deny with reason http_unreadable", e)
+			}
+			if n := served.Load(); n != 1 {
+				t.Errorf("the origin served %d requests, want only the first", n)
+			}
+		})
+	}
+}
+
 // Python's http.client (3) and httplib (2.7) through a CONNECT tunnel
 // (set_tunnel), keeping the connection: a second request refused by a
 // request rule gives the program egress's status and reason, as a first

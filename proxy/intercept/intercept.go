@@ -513,7 +513,7 @@ func (x *exchange) request(ctx context.Context, pol *policy.Policy, id string, r
 			return false
 		}
 		d := x.c.Decision
-		x.refuse(bw, "HTTP/1.1", false, answer.New(http.StatusBadRequest, id, "egress bad request: "+err.Error(), "egress: bad request: "+err.Error()+"\n"))
+		x.refuse(bw, "HTTP/1.1", false, answer.BadRequest(id, err))
 		x.record(id, d, "", "", nil, fmt.Errorf("read request: %w", err))
 		return false
 	}

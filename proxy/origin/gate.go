@@ -23,9 +23,10 @@ import (
 // origin really switched protocols: it answered a request asking to
 // upgrade with 101, or a CONNECT with 2xx; an h2c upgrade offer is
 // removed from every request first (StripH2C), since HTTP/2 frames are
-// not read here. A request that cannot be read ends the connection; one
-// that Allow refuses is answered with Allow's refusal after the answers
-// to the requests before it, and nothing of it or after it goes up.
+// not read here. A request that Allow refuses, or that cannot be read
+// (with Unreadable set), is answered with egress's refusal after the
+// answers to the requests before it, and nothing of it or after it goes
+// up.
 //
 // Client and Upstream are the two ends proxy/tunnel copies between: they
 // hide the sockets on purpose, so the tunnel copies through the gate and
@@ -50,6 +51,15 @@ type GateConfig struct {
 	// had the time to read the answer (answer.Linger). A refusal without
 	// an answer ends the connection at once.
 	Allow func(*http.Request) (refusal []byte, ok bool)
+	// Unreadable, if set, is told of a request that cannot be read (a
+	// malformed head, one net/http's server refuses, a head over
+	// limits.max_header_bytes), and records the refusal; the client gets
+	// egress's 400 to it (431 for a head over its bound: answer.BadRequest),
+	// which ends the connection as Allow's refusal does. A connection
+	// that failed under the read (closed, reset, timed out) gets no
+	// answer, and Fail is told, as it is of any unreadable request when
+	// Unreadable is nil.
+	Unreadable func(error)
 	// Fail is told why the gate ended the connection: a request that
 	// cannot be read, a response that cannot be relayed.
 	Fail func(error)
@@ -136,6 +146,11 @@ func (g *gate) requests() {
 				return
 			}
 			if err != nil {
+				if g.cfg.Unreadable != nil && answerable(err) {
+					g.cfg.Unreadable(err)
+					g.refuse(answer.BadRequest(g.cfg.ID, err).Raw("HTTP/1.1", false))
+					return
+				}
 				g.fail(err)
 				g.reqW.CloseWithError(err)
 				return
@@ -189,6 +204,17 @@ func (g *gate) requests() {
 		}
 		req = nil
 	}
+}
+
+// answerable reports whether err, from reading a request, is about the
+// bytes the client sent, which egress answers, rather than about the
+// connection (closed under the read, reset, timed out), which only ends:
+// where net/http's server draws the line (isCommonNetReadError).
+func answerable(err error) bool {
+	var ne net.Error
+	var oe *net.OpError
+	return !errors.Is(err, net.ErrClosed) && !(errors.As(err, &ne) && ne.Timeout()) &&
+		!(errors.As(err, &oe) && oe.Op == "read")
 }
 
 // refuse ends the requests of the connection at one Allow refused, with

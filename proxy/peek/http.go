@@ -90,8 +90,8 @@ func (rr *RequestReader) Read() (*http.Request, error) {
 	req, err := http.ReadRequest(rr.br)
 	rr.lim.n = -1
 	if err != nil {
-		if errors.Is(err, errHeadTooLarge) {
-			err = errHeadTooLarge
+		if errors.Is(err, ErrHeadTooLarge) {
+			err = ErrHeadTooLarge
 		}
 		return nil, fmt.Errorf("%w: %w", ErrUnreadableRequest, err)
 	}
@@ -138,7 +138,10 @@ func RequestHost(req *http.Request) string {
 	return strings.ToLower(StripPort(req.Host))
 }
 
-var errHeadTooLarge = errors.New("request head larger than limits.max_header_bytes")
+// ErrHeadTooLarge is wrapped by Read's error for a request head over its
+// bound (limits.max_header_bytes): answered 431, as net/http's server
+// answers one (answer.BadRequest).
+var ErrHeadTooLarge = errors.New("request head larger than limits.max_header_bytes")
 
 // headLimit reads at most n bytes until lifted (n < 0): it bounds a
 // request head, not its body.
@@ -149,7 +152,7 @@ type headLimit struct {
 
 func (l *headLimit) Read(b []byte) (int, error) {
 	if l.n == 0 {
-		return 0, errHeadTooLarge
+		return 0, ErrHeadTooLarge
 	}
 	if l.n > 0 && int64(len(b)) > l.n {
 		b = b[:l.n]

@@ -151,3 +151,49 @@ func TestHTTPGateRefusesWhatItCannotRead(t *testing.T) {
 		})
 	}
 }
+
+// A later request on a kept-alive gated connection that net/http's
+// reader cannot read is answered as egress answers unreadable input
+// elsewhere: a 400 (431 for a head over limits.max_header_bytes) with the
+// connection's id, after the answer to the request before it (the two
+// are sent pipelined), and logged once as http_unreadable; nothing of it
+// reaches the origin.
+func TestHTTPGateAnswersALaterUnreadableRequest(t *testing.T) {
+	f := newFixture(t)
+	port := portOf(f.web.URL)
+	web := "web.test:" + port
+	f.names.Remember(netip.MustParseAddr("127.0.0.1"), "web.test", netip.MustParseAddr("127.0.0.1"), time.Hour)
+	for _, tc := range answertest.LaterUnreadable(web) {
+		t.Run(tc.Name, func(t *testing.T) {
+			for len(f.seen) > 0 {
+				<-f.seen
+			}
+			c := f.ns.Dial(t, "127.0.0.1:"+port)
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			br := bufio.NewReader(c)
+			io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: "+web+"\r\n\r\n"+tc.Raw)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("the first request: %v", err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			if err != nil || resp.StatusCode != 200 || string(body) != "hello "+web {
+				t.Fatalf("the first request: %s %q %v", resp.Status, body, err)
+			}
+			id := answertest.Unreadable(t, br, tc.Status)
+			e := f.rec.next(t)
+			if e.ID != id || !e.Decision.Denied() || e.Decision.Reason != policy.ReasonHTTPUnreadable {
+				t.Errorf("entry %s = %+v, want the refusal of connection %s with reason http_unreadable", e.ID, e.Decision, id)
+			}
+			select {
+			case e := <-f.rec.ch:
+				t.Errorf("a second line for the connection: %+v", e)
+			default:
+			}
+			if n := len(f.seen); n != 1 {
+				t.Errorf("the origin served %d requests, want only the first", n)
+			}
+		})
+	}
+}

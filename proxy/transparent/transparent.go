@@ -400,8 +400,11 @@ func (s *Server) handle(cc *net.TCPConn) {
 			t.RefusedRequest(*d, r.Method, url)
 			return answer.RefusedRequest(c.entry.ID, url, r, *d), false
 		}
+		// A later request that cannot be read gets egress's 400 in turn,
+		// and the line is its refusal, as a first one's is.
+		refuseUnreadable := func(err error) { t.RefusedRequest(unreadable(s.Policy(), dst, err), "", "") }
 		gate = origin.NewGate(cc, up, origin.GateConfig{
-			Requests: op.requests, First: op.first, Fail: t.Fail, Allow: allow, ID: c.entry.ID,
+			Requests: op.requests, First: op.first, Fail: t.Fail, Allow: allow, Unreadable: refuseUnreadable, ID: c.entry.ID,
 		})
 		cside, up = gate.Client, gate.Upstream
 	}
