@@ -4,10 +4,10 @@ package transparent
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -72,7 +72,7 @@ func TestSecurityEveryRequestDecided(t *testing.T) {
 		f.rec.next(t)
 	})
 
-	t.Run("a later request that cannot be read ends the connection, and the line says why", func(t *testing.T) {
+	t.Run("a later request that cannot be read is answered with egress's 400 and ends the connection, and the line says why", func(t *testing.T) {
 		c := f.ns.Dial(t, "127.0.0.1:"+webPort)
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -81,11 +81,10 @@ func TestSecurityEveryRequestDecided(t *testing.T) {
 			t.Fatalf("first request: %q, %v", body, err)
 		}
 		fmt.Fprintf(c, "NOT HTTP AT ALL\r\n\r\n")
-		if _, err := http.ReadResponse(br, nil); err == nil {
-			t.Fatal("the unreadable request was answered")
-		}
-		if e := f.rec.next(t); !errors.Is(e.Err, peek.ErrUnreadableRequest) {
-			t.Fatalf("entry error %v, want the unreadable request", e.Err)
+		id := answertest.Unreadable(t, br, http.StatusBadRequest)
+		if e := f.rec.next(t); e.ID != id || e.Decision.Reason != policy.ReasonHTTPUnreadable ||
+			!strings.Contains(e.Decision.Hint, peek.ErrUnreadableRequest.Error()) {
+			t.Fatalf("entry = %+v, want the refusal of connection %s, its hint saying why", e, id)
 		}
 	})
 
