@@ -192,7 +192,7 @@ func (p *Proxy) roundTrip(w *countingWriter, r *http.Request, fw *forward, body 
 			}
 		}
 		fw.connIP = uc.IP
-		err := p.exchange(w, r, uc, body, inline, fw.pol.Timeouts.Response, fw.pol.Listen.Via)
+		err := p.exchange(w, r, uc, body, inline, fw.pol.Timeouts.Response, fw.pol.Timeouts.TunnelIdle, fw.pol.Listen.Via)
 		var ic idleClosedError
 		if errors.As(err, &ic) && retry {
 			continue
@@ -232,8 +232,9 @@ func expectsContinue(r *http.Request) bool {
 
 // exchange writes r on uc, reads the response and copies it to w, then
 // puts uc back into its pool if it can carry another request, or closes
-// it. inline is r's whole body, already read, or nil.
-func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *countingReader, inline []byte, timeout time.Duration, via bool) (err error) {
+// it. inline is r's whole body, already read, or nil; timeout is
+// timeouts.response, idle timeouts.tunnel_idle (copyResponse).
+func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *countingReader, inline []byte, timeout, idle time.Duration, via bool) (err error) {
 	// A client that goes away cancels the request: close the
 	// connection under whatever read or write waits on it.
 	stop := context.AfterFunc(r.Context(), func() { uc.Raw.Close() })
@@ -289,7 +290,7 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 			if resp != nil {
 				// A final answer: the body stays with the client, and
 				// the origin's connection cannot be reused.
-				return copyResponse(w, resp, uc, via)
+				return copyResponse(w, resp, uc, idle, via)
 			}
 		}
 	}
@@ -302,7 +303,7 @@ func (p *Proxy) exchange(w *countingWriter, r *http.Request, uc *upConn, body *c
 	if err != nil {
 		return upstreamErr(err)
 	}
-	if err := copyResponse(w, resp, uc, via); err != nil {
+	if err := copyResponse(w, resp, uc, idle, via); err != nil {
 		return err
 	}
 	keep = !resp.Close && uc.OC.BR.Buffered() == 0
@@ -414,14 +415,18 @@ func readHead(w *countingWriter, r *http.Request, uc *upConn, dl *responseDeadli
 }
 
 // copyResponse sends resp to w with the origin client's copier. A body
-// that ends early (the origin reset) or a client that went away is an
-// error; the response's end is then the connection's end.
-func copyResponse(w *countingWriter, resp *http.Response, uc *upConn, via bool) error {
+// that ends early (the origin reset), one the origin stops sending for
+// idle (timeouts.tunnel_idle, as an intercepted body: origin.IdleBody),
+// or a client that went away is an error; the response's end is then
+// the connection's end.
+func copyResponse(w *countingWriter, resp *http.Response, uc *upConn, idle time.Duration, via bool) error {
+	resp.Body = origin.IdleBody(resp.Body, uc.Raw, idle)
 	err := origin.CopyResponse(w, resp, via)
 	if err != nil {
 		uc.OC.Conn.Close() // or Close would read the rest
 	}
 	resp.Body.Close()
+	uc.Raw.SetReadDeadline(time.Time{}) // IdleBody's, before uc is reused
 	return err
 }
 
