@@ -209,7 +209,10 @@ func (g *gate) requests() {
 // answerable reports whether err, from reading a request, is about the
 // bytes the client sent, which egress answers, rather than about the
 // connection (closed under the read, reset, timed out), which only ends:
-// where net/http's server draws the line (isCommonNetReadError).
+// where net/http's server draws the line (isCommonNetReadError). A head
+// the client cut short by ending its side is answered, as net/http's
+// server answers it: a half-closed client still reads the answers to the
+// requests before it, then egress's.
 func answerable(err error) bool {
 	var ne net.Error
 	var oe *net.OpError

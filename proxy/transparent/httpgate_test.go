@@ -197,3 +197,33 @@ func TestHTTPGateAnswersALaterUnreadableRequest(t *testing.T) {
 		})
 	}
 }
+
+// A later request the client cuts short by ending its side inside the
+// head is answered as net/http's server answers it, with egress's 400
+// after the answer to the request before it, which the half-closed
+// client still reads; nothing of it goes up, and the line is its refusal.
+func TestHTTPGateLaterRequestCutShortByTheClient(t *testing.T) {
+	f := newFixture(t)
+	port := portOf(f.web.URL)
+	web := "web.test:" + port
+	f.names.Remember(netip.MustParseAddr("127.0.0.1"), "web.test", netip.MustParseAddr("127.0.0.1"), time.Hour)
+	c := f.ns.Dial(t, "127.0.0.1:"+port)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: "+web+"\r\n\r\nGET /2 HTTP/1.1\r\nHost: "+web+"\r\n")
+	c.(interface{ CloseWrite() error }).CloseWrite()
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("the first request: %v %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	id := answertest.Unreadable(t, br, http.StatusBadRequest)
+	e := f.rec.next(t)
+	if e.ID != id || e.Decision.Reason != policy.ReasonHTTPUnreadable || !strings.Contains(e.Decision.Hint, "unexpected EOF") {
+		t.Errorf("entry = %+v, want the refusal of connection %s saying the head was cut short", e, id)
+	}
+	if n := len(f.seen); n != 1 {
+		t.Errorf("the origin served %d requests, want only the first", n)
+	}
+}
