@@ -59,11 +59,17 @@ func Refusal(tb testing.TB, br *bufio.Reader, method, target, reason string) str
 // Unreadable reads egress's answer to a request it could not read from
 // br, and checks it: status (400, or 431 for a head over
 // limits.max_header_bytes) with the explanation and the id in the status
-// line ("400 egress bad request: ... (id ID)") and the body ("egress:
-// bad request: ...", "id: ID"), X-Egress-Id, Connection: close, then the
-// end of the connection. It returns the id, which the log line carries.
+// line ("400 egress bad request: ... (id ID)", "431 egress request header
+// fields too large (limits.max_header_bytes) (id ID)") and the body
+// ("egress: bad request: ...", "id: ID"), X-Egress-Id, Connection: close,
+// then the end of the connection. It returns the id, which the log line
+// carries.
 func Unreadable(tb testing.TB, br *bufio.Reader, status int) string {
 	tb.Helper()
+	phrase, text := "egress bad request: ", "egress: bad request: "
+	if status == http.StatusRequestHeaderFieldsTooLarge {
+		phrase, text = "egress request header fields too large (limits.max_header_bytes) ", "egress: the request header is over limits.max_header_bytes\n"
+	}
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodGet})
 	if err != nil {
 		tb.Fatalf("the unreadable request got no answer: %v", err)
@@ -73,14 +79,14 @@ func Unreadable(tb testing.TB, br *bufio.Reader, status int) string {
 		tb.Fatalf("the body of the %d: %v", status, err)
 	}
 	id := resp.Header.Get("X-Egress-Id")
-	if resp.StatusCode != status || id == "" || !strings.HasPrefix(resp.Status, fmt.Sprintf("%d egress bad request: ", status)) ||
+	if resp.StatusCode != status || id == "" || !strings.HasPrefix(resp.Status, fmt.Sprintf("%d %s", status, phrase)) ||
 		!strings.HasSuffix(resp.Status, "(id "+id+")") {
-		tb.Errorf("status line %q (X-Egress-Id %q), want %d egress bad request: ... (id ID)", resp.Status, id, status)
+		tb.Errorf("status line %q (X-Egress-Id %q), want %d %s... (id ID)", resp.Status, id, status, phrase)
 	}
 	if !resp.Close {
 		tb.Errorf("the %d does not say Connection: close: %v", status, resp.Header)
 	}
-	if b := string(body); !strings.HasPrefix(b, "egress: bad request: ") || !strings.HasSuffix(b, "id: "+id+"\n") {
+	if b := string(body); !strings.HasPrefix(b, text) || !strings.HasSuffix(b, "id: "+id+"\n") {
 		tb.Errorf("the body %q does not explain the refusal", b)
 	}
 	if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {

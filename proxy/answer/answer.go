@@ -62,15 +62,15 @@ func baseHeader(id string) http.Header {
 
 // BadRequest is the answer to a request egress read itself with
 // peek.RequestReader and could not read (err, Read's: a malformed head,
-// one net/http's server refuses): 400, or 431 for a head over
-// limits.max_header_bytes, as net/http's server answers the forward
-// proxy's. Its version is HTTP/1.1: the request's could not be read.
+// one net/http's server refuses): 400 saying why, or, for a head over
+// limits.max_header_bytes, the 431 the forward proxy answers a CONNECT's
+// with. Written as HTTP/1.1: the request's version could not be read.
 func BadRequest(id string, err error) Answer {
-	status := http.StatusBadRequest
 	if errors.Is(err, peek.ErrHeadTooLarge) {
-		status = http.StatusRequestHeaderFieldsTooLarge
+		return New(http.StatusRequestHeaderFieldsTooLarge, id, "egress request header fields too large (limits.max_header_bytes)",
+			"egress: the request header is over limits.max_header_bytes\n")
 	}
-	return New(status, id, "egress bad request: "+err.Error(), "egress: bad request: "+err.Error()+"\n")
+	return New(http.StatusBadRequest, id, "egress bad request: "+err.Error(), "egress: bad request: "+err.Error()+"\n")
 }
 
 // Denied is the 403 answer: headers a program can act on, and a body a

@@ -535,6 +535,21 @@ func TestRequestsAreReadAsGosServerReadsThem(t *testing.T) {
 	}
 }
 
+// A request head over limits.max_header_bytes is answered 431, as the
+// forward proxy and a gated plain-HTTP connection answer it
+// (answer.BadRequest), and goes nowhere.
+func TestOversizeRequestHeadIs431(t *testing.T) {
+	f := newFixture(t)
+	host := fmt.Sprintf("api.vendor.test:%d", f.tlsPort)
+	resp, body := f.raw(t, "GET /v1/license HTTP/1.1\r\nHost: "+host+"\r\nX-Pad: "+strings.Repeat("p", 70<<10)+"\r\n\r\n")
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge || resp.Header.Get("X-Egress-Id") == "" || !strings.Contains(body, "limits.max_header_bytes") {
+		t.Errorf("%s %q, want 431 naming limits.max_header_bytes, with egress's id", resp.Status, body)
+	}
+	if f.origin.count() != 0 {
+		t.Error("the oversize request reached the origin")
+	}
+}
+
 func TestHostOtherThanTheCertificatesIsRefused(t *testing.T) {
 	f := newFixture(t)
 	for _, h := range []string{"other.test", "tunnel.vendor.test", fmt.Sprintf("api.vendor.test:%d", f.tlsPort+1)} {
