@@ -220,7 +220,8 @@ func answerable(err error) bool {
 		!(errors.As(err, &oe) && oe.Op == "read")
 }
 
-// refuse ends the requests of the connection at one Allow refused, with
+// refuse ends the requests of the connection at one Allow refused (or
+// one that could not be read), with
 // its answer when there is one: queued behind the answers to the
 // requests sent before it, then, once it is out, what the client still
 // sends is read and dropped for a moment (answer.Linger) before the
