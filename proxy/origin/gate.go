@@ -221,9 +221,9 @@ func answerable(err error) bool {
 }
 
 // refuse ends the requests of the connection at one Allow refused (or
-// one that could not be read), with
-// its answer when there is one: queued behind the answers to the
-// requests sent before it, then, once it is out, what the client still
+// one that could not be read), with its answer when there is one:
+// queued behind the answers to the requests sent before it, then, once
+// it is out, what the client still
 // sends is read and dropped for a moment (answer.Linger) before the
 // client's direction ends, so that the close that follows does not
 // reset the answer away. Nothing of the refused request, nor of any
