@@ -325,9 +325,10 @@ func checkConstraintName(n string) error {
 	return nil
 }
 
-// Init writes a new CA to dir/ca.crt and dir/ca.key (both 0600; the
-// directory is made 0700 if missing). It refuses to overwrite either
-// file.
+// Init writes a new CA to dir/ca.crt (mode 0644: a certificate is
+// public, and clients running as other users must read it) and dir/ca.key
+// (mode 0600); the directory is made 0755 if missing, for the same
+// clients. It refuses to overwrite either file.
 func Init(dir string, o Options) (certFile, keyFile string, err error) {
 	certFile, keyFile = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
 	for _, f := range []string{certFile, keyFile} {
@@ -341,23 +342,29 @@ func Init(dir string, o Options) (certFile, keyFile string, err error) {
 	if err != nil {
 		return "", "", err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", "", err
 	}
-	if err := writeNew(keyFile, keyPEM); err != nil {
+	if err := writeNew(keyFile, keyPEM, 0o600); err != nil {
 		return "", "", err
 	}
-	if err := writeNew(certFile, certPEM); err != nil {
+	if err := writeNew(certFile, certPEM, 0o644); err != nil {
 		os.Remove(keyFile)
 		return "", "", err
 	}
 	return certFile, keyFile, nil
 }
 
-// writeNew creates name (mode 0600), failing if it exists.
-func writeNew(name string, data []byte) error {
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+// writeNew creates name with mode perm whatever the umask, failing if
+// it exists.
+func writeNew(name string, data []byte, perm fs.FileMode) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
 	if err != nil {
+		return err
+	}
+	if err := f.Chmod(perm); err != nil { // the umask may have taken bits off
+		f.Close()
+		os.Remove(name)
 		return err
 	}
 	if _, err := f.Write(data); err != nil {

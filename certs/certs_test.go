@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -266,14 +267,16 @@ func TestHandshakeWithAMintedLeaf(t *testing.T) {
 }
 
 func TestLoadCARefusesAKeyAnyoneCanRead(t *testing.T) {
-	dir := t.TempDir()
+	dir := filepath.Join(t.TempDir(), "ca") // Init makes it
 	certFile, keyFile, err := Init(dir, Options{Names: []string{"vendor.example"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{certFile, keyFile} {
-		if fi, err := os.Stat(f); err != nil || fi.Mode().Perm() != 0o600 {
-			t.Fatalf("%s: mode %v, %v; want 0600", f, fi.Mode(), err)
+	// The certificate is public (clients running as other users read
+	// it), the key is not.
+	for f, want := range map[string]fs.FileMode{certFile: 0o644, keyFile: 0o600, dir: 0o755} {
+		if fi, err := os.Stat(f); err != nil || fi.Mode().Perm() != want {
+			t.Fatalf("%s: mode %v, %v; want %v", f, fi.Mode(), err, want)
 		}
 	}
 	if _, err := LoadCA(certFile, keyFile); err != nil {

@@ -718,7 +718,7 @@ func (p *Policy) lintHTTP() []Diagnostic {
 				}
 			}
 			if r.Action == Allow && len(rr.Methods) == 0 && slices.Contains(rr.Paths, "/**") {
-				warn(rr.File, rr.Line, rr.Column, "this request rule allows every method and path: the rule's requests are decided one by one for nothing; list methods and paths, or remove http: to tunnel")
+				warn(rr.File, rr.Line, rr.Column, "this request rule allows every method and path: fine while observing requests for egress learn (with log.allowed: true); narrow it to the methods and paths you mean before enforcing, or remove http: to tunnel")
 			}
 		}
 		for _, in := range r.Inject {

@@ -288,6 +288,20 @@ func (d Decision) Event() string {
 	return "allow"
 }
 
+// RuleReason is the reason: text of what decided d, for the people it
+// refuses: the deciding request rule's when it has one, else the host or
+// cidr rule's; "" when neither has one (or no rule decided). Log lines,
+// egress check and egress run's denials all take it from here.
+func (d Decision) RuleReason() string {
+	if d.RequestRule != nil && d.RequestRule.Note != "" {
+		return d.RequestRule.Note
+	}
+	if d.Rule != nil {
+		return d.Rule.Note
+	}
+	return ""
+}
+
 // RuleLocation is the deciding rule's FILE:LINE, or "" when no rule decided.
 func (d Decision) RuleLocation() string {
 	if d.Rule == nil {

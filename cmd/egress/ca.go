@@ -19,7 +19,7 @@ func cmdCA(args []string, stdout, stderr io.Writer) int {
 	usage := func() {
 		fmt.Fprintln(stderr, "usage: egress ca init DIR [--config POLICY]")
 		fmt.Fprintln(stderr)
-		fmt.Fprintln(stderr, "Writes DIR/ca.crt and DIR/ca.key (mode 0600; never overwrites), an ECDSA P-256")
+		fmt.Fprintln(stderr, "Writes DIR/ca.crt (mode 0644) and DIR/ca.key (mode 0600; never overwrites), an ECDSA P-256")
 		fmt.Fprintln(stderr, "CA for the hosts whose rules have http: request rules. With --config, the CA is")
 		fmt.Fprintln(stderr, "name-constrained to the policy's intercepted host names and excludes every IP")
 		fmt.Fprintln(stderr, "range, so that a leaked key signs nothing else.")
@@ -85,7 +85,7 @@ func cmdCA(args []string, stdout, stderr io.Writer) int {
 	if a, err := filepath.Abs(keyFile); err == nil {
 		keyFile = a
 	}
-	fmt.Fprintf(stdout, "wrote %s and %s (ECDSA P-256 CA, key mode 0600)\n", certFile, keyFile)
+	fmt.Fprintf(stdout, "wrote %s and %s (ECDSA P-256 CA, certificate mode 0644, key mode 0600)\n", certFile, keyFile)
 	if len(o.Names) > 0 {
 		fmt.Fprintf(stdout, "name-constrained to %s (and names below them); every IP range excluded\n", strings.Join(o.Names, ", "))
 	} else {

@@ -420,16 +420,14 @@ func resultOf(target string, d policy.Decision) checkResult {
 		r.IP = d.IP.String()
 	}
 	if d.Rule != nil {
-		r.Rule, r.RuleText, r.RuleReason = d.Rule.Location(), d.Rule.Text, d.Rule.Note
+		r.Rule, r.RuleText = d.Rule.Location(), d.Rule.Text
 	}
+	r.RuleReason = d.RuleReason()
 	if d.Intercept {
 		r.Intercept, r.Method, r.Path = true, d.Method, d.Path
 	}
 	if rr := d.RequestRule; rr != nil {
 		r.RequestRule, r.RequestRuleText = rr.Location(), rr.Text()
-		if rr.Note != "" {
-			r.RuleReason = rr.Note
-		}
 	}
 	for _, in := range d.Inject {
 		r.Inject = append(r.Inject, in.Header)

@@ -319,8 +319,9 @@ func diffResultOf(c policy.Change) diffResult {
 	side := func(d policy.Decision) diffSide {
 		s := diffSide{Verdict: d.Event(), Reason: string(d.Reason), Policy: d.Policy}
 		if d.Rule != nil {
-			s.Rule, s.RuleText, s.RuleReason = d.Rule.Location(), d.Rule.Text, d.Rule.Note
+			s.Rule, s.RuleText = d.Rule.Location(), d.Rule.Text
 		}
+		s.RuleReason = d.RuleReason()
 		return s
 	}
 	r := diffResult{Change: "refuses", Destination: c.Destination(), Host: c.Request.Host, Port: c.Request.Port, User: c.Request.User, Old: side(c.Old), New: side(c.New)}

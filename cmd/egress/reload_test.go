@@ -47,7 +47,19 @@ func (c *egressChild) logText() string {
 // it keeps reading the child's log so that the child never blocks on it.
 func startChild(t *testing.T, args ...string) *egressChild {
 	t.Helper()
-	c := &egressChild{cmd: exec.Command(os.Args[0], "-test.run=^TestServeHelperProcess$")}
+	return startChildIn(t, "", args...)
+}
+
+// startChildIn is startChild with dir as the child's working directory
+// ("": the test's).
+func startChildIn(t *testing.T, dir string, args ...string) *egressChild {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &egressChild{cmd: exec.Command(exe, "-test.run=^TestServeHelperProcess$")}
+	c.cmd.Dir = dir
 	c.cmd.Env = append(os.Environ(), "EGRESS_SERVE_HELPER=1", "EGRESS_SERVE_ARGS="+strings.Join(args, "\n"))
 	stderr, err := c.cmd.StderrPipe()
 	if err != nil {

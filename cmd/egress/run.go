@@ -174,8 +174,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 				by = " from " + p.String()
 			}
 			why := string(e.Decision.Reason)
-			if r := e.Decision.Rule; r != nil && r.Note != "" {
-				why += ": " + r.Note
+			if note := e.Decision.RuleReason(); note != "" {
+				why += ": " + note
 			}
 			what := protoLabel(e.Proto) + " " + target(e.Decision)
 			if e.Proto == eventlog.ProtoHTTPS && e.Method != "" {
@@ -566,9 +566,7 @@ func (s *runSummary) row(k summaryKey, e eventlog.Entry) *summaryRow {
 	r := s.byKey[k]
 	if r == nil {
 		r = &summaryRow{reason: e.Decision.Reason, hint: e.Decision.Hint, lifts: e.Decision.HintLifts(), procs: map[string]bool{}}
-		if e.Decision.Rule != nil {
-			r.why = e.Decision.Rule.Note
-		}
+		r.why = e.Decision.RuleReason()
 		if e.Err != nil {
 			r.err = e.Err.Error()
 		}

@@ -169,9 +169,9 @@ func Log(l zerolog.Logger, e Entry) {
 	}
 	if d.Rule != nil {
 		ev = ev.Str(FieldRuleText, d.Rule.Text)
-		if d.Rule.Note != "" {
-			ev = ev.Str(FieldRuleReason, d.Rule.Note)
-		}
+	}
+	if why := d.RuleReason(); why != "" {
+		ev = ev.Str(FieldRuleReason, why)
 	}
 	ev = ev.Str(FieldReason, string(d.Reason)).
 		Str(FieldPolicy, d.Source).
