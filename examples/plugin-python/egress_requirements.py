@@ -41,7 +41,9 @@ Each requirement gets exactly one outcome:
                connect() under `egress run` (EGRESS_RUN=1) that egress's
                proxy (EGRESS_PROXY) also refuses, or NXDOMAIN with
                egress's RFC 8914 Extended DNS Error; comes with the rule an
-               administrator must add under allow:
+               administrator must add, where egress says it goes: under
+               allow:, or for a request rule under http: of the host's
+               rule (egress_refusal reads egress's 403)
   dns_failure  the name does not resolve for a reason that is not the policy
                (it does not exist, SERVFAIL, no answer)
   unreachable  allowed, but the destination refused, reset or did not answer
