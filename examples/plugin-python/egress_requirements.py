@@ -947,6 +947,10 @@ def egress_refusal(status, reason, headers, body=""):
         where, rule = m.group(1), m.group(2)
     if rule is None:
         rule = _first(_RULE_RE, reason)
+    if where == ALLOW and rule and not rule.startswith(("- {host", "- {cidr")):
+        # A request rule whose place the body did not name (it was cut
+        # short): it never goes under allow:.
+        where = "under http: of the host's rule"
     detail = _REQUEST_HINT_RE.sub("", reason)
     if egress_id and detail.endswith(" (id %s)" % egress_id):
         detail = detail[:-len(" (id %s)" % egress_id)]
