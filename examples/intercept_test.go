@@ -149,7 +149,7 @@ func TestPluginCallsAPIWithInjectedKey(t *testing.T) {
 				t.Fatalf("exit %d, want %d", r.code, exitUnmet)
 			}
 			wantOutcome(t, r.stderr, "DBMS REST API", "refused", "egress denied GET "+api.url(py.apiHost)+": no request rule matched",
-				`to allow: - {methods: [GET], paths: ["/v1/status"]}`)
+				`.yaml:10: - {methods: [GET], paths: ["/v1/status"]}`, "; to allow: add under http: of the rule at ")
 		})
 	}
 }
@@ -193,6 +193,54 @@ allow:
 			wantAPIRead(t, api, r.stdout)
 			if strings.Contains(r.stdout+r.stderr, key) {
 				t.Error("the key is in the output")
+			}
+		})
+	}
+}
+
+// TestPluginRequestRuleRefusalUnderRun: under `egress run`, a request
+// rule (http:) that allows another path refuses the plugin's GET. The
+// rule to add goes under http: of the host's rule, as egress's own summary
+// and 403 say (its body's hint: line), never under allow:, where a
+// {methods, paths} line is no rule at all.
+func TestPluginRequestRuleRefusalUnderRun(t *testing.T) {
+	pys := pythons(t)
+	bin := egress(t)
+	egressRunAvailable(t, bin)
+	for _, py := range pys {
+		t.Run(py.name, func(t *testing.T) {
+			const timeout = 3 * time.Second
+			db, api := startDB(t, dbAnswers), startKeyedAPI(t, "unused")
+			cfg := filepath.Join(t.TempDir(), "run-intercept.yaml")
+			os.WriteFile(cfg, []byte(fmt.Sprintf(`version: 1
+default: deny
+tls:
+  upstream_ca: %[1]s
+allow:
+  - %[3]s
+    http:
+      - methods: [GET]
+        paths: ["/v1/other"]
+  - cidr: 127.0.0.1/32
+    ports: [%[2]d]
+`, api.caFile, db.port, apiDest(py, api))), 0o644)
+			args := append([]string{"run", "--config", cfg, "--", py.path}, pluginArgs(py, "127.0.0.1", db.port, api.url(py.apiHost), "", timeout)...)
+			r := run(t, 4*timeout+10*time.Second, py.env, bin, args...)
+			if r.code != exitUnmet {
+				t.Fatalf("exit %d, want %d", r.code, exitUnmet)
+			}
+			where := "under http: of the rule at " + cfg + ":6"
+			const hint = `- {methods: [GET], paths: ["/v1/status"]}`
+			wantOutcome(t, r.stderr, "DBMS REST API", "refused", "egress denied GET "+api.url(py.apiHost)+": no request rule matched",
+				"; to allow: add "+where+": "+hint)
+			if !egressSays(r.stderr, "add "+where+": "+hint) {
+				t.Errorf("egress's summary does not say %q", "add "+where+": "+hint)
+			}
+			if strings.Contains(r.stderr, "under allow:") {
+				t.Errorf("the plugin tells the administrator to paste a request rule under allow:")
+			}
+			if !strings.Contains(r.stderr, "plugin: ask the administrator to add "+where+" in the egress policy:\nplugin:   "+hint+"\n") {
+				t.Errorf("the plugin's action does not say where the request rule goes")
 			}
 		})
 	}

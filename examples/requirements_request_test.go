@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -65,9 +66,9 @@ func TestRequirementsRequestThroughEgressServe(t *testing.T) {
 			}{
 				{"status", []string{"ok ", "GET " + base + "/v1/status https (status): GET " + base + "/v1/status answered 200 OK through the proxy " + e.proxyURL}},
 				{"admin", []string{"refused ", "POST " + base + "/v1/admin?x=1 https (admin): 403 egress denied POST " + base + "/v1/admin: no request rule matched (id ",
-					`; to allow: - {methods: [POST], paths: ["/v1/admin"]}`}},
+					`; to allow: add under http: of the rule at `, `.yaml:8: - {methods: [POST], paths: ["/v1/admin"]}`}},
 				{"other", []string{"refused ", "[optional]", "403 egress denied GET " + base + "/v1/other: no request rule matched (id ",
-					`; to allow: - {methods: [GET], paths: ["/v1/other"]}`}},
+					`; to allow: add under http: of the rule at `, `.yaml:8: - {methods: [GET], paths: ["/v1/other"]}`}},
 				// Direct, not through egress: the origin itself answers,
 				// without the key egress would have injected.
 				{"direct", []string{"ok ", "GET " + base + "/v1/status answered 401 Unauthorized"}},
@@ -82,9 +83,11 @@ func TestRequirementsRequestThroughEgressServe(t *testing.T) {
 			if api.withKey.Load() != 1 {
 				t.Errorf("the origin got the injected key %d times, want once (the allowed GET through egress)", api.withKey.Load())
 			}
-			want := "ask the administrator to add under http: of the host's rule in the egress policy:\n" +
-				`  - {methods: [POST], paths: ["/v1/admin"]}`
-			if !strings.Contains(r.stderr, want) {
+			// Where egress's 403 says the request rule goes: under http:
+			// of the host's rule, at its FILE:LINE.
+			want := regexp.MustCompile(`ask the administrator to add under http: of the rule at \S+\.yaml:8 in the egress policy:\n` +
+				regexp.QuoteMeta(`  - {methods: [POST], paths: ["/v1/admin"]}`))
+			if !want.MatchString(r.stderr) {
 				t.Errorf("the action lacks %q:\n%s", want, r.stderr)
 			}
 			if strings.Contains(r.stdout+r.stderr, key) {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -118,16 +119,121 @@ func TestWalkthrough(t *testing.T) {
 			t.Fatalf("the walkthrough's config is missing: %v", err)
 		}
 	}
+	readme := readmeRuns(t)
 	for _, py := range pys {
 		t.Run(py.name, func(t *testing.T) {
-			testWalkthrough(t, bin, py)
+			testWalkthrough(t, bin, py, readme)
 		})
+	}
+}
+
+// readmeRun is one run of the walkthrough as plugin-python/README.md
+// pastes it: the "$ egress run --config configs/CONFIG.yaml ..." command's
+// output lines and the exit code under "$ echo $?".
+type readmeRun struct {
+	line   int // of the command, in the README
+	config string
+	out    []string
+	code   int
+}
+
+// readmeRuns reads the walkthrough's runs from the README, in order (full
+// internet, a handful of hosts, no network).
+func readmeRuns(t *testing.T) []readmeRun {
+	t.Helper()
+	text, err := os.ReadFile(filepath.Join(pluginDir, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var runs []readmeRun
+	var cur *readmeRun
+	in, section, cont, code := false, false, false, false
+	for i, l := range strings.Split(string(text), "\n") {
+		switch {
+		case strings.HasPrefix(l, "## "):
+			section = strings.HasPrefix(l, "## Walkthrough")
+		case !section:
+		case strings.HasPrefix(l, "```"):
+			in = !in
+			cur = nil
+		case !in:
+		case strings.HasPrefix(l, "$ egress run --config configs/"):
+			cfg, _, _ := strings.Cut(strings.TrimPrefix(l, "$ egress run --config configs/"), ".yaml")
+			runs = append(runs, readmeRun{line: i + 1, config: cfg, code: -1})
+			cur = &runs[len(runs)-1]
+			cont = strings.HasSuffix(l, "\\")
+		case cur == nil:
+		case cont:
+			cont = strings.HasSuffix(l, "\\")
+		case l == "$ echo $?":
+			code = true
+		case code:
+			cur.code, _ = strconv.Atoi(l)
+			code, cur = false, nil
+		default:
+			cur.out = append(cur.out, l)
+		}
+	}
+	if len(runs) != 3 {
+		t.Fatalf("plugin-python/README.md's walkthrough shows %d runs, want 3 (did the parsing break?)", len(runs))
+	}
+	return runs
+}
+
+var (
+	pastedPID  = regexp.MustCompile(`pid \d+`)
+	pastedID   = regexp.MustCompile(`\b[0-9a-f]{16}\b`)
+	pastedPort = regexp.MustCompile(`((?:127\.0\.0\.1|localhost):|127\.0\.0\.1/32, ports: \[|"port": |--db-port )\d+`)
+	pastedGap  = regexp.MustCompile(`\s+`)
+)
+
+// pasted is a line of a run's output as the README pastes it: pids, ids
+// and loopback ports (the stand-ins', egress's proxy's) stand for any,
+// and runs of spaces (the summary's columns) are one.
+func pasted(l string) string {
+	l = pastedPID.ReplaceAllString(l, "pid N")
+	l = pastedID.ReplaceAllString(l, "ID")
+	l = pastedPort.ReplaceAllString(l, "${1}PORT")
+	return strings.TrimSpace(pastedGap.ReplaceAllString(l, " "))
+}
+
+// wantPasted checks that the README's paste of a run shows what the run
+// printed: its exit code, and the same lines (the plugin's refusals and
+// advice, egress's live denials and its summary), each in both; order
+// aside, since egress and the plugin write to one terminal at once.
+func wantPasted(t *testing.T, want readmeRun, r result) {
+	t.Helper()
+	if r.code != want.code {
+		t.Errorf("README.md:%d shows exit %d; the run exits %d", want.line, want.code, r.code)
+	}
+	count := func(lines []string) map[string]int {
+		m := map[string]int{}
+		for _, l := range lines {
+			if l = pasted(l); l != "" {
+				m[l]++
+			}
+		}
+		return m
+	}
+	got := count(strings.Split(r.stdout+r.stderr, "\n"))
+	shown := count(want.out)
+	for l, n := range shown {
+		if got[l] != n {
+			t.Errorf("README.md:%d (%s) shows %d times a line the run prints %d times:\n  %s", want.line, want.config, n, got[l], l)
+		}
+	}
+	for l, n := range got {
+		if shown[l] == 0 {
+			t.Errorf("README.md:%d (%s) lacks a line the run prints %d times:\n  %s", want.line, want.config, n, l)
+		}
 	}
 }
 
 func configPath(name string) string { return filepath.Join("..", "configs", name+".yaml") }
 
-func testWalkthrough(t *testing.T, bin string, py python) {
+// testWalkthrough runs the walkthrough on py; on python3, the one the
+// README shows, each run's output is held to the README's paste.
+func testWalkthrough(t *testing.T, bin string, py python, readme []readmeRun) {
 	// A long timeout per step, so that "fails fast" below can tell a
 	// denial answered at once from a step that waited for its timeout.
 	const timeout = 5 * time.Second
@@ -145,6 +251,14 @@ func testWalkthrough(t *testing.T, bin string, py python) {
 		args = append(args, pluginArgs(py, "127.0.0.1", db.port, api.url(py.apiHost), api.caFile, timeout)...)
 		return run(t, bound, py.env, bin, args...)
 	}
+	// README shows r as the paste readme[i], on python3.
+	shows := func(t *testing.T, i int, r result) {
+		if py.name != "python3" {
+			t.Logf("README.md pastes python3's runs: %s's output is not compared with it", py.name)
+			return
+		}
+		wantPasted(t, readme[i], r)
+	}
 
 	t.Run("full internet with the origins allowed: the plugin works", func(t *testing.T) {
 		before := db.answered.Load()
@@ -158,17 +272,25 @@ func testWalkthrough(t *testing.T, bin string, py python) {
 		if db.answered.Load() == before {
 			t.Errorf("the DB origin never answered: the plugin did not reach it through egress")
 		}
-		// The summary tells the author that the DB connection ignored the
-		// proxy settings (a raw socket, caught by the transparent path).
+		// The summary tells the author, as information, that the DB
+		// connection went out directly (a raw socket, as its driver's
+		// would: via: direct), caught by the transparent path.
 		var flagged bool
 		for _, l := range egressLines(r.stderr) {
-			if strings.Contains(l, "127.0.0.1:"+strconv.Itoa(db.port)) && strings.Contains(strings.ToLower(l), "ignored http_proxy") {
+			if strings.Contains(l, "127.0.0.1:"+strconv.Itoa(db.port)) && strings.Contains(l, "raw socket") {
 				flagged = true
 			}
 		}
 		if !flagged {
-			t.Errorf("egress's summary does not say the DB connection ignored HTTP_PROXY")
+			t.Errorf("egress's summary does not say the DB connection was a raw socket")
 		}
+		if !egressSays(r.stderr, "went out directly (raw sockets or clients that ignore HTTP_PROXY), caught by the transparent path") {
+			t.Errorf("egress's summary does not say that connections went out directly")
+		}
+		if egressSays(r.stderr, "would not get out") {
+			t.Errorf("egress's summary blames the plugin for its direct connections")
+		}
+		shows(t, 0, r)
 	})
 
 	t.Run("handful of hosts without the DB: the plugin names the DB", func(t *testing.T) {
@@ -185,6 +307,7 @@ func testWalkthrough(t *testing.T, bin string, py python) {
 		if egressSays(r.stderr, rule(py.apiHost, api.port)) {
 			t.Errorf("egress's summary gives a rule for the API, which is allowed")
 		}
+		shows(t, 1, r)
 	})
 
 	t.Run("handful of hosts with the DB: the plugin works", func(t *testing.T) {
@@ -195,23 +318,35 @@ func testWalkthrough(t *testing.T, bin string, py python) {
 	})
 
 	t.Run("no network: the plugin fails fast and egress lists the denials", func(t *testing.T) {
-		r := egressRun(t, "no-network")
+		// The README's command: the plugin's defaults, names egress's
+		// DNS refuses before any lookup (no-network has no rule), so no
+		// query leaves the host.
+		r := run(t, bound, py.env, bin, "run", "--config", configPath("no-network"), "--", py.path, filepath.Join(pluginDir, "plugin.py"),
+			"--timeout", strconv.FormatFloat(timeout.Seconds(), 'g', -1, 64))
 		if r.code != exitUnmet {
 			t.Fatalf("exit %d, want %d", r.code, exitUnmet)
 		}
 		if !strings.Contains(r.stderr, "plugin: example-dbms cannot reach 2 of 2 required network destinations") {
 			t.Errorf("stderr lacks the plugin's error naming both the DB and the API")
 		}
-		wantOutcome(t, r.stderr, "PostgreSQL", "refused")
+		// The database (via: direct) is refused by egress's DNS, the API
+		// by its proxy.
+		wantOutcome(t, r.stderr, "PostgreSQL", "refused", "egress's DNS refused db.corp.example")
 		wantOutcome(t, r.stderr, "DBMS REST API", "refused")
-		for _, want := range []string{rule("127.0.0.1", db.port), rule(py.apiHost, api.port)} {
-			if !egressSays(r.stderr, want) {
-				t.Errorf("egress's summary does not give the rule %q", want)
-			}
+		for _, want := range []string{"- {host: db.corp.example, ports: [5432]}", "- {host: api.example.com, ports: [443]}"} {
 			if !strings.Contains(r.stderr, "plugin:   "+want+"\n") {
 				t.Errorf("the plugin's error does not give the rule %q", want)
 			}
 		}
+		// egress's summary: the API's rule; for the name its DNS refused,
+		// no port (a lookup names none): the README says to paste the
+		// plugin's, which knows it.
+		for _, want := range []string{"to allow: - {host: api.example.com, ports: [443]}", "to allow: - {host: db.corp.example}"} {
+			if !egressSays(r.stderr, want) {
+				t.Errorf("egress's summary does not say %q", want)
+			}
+		}
+		shows(t, 2, r)
 		// Denials are answered at once (refused, reset or 403), so the plugin
 		// never waits for its timeouts.
 		if r.elapsed >= timeout {

@@ -703,15 +703,17 @@ func (s *runSummary) write(w io.Writer) {
 		}
 	}
 	if s.raw > 0 {
-		were, they := "were", "they"
+		// Information, not blame: a database driver's direct connection
+		// is often what the plugin means (via: direct).
+		they, their := "they", "their"
 		if s.raw == 1 {
-			were, they = "was", "it"
+			they, their = "it", "its"
 		}
-		fmt.Fprintf(&b, "  %d of %d connection%s ignored HTTP_PROXY/HTTPS_PROXY and %s caught by the transparent path", s.raw, s.total, plural(s.total), were)
+		fmt.Fprintf(&b, "  %d of %d connection%s went out directly (raw sockets or clients that ignore HTTP_PROXY), caught by the transparent path", s.raw, s.total, plural(s.total))
 		if ps := s.rawProcs.names(); len(ps) > 0 {
 			fmt.Fprintf(&b, " (%s)", strings.Join(ps, ", "))
 		}
-		fmt.Fprintf(&b, ": behind a plain HTTP proxy %s would not get out\n", they)
+		fmt.Fprintf(&b, ": behind a plain HTTP proxy only, %s would need a route of %s own\n", they, their)
 	}
 	io.WriteString(w, b.String())
 }

@@ -15,8 +15,8 @@ func TestRunSummaryRawLineAgrees(t *testing.T) {
 		raw, total int
 		want       string
 	}{
-		{1, 1, "1 of 1 connection ignored HTTP_PROXY/HTTPS_PROXY and was caught by the transparent path: behind a plain HTTP proxy it would not get out"},
-		{2, 3, "2 of 3 connections ignored HTTP_PROXY/HTTPS_PROXY and were caught by the transparent path: behind a plain HTTP proxy they would not get out"},
+		{1, 1, "1 of 1 connection went out directly (raw sockets or clients that ignore HTTP_PROXY), caught by the transparent path: behind a plain HTTP proxy only, it would need a route of its own"},
+		{2, 3, "2 of 3 connections went out directly (raw sockets or clients that ignore HTTP_PROXY), caught by the transparent path: behind a plain HTTP proxy only, they would need a route of their own"},
 	} {
 		s := newRunSummary(nil)
 		s.raw, s.total = c.raw, c.total

@@ -458,7 +458,7 @@ dns:
 				"DNS answers refused",
 				"denied.test",
 				"udp 192.0.2.1:443",
-				"ignored HTTP_PROXY/HTTPS_PROXY and were caught by the transparent path",
+				"went out directly (raw sockets or clients that ignore HTTP_PROXY), caught by the transparent path",
 				"(pid ",
 			} {
 				if !strings.Contains(r.stderr, line) {

@@ -71,13 +71,13 @@ class _APIAnswered(Exception):
 
 
 class _EgressRefused(Exception):
-    """egress refused the request itself (X-Egress-Decision: deny): a
-    request rule (http:) of the customer's policy, not the API."""
+    """egress refused the request itself (its 403): a request rule (http:)
+    of the customer's policy, not the API. refusal is what egress said
+    (egress_requirements.Refusal)."""
 
-    def __init__(self, detail, rule, egress_id):
-        Exception.__init__(self, detail)
-        self.rule = rule
-        self.egress_id = egress_id
+    def __init__(self, refusal):
+        Exception.__init__(self, refusal.detail)
+        self.refusal = refusal
 
 
 def _hostport(host, port):
@@ -184,17 +184,14 @@ def check_api(url, timeout, ca_file=""):
         finally:
             resp.close()
     except HTTPError as e:
-        headers = getattr(e, "headers", None) or {}
-        if headers.get("X-Egress-Decision") == "deny":
-            # The status line reads "egress denied GET URL: WHY; to
-            # allow: RULE (id ID)".
-            reason = str(e.reason)
-            rule, egress_id = None, headers.get("X-Egress-Id")
-            if egress_id and reason.endswith(" (id %s)" % egress_id):
-                reason = reason[:-len(" (id %s)" % egress_id)]
-            if "; to allow: " in reason:
-                reason, rule = reason.split("; to allow: ", 1)
-            raise _EgressRefused(reason, rule, egress_id)
+        try:
+            text = e.read(1 << 16).decode("utf-8", "replace")
+        except Exception:
+            text = ""  # the status line and headers say enough
+        refusal = egress_requirements.egress_refusal(
+            e.code, str(e.reason), getattr(e, "headers", None) or {}, text)
+        if refusal is not None:
+            raise _EgressRefused(refusal)
         raise _APIAnswered("%s answered HTTP %d %s" % (url, e.code, e.reason))
     except (URLError, socket.error, ssl.SSLError, ValueError) as e:
         why = getattr(e, "reason", e)
@@ -234,13 +231,15 @@ def check_requirements(config):
         return check_api(c["api_url"], timeout, c["ca_file"])
     except _EgressRefused as e:
         # A request rule refused this call: the customer's policy
-        # decides, and the rule to add comes with it.
-        detail = str(e)
-        if e.egress_id:
-            detail += ", egress id " + e.egress_id
+        # decides, and the rule to add comes with it, where egress says
+        # it goes (under http: of the host's rule).
+        f = e.refusal
+        detail = f.detail
+        if f.egress_id:
+            detail += ", egress id " + f.egress_id
         results[1] = egress_requirements.Result(
             results[1].requirement, egress_requirements.REFUSED, detail,
-            rule=e.rule, egress_id=e.egress_id)
+            rule=f.rule, egress_id=f.egress_id, where=f.where)
         egress_requirements.raise_unmet(results, PLUGIN)
     except _APIAnswered as e:
         # The network let us through and the API answered: no rule, and

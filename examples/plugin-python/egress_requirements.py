@@ -41,7 +41,9 @@ Each requirement gets exactly one outcome:
                connect() under `egress run` (EGRESS_RUN=1) that egress's
                proxy (EGRESS_PROXY) also refuses, or NXDOMAIN with
                egress's RFC 8914 Extended DNS Error; comes with the rule an
-               administrator must add under allow:
+               administrator must add, where egress says it goes: under
+               allow:, or for a request rule under http: of the host's
+               rule (egress_refusal reads egress's 403)
   dns_failure  the name does not resolve for a reason that is not the policy
                (it does not exist, SERVFAIL, no answer)
   unreachable  allowed, but the destination refused, reset or did not answer
@@ -97,7 +99,8 @@ except NameError:
 
 __all__ = ["OK", "REFUSED", "DNS_FAILURE", "UNREACHABLE", "TLS_FAILURE",
            "PROXY_FAILURE", "DIRECT", "PROXY", "ENV",
-           "Requirement", "Result", "NetworkRequirementsError", "load",
+           "Requirement", "Result", "NetworkRequirementsError", "Refusal",
+           "egress_refusal", "load",
            "check", "require", "raise_unmet", "main"]
 
 OK = "ok"
@@ -106,6 +109,9 @@ DNS_FAILURE = "dns_failure"
 UNREACHABLE = "unreachable"
 TLS_FAILURE = "tls_failure"
 PROXY_FAILURE = "proxy_failure"
+
+# Where a rule to add goes when egress says no more: under allow:.
+ALLOW = "under allow:"
 
 # The paths a requirement may say the plugin takes (its "via"). ENV, for
 # the Python API only, is urllib's choice for any host, IP literals too:
@@ -258,15 +264,20 @@ class Result(object):
 
     outcome is one of OK, REFUSED, DNS_FAILURE, UNREACHABLE, TLS_FAILURE;
     detail says what happened; rule, for REFUSED only, is the line to add
-    under allow:; egress_id is the id of egress's log line when it gave one.
+    where where says (ALLOW, "under allow:", or for a request rule "under
+    http: of the rule at FILE:LINE"); egress_id is the id of egress's log
+    line when it gave one.
     """
 
     def __init__(self, requirement, outcome, detail, rule=None,
-                 egress_id=None, proxy_used=""):
+                 egress_id=None, proxy_used="", where=ALLOW):
         self.requirement = requirement
         self.outcome = outcome
         self.detail = detail
         self.rule = rule
+        # Where rule goes: ALLOW, or what egress said for a request rule
+        # ("under http: of the rule at FILE:LINE").
+        self.where = where or ALLOW
         self.egress_id = egress_id
         # The proxy checked through (credentials hidden), "" for direct.
         self.proxy_used = proxy_used
@@ -283,7 +294,9 @@ class Result(object):
         if not r.required:
             what += " [optional]"
         text = "%-11s %s: %s" % (self.outcome, what, self.detail)
-        if self.rule:
+        if self.rule and self.where != ALLOW:
+            text += "; to allow: add %s: %s" % (self.where, self.rule)
+        elif self.rule:
             text += "; to allow: " + self.rule
         return text
 
@@ -430,25 +443,20 @@ _ADVICE = {
 
 def _action(failed):
     parts = []
-    rules, request_rules = [], []
+    places = []  # [(where, [rule])], in the order first met
     for r in failed:
         if r.outcome != REFUSED or not r.rule:
             continue
-        if r.requirement.url and not r.rule.startswith("- {host") and \
-                not r.rule.startswith("- {cidr"):
-            # egress's hint for a request: under http: of the host's rule.
-            if r.rule not in request_rules:
-                request_rules.append(r.rule)
-        elif r.rule not in rules:
+        rules = dict(places).get(r.where)
+        if rules is None:
+            rules = []
+            places.append((r.where, rules))
+        if r.rule not in rules:
             rules.append(r.rule)
-    if rules:
-        parts.append("ask the administrator to add under allow: in the "
-                     "egress policy:\n" +
+    for where, rules in places:
+        parts.append("ask the administrator to add %s in the egress "
+                     "policy:\n" % where +
                      "\n".join("  " + rule for rule in rules))
-    if request_rules:
-        parts.append("ask the administrator to add under http: of the "
-                     "host's rule in the egress policy:\n" +
-                     "\n".join("  " + rule for rule in request_rules))
     for outcome in (PROXY_FAILURE, DNS_FAILURE, UNREACHABLE, TLS_FAILURE):
         these = [r.requirement for r in failed if r.outcome == outcome]
         if not these:
@@ -516,10 +524,11 @@ class _Env(object):
 
 
 class _Failed(Exception):
-    def __init__(self, outcome, detail, rule=None, egress_id=None):
+    def __init__(self, outcome, detail, rule=None, egress_id=None,
+                 where=None):
         Exception.__init__(self, detail)
         self.outcome, self.detail = outcome, detail
-        self.rule, self.egress_id = rule, egress_id
+        self.rule, self.egress_id, self.where = rule, egress_id, where
 
 
 def _run_one(req, deadline, env, slot):
@@ -534,7 +543,7 @@ def _run_one(req, deadline, env, slot):
         slot["result"] = Result(req, OK, detail, proxy_used=shown)
     except _Failed as f:
         slot["result"] = Result(req, f.outcome, f.detail, f.rule, f.egress_id,
-                                proxy_used=shown)
+                                proxy_used=shown, where=f.where)
     except Exception as e:  # a bug here must not hide the other results
         slot["result"] = Result(req, UNREACHABLE, "check failed: %s"
                                 % _errtext(e))
@@ -846,6 +855,8 @@ _RULE_RE = re.compile(r"to allow: (- \{[^}]*\})")
 # The hint in an EDE text: "; to allow: RULE[ (PORT: ...)]" up to "; id".
 _EDE_HINT_RE = re.compile(r"; to allow: .*?(?=; id [0-9a-f]+$|$)")
 # The hint in a 403's reason phrase: "; to allow: RULE" up to " (id ID)".
+# A request rule's hint in the body: "hint: add WHERE: RULE".
+_WHERE_RE = re.compile(r"^add (under http: of the rule at .+?): (- \{.*\})$")
 _REQUEST_HINT_RE = re.compile(r"; to allow: .*?(?= \(id [0-9a-f]+\)$|$)")
 _ID_RE = re.compile(r"\(id ([0-9a-f]+)\)|^id: ([0-9a-f]+)$|; id ([0-9a-f]+)",
                     re.M)
@@ -870,16 +881,16 @@ def _proxy_failure(req, proxy, status, reason, headers, body, connect,
                       "rules (%s): it is not egress (no X-Egress-* headers), "
                       "so no egress rule lifts this; ask whoever runs that "
                       "proxy" % (proxy, req.target(), said))
-    if status == 403:
-        rule = _rule_from_body(body) or _first(_RULE_RE, reason) or \
-            rule_for(req.host, req.port)
-        why = headers.get("x-egress-reason") or _body_field(body, "reason")
+    refusal = egress_refusal(status, reason, headers, body)
+    if refusal is not None:
         detail = "the proxy %s denied %s" % (proxy, req.target())
-        if why:
-            detail += " (%s)" % why
-        if egress_id:
-            detail += ", egress id %s" % egress_id
-        raise _Failed(REFUSED, detail, rule=rule, egress_id=egress_id)
+        if refusal.code:
+            detail += " (%s)" % refusal.code
+        if refusal.egress_id:
+            detail += ", egress id %s" % refusal.egress_id
+        raise _Failed(REFUSED, detail,
+                      rule=refusal.rule or rule_for(req.host, req.port),
+                      egress_id=refusal.egress_id, where=refusal.where)
     text = reason + "\n" + body
     if status == 502 and ("could not resolve" in text or
                           "cannot resolve" in text):
@@ -896,13 +907,54 @@ def _proxy_failure(req, proxy, status, reason, headers, body, connect,
                   % (proxy, req.target(), said), egress_id=egress_id)
 
 
-def _rule_from_body(body):
+class Refusal(object):
+    """egress's refusal (its 403), as egress sent it.
+
+    detail: the status line's explanation, without its hint and id
+    ("egress denied GET https://api/v1/x: no request rule matched");
+    rule: the line to add, or None; where: where it goes, ALLOW or, for a
+    request rule, "under http: of the rule at FILE:LINE"; code: the
+    reason code (X-Egress-Reason); egress_id: the id of egress's log line.
+    """
+
+    def __init__(self, detail, rule, where, code, egress_id):
+        self.detail, self.rule, self.where = detail, rule, where
+        self.code, self.egress_id = code, egress_id
+
+
+def egress_refusal(status, reason, headers, body=""):
+    """The Refusal in an HTTP answer, or None when it is none of egress's
+    (not a 403, or a 403 without egress's X-Egress-* headers: another
+    proxy's). The one reader of egress's 403 in this kit: the status line,
+    the X-Egress-* headers, and the body's lines ("to allow it, add under
+    allow: in FILE:" then the rule; "hint: add under http: of the rule at
+    FILE:LINE: RULE" for a request rule; "reason:"; "id:"). headers: any
+    mapping with items() (urllib's message, or a dict)."""
+    h = dict((k.lower(), v) for k, v in headers.items())
+    if status != 403 or not _egress_answered(h):
+        return None
+    body = body or ""
+    egress_id = h.get("x-egress-id") or _first(_ID_RE, reason + "\n" + body)
+    code = h.get("x-egress-reason") or _body_field(body, "reason")
+    rule, where = None, ALLOW
     lines = body.splitlines()
     for i, line in enumerate(lines):
         if line.startswith("to allow it, add under allow:") and \
                 i + 1 < len(lines) and lines[i + 1].strip().startswith("- {"):
-            return lines[i + 1].strip()
-    return None
+            rule = lines[i + 1].strip()
+    m = _WHERE_RE.match(_body_field(body, "hint") or "")
+    if rule is None and m:
+        where, rule = m.group(1), m.group(2)
+    if rule is None:
+        rule = _first(_RULE_RE, reason)
+    if where == ALLOW and rule and not rule.startswith(("- {host", "- {cidr")):
+        # A request rule whose place the body did not name (it was cut
+        # short): it never goes under allow:.
+        where = "under http: of the host's rule"
+    detail = _REQUEST_HINT_RE.sub("", reason)
+    if egress_id and detail.endswith(" (id %s)" % egress_id):
+        detail = detail[:-len(" (id %s)" % egress_id)]
+    return Refusal(detail, rule, where, code, egress_id)
 
 
 def _body_field(body, name):
@@ -1030,13 +1082,15 @@ def _request(req, sock, deadline, env, proxy="", auth=""):
         if conn is not sock:
             conn.close()
     said = ("%d %s" % (status, reason)).strip()
-    if status == 403 and _egress_answered(headers):
-        # egress's refusal of this request: its explanation is the
-        # status line; the rule to add is in it ("to allow: - {...}").
-        egress_id = headers.get("x-egress-id") or _first(_ID_RE, reason)
-        rule = _first(_RULE_RE, reason) or _body_field(body, "hint")
-        why = _REQUEST_HINT_RE.sub("", reason)
-        raise _Failed(REFUSED, "403 %s" % why, rule=rule, egress_id=egress_id)
+    refusal = egress_refusal(status, reason, headers, body)
+    if refusal is not None:
+        # egress's refusal of this request (a request rule): its
+        # explanation and the rule to add, where egress says it goes.
+        why = refusal.detail
+        if refusal.egress_id:
+            why += " (id %s)" % refusal.egress_id
+        raise _Failed(REFUSED, "403 %s" % why, rule=refusal.rule,
+                      egress_id=refusal.egress_id, where=refusal.where)
     if proxy and (status == 407 and absolute or
                   status in (502, 504) and _egress_answered(headers)):
         _proxy_failure(req, proxy, status, reason, headers, body, False,
