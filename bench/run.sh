@@ -21,7 +21,9 @@
 #      requests/s, new intercepted connections/s, memory per idle
 #      intercepted connection, against Debian's squid-openssl (ssl_bump
 #      bump all, bench/peers/squid-bump.conf) and mitmproxy: bench/compare
-#      -only intercept (bench/compare/intercept.go). squid-openssl replaces
+#      -only intercept (bench/compare/intercept.go), new connections made
+#      by OpenSSL clients (bench/compare/tlsload, built here with cc) and
+#      by bench/compare's Go client. squid-openssl replaces
 #      the squid package, so the plain squid columns use its binary too
 #      (the report names the package). mitmproxy is measured when Debian
 #      can install it, skipped (and the report says so) otherwise.
@@ -60,6 +62,9 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v dnsperf >/dev/null || need+=(dnsperf)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq)
 command -v dig >/dev/null || need+=(dnsutils)
+# The OpenSSL clients of the interception measure (bench/compare/tlsload).
+command -v cc >/dev/null || need+=(gcc)
+[ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 if [ ${#need[@]} -gt 0 ]; then
 	step="install ${need[*]} from Debian (apt-get)"
 	echo "installing ${need[*]} from Debian" >&2
@@ -117,6 +122,8 @@ step="build egress, bench/compare and minproxy (go build)"
 go build -o "$work/egress" ./cmd/egress
 go build -o "$work/compare" ./bench/compare
 go build -o "$work/minproxy" ./bench/compare/minproxy
+step="build bench/compare/tlsload (cc, OpenSSL)"
+cc -O2 -Wall -o "$work/tlsload" bench/compare/tlsload/tlsload.c -lssl -lcrypto
 
 echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
@@ -137,7 +144,7 @@ fi
 
 step="HTTP and CONNECT (bench/compare)"
 echo "== $step" >&2
-"$work/compare" -egress "$work/egress" -squid "$SQUID" -tinyproxy "$TINYPROXY" -smokescreen "$work/smokescreen" -minproxy "$work/minproxy" -mitmproxy "$MITMPROXY" \
+"$work/compare" -egress "$work/egress" -squid "$SQUID" -tinyproxy "$TINYPROXY" -smokescreen "$work/smokescreen" -minproxy "$work/minproxy" -mitmproxy "$MITMPROXY" -tlsload "$work/tlsload" \
 	-peers bench/peers -notes bench/compare/notes.md \
 	-runs "$RUNS" -duration "$DURATION" -bytes "$BYTES" -conns "$CONNS" -tunnels "$TUNNELS" -rules "$RULES" -only "$ONLY" \
 	-command "bench/run.sh (RUNS=$RUNS DURATION=$DURATION BYTES=$BYTES CONNS=$CONNS TUNNELS=$TUNNELS RULES=$RULES ONLY=$ONLY)" \

@@ -52,6 +52,7 @@ type options struct {
 	dnsFile, policyFile, command         string
 	only, extra                          string
 	runs, conns, setups, workers         int
+	tlsload                              string
 	interceptConns                       int
 	logAllowed, egressNoLog              bool
 	tunnels                              int
@@ -70,6 +71,7 @@ func main() {
 	flag.StringVar(&o.transparentOrigin, "transparent-origin", "", "internal: the original destination of -serve-transparent's connections")
 	flag.StringVar(&o.transparentLog, "transparent-log", os.DevNull, "internal: -serve-transparent's log file")
 	flag.StringVar(&o.minproxy, "minproxy", "", "bench/compare/minproxy `binary`, measured as the floor of a Go proxy (empty: skip)")
+	flag.StringVar(&o.tlsload, "tlsload", "", "bench/compare/tlsload `binary` (OpenSSL, the plugin runtime's TLS): new intercepted connections/s with it too (empty: skip)")
 	flag.StringVar(&o.mitmproxy, "mitmproxy", "", "mitmdump `binary` (Debian's mitmproxy), measured in the intercept measure (empty: skip)")
 	flag.IntVar(&o.interceptConns, "intercept-conns", 1000, "idle intercepted connections for the intercept measure's memory figure")
 	flag.StringVar(&o.notes, "notes", "", "markdown `file` appended to the output (the analysis of the figures)")
