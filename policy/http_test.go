@@ -427,3 +427,37 @@ func BenchmarkDecideRequest(b *testing.B) {
 		}
 	}
 }
+
+// TestRuleReasonOfARequestNoRequestRuleMatched: a request no request rule
+// matched is refused for that; the host rule's reason says why the host
+// is reachable, and is not given as why the request was refused.
+func TestRuleReasonOfARequestNoRequestRuleMatched(t *testing.T) {
+	p := loadHTTP(t, `version: 1
+default: deny
+tls:
+  ca_cert: /etc/egress/ca.crt
+  ca_key: /etc/egress/ca.key
+allow:
+  - host: api.vendor.example
+    reason: "CI reads the vendor licence"
+    http:
+      - methods: [GET]
+        paths: ["/v1/license"]
+      - methods: [POST]
+        paths: ["/v1/telemetry"]
+        reason: "usage reports only"
+`)
+	ip := netip.MustParseAddr("93.184.216.34")
+	for _, tc := range []struct {
+		method, path, want string
+	}{
+		{"GET", "/v1/other", ""},
+		{"GET", "/v1/license", "CI reads the vendor licence"},
+		{"POST", "/v1/telemetry", "usage reports only"},
+	} {
+		d := p.Decide(Request{Host: "api.vendor.example", IP: ip, Port: 443, Method: tc.method, Path: tc.path})
+		if got := d.RuleReason(); got != tc.want {
+			t.Errorf("%s %s (%s): RuleReason %q, want %q", tc.method, tc.path, d.Reason, got, tc.want)
+		}
+	}
+}

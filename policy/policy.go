@@ -290,13 +290,18 @@ func (d Decision) Event() string {
 
 // RuleReason is the reason: text of what decided d, for the people it
 // refuses: the deciding request rule's when it has one, else the host or
-// cidr rule's; "" when neither has one (or no rule decided). Log lines,
-// egress check and egress run's denials all take it from here.
+// cidr rule's; "" when neither has one (or no rule decided), and for a
+// request no request rule matched (the host rule's reason says why the
+// host is reachable, not why this request is refused). Log lines, the
+// 403's status line and body, egress check and egress run's denials all
+// take it from here.
 func (d Decision) RuleReason() string {
-	if d.RequestRule != nil && d.RequestRule.Note != "" {
+	switch {
+	case d.RequestRule != nil && d.RequestRule.Note != "":
 		return d.RequestRule.Note
-	}
-	if d.Rule != nil {
+	case d.RequestRule == nil && d.Reason == ReasonNoRequestRuleMatched:
+		return ""
+	case d.Rule != nil:
 		return d.Rule.Note
 	}
 	return ""

@@ -96,7 +96,7 @@ func denyReason(id, target string, d policy.Decision) string {
 	case d.RequestRule != nil:
 		why = d.RequestRule.Location() + " " + d.RequestRule.Text()
 		if d.RequestRule.Note != "" {
-			why = d.RequestRule.Note + " (" + why + ")"
+			why = d.RuleReason() + " (" + why + ")"
 		}
 	case d.Reason == policy.ReasonInvalidPath || d.Reason == policy.ReasonInvalidMethod:
 		why = string(d.Reason)
@@ -111,9 +111,9 @@ func denyReason(id, target string, d policy.Decision) string {
 			why += " (" + d.IP.String() + ")"
 		}
 	}
-	if d.RequestRule == nil && d.Rule != nil && d.Rule.Note != "" && d.Reason != policy.ReasonNoRequestRuleMatched {
+	if r := d.RuleReason(); d.RequestRule == nil && r != "" {
 		// The rule's reason: first, where a person looks; the rule after.
-		why = d.Rule.Note + " (" + why + ")"
+		why = r + " (" + why + ")"
 	}
 	r := "egress denied " + target + ": " + why
 	if strings.HasPrefix(hint, "- ") && !strings.ContainsAny(hint, "\r\n") {
@@ -145,10 +145,10 @@ func DenyBody(id, target string, d policy.Decision) string {
 		if d.RequestRule != nil {
 			b.WriteString("request rule: " + d.RequestRule.Location() + " " + d.RequestRule.Text() + "\n")
 			if d.RequestRule.Note != "" {
-				b.WriteString("why: " + d.RequestRule.Note + "\n")
+				b.WriteString("why: " + d.RuleReason() + "\n")
 			}
-		} else if d.Rule.Note != "" {
-			b.WriteString("why: " + d.Rule.Note + "\n")
+		} else if r := d.RuleReason(); r != "" {
+			b.WriteString("why: " + r + "\n")
 		}
 	} else {
 		switch {
