@@ -15,6 +15,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -467,9 +468,9 @@ func measureIntercept(o options, dir string, plain *subject, idle *idleServer) *
 				continue
 			}
 			before := cpuTime(s)
-			v, load := opensslRate(o, s, origin, pki)
-			if after := cpuTime(s); after >= 0 && before >= 0 && v > 0 {
-				ir.cpuSSL[s.name] = append(ir.cpuSSL[s.name], (after-before)/(v*o.rateDuration.Seconds())*1e6)
+			v, n, load := opensslRate(o, s, origin, pki)
+			if after := cpuTime(s); after >= 0 && before >= 0 {
+				ir.cpuSSL[s.name] = append(ir.cpuSSL[s.name], (after-before)/n*1e6)
 			}
 			ir.rateSSL[s.name] = append(ir.rateSSL[s.name], v)
 			ir.loadSSL[s.name] = append(ir.loadSSL[s.name], load)
@@ -504,13 +505,17 @@ func measureIntercept(o options, dir string, plain *subject, idle *idleServer) *
 
 // opensslRate runs tlsload (the client OpenSSL's, the plugin runtime's
 // TLS library) against s for the measure's workers and duration: new
-// intercepted connections/s and tlsload's own CPU µs per connection.
-func opensslRate(o options, s *subject, origin string, pki *benchPKI) (rate, cpu float64) {
+// intercepted connections/s, the connections made, and tlsload's own CPU
+// µs per connection. tlsload bounds each read and write (10 s); the run
+// as a whole gets its duration and a minute.
+func opensslRate(o options, s *subject, origin string, pki *benchPKI) (rate, conns, cpu float64) {
 	proxy, ca := s.addr, pki.caCert
 	if proxy == "" {
 		proxy, ca = "-", pki.originCA
 	}
-	out, err := exec.Command(o.tlsload, proxy, origin, ca, interceptPath, strconv.Itoa(o.workers), strconv.FormatFloat(o.rateDuration.Seconds(), 'f', 3, 64)).Output()
+	ctx, cancel := context.WithTimeout(context.Background(), o.rateDuration+time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, o.tlsload, proxy, origin, ca, interceptPath, strconv.Itoa(o.workers), strconv.FormatFloat(o.rateDuration.Seconds(), 'f', 3, 64)).Output()
 	if err != nil {
 		fail("tlsload via %s: %v\n%s", s.name, err, out)
 	}
@@ -518,7 +523,7 @@ func opensslRate(o options, s *subject, origin string, pki *benchPKI) (rate, cpu
 	if _, err := fmt.Sscan(string(out), &n, &secs, &used); err != nil || n == 0 || secs <= 0 {
 		fail("tlsload via %s: %q: %v", s.name, out, err)
 	}
-	return n / secs, used / n * 1e6
+	return n / secs, n, used / n * 1e6
 }
 
 // interceptRPS runs conns keep-alive intercepted connections for d, each

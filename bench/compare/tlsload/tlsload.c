@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -49,9 +50,15 @@ static int dial(const char *hostport) {
 	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(colon + 1))};
 	if (inet_pton(AF_INET, host, &a.sin_addr) != 1) die("address is not an IPv4 literal");
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (fd < 0) die("socket");
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) die("connect");
+	/* Every read and write is bounded: a proxy that stops answering
+	 * fails the run instead of holding it. */
+	struct timeval tv = {10, 0};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) die("connect");
 	return fd;
 }
 
@@ -79,6 +86,7 @@ static void one(void) {
 	} else {
 		fd = dial(proxy);
 		int n = snprintf(buf, sizeof buf, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", origin, origin);
+		if (n < 0 || n >= (int)sizeof buf) die("CONNECT too long");
 		if (write(fd, buf, n) != n) die("write CONNECT");
 		int h = head(fd, NULL, buf, sizeof buf, &got);
 		if (strncmp(buf, "HTTP/1.1 200", 12) != 0 && strncmp(buf, "HTTP/1.0 200", 12) != 0) die("CONNECT not answered 200");
@@ -89,11 +97,12 @@ static void one(void) {
 	if (SSL_connect(s) != 1) die("TLS handshake");
 	if (SSL_get_verify_result(s) != X509_V_OK) die("certificate not verified");
 	int n = snprintf(buf, sizeof buf, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, origin);
+	if (n < 0 || n >= (int)sizeof buf) die("GET too long");
 	if (SSL_write(s, buf, n) != n) die("write GET");
 	int h = head(fd, s, buf, sizeof buf, &got);
 	if (strncmp(buf, "HTTP/1.1 200", 12) != 0) die("GET not answered 200");
 	char *cl = strcasestr(buf, "\r\ncontent-length:");
-	if (!cl || cl > buf + h) die("answer without Content-Length");
+	if (!cl || cl >= buf + h - 2) die("answer without Content-Length"); /* in the head, not the body */
 	long want = strtol(cl + 17, NULL, 10);
 	for (long have = got - h; have < want;) {
 		int r = SSL_read(s, buf, sizeof buf);
@@ -131,7 +140,9 @@ int main(int argc, char **argv) {
 	if (pipe(fds) != 0) die("pipe");
 	double start = now();
 	for (int i = 0; i < workers; i++) {
-		if (fork() == 0) {
+		pid_t pid = fork();
+		if (pid < 0) die("fork");
+		if (pid == 0) {
 			long n = 0;
 			while (now() - start < secs) {
 				one();
