@@ -342,8 +342,17 @@ func Init(dir string, o Options) (certFile, keyFile string, err error) {
 	if err != nil {
 		return "", "", err
 	}
+	_, statErr := os.Stat(dir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", "", err
+	}
+	if errors.Is(statErr, fs.ErrNotExist) {
+		// Made here: readable by the users whose clients must trust
+		// ca.crt, whatever the umask (a directory the user gave keeps its
+		// mode).
+		if err := os.Chmod(dir, 0o755); err != nil {
+			return "", "", err
+		}
 	}
 	if err := writeNew(keyFile, keyPEM, 0o600); err != nil {
 		return "", "", err
