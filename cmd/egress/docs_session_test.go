@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -146,9 +147,15 @@ func TestDocsRequestRulesSession(t *testing.T) {
 			}
 			env = append(env, "https_proxy=http://"+child.addr(t, "http"))
 		default:
-			cmd := exec.Command("bash", "-c", strings.ReplaceAll(ex.cmd, fmt.Sprintf(":%d/", docPort), fmt.Sprintf(":%d/", port)))
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a command that hangs fails the test
+			cmd := exec.CommandContext(ctx, "bash", "-c", strings.ReplaceAll(ex.cmd, fmt.Sprintf(":%d/", docPort), fmt.Sprintf(":%d/", port)))
 			cmd.Dir, cmd.Env = dir, env
-			out, _ := cmd.CombinedOutput() // curl's exit 60 is part of the session
+			out, err := cmd.CombinedOutput() // curl's exit 60 is part of the session
+			timedOut := ctx.Err() != nil
+			cancel()
+			if timedOut {
+				t.Fatalf("%s: did not end within 30 s: %v\n%s", ex.cmd, err, out)
+			}
 			got = string(out)
 		}
 		ran++
